@@ -1,0 +1,1003 @@
+//! The CouchDB replication protocol as a sans-IO machine.
+//!
+//! [`Replicator`] copies every document revision a source has and a target lacks, with its full
+//! history, so both end up with the same revision trees (and so the same winners and conflicts).
+//! It follows the CouchDB replication protocol
+//! (<https://docs.couchdb.org/en/stable/replication/protocol.html>):
+//!
+//! 1. read the replication logs (`_local/<replication id>`) on both sides and find the last
+//!    checkpoint they agree on;
+//! 2. read the source's changes since then, in batches (`style=all_docs`);
+//! 3. ask the target which of those revisions it lacks (`_revs_diff`);
+//! 4. fetch the missing revisions with their history and attachments (`_bulk_get` with
+//!    `revs=true`, `latest=true`, `atts_since` = the target's possible ancestors);
+//! 5. write them to the target as they are (`_bulk_docs` with `new_edits: false`);
+//! 6. record a checkpoint on both sides once every batch up to a sequence is written.
+//!
+//! Several batches are in flight at once (changes are read ahead while earlier batches are
+//! fetched and written), but a checkpoint only covers a contiguous prefix of finished batches, so
+//! an interrupted replication never skips a change when it resumes.
+//!
+//! ## Inputs, outputs and the drain rule
+//! - Commands: [`Replicator::new`] (starts it), [`Replicator::cancel`].
+//! - Inputs: [`Replicator::handle_response`] (the result of a request, by id),
+//!   [`Replicator::handle_timeout`] (retry deadlines).
+//! - Outputs: [`Replicator::poll_request`] (requests for the source or the target),
+//!   [`Replicator::poll_event`] (progress and the end), [`Replicator::poll_timeout`].
+//!
+//! After each input, drain `poll_request` and `poll_event` until they return `None`.
+//! Transient failures (5xx, unreachable) are retried with exponential backoff; other failures end
+//! the replication with [`ReplicationEvent::Failed`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::DbError;
+use crate::ops::*;
+use crate::rev::{md5_hex, write_canonical, Rev};
+use crate::store::Database;
+
+/// Bumped when the checkpoint format or the replication id recipe changes.
+const REPLICATION_ID_VERSION: u64 = 1;
+/// Checkpoint history entries kept (CouchDB keeps 50).
+const MAX_HISTORY: usize = 50;
+
+/// Which side of a replication a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Endpoint {
+    /// The database copied from.
+    Source,
+    /// The database copied to.
+    Target,
+}
+
+/// Identifies one request of a machine; its response comes back with the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// A request the replicator wants executed against one endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointRequest {
+    /// Give this back with the result.
+    pub id: RequestId,
+    /// Where to execute it.
+    pub endpoint: Endpoint,
+    /// What to execute.
+    pub request: Request,
+}
+
+/// How to replicate.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ReplicatorConfig {
+    /// A stable identity of the source (a database UUID, URL or share id). With `target_id` and
+    /// `doc_ids` it makes the replication id, so checkpoints survive restarts and reconnections.
+    pub source_id: String,
+    /// A stable identity of the target.
+    pub target_id: String,
+    /// Keep following the source's changes after catching up.
+    pub live: bool,
+    /// Changes read per batch (CouchDB's `worker_batch_size`).
+    pub batch_size: usize,
+    /// Batches being diffed, fetched or written at once.
+    pub batches_in_flight: usize,
+    /// Replicate only these documents.
+    pub doc_ids: Option<Vec<String>>,
+    /// Write a checkpoint after this many finished batches (always at the end).
+    pub checkpoint_every: usize,
+    /// Retries of a request that failed transiently before the replication fails.
+    pub max_retries: u32,
+    /// First retry delay; doubled each retry.
+    pub initial_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// In live mode, how long the source may hold an empty changes request.
+    pub longpoll_timeout: Duration,
+}
+
+impl ReplicatorConfig {
+    /// A one-shot replication between two identities, with default tuning.
+    pub fn new(source_id: impl Into<String>, target_id: impl Into<String>) -> Self {
+        ReplicatorConfig {
+            source_id: source_id.into(),
+            target_id: target_id.into(),
+            live: false,
+            batch_size: 100,
+            batches_in_flight: 4,
+            doc_ids: None,
+            checkpoint_every: 1,
+            max_retries: 8,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            longpoll_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets live (continuous) mode.
+    pub fn live(mut self, live: bool) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// Sets the batch size (at least 1).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Sets how many batches may be in flight (at least 1).
+    pub fn batches_in_flight(mut self, n: usize) -> Self {
+        self.batches_in_flight = n.max(1);
+        self
+    }
+
+    /// Restricts replication to these document ids.
+    pub fn doc_ids(mut self, ids: Vec<String>) -> Self {
+        self.doc_ids = Some(ids);
+        self
+    }
+
+    /// Sets how many finished batches make a checkpoint (at least 1).
+    pub fn checkpoint_every(mut self, n: usize) -> Self {
+        self.checkpoint_every = n.max(1);
+        self
+    }
+
+    /// The replication id: the same for the same source, target and filter, on every run.
+    pub fn replication_id(&self) -> String {
+        let mut ids = self.doc_ids.clone();
+        if let Some(ids) = ids.as_mut() {
+            ids.sort();
+            ids.dedup();
+        }
+        let mut buf = Vec::new();
+        write_canonical(
+            &mut buf,
+            &json!([REPLICATION_ID_VERSION, self.source_id, self.target_id, ids]),
+        );
+        md5_hex(&buf)
+    }
+}
+
+/// Counts reported as a replication runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Change rows read from the source.
+    pub changes_read: u64,
+    /// Revisions missing on the target, as `_revs_diff` reported.
+    pub revs_missing: u64,
+    /// Documents (revisions) fetched from the source.
+    pub docs_read: u64,
+    /// Revisions the source could not return (deleted or compacted meanwhile).
+    pub doc_read_failures: u64,
+    /// Revisions written to the target.
+    pub docs_written: u64,
+    /// Revisions the target refused.
+    pub doc_write_failures: u64,
+    /// The source sequence up to which everything is replicated and checkpointed.
+    pub checkpointed_seq: Seq,
+    /// The newest source sequence read.
+    pub last_seq: Seq,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+}
+
+/// What a replication reports.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ReplicationEvent {
+    /// The logs were read; changes are read from `since`.
+    Started {
+        /// The replication id (`_local/<id>` holds the checkpoints).
+        replication_id: String,
+        /// Where it resumes (0 on a first run).
+        since: Seq,
+    },
+    /// A batch was written.
+    Progressed(Progress),
+    /// Live mode: everything the source had is replicated; waiting for new changes.
+    CaughtUp(Progress),
+    /// One-shot mode: done, checkpoint written.
+    Completed(Progress),
+    /// The replication stopped on an error.
+    Failed {
+        /// Why.
+        error: ReplicationError,
+        /// Where it got to.
+        progress: Progress,
+    },
+    /// [`Replicator::cancel`] stopped it.
+    Cancelled(Progress),
+}
+
+/// Why a replication failed, or why an input was refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicationError {
+    /// An endpoint answered a request with an error that retrying did not fix.
+    #[error("{endpoint:?} failed {op}: {error}")]
+    Endpoint {
+        /// Which side.
+        endpoint: Endpoint,
+        /// The operation (`changes`, `bulk_docs`, ...).
+        op: &'static str,
+        /// The error.
+        error: DbError,
+    },
+    /// A response came back for an id this machine never issued; it was ignored.
+    #[error("no request {0:?} was issued")]
+    UnknownRequest(RequestId),
+    /// The configuration cannot work (for example live mode in the blocking [`replicate`]).
+    #[error("invalid replication config: {0}")]
+    InvalidConfig(String),
+    /// The driver stopped feeding the machine while it waited for answers.
+    #[error("replication stalled: {0}")]
+    Stalled(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    ReadLog(Endpoint),
+    Changes,
+    RevsDiff(u64),
+    BulkGet(u64),
+    BulkDocs(u64),
+    WriteLog(Endpoint),
+    RefreshLog(Endpoint),
+}
+
+#[derive(Debug)]
+struct Sent {
+    purpose: Purpose,
+    endpoint: Endpoint,
+    request: Request,
+    attempt: u32,
+}
+
+#[derive(Debug)]
+struct Retry {
+    due: Instant,
+    sent: Sent,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Stage {
+    Diffing,
+    Fetching,
+    Writing,
+    Done,
+}
+
+#[derive(Debug)]
+struct Batch {
+    id: u64,
+    last_seq: Seq,
+    rows: Vec<ChangeRow>,
+    stage: Stage,
+    sent_docs: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    ReadingLogs,
+    Running,
+    Finished,
+}
+
+/// The replication machine. See the [module docs](self).
+///
+/// ```
+/// use peerpouch::{Database, Endpoint, MemoryStore, ReplicationEvent, Replicator, ReplicatorConfig};
+/// use serde_json::json;
+///
+/// let mut source = MemoryStore::new("a");
+/// let mut target = MemoryStore::new("b");
+/// source.put(json!({"_id": "x", "v": 1})).unwrap();
+/// let mut rep = Replicator::new(ReplicatorConfig::new("a", "b"), 7);
+/// let now = std::time::Instant::now(); // drivers pass their clock; nothing here waits
+/// let mut done = None;
+/// while done.is_none() {
+///     while let Some(req) = rep.poll_request() {
+///         let db: &mut dyn Database = match req.endpoint {
+///             Endpoint::Source => &mut source,
+///             Endpoint::Target => &mut target,
+///         };
+///         let result = db.execute(req.request);
+///         rep.handle_response(now, req.id, result).unwrap();
+///     }
+///     while let Some(ev) = rep.poll_event() {
+///         if let ReplicationEvent::Completed(p) = ev {
+///             done = Some(p);
+///         }
+///     }
+/// }
+/// assert_eq!(done.unwrap().docs_written, 1);
+/// assert_eq!(target.get("x").unwrap()["v"], 1);
+/// ```
+#[derive(Debug)]
+pub struct Replicator {
+    config: ReplicatorConfig,
+    rep_id: String,
+    session_id: String,
+    state: State,
+    next_id: u64,
+    out: VecDeque<EndpointRequest>,
+    events: VecDeque<ReplicationEvent>,
+    inflight: BTreeMap<u64, Sent>,
+    retries: Vec<Retry>,
+    pending_retry: Vec<Sent>,
+    logs: [Option<Doc>; 2],
+    logs_read: u8,
+    log_revs: [Option<String>; 2],
+    log_writing: [bool; 2],
+    source_log_disabled: bool,
+    history: Vec<Value>,
+    since: Seq,
+    changes_inflight: bool,
+    at_end: bool,
+    caught_up_reported: bool,
+    batches: VecDeque<Batch>,
+    next_batch: u64,
+    done_seq: Option<Seq>,
+    batches_since_checkpoint: usize,
+    progress: Progress,
+}
+
+fn slot(e: Endpoint) -> usize {
+    match e {
+        Endpoint::Source => 0,
+        Endpoint::Target => 1,
+    }
+}
+
+impl Replicator {
+    /// Starts a replication. `seed` makes the session id (drivers pass OS randomness, tests a
+    /// constant); the first requests are ready at once.
+    pub fn new(config: ReplicatorConfig, seed: u64) -> Replicator {
+        let rep_id = config.replication_id();
+        let session_id = md5_hex(format!("{seed}\0{rep_id}").as_bytes());
+        let mut r = Replicator {
+            config,
+            rep_id,
+            session_id,
+            state: State::ReadingLogs,
+            next_id: 0,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            retries: Vec::new(),
+            pending_retry: Vec::new(),
+            logs: [None, None],
+            logs_read: 0,
+            log_revs: [None, None],
+            log_writing: [false, false],
+            source_log_disabled: false,
+            history: Vec::new(),
+            since: Seq::zero(),
+            changes_inflight: false,
+            at_end: false,
+            caught_up_reported: false,
+            batches: VecDeque::new(),
+            next_batch: 0,
+            done_seq: None,
+            batches_since_checkpoint: 0,
+            progress: Progress::default(),
+        };
+        for e in [Endpoint::Source, Endpoint::Target] {
+            let id = r.log_id();
+            r.send(
+                Purpose::ReadLog(e),
+                e,
+                Request::GetLocal(LocalRequest { id }),
+                0,
+            );
+        }
+        r
+    }
+
+    /// The replication id (checkpoints live in `_local/<id>` on both sides).
+    pub fn replication_id(&self) -> &str {
+        &self.rep_id
+    }
+
+    /// Counts so far.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Whether the replication has ended (completed, failed or cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.state == State::Finished
+    }
+
+    /// Stops the replication: no more requests; answers still under way are ignored. Batches
+    /// already checkpointed stay checkpointed, so a new run resumes from there.
+    pub fn cancel(&mut self) {
+        if self.state == State::Finished {
+            return;
+        }
+        self.finish();
+        self.events
+            .push_back(ReplicationEvent::Cancelled(self.progress.clone()));
+    }
+
+    /// The next request to execute.
+    pub fn poll_request(&mut self) -> Option<EndpointRequest> {
+        self.out.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ReplicationEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Replicator::handle_timeout`] should next be called (a retry is due).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.retries.iter().map(|r| r.due).min()
+    }
+
+    /// Re-sends requests whose retry delay has passed. Calling it early or twice is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.schedule_pending(now);
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.retries.len() {
+            if self.retries[i].due <= now {
+                due.push(self.retries.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for r in due {
+            if self.state == State::Finished {
+                break;
+            }
+            let s = r.sent;
+            self.send(s.purpose, s.endpoint, s.request, s.attempt);
+        }
+    }
+
+    /// Feeds the result of request `id`, received at time `now` (transient failures are retried
+    /// after a backoff counted from `now`).
+    ///
+    /// # Errors
+    /// [`ReplicationError::UnknownRequest`] if `id` was never issued (the machine is unchanged).
+    /// Answers for requests issued before a cancel or failure are accepted and ignored.
+    pub fn handle_response(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        result: Result<Response, DbError>,
+    ) -> Result<(), ReplicationError> {
+        self.handle_response_untimed(id, result)?;
+        self.schedule_pending(now);
+        Ok(())
+    }
+
+    /// [`Replicator::handle_response`] without a clock: failures to retry wait in
+    /// `pending_retry` until the caller schedules or sends them.
+    fn handle_response_untimed(
+        &mut self,
+        id: RequestId,
+        result: Result<Response, DbError>,
+    ) -> Result<(), ReplicationError> {
+        if id.0 >= self.next_id {
+            return Err(ReplicationError::UnknownRequest(id));
+        }
+        let Some(sent) = self.inflight.remove(&id.0) else {
+            return Ok(());
+        };
+        if self.state == State::Finished {
+            return Ok(());
+        }
+        match result {
+            Ok(resp) => {
+                if let Err(error) = self.on_ok(sent.purpose, resp) {
+                    self.fail(sent.endpoint, sent.request.name(), error);
+                }
+            }
+            Err(error) => self.on_err(sent, error),
+        }
+        self.pump();
+        Ok(())
+    }
+
+    fn log_id(&self) -> String {
+        format!("_local/{}", self.rep_id)
+    }
+
+    fn send(&mut self, purpose: Purpose, endpoint: Endpoint, request: Request, attempt: u32) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.out.push_back(EndpointRequest {
+            id: RequestId(id),
+            endpoint,
+            request: request.clone(),
+        });
+        self.inflight.insert(
+            id,
+            Sent {
+                purpose,
+                endpoint,
+                request,
+                attempt,
+            },
+        );
+    }
+
+    fn schedule_pending(&mut self, now: Instant) {
+        for sent in std::mem::take(&mut self.pending_retry) {
+            let shift = sent.attempt.min(20);
+            let delay = self
+                .config
+                .initial_backoff
+                .saturating_mul(1u32 << shift)
+                .min(self.config.max_backoff);
+            self.retries.push(Retry {
+                due: now + delay,
+                sent,
+            });
+        }
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Finished;
+        self.out.clear();
+        self.inflight.clear();
+        self.retries.clear();
+        self.pending_retry.clear();
+    }
+
+    fn fail(&mut self, endpoint: Endpoint, op: &'static str, error: DbError) {
+        tracing::warn!(?endpoint, op, %error, "replication failed");
+        self.finish();
+        self.events.push_back(ReplicationEvent::Failed {
+            error: ReplicationError::Endpoint {
+                endpoint,
+                op,
+                error,
+            },
+            progress: self.progress.clone(),
+        });
+    }
+
+    fn on_err(&mut self, sent: Sent, error: DbError) {
+        match (sent.purpose, &error) {
+            (Purpose::ReadLog(e), DbError::NotFound(_)) => {
+                self.logs[slot(e)] = None;
+                self.log_read_done();
+            }
+            (Purpose::RefreshLog(e), DbError::NotFound(_)) => {
+                self.log_revs[slot(e)] = None;
+                self.log_writing[slot(e)] = false;
+            }
+            (Purpose::WriteLog(e), DbError::Conflict) => {
+                // Someone else wrote the log (another run of this replication): take its rev.
+                let id = self.log_id();
+                self.send(
+                    Purpose::RefreshLog(e),
+                    e,
+                    Request::GetLocal(LocalRequest { id }),
+                    0,
+                );
+            }
+            (
+                Purpose::WriteLog(Endpoint::Source),
+                DbError::Forbidden(_) | DbError::Unauthorized(_),
+            ) => {
+                // A read-only source may refuse checkpoints; resuming then relies on the target.
+                tracing::info!("source refuses checkpoints; continuing without them");
+                self.source_log_disabled = true;
+                self.log_writing[0] = false;
+            }
+            _ if error.is_transient() && sent.attempt < self.config.max_retries => {
+                tracing::debug!(op = sent.request.name(), %error, attempt = sent.attempt, "retrying");
+                self.pending_retry.push(Sent {
+                    attempt: sent.attempt + 1,
+                    ..sent
+                });
+            }
+            _ => self.fail(sent.endpoint, sent.request.name(), error),
+        }
+    }
+
+    fn on_ok(&mut self, purpose: Purpose, resp: Response) -> Result<(), DbError> {
+        match purpose {
+            Purpose::ReadLog(e) => {
+                let doc = resp.into_doc_body()?.doc;
+                self.log_revs[slot(e)] = doc.get("_rev").and_then(Value::as_str).map(String::from);
+                self.logs[slot(e)] = Some(doc);
+                self.log_read_done();
+            }
+            Purpose::RefreshLog(e) => {
+                let doc = resp.into_doc_body()?.doc;
+                self.log_revs[slot(e)] = doc.get("_rev").and_then(Value::as_str).map(String::from);
+                self.log_writing[slot(e)] = false;
+            }
+            Purpose::WriteLog(e) => {
+                let w = resp.into_written()?;
+                self.log_revs[slot(e)] = Some(w.result?.to_string());
+                self.log_writing[slot(e)] = false;
+            }
+            Purpose::Changes => {
+                let c = resp.into_changes()?;
+                self.changes_inflight = false;
+                let n = c.results.len();
+                self.progress.changes_read += n as u64;
+                if n < self.config.batch_size {
+                    self.at_end = true;
+                }
+                if n > 0 {
+                    self.caught_up_reported = false;
+                }
+                self.since = c.last_seq.clone();
+                self.progress.last_seq = c.last_seq.clone();
+                let id = self.next_batch;
+                self.next_batch += 1;
+                let mut batch = Batch {
+                    id,
+                    last_seq: c.last_seq,
+                    rows: c.results,
+                    stage: Stage::Diffing,
+                    sent_docs: 0,
+                };
+                if batch.rows.is_empty() {
+                    batch.stage = Stage::Done;
+                } else {
+                    let mut revs: BTreeMap<String, Vec<Rev>> = BTreeMap::new();
+                    for row in &batch.rows {
+                        revs.entry(row.id.clone())
+                            .or_default()
+                            .extend(row.changes.iter().map(|c| c.rev.clone()));
+                    }
+                    self.send(
+                        Purpose::RevsDiff(id),
+                        Endpoint::Target,
+                        Request::RevsDiff(RevsDiffRequest { revs }),
+                        0,
+                    );
+                }
+                self.batches.push_back(batch);
+            }
+            Purpose::RevsDiff(b) => {
+                let diff = resp.into_revs_diff()?;
+                let mut docs = Vec::new();
+                for (id, entry) in diff.missing {
+                    self.progress.revs_missing += entry.missing.len() as u64;
+                    for rev in entry.missing {
+                        docs.push(BulkGetItem {
+                            id: id.clone(),
+                            rev: Some(rev),
+                            atts_since: entry.possible_ancestors.clone(),
+                        });
+                    }
+                }
+                let Some(batch) = self.batches.iter_mut().find(|x| x.id == b) else {
+                    return Ok(());
+                };
+                if docs.is_empty() {
+                    batch.stage = Stage::Done;
+                } else {
+                    batch.stage = Stage::Fetching;
+                    self.send(
+                        Purpose::BulkGet(b),
+                        Endpoint::Source,
+                        Request::BulkGet(BulkGetRequest {
+                            docs,
+                            revs: true,
+                            attachments: true,
+                            latest: true,
+                        }),
+                        0,
+                    );
+                }
+            }
+            Purpose::BulkGet(b) => {
+                let got = resp.into_bulk_get()?;
+                let mut seen = BTreeSet::new();
+                let mut docs = Vec::new();
+                for r in got.results {
+                    for d in r.docs {
+                        match d {
+                            BulkGetDoc::Ok(doc) => {
+                                let key = (
+                                    doc.get("_id").and_then(Value::as_str).map(String::from),
+                                    doc.get("_rev").and_then(Value::as_str).map(String::from),
+                                );
+                                if seen.insert(key) {
+                                    docs.push(Value::Object(doc));
+                                }
+                            }
+                            BulkGetDoc::Error(e) => {
+                                tracing::debug!(id = %e.id, rev = ?e.rev, error = %e.error, "source could not return a revision");
+                                self.progress.doc_read_failures += 1;
+                            }
+                        }
+                    }
+                }
+                self.progress.docs_read += docs.len() as u64;
+                let Some(batch) = self.batches.iter_mut().find(|x| x.id == b) else {
+                    return Ok(());
+                };
+                if docs.is_empty() {
+                    batch.stage = Stage::Done;
+                } else {
+                    batch.stage = Stage::Writing;
+                    batch.sent_docs = docs.len() as u64;
+                    self.send(
+                        Purpose::BulkDocs(b),
+                        Endpoint::Target,
+                        Request::BulkDocs(BulkDocsRequest {
+                            docs,
+                            new_edits: false,
+                        }),
+                        0,
+                    );
+                }
+            }
+            Purpose::BulkDocs(b) => {
+                let written = resp.into_bulk_docs()?;
+                let failures = written.results.iter().filter(|r| r.result.is_err()).count() as u64;
+                for r in written.results.iter().filter(|r| r.result.is_err()) {
+                    if let Err(e) = &r.result {
+                        tracing::warn!(id = %r.id, error = %e, "target refused a revision");
+                    }
+                }
+                let Some(batch) = self.batches.iter_mut().find(|x| x.id == b) else {
+                    return Ok(());
+                };
+                // CouchDB answers new_edits=false writes with errors only: count the rest as written.
+                self.progress.doc_write_failures += failures;
+                self.progress.docs_written += batch.sent_docs.saturating_sub(failures);
+                batch.stage = Stage::Done;
+                self.batches_since_checkpoint += 1;
+                self.events
+                    .push_back(ReplicationEvent::Progressed(self.progress.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn log_read_done(&mut self) {
+        self.logs_read += 1;
+        if self.logs_read < 2 {
+            return;
+        }
+        let (since, history) = compare_logs(self.logs[0].as_ref(), self.logs[1].as_ref());
+        self.since = since.clone();
+        self.progress.checkpointed_seq = since.clone();
+        self.progress.last_seq = since.clone();
+        self.history = history;
+        self.state = State::Running;
+        self.events.push_back(ReplicationEvent::Started {
+            replication_id: self.rep_id.clone(),
+            since,
+        });
+    }
+
+    /// Issues whatever can be issued now and notices the end.
+    fn pump(&mut self) {
+        if self.state != State::Running {
+            return;
+        }
+        // Retire finished batches in order; they make the checkpointable prefix.
+        while self.batches.front().is_some_and(|b| b.stage == Stage::Done) {
+            let b = self.batches.pop_front().expect("front exists");
+            self.done_seq = Some(b.last_seq);
+        }
+        let idle = self.batches.is_empty() && !self.changes_inflight;
+        let checkpoint_due =
+            self.batches_since_checkpoint >= self.config.checkpoint_every || (idle && self.at_end);
+        if checkpoint_due {
+            self.write_checkpoint();
+        }
+        let reading = !self.at_end || self.config.live;
+        if reading && !self.changes_inflight && self.batches.len() < self.config.batches_in_flight {
+            let feed = if self.at_end && self.config.live {
+                Feed::Longpoll
+            } else {
+                Feed::Normal
+            };
+            self.changes_inflight = true;
+            let req = ChangesRequest {
+                since: self.since.clone(),
+                limit: Some(self.config.batch_size),
+                style: ChangesStyle::AllDocs,
+                doc_ids: self.config.doc_ids.clone(),
+                feed,
+                timeout_ms: (feed == Feed::Longpoll)
+                    .then(|| self.config.longpoll_timeout.as_millis() as u64),
+                ..ChangesRequest::default()
+            };
+            self.send(Purpose::Changes, Endpoint::Source, Request::Changes(req), 0);
+        }
+        let checkpointed = !self.log_writing.iter().any(|w| *w)
+            && self
+                .done_seq
+                .as_ref()
+                .is_none_or(|s| *s == self.progress.checkpointed_seq);
+        if idle && self.at_end && checkpointed {
+            if self.config.live {
+                if !self.caught_up_reported {
+                    self.caught_up_reported = true;
+                    self.events
+                        .push_back(ReplicationEvent::CaughtUp(self.progress.clone()));
+                }
+            } else {
+                self.finish();
+                self.events
+                    .push_back(ReplicationEvent::Completed(self.progress.clone()));
+            }
+        }
+    }
+
+    fn write_checkpoint(&mut self) {
+        let Some(seq) = self.done_seq.clone() else {
+            return;
+        };
+        if seq == self.progress.checkpointed_seq || self.log_writing.iter().any(|w| *w) {
+            return;
+        }
+        self.batches_since_checkpoint = 0;
+        let entry = json!({
+            "session_id": self.session_id,
+            "recorded_seq": seq.0,
+            "docs_read": self.progress.docs_read,
+            "docs_written": self.progress.docs_written,
+            "doc_write_failures": self.progress.doc_write_failures,
+        });
+        let mut history = vec![entry];
+        history.extend(
+            self.history
+                .iter()
+                .filter(|h| h.get("session_id").and_then(Value::as_str) != Some(&self.session_id))
+                .take(MAX_HISTORY - 1)
+                .cloned(),
+        );
+        let mut doc = Doc::new();
+        doc.insert("session_id".into(), json!(self.session_id));
+        doc.insert("source_last_seq".into(), seq.0.clone());
+        doc.insert(
+            "replication_id_version".into(),
+            json!(REPLICATION_ID_VERSION),
+        );
+        doc.insert("history".into(), Value::Array(history));
+        self.progress.checkpointed_seq = seq;
+        self.progress.checkpoints += 1;
+        for e in [Endpoint::Source, Endpoint::Target] {
+            if e == Endpoint::Source && self.source_log_disabled {
+                continue;
+            }
+            let mut d = doc.clone();
+            if let Some(rev) = &self.log_revs[slot(e)] {
+                d.insert("_rev".into(), json!(rev));
+            }
+            self.log_writing[slot(e)] = true;
+            let id = self.log_id();
+            self.send(
+                Purpose::WriteLog(e),
+                e,
+                Request::PutLocal(PutLocalRequest { id, doc: d }),
+                0,
+            );
+        }
+    }
+}
+
+/// Finds where to resume from the two replication logs (CouchDB's `compare_replication_logs`):
+/// the same session on both sides means its seq; otherwise the newest session both histories
+/// share; otherwise from the start. Malformed logs count as absent.
+fn compare_logs(source: Option<&Doc>, target: Option<&Doc>) -> (Seq, Vec<Value>) {
+    let (Some(s), Some(t)) = (source, target) else {
+        return (Seq::zero(), Vec::new());
+    };
+    let s_hist: Vec<Value> = s
+        .get("history")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let session = |d: &Doc| {
+        d.get("session_id")
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    if let (Some(a), Some(b)) = (session(s), session(t)) {
+        if a == b {
+            if let Some(seq) = s.get("source_last_seq") {
+                return (Seq(seq.clone()), s_hist);
+            }
+        }
+    }
+    let t_sessions: BTreeSet<String> = t
+        .get("history")
+        .and_then(Value::as_array)
+        .map(|h| {
+            h.iter()
+                .filter_map(|e| {
+                    e.get("session_id")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for entry in &s_hist {
+        if let (Some(sid), Some(seq)) = (
+            entry.get("session_id").and_then(Value::as_str),
+            entry.get("recorded_seq"),
+        ) {
+            if t_sessions.contains(sid) {
+                return (Seq(seq.clone()), s_hist.clone());
+            }
+        }
+    }
+    (Seq::zero(), s_hist)
+}
+
+/// Runs a one-shot replication between two synchronous databases and returns the final counts.
+///
+/// A convenience over [`Replicator`] for in-process stores: it executes each request at once.
+/// Retry delays are not waited for: a transient failure is retried at once, up to the configured
+/// number of retries.
+///
+/// # Errors
+/// [`ReplicationError::InvalidConfig`] for live mode (a blocking call cannot wait for changes);
+/// otherwise the error the replication failed with.
+pub fn replicate(
+    source: &mut dyn Database,
+    target: &mut dyn Database,
+    config: ReplicatorConfig,
+) -> Result<Progress, ReplicationError> {
+    replicate_with_progress(source, target, config, |_| {})
+}
+
+/// Like [`replicate`], calling `on_event` with every event (progress counts as batches land).
+///
+/// # Errors
+/// As [`replicate`].
+pub fn replicate_with_progress(
+    source: &mut dyn Database,
+    target: &mut dyn Database,
+    config: ReplicatorConfig,
+    mut on_event: impl FnMut(&ReplicationEvent),
+) -> Result<Progress, ReplicationError> {
+    if config.live {
+        return Err(ReplicationError::InvalidConfig(
+            "live replication needs a driver that can wait; use Replicator directly".into(),
+        ));
+    }
+    let mut rep = Replicator::new(config, 0);
+    loop {
+        while let Some(req) = rep.poll_request() {
+            let db: &mut dyn Database = match req.endpoint {
+                Endpoint::Source => &mut *source,
+                Endpoint::Target => &mut *target,
+            };
+            let result = db.execute(req.request);
+            rep.handle_response_untimed(req.id, result)?;
+        }
+        while let Some(ev) = rep.poll_event() {
+            on_event(&ev);
+            match ev {
+                ReplicationEvent::Completed(p) => return Ok(p),
+                ReplicationEvent::Failed { error, .. } => return Err(error),
+                _ => {}
+            }
+        }
+        if !rep.pending_retry.is_empty() {
+            // No clock here: due retries are sent at once.
+            for sent in std::mem::take(&mut rep.pending_retry) {
+                rep.send(sent.purpose, sent.endpoint, sent.request, sent.attempt);
+            }
+            continue;
+        }
+        if rep.out.is_empty() {
+            return Err(ReplicationError::Stalled(
+                "no request to send and no event; this is a bug".into(),
+            ));
+        }
+    }
+}
