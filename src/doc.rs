@@ -72,6 +72,7 @@ pub(crate) enum AttIn {
     Stub {
         digest: Option<String>,
         revpos: Option<u64>,
+        content_type: Option<String>,
     },
 }
 
@@ -209,7 +210,15 @@ fn parse_attachments(v: Value) -> Result<BTreeMap<String, AttIn>, DbError> {
                 Some(Value::String(d)) => Some(d.clone()),
                 Some(_) => return Err(validation(format!("Attachment {name:?}: bad digest"))),
             };
-            AttIn::Stub { digest, revpos }
+            let content_type = att
+                .get("content_type")
+                .and_then(Value::as_str)
+                .map(String::from);
+            AttIn::Stub {
+                digest,
+                revpos,
+                content_type,
+            }
         } else if let Some(data) = att.get("data") {
             let Value::String(data) = data else {
                 return Err(DbError::BadRequest(format!(

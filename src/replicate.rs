@@ -333,10 +333,18 @@ pub struct Replicator {
     logs_read: u8,
     log_revs: [Option<String>; 2],
     log_writing: [bool; 2],
+    /// The checkpoint being written (confirmed once both sides answered).
+    checkpoint_writing: Option<Seq>,
+    /// The last checkpoint issued (confirmed or not).
+    checkpoint_issued: Seq,
+    checkpoint_doc: Doc,
+    log_conflicts: u32,
     source_log_disabled: bool,
     history: Vec<Value>,
     since: Seq,
     changes_inflight: bool,
+    /// The changes request in flight is a longpoll: waiting on it is being idle.
+    longpoll_inflight: bool,
     at_end: bool,
     caught_up_reported: bool,
     batches: VecDeque<Batch>,
@@ -374,10 +382,15 @@ impl Replicator {
             logs_read: 0,
             log_revs: [None, None],
             log_writing: [false, false],
+            checkpoint_writing: None,
+            checkpoint_issued: Seq::zero(),
+            checkpoint_doc: Doc::new(),
+            log_conflicts: 0,
             source_log_disabled: false,
             history: Vec::new(),
             since: Seq::zero(),
             changes_inflight: false,
+            longpoll_inflight: false,
             at_end: false,
             caught_up_reported: false,
             batches: VecDeque::new(),
@@ -530,7 +543,7 @@ impl Replicator {
 
     fn schedule_pending(&mut self, now: Instant) {
         for sent in std::mem::take(&mut self.pending_retry) {
-            let shift = sent.attempt.min(20);
+            let shift = sent.attempt.saturating_sub(1).min(20);
             let delay = self
                 .config
                 .initial_backoff
@@ -572,10 +585,11 @@ impl Replicator {
             }
             (Purpose::RefreshLog(e), DbError::NotFound(_)) => {
                 self.log_revs[slot(e)] = None;
-                self.log_writing[slot(e)] = false;
+                self.send_log(e);
             }
-            (Purpose::WriteLog(e), DbError::Conflict) => {
+            (Purpose::WriteLog(e), DbError::Conflict) if self.log_conflicts < 5 => {
                 // Someone else wrote the log (another run of this replication): take its rev.
+                self.log_conflicts += 1;
                 let id = self.log_id();
                 self.send(
                     Purpose::RefreshLog(e),
@@ -591,7 +605,7 @@ impl Replicator {
                 // A read-only source may refuse checkpoints; resuming then relies on the target.
                 tracing::info!("source refuses checkpoints; continuing without them");
                 self.source_log_disabled = true;
-                self.log_writing[0] = false;
+                self.log_written(Endpoint::Source);
             }
             _ if error.is_transient() && sent.attempt < self.config.max_retries => {
                 tracing::debug!(op = sent.request.name(), %error, attempt = sent.attempt, "retrying");
@@ -615,16 +629,17 @@ impl Replicator {
             Purpose::RefreshLog(e) => {
                 let doc = resp.into_doc_body()?.doc;
                 self.log_revs[slot(e)] = doc.get("_rev").and_then(Value::as_str).map(String::from);
-                self.log_writing[slot(e)] = false;
+                self.send_log(e);
             }
             Purpose::WriteLog(e) => {
                 let w = resp.into_written()?;
                 self.log_revs[slot(e)] = Some(w.result?.to_string());
-                self.log_writing[slot(e)] = false;
+                self.log_written(e);
             }
             Purpose::Changes => {
                 let c = resp.into_changes()?;
                 self.changes_inflight = false;
+                self.longpoll_inflight = false;
                 let n = c.results.len();
                 self.progress.changes_read += n as u64;
                 if n < self.config.batch_size {
@@ -769,6 +784,7 @@ impl Replicator {
         let (since, history) = compare_logs(self.logs[0].as_ref(), self.logs[1].as_ref());
         self.since = since.clone();
         self.progress.checkpointed_seq = since.clone();
+        self.checkpoint_issued = since.clone();
         self.progress.last_seq = since.clone();
         self.history = history;
         self.state = State::Running;
@@ -788,7 +804,7 @@ impl Replicator {
             let b = self.batches.pop_front().expect("front exists");
             self.done_seq = Some(b.last_seq);
         }
-        let idle = self.batches.is_empty() && !self.changes_inflight;
+        let idle = self.batches.is_empty() && (!self.changes_inflight || self.longpoll_inflight);
         let checkpoint_due =
             self.batches_since_checkpoint >= self.config.checkpoint_every || (idle && self.at_end);
         if checkpoint_due {
@@ -802,6 +818,7 @@ impl Replicator {
                 Feed::Normal
             };
             self.changes_inflight = true;
+            self.longpoll_inflight = feed == Feed::Longpoll;
             let req = ChangesRequest {
                 since: self.since.clone(),
                 limit: Some(self.config.batch_size),
@@ -818,7 +835,7 @@ impl Replicator {
             && self
                 .done_seq
                 .as_ref()
-                .is_none_or(|s| *s == self.progress.checkpointed_seq);
+                .is_none_or(|s| *s == self.checkpoint_issued);
         if idle && self.at_end && checkpointed {
             if self.config.live {
                 if !self.caught_up_reported {
@@ -838,7 +855,7 @@ impl Replicator {
         let Some(seq) = self.done_seq.clone() else {
             return;
         };
-        if seq == self.progress.checkpointed_seq || self.log_writing.iter().any(|w| *w) {
+        if seq == self.checkpoint_issued || self.log_writing.iter().any(|w| *w) {
             return;
         }
         self.batches_since_checkpoint = 0;
@@ -865,24 +882,42 @@ impl Replicator {
             json!(REPLICATION_ID_VERSION),
         );
         doc.insert("history".into(), Value::Array(history));
-        self.progress.checkpointed_seq = seq;
-        self.progress.checkpoints += 1;
+        self.checkpoint_doc = doc;
+        self.checkpoint_issued = seq.clone();
+        self.checkpoint_writing = Some(seq);
+        self.log_conflicts = 0;
         for e in [Endpoint::Source, Endpoint::Target] {
             if e == Endpoint::Source && self.source_log_disabled {
                 continue;
             }
-            let mut d = doc.clone();
-            if let Some(rev) = &self.log_revs[slot(e)] {
-                d.insert("_rev".into(), json!(rev));
-            }
-            self.log_writing[slot(e)] = true;
-            let id = self.log_id();
-            self.send(
-                Purpose::WriteLog(e),
-                e,
-                Request::PutLocal(PutLocalRequest { id, doc: d }),
-                0,
-            );
+            self.send_log(e);
+        }
+    }
+
+    fn send_log(&mut self, e: Endpoint) {
+        let mut d = self.checkpoint_doc.clone();
+        if let Some(rev) = &self.log_revs[slot(e)] {
+            d.insert("_rev".into(), json!(rev));
+        }
+        self.log_writing[slot(e)] = true;
+        let id = self.log_id();
+        self.send(
+            Purpose::WriteLog(e),
+            e,
+            Request::PutLocal(PutLocalRequest { id, doc: d }),
+            0,
+        );
+    }
+
+    /// Called when one side's log write ended; confirms the checkpoint once both did.
+    fn log_written(&mut self, e: Endpoint) {
+        self.log_writing[slot(e)] = false;
+        if self.log_writing.iter().any(|w| *w) {
+            return;
+        }
+        if let Some(seq) = self.checkpoint_writing.take() {
+            self.progress.checkpointed_seq = seq;
+            self.progress.checkpoints += 1;
         }
     }
 }

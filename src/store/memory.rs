@@ -17,6 +17,9 @@ use crate::revtree::{Merge, RevTree};
 /// CouchDB's default `revs_limit`.
 pub const DEFAULT_REVS_LIMIT: usize = 1000;
 
+/// A successful write: id, new revision, and bodies compacted away by it.
+type Written = (String, Rev, Vec<Arc<StoredBody>>);
+
 /// A leaf revision's content.
 #[derive(Debug)]
 pub(crate) struct StoredBody {
@@ -33,6 +36,8 @@ struct DocEntry {
 #[derive(Debug)]
 struct Blob {
     data: Arc<[u8]>,
+    /// The content type it first arrived with (for stubs that do not say).
+    content_type: String,
     refs: u64,
 }
 
@@ -179,7 +184,17 @@ impl MemoryStore {
 
     fn retain(&mut self, body: &StoredBody, new_data: Vec<(String, Arc<[u8]>)>) {
         for (digest, data) in new_data {
-            self.blobs.entry(digest).or_insert(Blob { data, refs: 0 });
+            let content_type = body
+                .atts
+                .values()
+                .find(|m| m.digest == digest)
+                .map(|m| m.content_type.clone())
+                .unwrap_or_default();
+            self.blobs.entry(digest).or_insert(Blob {
+                data,
+                content_type,
+                refs: 0,
+            });
         }
         for m in body.atts.values() {
             if let Some(blob) = self.blobs.get_mut(&m.digest) {
@@ -226,7 +241,11 @@ impl MemoryStore {
                     }
                     metas.insert(name, meta);
                 }
-                AttIn::Stub { digest, revpos } => {
+                AttIn::Stub {
+                    digest,
+                    revpos,
+                    content_type,
+                } => {
                     let missing = || {
                         DbError::MissingStub(format!(
                             "Attachment {name:?} is a stub but this database does not have it"
@@ -253,7 +272,7 @@ impl MemoryStore {
                         let d = digest.ok_or_else(missing)?;
                         let blob = self.blobs.get(&d).ok_or_else(missing)?;
                         AttMeta {
-                            content_type: "application/octet-stream".into(),
+                            content_type: content_type.unwrap_or_else(|| blob.content_type.clone()),
                             digest: d,
                             length: blob.data.len() as u64,
                             revpos: revpos.unwrap_or(pos),
@@ -266,7 +285,7 @@ impl MemoryStore {
         Ok((metas, new_data))
     }
 
-    fn write_new_edit(&mut self, doc: ParsedDoc) -> Result<(String, Rev), DbError> {
+    fn write_new_edit(&mut self, doc: ParsedDoc) -> Result<Written, DbError> {
         let id = match doc.id {
             Some(id) => id,
             None => self.generate_id(),
@@ -314,13 +333,12 @@ impl MemoryStore {
         let (_, dropped) = e.tree.add_child(parent, rev.clone(), doc.deleted, body);
         e.tree.stem(self.revs_limit);
         let after = e.tree.is_deleted(e.tree.winner());
-        self.release(dropped);
         self.count(before, after);
         self.bump_seq(&id);
-        Ok((id, rev))
+        Ok((id, rev, dropped))
     }
 
-    fn write_replicated(&mut self, doc: ParsedDoc) -> Result<(String, Rev), DbError> {
+    fn write_replicated(&mut self, doc: ParsedDoc) -> Result<Written, DbError> {
         let id = doc
             .id
             .ok_or_else(|| DbError::BadRequest("new_edits=false needs _id".into()))?;
@@ -334,7 +352,7 @@ impl MemoryStore {
         path.reverse();
         let entry = self.docs.get(&id);
         if entry.is_some_and(|e| e.tree.find(&rev).is_some()) {
-            return Ok((id, rev));
+            return Ok((id, rev, Vec::new()));
         }
         let (atts, new_data) = self.resolve_atts(
             doc.attachments,
@@ -357,14 +375,17 @@ impl MemoryStore {
         debug_assert_eq!(merge, Merge::Added);
         e.tree.stem(self.revs_limit);
         let after = e.tree.is_deleted(e.tree.winner());
-        self.release(dropped);
         self.count(before, after);
         self.bump_seq(&id);
-        Ok((id, rev))
+        Ok((id, rev, dropped))
     }
 
     fn bulk_docs_impl(&mut self, req: BulkDocsRequest) -> BulkDocsResponse {
         let mut results = Vec::with_capacity(req.docs.len());
+        // Bodies compacted away by this request release their attachments only at the end, so a
+        // later document of the same request may still refer to them by stub (a replicated
+        // batch can bring a tombstone and a sibling edit of the same parent together).
+        let mut compacted = Vec::new();
         for v in req.docs {
             let claimed_id = v
                 .get("_id")
@@ -390,16 +411,20 @@ impl MemoryStore {
                 }
             });
             results.push(match outcome {
-                Ok((id, rev)) => DocResult {
-                    id,
-                    result: Ok(rev),
-                },
+                Ok((id, rev, dropped)) => {
+                    compacted.extend(dropped);
+                    DocResult {
+                        id,
+                        result: Ok(rev),
+                    }
+                }
                 Err(e) => DocResult {
                     id: claimed_id,
                     result: Err(e),
                 },
             });
         }
+        self.release(compacted);
         BulkDocsResponse { results }
     }
 
@@ -427,9 +452,13 @@ impl MemoryStore {
             let since_pos = if opts.atts_since.is_empty() {
                 0
             } else {
+                // Only revisions on this revision's own path count (CouchDB intersects
+                // `atts_since` with the ancestry): a sibling branch's attachments may differ.
                 opts.atts_since
                     .iter()
-                    .filter_map(|r| tree.find(r).map(|_| r.pos))
+                    .filter_map(|r| tree.find(r))
+                    .filter(|&i| tree.is_ancestor_or_self(i, idx))
+                    .map(|i| tree.rev(i).pos)
                     .max()
                     .unwrap_or(0)
             };

@@ -1,0 +1,931 @@
+//! The store conformance suite: every case is written once against `dyn Database` and
+//! instantiated for each store with [`conformance_suite!`](crate::conformance_suite).
+
+use peerpouch::*;
+use serde_json::{json, Value};
+
+/// Instantiates every case for one store: `conformance_suite!(memory, || MemoryStore::new("t"));`
+#[macro_export]
+macro_rules! conformance_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::common::conformance as c;
+            $crate::conformance_suite!(@cases $make;
+                put_then_get_round_trips, generated_ids_are_unique, create_with_rev_of_missing_doc_conflicts,
+                edit_needs_current_leaf, same_edit_gives_same_rev_everywhere, delete_hides_and_counts,
+                recreate_after_delete_extends_the_tombstone, get_specific_and_old_revs,
+                revisions_history, replicated_writes_merge_histories, winner_and_conflicts,
+                deleted_conflicts_and_conflict_resolution, open_revs_all_list_and_latest,
+                all_docs_ranges_and_paging, all_docs_keys_and_include_docs, changes_feed_semantics,
+                changes_doc_ids_and_include_docs, revs_diff_reports_missing_and_ancestors,
+                bulk_get_with_revs_and_missing, attachments_in_stubs_out, attachment_stubs_and_atts_since,
+                missing_stub_is_refused, replicated_attachment_stub_resolves_by_digest,
+                local_docs_are_separate, local_docs_in_bulk_docs, bad_input_is_typed_and_harmless,
+                bulk_docs_mixes_results, info_tracks_counts_and_seq);
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let mut db = $make;
+                c::$case(&mut db);
+            }
+        )*
+    };
+}
+
+fn rev_of(v: &Value) -> Rev {
+    v["_rev"]
+        .as_str()
+        .expect("_rev")
+        .parse()
+        .expect("valid rev")
+}
+
+fn put(db: &mut dyn Database, doc: Value) -> Rev {
+    db.put(doc).expect("put")
+}
+
+fn get_opts(
+    db: &mut dyn Database,
+    id: &str,
+    f: impl FnOnce(&mut GetRequest),
+) -> Result<Doc, DbError> {
+    let mut g = GetRequest::new(id);
+    f(&mut g);
+    db.get_with(g)
+}
+
+fn replicated(db: &mut dyn Database, docs: Vec<Value>) {
+    for r in db.bulk_docs(docs, false).unwrap() {
+        r.result.expect("replicated write");
+    }
+}
+
+/// A full, comparable picture of a database (for "unchanged" checks).
+pub fn dump(db: &mut dyn Database) -> Value {
+    let info = db.info().unwrap();
+    let mut all = AllDocsRequest::default();
+    all.include_docs = true;
+    all.conflicts = true;
+    let docs = db.all_docs(all).unwrap();
+    let changes = db
+        .changes(ChangesRequest {
+            style: ChangesStyle::AllDocs,
+            ..ChangesRequest::default()
+        })
+        .unwrap();
+    json!({"info": info, "docs": docs, "changes": changes, "local": db.get_local("probe").ok()})
+}
+
+pub fn put_then_get_round_trips(db: &mut dyn Database) {
+    let rev = put(
+        db,
+        json!({"_id": "a", "x": 1, "nested": {"k": [1, 2, {"z": null}]}}),
+    );
+    assert_eq!(rev.pos, 1);
+    assert_eq!(rev.hash.len(), 32);
+    let d = db.get("a").unwrap();
+    assert_eq!(
+        Value::Object(d),
+        json!({"_id": "a", "_rev": rev.to_string(), "x": 1, "nested": {"k": [1, 2, {"z": null}]}})
+    );
+    assert_eq!(db.get("nope"), Err(DbError::NotFound("missing".into())));
+}
+
+pub fn generated_ids_are_unique(db: &mut dyn Database) {
+    let rs = db
+        .bulk_docs(
+            vec![json!({"v": 1}), json!({"v": 1}), json!({"v": 2})],
+            true,
+        )
+        .unwrap();
+    let ids: std::collections::BTreeSet<_> = rs.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 3);
+    for r in rs {
+        assert!(!r.id.is_empty());
+        assert_eq!(
+            db.get(&r.id).unwrap()["_rev"],
+            r.result.unwrap().to_string()
+        );
+    }
+}
+
+pub fn create_with_rev_of_missing_doc_conflicts(db: &mut dyn Database) {
+    assert_eq!(
+        db.put(json!({"_id": "a", "_rev": "1-abc"})),
+        Err(DbError::Conflict)
+    );
+    assert_eq!(db.info().unwrap().doc_count, 0);
+}
+
+pub fn edit_needs_current_leaf(db: &mut dyn Database) {
+    let r1 = put(db, json!({"_id": "a", "v": 1}));
+    assert_eq!(db.put(json!({"_id": "a", "v": 2})), Err(DbError::Conflict));
+    let r2 = put(db, json!({"_id": "a", "_rev": r1.to_string(), "v": 2}));
+    assert_eq!(r2.pos, 2);
+    assert_eq!(
+        db.put(json!({"_id": "a", "_rev": r1.to_string(), "v": 3})),
+        Err(DbError::Conflict),
+        "a stale rev must conflict"
+    );
+    assert_eq!(
+        db.put(json!({"_id": "a", "_rev": "2-0000", "v": 3})),
+        Err(DbError::Conflict)
+    );
+    assert_eq!(db.get("a").unwrap()["v"], 2);
+}
+
+pub fn same_edit_gives_same_rev_everywhere(db: &mut dyn Database) {
+    let a = put(db, json!({"_id": "a", "v": 1, "w": [1, 2]}));
+    let b = put(db, json!({"_id": "b", "w": [1, 2], "v": 1}));
+    assert_eq!(
+        a.hash, b.hash,
+        "hash depends on content, not id or key order"
+    );
+    let c = put(db, json!({"_id": "c", "v": 2, "w": [1, 2]}));
+    assert_ne!(a.hash, c.hash);
+    let a2 = put(db, json!({"_id": "a", "_rev": a.to_string(), "v": 5}));
+    let b2 = put(db, json!({"_id": "b", "_rev": b.to_string(), "v": 5}));
+    assert_eq!(a2, b2);
+}
+
+pub fn delete_hides_and_counts(db: &mut dyn Database) {
+    let r1 = put(db, json!({"_id": "a", "v": 1}));
+    put(db, json!({"_id": "b"}));
+    let r2 = put(
+        db,
+        json!({"_id": "a", "_rev": r1.to_string(), "_deleted": true}),
+    );
+    assert_eq!(r2.pos, 2);
+    assert_eq!(db.get("a"), Err(DbError::NotFound("deleted".into())));
+    let info = db.info().unwrap();
+    assert_eq!((info.doc_count, info.doc_del_count), (1, 1));
+    let tomb = get_opts(db, "a", |g| g.rev = Some(r2.clone())).unwrap();
+    assert_eq!(tomb["_deleted"], true);
+    let all = db.all_docs(AllDocsRequest::default()).unwrap();
+    assert_eq!(all.total_rows, 1);
+    assert_eq!(all.rows.len(), 1);
+    let ch = db.changes(ChangesRequest::default()).unwrap();
+    let row = ch.results.iter().find(|r| r.id == "a").unwrap();
+    assert!(row.deleted);
+    assert_eq!(row.changes[0].rev, r2);
+}
+
+pub fn recreate_after_delete_extends_the_tombstone(db: &mut dyn Database) {
+    let r1 = put(db, json!({"_id": "a", "v": 1}));
+    let r2 = put(
+        db,
+        json!({"_id": "a", "_rev": r1.to_string(), "_deleted": true}),
+    );
+    let r3 = put(db, json!({"_id": "a", "v": "again"}));
+    assert_eq!(r3.pos, 3);
+    let d = get_opts(db, "a", |g| g.revs = true).unwrap();
+    assert_eq!(d["v"], "again");
+    assert_eq!(
+        d["_revisions"],
+        json!({"start": 3, "ids": [r3.hash, r2.hash, r1.hash]})
+    );
+    assert_eq!(db.info().unwrap().doc_count, 1);
+    assert_eq!(db.info().unwrap().doc_del_count, 0);
+}
+
+pub fn get_specific_and_old_revs(db: &mut dyn Database) {
+    let r1 = put(db, json!({"_id": "a", "v": 1}));
+    let r2 = put(db, json!({"_id": "a", "_rev": r1.to_string(), "v": 2}));
+    let d = get_opts(db, "a", |g| g.rev = Some(r2.clone())).unwrap();
+    assert_eq!(d["v"], 2);
+    // Only leaves keep bodies (automatic compaction): an old revision is gone, but `latest`
+    // follows it to its current leaf.
+    assert_eq!(
+        get_opts(db, "a", |g| g.rev = Some(r1.clone())),
+        Err(DbError::NotFound("missing".into()))
+    );
+    let d = get_opts(db, "a", |g| {
+        g.rev = Some(r1.clone());
+        g.latest = true;
+    })
+    .unwrap();
+    assert_eq!(d["_rev"], r2.to_string());
+    assert!(get_opts(db, "a", |g| g.rev = Some("9-zz".parse().unwrap())).is_err());
+}
+
+pub fn revisions_history(db: &mut dyn Database) {
+    let mut rev = put(db, json!({"_id": "a", "i": 0}));
+    let mut hashes = vec![rev.hash.clone()];
+    for i in 1..10 {
+        rev = put(db, json!({"_id": "a", "_rev": rev.to_string(), "i": i}));
+        hashes.push(rev.hash.clone());
+    }
+    hashes.reverse();
+    let d = get_opts(db, "a", |g| g.revs = true).unwrap();
+    assert_eq!(d["_revisions"], json!({"start": 10, "ids": hashes}));
+}
+
+pub fn replicated_writes_merge_histories(db: &mut dyn Database) {
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "3-c", "_revisions": {"start": 3, "ids": ["c", "b", "a"]}, "v": 3}),
+        ],
+    );
+    // The same revision again is a no-op; a branch from 2-b adds a conflict.
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "3-c", "_revisions": {"start": 3, "ids": ["c", "b", "a"]}, "v": 999}),
+            json!({"_id": "a", "_rev": "3-d", "_revisions": {"start": 3, "ids": ["d", "b", "a"]}, "v": 4}),
+        ],
+    );
+    let d = get_opts(db, "a", |g| {
+        g.conflicts = true;
+        g.revs = true;
+    })
+    .unwrap();
+    assert_eq!(d["_rev"], "3-d", "higher hash wins among equal positions");
+    assert_eq!(d["_conflicts"], json!(["3-c"]));
+    assert_eq!(d["_revisions"], json!({"start": 3, "ids": ["d", "b", "a"]}));
+    let c = get_opts(db, "a", |g| g.rev = Some("3-c".parse().unwrap())).unwrap();
+    assert_eq!(
+        c["v"], 3,
+        "a re-sent revision does not overwrite the stored body"
+    );
+    // Without _revisions the revision stands alone as a new root.
+    replicated(db, vec![json!({"_id": "b", "_rev": "5-x"})]);
+    assert_eq!(db.get("b").unwrap()["_rev"], "5-x");
+    // Extending a branch continues it.
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "4-e", "_revisions": {"start": 4, "ids": ["e", "c"]}, "v": 5}),
+        ],
+    );
+    let d = get_opts(db, "a", |g| g.conflicts = true).unwrap();
+    assert_eq!(d["_rev"], "4-e");
+    assert_eq!(d["_conflicts"], json!(["3-d"]));
+}
+
+pub fn winner_and_conflicts(db: &mut dyn Database) {
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "2-a", "_revisions": {"start": 2, "ids": ["a", "root"]}}),
+            json!({"_id": "a", "_rev": "2-b", "_revisions": {"start": 2, "ids": ["b", "root"]}}),
+            json!({"_id": "a", "_rev": "3-z", "_revisions": {"start": 3, "ids": ["z", "a", "root"]}, "_deleted": true}),
+        ],
+    );
+    // The deleted 3-z is on the longest branch, but a live leaf beats any deleted one.
+    let d = get_opts(db, "a", |g| {
+        g.conflicts = true;
+        g.deleted_conflicts = true;
+    })
+    .unwrap();
+    assert_eq!(d["_rev"], "2-b");
+    assert!(d.get("_conflicts").is_none());
+    assert_eq!(d["_deleted_conflicts"], json!(["3-z"]));
+    assert_eq!(db.info().unwrap().doc_count, 1);
+}
+
+pub fn deleted_conflicts_and_conflict_resolution(db: &mut dyn Database) {
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "1-a", "v": "a"}),
+            json!({"_id": "a", "_rev": "1-b", "v": "b"}),
+        ],
+    );
+    let d = get_opts(db, "a", |g| g.conflicts = true).unwrap();
+    assert_eq!(d["_rev"], "1-b");
+    assert_eq!(d["_conflicts"], json!(["1-a"]));
+    // Resolve: delete the losing leaf.
+    let del = put(db, json!({"_id": "a", "_rev": "1-a", "_deleted": true}));
+    let d = get_opts(db, "a", |g| {
+        g.conflicts = true;
+        g.deleted_conflicts = true;
+    })
+    .unwrap();
+    assert_eq!(d["_rev"], "1-b");
+    assert!(d.get("_conflicts").is_none());
+    assert_eq!(d["_deleted_conflicts"], json!([del.to_string()]));
+    // Deleting the winner too makes the document deleted, with the highest tombstone winning.
+    let del2 = put(db, json!({"_id": "a", "_rev": "1-b", "_deleted": true}));
+    assert_eq!(db.get("a"), Err(DbError::NotFound("deleted".into())));
+    let ch = db.changes(ChangesRequest::default()).unwrap();
+    assert_eq!(ch.results[0].changes[0].rev, std::cmp::max(del, del2));
+    assert!(ch.results[0].deleted);
+}
+
+pub fn open_revs_all_list_and_latest(db: &mut dyn Database) {
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "2-a", "_revisions": {"start": 2, "ids": ["a", "r"]}, "v": "a"}),
+            json!({"_id": "a", "_rev": "2-b", "_revisions": {"start": 2, "ids": ["b", "r"]}, "v": "b"}),
+        ],
+    );
+    let all = db
+        .open_revs(OpenRevsRequest {
+            id: "a".into(),
+            open_revs: OpenRevs::All,
+            revs: false,
+            attachments: false,
+            atts_since: vec![],
+            latest: false,
+        })
+        .unwrap();
+    let revs: Vec<_> = all
+        .iter()
+        .map(|o| match o {
+            OpenRev::Ok(d) => d["_rev"].as_str().unwrap().to_string(),
+            OpenRev::Missing(r) => panic!("missing {r}"),
+        })
+        .collect();
+    assert_eq!(revs, vec!["2-b", "2-a"]);
+    let some = db
+        .open_revs(OpenRevsRequest {
+            id: "a".into(),
+            open_revs: OpenRevs::List(vec!["2-a".parse().unwrap(), "7-q".parse().unwrap()]),
+            revs: true,
+            attachments: false,
+            atts_since: vec![],
+            latest: false,
+        })
+        .unwrap();
+    assert!(
+        matches!(&some[0], OpenRev::Ok(d) if d["_revisions"] == json!({"start": 2, "ids": ["a", "r"]}))
+    );
+    assert_eq!(some[1], OpenRev::Missing("7-q".parse().unwrap()));
+    let latest = db
+        .open_revs(OpenRevsRequest {
+            id: "a".into(),
+            open_revs: OpenRevs::List(vec!["1-r".parse().unwrap()]),
+            revs: false,
+            attachments: false,
+            atts_since: vec![],
+            latest: true,
+        })
+        .unwrap();
+    assert_eq!(latest.len(), 2, "latest from the root returns both leaves");
+    let missing_doc = db.open_revs(OpenRevsRequest {
+        id: "zz".into(),
+        open_revs: OpenRevs::All,
+        revs: false,
+        attachments: false,
+        atts_since: vec![],
+        latest: false,
+    });
+    assert_eq!(missing_doc, Err(DbError::NotFound("missing".into())));
+}
+
+fn ids(r: &AllDocsResponse) -> Vec<String> {
+    r.rows.iter().map(|r| r.key.clone()).collect()
+}
+
+pub fn all_docs_ranges_and_paging(db: &mut dyn Database) {
+    for id in ["b", "a", "d", "c", "e", "B", "é"] {
+        put(db, json!({"_id": id}));
+    }
+    let rev = db.get("d").unwrap()["_rev"].clone();
+    put(db, json!({"_id": "d", "_rev": rev, "_deleted": true}));
+    let q = |f: &dyn Fn(&mut AllDocsRequest)| {
+        let mut r = AllDocsRequest::default();
+        f(&mut r);
+        r
+    };
+    let all = db.all_docs(q(&|_| {})).unwrap();
+    // Raw (byte) collation, as CouchDB's _all_docs uses; deleted docs are hidden.
+    assert_eq!(ids(&all), vec!["B", "a", "b", "c", "e", "é"]);
+    assert_eq!(all.total_rows, 6);
+    assert_eq!(all.offset, 0);
+    let r = db
+        .all_docs(q(&|r| {
+            r.start_key = Some("b".into());
+            r.end_key = Some("e".into());
+        }))
+        .unwrap();
+    assert_eq!(ids(&r), vec!["b", "c", "e"]);
+    assert_eq!(r.offset, 2);
+    let r = db
+        .all_docs(q(&|r| {
+            r.start_key = Some("b".into());
+            r.end_key = Some("e".into());
+            r.inclusive_end = false;
+        }))
+        .unwrap();
+    assert_eq!(ids(&r), vec!["b", "c"]);
+    let r = db
+        .all_docs(q(&|r| {
+            r.descending = true;
+            r.start_key = Some("e".into());
+            r.end_key = Some("b".into());
+            r.inclusive_end = false;
+        }))
+        .unwrap();
+    assert_eq!(ids(&r), vec!["e", "c"]);
+    let r = db
+        .all_docs(q(&|r| {
+            r.skip = 1;
+            r.limit = Some(2);
+        }))
+        .unwrap();
+    assert_eq!(ids(&r), vec!["a", "b"]);
+    assert_eq!(r.offset, 1);
+    let r = db.all_docs(q(&|r| r.descending = true)).unwrap();
+    assert_eq!(ids(&r), vec!["é", "e", "c", "b", "a", "B"]);
+    let bad = db.all_docs(q(&|r| {
+        r.start_key = Some("z".into());
+        r.end_key = Some("a".into());
+    }));
+    assert!(matches!(bad, Err(DbError::BadRequest(_))));
+}
+
+pub fn all_docs_keys_and_include_docs(db: &mut dyn Database) {
+    put(db, json!({"_id": "a", "v": 1}));
+    let r = put(db, json!({"_id": "gone"}));
+    let del = put(
+        db,
+        json!({"_id": "gone", "_rev": r.to_string(), "_deleted": true}),
+    );
+    let mut q = AllDocsRequest::default();
+    q.keys = Some(vec!["gone".into(), "nope".into(), "a".into()]);
+    q.include_docs = true;
+    let res = db.all_docs(q).unwrap();
+    assert_eq!(res.rows.len(), 3);
+    assert_eq!(res.rows[0].value.as_ref().unwrap().rev, del);
+    assert!(res.rows[0].value.as_ref().unwrap().deleted);
+    assert_eq!(res.rows[0].doc, Some(Value::Null));
+    assert_eq!(res.rows[1].error.as_deref(), Some("not_found"));
+    assert!(res.rows[1].id.is_none());
+    assert_eq!(res.rows[2].doc.as_ref().unwrap()["v"], 1);
+}
+
+pub fn changes_feed_semantics(db: &mut dyn Database) {
+    let ra = put(db, json!({"_id": "a"}));
+    put(db, json!({"_id": "b"}));
+    put(db, json!({"_id": "c"}));
+    put(db, json!({"_id": "a", "_rev": ra.to_string(), "v": 2}));
+    let all = db.changes(ChangesRequest::default()).unwrap();
+    let order: Vec<_> = all.results.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(order, vec!["b", "c", "a"], "a moved to the end when edited");
+    let seqs: Vec<u64> = all
+        .results
+        .iter()
+        .map(|r| r.seq.as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        all.last_seq.as_u64(),
+        db.info().unwrap().update_seq.as_u64()
+    );
+    let page = db
+        .changes(ChangesRequest {
+            limit: Some(2),
+            ..ChangesRequest::default()
+        })
+        .unwrap();
+    assert_eq!(page.results.len(), 2);
+    assert_eq!(page.last_seq, page.results[1].seq);
+    let rest = db
+        .changes(ChangesRequest {
+            since: page.last_seq.clone(),
+            ..ChangesRequest::default()
+        })
+        .unwrap();
+    assert_eq!(rest.results.len(), 1);
+    assert_eq!(rest.results[0].id, "a");
+    let none = db
+        .changes(ChangesRequest {
+            since: rest.last_seq.clone(),
+            ..ChangesRequest::default()
+        })
+        .unwrap();
+    assert!(none.results.is_empty());
+    assert_eq!(none.last_seq, rest.last_seq);
+    let now = db
+        .changes(ChangesRequest {
+            since: Seq(json!("now")),
+            ..ChangesRequest::default()
+        })
+        .unwrap();
+    assert!(now.results.is_empty());
+    let desc = db
+        .changes(ChangesRequest {
+            descending: true,
+            limit: Some(1),
+            ..ChangesRequest::default()
+        })
+        .unwrap();
+    assert_eq!(desc.results[0].id, "a");
+    let bad = db.changes(ChangesRequest {
+        since: Seq(json!({"x": 1})),
+        ..ChangesRequest::default()
+    });
+    assert!(matches!(bad, Err(DbError::BadRequest(_))));
+    // all_docs style lists every leaf, winner first.
+    replicated(db, vec![json!({"_id": "b", "_rev": "1-0000"})]);
+    let styled = db
+        .changes(ChangesRequest {
+            style: ChangesStyle::AllDocs,
+            doc_ids: Some(vec!["b".into()]),
+            ..ChangesRequest::default()
+        })
+        .unwrap();
+    assert_eq!(styled.results[0].changes.len(), 2);
+    assert_eq!(styled.results[0].changes[1].rev, "1-0000".parse().unwrap());
+}
+
+pub fn changes_doc_ids_and_include_docs(db: &mut dyn Database) {
+    for id in ["a", "b", "c"] {
+        put(db, json!({"_id": id, "v": id}));
+    }
+    let r = db
+        .changes(ChangesRequest {
+            doc_ids: Some(vec!["c".into(), "a".into(), "zz".into()]),
+            include_docs: true,
+            ..ChangesRequest::default()
+        })
+        .unwrap();
+    let got: Vec<_> = r.results.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got, vec!["a", "c"]);
+    assert_eq!(r.results[1].doc.as_ref().unwrap()["v"], "c");
+    let rev = db.get("a").unwrap()["_rev"].clone();
+    put(db, json!({"_id": "a", "_rev": rev, "_deleted": true}));
+    let r = db
+        .changes(ChangesRequest {
+            since: r.last_seq,
+            include_docs: true,
+            ..ChangesRequest::default()
+        })
+        .unwrap();
+    assert_eq!(r.results.len(), 1);
+    assert!(r.results[0].deleted);
+    assert_eq!(r.results[0].doc.as_ref().unwrap()["_deleted"], true);
+}
+
+pub fn revs_diff_reports_missing_and_ancestors(db: &mut dyn Database) {
+    let r1 = put(db, json!({"_id": "a"}));
+    let mut revs = std::collections::BTreeMap::new();
+    revs.insert(
+        "a".to_string(),
+        vec![r1.clone(), "2-x".parse().unwrap(), "3-y".parse().unwrap()],
+    );
+    revs.insert("new".to_string(), vec!["1-q".parse().unwrap()]);
+    revs.insert("a2".to_string(), vec![]);
+    let d = db.revs_diff(RevsDiffRequest { revs }).unwrap();
+    assert_eq!(d.missing.len(), 2);
+    assert_eq!(
+        d.missing["a"],
+        RevsDiffEntry {
+            missing: vec!["2-x".parse().unwrap(), "3-y".parse().unwrap()],
+            possible_ancestors: vec![r1],
+        }
+    );
+    assert_eq!(d.missing["new"].missing, vec!["1-q".parse().unwrap()]);
+    assert!(d.missing["new"].possible_ancestors.is_empty());
+}
+
+pub fn bulk_get_with_revs_and_missing(db: &mut dyn Database) {
+    let r1 = put(db, json!({"_id": "a", "v": 1}));
+    let r2 = put(db, json!({"_id": "a", "_rev": r1.to_string(), "v": 2}));
+    let res = db
+        .bulk_get(BulkGetRequest {
+            docs: vec![
+                BulkGetItem {
+                    id: "a".into(),
+                    rev: Some(r2.clone()),
+                    atts_since: vec![],
+                },
+                BulkGetItem {
+                    id: "a".into(),
+                    rev: None,
+                    atts_since: vec![],
+                },
+                BulkGetItem {
+                    id: "nope".into(),
+                    rev: Some("1-x".parse().unwrap()),
+                    atts_since: vec![],
+                },
+            ],
+            revs: true,
+            attachments: false,
+            latest: false,
+        })
+        .unwrap();
+    assert_eq!(res.results.len(), 3);
+    let BulkGetDoc::Ok(d) = &res.results[0].docs[0] else {
+        panic!("expected ok")
+    };
+    assert_eq!(
+        d["_revisions"],
+        json!({"start": 2, "ids": [r2.hash, r1.hash]})
+    );
+    assert!(matches!(&res.results[1].docs[0], BulkGetDoc::Ok(d) if d["v"] == 2));
+    assert!(
+        matches!(&res.results[2].docs[0], BulkGetDoc::Error(e) if e.error == "not_found" && e.id == "nope")
+    );
+}
+
+const HELLO_B64: &str = "aGVsbG8="; // "hello"
+
+pub fn attachments_in_stubs_out(db: &mut dyn Database) {
+    let r1 = put(
+        db,
+        json!({"_id": "a", "_attachments": {"h.txt": {"content_type": "text/plain", "data": HELLO_B64}}}),
+    );
+    let d = db.get("a").unwrap();
+    assert_eq!(
+        d["_attachments"],
+        json!({"h.txt": {"content_type": "text/plain", "digest": "md5-XUFAKrxLKna5cZ2REBfFkg==",
+            "length": 5, "revpos": 1, "stub": true}})
+    );
+    let full = get_opts(db, "a", |g| g.attachments = true).unwrap();
+    assert_eq!(full["_attachments"]["h.txt"]["data"], HELLO_B64);
+    let att = db.get_attachment("a", "h.txt").unwrap();
+    assert_eq!(att.data, b"hello");
+    assert_eq!(att.content_type, "text/plain");
+    assert!(matches!(
+        db.get_attachment("a", "nope"),
+        Err(DbError::NotFound(_))
+    ));
+    // The same bytes under another document are the same digest.
+    put(
+        db,
+        json!({"_id": "b", "_attachments": {"x": {"content_type": "text/plain", "data": HELLO_B64}}}),
+    );
+    let b = db.get("b").unwrap();
+    assert_eq!(
+        b["_attachments"]["x"]["digest"],
+        d["_attachments"]["h.txt"]["digest"]
+    );
+    // Changing the revision hash: attachments are part of the content.
+    let plain = put(db, json!({"_id": "c"}));
+    assert_ne!(plain.hash, r1.hash);
+}
+
+pub fn attachment_stubs_and_atts_since(db: &mut dyn Database) {
+    let r1 = put(
+        db,
+        json!({"_id": "a", "_attachments": {"old": {"content_type": "text/plain", "data": HELLO_B64}}}),
+    );
+    let d1 = db.get("a").unwrap();
+    // Edit keeping the old attachment as a stub, adding a new one.
+    let mut d2 = d1.clone();
+    d2.insert("v".into(), json!(2));
+    d2.get_mut("_attachments")
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .insert(
+            "new".into(),
+            json!({"content_type": "text/plain", "data": "d29ybGQ="}),
+        );
+    let r2 = put(db, Value::Object(d2));
+    let d = db.get("a").unwrap();
+    assert_eq!(d["_attachments"]["old"]["revpos"], 1);
+    assert_eq!(d["_attachments"]["new"]["revpos"], 2);
+    // atts_since r1: only the attachment newer than r1 is inlined.
+    let g = get_opts(db, "a", |g| {
+        g.attachments = true;
+        g.atts_since = vec![r1.clone()];
+    })
+    .unwrap();
+    assert_eq!(g["_attachments"]["old"]["stub"], true);
+    assert_eq!(g["_attachments"]["new"]["data"], "d29ybGQ=");
+    // Dropping an attachment: omit it.
+    put(
+        db,
+        json!({"_id": "a", "_rev": r2.to_string(), "_attachments": {"new": {"stub": true}}}),
+    );
+    let d = db.get("a").unwrap();
+    assert!(d["_attachments"].get("old").is_none());
+    assert_eq!(db.get_attachment("a", "new").unwrap().data, b"world");
+}
+
+pub fn missing_stub_is_refused(db: &mut dyn Database) {
+    let r1 = put(db, json!({"_id": "a"}));
+    let before = dump(db);
+    let e =
+        db.put(json!({"_id": "a", "_rev": r1.to_string(), "_attachments": {"x": {"stub": true}}}));
+    assert!(matches!(e, Err(DbError::MissingStub(_))), "{e:?}");
+    assert_eq!(dump(db), before);
+}
+
+pub fn replicated_attachment_stub_resolves_by_digest(db: &mut dyn Database) {
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "1-a", "_attachments": {"f": {"content_type": "text/plain", "data": HELLO_B64, "revpos": 1}}}),
+        ],
+    );
+    // The next revision arrives with a stub (the source saw we had revpos 1 already).
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "2-b", "_revisions": {"start": 2, "ids": ["b", "a"]},
+            "_attachments": {"f": {"stub": true, "digest": "md5-XUFAKrxLKna5cZ2REBfFkg==", "revpos": 1, "length": 5, "content_type": "text/plain"}}}),
+        ],
+    );
+    assert_eq!(db.get_attachment("a", "f").unwrap().data, b"hello");
+    let bad = db.bulk_docs(
+        vec![json!({"_id": "z", "_rev": "1-z", "_attachments": {"f": {"stub": true, "digest": "md5-nope"}}})],
+        false,
+    );
+    assert!(matches!(
+        bad.unwrap()[0].result,
+        Err(DbError::MissingStub(_))
+    ));
+}
+
+pub fn local_docs_are_separate(db: &mut dyn Database) {
+    let r1 = db
+        .put_local("cp", json!({"seq": 1}).as_object().unwrap().clone())
+        .unwrap();
+    assert_eq!(r1.to_string(), "0-1");
+    let d = db.get_local("_local/cp").unwrap();
+    assert_eq!(
+        Value::Object(d),
+        json!({"_id": "_local/cp", "_rev": "0-1", "seq": 1})
+    );
+    assert_eq!(
+        db.put_local("cp", json!({"seq": 2}).as_object().unwrap().clone()),
+        Err(DbError::Conflict),
+        "an existing _local doc needs its rev"
+    );
+    let r2 = db
+        .put_local(
+            "cp",
+            json!({"_rev": "0-1", "seq": 2})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+    assert_eq!(r2.to_string(), "0-2");
+    assert_eq!(db.get("_local/cp").unwrap()["seq"], 2);
+    let info = db.info().unwrap();
+    assert_eq!(info.doc_count, 0);
+    assert_eq!(
+        info.update_seq.as_u64(),
+        Some(0),
+        "local docs do not move the seq"
+    );
+    assert!(db
+        .all_docs(AllDocsRequest::default())
+        .unwrap()
+        .rows
+        .is_empty());
+    assert!(db
+        .changes(ChangesRequest::default())
+        .unwrap()
+        .results
+        .is_empty());
+    assert_eq!(
+        db.delete_local("cp", Some("0-1".parse().unwrap())),
+        Err(DbError::Conflict)
+    );
+    db.delete_local("cp", Some(r2)).unwrap();
+    assert!(matches!(db.get_local("cp"), Err(DbError::NotFound(_))));
+    assert!(matches!(
+        db.delete_local("cp", None),
+        Err(DbError::NotFound(_))
+    ));
+}
+
+pub fn local_docs_in_bulk_docs(db: &mut dyn Database) {
+    let r = db
+        .bulk_docs(
+            vec![json!({"_id": "_local/x", "v": 1}), json!({"_id": "y"})],
+            true,
+        )
+        .unwrap();
+    assert_eq!(r[0].result.as_ref().unwrap().to_string(), "0-1");
+    assert_eq!(db.get_local("x").unwrap()["v"], 1);
+    assert_eq!(db.info().unwrap().doc_count, 1);
+}
+
+pub fn bad_input_is_typed_and_harmless(db: &mut dyn Database) {
+    put(db, json!({"_id": "keep", "v": 1}));
+    db.put_local("probe", json!({"v": 1}).as_object().unwrap().clone())
+        .unwrap();
+    let before = dump(db);
+    let cases: Vec<(Value, fn(&DbError) -> bool)> = vec![
+        (json!([1, 2]), |e| matches!(e, DbError::BadRequest(_))),
+        (json!("str"), |e| matches!(e, DbError::BadRequest(_))),
+        (json!({"_id": ""}), |e| {
+            matches!(e, DbError::IllegalDocId(_))
+        }),
+        (json!({"_id": "_bad"}), |e| {
+            matches!(e, DbError::IllegalDocId(_))
+        }),
+        (json!({"_id": 5}), |e| matches!(e, DbError::IllegalDocId(_))),
+        (json!({"_id": "x", "_rev": "abc"}), |e| {
+            matches!(e, DbError::BadRequest(_))
+        }),
+        (json!({"_id": "x", "_rev": "1-"}), |e| {
+            matches!(e, DbError::BadRequest(_))
+        }),
+        (json!({"_id": "x", "_rev": 7}), |e| {
+            matches!(e, DbError::BadRequest(_))
+        }),
+        (json!({"_id": "x", "_foo": 1}), |e| {
+            matches!(e, DbError::DocValidation(_))
+        }),
+        (json!({"_id": "x", "_deleted": "yes"}), |e| {
+            matches!(e, DbError::DocValidation(_))
+        }),
+        (json!({"_id": "x", "_attachments": []}), |e| {
+            matches!(e, DbError::DocValidation(_))
+        }),
+        (
+            json!({"_id": "x", "_attachments": {"a": {"data": "%%%"}}}),
+            |e| matches!(e, DbError::BadRequest(_)),
+        ),
+        (json!({"_id": "x", "_attachments": {"a": {}}}), |e| {
+            matches!(e, DbError::DocValidation(_))
+        }),
+        (json!({"_id": "keep", "v": 2}), |e| {
+            matches!(e, DbError::Conflict)
+        }),
+    ];
+    for (doc, ok) in cases {
+        let r = db.put(doc.clone());
+        assert!(matches!(&r, Err(e) if ok(e)), "{doc} gave {r:?}");
+    }
+    let replicated_cases = vec![
+        json!({"_id": "x"}),
+        json!({"_id": "x", "_rev": "0-a"}),
+        json!({"_id": "x", "_rev": "2-a", "_revisions": {"start": 2, "ids": ["b", "a"]}}),
+        json!({"_id": "x", "_rev": "2-a", "_revisions": {"start": 1, "ids": ["a", "b"]}}),
+        json!({"_id": "x", "_rev": "2-a", "_revisions": {"start": 2, "ids": []}}),
+        json!({"_id": "x", "_rev": "2-a", "_revisions": "nope"}),
+        json!({"_rev": "1-a"}),
+    ];
+    for doc in replicated_cases {
+        let r = db.bulk_docs(vec![doc.clone()], false).unwrap();
+        assert!(r[0].result.is_err(), "{doc} was accepted");
+    }
+    assert!(db
+        .put_local(
+            "probe",
+            json!({"_rev": "0-1", "_weird": 1})
+                .as_object()
+                .unwrap()
+                .clone()
+        )
+        .is_err());
+    assert!(matches!(
+        db.get("_"),
+        Err(DbError::NotFound(_)) | Err(DbError::IllegalDocId(_))
+    ));
+    assert_eq!(
+        dump(db),
+        before,
+        "refused writes must leave the store unchanged"
+    );
+}
+
+pub fn bulk_docs_mixes_results(db: &mut dyn Database) {
+    let r = db
+        .bulk_docs(
+            vec![
+                json!({"_id": "a"}),
+                json!({"_id": "_x"}),
+                json!({"_id": "a"}),
+            ],
+            true,
+        )
+        .unwrap();
+    assert!(r[0].result.is_ok());
+    assert!(matches!(r[1].result, Err(DbError::IllegalDocId(_))));
+    assert_eq!(r[2].result, Err(DbError::Conflict));
+    assert_eq!(r[2].id, "a");
+    // The CouchDB wire form of the rows.
+    let wire = serde_json::to_value(&r).unwrap();
+    assert_eq!(wire[0]["ok"], true);
+    assert_eq!(wire[2]["error"], "conflict");
+    let back: Vec<DocResult> = serde_json::from_value(wire).unwrap();
+    assert_eq!(back, r);
+}
+
+pub fn info_tracks_counts_and_seq(db: &mut dyn Database) {
+    let i0 = db.info().unwrap();
+    assert_eq!(
+        (i0.doc_count, i0.doc_del_count, i0.update_seq.as_u64()),
+        (0, 0, Some(0))
+    );
+    let r = put(db, json!({"_id": "a"}));
+    put(db, json!({"_id": "b"}));
+    put(
+        db,
+        json!({"_id": "a", "_rev": r.to_string(), "_deleted": true}),
+    );
+    let i = db.info().unwrap();
+    assert_eq!(
+        (i.doc_count, i.doc_del_count, i.update_seq.as_u64()),
+        (1, 1, Some(3))
+    );
+    // A refused write moves nothing.
+    let _ = db.put(json!({"_id": "b", "v": 2}));
+    assert_eq!(db.info().unwrap().update_seq.as_u64(), Some(3));
+}
