@@ -826,7 +826,7 @@ impl Replicator {
                 doc_ids: self.config.doc_ids.clone(),
                 feed,
                 timeout_ms: (feed == Feed::Longpoll)
-                    .then(|| self.config.longpoll_timeout.as_millis() as u64),
+                    .then_some(self.config.longpoll_timeout.as_millis() as u64),
                 ..ChangesRequest::default()
             };
             self.send(Purpose::Changes, Endpoint::Source, Request::Changes(req), 0);

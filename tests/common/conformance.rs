@@ -66,9 +66,11 @@ fn replicated(db: &mut dyn Database, docs: Vec<Value>) {
 /// A full, comparable picture of a database (for "unchanged" checks).
 pub fn dump(db: &mut dyn Database) -> Value {
     let info = db.info().unwrap();
-    let mut all = AllDocsRequest::default();
-    all.include_docs = true;
-    all.conflicts = true;
+    let all = AllDocsRequest {
+        include_docs: true,
+        conflicts: true,
+        ..AllDocsRequest::default()
+    };
     let docs = db.all_docs(all).unwrap();
     let changes = db
         .changes(ChangesRequest {
@@ -447,9 +449,11 @@ pub fn all_docs_keys_and_include_docs(db: &mut dyn Database) {
         db,
         json!({"_id": "gone", "_rev": r.to_string(), "_deleted": true}),
     );
-    let mut q = AllDocsRequest::default();
-    q.keys = Some(vec!["gone".into(), "nope".into(), "a".into()]);
-    q.include_docs = true;
+    let q = AllDocsRequest {
+        keys: Some(vec!["gone".into(), "nope".into(), "a".into()]),
+        include_docs: true,
+        ..AllDocsRequest::default()
+    };
     let res = db.all_docs(q).unwrap();
     assert_eq!(res.rows.len(), 3);
     assert_eq!(res.rows[0].value.as_ref().unwrap().rev, del);
@@ -809,7 +813,8 @@ pub fn bad_input_is_typed_and_harmless(db: &mut dyn Database) {
     db.put_local("probe", json!({"v": 1}).as_object().unwrap().clone())
         .unwrap();
     let before = dump(db);
-    let cases: Vec<(Value, fn(&DbError) -> bool)> = vec![
+    type IsExpected = fn(&DbError) -> bool;
+    let cases: Vec<(Value, IsExpected)> = vec![
         (json!([1, 2]), |e| matches!(e, DbError::BadRequest(_))),
         (json!("str"), |e| matches!(e, DbError::BadRequest(_))),
         (json!({"_id": ""}), |e| {
