@@ -17,6 +17,9 @@
 //! - [`Replicator`], the CouchDB replication protocol as a machine between a source and a target
 //!   it knows only through requests and responses, and [`replicate`], a loop that runs it between
 //!   two synchronous databases.
+//! - [`hub::Hub`], share negotiation through a CouchDB hub: share and signal documents in the
+//!   original PeerPouch format, accept/refuse, expiry and cleanup; [`hub::MemoryHub`] is an
+//!   in-memory hub for simulations and the embedded default.
 //!
 //! ## The drain rule
 //! After every input to a machine (`handle_*`, a command), drain every `poll_*` method until it
@@ -66,8 +69,11 @@
 
 pub mod doc;
 mod error;
+pub mod hub;
 mod ops;
+pub mod rand;
 pub mod replicate;
+mod retry;
 mod rev;
 pub mod revtree;
 pub mod store;
@@ -78,5 +84,6 @@ pub use replicate::{
     replicate, replicate_with_progress, Endpoint, EndpointRequest, Progress, ReplicationError,
     ReplicationEvent, Replicator, ReplicatorConfig, RequestId,
 };
+pub use retry::RetryPolicy;
 pub use rev::Rev;
 pub use store::{Database, MemoryStore};

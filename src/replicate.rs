@@ -36,6 +36,7 @@ use serde_json::{json, Value};
 
 use crate::error::DbError;
 use crate::ops::*;
+use crate::retry::{RetryPolicy, RetryQueue};
 use crate::rev::{md5_hex, write_canonical, Rev};
 use crate::store::Database;
 
@@ -88,11 +89,7 @@ pub struct ReplicatorConfig {
     /// Write a checkpoint after this many finished batches (always at the end).
     pub checkpoint_every: usize,
     /// Retries of a request that failed transiently before the replication fails.
-    pub max_retries: u32,
-    /// First retry delay; doubled each retry.
-    pub initial_backoff: Duration,
-    /// Longest retry delay.
-    pub max_backoff: Duration,
+    pub retry: RetryPolicy,
     /// In live mode, how long the source may hold an empty changes request.
     pub longpoll_timeout: Duration,
 }
@@ -108,9 +105,7 @@ impl ReplicatorConfig {
             batches_in_flight: 4,
             doc_ids: None,
             checkpoint_every: 1,
-            max_retries: 8,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
             longpoll_timeout: Duration::from_secs(30),
         }
     }
@@ -257,12 +252,6 @@ struct Sent {
     attempt: u32,
 }
 
-#[derive(Debug)]
-struct Retry {
-    due: Instant,
-    sent: Sent,
-}
-
 #[derive(Debug, PartialEq, Eq)]
 enum Stage {
     Diffing,
@@ -327,7 +316,7 @@ pub struct Replicator {
     out: VecDeque<EndpointRequest>,
     events: VecDeque<ReplicationEvent>,
     inflight: BTreeMap<u64, Sent>,
-    retries: Vec<Retry>,
+    retries: RetryQueue<Sent>,
     pending_retry: Vec<Sent>,
     logs: [Option<Doc>; 2],
     logs_read: u8,
@@ -376,7 +365,7 @@ impl Replicator {
             out: VecDeque::new(),
             events: VecDeque::new(),
             inflight: BTreeMap::new(),
-            retries: Vec::new(),
+            retries: RetryQueue::default(),
             pending_retry: Vec::new(),
             logs: [None, None],
             logs_read: 0,
@@ -449,26 +438,16 @@ impl Replicator {
 
     /// When [`Replicator::handle_timeout`] should next be called (a retry is due).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.retries.iter().map(|r| r.due).min()
+        self.retries.next_due()
     }
 
     /// Re-sends requests whose retry delay has passed. Calling it early or twice is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.schedule_pending(now);
-        let mut due = Vec::new();
-        let mut i = 0;
-        while i < self.retries.len() {
-            if self.retries[i].due <= now {
-                due.push(self.retries.remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        for r in due {
+        for s in self.retries.take_due(now) {
             if self.state == State::Finished {
                 break;
             }
-            let s = r.sent;
             self.send(s.purpose, s.endpoint, s.request, s.attempt);
         }
     }
@@ -543,16 +522,8 @@ impl Replicator {
 
     fn schedule_pending(&mut self, now: Instant) {
         for sent in std::mem::take(&mut self.pending_retry) {
-            let shift = sent.attempt.saturating_sub(1).min(20);
-            let delay = self
-                .config
-                .initial_backoff
-                .saturating_mul(1u32 << shift)
-                .min(self.config.max_backoff);
-            self.retries.push(Retry {
-                due: now + delay,
-                sent,
-            });
+            let due = now + self.config.retry.delay(sent.attempt);
+            self.retries.push(due, sent);
         }
     }
 
@@ -607,7 +578,7 @@ impl Replicator {
                 self.source_log_disabled = true;
                 self.log_written(Endpoint::Source);
             }
-            _ if error.is_transient() && sent.attempt < self.config.max_retries => {
+            _ if error.is_transient() && sent.attempt < self.config.retry.max_retries => {
                 tracing::debug!(op = sent.request.name(), %error, attempt = sent.attempt, "retrying");
                 self.pending_retry.push(Sent {
                     attempt: sent.attempt + 1,

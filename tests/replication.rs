@@ -261,7 +261,7 @@ fn transient_failures_are_retried_with_backoff() {
         &mut b,
         {
             let mut c = config;
-            c.max_retries = 30;
+            c.retry.max_retries = 30;
             c
         },
         9,
@@ -287,7 +287,7 @@ fn persistent_failure_ends_with_failed() {
         &mut b,
         {
             let mut c = cfg("a", "b");
-            c.max_retries = 3;
+            c.retry.max_retries = 3;
             c
         },
         1,

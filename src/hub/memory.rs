@@ -1,0 +1,122 @@
+//! An in-memory hub: the hub database as a [`MemoryStore`], with changes-feed followers.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{Hub, HubAction, HubEvent};
+use crate::error::DbError;
+use crate::ops::*;
+use crate::store::{Database, MemoryStore};
+
+/// A hub held in memory: serves simulations, tests and the embedded default.
+///
+/// It executes hub requests against a [`MemoryStore`] and keeps one changes-feed cursor per
+/// follower. [`MemoryHub::settle`] runs several [`Hub`] machines against it until none has
+/// anything left to do.
+#[derive(Debug)]
+pub struct MemoryHub {
+    db: MemoryStore,
+    followers: Vec<u64>,
+    /// Feed cursor of each machine [`MemoryHub::settle`] has run, by instance id.
+    cursors: BTreeMap<u64, usize>,
+}
+
+impl Default for MemoryHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryHub {
+    /// An empty hub.
+    pub fn new() -> MemoryHub {
+        MemoryHub {
+            db: MemoryStore::new("hub"),
+            followers: Vec::new(),
+            cursors: BTreeMap::new(),
+        }
+    }
+
+    /// The hub's database (tests put garbage in it, or inspect what is left).
+    pub fn db(&mut self) -> &mut MemoryStore {
+        &mut self.db
+    }
+
+    /// Executes one hub request.
+    ///
+    /// # Errors
+    /// As [`Database::execute`].
+    pub fn execute(&mut self, request: Request) -> Result<Response, DbError> {
+        self.db.execute(request)
+    }
+
+    /// Starts a changes-feed cursor after `since`; returns its handle.
+    pub fn follow(&mut self, since: &Seq) -> usize {
+        self.followers.push(since.as_u64().unwrap_or(0));
+        self.followers.len() - 1
+    }
+
+    /// The rows (with documents) the follower has not seen yet.
+    pub fn poll_feed(&mut self, follower: usize) -> Vec<ChangeRow> {
+        let Some(since) = self.followers.get(follower).copied() else {
+            return Vec::new();
+        };
+        if since >= self.db.update_seq() {
+            return Vec::new();
+        }
+        let r = self
+            .db
+            .changes(ChangesRequest {
+                since: Seq::from(since),
+                include_docs: true,
+                style: ChangesStyle::AllDocs,
+                ..ChangesRequest::default()
+            })
+            .unwrap_or_else(|_| ChangesResponse {
+                results: Vec::new(),
+                last_seq: Seq::from(since),
+                pending: None,
+            });
+        self.followers[follower] = r.last_seq.as_u64().unwrap_or(since);
+        r.results
+    }
+
+    /// Runs the machines against this hub until none has an action left or a row to read, all at
+    /// time `now`. Returns each machine's events, in the order given.
+    pub fn settle(&mut self, now: Instant, hubs: &mut [&mut Hub]) -> Vec<Vec<HubEvent>> {
+        let mut events: Vec<Vec<HubEvent>> = hubs.iter().map(|_| Vec::new()).collect();
+        for _ in 0..100_000 {
+            let mut progressed = false;
+            for (i, hub) in hubs.iter_mut().enumerate() {
+                while let Some(action) = hub.poll_action() {
+                    progressed = true;
+                    match action {
+                        HubAction::Request { id, request } => {
+                            let result = self.execute(request);
+                            // Ids come from this machine: never unknown.
+                            let _ = hub.handle_response(now, id, result);
+                        }
+                        HubAction::FollowChanges { since } => {
+                            let c = self.follow(&since);
+                            self.cursors.insert(hub.instance_id(), c);
+                        }
+                    }
+                }
+                if let Some(&c) = self.cursors.get(&hub.instance_id()) {
+                    let rows = self.poll_feed(c);
+                    if !rows.is_empty() {
+                        progressed = true;
+                        hub.handle_feed(now, rows);
+                    }
+                }
+                while let Some(e) = hub.poll_event() {
+                    events[i].push(e);
+                }
+            }
+            if !progressed {
+                return events;
+            }
+        }
+        panic!("hub machines did not settle");
+    }
+}

@@ -1,0 +1,1315 @@
+//! Share negotiation through a hub: a CouchDB database both sides can reach.
+//!
+//! A sharer posts a *share document*; others list shares and follow them live through the hub's
+//! changes feed. Opening a share exchanges *signal documents* (SDP offer/answer, ICE candidates)
+//! addressed by `sender`/`recipient`; each receiver deletes the signals it consumed. The sharer
+//! sees each connecting peer's `info` and accepts or refuses it *before* anything of the peer's
+//! offer reaches its WebRTC session. Formats follow the original PeerPouch (see
+//! `docs/protocol.md`), so browser peers can take part.
+//!
+//! [`Hub`] is a sans-IO machine:
+//! - Commands: [`Hub::share`], [`Hub::unshare`], [`Hub::list`], [`Hub::watch`], [`Hub::open`],
+//!   [`Hub::accept`], [`Hub::refuse`], [`Hub::send_signal`], [`Hub::close`].
+//! - Inputs: [`Hub::handle_response`] (results of hub requests, by id), [`Hub::handle_feed`]
+//!   (rows of the hub's changes feed, with documents), [`Hub::handle_timeout`].
+//! - Outputs: [`Hub::poll_action`] (requests to execute against the hub database, and when to
+//!   start following its changes feed), [`Hub::poll_event`], [`Hub::poll_timeout`].
+//!
+//! After every input, drain `poll_action` and `poll_event` until they return `None`.
+//!
+//! Stale state is bounded: shares carry an expiry (`expires_at`, wall-clock milliseconds) that
+//! the sharer refreshes; listings hide expired shares; a sharer periodically deletes expired
+//! shares and signals older than [`HubConfig::signal_max_age`]. Documents that are malformed or
+//! oversized are counted ([`HubDiagnostics`]), reported ([`HubEvent::Malformed`]) and skipped.
+
+mod docs;
+mod memory;
+
+pub use docs::*;
+pub use memory::MemoryHub;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::DbError;
+use crate::ops::*;
+use crate::rand::SeededRng;
+use crate::replicate::RequestId;
+use crate::retry::{RetryPolicy, RetryQueue};
+
+/// Tuning of the negotiation machine.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// How long a share document stays valid without a refresh.
+    pub share_ttl: Duration,
+    /// How often the sharer refreshes its share documents' expiry.
+    pub refresh_interval: Duration,
+    /// Signals older than this are deleted by cleanup.
+    pub signal_max_age: Duration,
+    /// How often a sharer runs cleanup.
+    pub cleanup_interval: Duration,
+    /// Peers waiting for accept/refuse, per node; more are dropped.
+    pub max_pending_peers: usize,
+    /// Signals held for a peer that is not yet accepted.
+    pub max_buffered_signals: usize,
+    /// Size limits on hub documents.
+    pub limits: HubLimits,
+    /// Retries of hub requests that failed transiently.
+    pub retry: RetryPolicy,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            share_ttl: Duration::from_secs(120),
+            refresh_interval: Duration::from_secs(40),
+            signal_max_age: Duration::from_secs(300),
+            cleanup_interval: Duration::from_secs(60),
+            max_pending_peers: 64,
+            max_buffered_signals: 64,
+            limits: HubLimits::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// How to share a database.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShareOptions {
+    /// A name joiners can find the share by.
+    pub name: Option<String>,
+    /// Anything joiners should see (JSON).
+    pub info: Value,
+    /// Refuse writes from peers.
+    pub read_only: bool,
+    /// The DTLS certificate fingerprint to publish.
+    pub fingerprint: Option<String>,
+}
+
+/// Something to execute against the hub database.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HubAction {
+    /// Execute this request and give the result to [`Hub::handle_response`].
+    Request {
+        /// Give this back with the result.
+        id: RequestId,
+        /// What to execute.
+        request: Request,
+    },
+    /// Follow the hub's changes feed from `since`, with documents (`include_docs=true`), and
+    /// give the rows to [`Hub::handle_feed`] as they come; reconnect from the last row on
+    /// errors. Issued once, when the machine is ready.
+    FollowChanges {
+        /// Start after this sequence.
+        since: Seq,
+    },
+}
+
+/// Why a share went away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovedReason {
+    /// Its document was deleted (the sharer unshared, or cleanup removed it).
+    Deleted,
+    /// Its expiry passed without a refresh.
+    Expired,
+}
+
+/// What the negotiation reports.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum HubEvent {
+    /// The machine follows the hub's changes from `since`; commands now reach the hub.
+    Ready {
+        /// The hub's sequence when following started.
+        since: Seq,
+    },
+    /// Our share document is on the hub.
+    ShareCreated {
+        /// The share.
+        share: String,
+    },
+    /// Our share document could not be written.
+    ShareFailed {
+        /// The share.
+        share: String,
+        /// Why.
+        error: DbError,
+    },
+    /// Our share document is deleted (after [`Hub::unshare`]).
+    Unshared {
+        /// The share.
+        share: String,
+    },
+    /// The answer to [`Hub::list`]: live shares of others, expired ones hidden.
+    SharesListed(Vec<ShareInfo>),
+    /// While watching: a share appeared.
+    ShareAdded(ShareInfo),
+    /// While watching: a share went away.
+    ShareRemoved {
+        /// The share.
+        share: String,
+        /// Why.
+        reason: RemovedReason,
+    },
+    /// Sharer: a peer wants to connect; call [`Hub::accept`] or [`Hub::refuse`].
+    PeerRequested {
+        /// Our share.
+        share: String,
+        /// The peer.
+        peer: String,
+        /// What the peer says about itself.
+        info: Value,
+    },
+    /// A signal for the WebRTC session of this connection.
+    Signal {
+        /// The share.
+        share: String,
+        /// The connecting peer.
+        peer: String,
+        /// The payload.
+        data: SignalData,
+    },
+    /// Joiner: the sharer refused us.
+    Refused {
+        /// The share.
+        share: String,
+        /// Our peer id.
+        peer: String,
+        /// The sharer's reason, if it gave one.
+        reason: Option<String>,
+    },
+    /// Sharer: a connection ended because its share was unshared; close its session.
+    ConnectionClosed {
+        /// The share.
+        share: String,
+        /// The peer.
+        peer: String,
+    },
+    /// A malformed or oversized document on the hub was skipped.
+    Malformed {
+        /// Its id.
+        doc_id: String,
+        /// What is wrong.
+        error: HubDocError,
+    },
+    /// A background hub request failed for good (cleanup, signal delete, refresh).
+    RequestFailed {
+        /// The operation.
+        op: &'static str,
+        /// The error.
+        error: DbError,
+    },
+}
+
+/// Errors of commands and inputs; the machine is unchanged after one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// [`Hub::unshare`] of a share that is not (or no longer) shared by us.
+    #[error("{0} is not shared by this node")]
+    NotShared(String),
+    /// No such connection.
+    #[error("no connection {peer} on {share}")]
+    UnknownConnection {
+        /// The share.
+        share: String,
+        /// The peer.
+        peer: String,
+    },
+    /// The command does not fit the connection's state (say, accepting a refused peer).
+    #[error("invalid state: {0}")]
+    InvalidState(&'static str),
+    /// An id that is not `share-...` / `peer-...`.
+    #[error("not a valid id: {0}")]
+    BadId(String),
+    /// A response for a request this machine never issued.
+    #[error("no request {0:?} was issued")]
+    UnknownRequest(RequestId),
+}
+
+/// Counts of what was skipped, for diagnostics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubDiagnostics {
+    /// Malformed or oversized share/signal documents.
+    pub malformed_docs: u64,
+    /// Signals addressed to nobody we know.
+    pub foreign_signals: u64,
+    /// Peers dropped because too many were waiting.
+    pub peers_dropped: u64,
+    /// Signals dropped (buffer full, refused peer, duplicates).
+    pub signals_dropped: u64,
+    /// Signals deleted after use.
+    pub signals_consumed: u64,
+    /// Stale documents deleted by cleanup.
+    pub stale_deleted: u64,
+}
+
+#[derive(Debug)]
+struct OwnShare {
+    info: ShareInfo,
+    rev: Option<String>,
+    created: bool,
+    needs_write: bool,
+    write_inflight: bool,
+    deleting: bool,
+    next_refresh: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Sharer,
+    Joiner,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ConnState {
+    Pending,
+    Open,
+    Refused,
+}
+
+#[derive(Debug)]
+struct Conn {
+    role: Role,
+    state: ConnState,
+    info: Value,
+    next_out: u64,
+    next_in: u64,
+    held: BTreeMap<u64, SignalData>,
+    buffered: Vec<SignalData>,
+    refused_at: Option<Instant>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Purpose {
+    Info,
+    PutShare(String),
+    GetShareRev(String),
+    DeleteShare(String),
+    WriteSignals,
+    DeleteDocs,
+    List,
+    Cleanup,
+}
+
+#[derive(Debug)]
+struct Sent {
+    purpose: Purpose,
+    request: Request,
+    attempt: u32,
+}
+
+/// The share negotiation machine. See the [module docs](self).
+///
+/// ```
+/// use std::time::Instant;
+/// use peerpouch::hub::{Hub, HubConfig, HubEvent, MemoryHub, ShareOptions, SignalData};
+///
+/// let now = Instant::now();
+/// let mut hub = MemoryHub::new();
+/// let mut sharer = Hub::new(HubConfig::default(), 1, now, 1_700_000_000_000);
+/// let mut joiner = Hub::new(HubConfig::default(), 2, now, 1_700_000_000_000);
+/// let share = sharer.share(now, ShareOptions { name: Some("notes".into()), ..Default::default() });
+/// hub.settle(now, &mut [&mut sharer, &mut joiner]);
+/// let peer = joiner.open(now, &share, serde_json::json!({"me": "bob"})).unwrap();
+/// joiner.send_signal(now, &share, &peer, SignalData::Offer("v=0...".into())).unwrap();
+/// let events = hub.settle(now, &mut [&mut sharer, &mut joiner]);
+/// assert!(events[0].iter().any(|e| matches!(e, HubEvent::PeerRequested { .. })));
+/// ```
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    instance: u64,
+    rng: SeededRng,
+    start: Instant,
+    wall_at_start: u64,
+    ready: bool,
+    next_id: u64,
+    actions: VecDeque<HubAction>,
+    events: VecDeque<HubEvent>,
+    inflight: BTreeMap<u64, Sent>,
+    pending_retry: Vec<Sent>,
+    retries: RetryQueue<Sent>,
+    shares: BTreeMap<String, OwnShare>,
+    conns: BTreeMap<(String, String), Conn>,
+    known: BTreeMap<String, ShareInfo>,
+    watching: bool,
+    list_requested: bool,
+    list_inflight: bool,
+    outbox: Vec<Value>,
+    signals_inflight: bool,
+    deletes: Vec<Value>,
+    next_cleanup: Option<Instant>,
+    cleanup_inflight: bool,
+    diag: HubDiagnostics,
+}
+
+impl Hub {
+    /// A machine for one hub. `seed` makes share and peer ids (drivers pass OS randomness);
+    /// `wall_clock_ms` is the wall-clock time at `now` (milliseconds since the Unix epoch), read
+    /// once: expiry times advance from it by `now` deltas. The first request (the hub's info) is
+    /// ready at once.
+    pub fn new(config: HubConfig, seed: u64, now: Instant, wall_clock_ms: u64) -> Hub {
+        let mut rng = SeededRng::new(seed);
+        let mut h = Hub {
+            config,
+            instance: rng.next_u64(),
+            rng,
+            start: now,
+            wall_at_start: wall_clock_ms,
+            ready: false,
+            next_id: 0,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            pending_retry: Vec::new(),
+            retries: RetryQueue::default(),
+            shares: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            known: BTreeMap::new(),
+            watching: false,
+            list_requested: false,
+            list_inflight: false,
+            outbox: Vec::new(),
+            signals_inflight: false,
+            deletes: Vec::new(),
+            next_cleanup: None,
+            cleanup_inflight: false,
+            diag: HubDiagnostics::default(),
+        };
+        h.send(Purpose::Info, Request::Info, 0);
+        h
+    }
+
+    /// A number identifying this machine (drawn from its seed), for drivers that keep
+    /// per-machine state such as a changes-feed cursor.
+    pub fn instance_id(&self) -> u64 {
+        self.instance
+    }
+
+    /// Whether the machine follows the hub (after [`HubEvent::Ready`]).
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// What was skipped so far.
+    pub fn diagnostics(&self) -> &HubDiagnostics {
+        &self.diag
+    }
+
+    /// Wall-clock milliseconds at `now`.
+    pub fn wall_ms(&self, now: Instant) -> u64 {
+        self.wall_at_start + now.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    fn instant_of_wall(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms.saturating_sub(self.wall_at_start))
+    }
+
+    /// Shares a database: returns the new share id; [`HubEvent::ShareCreated`] follows once the
+    /// share document is on the hub.
+    pub fn share(&mut self, now: Instant, options: ShareOptions) -> String {
+        let id = format!("{SHARE_PREFIX}{}", self.rng.hex_id());
+        let expires_at = self.wall_ms(now) + self.config.share_ttl.as_millis() as u64;
+        self.shares.insert(
+            id.clone(),
+            OwnShare {
+                info: ShareInfo {
+                    id: id.clone(),
+                    name: options.name,
+                    info: options.info,
+                    protocol: Some(PROTOCOL_VERSION),
+                    expires_at: Some(expires_at),
+                    read_only: options.read_only,
+                    fingerprint: options.fingerprint,
+                },
+                rev: None,
+                created: false,
+                needs_write: true,
+                write_inflight: false,
+                deleting: false,
+                next_refresh: now + self.config.refresh_interval,
+            },
+        );
+        if self.next_cleanup.is_none() {
+            self.next_cleanup = Some(now);
+        }
+        self.pump(now);
+        id
+    }
+
+    /// Stops sharing: deletes the share document ([`HubEvent::Unshared`] follows) and ends its
+    /// connections ([`HubEvent::ConnectionClosed`] for each).
+    ///
+    /// # Errors
+    /// [`HubError::NotShared`] if this node does not share `share` (or already unshared it).
+    pub fn unshare(&mut self, now: Instant, share: &str) -> Result<(), HubError> {
+        let s = self
+            .shares
+            .get_mut(share)
+            .filter(|s| !s.deleting)
+            .ok_or_else(|| HubError::NotShared(share.to_string()))?;
+        s.deleting = true;
+        s.needs_write = false;
+        let peers: Vec<String> = self
+            .conns
+            .keys()
+            .filter(|(s, _)| s == share)
+            .map(|(_, p)| p.clone())
+            .collect();
+        for peer in peers {
+            let c = self.conns.remove(&(share.to_string(), peer.clone()));
+            if c.is_some_and(|c| c.role == Role::Sharer && c.state != ConnState::Refused) {
+                self.events.push_back(HubEvent::ConnectionClosed {
+                    share: share.to_string(),
+                    peer,
+                });
+            }
+        }
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Lists the live shares of others: [`HubEvent::SharesListed`] follows.
+    pub fn list(&mut self, now: Instant) {
+        self.list_requested = true;
+        self.pump(now);
+    }
+
+    /// Starts or stops reporting shares as they appear and go ([`HubEvent::ShareAdded`],
+    /// [`HubEvent::ShareRemoved`]). Starting also lists the current ones.
+    pub fn watch(&mut self, now: Instant, on: bool) {
+        self.watching = on;
+        if on {
+            self.list(now);
+        }
+    }
+
+    /// Starts connecting to `share`: returns our new peer id. Signals for the session then go
+    /// out with [`Hub::send_signal`]; the sharer's arrive as [`HubEvent::Signal`].
+    ///
+    /// # Errors
+    /// [`HubError::BadId`] if `share` is not a share id.
+    pub fn open(&mut self, now: Instant, share: &str, info: Value) -> Result<String, HubError> {
+        if !valid_id(share, SHARE_PREFIX, self.config.limits.max_id) {
+            return Err(HubError::BadId(share.to_string()));
+        }
+        let peer = format!("{PEER_PREFIX}{}", self.rng.hex_id());
+        self.conns.insert(
+            (share.to_string(), peer.clone()),
+            Conn::new(Role::Joiner, ConnState::Open, info),
+        );
+        self.pump(now);
+        Ok(peer)
+    }
+
+    /// Sharer: lets a requesting peer in; the signals it sent so far arrive as
+    /// [`HubEvent::Signal`] now, later ones as they come.
+    ///
+    /// # Errors
+    /// [`HubError::UnknownConnection`], or [`HubError::InvalidState`] unless the peer is pending.
+    pub fn accept(&mut self, now: Instant, share: &str, peer: &str) -> Result<(), HubError> {
+        let c = self.conn_mut(share, peer)?;
+        if c.role != Role::Sharer || c.state != ConnState::Pending {
+            return Err(HubError::InvalidState(
+                "only a pending peer can be accepted",
+            ));
+        }
+        c.state = ConnState::Open;
+        let buffered = std::mem::take(&mut c.buffered);
+        for data in buffered {
+            self.events.push_back(HubEvent::Signal {
+                share: share.into(),
+                peer: peer.into(),
+                data,
+            });
+        }
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Sharer: refuses a peer. Its signals are dropped and deleted; with a `reason`, the peer
+    /// gets a refusal signal ([`HubEvent::Refused`] on its side), otherwise nothing at all.
+    ///
+    /// # Errors
+    /// [`HubError::UnknownConnection`], or [`HubError::InvalidState`] for a joiner's connection.
+    pub fn refuse(
+        &mut self,
+        now: Instant,
+        share: &str,
+        peer: &str,
+        reason: Option<String>,
+    ) -> Result<(), HubError> {
+        let c = self.conn_mut(share, peer)?;
+        if c.role != Role::Sharer {
+            return Err(HubError::InvalidState("only the sharer refuses"));
+        }
+        let dropped = c.buffered.len() as u64;
+        c.buffered.clear();
+        c.state = ConnState::Refused;
+        c.refused_at = Some(now);
+        self.diag.signals_dropped += dropped;
+        if reason.is_some() {
+            self.queue_signal(now, share, peer, SignalData::Refuse(reason));
+        }
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Sends a signal to the other side of a connection.
+    ///
+    /// # Errors
+    /// [`HubError::UnknownConnection`]; [`HubError::InvalidState`] for a refused connection or a
+    /// peer not yet accepted.
+    pub fn send_signal(
+        &mut self,
+        now: Instant,
+        share: &str,
+        peer: &str,
+        data: SignalData,
+    ) -> Result<(), HubError> {
+        let c = self.conn_mut(share, peer)?;
+        if c.state != ConnState::Open {
+            return Err(HubError::InvalidState(
+                "signals go only to open (accepted) connections",
+            ));
+        }
+        self.queue_signal(now, share, peer, data);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Forgets a connection (its session ended); later signals for it are dropped.
+    pub fn close(&mut self, _now: Instant, share: &str, peer: &str) {
+        self.conns.remove(&(share.to_string(), peer.to_string()));
+    }
+
+    /// The next action.
+    pub fn poll_action(&mut self) -> Option<HubAction> {
+        self.actions.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<HubEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Hub::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = [
+            self.retries.next_due(),
+            self.next_cleanup,
+            self.shares
+                .values()
+                .filter(|s| !s.deleting)
+                .map(|s| s.next_refresh)
+                .min(),
+            self.known
+                .values()
+                .filter_map(|s| s.expires_at)
+                .min()
+                .map(|ms| self.instant_of_wall(ms + 1)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if !self.ready {
+            // Nothing is due before the hub answers, except retries.
+            t = self.retries.next_due();
+        }
+        t
+    }
+
+    /// Runs what is due at `now`: retries, share refreshes, expiry, cleanup. Harmless early.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.schedule_retries(now);
+        for s in self.retries.take_due(now) {
+            self.send(s.purpose, s.request, s.attempt);
+        }
+        if !self.ready {
+            return;
+        }
+        let ttl = self.config.share_ttl.as_millis() as u64;
+        let wall = self.wall_ms(now);
+        for s in self.shares.values_mut() {
+            if !s.deleting && s.next_refresh <= now {
+                s.next_refresh = now + self.config.refresh_interval;
+                s.info.expires_at = Some(wall + ttl);
+                s.needs_write = true;
+            }
+        }
+        let expired: Vec<String> = self
+            .known
+            .values()
+            .filter(|s| s.expires_at.is_some_and(|e| e < wall))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in expired {
+            self.known.remove(&id);
+            if self.watching {
+                self.events.push_back(HubEvent::ShareRemoved {
+                    share: id,
+                    reason: RemovedReason::Expired,
+                });
+            }
+        }
+        if self.next_cleanup.is_some_and(|t| t <= now) {
+            if self.shares.is_empty() {
+                self.next_cleanup = None;
+            } else {
+                self.next_cleanup = Some(now + self.config.cleanup_interval);
+                self.start_cleanup(now);
+            }
+        }
+        // Forget refused peers once their signals can no longer be around.
+        let max_age = self.config.signal_max_age;
+        self.conns.retain(|_, c| {
+            c.refused_at
+                .is_none_or(|t| now.saturating_duration_since(t) < max_age)
+        });
+        self.pump(now);
+    }
+
+    /// Feeds the result of request `id`.
+    ///
+    /// # Errors
+    /// [`HubError::UnknownRequest`] if `id` was never issued (the machine is unchanged).
+    pub fn handle_response(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        result: Result<Response, DbError>,
+    ) -> Result<(), HubError> {
+        if id.0 >= self.next_id {
+            return Err(HubError::UnknownRequest(id));
+        }
+        let Some(sent) = self.inflight.remove(&id.0) else {
+            return Ok(());
+        };
+        match result {
+            Ok(resp) => self.on_ok(now, sent.purpose, resp),
+            Err(e) if e.is_transient() && sent.attempt < self.config.retry.max_retries => {
+                tracing::debug!(op = sent.request.name(), error = %e, "hub request will be retried");
+                self.pending_retry.push(Sent {
+                    attempt: sent.attempt + 1,
+                    ..sent
+                });
+            }
+            Err(e) => self.on_err(now, sent, e),
+        }
+        self.schedule_retries(now);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Feeds rows of the hub's changes feed (with documents).
+    pub fn handle_feed(&mut self, now: Instant, rows: Vec<ChangeRow>) {
+        for row in rows {
+            self.on_row(now, row);
+        }
+        self.pump(now);
+    }
+
+    fn send(&mut self, purpose: Purpose, request: Request, attempt: u32) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.actions.push_back(HubAction::Request {
+            id: RequestId(id),
+            request: request.clone(),
+        });
+        self.inflight.insert(
+            id,
+            Sent {
+                purpose,
+                request,
+                attempt,
+            },
+        );
+    }
+
+    fn schedule_retries(&mut self, now: Instant) {
+        for s in std::mem::take(&mut self.pending_retry) {
+            let due = now + self.config.retry.delay(s.attempt);
+            self.retries.push(due, s);
+        }
+    }
+
+    fn conn_mut(&mut self, share: &str, peer: &str) -> Result<&mut Conn, HubError> {
+        self.conns
+            .get_mut(&(share.to_string(), peer.to_string()))
+            .ok_or_else(|| HubError::UnknownConnection {
+                share: share.into(),
+                peer: peer.into(),
+            })
+    }
+
+    fn queue_signal(&mut self, now: Instant, share: &str, peer: &str, data: SignalData) {
+        let wall = self.wall_ms(now);
+        let id_part = self.rng.hex_id();
+        let Some(c) = self.conns.get_mut(&(share.to_string(), peer.to_string())) else {
+            return;
+        };
+        let n = c.next_out;
+        c.next_out += 1;
+        let (id, sender, recipient, info) = match c.role {
+            Role::Joiner => (
+                format!("{PEER_SIGNAL_PREFIX}{id_part}"),
+                peer,
+                share,
+                c.info.clone(),
+            ),
+            Role::Sharer => (
+                format!("{SHARER_SIGNAL_PREFIX}{id_part}"),
+                share,
+                peer,
+                Value::Null,
+            ),
+        };
+        self.outbox.push(json!({
+            "_id": id,
+            "type": SIGNAL_TYPE,
+            "sender": sender,
+            "recipient": recipient,
+            "data": data.to_json(),
+            "info": info,
+            "created_at": wall,
+            "n": n,
+        }));
+    }
+
+    /// Issues whatever can go out now.
+    fn pump(&mut self, _now: Instant) {
+        if !self.ready {
+            return;
+        }
+        let mut puts = Vec::new();
+        let mut finished = Vec::new();
+        for (id, s) in self.shares.iter_mut() {
+            if s.write_inflight {
+                continue;
+            }
+            if s.deleting {
+                match &s.rev {
+                    Some(rev) => {
+                        s.write_inflight = true;
+                        puts.push((
+                            Purpose::DeleteShare(id.clone()),
+                            json!({"_id": id, "_rev": rev, "_deleted": true}),
+                        ));
+                    }
+                    None => finished.push(id.clone()),
+                }
+            } else if s.needs_write {
+                s.needs_write = false;
+                s.write_inflight = true;
+                let mut doc = share_doc(&s.info);
+                if let Some(rev) = &s.rev {
+                    doc["_rev"] = json!(rev);
+                }
+                puts.push((Purpose::PutShare(id.clone()), doc));
+            }
+        }
+        for (purpose, doc) in puts {
+            self.send(
+                purpose,
+                Request::BulkDocs(BulkDocsRequest {
+                    docs: vec![doc],
+                    new_edits: true,
+                }),
+                0,
+            );
+        }
+        for id in finished {
+            self.shares.remove(&id);
+            self.events.push_back(HubEvent::Unshared { share: id });
+        }
+        if !self.outbox.is_empty() && !self.signals_inflight {
+            self.signals_inflight = true;
+            let docs = std::mem::take(&mut self.outbox);
+            self.send(
+                Purpose::WriteSignals,
+                Request::BulkDocs(BulkDocsRequest {
+                    docs,
+                    new_edits: true,
+                }),
+                0,
+            );
+        }
+        if !self.deletes.is_empty() {
+            let docs = std::mem::take(&mut self.deletes);
+            self.send(
+                Purpose::DeleteDocs,
+                Request::BulkDocs(BulkDocsRequest {
+                    docs,
+                    new_edits: true,
+                }),
+                0,
+            );
+        }
+        if self.list_requested && !self.list_inflight {
+            self.list_requested = false;
+            self.list_inflight = true;
+            self.send(
+                Purpose::List,
+                Request::AllDocs(prefix_range(SHARE_PREFIX)),
+                0,
+            );
+        }
+    }
+
+    fn start_cleanup(&mut self, _now: Instant) {
+        if self.cleanup_inflight {
+            return;
+        }
+        self.cleanup_inflight = true;
+        // Signals and shares, in one range: "p-signal-" < "s-signal-" < "share-".
+        let req = AllDocsRequest {
+            start_key: Some(PEER_SIGNAL_PREFIX.into()),
+            end_key: Some(format!("{SHARE_PREFIX}\u{fff0}")),
+            include_docs: true,
+            ..AllDocsRequest::default()
+        };
+        self.send(Purpose::Cleanup, Request::AllDocs(req), 0);
+    }
+
+    fn on_ok(&mut self, now: Instant, purpose: Purpose, resp: Response) {
+        let kind = resp.kind();
+        let result = match purpose.clone() {
+            Purpose::Info => resp.into_info().map(|info| {
+                self.ready = true;
+                self.actions.push_back(HubAction::FollowChanges {
+                    since: info.update_seq.clone(),
+                });
+                self.events.push_back(HubEvent::Ready {
+                    since: info.update_seq,
+                });
+            }),
+            Purpose::PutShare(id) => resp.into_bulk_docs().map(|r| {
+                let result = r
+                    .results
+                    .into_iter()
+                    .next()
+                    .map(|d| d.result)
+                    .unwrap_or_else(|| Err(DbError::BadResponse("empty bulk_docs".into())));
+                self.share_written(now, &id, result);
+            }),
+            Purpose::GetShareRev(id) => resp.into_doc_body().map(|d| {
+                if let Some(s) = self.shares.get_mut(&id) {
+                    s.rev = d.doc.get("_rev").and_then(Value::as_str).map(String::from);
+                    s.write_inflight = false;
+                    s.needs_write = !s.deleting;
+                }
+            }),
+            Purpose::DeleteShare(id) => resp.into_bulk_docs().map(|r| {
+                match r.results.into_iter().next().map(|d| d.result) {
+                    Some(Err(DbError::Conflict)) => {
+                        self.send(
+                            Purpose::GetShareRev(id.clone()),
+                            Request::Get(GetRequest::new(id)),
+                            0,
+                        );
+                    }
+                    _ => {
+                        self.shares.remove(&id);
+                        self.events.push_back(HubEvent::Unshared { share: id });
+                    }
+                }
+            }),
+            Purpose::WriteSignals => resp.into_bulk_docs().map(|r| {
+                self.signals_inflight = false;
+                for d in r.results {
+                    if let Err(error) = d.result {
+                        self.events.push_back(HubEvent::RequestFailed {
+                            op: "write_signal",
+                            error,
+                        });
+                    }
+                }
+            }),
+            Purpose::DeleteDocs => resp.into_bulk_docs().map(|_| ()),
+            Purpose::List => resp.into_all_docs().map(|r| {
+                self.list_inflight = false;
+                let wall = self.wall_ms(now);
+                let mut shares = Vec::new();
+                for row in r.rows {
+                    let Some(Value::Object(doc)) = row.doc else {
+                        continue;
+                    };
+                    match parse_hub_doc(&doc, &self.config.limits) {
+                        Ok(HubDoc::Share(info, _)) => {
+                            if self.shares.contains_key(&info.id)
+                                || info.expires_at.is_some_and(|e| e < wall)
+                            {
+                                continue;
+                            }
+                            self.known.insert(info.id.clone(), info.clone());
+                            shares.push(info);
+                        }
+                        Ok(_) => {}
+                        Err(error) => self.malformed(row.key, error),
+                    }
+                }
+                self.events.push_back(HubEvent::SharesListed(shares));
+            }),
+            Purpose::Cleanup => resp.into_all_docs().map(|r| {
+                self.cleanup_inflight = false;
+                let wall = self.wall_ms(now);
+                let grace = self.config.share_ttl.as_millis() as u64;
+                let max_age = self.config.signal_max_age.as_millis() as u64;
+                for row in r.rows {
+                    let Some(Value::Object(doc)) = row.doc else {
+                        continue;
+                    };
+                    let stale = match parse_hub_doc(&doc, &self.config.limits) {
+                        Ok(HubDoc::Share(info, _)) => {
+                            !self.shares.contains_key(&info.id)
+                                && info.expires_at.is_some_and(|e| e + grace < wall)
+                        }
+                        Ok(HubDoc::Signal(s)) => s.created_at.is_some_and(|c| c + max_age < wall),
+                        _ => false,
+                    };
+                    if stale {
+                        if let Some(rev) = doc.get("_rev") {
+                            self.diag.stale_deleted += 1;
+                            self.deletes
+                                .push(json!({"_id": row.key, "_rev": rev, "_deleted": true}));
+                        }
+                    }
+                }
+            }),
+        };
+        if let Err(error) = result {
+            tracing::warn!(kind, %error, "unexpected hub response");
+            self.on_err(
+                now,
+                Sent {
+                    purpose,
+                    request: Request::Info,
+                    attempt: u32::MAX,
+                },
+                error,
+            );
+        }
+    }
+
+    fn share_written(&mut self, now: Instant, id: &str, result: Result<crate::Rev, DbError>) {
+        let Some(s) = self.shares.get_mut(id) else {
+            return;
+        };
+        s.write_inflight = false;
+        match result {
+            Ok(rev) => {
+                s.rev = Some(rev.to_string());
+                if !s.created {
+                    s.created = true;
+                    self.events
+                        .push_back(HubEvent::ShareCreated { share: id.into() });
+                }
+            }
+            Err(DbError::Conflict) => {
+                // Our idea of the revision is stale (a retried write landed): fetch it.
+                s.write_inflight = true;
+                self.send(
+                    Purpose::GetShareRev(id.into()),
+                    Request::Get(GetRequest::new(id)),
+                    0,
+                );
+            }
+            Err(error) => self.share_failed(now, id, error),
+        }
+    }
+
+    fn share_failed(&mut self, _now: Instant, id: &str, error: DbError) {
+        let created = self.shares.get(id).is_some_and(|s| s.created);
+        if created {
+            if let Some(s) = self.shares.get_mut(id) {
+                s.write_inflight = false;
+            }
+            self.events.push_back(HubEvent::RequestFailed {
+                op: "refresh_share",
+                error,
+            });
+        } else {
+            self.shares.remove(id);
+            self.events.push_back(HubEvent::ShareFailed {
+                share: id.into(),
+                error,
+            });
+        }
+    }
+
+    fn on_err(&mut self, now: Instant, sent: Sent, error: DbError) {
+        match sent.purpose {
+            Purpose::Info => {
+                // Without the hub's sequence nothing can start: keep trying, slowly.
+                let attempt = self.config.retry.max_retries;
+                self.pending_retry.push(Sent {
+                    purpose: Purpose::Info,
+                    request: Request::Info,
+                    attempt,
+                });
+                self.events
+                    .push_back(HubEvent::RequestFailed { op: "info", error });
+            }
+            Purpose::PutShare(id) => self.share_failed(now, &id, error),
+            Purpose::GetShareRev(id) => {
+                if let Some(s) = self.shares.get_mut(&id) {
+                    s.write_inflight = false;
+                    if matches!(error, DbError::NotFound(_)) {
+                        // Gone (deleted by someone): recreate it, or we are done deleting.
+                        s.rev = None;
+                        s.needs_write = !s.deleting;
+                    } else {
+                        self.events.push_back(HubEvent::RequestFailed {
+                            op: "get_share",
+                            error,
+                        });
+                    }
+                }
+            }
+            Purpose::DeleteShare(id) => {
+                self.shares.remove(&id);
+                self.events.push_back(HubEvent::RequestFailed {
+                    op: "delete_share",
+                    error,
+                });
+                self.events.push_back(HubEvent::Unshared { share: id });
+            }
+            Purpose::WriteSignals => {
+                self.signals_inflight = false;
+                self.events.push_back(HubEvent::RequestFailed {
+                    op: "write_signals",
+                    error,
+                });
+            }
+            Purpose::DeleteDocs => {
+                self.events.push_back(HubEvent::RequestFailed {
+                    op: "delete_signals",
+                    error,
+                });
+            }
+            Purpose::List => {
+                self.list_inflight = false;
+                self.events
+                    .push_back(HubEvent::RequestFailed { op: "list", error });
+            }
+            Purpose::Cleanup => {
+                self.cleanup_inflight = false;
+                self.events.push_back(HubEvent::RequestFailed {
+                    op: "cleanup",
+                    error,
+                });
+            }
+        }
+    }
+
+    fn malformed(&mut self, doc_id: String, error: HubDocError) {
+        tracing::debug!(%doc_id, %error, "skipping malformed hub document");
+        self.diag.malformed_docs += 1;
+        self.events.push_back(HubEvent::Malformed { doc_id, error });
+    }
+
+    fn delete_doc(&mut self, id: &str, rev: &str) {
+        if rev.is_empty() {
+            return;
+        }
+        self.deletes
+            .push(json!({"_id": id, "_rev": rev, "_deleted": true}));
+    }
+
+    fn on_row(&mut self, now: Instant, row: ChangeRow) {
+        if row.deleted {
+            if row.id.starts_with(SHARE_PREFIX) {
+                if let Some(s) = self.shares.get_mut(&row.id) {
+                    if !s.deleting && !s.write_inflight {
+                        // Someone deleted our share: put it back.
+                        s.rev = None;
+                        s.needs_write = true;
+                    }
+                } else if self.known.remove(&row.id).is_some() && self.watching {
+                    self.events.push_back(HubEvent::ShareRemoved {
+                        share: row.id,
+                        reason: RemovedReason::Deleted,
+                    });
+                }
+            }
+            return;
+        }
+        let Some(Value::Object(doc)) = row.doc else {
+            return;
+        };
+        match parse_hub_doc(&doc, &self.config.limits) {
+            Err(error) => {
+                // A broken signal addressed to us is ours to delete, or it would come back.
+                let to_us = doc
+                    .get("recipient")
+                    .and_then(Value::as_str)
+                    .is_some_and(|r| self.is_ours(r));
+                if to_us {
+                    if let Some(rev) = doc.get("_rev").and_then(Value::as_str) {
+                        self.delete_doc(&row.id, rev);
+                    }
+                }
+                self.malformed(row.id, error);
+            }
+            Ok(HubDoc::Share(info, _)) => {
+                if self.shares.contains_key(&info.id) {
+                    return;
+                }
+                if info.expires_at.is_some_and(|e| e < self.wall_ms(now)) {
+                    if self.known.remove(&info.id).is_some() && self.watching {
+                        self.events.push_back(HubEvent::ShareRemoved {
+                            share: info.id,
+                            reason: RemovedReason::Expired,
+                        });
+                    }
+                    return;
+                }
+                let new = self.known.insert(info.id.clone(), info.clone()).is_none();
+                if new && self.watching {
+                    self.events.push_back(HubEvent::ShareAdded(info));
+                }
+            }
+            Ok(HubDoc::Signal(sig)) => self.on_signal(now, sig),
+            Ok(HubDoc::Other) => {}
+        }
+    }
+
+    fn is_ours(&self, recipient: &str) -> bool {
+        self.shares.contains_key(recipient) || self.conns.keys().any(|(_, p)| p == recipient)
+    }
+
+    fn on_signal(&mut self, _now: Instant, sig: SignalDoc) {
+        let key = if self.shares.get(&sig.recipient).is_some_and(|s| !s.deleting)
+            && sig.sender.starts_with(PEER_PREFIX)
+        {
+            (sig.recipient.clone(), sig.sender.clone())
+        } else if sig.recipient.starts_with(PEER_PREFIX)
+            && self
+                .conns
+                .get(&(sig.sender.clone(), sig.recipient.clone()))
+                .is_some_and(|c| c.role == Role::Joiner)
+        {
+            (sig.sender.clone(), sig.recipient.clone())
+        } else {
+            if sig.recipient.starts_with(SHARE_PREFIX) && self.shares.contains_key(&sig.recipient) {
+                // To a share we are unsharing: consume it so it does not linger.
+                self.delete_doc(&sig.id, &sig.rev);
+            }
+            self.diag.foreign_signals += 1;
+            return;
+        };
+        self.delete_doc(&sig.id, &sig.rev);
+        self.diag.signals_consumed += 1;
+        if !self.conns.contains_key(&key) {
+            let pending = self
+                .conns
+                .values()
+                .filter(|c| c.state == ConnState::Pending)
+                .count();
+            if pending >= self.config.max_pending_peers {
+                self.diag.peers_dropped += 1;
+                return;
+            }
+            self.conns.insert(
+                key.clone(),
+                Conn::new(Role::Sharer, ConnState::Pending, sig.info.clone()),
+            );
+            self.events.push_back(HubEvent::PeerRequested {
+                share: key.0.clone(),
+                peer: key.1.clone(),
+                info: sig.info.clone(),
+            });
+        }
+        let max_buffered = self.config.max_buffered_signals;
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let in_order = c.intake(sig.n, sig.data, max_buffered, &mut self.diag);
+        for data in in_order {
+            match (c.role, &c.state, data) {
+                (_, ConnState::Refused, _) => self.diag.signals_dropped += 1,
+                (Role::Sharer, ConnState::Pending, data) => {
+                    if c.buffered.len() >= max_buffered {
+                        self.diag.signals_dropped += 1;
+                    } else {
+                        c.buffered.push(data);
+                    }
+                }
+                (Role::Joiner, _, SignalData::Refuse(reason)) => {
+                    c.state = ConnState::Refused;
+                    self.events.push_back(HubEvent::Refused {
+                        share: key.0.clone(),
+                        peer: key.1.clone(),
+                        reason,
+                    });
+                }
+                (_, _, data) => self.events.push_back(HubEvent::Signal {
+                    share: key.0.clone(),
+                    peer: key.1.clone(),
+                    data,
+                }),
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn new(role: Role, state: ConnState, info: Value) -> Conn {
+        Conn {
+            role,
+            state,
+            info,
+            next_out: 0,
+            next_in: 0,
+            held: BTreeMap::new(),
+            buffered: Vec::new(),
+            refused_at: None,
+        }
+    }
+
+    /// Puts numbered signals back in the order they were sent (the hub may show concurrent
+    /// writes in another order); unnumbered ones (from other implementations) pass as they come.
+    fn intake(
+        &mut self,
+        n: Option<u64>,
+        data: SignalData,
+        max_held: usize,
+        diag: &mut HubDiagnostics,
+    ) -> Vec<SignalData> {
+        let Some(n) = n else {
+            return vec![data];
+        };
+        if n < self.next_in || self.held.contains_key(&n) {
+            diag.signals_dropped += 1;
+            return Vec::new();
+        }
+        self.held.insert(n, data);
+        if self.held.len() > max_held {
+            // A gap that never fills (a lost write): move past it rather than hold forever.
+            if let Some((&first, _)) = self.held.iter().next() {
+                self.next_in = first;
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(d) = self.held.remove(&self.next_in) {
+            out.push(d);
+            self.next_in += 1;
+        }
+        out
+    }
+}
+
+/// `_all_docs` over the ids that start with `prefix`.
+fn prefix_range(prefix: &str) -> AllDocsRequest {
+    AllDocsRequest {
+        start_key: Some(prefix.to_string()),
+        end_key: Some(format!("{prefix}\u{fff0}")),
+        include_docs: true,
+        ..AllDocsRequest::default()
+    }
+}

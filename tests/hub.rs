@@ -1,0 +1,646 @@
+//! The share negotiation machine against the in-memory hub, on virtual time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::epoch;
+use peerpouch::hub::*;
+use peerpouch::*;
+use serde_json::{json, Value};
+
+const WALL: u64 = 1_800_000_000_000;
+
+fn hub(seed: u64) -> Hub {
+    Hub::new(HubConfig::default(), seed, epoch(), WALL)
+}
+
+struct World {
+    hub: MemoryHub,
+    nodes: Vec<Hub>,
+    now: std::time::Instant,
+}
+
+impl World {
+    fn new(n: usize) -> World {
+        let now = epoch();
+        let mut w = World {
+            hub: MemoryHub::new(),
+            nodes: (0..n as u64)
+                .map(|i| Hub::new(HubConfig::default(), 100 + i, now, WALL))
+                .collect(),
+            now,
+        };
+        w.settle();
+        w
+    }
+
+    fn settle(&mut self) -> Vec<Vec<HubEvent>> {
+        let mut refs: Vec<&mut Hub> = self.nodes.iter_mut().collect();
+        self.hub.settle(self.now, &mut refs)
+    }
+
+    /// Advances virtual time to `t`, firing every deadline on the way, and settles.
+    fn advance(&mut self, by: Duration) -> Vec<Vec<HubEvent>> {
+        let end = self.now + by;
+        let mut all: Vec<Vec<HubEvent>> = self.nodes.iter().map(|_| Vec::new()).collect();
+        loop {
+            let next = self.nodes.iter().filter_map(|h| h.poll_timeout()).min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    for h in &mut self.nodes {
+                        h.handle_timeout(self.now);
+                    }
+                    for (i, ev) in self.settle().into_iter().enumerate() {
+                        all[i].extend(ev);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        for h in &mut self.nodes {
+            h.handle_timeout(self.now);
+        }
+        for (i, ev) in self.settle().into_iter().enumerate() {
+            all[i].extend(ev);
+        }
+        all
+    }
+
+    fn docs_with_prefix(&mut self, prefix: &str) -> Vec<Value> {
+        self.hub
+            .db()
+            .all_docs(AllDocsRequest {
+                start_key: Some(prefix.into()),
+                end_key: Some(format!("{prefix}\u{fff0}")),
+                include_docs: true,
+                ..AllDocsRequest::default()
+            })
+            .unwrap()
+            .rows
+            .into_iter()
+            .filter_map(|r| r.doc)
+            .collect()
+    }
+}
+
+fn signals(events: &[HubEvent]) -> Vec<SignalData> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            HubEvent::Signal { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cand(i: u32) -> SignalData {
+    SignalData::Candidate(Some(IceCandidate {
+        candidate: format!(
+            "candidate:{i} 1 udp 2113937151 127.0.0.1 {} typ host",
+            5000 + i
+        ),
+        sdp_mid: Some("0".into()),
+        sdp_m_line_index: Some(0),
+        username_fragment: Some("ufrag".into()),
+    }))
+}
+
+fn share_named(w: &mut World, node: usize, name: &str) -> String {
+    let now = w.now;
+    let id = w.nodes[node].share(
+        now,
+        ShareOptions {
+            name: Some(name.into()),
+            info: json!({"about": name}),
+            ..ShareOptions::default()
+        },
+    );
+    let ev = w.settle();
+    assert!(
+        ev[node].contains(&HubEvent::ShareCreated { share: id.clone() }),
+        "{ev:?}"
+    );
+    id
+}
+
+#[test]
+fn ready_starts_following_from_the_current_sequence() {
+    let mut w = World::new(0);
+    w.hub.db().put(json!({"_id": "old", "x": 1})).unwrap();
+    let mut h = hub(1);
+    let Some(HubAction::Request {
+        id,
+        request: Request::Info,
+    }) = h.poll_action()
+    else {
+        panic!("first action is the hub's info")
+    };
+    assert!(!h.is_ready());
+    let info = w.hub.execute(Request::Info);
+    h.handle_response(w.now, id, info).unwrap();
+    assert_eq!(
+        h.poll_action(),
+        Some(HubAction::FollowChanges {
+            since: Seq::from(1)
+        })
+    );
+    assert_eq!(
+        h.poll_event(),
+        Some(HubEvent::Ready {
+            since: Seq::from(1)
+        })
+    );
+    assert!(h.is_ready());
+}
+
+#[test]
+fn share_list_and_watch() {
+    let mut w = World::new(2);
+    let a = share_named(&mut w, 0, "alpha");
+    let now = w.now;
+    w.nodes[1].list(now);
+    w.nodes[0].list(now);
+    let ev = w.settle();
+    let HubEvent::SharesListed(listed) = &ev[1][0] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, a);
+    assert_eq!(listed[0].name.as_deref(), Some("alpha"));
+    assert_eq!(listed[0].info, json!({"about": "alpha"}));
+    assert_eq!(listed[0].protocol, Some(1));
+    assert!(listed[0].expires_at.unwrap() > WALL);
+    assert_eq!(
+        ev[0],
+        vec![HubEvent::SharesListed(vec![])],
+        "own shares are not listed"
+    );
+    // Watching reports new and removed shares.
+    w.nodes[1].watch(now, true);
+    w.settle();
+    let b = share_named(&mut w, 0, "beta");
+    let ev = w.settle();
+    let _ = ev;
+    let now = w.now;
+    w.nodes[0].unshare(now, &a).unwrap();
+    let ev = w.settle();
+    assert!(ev[0].contains(&HubEvent::Unshared { share: a.clone() }));
+    assert!(ev[1].contains(&HubEvent::ShareRemoved {
+        share: a.clone(),
+        reason: RemovedReason::Deleted
+    }));
+    assert_eq!(
+        w.nodes[0].unshare(now, &a),
+        Err(HubError::NotShared(a.clone()))
+    );
+    assert_eq!(w.docs_with_prefix("share-").len(), 1);
+    let _ = b;
+}
+
+#[test]
+fn watch_sees_a_share_added_later() {
+    let mut w = World::new(2);
+    let now = w.now;
+    w.nodes[1].watch(now, true);
+    w.settle();
+    let now = w.now;
+    let id = w.nodes[0].share(now, ShareOptions::default());
+    let ev = w.settle();
+    assert!(
+        ev[1]
+            .iter()
+            .any(|e| matches!(e, HubEvent::ShareAdded(s) if s.id == id)),
+        "{ev:?}"
+    );
+    // Refreshes of the same share are not reported again.
+    let ev = w.advance(Duration::from_secs(100));
+    assert!(!ev[1].iter().any(|e| matches!(e, HubEvent::ShareAdded(_))));
+}
+
+#[test]
+fn offer_answer_and_candidates_cross_after_accept_and_signals_are_deleted() {
+    let mut w = World::new(2);
+    let share = share_named(&mut w, 0, "s");
+    let now = w.now;
+    let peer = w.nodes[1]
+        .open(now, &share, json!({"user": "bob"}))
+        .unwrap();
+    w.nodes[1]
+        .send_signal(now, &share, &peer, SignalData::Offer("OFFER".into()))
+        .unwrap();
+    for i in 0..3 {
+        w.nodes[1].send_signal(now, &share, &peer, cand(i)).unwrap();
+    }
+    let ev = w.settle();
+    assert_eq!(
+        ev[0],
+        vec![HubEvent::PeerRequested {
+            share: share.clone(),
+            peer: peer.clone(),
+            info: json!({"user": "bob"})
+        }],
+        "nothing of the peer's signals reaches the session before accept"
+    );
+    assert_eq!(
+        w.nodes[0].send_signal(now, &share, &peer, SignalData::Answer("x".into())),
+        Err(HubError::InvalidState(
+            "signals go only to open (accepted) connections"
+        ))
+    );
+    w.nodes[0].accept(now, &share, &peer).unwrap();
+    let got = signals(&w.settle()[0]);
+    assert_eq!(
+        got,
+        vec![SignalData::Offer("OFFER".into()), cand(0), cand(1), cand(2)]
+    );
+    w.nodes[0]
+        .send_signal(now, &share, &peer, SignalData::Answer("ANSWER".into()))
+        .unwrap();
+    w.nodes[0].send_signal(now, &share, &peer, cand(9)).unwrap();
+    w.nodes[0]
+        .send_signal(now, &share, &peer, SignalData::Candidate(None))
+        .unwrap();
+    let ev = w.settle();
+    assert_eq!(
+        signals(&ev[1]),
+        vec![
+            SignalData::Answer("ANSWER".into()),
+            cand(9),
+            SignalData::Candidate(None)
+        ]
+    );
+    assert!(ev[1].iter().all(
+        |e| matches!(e, HubEvent::Signal { share: s, peer: p, .. } if *s == share && *p == peer)
+    ));
+    assert!(
+        w.docs_with_prefix("p-signal-").is_empty(),
+        "consumed signals are deleted"
+    );
+    assert!(w.docs_with_prefix("s-signal-").is_empty());
+    assert_eq!(w.nodes[0].diagnostics().signals_consumed, 4);
+    assert_eq!(w.nodes[1].diagnostics().signals_consumed, 3);
+}
+
+#[test]
+fn signal_documents_have_the_peerpouch_format() {
+    let mut w = World::new(2);
+    let share = share_named(&mut w, 0, "s");
+    let now = w.now;
+    let peer = w.nodes[1].open(now, &share, json!({"v": 1})).unwrap();
+    w.nodes[1].send_signal(now, &share, &peer, cand(1)).unwrap();
+    // Execute the joiner's write but not the sharer's read: look at the document on the hub.
+    while let Some(HubAction::Request { id, request }) = w.nodes[1].poll_action() {
+        let r = w.hub.execute(request);
+        w.nodes[1].handle_response(now, id, r).unwrap();
+    }
+    let docs = w.docs_with_prefix("p-signal-");
+    assert_eq!(docs.len(), 1);
+    let d = &docs[0];
+    assert_eq!(d["type"], "com.stemstorage.peerpouch.signal");
+    assert_eq!(d["sender"], peer);
+    assert_eq!(d["recipient"], share);
+    assert_eq!(d["info"], json!({"v": 1}));
+    assert_eq!(
+        d["data"],
+        json!({"candidate": {"candidate": "candidate:1 1 udp 2113937151 127.0.0.1 5001 typ host",
+        "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "ufrag"}})
+    );
+    let shares = w.docs_with_prefix("share-");
+    assert_eq!(shares[0]["type"], "com.stemstorage.peerpouch.share");
+    assert_eq!(shares[0]["name"], "s");
+}
+
+#[test]
+fn refusal_with_and_without_a_reason() {
+    let mut w = World::new(3);
+    let share = share_named(&mut w, 0, "s");
+    let now = w.now;
+    let p1 = w.nodes[1].open(now, &share, json!("one")).unwrap();
+    let p2 = w.nodes[2].open(now, &share, json!("two")).unwrap();
+    w.nodes[1]
+        .send_signal(now, &share, &p1, SignalData::Offer("o1".into()))
+        .unwrap();
+    w.nodes[2]
+        .send_signal(now, &share, &p2, SignalData::Offer("o2".into()))
+        .unwrap();
+    w.settle();
+    w.nodes[0]
+        .refuse(now, &share, &p1, Some("not you".into()))
+        .unwrap();
+    w.nodes[0].refuse(now, &share, &p2, None).unwrap();
+    let ev = w.settle();
+    assert_eq!(
+        ev[1],
+        vec![HubEvent::Refused {
+            share: share.clone(),
+            peer: p1.clone(),
+            reason: Some("not you".into())
+        }]
+    );
+    assert!(
+        ev[2].is_empty(),
+        "a silent refusal sends nothing: {:?}",
+        ev[2]
+    );
+    assert!(signals(&ev[0]).is_empty());
+    // Later signals from a refused peer are dropped and deleted, never delivered.
+    w.nodes[2].send_signal(now, &share, &p2, cand(1)).unwrap();
+    let ev = w.settle();
+    assert!(ev[0].is_empty(), "{:?}", ev[0]);
+    assert!(w.docs_with_prefix("p-signal-").is_empty());
+    assert_eq!(
+        w.nodes[0].accept(now, &share, &p2),
+        Err(HubError::InvalidState(
+            "only a pending peer can be accepted"
+        ))
+    );
+    assert!(w.nodes[0].diagnostics().signals_dropped >= 1);
+}
+
+#[test]
+fn shares_expire_unless_refreshed() {
+    let mut w = World::new(2);
+    let share = share_named(&mut w, 0, "s");
+    let now = w.now;
+    w.nodes[1].watch(now, true);
+    w.settle();
+    // The sharer keeps refreshing: ten minutes later the share is still listed.
+    w.advance(Duration::from_secs(600));
+    let now = w.now;
+    w.nodes[1].list(now);
+    let ev = w.settle();
+    assert!(
+        matches!(&ev[1][0], HubEvent::SharesListed(l) if l.len() == 1 && l[0].id == share),
+        "{ev:?}"
+    );
+    // The sharer goes silent (crashed): after the TTL the watcher drops the share.
+    let crashed = w.nodes.remove(0);
+    let ev = w.advance(Duration::from_secs(121));
+    assert!(
+        ev[0].contains(&HubEvent::ShareRemoved {
+            share: share.clone(),
+            reason: RemovedReason::Expired
+        }),
+        "{ev:?}"
+    );
+    let now = w.now;
+    w.nodes[0].list(now);
+    let ev = w.settle();
+    assert_eq!(
+        ev[0],
+        vec![HubEvent::SharesListed(vec![])],
+        "expired shares are hidden"
+    );
+    drop(crashed);
+}
+
+#[test]
+fn cleanup_removes_stale_shares_and_signals_only() {
+    let mut w = World::new(1);
+    let wall = WALL;
+    let stale_share = json!({"_id": "share-stale", "type": "com.stemstorage.peerpouch.share", "name": null, "info": null, "expires_at": wall - 3_600_000});
+    let live_share = json!({"_id": "share-live", "type": "com.stemstorage.peerpouch.share", "name": null, "info": null, "expires_at": wall + 3_600_000});
+    let legacy_share = json!({"_id": "share-legacy", "type": "com.stemstorage.peerpouch.share", "name": "no expiry"});
+    let old_signal = json!({"_id": "p-signal-old", "type": "com.stemstorage.peerpouch.signal", "sender": "peer-x", "recipient": "share-y", "data": {"candidate": null}, "created_at": wall - 3_600_000});
+    let new_signal = json!({"_id": "p-signal-new", "type": "com.stemstorage.peerpouch.signal", "sender": "peer-x", "recipient": "share-y", "data": {"candidate": null}, "created_at": wall});
+    let other = json!({"_id": "q-other", "anything": true});
+    for d in [
+        stale_share,
+        live_share,
+        legacy_share,
+        old_signal,
+        new_signal,
+        other,
+    ] {
+        w.hub.db().put(d).unwrap();
+    }
+    let own = share_named(&mut w, 0, "mine");
+    w.advance(Duration::from_secs(1));
+    let left: Vec<String> = w
+        .hub
+        .db()
+        .all_docs(AllDocsRequest::default())
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    let mut expected = vec![
+        "p-signal-new".to_string(),
+        "q-other".into(),
+        "share-legacy".into(),
+        "share-live".into(),
+        own,
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
+    assert_eq!(w.nodes[0].diagnostics().stale_deleted, 2);
+}
+
+#[test]
+fn garbage_on_the_hub_is_counted_and_skipped() {
+    let mut w = World::new(2);
+    let share = share_named(&mut w, 0, "s");
+    let now = w.now;
+    w.nodes[1].watch(now, true);
+    w.settle();
+    let huge = "x".repeat(100_000);
+    let garbage = vec![
+        json!({"_id": "share-bad1", "type": "com.stemstorage.peerpouch.share", "name": 42}),
+        json!({"_id": "share-bad2", "type": "com.stemstorage.peerpouch.share", "info": huge}),
+        json!({"_id": "share-bad3", "type": "com.stemstorage.peerpouch.share", "expires_at": "tomorrow"}),
+        json!({"_id": "p-signal-g1", "type": "com.stemstorage.peerpouch.signal", "sender": "peer-z", "recipient": share, "data": "nope"}),
+        json!({"_id": "p-signal-g2", "type": "com.stemstorage.peerpouch.signal", "sender": "peer-z", "recipient": share, "data": {"type": "offer", "sdp": huge.repeat(2)}}),
+        json!({"_id": "p-signal-g3", "type": "com.stemstorage.peerpouch.signal", "sender": "peer-z", "recipient": "share-nobody", "data": {"candidate": null}}),
+        json!({"_id": "p-signal-g4", "type": "com.stemstorage.peerpouch.signal", "recipient": share}),
+        json!({"_id": "not-ours", "type": 7}),
+        json!({"_id": "weird", "type": "com.stemstorage.peerpouch.share"}),
+    ];
+    for g in garbage {
+        w.hub.db().put(g).unwrap();
+    }
+    let ev = w.settle();
+    let malformed = |ev: &[HubEvent]| {
+        ev.iter()
+            .filter(|e| matches!(e, HubEvent::Malformed { .. }))
+            .count()
+    };
+    assert_eq!(malformed(&ev[0]), 7, "{:?}", ev[0]);
+    assert_eq!(malformed(&ev[1]), 7);
+    assert!(
+        ev[0]
+            .iter()
+            .all(|e| matches!(e, HubEvent::Malformed { .. })),
+        "no peer appears: {:?}",
+        ev[0]
+    );
+    assert!(!ev[1].iter().any(|e| matches!(e, HubEvent::ShareAdded(_))));
+    assert_eq!(w.nodes[0].diagnostics().malformed_docs, 7);
+    assert_eq!(w.nodes[0].diagnostics().foreign_signals, 1);
+    // Broken signals addressed to our share were deleted; the foreign one stays.
+    let left: Vec<String> = w
+        .docs_with_prefix("p-signal-")
+        .iter()
+        .map(|d| d["_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, vec!["p-signal-g3"]);
+    // The machines still work.
+    let now = w.now;
+    let peer = w.nodes[1].open(now, &share, Value::Null).unwrap();
+    w.nodes[1]
+        .send_signal(now, &share, &peer, SignalData::Offer("o".into()))
+        .unwrap();
+    let ev = w.settle();
+    assert!(ev[0]
+        .iter()
+        .any(|e| matches!(e, HubEvent::PeerRequested { .. })));
+}
+
+#[test]
+fn numbered_signals_are_delivered_in_order_whatever_the_hub_order() {
+    let mut w = World::new(1);
+    let share = share_named(&mut w, 0, "s");
+    let sig = |n: u64, data: SignalData| {
+        json!({"_id": format!("p-signal-{n}"), "type": "com.stemstorage.peerpouch.signal", "sender": "peer-r",
+            "recipient": share, "data": data.to_json(), "info": null, "n": n})
+    };
+    for (n, d) in [
+        (2, cand(2)),
+        (0, SignalData::Offer("o".into())),
+        (3, cand(3)),
+        (1, cand(1)),
+    ] {
+        w.hub.db().put(sig(n, d)).unwrap();
+    }
+    // A duplicate of an earlier one is dropped.
+    w.hub.db().put(json!({"_id": "p-signal-dup", "type": "com.stemstorage.peerpouch.signal", "sender": "peer-r",
+        "recipient": share, "data": cand(1).to_json(), "n": 1})).unwrap();
+    w.settle();
+    let now = w.now;
+    w.nodes[0].accept(now, &share, "peer-r").unwrap();
+    let got = signals(&w.settle()[0]);
+    assert_eq!(
+        got,
+        vec![SignalData::Offer("o".into()), cand(1), cand(2), cand(3)]
+    );
+}
+
+#[test]
+fn pending_peers_are_bounded() {
+    let now = epoch();
+    let mut cfg = HubConfig::default();
+    cfg.max_pending_peers = 2;
+    let mut hubm = MemoryHub::new();
+    let mut sharer = Hub::new(cfg, 1, now, WALL);
+    let mut joiners: Vec<Hub> = (0..4).map(|i| hub(10 + i)).collect();
+    let share = sharer.share(now, ShareOptions::default());
+    {
+        let mut refs: Vec<&mut Hub> = std::iter::once(&mut sharer)
+            .chain(joiners.iter_mut())
+            .collect();
+        hubm.settle(now, &mut refs);
+    }
+    for j in joiners.iter_mut() {
+        let p = j.open(now, &share, Value::Null).unwrap();
+        j.send_signal(now, &share, &p, SignalData::Offer("o".into()))
+            .unwrap();
+    }
+    let mut refs: Vec<&mut Hub> = std::iter::once(&mut sharer)
+        .chain(joiners.iter_mut())
+        .collect();
+    let ev = hubm.settle(now, &mut refs);
+    let requested = ev[0]
+        .iter()
+        .filter(|e| matches!(e, HubEvent::PeerRequested { .. }))
+        .count();
+    assert_eq!(requested, 2);
+    assert_eq!(sharer.diagnostics().peers_dropped, 2);
+}
+
+#[test]
+fn unshare_closes_connections_and_a_deleted_share_is_restored() {
+    let mut w = World::new(2);
+    let share = share_named(&mut w, 0, "s");
+    let now = w.now;
+    let peer = w.nodes[1].open(now, &share, Value::Null).unwrap();
+    w.nodes[1]
+        .send_signal(now, &share, &peer, SignalData::Offer("o".into()))
+        .unwrap();
+    w.settle();
+    w.nodes[0].accept(now, &share, &peer).unwrap();
+    w.settle();
+    // Someone deletes our share document: the sharer puts it back.
+    let rev = w.docs_with_prefix("share-")[0]["_rev"].clone();
+    w.hub
+        .db()
+        .put(json!({"_id": share, "_rev": rev, "_deleted": true}))
+        .unwrap();
+    w.settle();
+    assert_eq!(w.docs_with_prefix("share-").len(), 1, "share restored");
+    let now = w.now;
+    w.nodes[0].unshare(now, &share).unwrap();
+    let ev = w.settle();
+    assert!(ev[0].contains(&HubEvent::ConnectionClosed {
+        share: share.clone(),
+        peer: peer.clone()
+    }));
+    assert!(ev[0].contains(&HubEvent::Unshared {
+        share: share.clone()
+    }));
+    assert!(w.docs_with_prefix("share-").is_empty());
+}
+
+#[test]
+fn transient_hub_failures_are_retried() {
+    let now = epoch();
+    let mut hubm = MemoryHub::new();
+    let mut h = hub(1);
+    let mut t = now;
+    let mut failures = 0;
+    let mut events = Vec::new();
+    let share = h.share(now, ShareOptions::default());
+    for step in 0..200 {
+        let mut progressed = false;
+        while let Some(a) = h.poll_action() {
+            progressed = true;
+            if let HubAction::Request { id, request } = a {
+                // Every other request fails with 503 the first few times.
+                let r = if failures < 4 && step % 2 == 0 {
+                    failures += 1;
+                    Err(DbError::Unavailable("down".into()))
+                } else {
+                    hubm.execute(request)
+                };
+                h.handle_response(t, id, r).unwrap();
+            }
+        }
+        while let Some(e) = h.poll_event() {
+            events.push(e);
+        }
+        if !progressed {
+            match h.poll_timeout() {
+                Some(next) if next <= now + Duration::from_secs(120) => {
+                    t = t.max(next);
+                    h.handle_timeout(t);
+                }
+                _ => break,
+            }
+        }
+    }
+    assert!(failures > 0);
+    assert!(
+        events.contains(&HubEvent::ShareCreated { share }),
+        "{events:?}"
+    );
+    assert_eq!(
+        h.handle_response(
+            t,
+            RequestId(10_000),
+            Ok(Response::Info(hubm.db().info().unwrap()))
+        ),
+        Err(HubError::UnknownRequest(RequestId(10_000)))
+    );
+}
