@@ -659,7 +659,8 @@ pub struct RevsDiffEntry {
     pub possible_ancestors: Vec<Rev>,
 }
 
-/// `_bulk_get` result: one entry per requested item, in order.
+/// `_bulk_get` result. Servers group the revisions by document (CouchDB merges items of one id;
+/// peerpouch stores answer one entry per item, in order): read every `docs` of every result.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BulkGetResponse {
     /// Results.

@@ -54,7 +54,12 @@ impl FromStr for Rev {
     fn from_str(s: &str) -> Result<Rev, DbError> {
         let bad = || DbError::BadRequest(format!("Invalid rev format: {:?}", truncate(s, 64)));
         let (pos, hash) = s.split_once('-').ok_or_else(bad)?;
-        if pos.is_empty() || pos.len() > 19 || !pos.bytes().all(|b| b.is_ascii_digit()) {
+        // Canonical decimal only: "07-x" would print back as "7-x" and compare unequal as text.
+        if pos.is_empty()
+            || pos.len() > 19
+            || !pos.bytes().all(|b| b.is_ascii_digit())
+            || (pos.len() > 1 && pos.starts_with('0'))
+        {
             return Err(bad());
         }
         let pos: u64 = pos.parse().map_err(|_| bad())?;
@@ -205,6 +210,7 @@ mod tests {
             "99999999999999999999-a",
             "+1-a",
             "1-\"",
+            "07-x",
         ] {
             assert!(bad.parse::<Rev>().is_err(), "{bad:?} parsed");
         }
