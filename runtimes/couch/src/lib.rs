@@ -8,6 +8,7 @@
 //!   it smooths over (see the README section "Server quirks" in `runtimes/couch/README.md`).
 //! - [`ChangesFollower`]: a continuous `_changes` feed on its own thread, delivering
 //!   [`FeedEvent`]s through a `std::sync::mpsc` channel, reconnecting with backoff.
+//! - [`HubNode`]: the share negotiation machine driven against a CouchDB hub with both.
 //!
 //! Out of scope: multipart requests and answers (attachments travel inline as base64), views,
 //! `_find`, cookie or proxy authentication (Basic auth from the URL only), compression.
@@ -47,9 +48,11 @@ mod client;
 mod error;
 mod follower;
 mod http;
+mod hub_node;
 mod url;
 
 pub use client::{ClientConfig, CouchClient};
 pub use error::Error;
 pub use follower::{ChangesFollower, FeedEvent, FollowerConfig};
+pub use hub_node::HubNode;
 pub use url::DbUrl;
