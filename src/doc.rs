@@ -164,6 +164,9 @@ fn parse_revisions(v: Value, rev: Option<&Rev>) -> Result<Vec<Rev>, DbError> {
     if w.ids.is_empty() {
         return Err(bad("ids is empty"));
     }
+    if w.start > crate::rev::MAX_REV_POS {
+        return Err(bad("start is past the highest revision position"));
+    }
     if (w.ids.len() as u64) > w.start {
         return Err(bad("more ids than start"));
     }

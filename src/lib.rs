@@ -87,5 +87,5 @@ pub use replicate::{
     ReplicationEvent, Replicator, ReplicatorConfig, RequestId,
 };
 pub use retry::RetryPolicy;
-pub use rev::Rev;
+pub use rev::{Rev, MAX_REV_HASH_LEN, MAX_REV_POS};
 pub use store::{Database, MemoryStore};

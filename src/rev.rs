@@ -12,6 +12,10 @@ use crate::error::DbError;
 /// Longest revision hash accepted from outside. CouchDB's are 32 hex digits; PouchDB's too.
 pub const MAX_REV_HASH_LEN: usize = 128;
 
+/// Highest revision position accepted: 2^53 − 1, the largest integer JavaScript peers represent
+/// exactly. A document at this depth cannot be edited further.
+pub const MAX_REV_POS: u64 = (1 << 53) - 1;
+
 /// A revision id: the edit's depth in the revision tree (`pos`) and a hash, written `pos-hash`.
 ///
 /// Revisions order by `pos`, then by hash string; that order is CouchDB's winner rule among
@@ -63,7 +67,7 @@ impl FromStr for Rev {
             return Err(bad());
         }
         let pos: u64 = pos.parse().map_err(|_| bad())?;
-        if !valid_hash(hash) {
+        if pos > MAX_REV_POS || !valid_hash(hash) {
             return Err(bad());
         }
         Ok(Rev::new(pos, hash))
@@ -102,7 +106,7 @@ impl<'de> Deserialize<'de> for Rev {
 }
 
 /// The hash of a new edit: MD5 over the canonical JSON of the deletion flag, the parent revision,
-/// the body (without `_` fields) and the attachments' names and digests.
+/// the body (without `_` fields) and the attachments' names, content types and digests.
 ///
 /// Like CouchDB, the same edit of the same parent yields the same revision on every replica, so an
 /// edit applied twice (say, retried after a lost reply) does not create a spurious conflict.
@@ -110,7 +114,7 @@ pub(crate) fn edit_hash(
     deleted: bool,
     parent: Option<&Rev>,
     body: &serde_json::Map<String, Value>,
-    attachments: &[(&str, &str)],
+    attachments: &[(&str, &str, &str)],
 ) -> String {
     let mut h = Md5::new();
     let mut buf = Vec::with_capacity(256);
@@ -127,13 +131,18 @@ pub(crate) fn edit_hash(
     write_canonical_map(&mut buf, body);
     buf.push(b',');
     buf.push(b'[');
-    for (i, (name, digest)) in attachments.iter().enumerate() {
+    // Name, content type and digest of each attachment, as CouchDB hashes them: two edits that
+    // differ only in an attachment's type are different revisions.
+    for (i, (name, content_type, digest)) in attachments.iter().enumerate() {
         if i > 0 {
             buf.push(b',');
         }
-        write_canonical(&mut buf, &Value::String((*name).to_string()));
-        buf.push(b',');
-        write_canonical(&mut buf, &Value::String((*digest).to_string()));
+        for (j, part) in [name, content_type, digest].into_iter().enumerate() {
+            if j > 0 {
+                buf.push(b',');
+            }
+            write_canonical(&mut buf, &Value::String((*part).to_string()));
+        }
     }
     buf.extend_from_slice(b"]]");
     h.update(&buf);
@@ -211,6 +220,7 @@ mod tests {
             "+1-a",
             "1-\"",
             "07-x",
+            "9007199254740992-x",
         ] {
             assert!(bad.parse::<Rev>().is_err(), "{bad:?} parsed");
         }
@@ -240,6 +250,17 @@ mod tests {
         let parent = Rev::new(1, h1.clone());
         assert_ne!(edit_hash(false, Some(&parent), &m, &[]), h1);
         assert_ne!(edit_hash(true, None, &m, &[]), h1);
-        assert_ne!(edit_hash(false, None, &m, &[("a.txt", "md5-x")]), h1);
+        let with_att = edit_hash(false, None, &m, &[("a.txt", "text/plain", "md5-x")]);
+        assert_ne!(with_att, h1);
+        assert_ne!(
+            edit_hash(
+                false,
+                None,
+                &m,
+                &[("a.txt", "application/octet-stream", "md5-x")]
+            ),
+            with_att,
+            "the content type is part of the revision"
+        );
     }
 }

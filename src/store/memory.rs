@@ -312,11 +312,16 @@ impl MemoryStore {
             _ => (None, None),
         };
         let pos = parent_rev.as_ref().map_or(1, |r| r.pos + 1);
+        if pos > crate::rev::MAX_REV_POS {
+            return Err(DbError::BadRequest(format!(
+                "document {id:?} is at the highest revision position; it cannot be edited"
+            )));
+        }
         let (atts, new_data) =
             self.resolve_atts(doc.attachments, pos, parent_body.as_deref(), None, true)?;
-        let att_ids: Vec<(&str, &str)> = atts
+        let att_ids: Vec<(&str, &str, &str)> = atts
             .iter()
-            .map(|(n, m)| (n.as_str(), m.digest.as_str()))
+            .map(|(n, m)| (n.as_str(), m.content_type.as_str(), m.digest.as_str()))
             .collect();
         let hash = edit_hash(doc.deleted, parent_rev.as_ref(), &doc.body, &att_ids);
         let rev = Rev::new(pos, hash);
