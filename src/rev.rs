@@ -32,7 +32,7 @@ pub const MAX_REV_POS: u64 = (1 << 53) - 1;
 pub struct Rev {
     /// Depth in the revision tree, starting at 1 (0 only for `_local` documents).
     pub pos: u64,
-    /// The hash part: printable ASCII, no `-` at the start, at most [`MAX_REV_HASH_LEN`] bytes.
+    /// The hash part: printable ASCII without `"`, at most [`MAX_REV_HASH_LEN`] bytes.
     pub hash: String,
 }
 
