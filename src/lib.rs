@@ -76,6 +76,7 @@ pub mod replicate;
 mod retry;
 mod rev;
 pub mod revtree;
+pub mod rpc;
 mod seeded_dtls;
 pub mod session;
 pub mod store;

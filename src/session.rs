@@ -344,6 +344,19 @@ impl Session {
         self.skipped_candidates
     }
 
+    /// Our DTLS certificate fingerprint, as SDP writes it (`sha-256 AB:CD:...`).
+    pub fn local_fingerprint(&mut self) -> String {
+        self.rtc.direct_api().local_dtls_fingerprint().to_string()
+    }
+
+    /// The peer's DTLS fingerprint from its SDP, once known.
+    pub fn remote_fingerprint(&mut self) -> Option<String> {
+        self.rtc
+            .direct_api()
+            .remote_dtls_fingerprint()
+            .map(|f| f.to_string())
+    }
+
     /// The largest message [`Session::send`] takes now (ours and the peer's limit).
     pub fn max_message_size(&self) -> usize {
         self.config.max_send_message.min(self.remote_max_message)

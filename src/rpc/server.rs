@@ -1,0 +1,583 @@
+//! The serving side: frames in, store requests out, results in, frames out.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::frame::{Assembler, Kind, Message, MIN_FRAME};
+use super::wire::*;
+use super::{Outbox, RpcError, DEFAULT_FRAME, MAX_FRAME};
+use crate::doc::LOCAL_PREFIX;
+use crate::error::{CouchError, DbError};
+use crate::ops::*;
+
+/// Identifies a store request of the server; its result comes back with it.
+pub type StoreRequestId = u64;
+
+/// How a share is served.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The share served.
+    pub share: String,
+    /// Refuse writes (403) except `_local` documents (replication checkpoints).
+    pub read_only: bool,
+    /// The share's access key: clients must prove they know it.
+    pub access_key: Option<Vec<u8>>,
+    /// Our DTLS fingerprint (as in SDP: `sha-256 AB:CD:...`).
+    pub local_fingerprint: String,
+    /// The fingerprint we see for the peer.
+    pub remote_fingerprint: String,
+    /// Largest frame we accept and send (clamped to 1 KiB..64 KiB).
+    pub frame_size: usize,
+    /// Largest message we accept.
+    pub max_message: usize,
+    /// Calls and subscriptions a client may have open; more is a protocol violation.
+    pub max_in_flight: usize,
+    /// Bytes of frames waiting for the channel above which the server takes on no new work.
+    pub window: usize,
+    /// Store requests running at once: with `window`, bounds what a slow reader can make the
+    /// server hold (at most this many answers beyond the window).
+    pub max_concurrent: usize,
+    /// Close if the client's hello has not arrived after this long.
+    pub hello_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for serving `share`, with the two DTLS fingerprints of the link.
+    pub fn new(
+        share: impl Into<String>,
+        local_fp: impl Into<String>,
+        remote_fp: impl Into<String>,
+    ) -> Self {
+        ServerConfig {
+            share: share.into(),
+            read_only: false,
+            access_key: None,
+            local_fingerprint: local_fp.into(),
+            remote_fingerprint: remote_fp.into(),
+            frame_size: DEFAULT_FRAME,
+            max_message: 256 << 20,
+            max_in_flight: 64,
+            window: 1 << 20,
+            max_concurrent: 8,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the server reports.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// The client's hello checked out; calls are served now.
+    Ready {
+        /// The client's hello.
+        hello: Hello,
+    },
+    /// The link is closed (a goodbye is queued when we closed it): close the session once
+    /// the frames are flushed.
+    Closed(RpcError),
+}
+
+#[derive(Debug, PartialEq)]
+enum State {
+    AwaitHello,
+    Ready,
+    Closed,
+}
+
+#[derive(Debug)]
+enum CallState {
+    Queued,
+    Running(StoreRequestId),
+    Subscription {
+        request: ChangesRequest,
+        since: Seq,
+        running: Option<StoreRequestId>,
+        dirty: bool,
+    },
+}
+
+/// The serving machine. See the [module docs](super).
+#[derive(Debug)]
+pub struct RpcServer {
+    config: ServerConfig,
+    state: State,
+    started: Instant,
+    asm: Assembler,
+    out: Outbox,
+    inbox: VecDeque<(u32, Call)>,
+    calls: BTreeMap<u32, CallState>,
+    store: BTreeMap<StoreRequestId, u32>,
+    store_out: VecDeque<(StoreRequestId, Request)>,
+    next_store: StoreRequestId,
+    events: VecDeque<ServerEvent>,
+    served: u64,
+}
+
+const KNOWN_OPS: &[&str] = &[
+    "info",
+    "get",
+    "open_revs",
+    "all_docs",
+    "bulk_docs",
+    "changes",
+    "revs_diff",
+    "bulk_get",
+    "get_attachment",
+    "get_local",
+    "put_local",
+    "delete_local",
+];
+
+impl RpcServer {
+    /// A server for one link; its hello is queued at once.
+    pub fn new(mut config: ServerConfig, now: Instant) -> RpcServer {
+        config.frame_size = config.frame_size.clamp(MIN_FRAME, MAX_FRAME);
+        // The server speaks second: its hello answers the client's (and its proof names the
+        // client's peer id).
+        let out = Outbox::new(config.frame_size);
+        let asm = Assembler::new(config.max_message, config.frame_size);
+        RpcServer {
+            config,
+            state: State::AwaitHello,
+            started: now,
+            asm,
+            out,
+            inbox: VecDeque::new(),
+            calls: BTreeMap::new(),
+            store: BTreeMap::new(),
+            store_out: VecDeque::new(),
+            next_store: 0,
+            events: VecDeque::new(),
+            served: 0,
+        }
+    }
+
+    /// Calls answered so far.
+    pub fn served(&self) -> u64 {
+        self.served
+    }
+
+    /// Whether the link is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Feeds one data channel message from the client.
+    ///
+    /// # Errors
+    /// When the client broke the protocol: the link is closed (a goodbye is queued, then
+    /// [`ServerEvent::Closed`]); the store is never touched by a bad message.
+    pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) -> Result<(), RpcError> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        let result = match self.asm.push(bytes) {
+            Ok(Some(m)) => self.on_message(now, m),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            self.fail(e.clone(), true);
+        }
+        self.pump();
+        result
+    }
+
+    /// The session closed underneath: everything stops.
+    pub fn handle_link_closed(&mut self, _now: Instant) {
+        if self.state != State::Closed {
+            self.fail(
+                RpcError::Closed(DbError::Unavailable("link closed".into())),
+                false,
+            );
+        }
+    }
+
+    /// Checks the hello timeout. Harmless early.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::AwaitHello && now >= self.started + self.config.hello_timeout {
+            self.fail(
+                RpcError::Protocol("no hello within the hello timeout".into()),
+                true,
+            );
+        }
+    }
+
+    /// When [`RpcServer::handle_timeout`] should be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (self.state == State::AwaitHello).then_some(self.started + self.config.hello_timeout)
+    }
+
+    /// The store changed (a write, local or replicated): live subscriptions catch up.
+    pub fn handle_db_changed(&mut self, _now: Instant) {
+        let ids: Vec<u32> = self.calls.keys().copied().collect();
+        for id in ids {
+            if let Some(CallState::Subscription { running, dirty, .. }) = self.calls.get_mut(&id) {
+                if running.is_some() {
+                    *dirty = true;
+                } else {
+                    self.query_subscription(id);
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// Feeds the result of a store request.
+    pub fn handle_store_result(
+        &mut self,
+        _now: Instant,
+        id: StoreRequestId,
+        result: Result<Response, DbError>,
+    ) {
+        let Some(call) = self.store.remove(&id) else {
+            return;
+        };
+        if self.state == State::Closed {
+            return;
+        }
+        match self.calls.get_mut(&call) {
+            Some(CallState::Running(sid)) if *sid == id => {
+                self.calls.remove(&call);
+                self.served += 1;
+                self.reply(call, result);
+            }
+            Some(CallState::Subscription {
+                since,
+                running,
+                dirty,
+                ..
+            }) if *running == Some(id) => {
+                *running = None;
+                match result.and_then(Response::into_changes) {
+                    Ok(c) => {
+                        *since = c.last_seq.clone();
+                        let again = std::mem::take(dirty);
+                        if !c.results.is_empty() {
+                            self.out.push_json(Kind::StreamItem, call, &c);
+                        }
+                        if again {
+                            self.query_subscription(call);
+                        }
+                    }
+                    Err(e) => {
+                        self.calls.remove(&call);
+                        self.out.push_json(
+                            Kind::StreamEnd,
+                            call,
+                            &StreamEnd {
+                                error: Some(CouchError::from(e)),
+                            },
+                        );
+                    }
+                }
+            }
+            // Cancelled meanwhile: the result is dropped.
+            _ => {}
+        }
+        self.pump();
+    }
+
+    /// The next store request to execute against the served database.
+    pub fn poll_store_request(&mut self) -> Option<(StoreRequestId, Request)> {
+        self.store_out.pop_front()
+    }
+
+    /// The next frame to write to the data channel, if any (it stays until
+    /// [`RpcServer::advance_frame`], so a full channel loses nothing).
+    pub fn peek_frame(&self) -> Option<&[u8]> {
+        self.out.peek()
+    }
+
+    /// The frame from [`RpcServer::peek_frame`] was written.
+    pub fn advance_frame(&mut self) {
+        self.out.advance();
+        self.pump();
+    }
+
+    /// Bytes of frames waiting for the channel.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.bytes()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    fn fail(&mut self, e: RpcError, send_goodbye: bool) {
+        if self.state == State::Closed {
+            return;
+        }
+        tracing::debug!(error = %e, "rpc server closing the link");
+        self.state = State::Closed;
+        self.inbox.clear();
+        self.calls.clear();
+        self.store.clear();
+        self.store_out.clear();
+        if send_goodbye {
+            self.out
+                .push_json(Kind::Goodbye, 0, &CouchError::from(e.to_db_error()));
+        } else {
+            self.out.clear();
+        }
+        self.events.push_back(ServerEvent::Closed(e));
+    }
+
+    fn on_message(&mut self, _now: Instant, m: Message) -> Result<(), RpcError> {
+        match (&self.state, m.kind) {
+            (State::AwaitHello, Kind::Hello) => self.on_hello(&m.payload),
+            (State::AwaitHello, k) => Err(RpcError::Protocol(format!("{k:?} before hello"))),
+            (_, Kind::Hello) => Err(RpcError::Protocol("a second hello".into())),
+            (_, Kind::Request) => self.on_request(m.id, &m.payload),
+            (_, Kind::Cancel) => {
+                self.on_cancel(m.id);
+                Ok(())
+            }
+            (_, Kind::Goodbye) => {
+                let e: CouchError = serde_json::from_slice(&m.payload).unwrap_or(CouchError {
+                    status: 500,
+                    error: "goodbye".into(),
+                    reason: "the peer closed the link".into(),
+                });
+                self.fail(RpcError::Closed(DbError::from(e)), false);
+                Ok(())
+            }
+            (_, k) => Err(RpcError::Protocol(format!("a client does not send {k:?}"))),
+        }
+    }
+
+    fn on_hello(&mut self, payload: &[u8]) -> Result<(), RpcError> {
+        let h: Hello = serde_json::from_slice(payload)
+            .map_err(|e| RpcError::Malformed(format!("hello: {e}")))?;
+        if h.v != PROTOCOL_VERSION {
+            return Err(RpcError::IncompatibleVersion {
+                ours: PROTOCOL_VERSION,
+                theirs: h.v,
+            });
+        }
+        if h.role != Role::Client {
+            return Err(RpcError::Protocol(
+                "the hello of a server met a server".into(),
+            ));
+        }
+        if h.share != self.config.share {
+            return Err(RpcError::Protocol(format!(
+                "hello for {}, but this link serves {}",
+                crate::rev::truncate(&h.share, 80),
+                self.config.share
+            )));
+        }
+        let mut proof = None;
+        if let Some(key) = &self.config.access_key {
+            let ok = h.proof.as_deref().is_some_and(|p| {
+                check_proof(
+                    key,
+                    Role::Client,
+                    &self.config.share,
+                    &h.peer,
+                    &self.config.remote_fingerprint,
+                    &self.config.local_fingerprint,
+                    p,
+                )
+            });
+            if !ok {
+                return Err(RpcError::AccessDenied(
+                    "this share needs its access key; the proof is missing or wrong".into(),
+                ));
+            }
+            proof = Some(make_proof(
+                key,
+                Role::Server,
+                &self.config.share,
+                &h.peer,
+                &self.config.local_fingerprint,
+                &self.config.remote_fingerprint,
+            ));
+        }
+        self.out.push_json(
+            Kind::Hello,
+            0,
+            &Hello {
+                v: PROTOCOL_VERSION,
+                role: Role::Server,
+                share: self.config.share.clone(),
+                peer: h.peer.clone(),
+                caps: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+                frame: self.config.frame_size,
+                max_message: self.config.max_message,
+                max_in_flight: self.config.max_in_flight,
+                read_only: self.config.read_only,
+                proof,
+            },
+        );
+        let frame = h
+            .frame
+            .clamp(MIN_FRAME, MAX_FRAME)
+            .min(self.config.frame_size);
+        self.out.set_frame_size(frame);
+        self.state = State::Ready;
+        self.events.push_back(ServerEvent::Ready { hello: h });
+        Ok(())
+    }
+
+    fn on_request(&mut self, id: u32, payload: &[u8]) -> Result<(), RpcError> {
+        if self.calls.contains_key(&id) {
+            return Err(RpcError::Protocol(format!("call {id} is already open")));
+        }
+        if self.calls.len() >= self.config.max_in_flight {
+            return Err(RpcError::Protocol(format!(
+                "more than {} calls open at once",
+                self.config.max_in_flight
+            )));
+        }
+        let v: Value = serde_json::from_slice(payload)
+            .map_err(|e| RpcError::Malformed(format!("request {id}: {e}")))?;
+        match serde_json::from_value::<Call>(v.clone()) {
+            Ok(call) => {
+                self.calls.insert(id, CallState::Queued);
+                self.inbox.push_back((id, call));
+            }
+            Err(e) => {
+                let op = v
+                    .get("call")
+                    .and_then(|c| c.get("op"))
+                    .and_then(Value::as_str)
+                    .map(String::from);
+                let err = match op.as_deref() {
+                    Some("destroy") => {
+                        DbError::Forbidden("peers may not destroy a shared database".into())
+                    }
+                    Some(op) if !KNOWN_OPS.contains(&op) => DbError::NotImplemented(format!(
+                        "unknown method {:?}",
+                        crate::rev::truncate(op, 40)
+                    )),
+                    _ if v.get("call").is_none() && v.get("subscribe").is_none() => {
+                        DbError::NotImplemented("unknown kind of call".into())
+                    }
+                    _ => DbError::BadRequest(format!("bad parameters: {e}")),
+                };
+                self.reply(id, Err(err));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_cancel(&mut self, id: u32) {
+        match self.calls.remove(&id) {
+            Some(CallState::Queued) => self.inbox.retain(|(i, _)| *i != id),
+            Some(CallState::Subscription { .. }) => {
+                self.out
+                    .push_json(Kind::StreamEnd, id, &StreamEnd { error: None });
+            }
+            // A running call's result is dropped when it comes; unknown ids ended already.
+            _ => {}
+        }
+    }
+
+    fn reply(&mut self, id: u32, result: Result<Response, DbError>) {
+        match result {
+            Ok(Response::Attachment(a)) => {
+                self.out.push_json(
+                    Kind::Response,
+                    id,
+                    &Reply::Attachment {
+                        content_type: a.content_type,
+                        digest: a.digest,
+                        length: a.data.len() as u64,
+                    },
+                );
+                self.out.push(Kind::Binary, id, &a.data);
+            }
+            Ok(r) => self.out.push_json(Kind::Response, id, &Reply::Ok(r)),
+            Err(e) => self
+                .out
+                .push_json(Kind::Response, id, &Reply::Err(CouchError::from(e))),
+        }
+    }
+
+    fn issue(&mut self, call: u32, request: Request) -> StoreRequestId {
+        let sid = self.next_store;
+        self.next_store += 1;
+        self.store.insert(sid, call);
+        self.store_out.push_back((sid, request));
+        sid
+    }
+
+    fn query_subscription(&mut self, id: u32) {
+        let Some(CallState::Subscription { request, since, .. }) = self.calls.get(&id) else {
+            return;
+        };
+        let req = ChangesRequest {
+            since: since.clone(),
+            feed: Feed::Normal,
+            timeout_ms: None,
+            ..request.clone()
+        };
+        let sid = self.issue(id, Request::Changes(req));
+        if let Some(CallState::Subscription { running, .. }) = self.calls.get_mut(&id) {
+            *running = Some(sid);
+        }
+    }
+
+    /// Starts queued calls while the outbound window has room.
+    fn pump(&mut self) {
+        if self.state != State::Ready {
+            return;
+        }
+        while self.out.bytes() < self.config.window && self.store.len() < self.config.max_concurrent
+        {
+            let Some((id, call)) = self.inbox.pop_front() else {
+                return;
+            };
+            match call {
+                Call::Call(req) => {
+                    if self.config.read_only && req.is_write() && !only_local(&req) {
+                        self.calls.remove(&id);
+                        self.reply(
+                            id,
+                            Err(DbError::Forbidden(
+                                "this share is read-only; only _local documents can be written"
+                                    .into(),
+                            )),
+                        );
+                        continue;
+                    }
+                    let sid = self.issue(id, req);
+                    self.calls.insert(id, CallState::Running(sid));
+                }
+                Call::Subscribe(req) => {
+                    let since = req.since.clone();
+                    self.calls.insert(
+                        id,
+                        CallState::Subscription {
+                            request: req,
+                            since,
+                            running: None,
+                            dirty: false,
+                        },
+                    );
+                    self.query_subscription(id);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a write touches only `_local` documents (allowed on read-only shares: the
+/// replicator's checkpoints live there).
+fn only_local(req: &Request) -> bool {
+    match req {
+        Request::PutLocal(_) | Request::DeleteLocal(_) => true,
+        Request::BulkDocs(b) => b.docs.iter().all(|d| {
+            d.get("_id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| id.starts_with(LOCAL_PREFIX))
+        }),
+        _ => false,
+    }
+}

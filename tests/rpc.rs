@@ -1,0 +1,487 @@
+//! The RPC machines wired back to back (no WebRTC): calls, errors, streams, attachments,
+//! access control, flow control and hostile input.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::epoch;
+use peerpouch::rpc::frame::{split, Kind};
+use peerpouch::rpc::*;
+use peerpouch::*;
+use serde_json::json;
+
+const FP_S: &str = "sha-256 AA:AA";
+const FP_C: &str = "sha-256 CC:CC";
+
+struct Pair {
+    now: Instant,
+    server: RpcServer,
+    client: RpcClient,
+    db: MemoryStore,
+    events: Vec<ClientEvent>,
+    server_events: Vec<ServerEvent>,
+    /// Deliver frames to the server only while this is true (a stalled reader).
+    server_reads: bool,
+}
+
+impl Pair {
+    fn new(scfg: ServerConfig, ccfg: ClientConfig) -> Pair {
+        let now = epoch();
+        let mut p = Pair {
+            now,
+            server: RpcServer::new(scfg, now),
+            client: RpcClient::new(ccfg, now),
+            db: MemoryStore::new("served"),
+            events: Vec::new(),
+            server_events: Vec::new(),
+            server_reads: true,
+        };
+        p.pump();
+        p
+    }
+
+    fn default() -> Pair {
+        Pair::new(
+            ServerConfig::new("share-x", FP_S, FP_C),
+            ClientConfig::new("share-x", "peer-y", FP_C, FP_S),
+        )
+    }
+
+    fn pump(&mut self) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            if self.server_reads {
+                while let Some(f) = self.client.peek_frame().map(<[u8]>::to_vec) {
+                    self.client.advance_frame();
+                    moved = true;
+                    let _ = self.server.handle_frame(self.now, &f);
+                }
+            }
+            while let Some((id, req)) = self.server.poll_store_request() {
+                moved = true;
+                let r = self.db.execute(req);
+                self.server.handle_store_result(self.now, id, r);
+            }
+            while let Some(f) = self.server.peek_frame().map(<[u8]>::to_vec) {
+                self.server.advance_frame();
+                moved = true;
+                let _ = self.client.handle_frame(self.now, &f);
+            }
+            while let Some(e) = self.client.poll_event() {
+                moved = true;
+                self.events.push(e);
+            }
+            while let Some(e) = self.server.poll_event() {
+                moved = true;
+                self.server_events.push(e);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("rpc pair did not settle");
+    }
+
+    fn call(&mut self, req: Request) -> Result<Response, DbError> {
+        let id = self.client.call(self.now, req);
+        self.pump();
+        self.take_response(id)
+    }
+
+    fn take_response(&mut self, id: CallId) -> Result<Response, DbError> {
+        let i = self
+            .events
+            .iter()
+            .position(|e| matches!(e, ClientEvent::Response { call, .. } if *call == id))
+            .unwrap_or_else(|| panic!("no response to {id}: {:?}", self.events));
+        match self.events.remove(i) {
+            ClientEvent::Response { result, .. } => result,
+            _ => unreachable!(),
+        }
+    }
+
+    fn closed(&self) -> Option<&RpcError> {
+        self.events.iter().find_map(|e| match e {
+            ClientEvent::Closed(e) => Some(e),
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn hello_then_calls_like_a_local_database() {
+    let mut p = Pair::default();
+    assert!(p.client.is_ready());
+    assert!(matches!(p.events[0], ClientEvent::Ready { .. }));
+    assert!(matches!(&p.server_events[0], ServerEvent::Ready { hello } if hello.peer == "peer-y"));
+    let rev = p
+        .call(Request::BulkDocs(BulkDocsRequest {
+            docs: vec![json!({"_id": "a", "v": 1})],
+            new_edits: true,
+        }))
+        .unwrap()
+        .into_bulk_docs()
+        .unwrap()
+        .results[0]
+        .result
+        .clone()
+        .unwrap();
+    let doc = p
+        .call(Request::Get(GetRequest::new("a")))
+        .unwrap()
+        .into_doc_body()
+        .unwrap()
+        .doc;
+    assert_eq!(doc["_rev"], rev.to_string());
+    assert_eq!(
+        p.call(Request::Get(GetRequest::new("zz"))),
+        Err(DbError::NotFound("missing".into()))
+    );
+    let info = p.call(Request::Info).unwrap().into_info().unwrap();
+    assert_eq!(info.doc_count, 1);
+    assert_eq!(p.server.served(), 4);
+}
+
+#[test]
+fn large_bodies_cross_in_frames_within_the_frame_size() {
+    let mut p = Pair::default();
+    let big = "x".repeat(300_000);
+    p.call(Request::BulkDocs(BulkDocsRequest {
+        docs: vec![json!({"_id": "big", "text": big})],
+        new_edits: true,
+    }))
+    .unwrap();
+    assert_eq!(
+        p.db.get("big").unwrap()["text"].as_str().unwrap().len(),
+        300_000
+    );
+    let doc = p
+        .call(Request::Get(GetRequest::new("big")))
+        .unwrap()
+        .into_doc_body()
+        .unwrap()
+        .doc;
+    assert_eq!(doc["text"].as_str().unwrap().len(), 300_000);
+}
+
+#[test]
+fn attachments_travel_as_binary() {
+    let mut p = Pair::default();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let b64 = serde_json::to_value(AttachmentData {
+        content_type: String::new(),
+        digest: String::new(),
+        data: data.clone(),
+    })
+    .unwrap()["data"]
+        .clone();
+    p.db.put(json!({"_id": "f", "_attachments": {"blob": {"content_type": "application/x-test", "data": b64}}})).unwrap();
+    let r = p
+        .call(Request::GetAttachment(AttachmentRequest {
+            id: "f".into(),
+            name: "blob".into(),
+            rev: None,
+        }))
+        .unwrap()
+        .into_attachment()
+        .unwrap();
+    assert_eq!(r.data, data);
+    assert_eq!(r.content_type, "application/x-test");
+    assert_eq!(r.digest, peerpouch::doc::digest_of(&data));
+}
+
+#[test]
+fn destroy_is_forbidden_and_unknown_methods_are_not_implemented() {
+    let mut p = Pair::default();
+    for (payload, expect) in [
+        (json!({"call": {"op": "destroy"}}), 403),
+        (json!({"call": {"op": "compact"}}), 501),
+        (json!({"frobnicate": {}}), 501),
+        (json!({"call": {"op": "get"}}), 400),
+    ] {
+        let frames = split(
+            Kind::Request,
+            9000,
+            &serde_json::to_vec(&payload).unwrap(),
+            16 * 1024,
+        );
+        for f in frames {
+            p.server.handle_frame(p.now, &f).unwrap();
+        }
+        let f = p.server.peek_frame().unwrap().to_vec();
+        p.server.advance_frame();
+        let reply: serde_json::Value = serde_json::from_slice(&f[6..]).unwrap();
+        assert_eq!(reply["err"]["status"], expect, "{payload}: {reply}");
+    }
+    assert!(!p.server.is_closed(), "refused calls do not close the link");
+}
+
+#[test]
+fn a_read_only_share_refuses_writes_but_keeps_checkpoints() {
+    let mut scfg = ServerConfig::new("share-x", FP_S, FP_C);
+    scfg.read_only = true;
+    let mut p = Pair::new(scfg, ClientConfig::new("share-x", "peer-y", FP_C, FP_S));
+    assert!(p.client.server_hello().unwrap().read_only);
+    let e = p.call(Request::BulkDocs(BulkDocsRequest {
+        docs: vec![json!({"_id": "a"})],
+        new_edits: true,
+    }));
+    assert!(matches!(e, Err(DbError::Forbidden(_))), "{e:?}");
+    let e = p.call(Request::BulkDocs(BulkDocsRequest {
+        docs: vec![json!({"_id": "_local/x"}), json!({"_id": "b"})],
+        new_edits: false,
+    }));
+    assert!(matches!(e, Err(DbError::Forbidden(_))));
+    p.call(Request::PutLocal(PutLocalRequest {
+        id: "cp".into(),
+        doc: json!({"seq": 1}).as_object().unwrap().clone(),
+    }))
+    .unwrap();
+    assert_eq!(p.db.info().unwrap().doc_count, 0);
+    assert_eq!(p.db.get_local("cp").unwrap()["seq"], 1);
+}
+
+#[test]
+fn access_key_proofs() {
+    let key = b"correct horse".to_vec();
+    let with_key = |server_key: Option<&[u8]>, client_key: Option<&[u8]>, client_sees: &str| {
+        let mut s = ServerConfig::new("share-x", FP_S, FP_C);
+        s.access_key = server_key.map(<[u8]>::to_vec);
+        let mut c = ClientConfig::new("share-x", "peer-y", FP_C, client_sees);
+        c.access_key = client_key.map(<[u8]>::to_vec);
+        Pair::new(s, c)
+    };
+    let mut ok = with_key(Some(&key), Some(&key), FP_S);
+    assert!(ok.client.is_ready());
+    assert!(ok.call(Request::Info).is_ok());
+    for (ck, sees) in [
+        (None, FP_S),
+        (Some(&b"wrong"[..]), FP_S),
+        (Some(&key[..]), "sha-256 MITM"),
+    ] {
+        let mut p = with_key(Some(&key), ck, sees);
+        assert!(!p.client.is_ready());
+        assert!(
+            matches!(p.closed(), Some(RpcError::Closed(DbError::Forbidden(_)))),
+            "{:?}",
+            p.events
+        );
+        assert!(matches!(
+            p.server_events[0],
+            ServerEvent::Closed(RpcError::AccessDenied(_))
+        ));
+        let id = p.client.call(p.now, Request::Info);
+        p.pump();
+        assert!(
+            p.take_response(id).is_err(),
+            "nothing is served after a refusal"
+        );
+        assert_eq!(p.server.served(), 0);
+    }
+    // A client with a key refuses a server that cannot prove it (a hub faking the sharer).
+    let p = with_key(None, Some(&key), FP_S);
+    assert!(
+        matches!(p.closed(), Some(RpcError::AccessDenied(_))),
+        "{:?}",
+        p.events
+    );
+}
+
+#[test]
+fn incompatible_versions_close_with_a_clear_error() {
+    let now = epoch();
+    let mut s = RpcServer::new(ServerConfig::new("share-x", FP_S, FP_C), now);
+    let hello = json!({"v": 2, "role": "client", "share": "share-x", "peer": "p", "frame": 16384, "max_message": 1000});
+    let f = split(Kind::Hello, 0, &serde_json::to_vec(&hello).unwrap(), 16384);
+    let e = s.handle_frame(now, &f[0]).unwrap_err();
+    assert_eq!(e, RpcError::IncompatibleVersion { ours: 1, theirs: 2 });
+    let goodbye = s.peek_frame().unwrap().to_vec();
+    assert_eq!(goodbye[0], Kind::Goodbye as u8);
+    let body: serde_json::Value = serde_json::from_slice(&goodbye[6..]).unwrap();
+    assert_eq!(body["error"], "incompatible_version");
+}
+
+#[test]
+fn live_subscription_streams_changes_until_cancelled() {
+    let mut p = Pair::default();
+    let sub = p.client.subscribe(
+        p.now,
+        ChangesRequest {
+            include_docs: true,
+            ..ChangesRequest::default()
+        },
+    );
+    p.pump();
+    p.db.put(json!({"_id": "a"})).unwrap();
+    p.server.handle_db_changed(p.now);
+    p.pump();
+    p.db.put(json!({"_id": "b"})).unwrap();
+    p.db.put(json!({"_id": "c"})).unwrap();
+    p.server.handle_db_changed(p.now);
+    p.pump();
+    let ids: Vec<String> = p
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Changes { call, changes } if *call == sub => Some(
+                changes
+                    .results
+                    .iter()
+                    .map(|r| r.id.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(ids, vec!["a", "b", "c"]);
+    p.client.cancel(p.now, sub).unwrap();
+    p.pump();
+    assert!(p.events.contains(&ClientEvent::StreamEnded {
+        call: sub,
+        error: None
+    }));
+    p.db.put(json!({"_id": "d"})).unwrap();
+    p.server.handle_db_changed(p.now);
+    p.pump();
+    assert!(!p.events.iter().any(|e| matches!(e, ClientEvent::Changes { changes, .. } if changes.results.iter().any(|r| r.id == "d"))));
+    assert_eq!(p.client.cancel(p.now, sub), Err(RpcError::UnknownCall(sub)));
+}
+
+#[test]
+fn calls_time_out_and_a_dropped_link_fails_them() {
+    let mut p = Pair::default();
+    p.server_reads = false; // the server never sees the call
+    let id = p.client.call(p.now, Request::Info);
+    p.pump();
+    p.now += Duration::from_secs(61);
+    p.client.handle_timeout(p.now);
+    p.pump();
+    assert!(matches!(p.take_response(id), Err(DbError::Unavailable(_))));
+    let id2 = p.client.call(p.now, Request::Info);
+    p.client.handle_link_closed(p.now);
+    p.pump();
+    assert!(matches!(p.take_response(id2), Err(DbError::Unavailable(_))));
+    let id3 = p.client.call(p.now, Request::Info);
+    p.pump();
+    assert!(
+        matches!(p.take_response(id3), Err(DbError::Unavailable(_))),
+        "calls after close fail at once"
+    );
+}
+
+#[test]
+fn a_slow_reader_bounds_the_servers_queue() {
+    let mut scfg = ServerConfig::new("share-x", FP_S, FP_C);
+    scfg.window = 64 * 1024;
+    let mut p = Pair::new(scfg, ClientConfig::new("share-x", "peer-y", FP_C, FP_S));
+    let docs: Vec<_> = (0..200)
+        .map(|i| json!({"_id": format!("d{i:03}"), "pad": "p".repeat(2000)}))
+        .collect();
+    p.db.bulk_docs(docs, true).unwrap();
+    // Fire many calls but never drain the server's frames.
+    let ids: Vec<CallId> = (0..60)
+        .map(|i| {
+            p.client
+                .call(p.now, Request::Get(GetRequest::new(format!("d{i:03}"))))
+        })
+        .collect();
+    for _ in 0..3 {
+        while let Some(f) = p.client.peek_frame().map(<[u8]>::to_vec) {
+            p.client.advance_frame();
+            p.server.handle_frame(p.now, &f).unwrap();
+        }
+        while let Some((id, req)) = p.server.poll_store_request() {
+            let r = p.db.execute(req);
+            p.server.handle_store_result(p.now, id, r);
+        }
+    }
+    let queued = p.server.queued_bytes();
+    // The window plus at most max_concurrent (8) answers of ~2 KiB taken on before it filled.
+    assert!(
+        queued < 64 * 1024 + 8 * 4 * 1024,
+        "the server kept taking work: {queued} bytes queued"
+    );
+    assert!(p.server.served() < 60);
+    // Draining lets everything through.
+    p.pump();
+    for id in ids {
+        assert!(p.take_response(id).is_ok());
+    }
+}
+
+#[test]
+fn hostile_input_closes_the_link_and_leaves_the_store_alone() {
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("truncated frame", vec![vec![2, 0, 0]]),
+        ("unknown kind", vec![vec![77, 0, 0, 0, 0, 1, b'{', b'}']]),
+        (
+            "invalid json",
+            vec![split(Kind::Request, 1, b"{not json", 16384).remove(0)],
+        ),
+        (
+            "deep nesting",
+            vec![split(
+                Kind::Request,
+                1,
+                format!("{}{}", "[".repeat(5000), "]".repeat(5000)).as_bytes(),
+                1 << 20,
+            )]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
+        ("oversize frame", vec![vec![2; 70_000]]),
+        (
+            "a second hello",
+            vec![split(Kind::Hello, 0, b"{}", 16384).remove(0)],
+        ),
+        (
+            "a response from a client",
+            vec![split(Kind::Response, 1, b"{}", 16384).remove(0)],
+        ),
+        (
+            "binary from a client",
+            vec![split(Kind::Binary, 1, b"xx", 16384).remove(0)],
+        ),
+    ];
+    for (what, frames) in cases {
+        let mut p = Pair::default();
+        p.db.put(json!({"_id": "keep"})).unwrap();
+        let before = p.db.info().unwrap();
+        let mut err = None;
+        for f in frames {
+            if let Err(e) = p.server.handle_frame(p.now, &f) {
+                err = Some(e);
+            }
+        }
+        assert!(err.is_some(), "{what} was accepted");
+        assert!(p.server.is_closed(), "{what}");
+        assert!(
+            p.server.poll_store_request().is_none(),
+            "{what} reached the store"
+        );
+        assert_eq!(p.db.info().unwrap(), before);
+        assert_eq!(
+            p.server.peek_frame().unwrap()[0],
+            Kind::Goodbye as u8,
+            "{what}: a goodbye says why"
+        );
+    }
+}
+
+#[test]
+fn a_flood_of_calls_closes_the_link() {
+    let mut p = Pair::default();
+    let mut closed = false;
+    for id in 1..=1000u32 {
+        let f = split(Kind::Request, id, br#"{"call":{"op":"info"}}"#, 16384).remove(0);
+        if p.server.handle_frame(p.now, &f).is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "an unbounded number of open calls was accepted");
+    assert!(p.server.is_closed());
+}
