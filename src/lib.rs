@@ -70,6 +70,7 @@
 pub mod doc;
 mod error;
 pub mod hub;
+pub mod node;
 mod ops;
 pub mod rand;
 pub mod replicate;

@@ -30,8 +30,9 @@ pub struct ClientConfig {
     pub frame_size: usize,
     /// Largest message we accept.
     pub max_message: usize,
-    /// A call without an answer after this long fails with 503 `unavailable` (longpoll changes
-    /// get their own timeout on top).
+    /// A call fails with 503 `unavailable` when no frame arrives from the server for this long
+    /// (longpoll changes get their own timeout on top), or when its answer has not started ten
+    /// times this long after it went out.
     pub request_timeout: Duration,
     /// Close if the server's hello has not arrived after this long.
     pub hello_timeout: Duration,
@@ -103,7 +104,13 @@ enum State {
 #[derive(Debug)]
 struct Open {
     subscription: bool,
+    /// How long the call may go without progress.
+    timeout: Duration,
     deadline: Option<Instant>,
+    /// The latest the answer may start (ten timeouts after the call went out): waiting behind
+    /// other answers is bounded, a large answer that keeps arriving is not.
+    hard_deadline: Instant,
+    answering: bool,
     attachment: Option<(String, String, u64)>,
 }
 
@@ -263,6 +270,20 @@ impl RpcClient {
     pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) -> Result<(), RpcError> {
         if self.state == State::Closed {
             return Ok(());
+        }
+        // A call times out when the link makes no progress: over a slow or lossy link a call
+        // may wait behind large answers to earlier calls while frames keep arriving. A hard
+        // deadline still ends every call, so a peer that trickles frames cannot hold one forever.
+        let id = super::frame::Frame::decode(bytes).map(|f| f.id).ok();
+        for (call, o) in self.open.iter_mut() {
+            o.answering |= Some(*call) == id;
+            if let Some(d) = o.deadline.as_mut() {
+                *d = if o.answering {
+                    now + o.timeout
+                } else {
+                    (now + o.timeout).min(o.hard_deadline)
+                };
+            }
         }
         let result = match self.asm.push(bytes) {
             Ok(Some(m)) => self.on_message(now, m),
@@ -532,12 +553,15 @@ impl RpcClient {
             };
             let subscription = matches!(call, Call::Subscribe(_));
             self.out.push_json(Kind::Request, id, &call);
+            let timeout = self.config.request_timeout + extra.unwrap_or_default();
             self.open.insert(
                 id,
                 Open {
                     subscription,
-                    deadline: (!subscription)
-                        .then(|| now + self.config.request_timeout + extra.unwrap_or_default()),
+                    timeout,
+                    deadline: (!subscription).then(|| now + timeout),
+                    hard_deadline: now + timeout * 10,
+                    answering: false,
                     attachment: None,
                 },
             );

@@ -148,12 +148,15 @@ pub struct Message {
     pub payload: Vec<u8>,
 }
 
-/// Reassembles messages from frames, refusing any message over `max_message` bytes.
+/// Reassembles messages from frames. Frames of different ids may interleave (so a small answer
+/// need not wait behind a large one); frames of one id arrive in order, one message at a time.
+/// All messages in progress together may hold at most `max_message` bytes.
 #[derive(Debug)]
 pub struct Assembler {
     max_message: usize,
     max_frame: usize,
-    partial: Option<Message>,
+    partial: std::collections::BTreeMap<u32, Message>,
+    held: usize,
 }
 
 impl Assembler {
@@ -162,7 +165,8 @@ impl Assembler {
         Assembler {
             max_message,
             max_frame,
-            partial: None,
+            partial: std::collections::BTreeMap::new(),
+            held: 0,
         }
     }
 
@@ -171,17 +175,17 @@ impl Assembler {
         self.max_frame = max_frame;
     }
 
-    /// Bytes held for a message in progress.
+    /// Bytes held for messages in progress.
     pub fn buffered(&self) -> usize {
-        self.partial.as_ref().map_or(0, |m| m.payload.len())
+        self.held
     }
 
     /// Takes one frame; returns the message it completes, if any.
     ///
     /// # Errors
-    /// [`RpcError::Malformed`] for a bad frame or a frame of another message while one is in
-    /// progress; [`RpcError::TooLarge`] over the frame or message limit. The assembler must not
-    /// be used after an error (the link closes).
+    /// [`RpcError::Malformed`] for a bad frame or a frame of another kind while a message of its
+    /// id is in progress; [`RpcError::TooLarge`] over the frame or memory limit. The assembler
+    /// must not be used after an error (the link closes).
     pub fn push(&mut self, bytes: &[u8]) -> Result<Option<Message>, RpcError> {
         if bytes.len() > self.max_frame {
             return Err(RpcError::TooLarge {
@@ -191,8 +195,11 @@ impl Assembler {
             });
         }
         let f = Frame::decode(bytes)?;
-        let mut m = match self.partial.take() {
-            Some(m) if m.kind == f.kind && m.id == f.id => m,
+        let mut m = match self.partial.remove(&f.id) {
+            Some(m) if m.kind == f.kind => {
+                self.held -= m.payload.len();
+                m
+            }
             Some(m) => {
                 return Err(RpcError::Malformed(format!(
                     "frame of {:?} {} arrived inside message {:?} {}",
@@ -205,16 +212,17 @@ impl Assembler {
                 payload: Vec::new(),
             },
         };
-        if m.payload.len() + f.payload.len() > self.max_message {
+        if self.held + m.payload.len() + f.payload.len() > self.max_message {
             return Err(RpcError::TooLarge {
                 what: "message",
-                size: m.payload.len() + f.payload.len(),
+                size: self.held + m.payload.len() + f.payload.len(),
                 limit: self.max_message,
             });
         }
         m.payload.extend_from_slice(f.payload);
         if f.more {
-            self.partial = Some(m);
+            self.held += m.payload.len();
+            self.partial.insert(f.id, m);
             Ok(None)
         } else {
             Ok(Some(m))
@@ -263,8 +271,17 @@ mod tests {
         let mut a = Assembler::new(100, 1024);
         a.push(&[2, 1, 0, 0, 0, 1, 9]).unwrap();
         assert!(matches!(
-            a.push(&[2, 0, 0, 0, 0, 2, 9]),
+            a.push(&[3, 0, 0, 0, 0, 1, 9]),
             Err(RpcError::Malformed(_))
+        ));
+        // Another id may interleave; together they stay under the memory limit.
+        let mut a = Assembler::new(10, 1024);
+        a.push(&[2, 1, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6]).unwrap();
+        let done = a.push(&[2, 0, 0, 0, 0, 2, 7]).unwrap().unwrap();
+        assert_eq!(done.payload, vec![7]);
+        assert!(matches!(
+            a.push(&[2, 1, 0, 0, 0, 3, 1, 2, 3, 4, 5]),
+            Err(RpcError::TooLarge { .. })
         ));
         let mut a = Assembler::new(100, 8);
         assert!(matches!(

@@ -94,10 +94,12 @@ impl RpcError {
     }
 }
 
-/// Frames waiting for room in the data channel.
+/// Frames waiting for room in the data channel, one stream per message id, sent round-robin
+/// frame by frame: a small answer does not wait behind a large one (frames of one id keep their
+/// order, which keeps an attachment's bytes after its metadata).
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    frames: VecDeque<Vec<u8>>,
+    streams: VecDeque<(u32, VecDeque<Vec<u8>>)>,
     bytes: usize,
     frame_size: usize,
 }
@@ -105,7 +107,7 @@ pub(crate) struct Outbox {
 impl Outbox {
     pub(crate) fn new(frame_size: usize) -> Outbox {
         Outbox {
-            frames: VecDeque::new(),
+            streams: VecDeque::new(),
             bytes: 0,
             frame_size,
         }
@@ -116,9 +118,11 @@ impl Outbox {
     }
 
     pub(crate) fn push(&mut self, kind: Kind, id: u32, payload: &[u8]) {
-        for f in frame::split(kind, id, payload, self.frame_size) {
-            self.bytes += f.len();
-            self.frames.push_back(f);
+        let frames = frame::split(kind, id, payload, self.frame_size);
+        self.bytes += frames.iter().map(Vec::len).sum::<usize>();
+        match self.streams.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, q)) => q.extend(frames),
+            None => self.streams.push_back((id, frames.into())),
         }
     }
 
@@ -129,12 +133,21 @@ impl Outbox {
     }
 
     pub(crate) fn peek(&self) -> Option<&[u8]> {
-        self.frames.front().map(Vec::as_slice)
+        self.streams
+            .front()
+            .and_then(|(_, q)| q.front())
+            .map(Vec::as_slice)
     }
 
     pub(crate) fn advance(&mut self) {
-        if let Some(f) = self.frames.pop_front() {
+        let Some((id, mut q)) = self.streams.pop_front() else {
+            return;
+        };
+        if let Some(f) = q.pop_front() {
             self.bytes -= f.len();
+        }
+        if !q.is_empty() {
+            self.streams.push_back((id, q));
         }
     }
 
@@ -143,7 +156,7 @@ impl Outbox {
     }
 
     pub(crate) fn clear(&mut self) {
-        self.frames.clear();
+        self.streams.clear();
         self.bytes = 0;
     }
 }

@@ -22,31 +22,11 @@ use peerpouch::hub::*;
 use peerpouch::session::*;
 use serde_json::json;
 
-use crate::common::{epoch, Rng};
+use crate::common::epoch;
 
-/// Network conditions.
-#[derive(Clone, Debug)]
-pub struct NetConfig {
-    pub latency: Duration,
-    /// Uniform extra delay in [0, jitter): packets overtake each other (reordering).
-    pub jitter: Duration,
-    pub loss: f64,
-    pub duplicate: f64,
-    /// Datagrams larger than this are dropped.
-    pub mtu: usize,
-}
-
-impl Default for NetConfig {
-    fn default() -> Self {
-        NetConfig {
-            latency: Duration::from_millis(10),
-            jitter: Duration::ZERO,
-            loss: 0.0,
-            duplicate: 0.0,
-            mtu: 1500,
-        }
-    }
-}
+pub mod net;
+pub mod nodes;
+pub use net::{NetConfig, VirtualNet};
 
 /// One certificate for every session of the process: generating one per session is slow, and a
 /// fixed certificate is what the design asks of tests.
@@ -93,29 +73,16 @@ pub struct Node {
     seed: u64,
 }
 
-struct Packet {
-    from: SocketAddr,
-    to: SocketAddr,
-    data: Vec<u8>,
-}
-
 pub struct Sim {
     pub now: Instant,
     start: Instant,
-    seed: u64,
-    instant_index: BTreeMap<(u64, SocketAddr, SocketAddr), u64>,
-    pub net: NetConfig,
+    pub net: VirtualNet,
     pub session: SessionConfig,
     hub_config: HubConfig,
-    queue: BTreeMap<(Instant, u64), Packet>,
-    seq: u64,
     pub nodes: Vec<Node>,
     pub hub: MemoryHub,
-    partitions: Vec<(usize, usize, Instant, Instant)>,
     trace: String,
     pub trace_messages: bool,
-    pub delivered: u64,
-    pub dropped: u64,
     pub steps: u64,
     pub max_steps: u64,
 }
@@ -128,20 +95,13 @@ impl Sim {
         Sim {
             now,
             start: now,
-            seed,
-            instant_index: BTreeMap::new(),
-            net,
+            net: VirtualNet::new(seed, net, now),
             session: session_config(),
             hub_config: HubConfig::default(),
-            queue: BTreeMap::new(),
-            seq: 0,
             nodes: Vec::new(),
             hub: MemoryHub::new(),
-            partitions: Vec::new(),
             trace: String::new(),
             trace_messages: true,
-            delivered: 0,
-            dropped: 0,
             steps: 0,
             max_steps: 2_000_000,
         }
@@ -201,8 +161,9 @@ impl Sim {
     }
 
     pub fn partition(&mut self, a: usize, b: usize, from: Duration, until: Duration) {
-        self.partitions
-            .push((a, b, self.start + from, self.start + until));
+        let (x, y) = (self.nodes[a].addr, self.nodes[b].addr);
+        self.net
+            .partition(x, y, self.start + from, self.start + until);
     }
 
     pub fn share(&mut self, node: usize) -> String {
@@ -262,83 +223,9 @@ impl Sim {
         }
     }
 
-    fn blocked(&self, from: SocketAddr, to: SocketAddr) -> bool {
-        let idx = |a: SocketAddr| self.nodes.iter().position(|n| n.addr == a);
-        let (Some(a), Some(b)) = (idx(from), idx(to)) else {
-            return true;
-        };
-        self.partitions.iter().any(|&(x, y, s, e)| {
-            ((x == a && y == b) || (x == b && y == a)) && self.now >= s && self.now < e
-        })
-    }
-
     fn transmit(&mut self, t: Transmit) {
-        if std::env::var("SIM_DEBUG").is_ok() {
-            let kind = match t.contents.first() {
-                Some(0..=3) => "stun",
-                Some(20..=63) => "dtls",
-                _ => "other",
-            };
-            eprintln!(
-                "{:?} {} -> {} {} {}",
-                self.elapsed(),
-                t.source,
-                t.destination,
-                kind,
-                t.contents.len()
-            );
-        }
-        if t.contents.len() > self.net.mtu || self.blocked(t.source, t.destination) {
-            self.dropped += 1;
-            return;
-        }
-        // Fate comes from a hash of the packet's identity (seed, send time, addresses, its index
-        // among packets of that instant and path), not from a running generator: str0m's packet
-        // sizes vary run to run (DTLS signatures), and a packet more or less must not reshuffle
-        // the fate of every later one.
-        let key = (self.elapsed().as_nanos() as u64, t.source, t.destination);
-        let idx = {
-            let e = self.instant_index.entry(key).or_insert(0);
-            *e += 1;
-            *e
-        };
-        let mut fate = Rng::new(
-            self.seed
-                ^ key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                ^ (u64::from(t.source.port()) << 48)
-                ^ (u64::from(t.destination.port()) << 32)
-                ^ idx,
-        );
-        if self.instant_index.len() > 4096 {
-            let now_ns = key.0;
-            self.instant_index.retain(|k, _| k.0 == now_ns);
-        }
-        if fate.chance(self.net.loss) {
-            self.dropped += 1;
-            return;
-        }
-        let copies = if fate.chance(self.net.duplicate) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let jitter = if self.net.jitter.is_zero() {
-                Duration::ZERO
-            } else {
-                Duration::from_nanos(fate.below(self.net.jitter.as_nanos() as u64))
-            };
-            let at = self.now + self.net.latency + jitter;
-            self.seq += 1;
-            self.queue.insert(
-                (at, self.seq),
-                Packet {
-                    from: t.source,
-                    to: t.destination,
-                    data: t.contents.clone(),
-                },
-            );
-        }
+        let now = self.now;
+        self.net.send(now, t);
     }
 
     /// Runs every machine at the current time until nothing moves.
@@ -506,7 +393,7 @@ impl Sim {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut t = self.queue.keys().next().map(|k| k.0);
+        let mut t = self.net.next_arrival();
         let mut consider = |x: Option<Instant>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t| t.min(x)));
@@ -538,25 +425,14 @@ impl Sim {
             return false;
         }
         self.now = self.now.max(next);
-        let due: Vec<(Instant, u64)> = self
-            .queue
-            .range(..=(self.now, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in due {
-            let p = self.queue.remove(&k).unwrap();
-            if self.blocked(p.from, p.to) {
-                self.dropped += 1;
-                continue;
-            }
-            let now = self.now;
+        let now = self.now;
+        for p in self.net.arrivals(now) {
             let Some(node) = self.nodes.iter_mut().find(|n| n.addr == p.to) else {
                 continue;
             };
             if node.hub.is_none() {
                 continue; // crashed
             }
-            self.delivered += 1;
             if let Some(link) = node
                 .links
                 .values_mut()

@@ -1,0 +1,1078 @@
+//! The composite machine an app drives: hub negotiation, WebRTC sessions, the RPC and
+//! replications, keyed by ids.
+//!
+//! A [`Node`] owns a [`Hub`] negotiator, one [`Session`] per peer link with an [`RpcServer`] (for
+//! links to our shares) or an [`RpcClient`] (for links we opened), and the [`Replicator`]s the
+//! app started. It never touches a database itself: work for a local database goes out as a
+//! [`StoreRequest`] naming a [`DbId`] and comes back through [`Node::handle_store_result`], so
+//! the app's store (in memory, on disk, a CouchDB over HTTP) plugs in unchanged.
+//!
+//! ## Inputs, outputs and the drain rule
+//! - Commands: [`Node::share`], [`Node::unshare`], [`Node::list`], [`Node::watch`],
+//!   [`Node::open`], [`Node::accept`], [`Node::refuse`], [`Node::call`], [`Node::subscribe`],
+//!   [`Node::cancel_call`], [`Node::replicate`], [`Node::cancel_replication`], [`Node::close`],
+//!   [`Node::add_local_candidate`].
+//! - Inputs: [`Node::handle_datagram`], [`Node::handle_hub_response`], [`Node::handle_feed`],
+//!   [`Node::handle_store_result`], [`Node::handle_db_changed`], [`Node::handle_timeout`].
+//! - Outputs: [`Node::poll_transmit`], [`Node::poll_hub_action`], [`Node::poll_store_request`],
+//!   [`Node::poll_event`], [`Node::poll_timeout`].
+//!
+//! After every input or command, drain every `poll_*` until `None`.
+//!
+//! A driver holds a `changes` store request with [`Feed::Longpoll`] whose `since` is current
+//! until the database changes (or its `timeout_ms` passes), then executes it; live replications
+//! and remote longpolls wait that way.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::error::DbError;
+use crate::hub::{
+    Hub, HubAction, HubConfig, HubError, HubEvent, ShareInfo, ShareOptions, SignalData,
+};
+use crate::ops::*;
+use crate::rand::SeededRng;
+use crate::replicate::{Endpoint, ReplicationEvent, Replicator, ReplicatorConfig, RequestId};
+use crate::rpc::{
+    CallId, ClientConfig, ClientEvent, RpcClient, RpcError, RpcServer, ServerConfig, ServerEvent,
+};
+use crate::session::{CloseReason, Session, SessionConfig, SessionEvent, SessionRole, Transmit};
+
+/// Names a local database the app owns (in memory, on disk, over HTTP).
+pub type DbId = String;
+/// A link: (share id, peer id).
+pub type LinkId = (String, String);
+/// Identifies a replication.
+pub type ReplicationId = u64;
+/// Identifies a store request; its result comes back with it.
+pub type StoreRequestId = u64;
+
+/// One side of a replication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DbRef {
+    /// A local database.
+    Local(DbId),
+    /// The database behind a link we opened.
+    Remote(LinkId),
+}
+
+/// Work for a local database.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreRequest {
+    /// Give this back with the result.
+    pub id: StoreRequestId,
+    /// Which database.
+    pub db: DbId,
+    /// What to execute.
+    pub request: Request,
+}
+
+/// Who may connect to a share, and how.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShareAccess {
+    /// Peers must prove this key (given to them out of band).
+    pub key: Option<Vec<u8>>,
+    /// Ask the app ([`NodeEvent::PeerRequested`]) instead of accepting every peer.
+    pub ask: bool,
+}
+
+/// Tuning of a node.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// The hub negotiator's.
+    pub hub: HubConfig,
+    /// Each session's.
+    pub session: SessionConfig,
+    /// How long the RPC waits for the other side's hello once the channel is open.
+    pub rpc_hello_timeout: Duration,
+    /// How long a remote call may go without progress.
+    pub rpc_request_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            hub: HubConfig::default(),
+            session: SessionConfig::default(),
+            rpc_hello_timeout: Duration::from_secs(30),
+            rpc_request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a node reports.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A hub event not handled by the node itself (listing, watching, share lifecycle, errors).
+    Hub(HubEvent),
+    /// A peer asks to connect to a share with `ask` access: call [`Node::accept`] or
+    /// [`Node::refuse`].
+    PeerRequested {
+        /// The link it would be.
+        link: LinkId,
+        /// What the peer says about itself.
+        info: Value,
+    },
+    /// A link's channel opened and the RPC hellos checked out: calls work now.
+    LinkReady(LinkId),
+    /// A link closed.
+    LinkClosed {
+        /// Which.
+        link: LinkId,
+        /// Why (session close reason, or the RPC error that ended it).
+        reason: String,
+    },
+    /// The sharer refused us.
+    Refused {
+        /// The link.
+        link: LinkId,
+        /// Its reason.
+        reason: Option<String>,
+    },
+    /// The result of [`Node::call`].
+    CallResult {
+        /// The link.
+        link: LinkId,
+        /// The call.
+        call: CallId,
+        /// The result.
+        result: Result<Response, DbError>,
+    },
+    /// A batch of a [`Node::subscribe`] subscription.
+    Changes {
+        /// The link.
+        link: LinkId,
+        /// The subscription.
+        call: CallId,
+        /// The rows.
+        changes: ChangesResponse,
+    },
+    /// A replication reported.
+    Replication {
+        /// Which.
+        id: ReplicationId,
+        /// What.
+        event: ReplicationEvent,
+    },
+}
+
+/// Errors of node commands; the node is unchanged after one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// From the hub negotiator.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// No such link, or not one we opened.
+    #[error("no link {0:?} that this node opened")]
+    UnknownLink(LinkId),
+    /// No such replication.
+    #[error("no replication {0}")]
+    UnknownReplication(ReplicationId),
+    /// From the RPC.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
+struct OwnShare {
+    db: DbId,
+    access: ShareAccess,
+    read_only: bool,
+}
+
+enum Rpc {
+    Server(RpcServer),
+    Client(RpcClient),
+}
+
+struct Link {
+    session: Session,
+    rpc: Option<Rpc>,
+    db: Option<DbId>,
+    key: Option<Vec<u8>>,
+    ready: bool,
+    closed: bool,
+    /// Calls the app made, and calls replications made (by replication and request id).
+    rep_calls: BTreeMap<CallId, (ReplicationId, RequestId)>,
+    /// Creation order: when several sessions accept a datagram, the newest gets it (a peer
+    /// that restarted on the same address replaces its old, dead session).
+    created: u64,
+}
+
+struct Rep {
+    machine: Replicator,
+    source: DbRef,
+    target: DbRef,
+}
+
+#[derive(Clone, Copy)]
+enum StoreFor {
+    Server(u64),
+    Replication(ReplicationId, RequestId),
+}
+
+/// The composite machine. See the [module docs](self).
+pub struct Node {
+    config: NodeConfig,
+    rng: SeededRng,
+    hub: Hub,
+    addrs: Vec<SocketAddr>,
+    shares: BTreeMap<String, OwnShare>,
+    links: BTreeMap<LinkId, Link>,
+    reps: BTreeMap<ReplicationId, Rep>,
+    next_rep: ReplicationId,
+    store_out: VecDeque<StoreRequest>,
+    store_for: BTreeMap<StoreRequestId, (LinkId, StoreFor)>,
+    next_store: StoreRequestId,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<NodeEvent>,
+    links_created: u64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("shares", &self.shares.len())
+            .field("links", &self.links.len())
+            .field("replications", &self.reps.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const NO_LINK: (String, String) = (String::new(), String::new());
+
+impl Node {
+    /// A node. `seed` makes ids and ICE credentials; `wall_clock_ms` is the wall clock at `now`.
+    pub fn new(config: NodeConfig, seed: u64, now: Instant, wall_clock_ms: u64) -> Node {
+        let mut rng = SeededRng::new(seed);
+        let hub = Hub::new(config.hub.clone(), rng.next_u64(), now, wall_clock_ms);
+        Node {
+            config,
+            rng,
+            hub,
+            addrs: Vec::new(),
+            shares: BTreeMap::new(),
+            links: BTreeMap::new(),
+            reps: BTreeMap::new(),
+            next_rep: 1,
+            store_out: VecDeque::new(),
+            store_for: BTreeMap::new(),
+            next_store: 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            links_created: 0,
+        }
+    }
+
+    /// The hub negotiator (diagnostics, instance id for drivers).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Links and whether each is ready.
+    pub fn links(&self) -> Vec<(LinkId, bool)> {
+        self.links
+            .iter()
+            .filter(|(_, l)| !l.closed)
+            .map(|(k, l)| (k.clone(), l.ready))
+            .collect()
+    }
+
+    /// A one-line summary of every link's queues, for debugging.
+    pub fn debug_state(&mut self) -> String {
+        let mut out = String::new();
+        for (k, l) in self.links.iter_mut() {
+            let queued = match &l.rpc {
+                Some(Rpc::Server(s)) => s.queued_bytes(),
+                _ => 0,
+            };
+            out.push_str(&format!(
+                "[{} open={} buffered={} rpc_queued={}] ",
+                &k.1[..k.1.len().min(12)],
+                l.session.is_open(),
+                l.session.buffered_amount(),
+                queued
+            ));
+        }
+        out
+    }
+
+    /// A local address new sessions offer as a host candidate (the runtime's socket).
+    pub fn add_local_candidate(&mut self, addr: SocketAddr) {
+        if !self.addrs.contains(&addr) {
+            self.addrs.push(addr);
+        }
+    }
+
+    /// Shares local database `db` on the hub; returns the share id.
+    pub fn share(
+        &mut self,
+        now: Instant,
+        db: DbId,
+        options: ShareOptions,
+        access: ShareAccess,
+    ) -> String {
+        let read_only = options.read_only;
+        let id = self.hub.share(now, options);
+        self.shares.insert(
+            id.clone(),
+            OwnShare {
+                db,
+                access,
+                read_only,
+            },
+        );
+        self.pump(now);
+        id
+    }
+
+    /// Stops sharing; its links close.
+    ///
+    /// # Errors
+    /// [`HubError::NotShared`].
+    pub fn unshare(&mut self, now: Instant, share: &str) -> Result<(), NodeError> {
+        self.hub.unshare(now, share)?;
+        self.shares.remove(share);
+        let links: Vec<LinkId> = self
+            .links
+            .keys()
+            .filter(|k| k.0 == share)
+            .cloned()
+            .collect();
+        for l in links {
+            self.close_link(now, &l, "unshared".into());
+        }
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Lists the shares on the hub ([`HubEvent::SharesListed`] follows).
+    pub fn list(&mut self, now: Instant) {
+        self.hub.list(now);
+        self.pump(now);
+    }
+
+    /// Follows shares appearing and going.
+    pub fn watch(&mut self, now: Instant, on: bool) {
+        self.hub.watch(now, on);
+        self.pump(now);
+    }
+
+    /// Opens a link to `share`; [`NodeEvent::LinkReady`] follows when it can be used.
+    ///
+    /// # Errors
+    /// [`HubError::BadId`] for a malformed share id.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        share: &str,
+        info: Value,
+        key: Option<Vec<u8>>,
+    ) -> Result<LinkId, NodeError> {
+        let peer = self.hub.open(now, share, info)?;
+        let seed = self.rng.next_u64();
+        let mut session =
+            Session::new(SessionRole::Offerer, self.config.session.clone(), seed, now);
+        for a in &self.addrs {
+            let _ = session.add_local_candidate(now, *a);
+        }
+        let link = (share.to_string(), peer);
+        self.links.insert(
+            link.clone(),
+            Link {
+                session,
+                rpc: None,
+                db: None,
+                key,
+                ready: false,
+                closed: false,
+                rep_calls: BTreeMap::new(),
+                created: {
+                    self.links_created += 1;
+                    self.links_created
+                },
+            },
+        );
+        self.pump(now);
+        Ok(link)
+    }
+
+    /// Lets a requesting peer in (shares with `ask` access).
+    ///
+    /// # Errors
+    /// From the hub negotiator.
+    pub fn accept(&mut self, now: Instant, link: &LinkId) -> Result<(), NodeError> {
+        self.start_serving(now, link)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Refuses a requesting peer, optionally telling it why.
+    ///
+    /// # Errors
+    /// From the hub negotiator.
+    pub fn refuse(
+        &mut self,
+        now: Instant,
+        link: &LinkId,
+        reason: Option<String>,
+    ) -> Result<(), NodeError> {
+        self.hub.refuse(now, &link.0, &link.1, reason)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Calls the database behind a link we opened; [`NodeEvent::CallResult`] follows.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownLink`].
+    pub fn call(
+        &mut self,
+        now: Instant,
+        link: &LinkId,
+        request: Request,
+    ) -> Result<CallId, NodeError> {
+        let client = self.client_mut(link)?;
+        let id = client.call(now, request);
+        self.pump(now);
+        Ok(id)
+    }
+
+    /// Subscribes to the live changes of the database behind a link.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownLink`].
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        link: &LinkId,
+        request: ChangesRequest,
+    ) -> Result<CallId, NodeError> {
+        let id = self.client_mut(link)?.subscribe(now, request);
+        self.pump(now);
+        Ok(id)
+    }
+
+    /// Cancels a call or subscription.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownLink`], [`RpcError::UnknownCall`].
+    pub fn cancel_call(
+        &mut self,
+        now: Instant,
+        link: &LinkId,
+        call: CallId,
+    ) -> Result<(), NodeError> {
+        self.client_mut(link)?.cancel(now, call)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    fn client_mut(&mut self, link: &LinkId) -> Result<&mut RpcClient, NodeError> {
+        match self.links.get_mut(link).and_then(|l| l.rpc.as_mut()) {
+            Some(Rpc::Client(c)) => Ok(c),
+            _ => Err(NodeError::UnknownLink(link.clone())),
+        }
+    }
+
+    /// Starts a replication between two databases; [`NodeEvent::Replication`] events follow.
+    pub fn replicate(
+        &mut self,
+        now: Instant,
+        source: DbRef,
+        target: DbRef,
+        config: ReplicatorConfig,
+    ) -> ReplicationId {
+        let id = self.next_rep;
+        self.next_rep += 1;
+        let machine = Replicator::new(config, self.rng.next_u64());
+        self.reps.insert(
+            id,
+            Rep {
+                machine,
+                source,
+                target,
+            },
+        );
+        self.pump(now);
+        id
+    }
+
+    /// Stops a replication ([`ReplicationEvent::Cancelled`] follows).
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownReplication`].
+    pub fn cancel_replication(&mut self, now: Instant, id: ReplicationId) -> Result<(), NodeError> {
+        self.reps
+            .get_mut(&id)
+            .ok_or(NodeError::UnknownReplication(id))?
+            .machine
+            .cancel();
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Closes a link.
+    pub fn close(&mut self, now: Instant, link: &LinkId) {
+        self.close_link(now, link, "closed by the app".into());
+        self.pump(now);
+    }
+
+    fn close_link(&mut self, now: Instant, link: &LinkId, reason: String) {
+        if let Some(l) = self.links.get_mut(link) {
+            if !l.closed {
+                l.session.close(now);
+            }
+        }
+        self.link_closed(now, link, reason);
+    }
+
+    /// Feeds a datagram received on the runtime's socket.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        // The newest accepting session wins (a peer that restarted on the same address).
+        let target = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.session.accepts(source, destination, contents))
+            .max_by_key(|(_, l)| l.created)
+            .map(|(k, _)| k.clone());
+        if let Some(k) = target {
+            if let Some(l) = self.links.get_mut(&k) {
+                l.session
+                    .handle_datagram(now, source, destination, contents);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Feeds the result of a hub request.
+    pub fn handle_hub_response(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        result: Result<Response, DbError>,
+    ) {
+        let _ = self.hub.handle_response(now, id, result);
+        self.pump(now);
+    }
+
+    /// Feeds rows of the hub's changes feed.
+    pub fn handle_feed(&mut self, now: Instant, rows: Vec<ChangeRow>) {
+        self.hub.handle_feed(now, rows);
+        self.pump(now);
+    }
+
+    /// Feeds the result of a store request.
+    pub fn handle_store_result(
+        &mut self,
+        now: Instant,
+        id: StoreRequestId,
+        result: Result<Response, DbError>,
+    ) {
+        if let Some((link, what)) = self.store_for.remove(&id) {
+            match what {
+                StoreFor::Server(sid) => {
+                    if let Some(Rpc::Server(s)) =
+                        self.links.get_mut(&link).and_then(|l| l.rpc.as_mut())
+                    {
+                        s.handle_store_result(now, sid, result);
+                    }
+                }
+                StoreFor::Replication(rep, rid) => {
+                    if let Some(r) = self.reps.get_mut(&rep) {
+                        let _ = r.machine.handle_response(now, rid, result);
+                    }
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// A local database changed (the app wrote, or a replication did): live subscriptions of
+    /// peers on shares of it catch up.
+    pub fn handle_db_changed(&mut self, now: Instant, db: &str) {
+        for l in self.links.values_mut() {
+            if l.db.as_deref() == Some(db) {
+                if let Some(Rpc::Server(s)) = l.rpc.as_mut() {
+                    s.handle_db_changed(now);
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Runs what is due at `now`. Harmless early.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.hub.handle_timeout(now);
+        for l in self.links.values_mut() {
+            if l.session.poll_timeout().is_some_and(|t| t <= now) {
+                l.session.handle_timeout(now);
+            }
+            match l.rpc.as_mut() {
+                Some(Rpc::Server(s)) => s.handle_timeout(now),
+                Some(Rpc::Client(c)) => c.handle_timeout(now),
+                None => {}
+            }
+        }
+        for r in self.reps.values_mut() {
+            if r.machine.poll_timeout().is_some_and(|t| t <= now) {
+                r.machine.handle_timeout(now);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next hub action.
+    pub fn poll_hub_action(&mut self) -> Option<HubAction> {
+        self.hub.poll_action()
+    }
+
+    /// The next store request.
+    pub fn poll_store_request(&mut self) -> Option<StoreRequest> {
+        self.store_out.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.hub.poll_timeout();
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t: Instant| t.min(x)));
+            }
+        };
+        for l in self.links.values() {
+            consider(l.session.poll_timeout());
+            consider(match &l.rpc {
+                Some(Rpc::Server(s)) => s.poll_timeout(),
+                Some(Rpc::Client(c)) => c.poll_timeout(),
+                None => None,
+            });
+        }
+        for r in self.reps.values() {
+            consider(r.machine.poll_timeout());
+        }
+        t
+    }
+
+    fn start_serving(&mut self, now: Instant, link: &LinkId) -> Result<(), NodeError> {
+        let Some(share) = self.shares.get(&link.0) else {
+            return Err(NodeError::Hub(HubError::NotShared(link.0.clone())));
+        };
+        let db = share.db.clone();
+        let key = share.access.key.clone();
+        self.hub.accept(now, &link.0, &link.1)?;
+        let seed = self.rng.next_u64();
+        let mut session = Session::new(
+            SessionRole::Answerer,
+            self.config.session.clone(),
+            seed,
+            now,
+        );
+        for a in &self.addrs {
+            let _ = session.add_local_candidate(now, *a);
+        }
+        self.links.insert(
+            link.clone(),
+            Link {
+                session,
+                rpc: None,
+                db: Some(db),
+                key,
+                ready: false,
+                closed: false,
+                rep_calls: BTreeMap::new(),
+                created: {
+                    self.links_created += 1;
+                    self.links_created
+                },
+            },
+        );
+        Ok(())
+    }
+
+    fn link_closed(&mut self, now: Instant, link: &LinkId, reason: String) {
+        let Some(l) = self.links.get_mut(link) else {
+            return;
+        };
+        if l.closed {
+            return;
+        }
+        l.closed = true;
+        match l.rpc.as_mut() {
+            Some(Rpc::Server(s)) => s.handle_link_closed(now),
+            Some(Rpc::Client(c)) => c.handle_link_closed(now),
+            None => {}
+        }
+        self.hub.close(now, &link.0, &link.1);
+        self.events.push_back(NodeEvent::LinkClosed {
+            link: link.clone(),
+            reason,
+        });
+    }
+
+    /// Moves everything that can move, until nothing does.
+    fn pump(&mut self, now: Instant) {
+        for _ in 0..1000 {
+            let mut moved = false;
+            moved |= self.pump_hub(now);
+            let keys: Vec<LinkId> = self.links.keys().cloned().collect();
+            for k in keys {
+                moved |= self.pump_link(now, &k);
+            }
+            moved |= self.pump_replications(now);
+            if !moved {
+                break;
+            }
+        }
+        // Forget links that are closed and drained.
+        self.links.retain(|_, l| {
+            !(l.closed && l.session.is_closed() && l.session.poll_timeout().is_none())
+        });
+    }
+
+    fn pump_hub(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        while let Some(e) = self.hub.poll_event() {
+            moved = true;
+            match e {
+                HubEvent::PeerRequested { share, peer, info } => {
+                    let link = (share.clone(), peer);
+                    let ask = self.shares.get(&share).is_some_and(|s| s.access.ask);
+                    if ask {
+                        self.events
+                            .push_back(NodeEvent::PeerRequested { link, info });
+                    } else if let Err(e) = self.start_serving(now, &link) {
+                        tracing::warn!(error = %e, "could not accept a peer");
+                    }
+                }
+                HubEvent::Signal { share, peer, data } => {
+                    let link = (share, peer);
+                    if let Some(l) = self.links.get_mut(&link) {
+                        if let Err(e) = l.session.handle_signal(now, data) {
+                            tracing::debug!(error = %e, "signal refused by the session");
+                        }
+                    }
+                }
+                HubEvent::Refused {
+                    share,
+                    peer,
+                    reason,
+                } => {
+                    let link = (share, peer);
+                    self.events.push_back(NodeEvent::Refused {
+                        link: link.clone(),
+                        reason,
+                    });
+                    self.close_link(now, &link, "refused".into());
+                }
+                HubEvent::ConnectionClosed { share, peer } => {
+                    self.close_link(now, &(share, peer), "unshared".into());
+                }
+                other => self.events.push_back(NodeEvent::Hub(other)),
+            }
+        }
+        moved
+    }
+
+    fn pump_link(&mut self, now: Instant, k: &LinkId) -> bool {
+        let mut moved = false;
+        let mut signals: Vec<SignalData> = Vec::new();
+        let mut closed: Option<String> = None;
+        let mut store_reqs = Vec::new();
+        let mut client_events = Vec::new();
+        let mut became_ready = false;
+        {
+            let Some(l) = self.links.get_mut(k) else {
+                return false;
+            };
+            while let Some(s) = l.session.poll_signal() {
+                signals.push(s);
+            }
+            while let Some(t) = l.session.poll_transmit() {
+                moved = true;
+                self.transmits.push_back(t);
+            }
+            while let Some(e) = l.session.poll_event() {
+                moved = true;
+                match e {
+                    SessionEvent::ChannelOpened => {
+                        let local = l.session.local_fingerprint();
+                        let remote = l.session.remote_fingerprint().unwrap_or_default();
+                        l.rpc = Some(match &l.db {
+                            Some(_) => {
+                                let mut c = ServerConfig::new(k.0.clone(), local, remote);
+                                c.access_key = l.key.clone();
+                                c.hello_timeout = self.config.rpc_hello_timeout;
+                                c.read_only = self.shares.get(&k.0).is_some_and(|s| s.read_only);
+                                Rpc::Server(RpcServer::new(c, now))
+                            }
+                            None => {
+                                let mut c =
+                                    ClientConfig::new(k.0.clone(), k.1.clone(), local, remote);
+                                c.access_key = l.key.clone();
+                                c.hello_timeout = self.config.rpc_hello_timeout;
+                                c.request_timeout = self.config.rpc_request_timeout;
+                                Rpc::Client(RpcClient::new(c, now))
+                            }
+                        });
+                    }
+                    SessionEvent::Message { data, .. } => {
+                        let r = match l.rpc.as_mut() {
+                            Some(Rpc::Server(s)) => s.handle_frame(now, &data),
+                            Some(Rpc::Client(c)) => c.handle_frame(now, &data),
+                            None => Ok(()),
+                        };
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "closing a link after a protocol error");
+                            closed.get_or_insert(e.to_string());
+                        }
+                    }
+                    SessionEvent::Closed(reason) => {
+                        closed.get_or_insert(match reason {
+                            CloseReason::Failed(f) => format!("failed: {f}"),
+                            r => format!("{r:?}"),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            // Frames out, as far as the channel takes them.
+            if l.session.is_open() {
+                loop {
+                    let frame = match l.rpc.as_ref() {
+                        Some(Rpc::Server(s)) => s.peek_frame(),
+                        Some(Rpc::Client(c)) => c.peek_frame(),
+                        None => None,
+                    };
+                    let Some(f) = frame else { break };
+                    match l.session.send(now, true, f) {
+                        Ok(true) => {
+                            moved = true;
+                            match l.rpc.as_mut() {
+                                Some(Rpc::Server(s)) => s.advance_frame(),
+                                Some(Rpc::Client(c)) => c.advance_frame(),
+                                None => {}
+                            }
+                        }
+                        Ok(false) => break,
+                        Err(e) => {
+                            closed.get_or_insert(format!("send failed: {e}"));
+                            break;
+                        }
+                    }
+                }
+                while let Some(t) = l.session.poll_transmit() {
+                    self.transmits.push_back(t);
+                }
+            }
+            match l.rpc.as_mut() {
+                Some(Rpc::Server(s)) => {
+                    while let Some(r) = s.poll_store_request() {
+                        store_reqs.push(r);
+                    }
+                    while let Some(e) = s.poll_event() {
+                        moved = true;
+                        match e {
+                            ServerEvent::Ready { .. } => became_ready = true,
+                            ServerEvent::Closed(e) => {
+                                closed.get_or_insert(e.to_string());
+                            }
+                        }
+                    }
+                }
+                Some(Rpc::Client(c)) => {
+                    while let Some(e) = c.poll_event() {
+                        moved = true;
+                        client_events.push(e);
+                    }
+                }
+                None => {}
+            }
+            if became_ready && !l.ready {
+                l.ready = true;
+            }
+        }
+        for s in signals {
+            moved = true;
+            if let Err(e) = self.hub.send_signal(now, &k.0, &k.1, s) {
+                tracing::debug!(error = %e, "signal not sent");
+            }
+        }
+        if became_ready {
+            self.events.push_back(NodeEvent::LinkReady(k.clone()));
+        }
+        if !store_reqs.is_empty() {
+            moved = true;
+            let db = self
+                .links
+                .get(k)
+                .and_then(|l| l.db.clone())
+                .unwrap_or_default();
+            for (sid, request) in store_reqs {
+                let id = self.next_store;
+                self.next_store += 1;
+                self.store_for
+                    .insert(id, (k.clone(), StoreFor::Server(sid)));
+                self.store_out.push_back(StoreRequest {
+                    id,
+                    db: db.clone(),
+                    request,
+                });
+            }
+        }
+        for e in client_events {
+            self.on_client_event(now, k, e);
+        }
+        if let Some(reason) = closed {
+            // Flush what can still go (a goodbye), then close.
+            if let Some(l) = self.links.get_mut(k) {
+                if !l.session.is_closed() {
+                    l.session.close(now);
+                    while let Some(t) = l.session.poll_transmit() {
+                        self.transmits.push_back(t);
+                    }
+                }
+            }
+            self.link_closed(now, k, reason);
+            moved = true;
+        }
+        moved
+    }
+
+    fn on_client_event(&mut self, _now: Instant, k: &LinkId, e: ClientEvent) {
+        match e {
+            ClientEvent::Ready { .. } => {
+                if let Some(l) = self.links.get_mut(k) {
+                    l.ready = true;
+                }
+                self.events.push_back(NodeEvent::LinkReady(k.clone()));
+            }
+            ClientEvent::Response { call, result } => {
+                let rep = self
+                    .links
+                    .get_mut(k)
+                    .and_then(|l| l.rep_calls.remove(&call));
+                match rep {
+                    Some((rep, rid)) => {
+                        if let Some(r) = self.reps.get_mut(&rep) {
+                            let _ = r.machine.handle_response(_now, rid, result);
+                        }
+                    }
+                    None => self.events.push_back(NodeEvent::CallResult {
+                        link: k.clone(),
+                        call,
+                        result,
+                    }),
+                }
+            }
+            ClientEvent::Changes { call, changes } => self.events.push_back(NodeEvent::Changes {
+                link: k.clone(),
+                call,
+                changes,
+            }),
+            ClientEvent::StreamEnded { .. } | ClientEvent::Closed(_) => {}
+        }
+    }
+
+    fn pump_replications(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        let ids: Vec<ReplicationId> = self.reps.keys().copied().collect();
+        for id in ids {
+            let mut reqs = Vec::new();
+            let mut events = Vec::new();
+            let (source, target) = {
+                let r = self.reps.get_mut(&id).expect("listed");
+                while let Some(q) = r.machine.poll_request() {
+                    reqs.push(q);
+                }
+                while let Some(e) = r.machine.poll_event() {
+                    events.push(e);
+                }
+                (r.source.clone(), r.target.clone())
+            };
+            for q in reqs {
+                moved = true;
+                let side = match q.endpoint {
+                    Endpoint::Source => &source,
+                    Endpoint::Target => &target,
+                };
+                match side {
+                    DbRef::Local(db) => {
+                        let sid = self.next_store;
+                        self.next_store += 1;
+                        self.store_for
+                            .insert(sid, (NO_LINK, StoreFor::Replication(id, q.id)));
+                        self.store_out.push_back(StoreRequest {
+                            id: sid,
+                            db: db.clone(),
+                            request: q.request,
+                        });
+                    }
+                    DbRef::Remote(link) => {
+                        let call = match self.links.get_mut(link).and_then(|l| l.rpc.as_mut()) {
+                            Some(Rpc::Client(c)) => Some(c.call(now, q.request)),
+                            _ => None,
+                        };
+                        match call {
+                            Some(c) => {
+                                if let Some(l) = self.links.get_mut(link) {
+                                    l.rep_calls.insert(c, (id, q.id));
+                                }
+                            }
+                            None => {
+                                let r = self.reps.get_mut(&id).expect("listed");
+                                let _ = r.machine.handle_response(
+                                    now,
+                                    q.id,
+                                    Err(DbError::Unavailable(format!(
+                                        "no open link {} to {}",
+                                        link.1, link.0
+                                    ))),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            for e in events {
+                moved = true;
+                let done = matches!(
+                    e,
+                    ReplicationEvent::Completed(_)
+                        | ReplicationEvent::Failed { .. }
+                        | ReplicationEvent::Cancelled(_)
+                );
+                self.events
+                    .push_back(NodeEvent::Replication { id, event: e });
+                if done {
+                    self.reps.remove(&id);
+                }
+            }
+        }
+        moved
+    }
+}
+
+/// Shares seen by a node, for convenience.
+pub type Shares = Vec<ShareInfo>;

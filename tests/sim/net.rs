@@ -1,0 +1,160 @@
+//! The virtual network: seeded latency, jitter, loss, duplication, an MTU and partitions.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use peerpouch::session::Transmit;
+
+use crate::common::Rng;
+
+/// Network conditions.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub latency: Duration,
+    /// Uniform extra delay in [0, jitter): packets overtake each other (reordering).
+    pub jitter: Duration,
+    pub loss: f64,
+    pub duplicate: f64,
+    /// Datagrams larger than this are dropped.
+    pub mtu: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            latency: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            duplicate: 0.0,
+            mtu: 1500,
+        }
+    }
+}
+
+pub struct Packet {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Packets in flight, in an ordered queue keyed by (arrival time, sequence number).
+pub struct VirtualNet {
+    pub config: NetConfig,
+    seed: u64,
+    start: Instant,
+    queue: BTreeMap<(Instant, u64), Packet>,
+    seq: u64,
+    instant_index: BTreeMap<(u64, SocketAddr, SocketAddr), u64>,
+    partitions: Vec<(SocketAddr, SocketAddr, Instant, Instant)>,
+    pub delivered: u64,
+    pub dropped: u64,
+}
+
+impl VirtualNet {
+    pub fn new(seed: u64, config: NetConfig, start: Instant) -> VirtualNet {
+        VirtualNet {
+            config,
+            seed,
+            start,
+            queue: BTreeMap::new(),
+            seq: 0,
+            instant_index: BTreeMap::new(),
+            partitions: Vec::new(),
+            delivered: 0,
+            dropped: 0,
+        }
+    }
+
+    pub fn partition(&mut self, a: SocketAddr, b: SocketAddr, from: Instant, until: Instant) {
+        self.partitions.push((a, b, from, until));
+    }
+
+    pub fn blocked(&self, now: Instant, a: SocketAddr, b: SocketAddr) -> bool {
+        self.partitions
+            .iter()
+            .any(|&(x, y, s, e)| ((x == a && y == b) || (x == b && y == a)) && now >= s && now < e)
+    }
+
+    /// Sends a datagram at `now`.
+    pub fn send(&mut self, now: Instant, t: Transmit) {
+        if t.contents.len() > self.config.mtu || self.blocked(now, t.source, t.destination) {
+            self.dropped += 1;
+            return;
+        }
+        // Fate comes from a hash of the packet's identity (seed, send time, addresses, its index
+        // among packets of that instant and path), not from a running generator: str0m's packet
+        // sizes vary run to run (DTLS signatures), and a packet more or less must not reshuffle
+        // the fate of every later one.
+        let key = (
+            (now - self.start).as_nanos() as u64,
+            t.source,
+            t.destination,
+        );
+        let idx = {
+            let e = self.instant_index.entry(key).or_insert(0);
+            *e += 1;
+            *e
+        };
+        if self.instant_index.len() > 4096 {
+            self.instant_index.retain(|k, _| k.0 == key.0);
+        }
+        let mut fate = Rng::new(
+            self.seed
+                ^ key.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ (u64::from(t.source.port()) << 48)
+                ^ (u64::from(t.destination.port()) << 32)
+                ^ idx,
+        );
+        if fate.chance(self.config.loss) {
+            self.dropped += 1;
+            return;
+        }
+        let copies = if fate.chance(self.config.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let jitter = if self.config.jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(fate.below(self.config.jitter.as_nanos() as u64))
+            };
+            self.seq += 1;
+            self.queue.insert(
+                (now + self.config.latency + jitter, self.seq),
+                Packet {
+                    from: t.source,
+                    to: t.destination,
+                    data: t.contents.clone(),
+                },
+            );
+        }
+    }
+
+    /// When the next packet arrives.
+    pub fn next_arrival(&self) -> Option<Instant> {
+        self.queue.keys().next().map(|k| k.0)
+    }
+
+    /// Packets that arrived by `now` and are not cut off by a partition.
+    pub fn arrivals(&mut self, now: Instant) -> Vec<Packet> {
+        let due: Vec<(Instant, u64)> = self
+            .queue
+            .range(..=(now, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for k in due {
+            let p = self.queue.remove(&k).expect("listed");
+            if self.blocked(now, p.from, p.to) {
+                self.dropped += 1;
+            } else {
+                self.delivered += 1;
+                out.push(p);
+            }
+        }
+        out
+    }
+}
