@@ -190,3 +190,168 @@ fn replicate_both_ways_under_30_percent_loss() {
     };
     both_ways(3, net, 10_000, 20 << 20, Duration::from_secs(360_000));
 }
+
+fn events_of(s: &NodeSim, node: usize, id: ReplicationId) -> Vec<ReplicationEvent> {
+    s.nodes[node]
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            NodeEvent::Replication { id: r, event } if *r == id => Some(event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn live_replication_picks_up_new_writes_until_cancelled() {
+    let (mut s, link) = linked(10, NetConfig::default());
+    s.write(
+        0,
+        "db",
+        (0..50).map(|i| json!({"_id": format!("d{i}")})).collect(),
+    );
+    let now = s.now;
+    let id = s.node(1).replicate(
+        now,
+        DbRef::Remote(link.clone()),
+        DbRef::Local("copy".into()),
+        ReplicatorConfig::new("remote", "copy").live(true),
+    );
+    let caught_up = |s: &NodeSim, n: u64| {
+        events_of(s, 1, id)
+            .iter()
+            .any(|e| matches!(e, ReplicationEvent::CaughtUp(p) if p.docs_written == n))
+    };
+    assert!(
+        s.run_until(Duration::from_secs(60), |s| caught_up(s, 50)),
+        "{}",
+        s.trace()
+    );
+    // A write on the sharer reaches the joiner through the waiting longpoll.
+    s.write(0, "db", vec![json!({"_id": "late", "v": 1})]);
+    assert!(
+        s.run_until(Duration::from_secs(60), |s| caught_up(s, 51)),
+        "{}",
+        s.trace()
+    );
+    assert_eq!(s.store(1, "copy").get("late").unwrap()["v"], 1);
+    // Cancel stops it: later writes stay on the sharer.
+    let now = s.now;
+    s.node(1).cancel_replication(now, id).unwrap();
+    s.run_for(Duration::from_secs(1));
+    assert!(matches!(
+        s.replication_end(1, id),
+        Some(ReplicationEvent::Cancelled(_))
+    ));
+    s.write(0, "db", vec![json!({"_id": "after-cancel"})]);
+    s.run_for(Duration::from_secs(30));
+    assert!(s.store(1, "copy").get("after-cancel").is_err());
+}
+
+#[test]
+fn a_crashed_joiner_reconnects_and_resumes_from_its_checkpoint() {
+    let (mut s, link) = linked(11, NetConfig::default());
+    s.trace_calls = false;
+    let share = link.0.clone();
+    fixture(s.store(0, "db"), 3000, 1 << 16);
+    let now = s.now;
+    let cfg = || ReplicatorConfig::new(format!("share {share}"), "copy").batch_size(50);
+    let id = s.node(1).replicate(
+        now,
+        DbRef::Remote(link.clone()),
+        DbRef::Local("copy".into()),
+        cfg(),
+    );
+    // Crash once a third of the documents is written.
+    assert!(s.run_until(Duration::from_secs(600), |s| {
+        events_of(s, 1, id)
+            .iter()
+            .any(|e| matches!(e, ReplicationEvent::Progressed(p) if p.docs_written >= 1000))
+    }));
+    s.crash(1);
+    let written_before = s.store(1, "copy").info().unwrap().doc_count;
+    assert!(written_before > 0 && written_before < 3000);
+    s.restart(1);
+    s.run_for(Duration::from_millis(1));
+    let now = s.now;
+    s.node(1)
+        .open(now, &share, json!({"name": "joiner again"}), None)
+        .unwrap();
+    assert!(
+        s.run_until(Duration::from_secs(60), |s| s.node_ready_links(1) > 0),
+        "{}",
+        s.trace()
+    );
+    let link2 = s.ready_link(1).unwrap();
+    assert_ne!(link2, link, "a new peer id after the restart");
+    let now = s.now;
+    let id2 = s.node(1).replicate(
+        now,
+        DbRef::Remote(link2),
+        DbRef::Local("copy".into()),
+        cfg(),
+    );
+    assert!(s.run_until(Duration::from_secs(600), |s| s
+        .replication_end(1, id2)
+        .is_some()));
+    let evs = events_of(&s, 1, id2);
+    let ReplicationEvent::Started { since, .. } = &evs[0] else {
+        panic!("{evs:?}")
+    };
+    assert!(
+        since.as_u64().unwrap() > 0,
+        "resumed from the checkpoint, not from 0"
+    );
+    let Some(ReplicationEvent::Completed(p)) = s.replication_end(1, id2) else {
+        panic!()
+    };
+    assert!(p.docs_read < 3000, "fewer docs re-read: {}", p.docs_read);
+    let mut a = s.nodes[0].stores.remove("db").unwrap();
+    let mut b = s.nodes[1].stores.remove("copy").unwrap();
+    assert_converged(&mut a, &mut b);
+}
+
+#[test]
+fn whole_session_trace() {
+    let (mut s, link) = linked(12, NetConfig::default());
+    s.write(0, "db", vec![json!({"_id": "hello", "text": "world"})]);
+    let now = s.now;
+    s.node(1)
+        .call(now, &link, Request::Get(GetRequest::new("hello")))
+        .unwrap();
+    s.run_for(Duration::from_secs(1));
+    let now = s.now;
+    s.node(1)
+        .call(
+            now,
+            &link,
+            Request::BulkDocs(BulkDocsRequest {
+                docs: vec![json!({"_id": "from-joiner"})],
+                new_edits: true,
+            }),
+        )
+        .unwrap();
+    s.run_for(Duration::from_secs(1));
+    let now = s.now;
+    s.node(1)
+        .subscribe(
+            now,
+            &link,
+            ChangesRequest {
+                since: Seq(json!("now")),
+                ..ChangesRequest::default()
+            },
+        )
+        .unwrap();
+    s.run_for(Duration::from_secs(1));
+    s.write(0, "db", vec![json!({"_id": "live-change"})]);
+    s.run_for(Duration::from_secs(1));
+    let now = s.now;
+    s.node(1).close(now, &link);
+    s.run_for(Duration::from_secs(2));
+    assert_eq!(
+        s.store(0, "db").get("from-joiner").unwrap()["_id"],
+        "from-joiner"
+    );
+    insta::assert_snapshot!("whole_session", s.trace());
+}

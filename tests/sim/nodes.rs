@@ -118,6 +118,8 @@ impl NodeSim {
 
     /// A new process on the same databases.
     pub fn restart(&mut self, i: usize) {
+        // A new process: its event history starts over (ids restart too).
+        self.nodes[i].events.clear();
         self.nodes[i].seed += 7919;
         self.boot(i);
         self.log(i, "restarted");
@@ -163,6 +165,10 @@ impl NodeSim {
             .executed
             .entry(req.request.name())
             .or_insert(0) += 1;
+        if self.trace_calls {
+            let line = format!("store {} {}", req.db, req.request.name());
+            self.log(i, line);
+        }
         let store = self.nodes[i]
             .stores
             .entry(req.db.clone())
@@ -390,6 +396,14 @@ impl NodeSim {
 
     pub fn run_for(&mut self, within: Duration) {
         self.run_until(within, |_| false);
+    }
+
+    /// Ready links of node `i` (0 when it is down).
+    pub fn node_ready_links(&self, i: usize) -> usize {
+        self.nodes[i]
+            .node
+            .as_ref()
+            .map_or(0, |n| n.links().iter().filter(|(_, ready)| *ready).count())
     }
 
     pub fn ready_link(&self, i: usize) -> Option<LinkId> {
