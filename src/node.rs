@@ -819,12 +819,21 @@ impl Node {
                     SessionEvent::ChannelOpened => {
                         let local = l.session.local_fingerprint();
                         let remote = l.session.remote_fingerprint().unwrap_or_default();
+                        // Frames as large as the channel takes, but at most half the send queue:
+                        // with one frame in flight the sender idles until the peer's delayed SACK
+                        // (up to 200 ms) for its last packet; with two it keeps streaming. The
+                        // hellos settle on the smaller of both sides' offers.
+                        let frame = l
+                            .session
+                            .max_message_size()
+                            .min(self.config.session.send_buffer / 2);
                         l.rpc = Some(match &l.db {
                             Some(_) => {
                                 let mut c = ServerConfig::new(k.0.clone(), local, remote);
                                 c.access_key = l.key.clone();
                                 c.hello_timeout = self.config.rpc_hello_timeout;
                                 c.read_only = self.shares.get(&k.0).is_some_and(|s| s.read_only);
+                                c.frame_size = frame;
                                 Rpc::Server(RpcServer::new(c, now))
                             }
                             None => {
@@ -833,6 +842,7 @@ impl Node {
                                 c.access_key = l.key.clone();
                                 c.hello_timeout = self.config.rpc_hello_timeout;
                                 c.request_timeout = self.config.rpc_request_timeout;
+                                c.frame_size = frame;
                                 Rpc::Client(RpcClient::new(c, now))
                             }
                         });
