@@ -1,0 +1,89 @@
+//! # peerpouch-smol
+//!
+//! A [smol]/[async-io] runtime for [`peerpouch::session::Session`]: it owns a UDP socket, drives
+//! any number of WebRTC links on it (ICE, DTLS, SCTP data channel, through str0m), fires their
+//! timers, optionally asks STUN servers for the socket's public address, and gives the app an
+//! async API to await.
+//!
+//! ## In scope
+//! - [`LinkEndpoint`]: one `Async<UdpSocket>` (large `SO_RCVBUF`/`SO_SNDBUF`), many links,
+//!   incoming datagrams routed with [`Session::accepts`](peerpouch::session::Session::accepts);
+//!   a wildcard bind (`0.0.0.0:0`) advertises every interface address.
+//! - [`Link`]: signals out ([`Link::next_signal`]) and in ([`Link::handle_signal`]) as
+//!   [`SignalData`] (browser JSON, for the hub), [`Link::send`] with backpressure,
+//!   [`Link::recv`], [`Link::closed`], [`Link::close`].
+//! - STUN ([`stun`]): Binding requests from the session socket, server-reflexive candidates,
+//!   answers consumed by the runtime, garbage ignored, silent servers timed out; links never
+//!   wait for it.
+//!
+//! ## Out of scope
+//! TURN relays, TCP candidates, the hub client (see `runtimes/couch`), RPC and replication over
+//! links (they sit on top of [`Link`]).
+//!
+//! ## How it runs
+//! The endpoint's driver is one async task that owns the socket and every [`Session`]: it reads
+//! datagrams in batches, feeds them to their session, and after every input drains the session
+//! (transmits, signals, events: the drain rule of the sans-IO core) before waiting again on the
+//! socket, the app's commands and one [`async_io::Timer`] set to the earliest
+//! `Session::poll_timeout`. Handles talk to it through channels, so they are `Send + Sync` and
+//! can be used from any task or thread.
+//!
+//! Known limits, inherited from routing by address: two links between the same two sockets
+//! cannot be told apart once DTLS runs (see [`LinkEndpoint`]). Received messages are queued
+//! without bound: a session has no way to slow the peer down, so read them.
+//!
+//! [`Session`]: peerpouch::session::Session
+//! [smol]: https://docs.rs/smol
+//! [async-io]: https://docs.rs/async-io
+//!
+//! ## Example: two links on loopback
+//! ```
+//! use futures_lite::StreamExt;
+//! use peerpouch_smol::{EndpointConfig, Link, LinkEndpoint, SessionRole};
+//!
+//! /// Stands in for the hub: forwards one side's signals to the other (without keeping either
+//! /// link open).
+//! fn wire(from: &Link, to: &Link) {
+//!     let (mut signals, sink) = (from.signals(), to.signal_sink());
+//!     smol::spawn(async move {
+//!         while let Some(signal) = signals.next().await {
+//!             if sink.handle_signal(signal).await.is_err() {
+//!                 break;
+//!             }
+//!         }
+//!     })
+//!     .detach();
+//! }
+//!
+//! # fn main() -> Result<(), peerpouch_smol::LinkError> {
+//! smol::block_on(async {
+//!     let a = LinkEndpoint::bind(EndpointConfig::default())?;
+//!     let b = LinkEndpoint::bind(EndpointConfig::default())?;
+//!     let offerer = a.create_link(SessionRole::Offerer)?;
+//!     let answerer = b.create_link(SessionRole::Answerer)?;
+//!     wire(&offerer, &answerer);
+//!     wire(&answerer, &offerer);
+//!     offerer.opened().await?;
+//!     offerer.send(b"hello".to_vec()).await?;
+//!     assert_eq!(answerer.recv().await?.data, b"hello");
+//!     offerer.close().await;
+//!     println!("answerer saw: {:?}", answerer.closed().await);
+//!     Ok(())
+//! })
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod endpoint;
+mod error;
+mod link;
+mod net;
+pub mod stun;
+
+pub use endpoint::{EndpointConfig, EndpointDriver, EndpointStats, LinkEndpoint};
+pub use error::LinkError;
+pub use link::{Link, LinkId, Message, SignalSink, Signals};
+pub use peerpouch::hub::SignalData;
+pub use peerpouch::session::{CloseReason, SessionConfig, SessionError, SessionRole};
+pub use stun::{StunServerStatus, StunStatus};

@@ -1,0 +1,217 @@
+//! The UDP socket: creation with large buffers, host candidates, and the local address a
+//! datagram arrived on.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::LinkError;
+
+/// A bound socket and what it knows about its addresses.
+pub(crate) struct Bound {
+    pub(crate) socket: UdpSocket,
+    pub(crate) addrs: LocalAddrs,
+    pub(crate) recv_buffer: usize,
+    pub(crate) send_buffer: usize,
+}
+
+/// Creates, tunes and binds the socket.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    recv_buffer: usize,
+    send_buffer: usize,
+) -> Result<Bound, LinkError> {
+    let option = |option: &'static str| move |source| LinkError::SocketOption { option, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(option("socket(UDP)"))?;
+    if addr.is_ipv6() {
+        // One family per socket keeps candidates and the destination guess simple.
+        socket.set_only_v6(true).map_err(option("IPV6_V6ONLY"))?;
+    }
+    // Large buffers so a loopback burst (and a busy driver) does not drop datagrams: every
+    // drop costs SCTP a retransmission timeout of at least a second. Linux caps the request at
+    // net.core.rmem_max / wmem_max and reports twice the granted size (bookkeeping overhead).
+    if let Err(e) = socket.set_recv_buffer_size(recv_buffer) {
+        tracing::warn!(error = %e, requested = recv_buffer, "could not set SO_RCVBUF");
+    }
+    if let Err(e) = socket.set_send_buffer_size(send_buffer) {
+        tracing::warn!(error = %e, requested = send_buffer, "could not set SO_SNDBUF");
+    }
+    let granted_recv = socket.recv_buffer_size().map_err(option("SO_RCVBUF"))?;
+    let granted_send = socket.send_buffer_size().map_err(option("SO_SNDBUF"))?;
+    if granted_recv < recv_buffer {
+        tracing::warn!(
+            requested = recv_buffer,
+            granted = granted_recv,
+            "SO_RCVBUF smaller than requested: raise net.core.rmem_max"
+        );
+    }
+    socket
+        .bind(&addr.into())
+        .map_err(|source| LinkError::Bind { addr, source })?;
+    let socket: UdpSocket = socket.into();
+    let local = socket.local_addr().map_err(option("getsockname"))?;
+    let addrs = LocalAddrs::gather(local)?;
+    tracing::debug!(%local, candidates = ?addrs.candidates, recv_buffer = granted_recv, send_buffer = granted_send, "socket bound");
+    Ok(Bound {
+        socket,
+        addrs,
+        recv_buffer: granted_recv,
+        send_buffer: granted_send,
+    })
+}
+
+/// The socket's addresses: the one it is bound to, the host candidates it is reachable on, and
+/// the networks of the interfaces (to guess which local address a datagram was sent to).
+#[derive(Clone, Debug)]
+pub(crate) struct LocalAddrs {
+    pub(crate) bound: SocketAddr,
+    pub(crate) candidates: Vec<SocketAddr>,
+    nets: Vec<(IpAddr, IpAddr)>,
+}
+
+impl LocalAddrs {
+    /// For a specific address: that address. For a wildcard (`0.0.0.0`, `[::]`): every
+    /// interface address of the same family, loopback included, skipping IPv6 link-local ones
+    /// (they need a scope id that ICE candidates cannot carry).
+    pub(crate) fn gather(bound: SocketAddr) -> Result<LocalAddrs, LinkError> {
+        if !bound.ip().is_unspecified() {
+            return Ok(LocalAddrs {
+                bound,
+                candidates: vec![bound],
+                nets: Vec::new(),
+            });
+        }
+        let interfaces = if_addrs::get_if_addrs().map_err(LinkError::Interfaces)?;
+        let mut candidates = Vec::new();
+        let mut nets = Vec::new();
+        for iface in interfaces {
+            let (ip, mask) = match &iface.addr {
+                if_addrs::IfAddr::V4(a) => (IpAddr::V4(a.ip), IpAddr::V4(a.netmask)),
+                if_addrs::IfAddr::V6(a) => (IpAddr::V6(a.ip), IpAddr::V6(a.netmask)),
+            };
+            if ip.is_ipv4() != bound.is_ipv4() || ip.is_unspecified() || is_link_local_v6(ip) {
+                continue;
+            }
+            let addr = SocketAddr::new(ip, bound.port());
+            if !candidates.contains(&addr) {
+                candidates.push(addr);
+                nets.push((ip, mask));
+            }
+        }
+        if candidates.is_empty() {
+            return Err(LinkError::Interfaces(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface address of the family of {bound}"),
+            )));
+        }
+        Ok(LocalAddrs {
+            bound,
+            candidates,
+            nets,
+        })
+    }
+
+    /// The local address a datagram from `source` most likely arrived on. Exact for a socket
+    /// bound to one address. For a wildcard socket (the kernel does not say without
+    /// `IP_PKTINFO`): a loopback address for loopback peers, else the interface whose network
+    /// holds the peer, else the first non-loopback address. ICE needs it to match a host
+    /// candidate exactly.
+    pub(crate) fn destination_for(&self, source: SocketAddr) -> SocketAddr {
+        if self.nets.is_empty() {
+            return self.bound;
+        }
+        let src = source.ip();
+        let pick = |ip: IpAddr| SocketAddr::new(ip, self.bound.port());
+        if src.is_loopback() {
+            if let Some(c) = self.candidates.iter().find(|c| c.ip() == src) {
+                return *c;
+            }
+            if let Some(c) = self.candidates.iter().find(|c| c.ip().is_loopback()) {
+                return *c;
+            }
+        }
+        if let Some((ip, _)) = self
+            .nets
+            .iter()
+            .find(|(ip, mask)| same_net(*ip, src, *mask))
+        {
+            return pick(*ip);
+        }
+        self.candidates
+            .iter()
+            .find(|c| !c.ip().is_loopback())
+            .or(self.candidates.first())
+            .copied()
+            .unwrap_or(self.bound)
+    }
+}
+
+fn is_link_local_v6(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+fn same_net(a: IpAddr, b: IpAddr, mask: IpAddr) -> bool {
+    match (a, b, mask) {
+        (IpAddr::V4(a), IpAddr::V4(b), IpAddr::V4(m)) => {
+            let m = u32::from(m);
+            m != 0 && u32::from(a) & m == u32::from(b) & m
+        }
+        (IpAddr::V6(a), IpAddr::V6(b), IpAddr::V6(m)) => {
+            let m = u128::from(m);
+            m != 0 && u128::from(a) & m == u128::from(b) & m
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specific_address_is_its_own_candidate() {
+        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let l = LocalAddrs::gather(a).unwrap();
+        assert_eq!(l.candidates, vec![a]);
+        assert_eq!(l.destination_for("10.1.2.3:9".parse().unwrap()), a);
+    }
+
+    #[test]
+    fn wildcard_gathers_loopback_and_guesses_destinations() {
+        let l = LocalAddrs::gather("0.0.0.0:4000".parse().unwrap()).unwrap();
+        let lo: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert!(l.candidates.contains(&lo), "{:?}", l.candidates);
+        assert!(l.candidates.iter().all(|c| c.port() == 4000 && c.is_ipv4()));
+        assert_eq!(l.destination_for("127.0.0.1:5000".parse().unwrap()), lo);
+        let manual = LocalAddrs {
+            bound: "0.0.0.0:4000".parse().unwrap(),
+            candidates: vec![
+                "192.0.2.2:4000".parse().unwrap(),
+                "198.51.100.7:4000".parse().unwrap(),
+                lo,
+            ],
+            nets: vec![
+                (
+                    "192.0.2.2".parse().unwrap(),
+                    "255.255.255.0".parse().unwrap(),
+                ),
+                (
+                    "198.51.100.7".parse().unwrap(),
+                    "255.255.255.0".parse().unwrap(),
+                ),
+                ("127.0.0.1".parse().unwrap(), "255.0.0.0".parse().unwrap()),
+            ],
+        };
+        assert_eq!(
+            manual.destination_for("198.51.100.200:1".parse().unwrap()),
+            "198.51.100.7:4000".parse().unwrap()
+        );
+        assert_eq!(
+            manual.destination_for("203.0.113.1:1".parse().unwrap()),
+            "192.0.2.2:4000".parse().unwrap()
+        );
+        assert_eq!(manual.destination_for("127.0.0.1:1".parse().unwrap()), lo);
+    }
+}

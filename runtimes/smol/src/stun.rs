@@ -1,0 +1,733 @@
+//! A minimal STUN client (RFC 5389 Binding only) to learn the socket's server-reflexive address.
+//!
+//! str0m has no STUN client, so the runtime sends a Binding Request from the session socket to
+//! each configured server, reads `XOR-MAPPED-ADDRESS` (or the RFC 3489 `MAPPED-ADDRESS`) from the
+//! response and adds a server-reflexive candidate to every link. The codec here is pure and never
+//! panics on bytes from the network: anything malformed is a [`StunError`].
+//!
+//! Only what a Binding transaction needs is implemented: no authentication, no `FINGERPRINT`,
+//! no TURN. Unknown attributes are skipped (RFC 5389 §7.3.4: comprehension-optional ones may be
+//! ignored, and a client has nothing better to do with comprehension-required ones in a
+//! response than to ignore them too).
+//!
+//! ```
+//! use peerpouch_smol::stun::{decode_binding_response, encode_binding_request, encode_binding_success, BindingOutcome};
+//! let request = encode_binding_request([42; 12]); // send this to the server
+//! # let answer = encode_binding_success([42; 12], "203.0.113.1:50000".parse().unwrap());
+//! // ... the server answers from its address:
+//! let response = decode_binding_response(&answer).unwrap();
+//! assert_eq!(response.transaction_id, [42; 12]);
+//! assert!(matches!(response.outcome, BindingOutcome::Mapped(_)));
+//! ```
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// The fixed magic cookie of RFC 5389 §6.
+///
+/// ```
+/// use peerpouch_smol::stun::{encode_binding_request, MAGIC_COOKIE};
+/// assert_eq!(&encode_binding_request([0; 12])[4..8], &MAGIC_COOKIE.to_be_bytes());
+/// ```
+pub const MAGIC_COOKIE: u32 = 0x2112_A442;
+/// Length of a STUN header (RFC 5389 §6).
+///
+/// ```
+/// use peerpouch_smol::stun::{encode_binding_request, HEADER_LEN};
+/// assert_eq!(encode_binding_request([0; 12]).len(), HEADER_LEN);
+/// ```
+pub const HEADER_LEN: usize = 20;
+
+const BINDING_REQUEST: u16 = 0x0001;
+const BINDING_SUCCESS: u16 = 0x0101;
+const BINDING_ERROR: u16 = 0x0111;
+const ATTR_MAPPED_ADDRESS: u16 = 0x0001;
+const ATTR_ERROR_CODE: u16 = 0x0009;
+const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+
+/// A STUN transaction id (96 bits, RFC 5389 §6).
+///
+/// ```
+/// let tid: peerpouch_smol::stun::TransactionId = [0xAB; 12];
+/// # let _ = tid;
+/// ```
+pub type TransactionId = [u8; 12];
+
+/// Why bytes are not a usable Binding response.
+///
+/// ```
+/// use peerpouch_smol::stun::{decode_binding_response, StunError};
+/// assert_eq!(decode_binding_response(b"hello"), Err(StunError::TooShort { len: 5 }));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StunError {
+    /// Fewer bytes than a STUN header.
+    #[error("{len} bytes is shorter than a STUN header (20 bytes)")]
+    TooShort {
+        /// How many bytes there were.
+        len: usize,
+    },
+    /// The first two bits are not zero or the magic cookie is wrong: not RFC 5389 STUN.
+    #[error("not a STUN message (bad leading bits or magic cookie)")]
+    NotStun,
+    /// A STUN message, but not a Binding success or error response.
+    #[error("STUN message type {0:#06x} is not a Binding response")]
+    NotBindingResponse(u16),
+    /// The header's length field disagrees with the datagram, or is not a multiple of 4.
+    #[error("STUN length field says {declared} bytes of attributes, the datagram has {actual}")]
+    BadLength {
+        /// Length from the header.
+        declared: usize,
+        /// Bytes after the header.
+        actual: usize,
+    },
+    /// An attribute runs past the end of the message.
+    #[error("STUN attribute {attribute:#06x} runs past the end of the message")]
+    TruncatedAttribute {
+        /// Its type.
+        attribute: u16,
+    },
+    /// An address attribute with a bad family or length.
+    #[error("STUN address attribute {attribute:#06x} is malformed")]
+    BadAddress {
+        /// Its type.
+        attribute: u16,
+    },
+    /// A success response without any mapped address.
+    #[error("the Binding success response has no (XOR-)MAPPED-ADDRESS")]
+    NoMappedAddress,
+    /// An error response without a well-formed `ERROR-CODE`.
+    #[error("the Binding error response has no valid ERROR-CODE")]
+    BadErrorCode,
+}
+
+/// What a Binding response says.
+///
+/// ```
+/// use peerpouch_smol::stun::BindingOutcome;
+/// let o = BindingOutcome::Mapped("203.0.113.5:4000".parse().unwrap());
+/// assert!(matches!(o, BindingOutcome::Mapped(_)));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BindingOutcome {
+    /// Success: the address the server saw the request come from.
+    Mapped(SocketAddr),
+    /// An error response (RFC 5389 §15.6), e.g. 400 Bad Request.
+    Error {
+        /// The error code (300..=699).
+        code: u16,
+        /// The reason phrase (lossy UTF-8).
+        reason: String,
+    },
+}
+
+/// A decoded Binding response.
+///
+/// ```
+/// use peerpouch_smol::stun::{BindingOutcome, BindingResponse};
+/// let r = BindingResponse {
+///     transaction_id: [7; 12],
+///     outcome: BindingOutcome::Mapped("198.51.100.1:5000".parse().unwrap()),
+/// };
+/// assert_eq!(r.transaction_id, [7; 12]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingResponse {
+    /// The transaction it answers.
+    pub transaction_id: TransactionId,
+    /// What it says.
+    pub outcome: BindingOutcome,
+}
+
+/// Encodes a Binding Request (a bare header: no attributes are needed, RFC 5389 §7.1).
+///
+/// ```
+/// use peerpouch_smol::stun::encode_binding_request;
+/// let req = encode_binding_request([1; 12]);
+/// assert_eq!(&req[..4], &[0x00, 0x01, 0x00, 0x00]);
+/// assert_eq!(&req[8..], &[1; 12]);
+/// ```
+pub fn encode_binding_request(transaction_id: TransactionId) -> [u8; HEADER_LEN] {
+    let mut b = [0u8; HEADER_LEN];
+    b[0..2].copy_from_slice(&BINDING_REQUEST.to_be_bytes());
+    b[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    b[8..20].copy_from_slice(&transaction_id);
+    b
+}
+
+/// The transaction id of anything that looks like an RFC 5389 STUN message (right leading bits,
+/// magic cookie), without validating the rest.
+///
+/// ```
+/// use peerpouch_smol::stun::{encode_binding_request, transaction_id};
+/// assert_eq!(transaction_id(&encode_binding_request([9; 12])), Some([9; 12]));
+/// assert_eq!(transaction_id(b"\x16\xfe\xfd DTLS record......"), None);
+/// ```
+pub fn transaction_id(bytes: &[u8]) -> Option<TransactionId> {
+    if bytes.len() < HEADER_LEN || bytes[0] & 0xC0 != 0 {
+        return None;
+    }
+    if u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) != MAGIC_COOKIE {
+        return None;
+    }
+    let mut tid = [0u8; 12];
+    tid.copy_from_slice(&bytes[8..20]);
+    Some(tid)
+}
+
+/// Decodes a Binding success or error response.
+///
+/// # Errors
+/// A [`StunError`] saying what is wrong with the bytes; never panics, whatever they are.
+///
+/// ```
+/// use peerpouch_smol::stun::{decode_binding_response, encode_binding_success, BindingOutcome};
+/// let addr = "192.0.2.7:3478".parse().unwrap();
+/// let bytes = encode_binding_success([3; 12], addr);
+/// let r = decode_binding_response(&bytes).unwrap();
+/// assert_eq!(r.outcome, BindingOutcome::Mapped(addr));
+/// ```
+pub fn decode_binding_response(bytes: &[u8]) -> Result<BindingResponse, StunError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(StunError::TooShort { len: bytes.len() });
+    }
+    let Some(tid) = transaction_id(bytes) else {
+        return Err(StunError::NotStun);
+    };
+    let kind = u16::from_be_bytes([bytes[0], bytes[1]]);
+    if kind != BINDING_SUCCESS && kind != BINDING_ERROR {
+        return Err(StunError::NotBindingResponse(kind));
+    }
+    let declared = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
+    let body = &bytes[HEADER_LEN..];
+    if declared != body.len() || declared % 4 != 0 {
+        return Err(StunError::BadLength {
+            declared,
+            actual: body.len(),
+        });
+    }
+    let mut xor_mapped = None;
+    let mut mapped = None;
+    let mut error = None;
+    let mut rest = body;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            // Cannot happen with a length that is a multiple of 4, kept for robustness.
+            return Err(StunError::TruncatedAttribute { attribute: 0 });
+        }
+        let attribute = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let padded = len.div_ceil(4) * 4;
+        let Some(value) = rest.get(4..4 + len) else {
+            return Err(StunError::TruncatedAttribute { attribute });
+        };
+        match attribute {
+            ATTR_XOR_MAPPED_ADDRESS if xor_mapped.is_none() => {
+                xor_mapped = Some(decode_address(attribute, value, Some(&tid))?);
+            }
+            ATTR_MAPPED_ADDRESS if mapped.is_none() => {
+                mapped = Some(decode_address(attribute, value, None)?);
+            }
+            ATTR_ERROR_CODE if error.is_none() => {
+                if value.len() < 4 {
+                    return Err(StunError::BadErrorCode);
+                }
+                let class = u16::from(value[2] & 0x07);
+                let number = u16::from(value[3]);
+                if !(3..=6).contains(&class) || number > 99 {
+                    return Err(StunError::BadErrorCode);
+                }
+                let reason = String::from_utf8_lossy(&value[4..]).into_owned();
+                error = Some((class * 100 + number, reason));
+            }
+            _ => {}
+        }
+        // The last attribute's padding may be missing in sloppy encoders; tolerate that.
+        rest = rest.get(4 + padded..).unwrap_or(&[]);
+    }
+    let outcome = if kind == BINDING_ERROR {
+        let (code, reason) = error.ok_or(StunError::BadErrorCode)?;
+        BindingOutcome::Error { code, reason }
+    } else {
+        BindingOutcome::Mapped(xor_mapped.or(mapped).ok_or(StunError::NoMappedAddress)?)
+    };
+    Ok(BindingResponse {
+        transaction_id: tid,
+        outcome,
+    })
+}
+
+/// Decodes (XOR-)MAPPED-ADDRESS (RFC 5389 §15.1, §15.2).
+fn decode_address(
+    attribute: u16,
+    v: &[u8],
+    xor_with: Option<&TransactionId>,
+) -> Result<SocketAddr, StunError> {
+    let bad = StunError::BadAddress { attribute };
+    if v.len() < 4 {
+        return Err(bad);
+    }
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    let mut port = u16::from_be_bytes([v[2], v[3]]);
+    if xor_with.is_some() {
+        port ^= (MAGIC_COOKIE >> 16) as u16;
+    }
+    let ip = match (v[1], v.len()) {
+        (0x01, 8) => {
+            let mut o = [v[4], v[5], v[6], v[7]];
+            if xor_with.is_some() {
+                for (b, k) in o.iter_mut().zip(cookie) {
+                    *b ^= k;
+                }
+            }
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        (0x02, 20) => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&v[4..20]);
+            if let Some(tid) = xor_with {
+                let key = cookie.iter().chain(tid.iter());
+                for (b, k) in o.iter_mut().zip(key) {
+                    *b ^= k;
+                }
+            }
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return Err(bad),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Encodes a Binding success response with `XOR-MAPPED-ADDRESS` (what a STUN server sends; for
+/// tests and fake servers).
+///
+/// ```
+/// use peerpouch_smol::stun::{decode_binding_response, encode_binding_success};
+/// let addr = "[2001:db8::1]:9".parse().unwrap();
+/// let r = decode_binding_response(&encode_binding_success([5; 12], addr)).unwrap();
+/// assert_eq!(r.transaction_id, [5; 12]);
+/// ```
+pub fn encode_binding_success(transaction_id: TransactionId, mapped: SocketAddr) -> Vec<u8> {
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    let mut value = vec![0u8, 0, 0, 0];
+    value[2..4].copy_from_slice(&(mapped.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes());
+    match mapped.ip() {
+        IpAddr::V4(ip) => {
+            value[1] = 0x01;
+            value.extend(ip.octets().iter().zip(cookie).map(|(b, k)| b ^ k));
+        }
+        IpAddr::V6(ip) => {
+            value[1] = 0x02;
+            let key = cookie.iter().chain(transaction_id.iter());
+            value.extend(ip.octets().iter().zip(key).map(|(b, k)| b ^ k));
+        }
+    }
+    let mut b = Vec::with_capacity(HEADER_LEN + 4 + value.len());
+    b.extend_from_slice(&BINDING_SUCCESS.to_be_bytes());
+    b.extend_from_slice(&((4 + value.len()) as u16).to_be_bytes());
+    b.extend_from_slice(&cookie);
+    b.extend_from_slice(&transaction_id);
+    b.extend_from_slice(&ATTR_XOR_MAPPED_ADDRESS.to_be_bytes());
+    b.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    b.extend_from_slice(&value);
+    b
+}
+
+/// Where one STUN server's query stands.
+///
+/// ```
+/// use peerpouch_smol::StunStatus;
+/// let s = StunStatus::TimedOut { bad_responses: 0 };
+/// assert!(s.is_settled());
+/// assert!(!StunStatus::Pending.is_settled());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StunStatus {
+    /// Still asking (retransmitting with exponential back-off).
+    Pending,
+    /// The server saw the socket as this address; a server-reflexive candidate was added to
+    /// every link (str0m drops it as redundant when it equals a host candidate, as on loopback).
+    Mapped(SocketAddr),
+    /// The server answered with an error response.
+    Refused {
+        /// STUN error code.
+        code: u16,
+        /// Reason phrase.
+        reason: String,
+    },
+    /// No valid answer within the configured timeout. `bad_responses` counts datagrams from the
+    /// server (or with our transaction id) that did not decode.
+    TimedOut {
+        /// Undecodable answers seen meanwhile.
+        bad_responses: u32,
+    },
+}
+
+impl StunStatus {
+    /// Whether the query is over (anything but [`StunStatus::Pending`]).
+    ///
+    /// ```
+    /// use peerpouch_smol::StunStatus;
+    /// assert!(StunStatus::Mapped("127.0.0.1:1".parse().unwrap()).is_settled());
+    /// ```
+    pub fn is_settled(&self) -> bool {
+        !matches!(self, StunStatus::Pending)
+    }
+}
+
+/// One STUN server and its status.
+///
+/// ```
+/// use peerpouch_smol::{StunServerStatus, StunStatus};
+/// let s = StunServerStatus { server: "127.0.0.1:3478".parse().unwrap(), status: StunStatus::Pending };
+/// assert_eq!(s.server.port(), 3478);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StunServerStatus {
+    /// The server's address.
+    pub server: SocketAddr,
+    /// Its status.
+    pub status: StunStatus,
+}
+
+/// What [`StunClient::handle_datagram`] made of a datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum StunInput {
+    /// Not for the STUN client: give it to the sessions.
+    NotOurs,
+    /// Consumed; nothing changed (a duplicate, garbage, a late answer).
+    Consumed,
+    /// Consumed and a query settled (see [`StunClient::statuses`]).
+    Settled {
+        /// The mapped address when it succeeded.
+        mapped: Option<SocketAddr>,
+        /// The server that answered.
+        server: SocketAddr,
+    },
+}
+
+struct Probe {
+    server: SocketAddr,
+    tid: TransactionId,
+    deadline: Instant,
+    next_send: Instant,
+    rto: Duration,
+    status: StunStatus,
+    bad: u32,
+}
+
+/// The Binding transactions of one socket, sans-IO: `handle_timeout` queues (re)transmissions,
+/// `handle_datagram` consumes answers, `poll_timeout` says when to call again.
+pub(crate) struct StunClient {
+    probes: Vec<Probe>,
+    transmits: VecDeque<(SocketAddr, [u8; HEADER_LEN])>,
+}
+
+impl StunClient {
+    /// Queries every server; retransmits after `initial_rto`, doubling (RFC 5389 §7.2.1), and
+    /// gives up after `timeout`. `tids` supplies one random transaction id per server.
+    pub(crate) fn new(
+        servers: &[SocketAddr],
+        now: Instant,
+        initial_rto: Duration,
+        timeout: Duration,
+        mut tids: impl FnMut() -> TransactionId,
+    ) -> StunClient {
+        let mut probes: Vec<Probe> = Vec::new();
+        for &server in servers {
+            if probes.iter().any(|p| p.server == server) {
+                continue;
+            }
+            probes.push(Probe {
+                server,
+                tid: tids(),
+                deadline: now + timeout,
+                next_send: now,
+                rto: initial_rto.max(Duration::from_millis(1)),
+                status: StunStatus::Pending,
+                bad: 0,
+            });
+        }
+        StunClient {
+            probes,
+            transmits: VecDeque::new(),
+        }
+    }
+
+    /// Every server's status, in configuration order.
+    pub(crate) fn statuses(&self) -> Vec<StunServerStatus> {
+        self.probes
+            .iter()
+            .map(|p| StunServerStatus {
+                server: p.server,
+                status: p.status.clone(),
+            })
+            .collect()
+    }
+
+    /// Sends due requests and times out silent servers. Returns whether a query settled.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> bool {
+        let mut settled = false;
+        for p in &mut self.probes {
+            if p.status != StunStatus::Pending {
+                continue;
+            }
+            if now >= p.deadline {
+                tracing::info!(server = %p.server, bad_responses = p.bad, "STUN server did not answer in time");
+                p.status = StunStatus::TimedOut {
+                    bad_responses: p.bad,
+                };
+                settled = true;
+            } else if now >= p.next_send {
+                self.transmits
+                    .push_back((p.server, encode_binding_request(p.tid)));
+                p.next_send = now + p.rto;
+                p.rto = p.rto.saturating_mul(2);
+            }
+        }
+        settled
+    }
+
+    /// The next request to send: (server, bytes).
+    pub(crate) fn poll_transmit(&mut self) -> Option<(SocketAddr, [u8; HEADER_LEN])> {
+        self.transmits.pop_front()
+    }
+
+    /// When [`StunClient::handle_timeout`] wants to run next.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.probes
+            .iter()
+            .filter(|p| p.status == StunStatus::Pending)
+            .map(|p| p.next_send.min(p.deadline))
+            .min()
+    }
+
+    /// Whether every query has settled (also true with no servers).
+    #[cfg(test)]
+    pub(crate) fn is_settled(&self) -> bool {
+        self.probes.iter().all(|p| p.status.is_settled())
+    }
+
+    /// Takes a datagram that is a STUN server's (its source is a server, or it carries one of
+    /// our transaction ids); anything else is [`StunInput::NotOurs`].
+    pub(crate) fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) -> StunInput {
+        let tid = transaction_id(bytes);
+        let idx = tid
+            .and_then(|t| self.probes.iter().position(|p| p.tid == t))
+            .or_else(|| self.probes.iter().position(|p| p.server == from));
+        let Some(idx) = idx else {
+            return StunInput::NotOurs;
+        };
+        let p = &mut self.probes[idx];
+        let response = match decode_binding_response(bytes) {
+            Ok(r) if r.transaction_id == p.tid => r,
+            Ok(_) => {
+                tracing::debug!(server = %p.server, "STUN response for another transaction");
+                p.bad = p.bad.saturating_add(1);
+                return StunInput::Consumed;
+            }
+            Err(e) => {
+                tracing::debug!(server = %p.server, error = %e, "undecodable STUN answer ignored");
+                p.bad = p.bad.saturating_add(1);
+                return StunInput::Consumed;
+            }
+        };
+        if p.status != StunStatus::Pending {
+            return StunInput::Consumed;
+        }
+        match response.outcome {
+            BindingOutcome::Mapped(addr) => {
+                tracing::info!(server = %p.server, mapped = %addr, "STUN mapped address");
+                p.status = StunStatus::Mapped(addr);
+                StunInput::Settled {
+                    mapped: Some(addr),
+                    server: p.server,
+                }
+            }
+            BindingOutcome::Error { code, reason } => {
+                tracing::warn!(server = %p.server, code, %reason, "STUN server refused the Binding request");
+                p.status = StunStatus::Refused { code, reason };
+                StunInput::Settled {
+                    mapped: None,
+                    server: p.server,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_response(tid: TransactionId, code: u16, reason: &str) -> Vec<u8> {
+        let mut value = vec![0, 0, (code / 100) as u8, (code % 100) as u8];
+        value.extend_from_slice(reason.as_bytes());
+        while value.len() % 4 != 0 {
+            value.push(0);
+        }
+        let mut b = Vec::new();
+        b.extend_from_slice(&BINDING_ERROR.to_be_bytes());
+        b.extend_from_slice(&((4 + value.len()) as u16).to_be_bytes());
+        b.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        b.extend_from_slice(&tid);
+        b.extend_from_slice(&ATTR_ERROR_CODE.to_be_bytes());
+        b.extend_from_slice(&((4 + reason.len()) as u16).to_be_bytes());
+        b.extend_from_slice(&value);
+        b
+    }
+
+    #[test]
+    fn round_trips_v4_and_v6() {
+        for addr in ["203.0.113.9:61000", "[2001:db8::42]:1"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let r = decode_binding_response(&encode_binding_success([0xAB; 12], addr)).unwrap();
+            assert_eq!(r.transaction_id, [0xAB; 12]);
+            assert_eq!(r.outcome, BindingOutcome::Mapped(addr));
+        }
+    }
+
+    #[test]
+    fn decodes_rfc5769_sample_ipv4_response() {
+        // RFC 5769 §2.2, without its SOFTWARE/MESSAGE-INTEGRITY/FINGERPRINT checks.
+        let hex = "0101003c 2112a442 b7e7a701 bc34d686 fa87dfae 8022000b 74657374 20766563 \
+                   746f7220 00200008 0001a147 e112a643 00080014 2b91f599 fd9e90c3 8c7489f9 \
+                   2af9ba53 f06be7d7 80280004 c07d4c96";
+        let hex: String = hex.split_whitespace().collect();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let r = decode_binding_response(&bytes).unwrap();
+        assert_eq!(
+            r.outcome,
+            BindingOutcome::Mapped("192.0.2.1:32853".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn decodes_error_responses() {
+        let r = decode_binding_response(&error_response([1; 12], 420, "Unknown")).unwrap();
+        assert_eq!(
+            r.outcome,
+            BindingOutcome::Error {
+                code: 420,
+                reason: "Unknown".into()
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let good = encode_binding_success([4; 12], "10.0.0.1:1".parse().unwrap());
+        for cut in 0..good.len() {
+            let _ = decode_binding_response(&good[..cut]);
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for round in 0..20_000 {
+            let mut b = good.clone();
+            let flips = 1 + round % 6;
+            for _ in 0..flips {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x as usize) % b.len();
+                b[i] = (x >> 32) as u8;
+            }
+            if round % 3 == 0 {
+                b.truncate((x >> 40) as usize % (b.len() + 1));
+            }
+            let _ = decode_binding_response(&b);
+            let _ = transaction_id(&b);
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_binding_response() {
+        assert_eq!(
+            decode_binding_response(&encode_binding_request([0; 12])),
+            Err(StunError::NotBindingResponse(BINDING_REQUEST))
+        );
+        let mut b = encode_binding_success([0; 12], "10.0.0.1:1".parse().unwrap());
+        b[4] = 0;
+        assert_eq!(decode_binding_response(&b), Err(StunError::NotStun));
+        let mut b = encode_binding_success([0; 12], "10.0.0.1:1".parse().unwrap());
+        b.push(0);
+        assert!(matches!(
+            decode_binding_response(&b),
+            Err(StunError::BadLength { .. })
+        ));
+        let mut b = encode_binding_success([0; 12], "10.0.0.1:1".parse().unwrap());
+        b[25] = 0x07; // address family
+        assert_eq!(
+            decode_binding_response(&b),
+            Err(StunError::BadAddress {
+                attribute: ATTR_XOR_MAPPED_ADDRESS
+            })
+        );
+    }
+
+    #[test]
+    fn client_retransmits_then_times_out() {
+        let t0 = Instant::now();
+        let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let mut c = StunClient::new(
+            &[server],
+            t0,
+            Duration::from_millis(100),
+            Duration::from_millis(1000),
+            || [1; 12],
+        );
+        let mut sent = 0;
+        let mut now = t0;
+        while let Some(t) = c.poll_timeout() {
+            now = t;
+            c.handle_timeout(now);
+            while c.poll_transmit().is_some() {
+                sent += 1;
+            }
+        }
+        // 0, 100, 300, 700 ms; then the deadline at 1000 ms.
+        assert_eq!(sent, 4);
+        assert_eq!(now, t0 + Duration::from_millis(1000));
+        assert_eq!(
+            c.statuses()[0].status,
+            StunStatus::TimedOut { bad_responses: 0 }
+        );
+    }
+
+    #[test]
+    fn client_consumes_only_its_answers() {
+        let t0 = Instant::now();
+        let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut c = StunClient::new(
+            &[server],
+            t0,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            || [2; 12],
+        );
+        c.handle_timeout(t0);
+        let other = encode_binding_success([3; 12], peer);
+        assert_eq!(c.handle_datagram(peer, &other), StunInput::NotOurs);
+        assert_eq!(c.handle_datagram(server, b"junk"), StunInput::Consumed);
+        let mapped: SocketAddr = "198.51.100.4:777".parse().unwrap();
+        assert_eq!(
+            c.handle_datagram(server, &encode_binding_success([2; 12], mapped)),
+            StunInput::Settled {
+                mapped: Some(mapped),
+                server
+            }
+        );
+        assert!(c.is_settled());
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(
+            c.handle_datagram(server, &error_response([2; 12], 400, "Bad")),
+            StunInput::Consumed
+        );
+    }
+}

@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# STUN server for peerpouch-smol's tests: coturn's `turnserver` (Debian package
+# `coturn`) in STUN-only mode, listening on UDP 127.0.0.1 only.
+#
+# Use it either way:
+#   source runtimes/smol/stun-server.sh && stun_start && cargo test -p peerpouch-smol; rc=$?; stun_stop; exit $rc
+#   bash runtimes/smol/stun-server.sh run cargo test -p peerpouch-smol   # start, run, stop
+#   bash runtimes/smol/stun-server.sh install                            # only install coturn
+#
+# stun_start exports:
+#   PEERPOUCH_TEST_STUN   127.0.0.1:PORT (what tests/stun.rs reads)
+#   PEERPOUCH_STUN_PID    PID of the turnserver process
+#   PEERPOUCH_STUN_TMP    its temporary directory (turn.log, stdout.log, turndb, turn.pid)
+# Knobs (environment): PEERPOUCH_STUN_PORT (preferred UDP port; any free one is
+# used if it is taken or unset), PEERPOUCH_STUN_TIMEOUT (seconds to wait for the
+# server to answer a Binding request, default 15).
+#
+# Exact server command:
+#   turnserver -n --stun-only --listening-ip=127.0.0.1 --listening-port=PORT \
+#       --no-cli --no-tls --no-dtls --no-tcp --no-software-attribute \
+#       --log-file=TMP/turn.log --simple-log --db=TMP/turndb --pidfile=TMP/turn.pid
+#   -n                   no configuration file (ignore /etc/turnserver.conf)
+#   --stun-only          answer STUN Binding requests, ignore every TURN request
+#   --listening-ip       bind 127.0.0.1 only (coturn's default is every interface)
+#   --no-cli             no telnet admin interface (it would listen on TCP 5766)
+#   --no-tls --no-dtls   no TLS/DTLS listeners (no certificates needed)
+#   --no-tcp             no STUN over TCP either: the tests use UDP
+#   --no-software-attribute  no version string in responses
+#   --log-file/--simple-log  one log file, no date suffix, no rollover
+#   --db/--pidfile       keep coturn's SQLite user db and pid file in TMP instead
+#                        of /var/lib/turn and /var/run
+# Readiness: `ss` shows the port held by the PID we started, and
+# `turnutils_stunclient` (from the same package) gets a reflexive address back.
+#
+# This file must stay safe to `source` into a shell running with
+# `set -euo pipefail`: it changes no shell options and sets no traps there.
+# Call stun_start in the current shell, not in a pipeline or $(...): it exports
+# the variables stun_stop needs to find the process.
+
+_stun_err() { printf 'stun: error: %s\n' "$*" >&2; }
+_stun_info() { printf 'stun: %s\n' "$*" >&2; }
+
+# Install coturn (turnserver, turnutils_stunclient) from Debian if missing.
+stun_install() {
+    if command -v turnserver >/dev/null 2>&1 && command -v turnutils_stunclient >/dev/null 2>&1; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        _stun_err "turnserver is missing and apt-get is not available; install coturn by hand"
+        return 1
+    fi
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+            _stun_err "turnserver is missing; run as root (or with sudo) to apt-get install coturn"
+            return 1
+        fi
+    fi
+    _stun_info "installing coturn (apt-get install -y coturn)"
+    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends coturn >&2; then
+        _stun_info "install failed; running apt-get update and trying again"
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get update >&2 || true
+        if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends coturn >&2; then
+            _stun_err "apt-get install -y coturn failed"
+            return 1
+        fi
+    fi
+    if ! command -v turnserver >/dev/null 2>&1; then
+        _stun_err "coturn installed but turnserver is not on PATH"
+        return 1
+    fi
+}
+
+# True if something already listens on UDP 127.0.0.1:$1 (or on every address).
+_stun_port_busy() {
+    if command -v ss >/dev/null 2>&1; then
+        [ -n "$(ss -Hlun "sport = :$1" 2>/dev/null)" ]
+    else
+        return 1 # cannot tell: a clash shows as a failed start and is retried
+    fi
+}
+
+# True if UDP port $1 is held by process $2 (true when ss is missing: the
+# Binding request probe then has to do).
+_stun_port_owned_by() {
+    if command -v ss >/dev/null 2>&1; then
+        ss -Hlunp "sport = :$1" 2>/dev/null | grep -q "pid=$2,"
+    else
+        return 0
+    fi
+}
+
+# A UDP port: $1 if given and free, else a random free one in 20000..60999.
+_stun_pick_port() {
+    local want="${1:-}" p i
+    if [ -n "$want" ] && [ "$want" != 0 ] && ! _stun_port_busy "$want"; then
+        echo "$want"
+        return 0
+    fi
+    for i in $(seq 1 50); do
+        p=$((20000 + (RANDOM * 32768 + RANDOM) % 41000))
+        if ! _stun_port_busy "$p"; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+_stun_log_tail() {
+    local dir="$1" f
+    for f in "$dir/stdout.log" "$dir/turn.log"; do
+        if [ -s "$f" ]; then
+            printf -- '---- tail of %s ----\n' "$f" >&2
+            tail -n 30 "$f" >&2
+        fi
+    done
+}
+
+# Stop process $1: TERM, up to 5 s, then KILL; reap it if it is our child.
+_stun_kill() {
+    local pid="$1" i
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        _stun_info "pid $pid ignored SIGTERM for 5 s, sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    return 0
+}
+
+# One start attempt on port $1 with temp dir $2. Returns 0 when it answers, 1 on
+# failure, 2 when the port turned out to be taken (retryable).
+_stun_start_once() {
+    local port="$1" tmp="$2" timeout="${PEERPOUCH_STUN_TIMEOUT:-15}" pid start now
+    start=$(date +%s%3N)
+    turnserver -n --stun-only --listening-ip=127.0.0.1 --listening-port="$port" \
+        --no-cli --no-tls --no-dtls --no-tcp --no-software-attribute \
+        --log-file="$tmp/turn.log" --simple-log --db="$tmp/turndb" --pidfile="$tmp/turn.pid" \
+        </dev/null >"$tmp/stdout.log" 2>&1 &
+    pid=$!
+    while :; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" 2>/dev/null || true
+            if grep -qi "cannot bind\|address already in use" "$tmp/turn.log" "$tmp/stdout.log" 2>/dev/null; then
+                return 2
+            fi
+            _stun_err "turnserver (pid $pid) exited before answering on 127.0.0.1:$port"
+            _stun_log_tail "$tmp"
+            return 1
+        fi
+        if grep -qi "cannot bind" "$tmp/turn.log" 2>/dev/null; then
+            _stun_kill "$pid"
+            return 2
+        fi
+        # Our process holds the port and it answers a Binding request.
+        if _stun_port_owned_by "$port" "$pid" \
+            && timeout 2 turnutils_stunclient -p "$port" 127.0.0.1 2>/dev/null | grep -q "reflexive addr: 127.0.0.1:"; then
+            PEERPOUCH_STUN_PID="$pid"
+            return 0
+        fi
+        now=$(date +%s%3N)
+        if [ $((now - start)) -ge $((timeout * 1000)) ]; then
+            _stun_err "turnserver (pid $pid) did not answer a STUN Binding request on 127.0.0.1:$port within ${timeout}s"
+            _stun_log_tail "$tmp"
+            _stun_kill "$pid"
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# Start the STUN server and export PEERPOUCH_TEST_STUN. Idempotent while it runs.
+stun_start() {
+    if [ -n "${PEERPOUCH_STUN_PID:-}" ] && kill -0 "$PEERPOUCH_STUN_PID" 2>/dev/null; then
+        _stun_info "already running: $PEERPOUCH_TEST_STUN (pid $PEERPOUCH_STUN_PID)"
+        return 0
+    fi
+    stun_install || return 1
+    local want="${PEERPOUCH_STUN_PORT:-}" port tmp attempt rc t0 t1
+    t0=$(date +%s%N)
+    for attempt in 1 2 3 4 5; do
+        if ! port="$(_stun_pick_port "$want")" || [ -z "$port" ]; then
+            _stun_err "could not find a free UDP port on 127.0.0.1"
+            return 1
+        fi
+        tmp="$(mktemp -d "${TMPDIR:-/tmp}/peerpouch-stun.XXXXXX")" || {
+            _stun_err "mktemp -d failed"
+            return 1
+        }
+        rc=0
+        _stun_start_once "$port" "$tmp" || rc=$?
+        if [ "$rc" -eq 0 ]; then
+            t1=$(date +%s%N)
+            export PEERPOUCH_STUN_PID
+            export PEERPOUCH_STUN_TMP="$tmp"
+            export PEERPOUCH_TEST_STUN="127.0.0.1:$port"
+            _stun_info "turnserver up at $PEERPOUCH_TEST_STUN (pid $PEERPOUCH_STUN_PID, dir $tmp, $(((t1 - t0) / 1000000)) ms)"
+            return 0
+        fi
+        rm -rf -- "$tmp"
+        if [ "$rc" -ne 2 ]; then
+            return 1
+        fi
+        _stun_info "port $port was taken, trying another one"
+        want=""
+    done
+    _stun_err "gave up after 5 attempts to bind a port"
+    return 1
+}
+
+# Stop exactly the server stun_start started and remove its directory.
+# Returns 1 (after showing its log) if it had died on its own before.
+stun_stop() {
+    local pid="${PEERPOUCH_STUN_PID:-}" tmp="${PEERPOUCH_STUN_TMP:-}" rc=0
+    if [ -z "$pid" ]; then
+        _stun_info "stun_stop: no server recorded (PEERPOUCH_STUN_PID unset)"
+        return 0
+    fi
+    if kill -0 "$pid" 2>/dev/null; then
+        _stun_kill "$pid"
+    else
+        wait "$pid" 2>/dev/null || true
+        _stun_err "turnserver (pid $pid) had already exited before stun_stop (crashed?)"
+        if [ -n "$tmp" ]; then _stun_log_tail "$tmp"; fi
+        rc=1
+    fi
+    case "$tmp" in
+        "${TMPDIR:-/tmp}"/peerpouch-stun.*) rm -rf -- "$tmp" ;;
+    esac
+    unset PEERPOUCH_STUN_PID PEERPOUCH_STUN_TMP PEERPOUCH_TEST_STUN
+    return "$rc"
+}
+
+# Start the server, run "$@" with PEERPOUCH_TEST_STUN set, stop it; returns the
+# command's exit status. Runs in a subshell so traps stay local.
+stun_run() (
+    trap 'stun_stop' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    stun_start || exit 1
+    "$@"
+)
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    case "${1:-}" in
+        install) stun_install ;;
+        run)
+            shift
+            [ "$#" -gt 0 ] || { _stun_err "usage: $0 run COMMAND [ARGS...]"; exit 2; }
+            stun_run "$@"
+            ;;
+        *)
+            echo "usage: $0 install | run COMMAND [ARGS...]   (or: source $0; stun_start; ...; stun_stop)" >&2
+            exit 2
+            ;;
+    esac
+fi
