@@ -933,7 +933,9 @@ impl Driver {
         for (id, l) in &self.links {
             if l.session.accepts(from, destination, bytes) {
                 matches += 1;
-                found.get_or_insert(*id);
+                // The newest link wins: a peer that restarted on the same address replaces its
+                // old, dead link (which then times out).
+                found = Some(*id);
             }
         }
         if matches > 1 {
@@ -949,6 +951,9 @@ impl Driver {
                 self.dirty.insert(id);
                 if !is_stun {
                     self.route = Some((from, id));
+                } else if self.route.is_some_and(|(a, r)| a == from && r != id) {
+                    // ICE checks for another link from this address: the cached route is stale.
+                    self.route = None;
                 }
             }
             None => {
