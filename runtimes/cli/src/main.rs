@@ -5,7 +5,7 @@ use std::process::ExitCode;
 mod demo;
 
 fn usage() -> &'static str {
-    "usage: peerpouch <command>\n\ncommands:\n  demo    replicate sample documents between two in-process databases, both ways, and print each step\n"
+    "usage: peerpouch <command>\n\ncommands:\n  demo    two nodes on 127.0.0.1 UDP meet on an in-process hub and replicate sample documents\n          over a WebRTC data channel, both ways, printing each step\n"
 }
 
 fn main() -> ExitCode {

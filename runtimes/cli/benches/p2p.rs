@@ -12,28 +12,14 @@
 //!
 //! Figures are wall-clock and the machine is shared: the ratio is the stable number.
 
-// Benchmarks measure wall time and use real sockets by design; the core's bans are for `src/`.
-#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
-
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use peerpouch::hub::{HubAction, MemoryHub, ShareOptions};
 use peerpouch::node::*;
-use peerpouch::replicate::ReplicationEvent;
 use peerpouch::session::{Session, SessionConfig, SessionEvent, SessionRole, Transmit};
 use peerpouch::*;
+use peerpouch_cli::local::World;
 use serde_json::json;
-
-struct Peer {
-    node: Node,
-    sock: UdpSocket,
-    addr: SocketAddr,
-    stores: BTreeMap<String, MemoryStore>,
-    cursor: Option<usize>,
-    events: Vec<NodeEvent>,
-}
 
 fn socket() -> (UdpSocket, SocketAddr) {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind a loopback UDP socket");
@@ -42,133 +28,10 @@ fn socket() -> (UdpSocket, SocketAddr) {
     (s, a)
 }
 
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-impl Peer {
-    fn new(seed: u64) -> Peer {
-        let (sock, addr) = socket();
-        let mut node = Node::new(NodeConfig::default(), seed, Instant::now(), wall_ms());
-        node.add_local_candidate(addr);
-        Peer {
-            node,
-            sock,
-            addr,
-            stores: BTreeMap::new(),
-            cursor: None,
-            events: Vec::new(),
-        }
-    }
-
-    /// Moves everything once; returns whether anything moved.
-    fn turn(&mut self, hub: &mut MemoryHub, buf: &mut [u8]) -> bool {
-        let mut moved = false;
-        while let Some(a) = self.node.poll_hub_action() {
-            moved = true;
-            match a {
-                HubAction::Request { id, request } => {
-                    let r = hub.execute(request);
-                    self.node.handle_hub_response(Instant::now(), id, r);
-                }
-                HubAction::FollowChanges { since } => self.cursor = Some(hub.follow(&since)),
-            }
-        }
-        if let Some(c) = self.cursor {
-            let rows = hub.poll_feed(c);
-            if !rows.is_empty() {
-                moved = true;
-                self.node.handle_feed(Instant::now(), rows);
-            }
-        }
-        while let Some(r) = self.node.poll_store_request() {
-            moved = true;
-            let store = self
-                .stores
-                .entry(r.db.clone())
-                .or_insert_with(|| MemoryStore::new(r.db.clone()));
-            let result = store.execute(r.request);
-            self.node.handle_store_result(Instant::now(), r.id, result);
-        }
-        while let Some(t) = self.node.poll_transmit() {
-            moved = true;
-            let _ = self.sock.send_to(&t.contents, t.destination);
-        }
-        while let Some(e) = self.node.poll_event() {
-            moved = true;
-            self.events.push(e);
-        }
-        while let Ok((n, from)) = self.sock.recv_from(buf) {
-            moved = true;
-            self.node
-                .handle_datagram(Instant::now(), from, self.addr, &buf[..n]);
-        }
-        let now = Instant::now();
-        if self.node.poll_timeout().is_some_and(|t| t <= now) {
-            moved = true;
-            self.node.handle_timeout(now);
-        }
-        moved
-    }
-}
-
-struct World {
-    hub: MemoryHub,
-    a: Peer,
-    b: Peer,
-    buf: Vec<u8>,
-}
-
-impl World {
-    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&World) -> bool) {
-        let end = Instant::now() + limit;
-        while !done(self) {
-            assert!(
-                Instant::now() < end,
-                "benchmark step did not finish in {limit:?}"
-            );
-            let m1 = self.a.turn(&mut self.hub, &mut self.buf);
-            let m2 = self.b.turn(&mut self.hub, &mut self.buf);
-            if !m1 && !m2 {
-                std::thread::yield_now();
-            }
-        }
-    }
-}
-
 fn linked() -> (World, LinkId) {
-    let mut w = World {
-        hub: MemoryHub::new(),
-        a: Peer::new(1),
-        b: Peer::new(2),
-        buf: vec![0u8; 65536],
-    };
-    let share = w.a.node.share(
-        Instant::now(),
-        "db".into(),
-        ShareOptions::default(),
-        ShareAccess::default(),
-    );
-    w.run_until(Duration::from_secs(5), |w| {
-        w.a.events.iter().any(|e| {
-            matches!(
-                e,
-                NodeEvent::Hub(peerpouch::hub::HubEvent::ShareCreated { .. })
-            )
-        })
-    });
-    let link =
-        w.b.node
-            .open(Instant::now(), &share, json!({}), None)
-            .expect("open the share");
-    w.run_until(Duration::from_secs(20), |w| {
-        w.b.events
-            .iter()
-            .any(|e| matches!(e, NodeEvent::LinkReady(_)))
-    });
+    let mut w = World::new(2).expect("loopback sockets");
+    let share = w.share(0, "db").expect("share");
+    let link = w.open(1, &share).expect("open the share");
     (w, link)
 }
 
@@ -183,43 +46,24 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn replication_docs_per_s() -> f64 {
     let (mut w, link) = linked();
-    let db =
-        w.a.stores
-            .entry("db".into())
-            .or_insert_with(|| MemoryStore::new("db"));
     for chunk in (0..10_000).collect::<Vec<_>>().chunks(1000) {
-        db.bulk_docs(chunk.iter().map(|&i| doc(i)).collect(), true)
+        w.peers[0]
+            .write("db", chunk.iter().map(|&i| doc(i)).collect())
             .unwrap();
     }
     let t = Instant::now();
-    let id = w.b.node.replicate(
-        Instant::now(),
-        DbRef::Remote(link),
-        DbRef::Local("copy".into()),
-        ReplicatorConfig::new("remote", "copy"),
-    );
-    let mut written = 0;
-    w.run_until(Duration::from_secs(120), |w| {
-        w.b.events.iter().any(|e| match e {
-            NodeEvent::Replication {
-                id: r,
-                event: ReplicationEvent::Completed(p),
-            } if *r == id => {
-                written = p.docs_written;
-                true
-            }
-            NodeEvent::Replication {
-                id: r,
-                event: ReplicationEvent::Failed { error, .. },
-            } if *r == id => {
-                panic!("replication failed: {error}")
-            }
-            _ => false,
-        })
-    });
+    let p = w
+        .replicate(
+            1,
+            DbRef::Remote(link),
+            DbRef::Local("copy".into()),
+            Duration::from_secs(120),
+            |_| {},
+        )
+        .expect("replication");
     let secs = t.elapsed().as_secs_f64();
-    assert_eq!(written, 10_000);
-    let copy = w.b.stores.get_mut("copy").unwrap();
+    assert_eq!(p.docs_written, 10_000);
+    let copy = w.peers[1].store("copy");
     assert_eq!(copy.info().unwrap().doc_count, 10_000);
     assert_eq!(copy.get("doc004242").unwrap()["i"], 4242);
     10_000.0 / secs
@@ -227,29 +71,26 @@ fn replication_docs_per_s() -> f64 {
 
 fn get_rtts() -> (f64, f64) {
     let (mut w, link) = linked();
-    w.a.stores
-        .entry("db".into())
-        .or_insert_with(|| MemoryStore::new("db"))
-        .put(doc(1))
-        .unwrap();
+    w.peers[0].write("db", vec![doc(1)]).unwrap();
     let mut rtts = Vec::with_capacity(2000);
     for _ in 0..2000 {
         let t = Instant::now();
-        let call =
-            w.b.node
-                .call(
-                    Instant::now(),
-                    &link,
-                    Request::Get(GetRequest::new("doc000001")),
-                )
-                .unwrap();
-        w.run_until(Duration::from_secs(10), |w| {
-            w.b.events.iter().any(
+        let call = w.peers[1]
+            .node
+            .call(
+                Instant::now(),
+                &link,
+                Request::Get(GetRequest::new("doc000001")),
+            )
+            .unwrap();
+        w.run_until("a get", Duration::from_secs(10), |w| {
+            w.peers[1].events.iter().any(
                 |e| matches!(e, NodeEvent::CallResult { call: c, result: Ok(_), .. } if *c == call),
             )
-        });
+        })
+        .unwrap();
         rtts.push(t.elapsed().as_secs_f64() * 1e3);
-        w.b.events.clear();
+        w.peers[1].events.clear();
     }
     rtts.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (rtts[rtts.len() / 2], rtts[rtts.len() * 99 / 100])
@@ -267,30 +108,29 @@ fn rpc_attachment_mb_per_s() -> f64 {
     })
     .unwrap()["data"]
         .clone();
-    w.a.stores.entry("db".into()).or_insert_with(|| MemoryStore::new("db"))
-        .put(json!({"_id": "big", "_attachments": {"blob": {"content_type": "application/octet-stream", "data": b64}}}))
+    w.peers[0]
+        .write(
+            "db",
+            vec![json!({"_id": "big", "_attachments": {"blob": {"content_type": "application/octet-stream", "data": b64}}})],
+        )
         .unwrap();
     let t = Instant::now();
-    let call =
-        w.b.node
-            .call(
-                Instant::now(),
-                &link,
-                Request::GetAttachment(AttachmentRequest {
-                    id: "big".into(),
-                    name: "blob".into(),
-                    rev: None,
-                }),
-            )
-            .unwrap();
-    let mut got = None;
-    w.run_until(Duration::from_secs(120), |w| {
-        w.b.events
+    let req = Request::GetAttachment(AttachmentRequest {
+        id: "big".into(),
+        name: "blob".into(),
+        rev: None,
+    });
+    let call = w.peers[1].node.call(Instant::now(), &link, req).unwrap();
+    w.run_until("the attachment", Duration::from_secs(120), |w| {
+        w.peers[1]
+            .events
             .iter()
             .any(|e| matches!(e, NodeEvent::CallResult { call: c, .. } if *c == call))
-    });
+    })
+    .unwrap();
     let secs = t.elapsed().as_secs_f64();
-    for e in w.b.events.drain(..) {
+    let mut got = None;
+    for e in w.peers[1].events.drain(..) {
         if let NodeEvent::CallResult {
             call: c, result, ..
         } = e

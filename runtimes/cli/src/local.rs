@@ -1,0 +1,317 @@
+//! Nodes on loopback UDP with the in-memory hub, driven from one thread.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use peerpouch::hub::{HubAction, HubEvent, MemoryHub, ShareOptions};
+use peerpouch::node::*;
+use peerpouch::replicate::{Progress, ReplicationEvent};
+use peerpouch::*;
+use serde_json::Value;
+
+/// Why a step did not finish.
+#[derive(Debug)]
+pub enum DriveError {
+    /// A socket could not be opened.
+    Io(std::io::Error),
+    /// The condition was not met in time.
+    TimedOut(&'static str, Duration),
+    /// A replication failed.
+    Replication(String),
+}
+
+impl std::fmt::Display for DriveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DriveError::Io(e) => write!(f, "socket: {e}"),
+            DriveError::TimedOut(what, t) => write!(f, "{what} did not happen within {t:?}"),
+            DriveError::Replication(e) => write!(f, "replication failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DriveError {}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One node on its own loopback socket, with its databases in memory.
+pub struct Peer {
+    /// The node.
+    pub node: Node,
+    sock: UdpSocket,
+    /// Its socket's address.
+    pub addr: SocketAddr,
+    /// Its databases.
+    pub stores: BTreeMap<String, MemoryStore>,
+    cursor: Option<usize>,
+    /// Every event it reported.
+    pub events: Vec<NodeEvent>,
+    parked: Vec<StoreRequest>,
+}
+
+impl Peer {
+    /// A node on a fresh `127.0.0.1` UDP socket.
+    ///
+    /// # Errors
+    /// When the socket cannot be opened.
+    pub fn new(seed: u64) -> Result<Peer, DriveError> {
+        let sock = UdpSocket::bind("127.0.0.1:0").map_err(DriveError::Io)?;
+        sock.set_nonblocking(true).map_err(DriveError::Io)?;
+        let addr = sock.local_addr().map_err(DriveError::Io)?;
+        let mut node = Node::new(NodeConfig::default(), seed, Instant::now(), wall_ms());
+        node.add_local_candidate(addr);
+        Ok(Peer {
+            node,
+            sock,
+            addr,
+            stores: BTreeMap::new(),
+            cursor: None,
+            events: Vec::new(),
+            parked: Vec::new(),
+        })
+    }
+
+    /// A local database (created empty on first use).
+    pub fn store(&mut self, db: &str) -> &mut MemoryStore {
+        self.stores
+            .entry(db.to_string())
+            .or_insert_with(|| MemoryStore::new(db))
+    }
+
+    /// Writes documents as the app would and tells the node.
+    ///
+    /// # Errors
+    /// The first document the store refused.
+    pub fn write(&mut self, db: &str, docs: Vec<Value>) -> Result<(), DbError> {
+        for r in self.store(db).bulk_docs(docs, true)? {
+            r.result?;
+        }
+        self.node.handle_db_changed(Instant::now(), db);
+        self.wake(db);
+        Ok(())
+    }
+
+    fn wake(&mut self, db: &str) {
+        let (wake, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|r| r.db == db);
+        self.parked = keep;
+        for r in wake {
+            self.execute(r);
+        }
+    }
+
+    fn execute(&mut self, r: StoreRequest) {
+        let store = self
+            .stores
+            .entry(r.db.clone())
+            .or_insert_with(|| MemoryStore::new(r.db.clone()));
+        if let Request::Changes(c) = &r.request {
+            if c.feed == Feed::Longpoll && c.since.as_u64().unwrap_or(0) >= store.update_seq() {
+                self.parked.push(r);
+                return;
+            }
+        }
+        let before = store.update_seq();
+        let result = store.execute(r.request);
+        let changed = store.update_seq() != before;
+        self.node.handle_store_result(Instant::now(), r.id, result);
+        if changed {
+            self.node.handle_db_changed(Instant::now(), &r.db);
+            self.wake(&r.db);
+        }
+    }
+
+    /// Moves everything once; returns whether anything moved.
+    fn turn(&mut self, hub: &mut MemoryHub, buf: &mut [u8]) -> bool {
+        let mut moved = false;
+        while let Some(a) = self.node.poll_hub_action() {
+            moved = true;
+            match a {
+                HubAction::Request { id, request } => {
+                    let r = hub.execute(request);
+                    self.node.handle_hub_response(Instant::now(), id, r);
+                }
+                HubAction::FollowChanges { since } => self.cursor = Some(hub.follow(&since)),
+            }
+        }
+        if let Some(c) = self.cursor {
+            let rows = hub.poll_feed(c);
+            if !rows.is_empty() {
+                moved = true;
+                self.node.handle_feed(Instant::now(), rows);
+            }
+        }
+        while let Some(r) = self.node.poll_store_request() {
+            moved = true;
+            self.execute(r);
+        }
+        while let Some(t) = self.node.poll_transmit() {
+            moved = true;
+            let _ = self.sock.send_to(&t.contents, t.destination);
+        }
+        while let Some(e) = self.node.poll_event() {
+            moved = true;
+            self.events.push(e);
+        }
+        while let Ok((n, from)) = self.sock.recv_from(buf) {
+            moved = true;
+            self.node
+                .handle_datagram(Instant::now(), from, self.addr, &buf[..n]);
+        }
+        let now = Instant::now();
+        if self.node.poll_timeout().is_some_and(|t| t <= now) {
+            moved = true;
+            self.node.handle_timeout(now);
+        }
+        moved
+    }
+}
+
+/// Nodes on loopback meeting on one in-memory hub.
+pub struct World {
+    /// The hub.
+    pub hub: MemoryHub,
+    /// The nodes.
+    pub peers: Vec<Peer>,
+    buf: Vec<u8>,
+}
+
+impl World {
+    /// `n` nodes and an empty hub.
+    ///
+    /// # Errors
+    /// When a socket cannot be opened.
+    pub fn new(n: usize) -> Result<World, DriveError> {
+        Ok(World {
+            hub: MemoryHub::new(),
+            peers: (0..n)
+                .map(|i| Peer::new(i as u64 + 1))
+                .collect::<Result<_, _>>()?,
+            buf: vec![0u8; 65536],
+        })
+    }
+
+    /// Runs every node until `done` holds.
+    ///
+    /// # Errors
+    /// [`DriveError::TimedOut`] after `limit`.
+    pub fn run_until(
+        &mut self,
+        what: &'static str,
+        limit: Duration,
+        mut done: impl FnMut(&World) -> bool,
+    ) -> Result<(), DriveError> {
+        let end = Instant::now() + limit;
+        while !done(self) {
+            if Instant::now() > end {
+                return Err(DriveError::TimedOut(what, limit));
+            }
+            let mut moved = false;
+            for p in &mut self.peers {
+                moved |= p.turn(&mut self.hub, &mut self.buf);
+            }
+            if !moved {
+                std::thread::yield_now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `sharer` shares its database `db`; returns the share id once it is on the hub.
+    ///
+    /// # Errors
+    /// When the share does not appear within 10 s.
+    pub fn share(&mut self, sharer: usize, db: &str) -> Result<String, DriveError> {
+        let share = self.peers[sharer].node.share(
+            Instant::now(),
+            db.into(),
+            ShareOptions {
+                name: Some(db.into()),
+                ..ShareOptions::default()
+            },
+            ShareAccess::default(),
+        );
+        let s2 = share.clone();
+        self.run_until("the share document", Duration::from_secs(10), |w| {
+            w.peers[sharer].events.iter().any(
+                |e| matches!(e, NodeEvent::Hub(HubEvent::ShareCreated { share }) if *share == s2),
+            )
+        })?;
+        Ok(share)
+    }
+
+    /// Node `joiner` opens `share`; returns the link once the RPC is ready.
+    ///
+    /// # Errors
+    /// When the link does not open within 20 s.
+    pub fn open(&mut self, joiner: usize, share: &str) -> Result<LinkId, DriveError> {
+        let link = self.peers[joiner]
+            .node
+            .open(
+                Instant::now(),
+                share,
+                serde_json::json!({"app": "peerpouch demo"}),
+                None,
+            )
+            .map_err(|e| DriveError::Replication(e.to_string()))?;
+        let l2 = link.clone();
+        self.run_until("the peer link", Duration::from_secs(20), |w| {
+            w.peers[joiner]
+                .events
+                .iter()
+                .any(|e| matches!(e, NodeEvent::LinkReady(l) if *l == l2))
+        })?;
+        Ok(link)
+    }
+
+    /// Runs a one-shot replication started by node `peer` to the end.
+    ///
+    /// # Errors
+    /// [`DriveError::Replication`] when it fails; [`DriveError::TimedOut`] after `limit`.
+    pub fn replicate(
+        &mut self,
+        peer: usize,
+        source: DbRef,
+        target: DbRef,
+        limit: Duration,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<Progress, DriveError> {
+        let config = ReplicatorConfig::new(format!("{source:?}"), format!("{target:?}"));
+        let id = self.peers[peer]
+            .node
+            .replicate(Instant::now(), source, target, config);
+        let mut seen = 0;
+        let mut outcome = None;
+        self.run_until("the replication", limit, |w| {
+            for e in &w.peers[peer].events[seen..] {
+                if let NodeEvent::Replication { id: r, event } = e {
+                    if *r != id {
+                        continue;
+                    }
+                    match event {
+                        ReplicationEvent::Progressed(p) => on_progress(p),
+                        ReplicationEvent::Completed(p) => outcome = Some(Ok(p.clone())),
+                        ReplicationEvent::Failed { error, .. } => {
+                            outcome = Some(Err(error.to_string()))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            seen = w.peers[peer].events.len();
+            outcome.is_some()
+        })?;
+        match outcome {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => Err(DriveError::Replication(e)),
+            None => Err(DriveError::Replication("no outcome".into())),
+        }
+    }
+}
