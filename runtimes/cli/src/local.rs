@@ -53,6 +53,8 @@ pub struct Peer {
     /// Every event it reported.
     pub events: Vec<NodeEvent>,
     parked: Vec<StoreRequest>,
+    /// Databases that are not in memory (a CouchDB over HTTP, say), by name.
+    attached: BTreeMap<String, Box<dyn Database>>,
 }
 
 impl Peer {
@@ -74,7 +76,14 @@ impl Peer {
             cursor: None,
             events: Vec::new(),
             parked: Vec::new(),
+            attached: BTreeMap::new(),
         })
+    }
+
+    /// Makes `db` name another kind of database (a `peerpouch_couch::CouchClient`, say): the
+    /// node's store requests for it go there. Such databases answer longpolls themselves.
+    pub fn attach(&mut self, db: &str, database: Box<dyn Database>) {
+        self.attached.insert(db.to_string(), database);
     }
 
     /// A local database (created empty on first use).
@@ -108,6 +117,11 @@ impl Peer {
     }
 
     fn execute(&mut self, r: StoreRequest) {
+        if let Some(db) = self.attached.get_mut(&r.db) {
+            let result = db.execute(r.request);
+            self.node.handle_store_result(Instant::now(), r.id, result);
+            return;
+        }
         let store = self
             .stores
             .entry(r.db.clone())
