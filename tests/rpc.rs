@@ -485,3 +485,130 @@ fn a_flood_of_calls_closes_the_link() {
     assert!(closed, "an unbounded number of open calls was accepted");
     assert!(p.server.is_closed());
 }
+
+// Regressions found by the `rpc_server` fuzz target (see tests/fuzz_regressions/README.md).
+
+#[test]
+fn an_answer_larger_than_the_client_accepts_is_an_error_not_a_broken_link() {
+    let mut c = ClientConfig::new("share-x", "peer-y", FP_C, FP_S);
+    c.max_message = 4096;
+    let mut p = Pair::new(ServerConfig::new("share-x", FP_S, FP_C), c);
+    p.db.put(json!({"_id": "big", "text": "x".repeat(10_000)}))
+        .unwrap();
+    let e = p.call(Request::Get(GetRequest::new("big"))).unwrap_err();
+    assert_eq!(e.status(), 413, "{e:?}");
+    assert!(p.call(Request::Info).is_ok(), "the link still works");
+}
+
+#[test]
+fn the_servers_hello_comes_first_and_fits_the_clients_frame() {
+    let now = epoch();
+    let s = RpcServer::new(ServerConfig::new("share-x", FP_S, FP_C), now);
+    let hello = json!({"v": 1, "role": "client", "share": format!("share-{}", "x".repeat(150)), "peer": format!("peer-{}", "y".repeat(180)),
+        "frame": 1024, "max_message": 1 << 20});
+    let mut cfg = ServerConfig::new(format!("share-{}", "x".repeat(150)), FP_S, FP_C);
+    cfg.access_key = None;
+    let mut s2 = RpcServer::new(cfg, now);
+    for f in split(Kind::Hello, 0, &serde_json::to_vec(&hello).unwrap(), 16384) {
+        s2.handle_frame(now, &f).unwrap();
+    }
+    for id in 1..5u32 {
+        for f in split(Kind::Request, id, br#"{"call":{"op":"info"}}"#, 1024) {
+            s2.handle_frame(now, &f).unwrap();
+        }
+    }
+    let mut db = MemoryStore::new("x");
+    while let Some((id, req)) = s2.poll_store_request() {
+        let r = db.execute(req);
+        s2.handle_store_result(now, id, r);
+    }
+    let mut first = true;
+    while let Some(f) = s2.peek_frame().map(<[u8]>::to_vec) {
+        s2.advance_frame();
+        assert!(
+            f.len() <= 1024,
+            "a frame of {} bytes for a client that takes 1024",
+            f.len()
+        );
+        if first {
+            assert_eq!(f[0], Kind::Hello as u8, "the hello goes first");
+            first = false;
+        }
+    }
+    drop(s);
+}
+
+#[test]
+fn refused_calls_and_subscriptions_obey_the_window() {
+    let mut scfg = ServerConfig::new("share-x", FP_S, FP_C);
+    scfg.window = 4096;
+    let mut p = Pair::new(scfg, ClientConfig::new("share-x", "peer-y", FP_C, FP_S));
+    // Many bad calls, never reading the answers.
+    for id in 100..160u32 {
+        for f in split(
+            Kind::Request,
+            id,
+            br#"{"call":{"op":"nope","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#,
+            16384,
+        ) {
+            p.server.handle_frame(p.now, &f).unwrap();
+        }
+    }
+    assert!(
+        p.server.queued_bytes() < 4096 + 1024,
+        "refusals piled up: {}",
+        p.server.queued_bytes()
+    );
+    // A subscription over a busy database, never reading the batches.
+    let mut scfg = ServerConfig::new("share-x", FP_S, FP_C);
+    scfg.window = 8192;
+    let mut p = Pair::new(scfg, ClientConfig::new("share-x", "peer-y", FP_C, FP_S));
+    p.client.subscribe(
+        p.now,
+        ChangesRequest {
+            include_docs: true,
+            ..ChangesRequest::default()
+        },
+    );
+    while let Some(f) = p.client.peek_frame().map(<[u8]>::to_vec) {
+        p.client.advance_frame();
+        p.server.handle_frame(p.now, &f).unwrap();
+    }
+    for i in 0..200 {
+        p.db.put(json!({"_id": format!("d{i}"), "pad": "p".repeat(500)}))
+            .unwrap();
+        p.server.handle_db_changed(p.now);
+        while let Some((id, req)) = p.server.poll_store_request() {
+            let r = p.db.execute(req);
+            p.server.handle_store_result(p.now, id, r);
+        }
+    }
+    let q = p.server.queued_bytes();
+    assert!(
+        q < 8192 + 200 * 1024,
+        "a slow subscriber made the queue grow to {q}"
+    );
+    // Reading catches up with every change, merged into fewer batches.
+    p.pump();
+    let seen: usize = p
+        .events
+        .iter()
+        .map(|e| match e {
+            ClientEvent::Changes { changes, .. } => changes.results.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(seen >= 200, "saw {seen} changes");
+}
+
+#[test]
+fn a_closed_link_sends_nothing_more() {
+    let mut p = Pair::default();
+    assert!(p.server.handle_frame(p.now, &[99, 0, 0, 0, 0, 0]).is_err());
+    assert!(p.server.peek_frame().is_some(), "a goodbye is queued");
+    p.server.handle_link_closed(p.now);
+    assert!(
+        p.server.peek_frame().is_none(),
+        "the link is gone: nothing to send"
+    );
+}

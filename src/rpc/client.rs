@@ -303,6 +303,8 @@ impl RpcClient {
             RpcError::Closed(DbError::Unavailable("the link to the peer closed".into())),
             false,
         );
+        // Nothing can be sent any more, a goodbye queued earlier included.
+        self.out.clear();
     }
 
     /// Fails calls past their deadline (and cancels them at the server). Harmless early.

@@ -122,6 +122,8 @@ impl Outbox {
         self.bytes += frames.iter().map(Vec::len).sum::<usize>();
         match self.streams.iter_mut().find(|(i, _)| *i == id) {
             Some((_, q)) => q.extend(frames),
+            // Hello and goodbye (id 0) overtake every queued answer.
+            None if id == 0 => self.streams.push_front((id, frames.into())),
             None => self.streams.push_back((id, frames.into())),
         }
     }
@@ -147,7 +149,12 @@ impl Outbox {
             self.bytes -= f.len();
         }
         if !q.is_empty() {
-            self.streams.push_back((id, q));
+            if id == 0 {
+                // Hello and goodbye (id 0) go out whole before anything else.
+                self.streams.push_front((id, q));
+            } else {
+                self.streams.push_back((id, q));
+            }
         }
     }
 

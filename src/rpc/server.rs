@@ -88,6 +88,13 @@ enum State {
     Closed,
 }
 
+/// A call waiting for room in the window: to run, or already answered with an error.
+#[derive(Debug)]
+enum Work {
+    Run(Call),
+    Refuse(DbError),
+}
+
 #[derive(Debug)]
 enum CallState {
     Queued,
@@ -108,13 +115,15 @@ pub struct RpcServer {
     started: Instant,
     asm: Assembler,
     out: Outbox,
-    inbox: VecDeque<(u32, Call)>,
+    inbox: VecDeque<(u32, Work)>,
     calls: BTreeMap<u32, CallState>,
     store: BTreeMap<StoreRequestId, u32>,
     store_out: VecDeque<(StoreRequestId, Request)>,
     next_store: StoreRequestId,
     events: VecDeque<ServerEvent>,
     served: u64,
+    /// The largest message the client accepts (from its hello).
+    peer_max_message: usize,
 }
 
 const KNOWN_OPS: &[&str] = &[
@@ -153,6 +162,7 @@ impl RpcServer {
             next_store: 0,
             events: VecDeque::new(),
             served: 0,
+            peer_max_message: usize::MAX,
         }
     }
 
@@ -195,6 +205,8 @@ impl RpcServer {
                 false,
             );
         }
+        // Nothing can be sent any more, a goodbye queued earlier included.
+        self.out.clear();
     }
 
     /// Checks the hello timeout. Harmless early.
@@ -214,14 +226,9 @@ impl RpcServer {
 
     /// The store changed (a write, local or replicated): live subscriptions catch up.
     pub fn handle_db_changed(&mut self, _now: Instant) {
-        let ids: Vec<u32> = self.calls.keys().copied().collect();
-        for id in ids {
-            if let Some(CallState::Subscription { running, dirty, .. }) = self.calls.get_mut(&id) {
-                if running.is_some() {
-                    *dirty = true;
-                } else {
-                    self.query_subscription(id);
-                }
+        for c in self.calls.values_mut() {
+            if let CallState::Subscription { dirty, .. } = c {
+                *dirty = true;
             }
         }
         self.pump();
@@ -256,13 +263,11 @@ impl RpcServer {
                 match result.and_then(Response::into_changes) {
                     Ok(c) => {
                         *since = c.last_seq.clone();
-                        let again = std::mem::take(dirty);
                         if !c.results.is_empty() {
                             self.out.push_json(Kind::StreamItem, call, &c);
                         }
-                        if again {
-                            self.query_subscription(call);
-                        }
+                        // A change meanwhile (`dirty`) is picked up by `pump` when the window
+                        // has room.
                     }
                     Err(e) => {
                         self.calls.remove(&call);
@@ -399,6 +404,13 @@ impl RpcServer {
                 &self.config.remote_fingerprint,
             ));
         }
+        // Everything we send from now on, the hello included, fits the client's limits.
+        let frame = h
+            .frame
+            .clamp(MIN_FRAME, MAX_FRAME)
+            .min(self.config.frame_size);
+        self.out.set_frame_size(frame);
+        self.peer_max_message = h.max_message;
         self.out.push_json(
             Kind::Hello,
             0,
@@ -415,11 +427,6 @@ impl RpcServer {
                 proof,
             },
         );
-        let frame = h
-            .frame
-            .clamp(MIN_FRAME, MAX_FRAME)
-            .min(self.config.frame_size);
-        self.out.set_frame_size(frame);
         self.state = State::Ready;
         self.events.push_back(ServerEvent::Ready { hello: h });
         Ok(())
@@ -440,7 +447,7 @@ impl RpcServer {
         match serde_json::from_value::<Call>(v.clone()) {
             Ok(call) => {
                 self.calls.insert(id, CallState::Queued);
-                self.inbox.push_back((id, call));
+                self.inbox.push_back((id, Work::Run(call)));
             }
             Err(e) => {
                 let op = v
@@ -461,7 +468,9 @@ impl RpcServer {
                     }
                     _ => DbError::BadRequest(format!("bad parameters: {e}")),
                 };
-                self.reply(id, Err(err));
+                // Answered in turn, like any call: a flood of bad calls obeys the window too.
+                self.calls.insert(id, CallState::Queued);
+                self.inbox.push_back((id, Work::Refuse(err)));
             }
         }
         Ok(())
@@ -481,6 +490,11 @@ impl RpcServer {
 
     fn reply(&mut self, id: u32, result: Result<Response, DbError>) {
         match result {
+            Ok(Response::Attachment(a)) if a.data.len() > self.peer_max_message => {
+                let e = too_large(a.data.len(), self.peer_max_message);
+                self.out
+                    .push_json(Kind::Response, id, &Reply::Err(CouchError::from(e)));
+            }
             Ok(Response::Attachment(a)) => {
                 self.out.push_json(
                     Kind::Response,
@@ -493,7 +507,17 @@ impl RpcServer {
                 );
                 self.out.push(Kind::Binary, id, &a.data);
             }
-            Ok(r) => self.out.push_json(Kind::Response, id, &Reply::Ok(r)),
+            Ok(r) => {
+                // Encoded once; an answer the client would refuse is replaced by an error.
+                let payload = serde_json::to_vec(&Reply::Ok(r)).unwrap_or_default();
+                if payload.len() > self.peer_max_message {
+                    let e = too_large(payload.len(), self.peer_max_message);
+                    self.out
+                        .push_json(Kind::Response, id, &Reply::Err(CouchError::from(e)));
+                } else {
+                    self.out.push(Kind::Response, id, &payload);
+                }
+            }
             Err(e) => self
                 .out
                 .push_json(Kind::Response, id, &Reply::Err(CouchError::from(e))),
@@ -531,8 +555,16 @@ impl RpcServer {
         }
         while self.out.bytes() < self.config.window && self.store.len() < self.config.max_concurrent
         {
-            let Some((id, call)) = self.inbox.pop_front() else {
-                return;
+            let Some((id, work)) = self.inbox.pop_front() else {
+                break;
+            };
+            let call = match work {
+                Work::Refuse(err) => {
+                    self.calls.remove(&id);
+                    self.reply(id, Err(err));
+                    continue;
+                }
+                Work::Run(call) => call,
             };
             match call {
                 Call::Call(req) => {
@@ -558,13 +590,50 @@ impl RpcServer {
                             request: req,
                             since,
                             running: None,
-                            dirty: false,
+                            dirty: true,
                         },
                     );
-                    self.query_subscription(id);
                 }
             }
         }
+        // Subscriptions catch up only while the window has room: a reader that does not keep up
+        // gets its batches later (merged), never an ever-growing queue.
+        let due: Vec<u32> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                matches!(
+                    c,
+                    CallState::Subscription {
+                        running: None,
+                        dirty: true,
+                        ..
+                    }
+                )
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if self.out.bytes() >= self.config.window
+                || self.store.len() >= self.config.max_concurrent
+            {
+                break;
+            }
+            if let Some(CallState::Subscription { dirty, .. }) = self.calls.get_mut(&id) {
+                *dirty = false;
+            }
+            self.query_subscription(id);
+        }
+    }
+}
+
+fn too_large(size: usize, limit: usize) -> DbError {
+    DbError::Other {
+        status: 413,
+        error: "too_large".into(),
+        reason: format!(
+            "the answer is {size} bytes, over the {limit} bytes the client accepts; ask for less"
+        ),
     }
 }
 
