@@ -507,6 +507,7 @@ impl RpcClient {
                     });
                 }
                 open.attachment = Some((content_type, digest, length));
+                self.asm.expect(Kind::Binary, id, length as usize);
                 return Ok(());
             }
             Reply::Ok(r) => Ok(r),

@@ -180,6 +180,23 @@ impl Assembler {
         self.held
     }
 
+    /// Announces that the next message of `id` (of `kind`) will be `len` bytes long, so its
+    /// buffer is allocated once instead of grown frame by frame (an attachment's length comes in
+    /// its metadata). Announcements over the memory limit are ignored: the limit still applies
+    /// as frames arrive.
+    pub fn expect(&mut self, kind: Kind, id: u32, len: usize) {
+        if len <= self.max_message && !self.partial.contains_key(&id) {
+            self.partial.insert(
+                id,
+                Message {
+                    kind,
+                    id,
+                    payload: Vec::with_capacity(len),
+                },
+            );
+        }
+    }
+
     /// Takes one frame; returns the message it completes, if any.
     ///
     /// # Errors
