@@ -612,3 +612,32 @@ fn a_closed_link_sends_nothing_more() {
         "the link is gone: nothing to send"
     );
 }
+
+#[test]
+fn a_stream_batch_larger_than_the_client_accepts_ends_the_subscription() {
+    let mut c = ClientConfig::new("share-x", "peer-y", FP_C, FP_S);
+    c.max_message = 4096;
+    let mut p = Pair::new(ServerConfig::new("share-x", FP_S, FP_C), c);
+    let sub = p.client.subscribe(
+        p.now,
+        ChangesRequest {
+            include_docs: true,
+            ..ChangesRequest::default()
+        },
+    );
+    p.pump();
+    p.db.put(json!({"_id": "big", "text": "x".repeat(10_000)}))
+        .unwrap();
+    p.server.handle_db_changed(p.now);
+    p.pump();
+    let ended = p.events.iter().find_map(|e| match e {
+        ClientEvent::StreamEnded { call, error } if *call == sub => Some(error.clone()),
+        _ => None,
+    });
+    assert!(
+        matches!(ended, Some(Some(ref e)) if e.status() == 413),
+        "{:?}",
+        p.events
+    );
+    assert!(p.call(Request::Info).is_ok(), "the link still works");
+}

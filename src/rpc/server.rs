@@ -264,7 +264,22 @@ impl RpcServer {
                     Ok(c) => {
                         *since = c.last_seq.clone();
                         if !c.results.is_empty() {
-                            self.out.push_json(Kind::StreamItem, call, &c);
+                            let payload = serde_json::to_vec(&c).unwrap_or_default();
+                            if payload.len() > self.peer_max_message {
+                                // A batch the client would refuse ends the subscription with
+                                // the reason (ask for fewer rows or no documents).
+                                self.calls.remove(&call);
+                                let e = too_large(payload.len(), self.peer_max_message);
+                                self.out.push_json(
+                                    Kind::StreamEnd,
+                                    call,
+                                    &StreamEnd {
+                                        error: Some(CouchError::from(e)),
+                                    },
+                                );
+                            } else {
+                                self.out.push(Kind::StreamItem, call, &payload);
+                            }
                         }
                         // A change meanwhile (`dirty`) is picked up by `pump` when the window
                         // has room.
