@@ -184,7 +184,9 @@ fn apply(s: &mut Stores, op: &Op) {
             if live {
                 assert_eq!(r, Err(DbError::Conflict), "put over live {id:?}");
             } else {
-                r.unwrap_or_else(|e| panic!("put of new or deleted {id:?}: {e:?}"));
+                if !at_position_cap(&r) {
+                    r.unwrap_or_else(|e| panic!("put of new or deleted {id:?}: {e:?}"));
+                }
             }
         }
         Op::PutNoId { side, value } => {
@@ -218,9 +220,11 @@ fn apply(s: &mut Stores, op: &Op) {
                     .expect("_attachments object");
                 atts.insert(att.name(), att.json());
             }
-            let new = db
-                .put(Value::Object(doc))
-                .unwrap_or_else(|e| panic!("edit of {id:?} at its current rev {rev}: {e:?}"));
+            let r = db.put(Value::Object(doc));
+            if at_position_cap(&r) {
+                return;
+            }
+            let new = r.unwrap_or_else(|e| panic!("edit of {id:?} at its current rev {rev}: {e:?}"));
             assert_eq!(new.pos, rev.pos + 1);
             let (_, now) = current(db, &id).expect("edited doc readable");
             // The edit wins unless a longer branch exists.
@@ -252,8 +256,10 @@ fn apply(s: &mut Stores, op: &Op) {
             let Some((_, rev)) = current(db, &id) else {
                 return;
             };
-            db.put(json!({"_id": id, "_rev": rev.to_string(), "_deleted": true}))
-                .unwrap_or_else(|e| panic!("delete of {id:?} at {rev}: {e:?}"));
+            let r = db.put(json!({"_id": id, "_rev": rev.to_string(), "_deleted": true}));
+            if !at_position_cap(&r) {
+                r.unwrap_or_else(|e| panic!("delete of {id:?} at {rev}: {e:?}"));
+            }
         }
         Op::Replicated {
             side,
@@ -265,11 +271,13 @@ fn apply(s: &mut Stores, op: &Op) {
             if path.is_empty() {
                 return;
             }
-            // The highest base keeps every forged position parseable (at most 19 digits).
+            // The highest base sits just under the position cap (2^53 - 1), so forged histories
+            // stay valid while edits on top of them can reach the cap (where they must be
+            // refused with a typed error).
             let base: u64 = match base % 4 {
                 0 | 1 => 0,
                 2 => 1_000_000,
-                _ => 9_999_999_999_999_999_999 - MAX_FORGED_DEPTH as u64,
+                _ => peerpouch::MAX_REV_POS - MAX_FORGED_DEPTH as u64,
             };
             let id = doc_id(*id);
             let steps: String = path
@@ -361,3 +369,9 @@ fuzz_target!(|ops: Vec<Op>| {
         assert_eq!(a, b, "winners of {id:?} differ");
     }
 });
+
+/// Whether a write was refused because the document is at the highest revision position
+/// (2^53 - 1), the one refusal a valid edit may get.
+fn at_position_cap(r: &Result<peerpouch::Rev, DbError>) -> bool {
+    matches!(r, Err(DbError::BadRequest(m)) if m.contains("highest revision position"))
+}
