@@ -375,29 +375,8 @@ impl Node {
         key: Option<Vec<u8>>,
     ) -> Result<LinkId, NodeError> {
         let peer = self.hub.open(now, share, info)?;
-        let seed = self.rng.next_u64();
-        let mut session =
-            Session::new(SessionRole::Offerer, self.config.session.clone(), seed, now);
-        for a in &self.addrs {
-            let _ = session.add_local_candidate(now, *a);
-        }
         let link = (share.to_string(), peer);
-        self.links.insert(
-            link.clone(),
-            Link {
-                session,
-                rpc: None,
-                db: None,
-                key,
-                ready: false,
-                closed: false,
-                rep_calls: BTreeMap::new(),
-                created: {
-                    self.links_created += 1;
-                    self.links_created
-                },
-            },
-        );
+        self.add_link(now, link.clone(), SessionRole::Offerer, None, key);
         self.pump(now);
         Ok(link)
     }
@@ -682,33 +661,39 @@ impl Node {
         let db = share.db.clone();
         let key = share.access.key.clone();
         self.hub.accept(now, &link.0, &link.1)?;
+        self.add_link(now, link.clone(), SessionRole::Answerer, Some(db), key);
+        Ok(())
+    }
+
+    /// A new link with its session (offering our host candidates); its RPC starts when the
+    /// channel opens.
+    fn add_link(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        role: SessionRole,
+        db: Option<DbId>,
+        key: Option<Vec<u8>>,
+    ) {
         let seed = self.rng.next_u64();
-        let mut session = Session::new(
-            SessionRole::Answerer,
-            self.config.session.clone(),
-            seed,
-            now,
-        );
+        let mut session = Session::new(role, self.config.session.clone(), seed, now);
         for a in &self.addrs {
             let _ = session.add_local_candidate(now, *a);
         }
+        self.links_created += 1;
         self.links.insert(
-            link.clone(),
+            link,
             Link {
                 session,
                 rpc: None,
-                db: Some(db),
+                db,
                 key,
                 ready: false,
                 closed: false,
                 rep_calls: BTreeMap::new(),
-                created: {
-                    self.links_created += 1;
-                    self.links_created
-                },
+                created: self.links_created,
             },
         );
-        Ok(())
     }
 
     fn link_closed(&mut self, now: Instant, link: &LinkId, reason: String) {

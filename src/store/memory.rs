@@ -325,22 +325,43 @@ impl MemoryStore {
             .collect();
         let hash = edit_hash(doc.deleted, parent_rev.as_ref(), &doc.body, &att_ids);
         let rev = Rev::new(pos, hash);
-        let before = entry.map(|e| e.tree.is_deleted(e.tree.winner()));
-        let body = Arc::new(StoredBody {
+        let body = StoredBody {
             fields: doc.body,
             atts,
+        };
+        let deleted = doc.deleted;
+        let r2 = rev.clone();
+        let dropped = self.commit(&id, body, new_data, |tree, body| {
+            tree.add_child(parent, r2, deleted, body).1
         });
+        Ok((id, rev, dropped))
+    }
+
+    /// Stores a new leaf body in `id`'s tree with `insert` (which returns the bodies that
+    /// stopped being leaves), then stems the tree and updates counts and the sequence.
+    fn commit(
+        &mut self,
+        id: &str,
+        body: StoredBody,
+        new_data: Vec<(String, Arc<[u8]>)>,
+        insert: impl FnOnce(&mut RevTree<Arc<StoredBody>>, Arc<StoredBody>) -> Vec<Arc<StoredBody>>,
+    ) -> Vec<Arc<StoredBody>> {
+        let before = self
+            .docs
+            .get(id)
+            .map(|e| e.tree.is_deleted(e.tree.winner()));
+        let body = Arc::new(body);
         self.retain(&body, new_data);
-        let e = self.docs.entry(id.clone()).or_insert_with(|| DocEntry {
+        let e = self.docs.entry(id.to_string()).or_insert_with(|| DocEntry {
             seq: 0,
             tree: RevTree::new(),
         });
-        let (_, dropped) = e.tree.add_child(parent, rev.clone(), doc.deleted, body);
+        let dropped = insert(&mut e.tree, body);
         e.tree.stem(self.revs_limit);
         let after = e.tree.is_deleted(e.tree.winner());
         self.count(before, after);
-        self.bump_seq(&id);
-        Ok((id, rev, dropped))
+        self.bump_seq(id);
+        dropped
     }
 
     fn write_replicated(&mut self, doc: ParsedDoc) -> Result<Written, DbError> {
@@ -366,22 +387,16 @@ impl MemoryStore {
             entry.map(|e| &e.tree),
             false,
         )?;
-        let before = entry.map(|e| e.tree.is_deleted(e.tree.winner()));
-        let body = Arc::new(StoredBody {
+        let body = StoredBody {
             fields: doc.body,
             atts,
+        };
+        let deleted = doc.deleted;
+        let dropped = self.commit(&id, body, new_data, |tree, body| {
+            let (merge, dropped) = tree.merge_path(&path, deleted, body);
+            debug_assert_eq!(merge, Merge::Added);
+            dropped
         });
-        self.retain(&body, new_data);
-        let e = self.docs.entry(id.clone()).or_insert_with(|| DocEntry {
-            seq: 0,
-            tree: RevTree::new(),
-        });
-        let (merge, dropped) = e.tree.merge_path(&path, doc.deleted, body);
-        debug_assert_eq!(merge, Merge::Added);
-        e.tree.stem(self.revs_limit);
-        let after = e.tree.is_deleted(e.tree.winner());
-        self.count(before, after);
-        self.bump_seq(&id);
         Ok((id, rev, dropped))
     }
 
