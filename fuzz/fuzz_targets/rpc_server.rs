@@ -50,7 +50,7 @@
 //! An open finding trips its check within seconds. To fuzz past it until it is fixed, set
 //! `RPC_SERVER_FUZZ_SKIP` to a comma-separated list of check names: `issue-gate`, `queue-bound`,
 //! `frame-size`, `hello-first`, `link-closed`, `max-message`, or `stream-max-message` (only
-//! stream items may exceed the client's `max_message`: open, see `fuzz/README.md`).
+//! stream items may exceed the client's `max_message`). None is open now (see `fuzz/README.md`).
 //!
 //! With `RPC_SERVER_FUZZ_STATS` set, each input prints one line of what happened (store requests,
 //! writes, the largest answer, the most bytes queued, messages by kind): replaying a corpus with
