@@ -101,3 +101,177 @@ fn revision_positions_are_bounded() {
     assert!(matches!(e, Err(DbError::BadRequest(_))), "{e:?}");
     assert_eq!(db.get("d0").unwrap()["_rev"], format!("{}-x", MAX_REV_POS));
 }
+
+// Scenarios of the rpc_server findings (tests/fuzz_regressions/rpc_server/): each failed on
+// the server before its fix.
+
+fn rpc_message(
+    kind: peerpouch::rpc::frame::Kind,
+    id: u32,
+    body: &serde_json::Value,
+) -> Vec<Vec<u8>> {
+    // 1 KiB frames: what every server takes.
+    peerpouch::rpc::frame::split(kind, id, &serde_json::to_vec(body).unwrap(), 1024)
+}
+
+fn client_hello(peer: &str, frame: usize, max_message: usize) -> serde_json::Value {
+    json!({"v": 1, "role": "client", "share": "share-x", "peer": peer, "frame": frame, "max_message": max_message})
+}
+
+fn drain_server(s: &mut peerpouch::rpc::RpcServer) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(f) = s.peek_frame().map(<[u8]>::to_vec) {
+        s.advance_frame();
+        out.push(f);
+    }
+    out
+}
+
+/// `rpc_server/hello-over-negotiated-frame`
+#[test]
+fn rpc_server_hello_is_split_at_the_negotiated_frame_size() {
+    use peerpouch::rpc::frame::Kind;
+    use peerpouch::rpc::*;
+    let now = common::epoch();
+    let mut s = RpcServer::new(
+        ServerConfig::new("share-x", "sha-256 AA:AA", "sha-256 CC:CC"),
+        now,
+    );
+    let peer = format!("peer-{}", "x".repeat(1344));
+    for f in rpc_message(Kind::Hello, 0, &client_hello(&peer, 1024, 1 << 20)) {
+        s.handle_frame(now, &f).unwrap();
+    }
+    let mut c = ClientConfig::new("share-x", peer, "sha-256 CC:CC", "sha-256 AA:AA");
+    c.frame_size = 1024;
+    let mut client = RpcClient::new(c, now);
+    for f in drain_server(&mut s) {
+        assert!(
+            f.len() <= 1024,
+            "a frame of {} bytes to a client that takes 1024",
+            f.len()
+        );
+        client.handle_frame(now, &f).unwrap();
+    }
+    assert!(client.is_ready());
+}
+
+/// `rpc_server/answer-overtakes-hello`
+#[test]
+fn rpc_server_hello_is_the_first_message_out() {
+    use peerpouch::rpc::frame::{Assembler, Kind};
+    use peerpouch::rpc::*;
+    let now = common::epoch();
+    let mut cfg = ServerConfig::new("share-x", "sha-256 AA:AA", "sha-256 CC:CC");
+    cfg.frame_size = 1024;
+    let mut s = RpcServer::new(cfg, now);
+    let peer = format!("peer-{}", "x".repeat(1888));
+    let mut frames = rpc_message(Kind::Hello, 0, &client_hello(&peer, 16384, 1 << 20));
+    frames.extend(rpc_message(
+        Kind::Request,
+        7,
+        &json!({"call": {"op": "info"}}),
+    ));
+    let mut db = MemoryStore::new("served");
+    for f in frames {
+        s.handle_frame(now, &f).unwrap();
+        while let Some((id, req)) = s.poll_store_request() {
+            let r = db.execute(req);
+            s.handle_store_result(now, id, r);
+        }
+    }
+    let mut asm = Assembler::new(1 << 20, 1024);
+    let first = drain_server(&mut s)
+        .iter()
+        .find_map(|f| asm.push(f).unwrap())
+        .expect("a whole message");
+    assert_eq!(
+        first.kind,
+        Kind::Hello,
+        "the first whole message is {:?} {}",
+        first.kind,
+        first.id
+    );
+}
+
+/// `rpc_server/link-closed-keeps-goodbye`
+#[test]
+fn rpc_server_link_closed_drops_queued_frames() {
+    use peerpouch::rpc::frame::Kind;
+    use peerpouch::rpc::*;
+    let now = common::epoch();
+    let mut cfg = ServerConfig::new("share-x", "sha-256 AA:AA", "sha-256 CC:CC");
+    cfg.access_key = Some(b"key".to_vec());
+    let mut s = RpcServer::new(cfg, now);
+    for f in rpc_message(Kind::Hello, 0, &client_hello("peer-y", 16384, 1 << 20)) {
+        assert!(s.handle_frame(now, &f).is_err(), "no proof: access denied");
+    }
+    assert!(s.queued_bytes() > 0, "a goodbye says why");
+    s.handle_link_closed(now);
+    assert_eq!(s.queued_bytes(), 0);
+    assert!(s.peek_frame().is_none(), "a frame for a link that is gone");
+}
+
+/// `rpc_server/subscription-ignores-window`
+#[test]
+fn rpc_server_subscriptions_respect_the_window() {
+    use peerpouch::rpc::frame::Kind;
+    use peerpouch::rpc::*;
+    let now = common::epoch();
+    let mut cfg = ServerConfig::new("share-x", "sha-256 AA:AA", "sha-256 CC:CC");
+    cfg.window = 4096;
+    let mut s = RpcServer::new(cfg, now);
+    let mut db = MemoryStore::new("served");
+    let mut frames = rpc_message(Kind::Hello, 0, &client_hello("peer-y", 16384, 1 << 20));
+    frames.extend(rpc_message(
+        Kind::Request,
+        1,
+        &json!({"subscribe": {"include_docs": true}}),
+    ));
+    for f in frames {
+        s.handle_frame(now, &f).unwrap();
+    }
+    let mut largest = 0;
+    for i in 0..100 {
+        db.put(json!({"_id": format!("d{i:03}"), "pad": "p".repeat(1000)}))
+            .unwrap();
+        s.handle_db_changed(now);
+        while let Some((id, req)) = s.poll_store_request() {
+            let r = db.execute(req);
+            largest = largest.max(serde_json::to_vec(r.as_ref().unwrap()).unwrap().len());
+            s.handle_store_result(now, id, r);
+        }
+    }
+    // The window plus at most max_concurrent (8) answers taken on before it filled.
+    let bound = 4096 + 8 * (largest + 64);
+    assert!(
+        s.queued_bytes() <= bound,
+        "{} bytes queued, over {bound}",
+        s.queued_bytes()
+    );
+}
+
+/// `rpc_server/bad-calls-ignore-window`
+#[test]
+fn rpc_server_refused_calls_respect_the_window() {
+    use peerpouch::rpc::frame::Kind;
+    use peerpouch::rpc::*;
+    let now = common::epoch();
+    let mut cfg = ServerConfig::new("share-x", "sha-256 AA:AA", "sha-256 CC:CC");
+    cfg.window = 4096;
+    let mut s = RpcServer::new(cfg, now);
+    for f in rpc_message(Kind::Hello, 0, &client_hello("peer-y", 16384, 1 << 20)) {
+        s.handle_frame(now, &f).unwrap();
+    }
+    for _ in 0..1000 {
+        for f in rpc_message(Kind::Request, 1, &json!({"call": {"op": "compact"}})) {
+            if s.handle_frame(now, &f).is_err() {
+                return; // closing the link on a flood is a fine answer too
+            }
+        }
+    }
+    assert!(
+        s.queued_bytes() <= 4096 + 1024,
+        "{} bytes queued",
+        s.queued_bytes()
+    );
+}
