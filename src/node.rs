@@ -30,9 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::error::DbError;
-use crate::hub::{
-    Hub, HubAction, HubConfig, HubError, HubEvent, ShareInfo, ShareOptions, SignalData,
-};
+use crate::hub::{Hub, HubAction, HubConfig, HubError, HubEvent, ShareOptions, SignalData};
 use crate::ops::*;
 use crate::rand::SeededRng;
 use crate::replicate::{Endpoint, ReplicationEvent, Replicator, ReplicatorConfig, RequestId};
@@ -281,25 +279,6 @@ impl Node {
             .filter(|(_, l)| !l.closed)
             .map(|(k, l)| (k.clone(), l.ready))
             .collect()
-    }
-
-    /// A one-line summary of every link's queues, for debugging.
-    pub fn debug_state(&mut self) -> String {
-        let mut out = String::new();
-        for (k, l) in self.links.iter_mut() {
-            let queued = match &l.rpc {
-                Some(Rpc::Server(s)) => s.queued_bytes(),
-                _ => 0,
-            };
-            out.push_str(&format!(
-                "[{} open={} buffered={} rpc_queued={}] ",
-                &k.1[..k.1.len().min(12)],
-                l.session.is_open(),
-                l.session.buffered_amount(),
-                queued
-            ));
-        }
-        out
     }
 
     /// A local address new sessions offer as a host candidate (the runtime's socket).
@@ -1068,6 +1047,3 @@ impl Node {
         moved
     }
 }
-
-/// Shares seen by a node, for convenience.
-pub type Shares = Vec<ShareInfo>;

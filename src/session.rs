@@ -39,7 +39,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, IceCreds, Input, Output, Rtc, RtcConfig};
 
 use crate::hub::{IceCandidate, SignalData};
 use crate::rand::SeededRng;
@@ -771,12 +771,8 @@ impl Session {
             }
             // str0m may report Closed twice: `shut` reports once.
             Event::Closed => self.shut(now, CloseReason::Remote),
-            Event::IceConnectionStateChange(s) => {
-                tracing::debug!(state = ?s, "ice state");
-                if s == IceConnectionState::Disconnected && self.state == State::Connecting {
-                    // Nothing to do yet: the connect timeout decides.
-                }
-            }
+            // Informational: liveness and the connect timeout decide, not ICE's own states.
+            Event::IceConnectionStateChange(s) => tracing::debug!(state = ?s, "ice state"),
             _ => {}
         }
     }
