@@ -281,6 +281,11 @@ impl Node {
             .collect()
     }
 
+    /// The ids of this node's own shares (not yet unshared).
+    pub fn own_shares(&self) -> Vec<String> {
+        self.shares.keys().cloned().collect()
+    }
+
     /// A local address new sessions offer as a host candidate (the runtime's socket).
     pub fn add_local_candidate(&mut self, addr: SocketAddr) {
         if !self.addrs.contains(&addr) {

@@ -1,0 +1,327 @@
+//! [`Db`]: one handle for a local database, a remote peer's database and a CouchDB database.
+
+use async_channel::Receiver;
+use peerpouch::*;
+use peerpouch::{DbError, Rev};
+use serde_json::Value;
+
+use super::driver::{Command, Target};
+use super::{PeerError, PeerNode};
+
+/// Where a [`Db`]'s data lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbKind {
+    /// A database of this node (memory, SQLite, ...).
+    Local,
+    /// The database behind a share we opened.
+    Remote,
+    /// A CouchDB database over HTTP.
+    Http,
+}
+
+/// A database of a [`PeerNode`]: local, remote (a peer's share) or HTTP, all with the same
+/// methods. Clones name the same database.
+///
+/// ```
+/// use peerpouch::MemoryStore;
+/// use peerpouch_smol::{HubSpec, InProcessHub, PeerNode};
+/// use serde_json::json;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// smol::block_on(async {
+///     let node = PeerNode::start(HubSpec::InProcess(InProcessHub::new()))?;
+///     let db = node.add_db("todo", MemoryStore::new("todo")).await?;
+///     let rev = db.put(json!({"_id": "milk", "done": false})).await?;
+///     db.put(json!({"_id": "milk", "_rev": rev.to_string(), "done": true})).await?;
+///     assert_eq!(db.get("milk").await?["done"], true);
+///     assert_eq!(db.info().await?.doc_count, 1);
+///     node.shutdown().await;
+///     Ok(())
+/// })
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Db {
+    node: PeerNode,
+    target: Target,
+    kind: DbKind,
+    name: String,
+}
+
+/// A live changes feed of a [`Db`] ([`Db::subscribe`]): batches of rows as they happen.
+/// Dropping it ends the subscription.
+#[derive(Debug)]
+pub struct Subscription {
+    rows: Receiver<ChangesResponse>,
+    stop: Option<(PeerNode, Target, peerpouch::rpc::CallId)>,
+}
+
+impl Subscription {
+    /// The next batch; `None` when the feed ended (the link closed or the node stopped).
+    pub async fn next(&self) -> Option<ChangesResponse> {
+        self.rows.recv().await.ok()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.rows.close();
+        if let Some((node, Target::Remote(link), call)) = self.stop.take() {
+            let _ = node.commands.try_send(Command::Unsubscribe { link, call });
+        }
+    }
+}
+
+impl Db {
+    pub(crate) fn new(node: PeerNode, target: Target, kind: DbKind, name: &str) -> Db {
+        Db {
+            node,
+            target,
+            kind,
+            name: name.to_string(),
+        }
+    }
+
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Its name (local), the share's name or id (remote), or its URL without credentials
+    /// (HTTP).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where it lives.
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+
+    /// What replications call it (their checkpoint ids derive from it).
+    pub(crate) fn replication_name(&self) -> String {
+        match &self.target {
+            Target::Local(n) if self.kind == DbKind::Local => format!("local:{n}"),
+            Target::Local(n) => n.clone(),
+            Target::Remote(link) => format!("peer:{}", link.0),
+        }
+    }
+
+    /// Executes one request.
+    ///
+    /// # Errors
+    /// The database's error; [`DbError::Unavailable`] when the link closed or the node stopped.
+    pub async fn execute(&self, request: Request) -> Result<Response, DbError> {
+        let (tx, rx) = async_channel::bounded(1);
+        let stopped = || DbError::Unavailable(PeerError::Stopped.to_string());
+        self.node
+            .commands
+            .send(Command::Exec {
+                target: self.target.clone(),
+                request,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        rx.recv().await.map_err(|_| stopped())?
+    }
+
+    /// Database information.
+    ///
+    /// # Errors
+    /// As [`Db::execute`].
+    pub async fn info(&self) -> Result<DbInfo, DbError> {
+        self.execute(Request::Info).await?.into_info()
+    }
+
+    /// The winning revision of a document.
+    ///
+    /// # Errors
+    /// [`DbError::NotFound`] when missing or deleted.
+    pub async fn get(&self, id: &str) -> Result<Doc, DbError> {
+        self.get_with(GetRequest::new(id)).await
+    }
+
+    /// A document with options (`rev`, `revs`, `conflicts`, `attachments`, ...).
+    ///
+    /// # Errors
+    /// [`DbError::NotFound`] when the document or revision is not there.
+    pub async fn get_with(&self, request: GetRequest) -> Result<Doc, DbError> {
+        Ok(self
+            .execute(Request::Get(request))
+            .await?
+            .into_doc_body()?
+            .doc)
+    }
+
+    /// Writes one document (a new edit); returns its new revision.
+    ///
+    /// # Errors
+    /// [`DbError::Conflict`] when `_rev` is not the current leaf; validation errors.
+    pub async fn put(&self, doc: Value) -> Result<Rev, DbError> {
+        match self.bulk_docs(vec![doc], true).await?.pop() {
+            Some(d) => d.result,
+            None => Err(DbError::BadResponse("bulk_docs returned no row".into())),
+        }
+    }
+
+    /// Writes many documents; each gets its own result.
+    ///
+    /// # Errors
+    /// Only for failures of the whole request.
+    pub async fn bulk_docs(
+        &self,
+        docs: Vec<Value>,
+        new_edits: bool,
+    ) -> Result<Vec<DocResult>, DbError> {
+        Ok(self
+            .execute(Request::BulkDocs(BulkDocsRequest { docs, new_edits }))
+            .await?
+            .into_bulk_docs()?
+            .results)
+    }
+
+    /// Documents by id.
+    ///
+    /// # Errors
+    /// As [`Db::execute`].
+    pub async fn all_docs(&self, request: AllDocsRequest) -> Result<AllDocsResponse, DbError> {
+        self.execute(Request::AllDocs(request))
+            .await?
+            .into_all_docs()
+    }
+
+    /// One read of the changes feed.
+    ///
+    /// # Errors
+    /// As [`Db::execute`].
+    pub async fn changes(&self, request: ChangesRequest) -> Result<ChangesResponse, DbError> {
+        self.execute(Request::Changes(request))
+            .await?
+            .into_changes()
+    }
+
+    /// Which revisions are missing here.
+    ///
+    /// # Errors
+    /// As [`Db::execute`].
+    pub async fn revs_diff(&self, request: RevsDiffRequest) -> Result<RevsDiffResponse, DbError> {
+        self.execute(Request::RevsDiff(request))
+            .await?
+            .into_revs_diff()
+    }
+
+    /// Many revisions at once.
+    ///
+    /// # Errors
+    /// As [`Db::execute`].
+    pub async fn bulk_get(&self, request: BulkGetRequest) -> Result<BulkGetResponse, DbError> {
+        self.execute(Request::BulkGet(request))
+            .await?
+            .into_bulk_get()
+    }
+
+    /// An attachment's bytes (binary over a peer link).
+    ///
+    /// # Errors
+    /// [`DbError::NotFound`].
+    pub async fn get_attachment(&self, id: &str, name: &str) -> Result<AttachmentData, DbError> {
+        self.execute(Request::GetAttachment(AttachmentRequest {
+            id: id.into(),
+            name: name.into(),
+            rev: None,
+        }))
+        .await?
+        .into_attachment()
+    }
+
+    /// A `_local` document.
+    ///
+    /// # Errors
+    /// [`DbError::NotFound`].
+    pub async fn get_local(&self, id: &str) -> Result<Doc, DbError> {
+        Ok(self
+            .execute(Request::GetLocal(LocalRequest { id: id.into() }))
+            .await?
+            .into_doc_body()?
+            .doc)
+    }
+
+    /// Writes a `_local` document.
+    ///
+    /// # Errors
+    /// [`DbError::Conflict`] on a stale `_rev`.
+    pub async fn put_local(&self, id: &str, doc: Doc) -> Result<Rev, DbError> {
+        self.execute(Request::PutLocal(PutLocalRequest { id: id.into(), doc }))
+            .await?
+            .into_written()?
+            .result
+    }
+
+    /// Live changes after `request.since`, as they happen: a remote database pushes them over
+    /// the link; a local or HTTP one is long-polled.
+    ///
+    /// # Errors
+    /// [`PeerError::Stopped`], or [`PeerError::Node`] when the link is gone.
+    pub async fn subscribe(&self, request: ChangesRequest) -> Result<Subscription, PeerError> {
+        let (tx, rx) = async_channel::unbounded();
+        match &self.target {
+            Target::Remote(link) => {
+                let (reply, answer) = async_channel::bounded(1);
+                self.node
+                    .commands
+                    .send(Command::Subscribe {
+                        link: link.clone(),
+                        request,
+                        rows: tx,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| PeerError::Stopped)?;
+                let call = answer.recv().await.map_err(|_| PeerError::Stopped)??;
+                Ok(Subscription {
+                    rows: rx,
+                    stop: Some((self.node.clone(), self.target.clone(), call)),
+                })
+            }
+            Target::Local(_) => {
+                let db = self.clone();
+                let mut request = request;
+                request.feed = Feed::Longpoll;
+                smol::spawn(async move {
+                    loop {
+                        let batch = match db.changes(request.clone()).await {
+                            Ok(b) => b,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "local subscription ended");
+                                return;
+                            }
+                        };
+                        request.since = batch.last_seq.clone();
+                        if !batch.results.is_empty() && tx.send(batch).await.is_err() {
+                            return;
+                        }
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
+                })
+                .detach();
+                Ok(Subscription {
+                    rows: rx,
+                    stop: None,
+                })
+            }
+        }
+    }
+
+    /// Closes the link behind a remote database (no effect on other kinds).
+    pub async fn close(&self) {
+        if let Target::Remote(link) = &self.target {
+            let _ = self
+                .node
+                .commands
+                .send(Command::CloseLink { link: link.clone() })
+                .await;
+        }
+    }
+}

@@ -1,0 +1,848 @@
+//! The task that runs one [`Node`] machine: its UDP socket, its hub, its databases, its timers.
+//!
+//! The drain rule of the sans-IO core holds here: after every input (a command, a datagram, a
+//! hub answer, a store answer, a timer) the driver takes every output of the machine before it
+//! waits again.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_channel::{Receiver, Sender};
+use async_io::{Async, Timer};
+use futures_lite::future;
+use peerpouch::hub::{HubAction, HubEvent, ShareInfo, ShareOptions};
+use peerpouch::node::{DbRef, LinkId, Node, NodeEvent, ReplicationId, StoreRequestId};
+use peerpouch::replicate::{ReplicationEvent, ReplicatorConfig};
+use peerpouch::rpc::CallId;
+use peerpouch::{ChangesResponse, Database, DbError, Feed, Request, Response};
+use peerpouch_couch::{ChangesFollower, CouchClient, FeedEvent, FollowerConfig};
+
+use super::hub::InProcessHub;
+use super::{PeerError, PeerRequest, ShareChange, Verdict};
+use crate::net::LocalAddrs;
+
+/// How long a shutdown waits for the hub to confirm unshares before it gives up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Datagrams read per wake-up before the driver looks at its other inputs.
+const RECV_BATCH: usize = 64;
+
+pub(crate) type Reply<T> = Sender<T>;
+pub(crate) type Decider = Arc<dyn Fn(&PeerRequest) -> Verdict + Send + Sync>;
+
+/// A database as the driver holds it.
+pub(crate) enum Slot {
+    /// Answers at once (memory, SQLite): executed on the driver's task.
+    Inline(Box<dyn Database + Send>),
+    /// A CouchDB database over HTTP: each request runs on the blocking pool.
+    Http(CouchClient),
+}
+
+/// What a database handle names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Local(String),
+    Remote(LinkId),
+}
+
+impl Target {
+    fn db_ref(&self) -> DbRef {
+        match self {
+            Target::Local(n) => DbRef::Local(n.clone()),
+            Target::Remote(l) => DbRef::Remote(l.clone()),
+        }
+    }
+}
+
+pub(crate) enum Command {
+    AddDb {
+        name: String,
+        slot: Slot,
+    },
+    Exec {
+        target: Target,
+        request: Request,
+        reply: Reply<Result<Response, DbError>>,
+    },
+    Subscribe {
+        link: LinkId,
+        request: peerpouch::ChangesRequest,
+        rows: Sender<ChangesResponse>,
+        reply: Reply<Result<CallId, PeerError>>,
+    },
+    Unsubscribe {
+        link: LinkId,
+        call: CallId,
+    },
+    Share {
+        db: String,
+        options: ShareOptions,
+        access: peerpouch::node::ShareAccess,
+        decide: Option<Decider>,
+        reply: Reply<Result<String, PeerError>>,
+    },
+    Unshare {
+        share: String,
+        reply: Reply<Result<(), PeerError>>,
+    },
+    List {
+        reply: Reply<Result<Vec<ShareInfo>, PeerError>>,
+    },
+    Watch {
+        events: Sender<ShareChange>,
+    },
+    Open {
+        share: String,
+        info: serde_json::Value,
+        key: Option<Vec<u8>>,
+        reply: Reply<Result<LinkId, PeerError>>,
+    },
+    CloseLink {
+        link: LinkId,
+    },
+    Replicate {
+        source: Target,
+        target: Target,
+        config: ReplicatorConfig,
+        events: Sender<ReplicationEvent>,
+        reply: Reply<ReplicationId>,
+    },
+    CancelReplication {
+        id: ReplicationId,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// Answers from work done off the driver's task.
+enum Done {
+    Hub {
+        id: peerpouch::replicate::RequestId,
+        result: Result<Response, DbError>,
+    },
+    Store {
+        origin: Origin,
+        db: String,
+        wrote: bool,
+        result: Result<Response, DbError>,
+    },
+    Feed(FeedEvent),
+    Verdict {
+        link: LinkId,
+        verdict: Verdict,
+    },
+}
+
+/// Who asked a local database.
+enum Origin {
+    Node(StoreRequestId),
+    App(Reply<Result<Response, DbError>>),
+}
+
+enum HubBackend {
+    InProcess {
+        hub: InProcessHub,
+        cursor: Option<usize>,
+    },
+    Couch {
+        client: CouchClient,
+        follower: Option<ChangesFollower>,
+    },
+}
+
+pub(crate) struct Driver {
+    node: Node,
+    socket: Async<UdpSocket>,
+    addrs: LocalAddrs,
+    hub: HubBackend,
+    commands: Receiver<Command>,
+    commands_closed: bool,
+    done_tx: Sender<Done>,
+    done_rx: Receiver<Done>,
+    dbs: BTreeMap<String, Slot>,
+    /// Longpoll changes requests with nothing to say yet, by database.
+    parked: Vec<(String, Request, Origin)>,
+    list_waiters: Vec<Reply<Result<Vec<ShareInfo>, PeerError>>>,
+    watchers: Vec<Sender<ShareChange>>,
+    share_waiters: BTreeMap<String, Reply<Result<String, PeerError>>>,
+    unshare_waiters: BTreeMap<String, Reply<Result<(), PeerError>>>,
+    deciders: BTreeMap<String, Decider>,
+    open_waiters: BTreeMap<LinkId, Reply<Result<LinkId, PeerError>>>,
+    calls: BTreeMap<(LinkId, CallId), Reply<Result<Response, DbError>>>,
+    subs: BTreeMap<(LinkId, CallId), Sender<ChangesResponse>>,
+    reps: BTreeMap<ReplicationId, Sender<ReplicationEvent>>,
+    shutdown: Option<(Instant, Vec<Reply<()>>)>,
+    buf: Vec<u8>,
+}
+
+pub(crate) fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Driver {
+    pub(crate) fn new(
+        node: Node,
+        socket: Async<UdpSocket>,
+        addrs: LocalAddrs,
+        hub: super::HubSpec,
+        commands: Receiver<Command>,
+    ) -> Result<Driver, PeerError> {
+        let hub = match hub {
+            super::HubSpec::InProcess(hub) => HubBackend::InProcess { hub, cursor: None },
+            super::HubSpec::Couch(url) => HubBackend::Couch {
+                client: CouchClient::new(&url).map_err(PeerError::Hub)?,
+                follower: None,
+            },
+        };
+        let (done_tx, done_rx) = async_channel::unbounded();
+        Ok(Driver {
+            node,
+            socket,
+            addrs,
+            hub,
+            commands,
+            commands_closed: false,
+            done_tx,
+            done_rx,
+            dbs: BTreeMap::new(),
+            parked: Vec::new(),
+            list_waiters: Vec::new(),
+            watchers: Vec::new(),
+            share_waiters: BTreeMap::new(),
+            unshare_waiters: BTreeMap::new(),
+            deciders: BTreeMap::new(),
+            open_waiters: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            subs: BTreeMap::new(),
+            reps: BTreeMap::new(),
+            shutdown: None,
+            buf: vec![0; 65536],
+        })
+    }
+
+    pub(crate) async fn run(mut self) {
+        tracing::debug!(local = %self.addrs.bound, "peer node driver started");
+        loop {
+            while let Ok(c) = self.commands.try_recv() {
+                self.on_command(c);
+            }
+            while let Ok(d) = self.done_rx.try_recv() {
+                self.on_done(d);
+            }
+            let listener = match &mut self.hub {
+                HubBackend::InProcess { hub, cursor } => {
+                    let listener = hub.listen();
+                    if let Some(c) = cursor {
+                        let rows = hub.poll_feed(*c);
+                        if !rows.is_empty() {
+                            self.node.handle_feed(Instant::now(), rows);
+                        }
+                    }
+                    Some(listener)
+                }
+                HubBackend::Couch { .. } => None,
+            };
+            let now = Instant::now();
+            if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                self.node.handle_timeout(now);
+            }
+            self.drain().await;
+            if self.finished() {
+                break;
+            }
+            let deadline = [
+                self.node.poll_timeout(),
+                self.shutdown.as_ref().map(|s| s.0),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let socket = &self.socket;
+            let readable = async {
+                let _ = socket.readable().await;
+                true
+            };
+            let commands = &self.commands;
+            let closed = self.commands_closed;
+            let command = async {
+                if closed {
+                    future::pending::<()>().await;
+                }
+                match commands.recv().await {
+                    Ok(c) => Some(Some(c)),
+                    Err(_) => Some(None),
+                }
+            };
+            let done_rx = &self.done_rx;
+            let done = async { done_rx.recv().await.ok() };
+            let wait_other = async {
+                match listener {
+                    Some(l) => l.await,
+                    None => future::pending::<()>().await,
+                }
+            };
+            let timer = async {
+                match deadline {
+                    Some(d) => {
+                        Timer::at(d).await;
+                    }
+                    None => future::pending::<()>().await,
+                }
+            };
+            enum Wake {
+                Readable,
+                Command(Option<Command>),
+                Done(Option<Done>),
+                Other,
+            }
+            let wake = future::or(
+                async {
+                    readable.await;
+                    Wake::Readable
+                },
+                future::or(
+                    async { Wake::Command(command.await.flatten()) },
+                    future::or(
+                        async { Wake::Done(done.await) },
+                        future::or(
+                            async {
+                                wait_other.await;
+                                Wake::Other
+                            },
+                            async {
+                                timer.await;
+                                Wake::Other
+                            },
+                        ),
+                    ),
+                ),
+            )
+            .await;
+            match wake {
+                Wake::Readable => self.read_batch(),
+                Wake::Command(Some(c)) => self.on_command(c),
+                Wake::Command(None) => {
+                    // Every handle is gone: nobody can use the node any more.
+                    self.commands_closed = true;
+                    self.begin_shutdown(None);
+                }
+                Wake::Done(Some(d)) => self.on_done(d),
+                Wake::Done(None) | Wake::Other => {}
+            }
+        }
+        tracing::debug!(local = %self.addrs.bound, "peer node driver stopped");
+        if let Some((_, waiters)) = self.shutdown.take() {
+            for w in waiters {
+                let _ = w.try_send(());
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        match &self.shutdown {
+            Some((deadline, _)) => {
+                (self.unshare_waiters.is_empty() && self.node.links().is_empty())
+                    || Instant::now() >= *deadline
+            }
+            None => false,
+        }
+    }
+
+    fn begin_shutdown(&mut self, reply: Option<Reply<()>>) {
+        let now = Instant::now();
+        if self.shutdown.is_none() {
+            self.shutdown = Some((now + SHUTDOWN_GRACE, Vec::new()));
+            let shares: Vec<String> = self.node.own_shares();
+            for s in shares {
+                if self.node.unshare(now, &s).is_ok() {
+                    let (tx, _rx) = async_channel::bounded(1);
+                    self.unshare_waiters.entry(s).or_insert(tx);
+                }
+            }
+            for (l, _) in self.node.links() {
+                self.node.close(now, &l);
+            }
+        }
+        if let (Some(r), Some((_, waiters))) = (reply, self.shutdown.as_mut()) {
+            waiters.push(r);
+        }
+    }
+
+    fn read_batch(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        for _ in 0..RECV_BATCH {
+            match self.socket.get_ref().recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let to = self.addrs.destination_for(from);
+                    self.node
+                        .handle_datagram(Instant::now(), from, to, &buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors surface here on some systems; the link's liveness handles it.
+                    tracing::debug!(error = %e, "receiving from the socket failed");
+                    break;
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    /// Takes every output of the machine, repeatedly, until it has none.
+    async fn drain(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(a) = self.node.poll_hub_action() {
+                moved = true;
+                self.on_hub_action(a);
+            }
+            while let Some(r) = self.node.poll_store_request() {
+                moved = true;
+                self.run_store(r.db, r.request, Origin::Node(r.id));
+            }
+            while let Some(e) = self.node.poll_event() {
+                moved = true;
+                self.on_event(e);
+            }
+            while let Some(t) = self.node.poll_transmit() {
+                moved = true;
+                send_datagram(&self.socket, t.destination, &t.contents).await;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn on_hub_action(&mut self, a: HubAction) {
+        match (&mut self.hub, a) {
+            (HubBackend::InProcess { hub, .. }, HubAction::Request { id, request }) => {
+                let result = hub.execute(request);
+                self.node.handle_hub_response(Instant::now(), id, result);
+            }
+            (HubBackend::InProcess { hub, cursor }, HubAction::FollowChanges { since }) => {
+                *cursor = Some(hub.follow(&since));
+            }
+            (HubBackend::Couch { client, .. }, HubAction::Request { id, request }) => {
+                let mut client = client.clone();
+                let done = self.done_tx.clone();
+                smol::spawn(async move {
+                    let result = smol::unblock(move || client.execute(request)).await;
+                    let _ = done.send(Done::Hub { id, result }).await;
+                })
+                .detach();
+            }
+            (HubBackend::Couch { client, follower }, HubAction::FollowChanges { since }) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let config = FollowerConfig::default()
+                    .since(since)
+                    .heartbeat(Duration::from_secs(10));
+                match ChangesFollower::start_with_sender(client, config, tx) {
+                    Ok(f) => {
+                        *follower = Some(f);
+                        let done = self.done_tx.clone();
+                        // The follower speaks std channels; forward onto ours.
+                        smol::unblock(move || {
+                            for ev in rx {
+                                if done.send_blocking(Done::Feed(ev)).is_err() {
+                                    break;
+                                }
+                            }
+                        })
+                        .detach();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot follow the hub's changes");
+                        self.fail_waiting_on_hub(PeerError::Hub(e));
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail_waiting_on_hub(&mut self, e: PeerError) {
+        for w in self.list_waiters.drain(..) {
+            let _ = w.try_send(Err(e.clone()));
+        }
+        for (_, w) in std::mem::take(&mut self.share_waiters) {
+            let _ = w.try_send(Err(e.clone()));
+        }
+        for (_, w) in std::mem::take(&mut self.open_waiters) {
+            let _ = w.try_send(Err(e.clone()));
+        }
+    }
+
+    fn run_store(&mut self, db: String, request: Request, origin: Origin) {
+        let wrote = matches!(request, Request::BulkDocs(_));
+        match self.dbs.get_mut(&db) {
+            None => {
+                let e = DbError::NotFound(format!("no database {db:?} on this node"));
+                self.store_done(origin, &db, false, Err(e));
+            }
+            Some(Slot::Inline(store)) => {
+                let longpoll = matches!(&request, Request::Changes(c) if c.feed == Feed::Longpoll);
+                let result = store.execute(request.clone());
+                if longpoll && matches!(&result, Ok(Response::Changes(c)) if c.results.is_empty()) {
+                    self.parked.push((db, request, origin));
+                    return;
+                }
+                self.store_done(origin, &db, wrote, result);
+            }
+            Some(Slot::Http(client)) => {
+                let mut client = client.clone();
+                let done = self.done_tx.clone();
+                smol::spawn(async move {
+                    let result = smol::unblock(move || client.execute(request)).await;
+                    let _ = done
+                        .send(Done::Store {
+                            origin,
+                            db,
+                            wrote,
+                            result,
+                        })
+                        .await;
+                })
+                .detach();
+            }
+        }
+    }
+
+    fn store_done(
+        &mut self,
+        origin: Origin,
+        db: &str,
+        wrote: bool,
+        result: Result<Response, DbError>,
+    ) {
+        let changed = wrote && result.is_ok();
+        match origin {
+            Origin::Node(id) => self.node.handle_store_result(Instant::now(), id, result),
+            Origin::App(reply) => {
+                let _ = reply.try_send(result);
+            }
+        }
+        if changed {
+            self.db_changed(db);
+        }
+    }
+
+    fn db_changed(&mut self, db: &str) {
+        self.node.handle_db_changed(Instant::now(), db);
+        let (wake, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(d, _, _)| d == db);
+        self.parked = keep;
+        for (db, request, origin) in wake {
+            self.run_store(db, request, origin);
+        }
+    }
+
+    fn on_done(&mut self, d: Done) {
+        let now = Instant::now();
+        match d {
+            Done::Hub { id, result } => self.node.handle_hub_response(now, id, result),
+            Done::Store {
+                origin,
+                db,
+                wrote,
+                result,
+            } => self.store_done(origin, &db, wrote, result),
+            Done::Feed(FeedEvent::Rows(rows)) => self.node.handle_feed(now, rows),
+            Done::Feed(FeedEvent::Reconnecting { error, attempt, .. }) => {
+                tracing::debug!(%error, attempt, "hub changes feed reconnecting");
+            }
+            Done::Feed(_) => {}
+            Done::Verdict { link, verdict } => {
+                let r = match verdict {
+                    Verdict::Accept => self.node.accept(now, &link),
+                    Verdict::Refuse(reason) => self.node.refuse(now, &link, reason),
+                };
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, ?link, "verdict for a peer that is gone");
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        let now = Instant::now();
+        match c {
+            Command::AddDb { name, slot } => {
+                self.dbs.insert(name, slot);
+            }
+            Command::Exec {
+                target: Target::Local(db),
+                request,
+                reply,
+            } => self.run_store(db, request, Origin::App(reply)),
+            Command::Exec {
+                target: Target::Remote(link),
+                request,
+                reply,
+            } => match self.node.call(now, &link, request) {
+                Ok(call) => {
+                    self.calls.insert((link, call), reply);
+                }
+                Err(e) => {
+                    let _ = reply.try_send(Err(DbError::Unavailable(e.to_string())));
+                }
+            },
+            Command::Subscribe {
+                link,
+                request,
+                rows,
+                reply,
+            } => match self.node.subscribe(now, &link, request) {
+                Ok(call) => {
+                    self.subs.insert((link, call), rows);
+                    let _ = reply.try_send(Ok(call));
+                }
+                Err(e) => {
+                    let _ = reply.try_send(Err(PeerError::Node(e)));
+                }
+            },
+            Command::Unsubscribe { link, call } => {
+                self.subs.remove(&(link.clone(), call));
+                let _ = self.node.cancel_call(now, &link, call);
+            }
+            Command::Share {
+                db,
+                options,
+                access,
+                decide,
+                reply,
+            } => {
+                if !self.dbs.contains_key(&db) {
+                    let _ = reply.try_send(Err(PeerError::UnknownDb(db)));
+                    return;
+                }
+                let share = self.node.share(now, db, options, access);
+                if let Some(d) = decide {
+                    self.deciders.insert(share.clone(), d);
+                }
+                self.share_waiters.insert(share, reply);
+            }
+            Command::Unshare { share, reply } => match self.node.unshare(now, &share) {
+                Ok(()) => {
+                    self.deciders.remove(&share);
+                    self.unshare_waiters.insert(share, reply);
+                }
+                Err(e) => {
+                    let _ = reply.try_send(Err(PeerError::Node(e)));
+                }
+            },
+            Command::List { reply } => {
+                self.list_waiters.push(reply);
+                self.node.list(now);
+            }
+            Command::Watch { events } => {
+                if self.watchers.is_empty() {
+                    self.node.watch(now, true);
+                }
+                self.watchers.push(events);
+            }
+            Command::Open {
+                share,
+                info,
+                key,
+                reply,
+            } => match self.node.open(now, &share, info, key) {
+                Ok(link) => {
+                    self.open_waiters.insert(link, reply);
+                }
+                Err(e) => {
+                    let _ = reply.try_send(Err(PeerError::Node(e)));
+                }
+            },
+            Command::CloseLink { link } => self.node.close(now, &link),
+            Command::Replicate {
+                source,
+                target,
+                config,
+                events,
+                reply,
+            } => {
+                let id = self
+                    .node
+                    .replicate(now, source.db_ref(), target.db_ref(), config);
+                self.reps.insert(id, events);
+                let _ = reply.try_send(id);
+            }
+            Command::CancelReplication { id } => {
+                let _ = self.node.cancel_replication(now, id);
+            }
+            Command::Shutdown { reply } => self.begin_shutdown(Some(reply)),
+        }
+    }
+
+    fn on_event(&mut self, e: NodeEvent) {
+        match e {
+            NodeEvent::Hub(h) => self.on_hub_event(h),
+            NodeEvent::PeerRequested { link, info } => {
+                let request = PeerRequest {
+                    share: link.0.clone(),
+                    peer: link.1.clone(),
+                    info,
+                };
+                match self.deciders.get(&link.0).cloned() {
+                    Some(decide) => {
+                        // The decision may block (a prompt on a terminal): not on this task.
+                        let done = self.done_tx.clone();
+                        smol::spawn(async move {
+                            let verdict = smol::unblock(move || decide(&request)).await;
+                            let _ = done.send(Done::Verdict { link, verdict }).await;
+                        })
+                        .detach();
+                    }
+                    None => {
+                        let _ = self.node.accept(Instant::now(), &link);
+                    }
+                }
+            }
+            NodeEvent::LinkReady(link) => {
+                tracing::info!(share = %link.0, peer = %link.1, "link ready");
+                if let Some(w) = self.open_waiters.remove(&link) {
+                    let _ = w.try_send(Ok(link));
+                }
+            }
+            NodeEvent::LinkClosed { link, reason } => {
+                tracing::info!(share = %link.0, peer = %link.1, %reason, "link closed");
+                if let Some(w) = self.open_waiters.remove(&link) {
+                    let _ = w.try_send(Err(PeerError::LinkFailed(reason.clone())));
+                }
+                let calls: Vec<_> = self
+                    .calls
+                    .keys()
+                    .filter(|(l, _)| *l == link)
+                    .cloned()
+                    .collect();
+                for k in calls {
+                    if let Some(r) = self.calls.remove(&k) {
+                        let e = DbError::Unavailable(format!("the link closed: {reason}"));
+                        let _ = r.try_send(Err(e));
+                    }
+                }
+                self.subs.retain(|(l, _), _| *l != link);
+            }
+            NodeEvent::Refused { link, reason } => {
+                if let Some(w) = self.open_waiters.remove(&link) {
+                    let _ = w.try_send(Err(PeerError::Refused(reason)));
+                }
+            }
+            NodeEvent::CallResult { link, call, result } => {
+                if let Some(r) = self.calls.remove(&(link, call)) {
+                    let _ = r.try_send(result);
+                }
+            }
+            NodeEvent::Changes {
+                link,
+                call,
+                changes,
+            } => {
+                let key = (link, call);
+                if let Some(s) = self.subs.get(&key) {
+                    if s.try_send(changes).is_err() {
+                        // The app dropped its stream: stop the subscription.
+                        self.subs.remove(&key);
+                        let _ = self.node.cancel_call(Instant::now(), &key.0, key.1);
+                    }
+                }
+            }
+            NodeEvent::Replication { id, event } => {
+                let last = matches!(
+                    event,
+                    ReplicationEvent::Completed(_)
+                        | ReplicationEvent::Failed { .. }
+                        | ReplicationEvent::Cancelled(_)
+                );
+                if let Some(s) = self.reps.get(&id) {
+                    let _ = s.try_send(event);
+                }
+                if last {
+                    self.reps.remove(&id);
+                }
+            }
+            other => tracing::debug!(event = ?other, "node event"),
+        }
+    }
+
+    fn on_hub_event(&mut self, h: HubEvent) {
+        match h {
+            HubEvent::SharesListed(shares) => {
+                for w in self.list_waiters.drain(..) {
+                    let _ = w.try_send(Ok(shares.clone()));
+                }
+            }
+            HubEvent::ShareAdded(info) => {
+                self.watchers
+                    .retain(|w| w.try_send(ShareChange::Added(info.clone())).is_ok());
+            }
+            HubEvent::ShareRemoved { share, .. } => {
+                self.watchers
+                    .retain(|w| w.try_send(ShareChange::Removed(share.clone())).is_ok());
+            }
+            HubEvent::ShareCreated { share } => {
+                tracing::info!(%share, "shared");
+                if let Some(w) = self.share_waiters.remove(&share) {
+                    let _ = w.try_send(Ok(share));
+                }
+            }
+            HubEvent::ShareFailed { share, error } => {
+                if let Some(w) = self.share_waiters.remove(&share) {
+                    let _ = w.try_send(Err(PeerError::HubRequest(error)));
+                }
+            }
+            HubEvent::Unshared { share } => {
+                tracing::info!(%share, "unshared");
+                if let Some(w) = self.unshare_waiters.remove(&share) {
+                    let _ = w.try_send(Ok(()));
+                }
+            }
+            HubEvent::RequestFailed { op, error } => {
+                tracing::warn!(op, %error, "a hub request failed");
+            }
+            HubEvent::Malformed { doc_id, error } => {
+                tracing::debug!(%doc_id, %error, "malformed hub document skipped");
+            }
+            other => tracing::debug!(event = ?other, "hub event"),
+        }
+    }
+}
+
+async fn send_datagram(socket: &Async<UdpSocket>, to: SocketAddr, data: &[u8]) {
+    loop {
+        match socket.get_ref().send_to(data, to) {
+            Ok(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if socket.writable().await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // A datagram lost here is a datagram lost on the network: SCTP resends.
+                tracing::debug!(error = %e, %to, "sending a datagram failed");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let HubBackend::Couch { follower, .. } = &mut self.hub {
+            if let Some(f) = follower.take() {
+                // Stopping joins the feed's thread, which may sit in a read until the next
+                // heartbeat: not on an executor thread.
+                smol::unblock(move || f.stop()).detach();
+            }
+        }
+    }
+}

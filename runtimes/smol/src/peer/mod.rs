@@ -1,0 +1,650 @@
+//! The async API: a [`PeerNode`] shares local databases, finds and opens the shares of others,
+//! and replicates between any two [`Db`]s (local, a remote peer, CouchDB over HTTP).
+//!
+//! One node is one task (see [`PeerNode::start`]) running the pure [`Node`] machine on a UDP
+//! socket, a hub (CouchDB over HTTP, or [`InProcessHub`]) and the node's databases. Handles
+//! ([`PeerNode`], [`Db`], [`Replication`]) are cheap clones that talk to the task through
+//! channels, so they work from any task or thread.
+//!
+//! ```
+//! use peerpouch::MemoryStore;
+//! use peerpouch_smol::{HubSpec, InProcessHub, PeerNode, ReplicateOptions, ShareConfig};
+//! use serde_json::json;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! smol::block_on(async {
+//!     let hub = InProcessHub::new();
+//!     let alice = PeerNode::start(HubSpec::InProcess(hub.clone()))?;
+//!     let bob = PeerNode::start(HubSpec::InProcess(hub))?;
+//!
+//!     // Alice shares a database.
+//!     let notes = alice.add_db("notes", MemoryStore::new("notes")).await?;
+//!     notes.put(json!({"_id": "hello", "text": "from alice"})).await?;
+//!     let share = alice.share(&notes, ShareConfig::new().name("alice's notes")).await?;
+//!
+//!     // Bob finds it, opens it and pulls it into his own database.
+//!     let listed = bob.shares().await?;
+//!     assert!(listed.iter().any(|s| s.id == share));
+//!     let remote = bob.open("alice's notes", json!({"name": "bob"})).await?;
+//!     assert_eq!(remote.get("hello").await?["text"], "from alice");
+//!     let mine = bob.add_db("copy", MemoryStore::new("copy")).await?;
+//!     let progress = bob.replicate(&remote, &mine, ReplicateOptions::default()).await?
+//!         .finished().await?;
+//!     assert_eq!(progress.docs_written, 1);
+//!     assert_eq!(mine.get("hello").await?["text"], "from alice");
+//!
+//!     alice.shutdown().await;
+//!     bob.shutdown().await;
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
+//! [`Node`]: peerpouch::node::Node
+
+mod db;
+mod driver;
+mod hub;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_channel::{Receiver, Sender};
+use async_io::Async;
+use peerpouch::hub::{ShareInfo, ShareOptions};
+use peerpouch::node::{Node, NodeConfig, NodeError, ShareAccess};
+use peerpouch::replicate::{Progress, ReplicationError, ReplicationEvent, ReplicatorConfig};
+use peerpouch::{Database, DbError};
+use serde_json::Value;
+
+pub use db::{Db, DbKind, Subscription};
+use driver::{Command, Driver, Slot, Target};
+pub use hub::{HubSpec, InProcessHub};
+
+/// What went wrong in a [`PeerNode`] operation, and what to do about it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The UDP socket could not be set up: check the bind address.
+    #[error("the node's socket: {0}")]
+    Socket(String),
+    /// The hub is unreachable or its URL is wrong: check the URL and that the server runs.
+    #[error("hub: {0}")]
+    Hub(peerpouch_couch::Error),
+    /// The hub refused a request (a share document could not be written, say).
+    #[error("the hub refused: {0}")]
+    HubRequest(DbError),
+    /// A CouchDB database URL is wrong or the server is unreachable.
+    #[error("database: {0}")]
+    Http(peerpouch_couch::Error),
+    /// No share on the hub has this id or name: list them with [`PeerNode::shares`].
+    #[error("no share {0:?} on the hub")]
+    UnknownShare(String),
+    /// Several shares have this name: open one by its id.
+    #[error("{count} shares are named {name:?}: open one by id ({ids})", ids = .ids.join(", "))]
+    AmbiguousShare {
+        /// The name.
+        name: String,
+        /// How many.
+        count: usize,
+        /// Their ids.
+        ids: Vec<String>,
+    },
+    /// The sharer refused us (its reason, if it gave one).
+    #[error("the sharer refused the connection{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Refused(Option<String>),
+    /// The peer link could not be set up or closed before it was ready (no route to the
+    /// sharer, the sharer is gone, wrong access key, ...).
+    #[error("the link to the sharer failed: {0}")]
+    LinkFailed(String),
+    /// The node has no database by this name: add it with [`PeerNode::add_db`].
+    #[error("no database {0:?} on this node")]
+    UnknownDb(String),
+    /// Only local databases can be shared.
+    #[error("only a local database can be shared, not {0}")]
+    NotLocal(String),
+    /// From the node machine.
+    #[error(transparent)]
+    Node(NodeError),
+    /// The node stopped (shut down, or its task was dropped).
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// A peer asking to connect to one of our shares (see [`ShareConfig::ask`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerRequest {
+    /// Our share.
+    pub share: String,
+    /// The peer's id (fresh per connection).
+    pub peer: String,
+    /// What the peer says about itself (its `info`).
+    pub info: Value,
+}
+
+/// An answer to a [`PeerRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let it in.
+    Accept,
+    /// Turn it away, optionally saying why (the peer sees the reason).
+    Refuse(Option<String>),
+}
+
+/// A share appearing or going, from [`PeerNode::watch_shares`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShareChange {
+    /// A share appeared.
+    Added(ShareInfo),
+    /// A share went away (unshared or expired), by id.
+    Removed(String),
+}
+
+/// How to share a database: [`PeerNode::share`].
+#[derive(Clone, Default)]
+pub struct ShareConfig {
+    options: ShareOptions,
+    key: Option<Vec<u8>>,
+    decide: Option<driver::Decider>,
+}
+
+impl std::fmt::Debug for ShareConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShareConfig")
+            .field("options", &self.options)
+            .field("key", &self.key.as_ref().map(|_| "<secret>"))
+            .field("ask", &self.decide.is_some())
+            .finish()
+    }
+}
+
+impl ShareConfig {
+    /// Defaults: no name, empty info, writable, everyone accepted.
+    pub fn new() -> ShareConfig {
+        ShareConfig::default()
+    }
+
+    /// A name peers can find and open the share by.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.options.name = Some(name.into());
+        self
+    }
+
+    /// Anything peers should see in the share list (JSON).
+    pub fn info(mut self, info: Value) -> Self {
+        self.options.info = info;
+        self
+    }
+
+    /// Refuse writes from peers (they may still write `_local` checkpoint docs).
+    pub fn read_only(mut self, yes: bool) -> Self {
+        self.options.read_only = yes;
+        self
+    }
+
+    /// Peers must prove they know `key` (given to them out of band) to use the share.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Decide for each connecting peer. `decide` runs on a blocking thread, so it may block
+    /// (ask a user on a terminal, say); other peers and calls go on meanwhile.
+    pub fn ask(mut self, decide: impl Fn(&PeerRequest) -> Verdict + Send + Sync + 'static) -> Self {
+        self.decide = Some(Arc::new(decide));
+        self
+    }
+}
+
+/// How to replicate: [`PeerNode::replicate`].
+#[derive(Clone, Debug, Default)]
+pub struct ReplicateOptions {
+    /// Keep going: follow the source's changes until cancelled.
+    pub live: bool,
+    /// Only these documents.
+    pub doc_ids: Option<Vec<String>>,
+    /// Documents per batch (default: the replicator's).
+    pub batch_size: Option<usize>,
+}
+
+impl ReplicateOptions {
+    /// Live replication.
+    pub fn live() -> ReplicateOptions {
+        ReplicateOptions {
+            live: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// Tuning of a [`PeerNode`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PeerConfig {
+    /// Where the hub is.
+    pub hub: HubSpec,
+    /// The UDP socket's address (default `127.0.0.1:0`; `0.0.0.0:0` offers every interface).
+    pub bind: SocketAddr,
+    /// The node machine's tuning.
+    pub node: NodeConfig,
+    /// Seeds ids and ICE credentials (default: from the OS).
+    pub seed: Option<u64>,
+}
+
+impl PeerConfig {
+    /// Defaults on `hub`.
+    pub fn new(hub: HubSpec) -> PeerConfig {
+        PeerConfig {
+            hub,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            node: NodeConfig::default(),
+            seed: None,
+        }
+    }
+
+    /// Binds the socket to `addr`.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// Sets the node machine's tuning.
+    pub fn node(mut self, node: NodeConfig) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// Fixes the seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+}
+
+/// A handle to a running node; clones share it. The node stops when [`PeerNode::shutdown`] is
+/// called or every handle (and every [`Db`] of it) is dropped. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct PeerNode {
+    commands: Sender<Command>,
+    addr: SocketAddr,
+    hub: String,
+}
+
+/// The node's task, for apps that run it on their own executor: [`PeerNode::with_driver`].
+pub struct PeerDriver(Driver);
+
+impl std::fmt::Debug for PeerDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerDriver").finish_non_exhaustive()
+    }
+}
+
+impl PeerDriver {
+    /// Runs the node until it shuts down.
+    pub async fn run(self) {
+        self.0.run().await
+    }
+}
+
+impl PeerNode {
+    /// Starts a node with default settings on `hub`, its task on smol's global executor.
+    ///
+    /// # Errors
+    /// [`PeerError::Socket`], or [`PeerError::Hub`] for a malformed hub URL (an unreachable hub
+    /// shows in the first hub operation instead).
+    pub fn start(hub: HubSpec) -> Result<PeerNode, PeerError> {
+        PeerNode::start_with(PeerConfig::new(hub))
+    }
+
+    /// Starts a node, its task on smol's global executor.
+    ///
+    /// # Errors
+    /// As [`PeerNode::start`].
+    pub fn start_with(config: PeerConfig) -> Result<PeerNode, PeerError> {
+        let (node, driver) = PeerNode::with_driver(config)?;
+        smol::spawn(driver.run()).detach();
+        Ok(node)
+    }
+
+    /// A node and its task, to run on an executor of the app's choice.
+    ///
+    /// # Errors
+    /// As [`PeerNode::start`].
+    pub fn with_driver(config: PeerConfig) -> Result<(PeerNode, PeerDriver), PeerError> {
+        let bound = crate::net::bind(config.bind, 4 << 20, 4 << 20)
+            .map_err(|e| PeerError::Socket(e.to_string()))?;
+        let socket = Async::new(bound.socket).map_err(|e| PeerError::Socket(e.to_string()))?;
+        let seed = match config.seed {
+            Some(s) => s,
+            None => {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).map_err(|e| PeerError::Socket(e.to_string()))?;
+                u64::from_le_bytes(b)
+            }
+        };
+        let mut node = Node::new(
+            config.node,
+            seed,
+            std::time::Instant::now(),
+            driver::wall_clock_ms(),
+        );
+        for a in &bound.addrs.candidates {
+            node.add_local_candidate(*a);
+        }
+        let addr = bound.addrs.bound;
+        let hub = config.hub.describe();
+        let (tx, rx) = async_channel::unbounded();
+        let driver = Driver::new(node, socket, bound.addrs, config.hub, rx)?;
+        Ok((
+            PeerNode {
+                commands: tx,
+                addr,
+                hub,
+            },
+            PeerDriver(driver),
+        ))
+    }
+
+    /// The node's UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The hub, described (credentials removed).
+    pub fn hub(&self) -> &str {
+        &self.hub
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, PeerError> {
+        let (tx, rx) = async_channel::bounded(1);
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| PeerError::Stopped)?;
+        rx.recv().await.map_err(|_| PeerError::Stopped)
+    }
+
+    /// Adds a local database (a `MemoryStore`, a SQLite store, any [`Database`]) under `name`
+    /// and returns its handle. A database of the same name is replaced.
+    ///
+    /// # Errors
+    /// [`PeerError::Stopped`].
+    pub async fn add_db(
+        &self,
+        name: &str,
+        db: impl Database + Send + 'static,
+    ) -> Result<Db, PeerError> {
+        self.add_slot(name, Slot::Inline(Box::new(db)), DbKind::Local)
+            .await
+    }
+
+    /// A CouchDB database over HTTP(S) (`http://user:pass@host:5984/db`), usable as a source
+    /// or target of replications and directly. Created if missing when `create` is set.
+    ///
+    /// # Errors
+    /// [`PeerError::Http`] for a bad URL or (with `create`) an unreachable server.
+    pub async fn http_db(&self, url: &str, create: bool) -> Result<Db, PeerError> {
+        let client = peerpouch_couch::CouchClient::new(url).map_err(PeerError::Http)?;
+        let name = client.url().redacted().to_string();
+        if create {
+            let c = client.clone();
+            smol::unblock(move || c.create_db(true))
+                .await
+                .map_err(PeerError::Http)?;
+        }
+        self.add_slot(&name, Slot::Http(client), DbKind::Http).await
+    }
+
+    async fn add_slot(&self, name: &str, slot: Slot, kind: DbKind) -> Result<Db, PeerError> {
+        self.commands
+            .send(Command::AddDb {
+                name: name.to_string(),
+                slot,
+            })
+            .await
+            .map_err(|_| PeerError::Stopped)?;
+        Ok(Db::new(
+            self.clone(),
+            Target::Local(name.to_string()),
+            kind,
+            name,
+        ))
+    }
+
+    /// Shares a local database on the hub; returns the share id once the share document is on
+    /// the hub.
+    ///
+    /// # Errors
+    /// [`PeerError::NotLocal`], [`PeerError::UnknownDb`], [`PeerError::HubRequest`] when the
+    /// hub refused the share document.
+    pub async fn share(&self, db: &Db, config: ShareConfig) -> Result<String, PeerError> {
+        let Target::Local(name) = db.target() else {
+            return Err(PeerError::NotLocal(db.name().to_string()));
+        };
+        let access = ShareAccess {
+            key: config.key,
+            ask: config.decide.is_some(),
+        };
+        let name = name.clone();
+        self.ask(|reply| Command::Share {
+            db: name,
+            options: config.options,
+            access,
+            decide: config.decide,
+            reply,
+        })
+        .await?
+    }
+
+    /// Stops sharing: the share document is removed and the share's links close.
+    ///
+    /// # Errors
+    /// [`PeerError::Node`] when this node has no such share.
+    pub async fn unshare(&self, share: &str) -> Result<(), PeerError> {
+        let share = share.to_string();
+        self.ask(|reply| Command::Unshare { share, reply }).await?
+    }
+
+    /// The live shares of others on the hub.
+    ///
+    /// # Errors
+    /// [`PeerError::Hub`] when the hub cannot be followed.
+    pub async fn shares(&self) -> Result<Vec<ShareInfo>, PeerError> {
+        self.ask(|reply| Command::List { reply }).await?
+    }
+
+    /// Shares appearing and going from now on, as a stream (see [`futures_lite::StreamExt`]).
+    ///
+    /// # Errors
+    /// [`PeerError::Stopped`].
+    pub async fn watch_shares(&self) -> Result<Receiver<ShareChange>, PeerError> {
+        let (tx, rx) = async_channel::unbounded();
+        self.commands
+            .send(Command::Watch { events: tx })
+            .await
+            .map_err(|_| PeerError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Finds a share by id or by name.
+    ///
+    /// # Errors
+    /// [`PeerError::UnknownShare`], [`PeerError::AmbiguousShare`], or from [`PeerNode::shares`].
+    pub async fn find_share(&self, share: &str) -> Result<ShareInfo, PeerError> {
+        let all = self.shares().await?;
+        if let Some(s) = all.iter().find(|s| s.id == share) {
+            return Ok(s.clone());
+        }
+        let named: Vec<&ShareInfo> = all
+            .iter()
+            .filter(|s| s.name.as_deref() == Some(share))
+            .collect();
+        match named.as_slice() {
+            [] => Err(PeerError::UnknownShare(share.to_string())),
+            [one] => Ok((*one).clone()),
+            many => Err(PeerError::AmbiguousShare {
+                name: share.to_string(),
+                count: many.len(),
+                ids: many.iter().map(|s| s.id.clone()).collect(),
+            }),
+        }
+    }
+
+    /// Opens a share (by id or name) and returns its database once the link is ready.
+    /// `info` is what the sharer sees about us.
+    ///
+    /// # Errors
+    /// [`PeerError::UnknownShare`], [`PeerError::Refused`], [`PeerError::LinkFailed`].
+    pub async fn open(&self, share: &str, info: Value) -> Result<Db, PeerError> {
+        self.open_with_key(share, info, None).await
+    }
+
+    /// [`PeerNode::open`] for a share that requires an access key.
+    ///
+    /// # Errors
+    /// As [`PeerNode::open`].
+    pub async fn open_with_key(
+        &self,
+        share: &str,
+        info: Value,
+        key: Option<Vec<u8>>,
+    ) -> Result<Db, PeerError> {
+        let found = self.find_share(share).await?;
+        let id = found.id.clone();
+        let link = self
+            .ask(|reply| Command::Open {
+                share: id,
+                info,
+                key,
+                reply,
+            })
+            .await??;
+        let name = found.name.unwrap_or_else(|| found.id.clone());
+        Ok(Db::new(
+            self.clone(),
+            Target::Remote(link),
+            DbKind::Remote,
+            &name,
+        ))
+    }
+
+    /// Starts replicating `source` into `target` (any two databases of this node: local,
+    /// remote or HTTP). Await [`Replication::finished`], or read its events.
+    ///
+    /// # Errors
+    /// [`PeerError::Stopped`].
+    pub async fn replicate(
+        &self,
+        source: &Db,
+        target: &Db,
+        options: ReplicateOptions,
+    ) -> Result<Replication, PeerError> {
+        let mut config =
+            ReplicatorConfig::new(source.replication_name(), target.replication_name())
+                .live(options.live);
+        config.doc_ids = options.doc_ids;
+        if let Some(b) = options.batch_size {
+            config.batch_size = b.max(1);
+        }
+        let (events, rx) = async_channel::unbounded();
+        let (source, target) = (source.target().clone(), target.target().clone());
+        let id = self
+            .ask(|reply| Command::Replicate {
+                source,
+                target,
+                config,
+                events,
+                reply,
+            })
+            .await?;
+        Ok(Replication {
+            id,
+            events: rx,
+            commands: self.commands.clone(),
+            last: Progress::default(),
+        })
+    }
+
+    /// Unshares every share, closes every link and stops the node's task.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
+}
+
+/// A running replication: its events, its progress, its end. Dropping it does not stop it;
+/// [`Replication::cancel`] does.
+#[derive(Debug)]
+pub struct Replication {
+    id: peerpouch::node::ReplicationId,
+    events: Receiver<ReplicationEvent>,
+    commands: Sender<Command>,
+    last: Progress,
+}
+
+/// How a replication ended, when not by completing.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicateError {
+    /// It failed; `progress` is how far it got (what was written stays written).
+    #[error("replication failed: {error}")]
+    Failed {
+        /// Why.
+        error: ReplicationError,
+        /// How far it got.
+        progress: Progress,
+    },
+    /// [`Replication::cancel`] stopped it.
+    #[error("replication cancelled")]
+    Cancelled(Progress),
+    /// The node stopped under it.
+    #[error("the node stopped during the replication")]
+    Stopped(Progress),
+}
+
+impl Replication {
+    /// The next event (started, progressed, caught up, and the last: completed, failed or
+    /// cancelled); `None` after the last.
+    pub async fn next_event(&mut self) -> Option<ReplicationEvent> {
+        let e = self.events.recv().await.ok()?;
+        match &e {
+            ReplicationEvent::Progressed(p)
+            | ReplicationEvent::CaughtUp(p)
+            | ReplicationEvent::Completed(p)
+            | ReplicationEvent::Cancelled(p) => self.last = p.clone(),
+            ReplicationEvent::Failed { progress, .. } => self.last = progress.clone(),
+            _ => {}
+        }
+        Some(e)
+    }
+
+    /// The latest progress seen through [`Replication::next_event`].
+    pub fn progress(&self) -> &Progress {
+        &self.last
+    }
+
+    /// Asks the replication to stop; its last event is `Cancelled`.
+    pub async fn cancel(&self) {
+        let _ = self
+            .commands
+            .send(Command::CancelReplication { id: self.id })
+            .await;
+    }
+
+    /// Waits for the end of a one-shot replication (a live one ends only when cancelled).
+    ///
+    /// # Errors
+    /// [`ReplicateError`].
+    pub async fn finished(mut self) -> Result<Progress, ReplicateError> {
+        while let Some(e) = self.next_event().await {
+            match e {
+                ReplicationEvent::Completed(p) => return Ok(p),
+                ReplicationEvent::Failed { error, progress } => {
+                    return Err(ReplicateError::Failed { error, progress });
+                }
+                ReplicationEvent::Cancelled(p) => return Err(ReplicateError::Cancelled(p)),
+                _ => {}
+            }
+        }
+        Err(ReplicateError::Stopped(self.last))
+    }
+}
