@@ -314,6 +314,25 @@ impl Db {
         }
     }
 
+    /// Waits until the link behind a remote database closes and says why (the sharer
+    /// unshared, went silent, closed it, ...). Never returns for other kinds.
+    pub async fn closed(&self) -> String {
+        let Target::Remote(link) = &self.target else {
+            return std::future::pending().await;
+        };
+        let (tx, rx) = async_channel::bounded(1);
+        let cmd = Command::WatchLink {
+            link: link.clone(),
+            reply: tx,
+        };
+        if self.node.commands.send(cmd).await.is_err() {
+            return PeerError::Stopped.to_string();
+        }
+        rx.recv()
+            .await
+            .unwrap_or_else(|_| PeerError::Stopped.to_string())
+    }
+
     /// Closes the link behind a remote database (no effect on other kinds).
     pub async fn close(&self) {
         if let Target::Remote(link) = &self.target {

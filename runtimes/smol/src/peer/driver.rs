@@ -37,7 +37,7 @@ pub(crate) enum Slot {
     /// Answers at once (memory, SQLite): executed on the driver's task.
     Inline(Box<dyn Database + Send>),
     /// A CouchDB database over HTTP: each request runs on the blocking pool.
-    Http(CouchClient),
+    Http(Box<CouchClient>),
 }
 
 /// What a database handle names.
@@ -102,6 +102,10 @@ pub(crate) enum Command {
     CloseLink {
         link: LinkId,
     },
+    WatchLink {
+        link: LinkId,
+        reply: Reply<String>,
+    },
     Replicate {
         source: Target,
         target: Target,
@@ -148,7 +152,7 @@ enum HubBackend {
         cursor: Option<usize>,
     },
     Couch {
-        client: CouchClient,
+        client: Box<CouchClient>,
         follower: Option<ChangesFollower>,
     },
 }
@@ -173,8 +177,11 @@ pub(crate) struct Driver {
     open_waiters: BTreeMap<LinkId, Reply<Result<LinkId, PeerError>>>,
     calls: BTreeMap<(LinkId, CallId), Reply<Result<Response, DbError>>>,
     subs: BTreeMap<(LinkId, CallId), Sender<ChangesResponse>>,
+    link_watchers: BTreeMap<LinkId, Vec<Reply<String>>>,
     reps: BTreeMap<ReplicationId, Sender<ReplicationEvent>>,
     shutdown: Option<(Instant, Vec<Reply<()>>)>,
+    /// The hub could not be reached at start: hub commands fail with this at once.
+    hub_failed: Option<PeerError>,
     buf: Vec<u8>,
 }
 
@@ -196,7 +203,7 @@ impl Driver {
         let hub = match hub {
             super::HubSpec::InProcess(hub) => HubBackend::InProcess { hub, cursor: None },
             super::HubSpec::Couch(url) => HubBackend::Couch {
-                client: CouchClient::new(&url).map_err(PeerError::Hub)?,
+                client: Box::new(CouchClient::new(&url).map_err(PeerError::Hub)?),
                 follower: None,
             },
         };
@@ -220,14 +227,24 @@ impl Driver {
             open_waiters: BTreeMap::new(),
             calls: BTreeMap::new(),
             subs: BTreeMap::new(),
+            link_watchers: BTreeMap::new(),
             reps: BTreeMap::new(),
             shutdown: None,
+            hub_failed: None,
             buf: vec![0; 65536],
         })
     }
 
     pub(crate) async fn run(mut self) {
         tracing::debug!(local = %self.addrs.bound, "peer node driver started");
+        if let HubBackend::Couch { client, .. } = &self.hub {
+            // The hub database is created on first use, as PeerPouch did.
+            let c = client.clone();
+            if let Err(e) = smol::unblock(move || c.create_db(true)).await {
+                tracing::warn!(error = %e, "the hub is unreachable");
+                self.hub_failed = Some(PeerError::Hub(e));
+            }
+        }
         loop {
             while let Ok(c) = self.commands.try_recv() {
                 self.on_command(c);
@@ -337,11 +354,21 @@ impl Driver {
             }
         }
         tracing::debug!(local = %self.addrs.bound, "peer node driver stopped");
+        self.close_inputs();
         if let Some((_, waiters)) = self.shutdown.take() {
             for w in waiters {
                 let _ = w.try_send(());
             }
         }
+    }
+
+    /// Refuses new commands and drops queued ones: their reply channels close, so whoever
+    /// waits on one learns the node stopped instead of waiting forever.
+    fn close_inputs(&mut self) {
+        self.commands.close();
+        while self.commands.try_recv().is_ok() {}
+        self.done_rx.close();
+        while self.done_rx.try_recv().is_ok() {}
     }
 
     fn finished(&self) -> bool {
@@ -431,7 +458,7 @@ impl Driver {
                 *cursor = Some(hub.follow(&since));
             }
             (HubBackend::Couch { client, .. }, HubAction::Request { id, request }) => {
-                let mut client = client.clone();
+                let mut client = (**client).clone();
                 let done = self.done_tx.clone();
                 smol::spawn(async move {
                     let result = smol::unblock(move || client.execute(request)).await;
@@ -496,7 +523,7 @@ impl Driver {
                 self.store_done(origin, &db, wrote, result);
             }
             Some(Slot::Http(client)) => {
-                let mut client = client.clone();
+                let mut client = (**client).clone();
                 let done = self.done_tx.clone();
                 smol::spawn(async move {
                     let result = smol::unblock(move || client.execute(request)).await;
@@ -573,6 +600,19 @@ impl Driver {
 
     fn on_command(&mut self, c: Command) {
         let now = Instant::now();
+        if let Some(e) = self.hub_failed.clone() {
+            match c {
+                Command::Share { reply, .. } => return drop(reply.try_send(Err(e))),
+                Command::List { reply } => return drop(reply.try_send(Err(e))),
+                Command::Open { reply, .. } => return drop(reply.try_send(Err(e))),
+                Command::Unshare { reply, .. } => return drop(reply.try_send(Err(e))),
+                other => return self.on_command_with_hub(now, other),
+            }
+        }
+        self.on_command_with_hub(now, c)
+    }
+
+    fn on_command_with_hub(&mut self, now: Instant, c: Command) {
         match c {
             Command::AddDb { name, slot } => {
                 self.dbs.insert(name, slot);
@@ -662,6 +702,13 @@ impl Driver {
                 }
             },
             Command::CloseLink { link } => self.node.close(now, &link),
+            Command::WatchLink { link, reply } => {
+                if self.node.links().iter().any(|(l, _)| *l == link) {
+                    self.link_watchers.entry(link).or_default().push(reply);
+                } else {
+                    let _ = reply.try_send("the link is closed".into());
+                }
+            }
             Command::Replicate {
                 source,
                 target,
@@ -730,6 +777,9 @@ impl Driver {
                     }
                 }
                 self.subs.retain(|(l, _), _| *l != link);
+                for w in self.link_watchers.remove(&link).unwrap_or_default() {
+                    let _ = w.try_send(reason.clone());
+                }
             }
             NodeEvent::Refused { link, reason } => {
                 if let Some(w) = self.open_waiters.remove(&link) {
@@ -807,6 +857,11 @@ impl Driver {
             }
             HubEvent::RequestFailed { op, error } => {
                 tracing::warn!(op, %error, "a hub request failed");
+                if op == "info" {
+                    // The machine could not start following the hub; it retries, but whoever
+                    // waits now should hear why.
+                    self.fail_waiting_on_hub(PeerError::HubRequest(error));
+                }
             }
             HubEvent::Malformed { doc_id, error } => {
                 tracing::debug!(%doc_id, %error, "malformed hub document skipped");
@@ -837,6 +892,7 @@ async fn send_datagram(socket: &Async<UdpSocket>, to: SocketAddr, data: &[u8]) {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        self.close_inputs();
         if let HubBackend::Couch { follower, .. } = &mut self.hub {
             if let Some(f) = follower.take() {
                 // Stopping joins the feed's thread, which may sit in a read until the next

@@ -392,7 +392,8 @@ impl PeerNode {
                 .await
                 .map_err(PeerError::Http)?;
         }
-        self.add_slot(&name, Slot::Http(client), DbKind::Http).await
+        self.add_slot(&name, Slot::Http(Box::new(client)), DbKind::Http)
+            .await
     }
 
     async fn add_slot(&self, name: &str, slot: Slot, kind: DbKind) -> Result<Db, PeerError> {

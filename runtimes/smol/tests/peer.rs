@@ -1,0 +1,437 @@
+//! The async API end to end on real UDP sockets: two `PeerNode`s on 127.0.0.1 meeting on the
+//! in-process hub (and, in `couch_*` tests, on the pouchdb-server test hub over HTTP).
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_lite::future;
+use peerpouch::replicate::ReplicationEvent;
+use peerpouch::{AllDocsRequest, ChangesRequest, DbError, MemoryStore, Seq};
+use peerpouch_smol::{
+    Db, HubSpec, InProcessHub, PeerError, PeerNode, ReplicateError, ReplicateOptions, ShareChange,
+    ShareConfig, Verdict,
+};
+use serde_json::{Value, json};
+
+/// Fails the test when `f` does not finish within `secs` (a deadline, not a synchronisation).
+fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
+    smol::block_on(future::or(async { Some(f.await) }, async {
+        async_io::Timer::after(Duration::from_secs(secs)).await;
+        None
+    }))
+    .unwrap_or_else(|| panic!("{what} did not finish within {secs} s"))
+}
+
+/// `RUST_LOG=peerpouch_smol=debug` shows the nodes' logs.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn pair() -> (PeerNode, PeerNode) {
+    logs();
+    let hub = InProcessHub::new();
+    (
+        PeerNode::start(HubSpec::InProcess(hub.clone())).unwrap(),
+        PeerNode::start(HubSpec::InProcess(hub)).unwrap(),
+    )
+}
+
+async fn seeded(node: &PeerNode, name: &str, n: usize) -> Db {
+    let db = node.add_db(name, MemoryStore::new(name)).await.unwrap();
+    let docs: Vec<Value> = (0..n)
+        .map(|i| json!({"_id": format!("doc-{i:04}"), "n": i}))
+        .collect();
+    for r in db.bulk_docs(docs, true).await.unwrap() {
+        r.result.unwrap();
+    }
+    db
+}
+
+async fn ids_and_revs(db: &Db) -> Vec<(String, String)> {
+    db.all_docs(AllDocsRequest::default())
+        .await
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|r| (r.id.unwrap(), r.value.unwrap().rev.to_string()))
+        .collect()
+}
+
+#[test]
+fn share_watch_open_and_replicate_both_ways() {
+    let (alice, bob) = pair();
+    within(60, "the exchange", async {
+        let watch = bob.watch_shares().await.unwrap();
+        let notes = seeded(&alice, "notes", 300).await;
+        notes
+            .put(json!({"_id": "pic", "_attachments": {"a.bin": {
+                "content_type": "application/octet-stream", "data": "AAECAwQFBgc="}}}))
+            .await
+            .unwrap();
+        let share = alice
+            .share(
+                &notes,
+                ShareConfig::new()
+                    .name("alice-notes")
+                    .info(json!({"owner": "alice"})),
+            )
+            .await
+            .unwrap();
+        let added = loop {
+            match watch.recv().await.unwrap() {
+                ShareChange::Added(s) if s.id == share => break s,
+                _ => {}
+            }
+        };
+        assert_eq!(added.name.as_deref(), Some("alice-notes"));
+        assert_eq!(added.info, json!({"owner": "alice"}));
+        assert!(bob.shares().await.unwrap().iter().any(|s| s.id == share));
+
+        let remote = bob
+            .open("alice-notes", json!({"name": "bob"}))
+            .await
+            .unwrap();
+        assert_eq!(remote.info().await.unwrap().doc_count, 301);
+        let att = remote.get_attachment("pic", "a.bin").await.unwrap();
+        assert_eq!(att.data, (0u8..8).collect::<Vec<u8>>());
+
+        let copy = bob.add_db("copy", MemoryStore::new("copy")).await.unwrap();
+        let p = bob
+            .replicate(&remote, &copy, ReplicateOptions::default())
+            .await
+            .unwrap()
+            .finished()
+            .await
+            .unwrap();
+        assert_eq!(p.docs_written, 301);
+        assert_eq!(ids_and_revs(&copy).await, ids_and_revs(&notes).await);
+
+        // Bob edits and pushes back through the same link.
+        let mut d = copy.get("doc-0007").await.unwrap();
+        d["n"] = json!("edited by bob");
+        copy.put(Value::Object(d)).await.unwrap();
+        let p = bob
+            .replicate(&copy, &remote, ReplicateOptions::default())
+            .await
+            .unwrap()
+            .finished()
+            .await
+            .unwrap();
+        assert_eq!(p.docs_written, 1);
+        assert_eq!(notes.get("doc-0007").await.unwrap()["n"], "edited by bob");
+        assert_eq!(ids_and_revs(&copy).await, ids_and_revs(&notes).await);
+    });
+    within(10, "shutdown", async {
+        alice.shutdown().await;
+        bob.shutdown().await;
+    });
+}
+
+#[test]
+fn ask_sees_the_peers_info_and_refuses_strangers() {
+    let (alice, bob) = pair();
+    within(60, "the refusal", async {
+        let db = seeded(&alice, "private", 5).await;
+        alice
+            .share(
+                &db,
+                ShareConfig::new().name("private").ask(|req| {
+                    if req.info["name"] == "friend" {
+                        Verdict::Accept
+                    } else {
+                        Verdict::Refuse(Some(format!("who is {}?", req.info["name"])))
+                    }
+                }),
+            )
+            .await
+            .unwrap();
+        match bob.open("private", json!({"name": "stranger"})).await {
+            Err(PeerError::Refused(Some(reason))) => assert_eq!(reason, "who is \"stranger\"?"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let remote = bob
+            .open("private", json!({"name": "friend"}))
+            .await
+            .unwrap();
+        assert_eq!(remote.get("doc-0003").await.unwrap()["n"], 3);
+    });
+}
+
+#[test]
+fn unknown_and_ambiguous_shares_are_typed_errors() {
+    let (alice, bob) = pair();
+    within(30, "the lookups", async {
+        let a = seeded(&alice, "a", 1).await;
+        let b = seeded(&alice, "b", 1).await;
+        alice
+            .share(&a, ShareConfig::new().name("twin"))
+            .await
+            .unwrap();
+        alice
+            .share(&b, ShareConfig::new().name("twin"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            bob.open("nobody", Value::Null).await,
+            Err(PeerError::UnknownShare(s)) if s == "nobody"
+        ));
+        match bob.open("twin", Value::Null).await {
+            Err(PeerError::AmbiguousShare { count, ids, .. }) => {
+                assert_eq!(count, 2);
+                // Either can be opened by its id.
+                let remote = bob.open(&ids[1], Value::Null).await.unwrap();
+                assert_eq!(remote.info().await.unwrap().doc_count, 1);
+            }
+            other => panic!("expected an ambiguity, got {other:?}"),
+        }
+        let remote = alice.add_db("x", MemoryStore::new("x")).await.unwrap();
+        assert!(matches!(
+            bob.share(&remote, ShareConfig::new()).await,
+            Err(PeerError::UnknownDb(_))
+        ));
+    });
+}
+
+#[test]
+fn read_only_shares_refuse_writes_but_serve_reads() {
+    let (alice, bob) = pair();
+    within(30, "the read-only share", async {
+        let db = seeded(&alice, "ro", 3).await;
+        alice
+            .share(&db, ShareConfig::new().name("ro").read_only(true))
+            .await
+            .unwrap();
+        let remote = bob.open("ro", Value::Null).await.unwrap();
+        assert_eq!(remote.get("doc-0001").await.unwrap()["n"], 1);
+        assert!(matches!(
+            remote.put(json!({"_id": "intruder"})).await,
+            Err(DbError::Forbidden(_))
+        ));
+        assert!(matches!(
+            db.get("intruder").await,
+            Err(DbError::NotFound(_))
+        ));
+    });
+}
+
+#[test]
+fn unshare_is_seen_by_watchers_and_ends_the_links() {
+    let (alice, bob) = pair();
+    within(60, "the unshare", async {
+        let db = seeded(&alice, "going", 2).await;
+        let share = alice
+            .share(&db, ShareConfig::new().name("going"))
+            .await
+            .unwrap();
+        let remote = bob.open("going", Value::Null).await.unwrap();
+        assert_eq!(remote.info().await.unwrap().doc_count, 2);
+        let watch = bob.watch_shares().await.unwrap();
+        let closed = remote.clone();
+        let closed = smol::spawn(async move { closed.closed().await });
+        alice.unshare(&share).await.unwrap();
+        loop {
+            if let ShareChange::Removed(id) = watch.recv().await.unwrap() {
+                if id == share {
+                    break;
+                }
+            }
+        }
+        assert!(!bob.shares().await.unwrap().iter().any(|s| s.id == share));
+        // The sharer closed the link: we see it, and calls fail.
+        let reason = closed.await;
+        assert!(!reason.is_empty());
+        assert!(matches!(remote.info().await, Err(DbError::Unavailable(_))));
+        assert!(matches!(
+            bob.open("going", Value::Null).await,
+            Err(PeerError::UnknownShare(_))
+        ));
+        assert!(matches!(
+            alice.unshare(&share).await,
+            Err(PeerError::Node(_))
+        ));
+    });
+}
+
+#[test]
+fn live_replication_and_subscriptions_follow_new_writes() {
+    let (alice, bob) = pair();
+    within(60, "the live replication", async {
+        let db = seeded(&alice, "live", 10).await;
+        alice
+            .share(&db, ShareConfig::new().name("live"))
+            .await
+            .unwrap();
+        let remote = bob.open("live", Value::Null).await.unwrap();
+        let copy = bob.add_db("copy", MemoryStore::new("copy")).await.unwrap();
+        let sub = remote
+            .subscribe(ChangesRequest {
+                since: Seq::from(10u64),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let local_sub = copy.subscribe(ChangesRequest::default()).await.unwrap();
+        let mut rep = bob
+            .replicate(&remote, &copy, ReplicateOptions::live())
+            .await
+            .unwrap();
+        loop {
+            if let Some(ReplicationEvent::CaughtUp(p)) = rep.next_event().await {
+                if p.docs_written == 10 {
+                    break;
+                }
+            }
+        }
+        db.put(json!({"_id": "late", "v": 1})).await.unwrap();
+        // The peer's subscription sees it, the replication copies it, the local feed shows it.
+        let batch = sub.next().await.unwrap();
+        assert_eq!(batch.results[0].id, "late");
+        loop {
+            if let Some(ReplicationEvent::CaughtUp(p)) = rep.next_event().await {
+                if p.docs_written == 11 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(copy.get("late").await.unwrap()["v"], 1);
+        let mut seen = Vec::new();
+        while !seen.contains(&"late".to_string()) {
+            seen.extend(
+                local_sub
+                    .next()
+                    .await
+                    .unwrap()
+                    .results
+                    .into_iter()
+                    .map(|r| r.id),
+            );
+        }
+        assert_eq!(seen.len(), 11);
+        rep.cancel().await;
+        match rep.finished().await {
+            Err(ReplicateError::Cancelled(p)) => assert_eq!(p.docs_written, 11),
+            other => panic!("expected a cancellation, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_stopped_node_gives_typed_errors() {
+    let (alice, _bob) = pair();
+    within(30, "the stop", async {
+        let db = seeded(&alice, "x", 1).await;
+        alice.shutdown().await;
+        assert!(matches!(db.info().await, Err(DbError::Unavailable(_))));
+        assert!(matches!(alice.shares().await, Err(PeerError::Stopped)));
+    });
+}
+
+fn test_hub() -> String {
+    std::env::var("PEERPOUCH_TEST_HUB").unwrap_or_else(|_| {
+        panic!(
+            "PEERPOUCH_TEST_HUB is not set: run the tests through `.ci/test` (which starts the \
+             pouchdb-server test hub)"
+        )
+    })
+}
+
+fn fresh_db_url(prefix: &str) -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).unwrap();
+    let suffix: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}/{prefix}-{suffix}", test_hub().trim_end_matches('/'))
+}
+
+#[test]
+fn couch_hub_two_nodes_share_and_replicate() {
+    logs();
+    let hub = fresh_db_url("peer-hub");
+    let alice = PeerNode::start(HubSpec::Couch(hub.clone())).unwrap();
+    let bob = PeerNode::start(HubSpec::Couch(hub)).unwrap();
+    within(120, "the exchange over the CouchDB hub", async {
+        let db = seeded(&alice, "notes", 200).await;
+        alice
+            .share(&db, ShareConfig::new().name("couch-notes"))
+            .await
+            .unwrap();
+        let remote = bob
+            .open("couch-notes", json!({"who": "bob"}))
+            .await
+            .unwrap();
+        let copy = bob.add_db("copy", MemoryStore::new("copy")).await.unwrap();
+        let p = bob
+            .replicate(&remote, &copy, ReplicateOptions::default())
+            .await
+            .unwrap()
+            .finished()
+            .await
+            .unwrap();
+        assert_eq!(p.docs_written, 200);
+        assert_eq!(ids_and_revs(&copy).await, ids_and_revs(&db).await);
+    });
+    within(20, "shutdown", async {
+        alice.shutdown().await;
+        bob.shutdown().await;
+    });
+}
+
+#[test]
+fn http_database_replicates_both_ways_with_a_local_one() {
+    let node = PeerNode::start(HubSpec::InProcess(InProcessHub::new())).unwrap();
+    within(120, "local <-> CouchDB", async {
+        let local = seeded(&node, "local", 150).await;
+        let http = node
+            .http_db(&fresh_db_url("peer-http"), true)
+            .await
+            .unwrap();
+        let p = node
+            .replicate(&local, &http, ReplicateOptions::default())
+            .await
+            .unwrap()
+            .finished()
+            .await
+            .unwrap();
+        assert_eq!(p.docs_written, 150);
+        assert_eq!(http.info().await.unwrap().doc_count, 150);
+        http.put(json!({"_id": "from-couch"})).await.unwrap();
+        let back = node.add_db("back", MemoryStore::new("back")).await.unwrap();
+        let p = node
+            .replicate(&http, &back, ReplicateOptions::default())
+            .await
+            .unwrap()
+            .finished()
+            .await
+            .unwrap();
+        assert_eq!(p.docs_written, 151);
+        assert_eq!(ids_and_revs(&back).await.len(), 151);
+        assert!(matches!(
+            node.http_db("ftp://nowhere/db", false).await,
+            Err(PeerError::Http(_))
+        ));
+    });
+}
+
+#[test]
+fn an_unreachable_hub_is_reported_not_waited_for() {
+    logs();
+    // Nothing listens on port 1 of the loopback.
+    let node = PeerNode::start(HubSpec::Couch("http://127.0.0.1:1/hub".into())).unwrap();
+    within(30, "the hub error", async {
+        assert!(matches!(node.shares().await, Err(PeerError::Hub(_))));
+        let db = node.add_db("d", MemoryStore::new("d")).await.unwrap();
+        assert!(matches!(
+            node.share(&db, ShareConfig::new()).await,
+            Err(PeerError::Hub(_))
+        ));
+        // Local databases still work.
+        db.put(json!({"_id": "x"})).await.unwrap();
+        assert_eq!(db.info().await.unwrap().doc_count, 1);
+    });
+    assert!(matches!(
+        PeerNode::start(HubSpec::Couch("not a url".into())),
+        Err(PeerError::Hub(_))
+    ));
+}
