@@ -8,8 +8,8 @@ use futures_lite::future;
 use peerpouch::replicate::ReplicationEvent;
 use peerpouch::{AllDocsRequest, ChangesRequest, DbError, MemoryStore, Seq};
 use peerpouch_smol::{
-    Db, HubSpec, InProcessHub, PeerError, PeerNode, ReplicateError, ReplicateOptions, ShareChange,
-    ShareConfig, Verdict,
+    Db, HubSpec, InProcessHub, LinkEvent, PeerError, PeerNode, ReplicateError, ReplicateOptions,
+    ShareChange, ShareConfig, Verdict,
 };
 use serde_json::{Value, json};
 

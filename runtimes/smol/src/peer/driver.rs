@@ -21,7 +21,7 @@ use peerpouch::{ChangesResponse, Database, DbError, Feed, Request, Response};
 use peerpouch_couch::{ChangesFollower, CouchClient, FeedEvent, FollowerConfig};
 
 use super::hub::InProcessHub;
-use super::{PeerError, PeerRequest, ShareChange, Verdict};
+use super::{LinkEvent, PeerError, PeerRequest, ShareChange, Verdict};
 use crate::net::LocalAddrs;
 
 /// How long a shutdown waits for the hub to confirm unshares before it gives up on them.
@@ -106,6 +106,9 @@ pub(crate) enum Command {
         link: LinkId,
         reply: Reply<String>,
     },
+    WatchLinks {
+        events: Sender<LinkEvent>,
+    },
     Replicate {
         source: Target,
         target: Target,
@@ -178,6 +181,7 @@ pub(crate) struct Driver {
     calls: BTreeMap<(LinkId, CallId), Reply<Result<Response, DbError>>>,
     subs: BTreeMap<(LinkId, CallId), Sender<ChangesResponse>>,
     link_watchers: BTreeMap<LinkId, Vec<Reply<String>>>,
+    links_watchers: Vec<Sender<LinkEvent>>,
     reps: BTreeMap<ReplicationId, Sender<ReplicationEvent>>,
     shutdown: Option<(Instant, Vec<Reply<()>>)>,
     /// The hub could not be reached at start: hub commands fail with this at once.
@@ -228,6 +232,7 @@ impl Driver {
             calls: BTreeMap::new(),
             subs: BTreeMap::new(),
             link_watchers: BTreeMap::new(),
+            links_watchers: Vec::new(),
             reps: BTreeMap::new(),
             shutdown: None,
             hub_failed: None,
@@ -702,6 +707,7 @@ impl Driver {
                 }
             },
             Command::CloseLink { link } => self.node.close(now, &link),
+            Command::WatchLinks { events } => self.links_watchers.push(events),
             Command::WatchLink { link, reply } => {
                 if self.node.links().iter().any(|(l, _)| *l == link) {
                     self.link_watchers.entry(link).or_default().push(reply);
@@ -755,12 +761,22 @@ impl Driver {
             }
             NodeEvent::LinkReady(link) => {
                 tracing::info!(share = %link.0, peer = %link.1, "link ready");
+                self.link_event(LinkEvent::Ready {
+                    share: link.0.clone(),
+                    peer: link.1.clone(),
+                    ours: !self.open_waiters.contains_key(&link),
+                });
                 if let Some(w) = self.open_waiters.remove(&link) {
                     let _ = w.try_send(Ok(link));
                 }
             }
             NodeEvent::LinkClosed { link, reason } => {
                 tracing::info!(share = %link.0, peer = %link.1, %reason, "link closed");
+                self.link_event(LinkEvent::Closed {
+                    share: link.0.clone(),
+                    peer: link.1.clone(),
+                    reason: reason.clone(),
+                });
                 if let Some(w) = self.open_waiters.remove(&link) {
                     let _ = w.try_send(Err(PeerError::LinkFailed(reason.clone())));
                 }
@@ -821,6 +837,11 @@ impl Driver {
             }
             other => tracing::debug!(event = ?other, "node event"),
         }
+    }
+
+    fn link_event(&mut self, e: LinkEvent) {
+        self.links_watchers
+            .retain(|w| w.try_send(e.clone()).is_ok());
     }
 
     fn on_hub_event(&mut self, h: HubEvent) {

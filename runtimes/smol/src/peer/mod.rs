@@ -140,6 +140,29 @@ pub enum ShareChange {
     Removed(String),
 }
 
+/// A peer link coming up or going, from [`PeerNode::watch_links`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The link's channel is open and the RPC hellos checked out.
+    Ready {
+        /// The share.
+        share: String,
+        /// The connecting peer's id.
+        peer: String,
+        /// We are the sharer (a peer connected to us), not the one who opened it.
+        ours: bool,
+    },
+    /// The link closed.
+    Closed {
+        /// The share.
+        share: String,
+        /// The connecting peer's id.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// How to share a database: [`PeerNode::share`].
 #[derive(Clone, Default)]
 pub struct ShareConfig {
@@ -462,6 +485,20 @@ impl PeerNode {
         let (tx, rx) = async_channel::unbounded();
         self.commands
             .send(Command::Watch { events: tx })
+            .await
+            .map_err(|_| PeerError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Links coming up and going from now on (peers connecting to our shares, shares we
+    /// opened), as a stream.
+    ///
+    /// # Errors
+    /// [`PeerError::Stopped`].
+    pub async fn watch_links(&self) -> Result<Receiver<LinkEvent>, PeerError> {
+        let (tx, rx) = async_channel::unbounded();
+        self.commands
+            .send(Command::WatchLinks { events: tx })
             .await
             .map_err(|_| PeerError::Stopped)?;
         Ok(rx)
