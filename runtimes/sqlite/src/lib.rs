@@ -54,6 +54,10 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use format::{APPLICATION_ID, FORMAT_VERSION};
 
+/// How long opening waits for another holder of the file's lock before answering
+/// [`OpenError::Locked`].
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How much a committed write survives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -266,6 +270,7 @@ impl SqliteStore {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(err)?;
+            probe.busy_timeout(LOCK_WAIT).map_err(err)?;
             format::identify(&probe).map_err(err)?
         } else {
             format::Found::Nothing
@@ -289,6 +294,7 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(err)?;
+        conn.busy_timeout(LOCK_WAIT).map_err(err)?;
         // Exclusive locking before WAL: the file is ours alone while open, and SQLite keeps the
         // WAL index in process memory instead of a shared-memory file.
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
@@ -421,10 +427,12 @@ impl SqliteStore {
                 // The transaction rolled back: go back to what the file holds.
                 match load(&self.conn) {
                     Ok(mem) => self.mem = mem,
-                    Err(reload) => self.broken = Some(storage_error(&format!(
+                    Err(reload) => {
+                        self.broken = Some(storage_error(&format!(
                         "the store could not reload {} after a failed write ({reload}); reopen it",
                         self.path.display()
-                    ))),
+                    )))
+                    }
                 }
                 Err(storage_error(&format!(
                     "the write could not be committed to {} ({e}); nothing of it was kept",
