@@ -23,6 +23,20 @@ pub struct RevTree<B> {
     nodes: Vec<Node<B>>,
 }
 
+/// One revision of a [`RevTree`] in flat form: what a durable store writes down and reads back
+/// ([`RevTree::to_flat`], [`RevTree::from_flat`]). `parent` is an index into the same list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlatRev<B> {
+    /// The revision.
+    pub rev: Rev,
+    /// Index of the parent revision in the list, `None` for a root.
+    pub parent: Option<usize>,
+    /// Whether the revision is a deletion.
+    pub deleted: bool,
+    /// The body (leaves only).
+    pub body: Option<B>,
+}
+
 /// What a merge did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Merge {
@@ -72,6 +86,66 @@ impl<B: Clone> RevTree<B> {
     /// The body stored at `idx` (leaves only).
     pub fn body(&self, idx: usize) -> Option<&B> {
         self.nodes[idx].body.as_ref()
+    }
+
+    /// The revisions in flat form, in index order.
+    pub fn to_flat(&self) -> impl Iterator<Item = FlatRev<&B>> {
+        self.nodes.iter().map(|n| FlatRev {
+            rev: n.rev.clone(),
+            parent: n.parent.map(|p| p as usize),
+            deleted: n.deleted,
+            body: n.body.as_ref(),
+        })
+    }
+
+    /// Rebuilds a tree from [`RevTree::to_flat`]'s output, checking it on the way.
+    ///
+    /// # Errors
+    /// A reason when the list is empty, a parent index is out of range, revisions repeat, a
+    /// parent is not one position lower than its child, a leaf has no body or an inner
+    /// revision has one: such a list came from a damaged store, not from a tree.
+    pub fn from_flat(flat: Vec<FlatRev<B>>) -> Result<Self, String> {
+        let n = flat.len();
+        if n == 0 || n > u32::MAX as usize {
+            return Err(format!("a revision tree of {n} revisions"));
+        }
+        let mut revs = BTreeSet::new();
+        for f in &flat {
+            if !revs.insert(&f.rev) {
+                return Err(format!("revision {} appears twice", f.rev));
+            }
+            // Positions fall by one per step towards a root, so no parent chain can loop.
+            if let Some(p) = f.parent {
+                match flat.get(p) {
+                    Some(parent) if parent.rev.pos + 1 == f.rev.pos => {}
+                    _ => return Err(format!("revision {} has a bad parent", f.rev)),
+                }
+            }
+        }
+        let tree = RevTree {
+            nodes: flat
+                .into_iter()
+                .map(|f| Node {
+                    rev: f.rev,
+                    parent: f.parent.map(|p| p as u32),
+                    deleted: f.deleted,
+                    body: f.body,
+                })
+                .collect(),
+        };
+        let hc = tree.has_child();
+        if let Some((_, node)) = tree
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(i, node)| hc[*i] == node.body.is_some())
+        {
+            return Err(format!(
+                "revision {} breaks the rule that exactly the leaves keep a body",
+                node.rev
+            ));
+        }
+        Ok(tree)
     }
 
     /// Iterates over every stored body.
@@ -338,6 +412,38 @@ mod tests {
             .collect();
         assert_eq!(anc, vec![5, 4, 3, 2, 1]);
         assert_eq!(t.bodies().copied().collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn flat_form_round_trips_and_refuses_damage() {
+        let mut t: RevTree<u32> = RevTree::new();
+        t.merge_path(&[r("3-c"), r("4-d")], false, 4);
+        t.merge_path(&[r("1-a"), r("2-b"), r("3-c"), r("4-e")], true, 5);
+        let flat: Vec<FlatRev<u32>> = t
+            .to_flat()
+            .map(|f| FlatRev {
+                rev: f.rev,
+                parent: f.parent,
+                deleted: f.deleted,
+                body: f.body.copied(),
+            })
+            .collect();
+        let back = RevTree::from_flat(flat.clone()).unwrap();
+        assert_eq!(back.shape(), t.shape());
+        assert_eq!(back.rev(back.winner()), t.rev(t.winner()));
+        let mut bad = flat.clone();
+        bad[0].parent = Some(0);
+        assert!(RevTree::from_flat(bad).is_err(), "a loop");
+        let mut bad = flat.clone();
+        bad[1].parent = Some(99);
+        assert!(RevTree::from_flat(bad).is_err(), "out of range");
+        let mut bad = flat.clone();
+        bad.push(bad[0].clone());
+        assert!(RevTree::from_flat(bad).is_err(), "repeated");
+        let mut bad = flat;
+        bad.iter_mut().for_each(|f| f.body = None);
+        assert!(RevTree::from_flat(bad).is_err(), "leaf without body");
+        assert!(RevTree::<u32>::from_flat(Vec::new()).is_err());
     }
 
     #[test]

@@ -20,11 +20,13 @@ pub const DEFAULT_REVS_LIMIT: usize = 1000;
 /// A successful write: id, new revision, and bodies compacted away by it.
 type Written = (String, Rev, Vec<Arc<StoredBody>>);
 
-/// A leaf revision's content.
-#[derive(Debug)]
-pub(crate) struct StoredBody {
-    fields: Doc,
-    atts: BTreeMap<String, AttMeta>,
+/// A leaf revision's content: its fields (no `_`-members) and its attachments' metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredBody {
+    /// The document's own fields.
+    pub fields: Doc,
+    /// Attachment name to metadata; the bytes are held once per digest by the store.
+    pub atts: BTreeMap<String, AttMeta>,
 }
 
 #[derive(Debug)]
@@ -139,6 +141,85 @@ impl MemoryStore {
             .iter()
             .map(|(id, e)| (id.clone(), e.tree.shape()))
             .collect()
+    }
+
+    /// One document's stored state (its sequence and revision tree), for durable stores that
+    /// write it down ([`MemoryStore::restore_doc`] puts it back).
+    pub fn stored_doc(&self, id: &str) -> Option<(u64, &RevTree<Arc<StoredBody>>)> {
+        self.docs.get(id).map(|e| (e.seq, &e.tree))
+    }
+
+    /// The bytes and first content type held for an attachment digest.
+    pub fn stored_blob(&self, digest: &str) -> Option<(&str, &[u8])> {
+        self.blobs
+            .get(digest)
+            .map(|b| (b.content_type.as_str(), &b.data[..]))
+    }
+
+    /// A `_local` document's revision number and body (`id` with its `_local/` prefix).
+    pub fn stored_local(&self, id: &str) -> Option<(u64, &Doc)> {
+        self.local.get(id).map(|e| (e.rev, &e.body))
+    }
+
+    /// How many ids this store has generated (the counter behind generated ids).
+    pub fn ids_generated(&self) -> u64 {
+        self.ids_generated
+    }
+
+    /// Puts back attachment bytes written down earlier; call before the documents that use them.
+    pub fn restore_blob(&mut self, digest: String, content_type: String, data: Vec<u8>) {
+        self.blobs.entry(digest).or_insert(Blob {
+            data: Arc::from(data),
+            content_type,
+            refs: 0,
+        });
+    }
+
+    /// Puts back a document written down from [`MemoryStore::stored_doc`]: counts, the changes
+    /// feed and attachment references follow from it, and `update_seq` is the highest seq seen.
+    ///
+    /// # Errors
+    /// [`DbError::BadRequest`] when the id is taken or `seq` is 0 or already used: the state
+    /// being restored is not one a store wrote.
+    pub fn restore_doc(
+        &mut self,
+        id: String,
+        seq: u64,
+        tree: RevTree<Arc<StoredBody>>,
+    ) -> Result<(), DbError> {
+        if tree.is_empty() || seq == 0 || self.by_seq.contains_key(&seq) {
+            return Err(DbError::BadRequest(format!(
+                "cannot restore {id:?} at seq {seq}: empty tree or seq taken"
+            )));
+        }
+        if self.docs.contains_key(&id) {
+            return Err(DbError::BadRequest(format!("{id:?} is restored twice")));
+        }
+        for body in tree.bodies() {
+            self.retain(body, Vec::new());
+        }
+        self.count(None, tree.is_deleted(tree.winner()));
+        self.by_seq.insert(seq, id.clone());
+        self.update_seq = self.update_seq.max(seq);
+        self.docs.insert(id, DocEntry { seq, tree });
+        Ok(())
+    }
+
+    /// Puts back a `_local` document (`id` with its `_local/` prefix) at revision number `rev`.
+    pub fn restore_local(&mut self, id: String, rev: u64, body: Doc) {
+        self.local.insert(id, LocalEntry { rev, body });
+    }
+
+    /// Puts back the generated-ids counter from [`MemoryStore::ids_generated`].
+    pub fn restore_ids_generated(&mut self, n: u64) {
+        self.ids_generated = n;
+    }
+
+    /// Drops attachment bytes no restored document refers to; returns how many.
+    pub fn drop_unreferenced_blobs(&mut self) -> usize {
+        let before = self.blobs.len();
+        self.blobs.retain(|_, b| b.refs > 0);
+        before - self.blobs.len()
     }
 
     fn generate_id(&mut self) -> String {

@@ -2,7 +2,7 @@
 
 mod memory;
 
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, StoredBody, DEFAULT_REVS_LIMIT};
 
 use serde_json::Value;
 

@@ -1,0 +1,176 @@
+//! The file format: schema, identity, migrations, and the encoding of revision trees.
+//!
+//! A peerpouch file is an SQLite database whose header says `application_id` =
+//! [`APPLICATION_ID`] and `user_version` = the format version. See the crate README for the
+//! tables.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use peerpouch::doc::AttMeta;
+use peerpouch::revtree::{FlatRev, RevTree};
+use peerpouch::store::StoredBody;
+use peerpouch::{Doc, Rev};
+use rusqlite::{Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+/// `PRAGMA application_id` of every peerpouch file: "ppch" in ASCII.
+pub const APPLICATION_ID: i32 = 0x7070_6368;
+
+/// The format version this build writes; files at a lower version are migrated forward when
+/// opened, files at a higher one are refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What is at a path before we touch it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// No file, an empty file, or an SQLite database with no tables: free to initialise.
+    Nothing,
+    /// A peerpouch file at this format version.
+    Peerpouch(u32),
+    /// An SQLite database of some other program (it has tables, or another application id).
+    Foreign(String),
+}
+
+/// Reads the identity of an existing SQLite database without writing to it.
+pub(crate) fn identify(conn: &Connection) -> rusqlite::Result<Found> {
+    let app: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    Ok(if app == APPLICATION_ID {
+        Found::Peerpouch(u32::try_from(version).unwrap_or(u32::MAX))
+    } else if app != 0 {
+        Found::Foreign(format!("its application_id is {app:#x}"))
+    } else if tables > 0 || version != 0 {
+        Found::Foreign(format!(
+            "it is an SQLite database with {tables} schema objects of another program"
+        ))
+    } else {
+        Found::Nothing
+    })
+}
+
+/// What a new file starts with (ignored when the file exists).
+pub(crate) struct Creation<'a> {
+    pub name: &'a str,
+    pub id_seed: u64,
+    pub revs_limit: usize,
+}
+
+/// Brings a file from format `from` to [`FORMAT_VERSION`], one step per version, in `tx`.
+///
+/// Each step is the change from one version to the next and never edits an earlier step: a
+/// file at any older version runs the steps after it in order. Version 0 is a file with
+/// nothing in it.
+pub(crate) fn migrate(tx: &Transaction<'_>, from: u32, new: &Creation<'_>) -> rusqlite::Result<()> {
+    if from < 1 {
+        tx.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY NOT NULL) STRICT;
+             CREATE TABLE docs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE,
+                                tree BLOB NOT NULL) STRICT;
+             CREATE TABLE attachments (digest TEXT PRIMARY KEY, content_type TEXT NOT NULL,
+                                       data BLOB NOT NULL) STRICT;
+             CREATE TABLE local_docs (id TEXT PRIMARY KEY, rev INTEGER NOT NULL,
+                                      body TEXT NOT NULL) STRICT;",
+        )?;
+        let mut put = tx.prepare("INSERT INTO meta (key, value) VALUES (?1, ?2)")?;
+        put.execute(("name", new.name))?;
+        // SQLite integers are signed: the seed's bits are kept as they are.
+        put.execute(("id_seed", new.id_seed as i64))?;
+        put.execute(("revs_limit", new.revs_limit as i64))?;
+        put.execute(("ids_generated", 0i64))?;
+    }
+    // A future version 2 adds `if from < 2 { ... }` here.
+    tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+    tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
+    Ok(())
+}
+
+/// Reads one `meta` value.
+pub(crate) fn meta<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    key: &str,
+) -> rusqlite::Result<Option<T>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+#[derive(Serialize)]
+struct RevOut<'a> {
+    r: Rev,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p: Option<usize>,
+    #[serde(skip_serializing_if = "is_false")]
+    d: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b: Option<BodyOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct BodyOut<'a> {
+    f: &'a Doc,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    a: &'a BTreeMap<String, AttMeta>,
+}
+
+#[derive(Deserialize)]
+struct RevIn {
+    r: Rev,
+    #[serde(default)]
+    p: Option<usize>,
+    #[serde(default)]
+    d: bool,
+    #[serde(default)]
+    b: Option<BodyIn>,
+}
+
+#[derive(Deserialize)]
+struct BodyIn {
+    f: Doc,
+    #[serde(default)]
+    a: BTreeMap<String, AttMeta>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Encodes a revision tree as the JSON array kept in `docs.tree`.
+pub(crate) fn encode_tree(tree: &RevTree<Arc<StoredBody>>, out: &mut Vec<u8>) {
+    out.clear();
+    let nodes: Vec<RevOut<'_>> = tree
+        .to_flat()
+        .map(|f| RevOut {
+            r: f.rev,
+            p: f.parent,
+            d: f.deleted,
+            b: f.body.map(|b| BodyOut {
+                f: &b.fields,
+                a: &b.atts,
+            }),
+        })
+        .collect();
+    // Serialising maps of JSON values into a Vec cannot fail.
+    serde_json::to_writer(out, &nodes).expect("JSON into memory");
+}
+
+/// Decodes `docs.tree`.
+pub(crate) fn decode_tree(bytes: &[u8]) -> Result<RevTree<Arc<StoredBody>>, String> {
+    let nodes: Vec<RevIn> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    RevTree::from_flat(
+        nodes
+            .into_iter()
+            .map(|n| FlatRev {
+                rev: n.r,
+                parent: n.p,
+                deleted: n.d,
+                body: n.b.map(|b| {
+                    Arc::new(StoredBody {
+                        fields: b.f,
+                        atts: b.a,
+                    })
+                }),
+            })
+            .collect(),
+    )
+}

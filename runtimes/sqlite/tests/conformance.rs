@@ -1,0 +1,92 @@
+//! The store conformance suite (`tests/common/conformance.rs` of the core, written once for
+//! every store) on SQLite: once on a plain store, once on a store closed and reopened from its
+//! file after every write, which proves that everything a write changed was written down.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+
+use peerpouch::{Database, DbError, OpenRevs, OpenRevsRequest, Request, Response};
+use peerpouch_sqlite::{OpenOptions, SqliteStore};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// A store in a fresh temporary directory, named and seeded like the memory store's cases, so
+/// generated ids are the same too.
+struct TempStore {
+    store: Option<SqliteStore>,
+    path: PathBuf,
+    reopen_after_writes: bool,
+    _dir: TempDir,
+}
+
+impl TempStore {
+    fn new(reopen_after_writes: bool) -> TempStore {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conformance.db");
+        TempStore {
+            store: Some(Self::open(&path)),
+            path,
+            reopen_after_writes,
+            _dir: dir,
+        }
+    }
+
+    fn open(path: &PathBuf) -> SqliteStore {
+        SqliteStore::open_with(path, OpenOptions::new().name("conformance").id_seed(0)).unwrap()
+    }
+}
+
+impl Database for TempStore {
+    fn execute(&mut self, request: Request) -> Result<Response, DbError> {
+        let write = request.is_write();
+        let store = self.store.as_mut().unwrap();
+        let before = self.reopen_after_writes.then(|| snapshot(store));
+        let result = store.execute(request);
+        if write && self.reopen_after_writes {
+            let after = snapshot(store);
+            drop(self.store.take());
+            let reopened = self.store.insert(Self::open(&self.path));
+            assert_eq!(
+                snapshot(reopened),
+                after,
+                "the file holds what the store answered"
+            );
+            if result.is_err() {
+                assert_eq!(Some(after), before, "a refused write changes nothing");
+            }
+        }
+        result
+    }
+}
+
+/// Everything a client can see: the conformance dump, every leaf of every document with its
+/// history and attachment bytes, the tree shapes, and the id counter.
+fn snapshot(store: &mut SqliteStore) -> Value {
+    let shapes = store.memory().tree_shapes();
+    let mut leaves = serde_json::Map::new();
+    for id in shapes.keys() {
+        let revs = store
+            .open_revs(OpenRevsRequest {
+                id: id.clone(),
+                open_revs: OpenRevs::All,
+                revs: true,
+                attachments: true,
+                atts_since: vec![],
+                latest: false,
+            })
+            .unwrap();
+        leaves.insert(id.clone(), serde_json::to_value(revs).unwrap());
+    }
+    json!({
+        "dump": common::conformance::dump(store),
+        "leaves": leaves,
+        "shapes": format!("{shapes:?}"),
+        "blobs": store.memory().attachment_blobs(),
+        "ids_generated": store.memory().ids_generated(),
+    })
+}
+
+conformance_suite!(sqlite, crate::TempStore::new(false));
+conformance_suite!(sqlite_reopened, crate::TempStore::new(true));

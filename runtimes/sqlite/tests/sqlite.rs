@@ -1,0 +1,338 @@
+//! What only a durable store has: reopening, refusing files that are not ours, migrations,
+//! attachment rows, failed writes and the lock.
+
+use std::path::{Path, PathBuf};
+
+use peerpouch::{
+    ChangesRequest, ChangesStyle, Database, DbError, GetRequest, OpenRevs, OpenRevsRequest, Seq,
+};
+use peerpouch_sqlite::{
+    Durability, OpenError, OpenOptions, SqliteStore, APPLICATION_ID, FORMAT_VERSION,
+};
+use rusqlite::Connection;
+use serde_json::json;
+
+fn temp() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.peerpouch");
+    (dir, path)
+}
+
+fn rows(path: &Path, table: &str) -> i64 {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+fn header(path: &Path) -> (i32, i64) {
+    let conn = Connection::open(path).unwrap();
+    let app = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .unwrap();
+    let version = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    (app, version)
+}
+
+#[test]
+fn reopening_continues_where_it_was() {
+    let (_dir, path) = temp();
+    let options = || OpenOptions::new().name("notes").id_seed(3).revs_limit(4);
+    let (r1, generated) = {
+        let mut db = SqliteStore::open_with(&path, options()).unwrap();
+        let r1 = db
+            .put(json!({"_id": "a", "_attachments": {"x": {"data": "aGVsbG8=", "content_type": "text/plain"}}}))
+            .unwrap();
+        // A conflict and a long history that stemming shortens.
+        db.bulk_docs(vec![json!({"_id": "a", "_rev": "1-0000", "v": 1})], false)
+            .unwrap();
+        let mut rev = db.put(json!({"_id": "b", "i": 0})).unwrap();
+        for i in 1..10 {
+            rev = db
+                .put(json!({"_id": "b", "_rev": rev.to_string(), "i": i}))
+                .unwrap();
+        }
+        db.put_local("checkpoint", json!({"seq": 5}).as_object().unwrap().clone())
+            .unwrap();
+        let generated = db.bulk_docs(vec![json!({"n": 1})], true).unwrap()[0]
+            .id
+            .clone();
+        (r1, generated)
+    };
+    // Options given to an existing file do not change it.
+    let mut db =
+        SqliteStore::open_with(&path, OpenOptions::new().name("other").id_seed(99)).unwrap();
+    assert_eq!(db.name(), "notes");
+    assert_eq!(db.update_seq(), 13);
+    let info = db.info().unwrap();
+    assert_eq!((info.doc_count, info.update_seq), (3, Seq::from(13)));
+    let mut g = GetRequest::new("a");
+    g.conflicts = true;
+    let a = db.get_with(g).unwrap();
+    assert_eq!(a["_rev"], r1.to_string());
+    assert_eq!(a["_conflicts"], json!(["1-0000"]));
+    let att = db.get_attachment("a", "x").unwrap();
+    assert_eq!(
+        (att.data.as_slice(), att.content_type.as_str()),
+        (&b"hello"[..], "text/plain")
+    );
+    let mut g = GetRequest::new("b");
+    g.revs = true;
+    let b = db.get_with(g).unwrap();
+    assert_eq!(b["_revisions"]["start"], 10);
+    assert_eq!(
+        b["_revisions"]["ids"].as_array().unwrap().len(),
+        4,
+        "revs_limit kept"
+    );
+    assert_eq!(db.get_local("checkpoint").unwrap()["_rev"], "0-1");
+    // The sequence, the id counter and the local revision go on from where they were.
+    let next = db.bulk_docs(vec![json!({"n": 2})], true).unwrap()[0]
+        .id
+        .clone();
+    assert_ne!(next, generated);
+    assert_eq!(db.update_seq(), 14);
+    let changes = db
+        .changes(ChangesRequest {
+            since: Seq::from(12),
+            style: ChangesStyle::AllDocs,
+            ..ChangesRequest::default()
+        })
+        .unwrap();
+    let ids: Vec<&str> = changes.results.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, [generated.as_str(), next.as_str()]);
+    let local = db.get_local("checkpoint").unwrap();
+    let mut local = local.clone();
+    local.insert("seq".into(), json!(6));
+    assert_eq!(
+        db.put_local("checkpoint", local).unwrap().to_string(),
+        "0-2"
+    );
+    // The same operations on a memory store give the same generated ids.
+    let mut mem = peerpouch::MemoryStore::new("notes").with_id_seed(3);
+    assert_eq!(
+        mem.bulk_docs(vec![json!({})], true).unwrap()[0].id,
+        generated
+    );
+}
+
+/// Opens `path` expecting an error, and checks that the file's bytes did not change and no
+/// journal was left beside it.
+fn refused(path: &Path) -> OpenError {
+    let before = std::fs::read(path).unwrap();
+    let err = SqliteStore::open(path).unwrap_err();
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        before,
+        "the file is untouched"
+    );
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    assert!(!wal.exists(), "no WAL was created beside it");
+    err
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_untouched() {
+    let (_dir, path) = temp();
+    std::fs::write(&path, "these are my notes, not a database\n".repeat(200)).unwrap();
+    let err = refused(&path);
+    assert!(matches!(err, OpenError::NotPeerpouch { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("not a peerpouch database"),
+        "{err}"
+    );
+}
+
+#[test]
+fn another_programs_sqlite_file_is_refused_untouched() {
+    let (_dir, path) = temp();
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE photos (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO photos (name) VALUES ('cat');")
+            .unwrap();
+    }
+    let err = refused(&path);
+    assert!(matches!(err, OpenError::NotPeerpouch { .. }), "{err:?}");
+    // Another application id, even without tables.
+    let (_dir2, path2) = temp();
+    {
+        let conn = Connection::open(&path2).unwrap();
+        conn.pragma_update(None, "application_id", 42).unwrap();
+    }
+    let err = refused(&path2);
+    assert!(matches!(err, OpenError::NotPeerpouch { .. }), "{err:?}");
+}
+
+#[test]
+fn a_newer_format_is_refused_untouched() {
+    let (_dir, path) = temp();
+    drop(SqliteStore::open(&path).unwrap());
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", FORMAT_VERSION + 1)
+            .unwrap();
+        // Leave the file in rollback-journal mode so reading it needs no WAL.
+        conn.pragma_update(None, "journal_mode", "DELETE").unwrap();
+    }
+    let err = refused(&path);
+    match err {
+        OpenError::NewerFormat {
+            found, supported, ..
+        } => {
+            assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn empty_files_are_migrated_from_version_zero() {
+    // No file, a zero-byte file, and an SQLite database with nothing in it are all version 0.
+    let (_dir, path) = temp();
+    std::fs::write(&path, b"").unwrap();
+    let mut db = SqliteStore::open(&path).unwrap();
+    db.put(json!({"_id": "a"})).unwrap();
+    drop(db);
+    assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
+    assert_eq!(rows(&path, "docs"), 1);
+
+    let (_dir, path) = temp();
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("VACUUM")
+        .unwrap();
+    assert!(path.exists());
+    drop(SqliteStore::open(&path).unwrap());
+    assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
+}
+
+#[test]
+fn attachments_are_stored_once_per_digest() {
+    let (_dir, path) = temp();
+    let mut db = SqliteStore::open(&path).unwrap();
+    let data = "aGVsbG8=";
+    let ra = db
+        .put(json!({"_id": "a", "_attachments": {"x": {"data": data}}}))
+        .unwrap();
+    let rb = db
+        .put(json!({"_id": "b", "_attachments": {"y": {"data": data}, "z": {"data": "d29ybGQ="}}}))
+        .unwrap();
+    drop(db);
+    assert_eq!(rows(&path, "attachments"), 2, "hello once, world once");
+    let mut db = SqliteStore::open(&path).unwrap();
+    db.put(json!({"_id": "a", "_rev": ra.to_string(), "_deleted": true}))
+        .unwrap();
+    drop(db);
+    assert_eq!(rows(&path, "attachments"), 2, "b still uses hello");
+    let mut db = SqliteStore::open(&path).unwrap();
+    db.put(json!({"_id": "b", "_rev": rb.to_string(), "_deleted": true}))
+        .unwrap();
+    assert_eq!(db.memory().attachment_blobs(), 0);
+    drop(db);
+    assert_eq!(
+        rows(&path, "attachments"),
+        0,
+        "unreferenced bytes are deleted"
+    );
+}
+
+#[test]
+fn a_failed_write_leaves_nothing_behind() {
+    let (_dir, path) = temp();
+    let mut db = SqliteStore::open(&path).unwrap();
+    db.put(json!({"_id": "before", "_attachments": {"x": {"data": "aGVsbG8="}}}))
+        .unwrap();
+    db.put_local("l", json!({"v": 1}).as_object().unwrap().clone())
+        .unwrap();
+    drop(db);
+    // Make the file refuse one document, as a full disk would refuse a transaction midway.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON docs WHEN NEW.id = 'zz-boom'
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    let mut db = SqliteStore::open(&path).unwrap();
+    let before = db.info().unwrap();
+    let err = db
+        .bulk_docs(
+            vec![
+                json!({"_id": "a", "_attachments": {"y": {"data": "d29ybGQ="}}}),
+                json!({"_id": "_local/l", "_rev": "0-1", "v": 2}),
+                json!({"_id": "zz-boom"}),
+            ],
+            true,
+        )
+        .unwrap_err();
+    assert_eq!((err.status(), err.error()), (500, "storage_error"), "{err}");
+    assert!(err.is_transient());
+    // Nothing of the request is visible, in memory or after reopening.
+    let check = |db: &mut SqliteStore| {
+        assert_eq!(db.info().unwrap(), before);
+        assert_eq!(db.get("a"), Err(DbError::NotFound("missing".into())));
+        assert_eq!(db.get_local("l").unwrap()["v"], 1);
+        assert_eq!(db.memory().attachment_blobs(), 1);
+    };
+    check(&mut db);
+    drop(db);
+    let mut db = SqliteStore::open(&path).unwrap();
+    check(&mut db);
+    // The store still works for documents the file accepts.
+    db.put(json!({"_id": "c"})).unwrap();
+    drop(db);
+    assert_eq!(rows(&path, "attachments"), 1);
+    let mut db = SqliteStore::open(&path).unwrap();
+    assert_eq!(db.info().unwrap().doc_count, 2);
+    assert_eq!(db.get("a"), Err(DbError::NotFound("missing".into())));
+}
+
+#[test]
+fn a_file_is_open_in_one_store_at_a_time() {
+    let (_dir, path) = temp();
+    let db = SqliteStore::open(&path).unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
+    drop(db);
+    SqliteStore::open(&path).unwrap();
+}
+
+#[test]
+fn a_damaged_tree_is_reported_not_served() {
+    let (_dir, path) = temp();
+    let mut db = SqliteStore::open(&path).unwrap();
+    db.put(json!({"_id": "a"})).unwrap();
+    drop(db);
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE docs SET tree = CAST('[{\"r\":\"1-x\",\"p\":0}]' AS BLOB)",
+            [],
+        )
+        .unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, OpenError::Damaged { .. }), "{err:?}");
+    assert!(err.to_string().contains("\"a\""), "{err}");
+}
+
+#[test]
+fn power_loss_durability_opens_and_writes() {
+    let (_dir, path) = temp();
+    let options = OpenOptions::new().durability(Durability::PowerLoss);
+    let mut db = SqliteStore::open_with(&path, options.clone()).unwrap();
+    let rev = db.put(json!({"_id": "a"})).unwrap();
+    drop(db);
+    let mut db = SqliteStore::open_with(&path, options).unwrap();
+    let mut r = OpenRevsRequest {
+        id: "a".into(),
+        open_revs: OpenRevs::All,
+        revs: false,
+        attachments: false,
+        atts_since: vec![],
+        latest: false,
+    };
+    r.revs = true;
+    assert_eq!(db.open_revs(r).unwrap().len(), 1);
+    assert_eq!(db.get("a").unwrap()["_rev"], rev.to_string());
+}
