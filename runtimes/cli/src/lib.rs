@@ -5,4 +5,5 @@
 //! It is single-threaded and polls: fine for a demo and a benchmark, not a production runtime
 //! (that is `peerpouch-smol`).
 
+pub mod endpoint;
 pub mod local;

@@ -246,7 +246,7 @@ impl Driver {
             // The hub database is created on first use, as PeerPouch did.
             let c = client.clone();
             if let Err(e) = smol::unblock(move || c.create_db(true)).await {
-                tracing::warn!(error = %e, "the hub is unreachable");
+                tracing::debug!(error = %e, "the hub is unreachable");
                 self.hub_failed = Some(PeerError::Hub(e));
             }
         }

@@ -1,0 +1,540 @@
+//! The commands behind `share`, `shares`, `replicate` and `docs`, on the async API
+//! (`peerpouch-smol`) and the SQLite store.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use async_channel::Receiver;
+use futures_lite::future;
+use peerpouch::hub::ShareInfo;
+use peerpouch::replicate::{Progress, ReplicationEvent};
+use peerpouch::{AllDocsRequest, Database, DbError, GetRequest, Rev};
+use peerpouch_cli::endpoint::{Endpoint, EndpointError};
+use peerpouch_smol::{
+    Db, HubSpec, InProcessHub, LinkEvent, PeerError, PeerNode, ReplicateOptions, ShareChange,
+    ShareConfig, Verdict,
+};
+use serde_json::{json, Value};
+
+use crate::DocsOp;
+
+/// Why a command failed; every one says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A bad argument.
+    #[error("{0}")]
+    Usage(String),
+    /// A bad SOURCE/TARGET.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// Bad JSON in an argument or on stdin.
+    #[error("invalid JSON in {what}: {error}")]
+    Json {
+        /// Which input.
+        what: String,
+        /// The parser's message.
+        error: String,
+    },
+    /// The local database file cannot be used.
+    #[error("cannot open {path}: {error}")]
+    Store {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: String,
+    },
+    /// From the node (hub unreachable, unknown share, refused, ...).
+    #[error("{0}")]
+    Peer(#[from] PeerError),
+    /// A database refused an operation.
+    #[error("{0}")]
+    Db(#[from] DbError),
+    /// A replication failed or some documents could not be written.
+    #[error("{0}")]
+    Replication(String),
+    /// Something else failed (the demo's checks, say).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    /// 2 for bad input, 1 for failures.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Endpoint(_) | CliError::Json { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn parse_json(text: &str, what: &str) -> Result<Value, CliError> {
+    serde_json::from_str(text).map_err(|e| CliError::Json {
+        what: what.to_string(),
+        error: e.to_string(),
+    })
+}
+
+/// Opens (or creates) the SQLite database at `path`.
+fn open_local(path: &Path) -> Result<peerpouch_sqlite::SqliteStore, CliError> {
+    peerpouch_sqlite::SqliteStore::open(path).map_err(|e| CliError::Store {
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    })
+}
+
+/// A name for a local database file (its stem).
+fn db_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Ctrl-C and SIGTERM, as a channel (installed once per process).
+fn interrupts() -> Receiver<()> {
+    let (tx, rx) = async_channel::bounded(1);
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = tx.try_send(());
+    }) {
+        tracing::warn!(error = %e, "cannot catch Ctrl-C");
+    }
+    rx
+}
+
+fn print_json(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+pub struct ShareArgs {
+    pub hub: String,
+    pub db: PathBuf,
+    pub name: Option<String>,
+    pub info: Option<String>,
+    pub read_only: bool,
+    pub ask: bool,
+    pub key: Option<String>,
+    pub json: bool,
+}
+
+/// Asks on the terminal (stderr for the question, stdin for the answer); no answer refuses.
+fn ask_on_terminal(req: &peerpouch_smol::PeerRequest) -> Verdict {
+    let mut err = std::io::stderr().lock();
+    let _ = write!(
+        err,
+        "peer {} wants to connect to {} (info: {}). Accept? [y/N] ",
+        req.peer, req.share, req.info
+    );
+    let _ = err.flush();
+    let mut line = String::new();
+    match std::io::stdin().lock().read_line(&mut line) {
+        Ok(n) if n > 0 && matches!(line.trim(), "y" | "Y" | "yes") => Verdict::Accept,
+        _ => Verdict::Refuse(Some("refused by the sharer".into())),
+    }
+}
+
+pub fn share(args: ShareArgs) -> Result<(), CliError> {
+    let info = match &args.info {
+        Some(t) => parse_json(t, "--info")?,
+        None => Value::Null,
+    };
+    let store = open_local(&args.db)?;
+    let interrupted = interrupts();
+    smol::block_on(async {
+        let node = PeerNode::start(HubSpec::Couch(args.hub.clone()))?;
+        let name = db_name(&args.db);
+        let db = node.add_db(&name, store).await?;
+        let mut config = ShareConfig::new().info(info).read_only(args.read_only);
+        if let Some(n) = &args.name {
+            config = config.name(n.clone());
+        }
+        if let Some(k) = &args.key {
+            config = config.key(k.as_bytes().to_vec());
+        }
+        if args.ask {
+            config = config.ask(ask_on_terminal);
+        }
+        let links = node.watch_links().await?;
+        let id = node.share(&db, config).await?;
+        let docs = db.info().await?.doc_count;
+        if args.json {
+            print_json(&json!({"event": "shared", "share": id, "name": args.name, "docs": docs}));
+        } else {
+            println!(
+                "sharing {} ({docs} docs) as {id}{} on {}; Ctrl-C to stop",
+                args.db.display(),
+                args.name
+                    .as_ref()
+                    .map(|n| format!(" named {n:?}"))
+                    .unwrap_or_default(),
+                node.hub()
+            );
+        }
+        loop {
+            let next = future::or(async { links.recv().await.ok() }, async {
+                let _ = interrupted.recv().await;
+                None
+            })
+            .await;
+            match next {
+                Some(LinkEvent::Ready { peer, .. }) => {
+                    if args.json {
+                        print_json(&json!({"event": "peer_connected", "peer": peer}));
+                    } else {
+                        println!("peer {peer} connected");
+                    }
+                }
+                Some(LinkEvent::Closed { peer, reason, .. }) => {
+                    if args.json {
+                        print_json(
+                            &json!({"event": "peer_closed", "peer": peer, "reason": reason}),
+                        );
+                    } else {
+                        println!("peer {peer} left ({reason})");
+                    }
+                }
+                None => break,
+            }
+        }
+        let unshared = node.unshare(&id).await;
+        node.shutdown().await;
+        unshared?;
+        if args.json {
+            print_json(&json!({"event": "unshared", "share": id}));
+        } else {
+            println!("unshared {id}");
+        }
+        Ok(())
+    })
+}
+
+fn share_json(s: &ShareInfo) -> Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "info": s.info,
+        "read_only": s.read_only,
+        "expires_at": s.expires_at,
+    })
+}
+
+fn share_line(s: &ShareInfo) -> String {
+    format!(
+        "{}  {}{}{}",
+        s.id,
+        s.name.as_deref().unwrap_or("-"),
+        if s.read_only { "  (read-only)" } else { "" },
+        if s.info.is_null() {
+            String::new()
+        } else {
+            format!("  {}", s.info)
+        }
+    )
+}
+
+pub fn shares(hub: &str, watch: bool, json_out: bool) -> Result<(), CliError> {
+    let interrupted = if watch { Some(interrupts()) } else { None };
+    smol::block_on(async {
+        let node = PeerNode::start(HubSpec::Couch(hub.to_string()))?;
+        let changes = if watch {
+            Some(node.watch_shares().await?)
+        } else {
+            None
+        };
+        let list = node.shares().await?;
+        if json_out && !watch {
+            print_json(&Value::Array(list.iter().map(share_json).collect()));
+        } else if json_out {
+            for s in &list {
+                print_json(&json!({"event": "listed", "share": share_json(s)}));
+            }
+        } else if list.is_empty() {
+            println!("no shares on {}", node.hub());
+        } else {
+            for s in &list {
+                println!("{}", share_line(s));
+            }
+        }
+        if let (Some(changes), Some(interrupted)) = (changes, interrupted) {
+            loop {
+                let next = future::or(async { changes.recv().await.ok() }, async {
+                    let _ = interrupted.recv().await;
+                    None
+                })
+                .await;
+                match next {
+                    Some(ShareChange::Added(s)) if json_out => {
+                        print_json(&json!({"event": "added", "share": share_json(&s)}))
+                    }
+                    Some(ShareChange::Added(s)) => println!("+ {}", share_line(&s)),
+                    Some(ShareChange::Removed(id)) if json_out => {
+                        print_json(&json!({"event": "removed", "share": id}))
+                    }
+                    Some(ShareChange::Removed(id)) => println!("- {id}"),
+                    None => break,
+                }
+            }
+        }
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+pub struct ReplicateArgs {
+    pub source: String,
+    pub target: String,
+    pub live: bool,
+    pub json: bool,
+    pub key: Option<String>,
+    pub info: Option<String>,
+}
+
+async fn open_endpoint(
+    node: &PeerNode,
+    e: &Endpoint,
+    is_target: bool,
+    info: &Value,
+    key: Option<&str>,
+) -> Result<Db, CliError> {
+    match e {
+        Endpoint::Path(p) => {
+            let store = open_local(p)?;
+            Ok(node.add_db(&p.display().to_string(), store).await?)
+        }
+        Endpoint::Http(url) => Ok(node.http_db(url, is_target).await?),
+        Endpoint::Peer { share, .. } => Ok(node
+            .open_with_key(share, info.clone(), key.map(|k| k.as_bytes().to_vec()))
+            .await?),
+    }
+}
+
+fn progress_json(event: &str, p: &Progress) -> Value {
+    json!({
+        "event": event,
+        "changes_read": p.changes_read,
+        "docs_read": p.docs_read,
+        "docs_written": p.docs_written,
+        "doc_write_failures": p.doc_write_failures,
+        "doc_read_failures": p.doc_read_failures,
+        "last_seq": p.last_seq,
+    })
+}
+
+pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
+    let source = Endpoint::parse(&args.source)?;
+    let target = Endpoint::parse(&args.target)?;
+    let info = match &args.info {
+        Some(t) => parse_json(t, "--info")?,
+        None => json!({"app": "peerpouch-cli"}),
+    };
+    let hubs: Vec<&String> = [&source, &target]
+        .into_iter()
+        .filter_map(|e| match e {
+            Endpoint::Peer { hub, .. } => Some(hub),
+            _ => None,
+        })
+        .collect();
+    let hub =
+        match hubs.as_slice() {
+            [] => HubSpec::InProcess(InProcessHub::new()),
+            [one] => HubSpec::Couch((*one).clone()),
+            [a, b] if a == b => HubSpec::Couch((*a).clone()),
+            _ => return Err(CliError::Usage(
+                "SOURCE and TARGET are shares on two different hubs: replicate through a local \
+                 database in two steps"
+                    .into(),
+            )),
+        };
+    let interrupted = interrupts();
+    let bar = !args.json && std::io::stderr().is_terminal();
+    smol::block_on(async {
+        let node = PeerNode::start(hub)?;
+        let result = async {
+            let key = args.key.as_deref();
+            let src = open_endpoint(&node, &source, false, &info, key).await?;
+            let tgt = open_endpoint(&node, &target, true, &info, key).await?;
+            let options = ReplicateOptions {
+                live: args.live,
+                ..Default::default()
+            };
+            let started = Instant::now();
+            let mut rep = node.replicate(&src, &tgt, options).await?;
+            let mut cancelled = false;
+            let end = loop {
+                let next = future::or(async { Some(rep.next_event().await) }, async {
+                    let _ = interrupted.recv().await;
+                    None
+                })
+                .await;
+                let event = match next {
+                    Some(Some(e)) => e,
+                    Some(None) => break Err(CliError::Peer(PeerError::Stopped)),
+                    None if !cancelled => {
+                        cancelled = true;
+                        rep.cancel().await;
+                        continue;
+                    }
+                    None => continue,
+                };
+                match event {
+                    ReplicationEvent::Started { since, .. } if args.json => {
+                        print_json(&json!({"event": "started", "since": since}));
+                    }
+                    ReplicationEvent::Progressed(p) | ReplicationEvent::CaughtUp(p) => {
+                        if args.json {
+                            print_json(&progress_json("progress", &p));
+                        } else if bar {
+                            eprint!(
+                                "\r\x1b[2K{} docs written, {} changes read{}",
+                                p.docs_written,
+                                p.changes_read,
+                                if args.live { " (live)" } else { "" }
+                            );
+                        }
+                    }
+                    ReplicationEvent::Completed(p) | ReplicationEvent::Cancelled(p) => break Ok(p),
+                    ReplicationEvent::Failed { error, progress } => {
+                        if bar {
+                            eprintln!();
+                        }
+                        break Err(CliError::Replication(format!(
+                            "replication failed after {} docs: {error}",
+                            progress.docs_written
+                        )));
+                    }
+                    _ => {}
+                }
+            };
+            let p = end?;
+            let secs = started.elapsed().as_secs_f64();
+            if bar {
+                eprintln!();
+            }
+            if args.json {
+                let mut v = progress_json("completed", &p);
+                v["seconds"] = json!(secs);
+                v["cancelled"] = json!(cancelled);
+                print_json(&v);
+            } else {
+                println!(
+                    "replicated {} -> {}: {} docs written ({} read, {} failed) in {:.2} s",
+                    src.name(),
+                    tgt.name(),
+                    p.docs_written,
+                    p.docs_read,
+                    p.doc_write_failures,
+                    secs
+                );
+            }
+            if p.doc_write_failures > 0 || p.doc_read_failures > 0 {
+                return Err(CliError::Replication(format!(
+                    "{} documents could not be written and {} could not be read: see -v",
+                    p.doc_write_failures, p.doc_read_failures
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        node.shutdown().await;
+        result
+    })
+}
+
+fn read_stdin() -> Result<String, CliError> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| CliError::Usage(format!("cannot read stdin: {e}")))?;
+    Ok(s)
+}
+
+fn rev_of(r: Result<Rev, DbError>) -> Result<String, CliError> {
+    Ok(r?.to_string())
+}
+
+pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
+    let mut db = open_local(path)?;
+    match op {
+        DocsOp::Put { doc } => {
+            let text = if doc == "-" { read_stdin()? } else { doc };
+            let doc = parse_json(&text, "the document")?;
+            if !doc.is_object() {
+                return Err(CliError::Usage("a document is a JSON object".into()));
+            }
+            let mut r = db.bulk_docs(vec![doc], true)?;
+            let row = r
+                .pop()
+                .ok_or_else(|| CliError::Failed("the store returned no result".into()))?;
+            let rev = rev_of(row.result)?;
+            print_json(&json!({"ok": true, "id": row.id, "rev": rev}));
+        }
+        DocsOp::Bulk => {
+            let text = read_stdin()?;
+            let docs: Vec<Value> = match text.trim_start().as_bytes().first() {
+                Some(b'[') => match parse_json(&text, "stdin")? {
+                    Value::Array(a) => a,
+                    _ => unreachable!("starts with ["),
+                },
+                _ => text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                    .map(|(i, l)| parse_json(l, &format!("stdin line {}", i + 1)))
+                    .collect::<Result<_, _>>()?,
+            };
+            let n = docs.len();
+            let results = db.bulk_docs(docs, true)?;
+            let failed: Vec<Value> = results
+                .iter()
+                .filter_map(|r| match &r.result {
+                    Err(e) => Some(json!({"id": r.id, "error": e.to_string()})),
+                    Ok(_) => None,
+                })
+                .collect();
+            print_json(&json!({"written": n - failed.len(), "failed": failed}));
+            if !failed.is_empty() {
+                return Err(CliError::Failed(format!(
+                    "{} of {n} documents were not written",
+                    failed.len()
+                )));
+            }
+        }
+        DocsOp::Get {
+            id,
+            rev,
+            conflicts,
+            attachments,
+        } => {
+            let mut req = GetRequest::new(&id);
+            if let Some(r) = rev {
+                req.rev = Some(
+                    r.parse()
+                        .map_err(|e| CliError::Usage(format!("--rev: {e}")))?,
+                );
+            }
+            req.conflicts = conflicts;
+            req.attachments = attachments;
+            print_json(&Value::Object(db.get_with(req)?));
+        }
+        DocsOp::All { include_docs } => {
+            let req = AllDocsRequest {
+                include_docs,
+                ..Default::default()
+            };
+            let all = db.all_docs(req)?;
+            print_json(&serde_json::to_value(&all).map_err(|e| CliError::Failed(e.to_string()))?);
+        }
+        DocsOp::Delete { id } => {
+            let current = db.get(&id)?;
+            let rev = current.get("_rev").cloned().unwrap_or(Value::Null);
+            let r = db.put(json!({"_id": id, "_rev": rev, "_deleted": true}));
+            print_json(&json!({"ok": true, "id": id, "rev": rev_of(r)?}));
+        }
+        DocsOp::Info => {
+            let info = db.info()?;
+            print_json(&serde_json::to_value(&info).map_err(|e| CliError::Failed(e.to_string()))?);
+        }
+    }
+    Ok(())
+}
