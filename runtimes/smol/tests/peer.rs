@@ -178,19 +178,31 @@ fn unknown_and_ambiguous_shares_are_typed_errors() {
             bob.open("nobody", Value::Null).await,
             Err(PeerError::UnknownShare(s)) if s == "nobody"
         ));
-        match bob.open("twin", Value::Null).await {
+        let ids = match bob.open("twin", Value::Null).await {
             Err(PeerError::AmbiguousShare { count, ids, .. }) => {
                 assert_eq!(count, 2);
                 // Either can be opened by its id.
                 let remote = bob.open(&ids[1], Value::Null).await.unwrap();
                 assert_eq!(remote.info().await.unwrap().doc_count, 1);
+                ids
             }
             other => panic!("expected an ambiguity, got {other:?}"),
-        }
-        let remote = alice.add_db("x", MemoryStore::new("x")).await.unwrap();
+        };
+        let foreign = alice.add_db("x", MemoryStore::new("x")).await.unwrap();
+        assert!(matches!(
+            bob.share(&foreign, ShareConfig::new()).await,
+            Err(PeerError::ForeignDb(_))
+        ));
+        let mine = bob.add_db("y", MemoryStore::new("y")).await.unwrap();
+        assert!(matches!(
+            bob.replicate(&foreign, &mine, ReplicateOptions::default())
+                .await,
+            Err(PeerError::ForeignDb(_))
+        ));
+        let remote = bob.open(&ids[0], Value::Null).await.unwrap();
         assert!(matches!(
             bob.share(&remote, ShareConfig::new()).await,
-            Err(PeerError::UnknownDb(_))
+            Err(PeerError::NotLocal(_))
         ));
     });
 }
@@ -229,6 +241,8 @@ fn unshare_is_seen_by_watchers_and_ends_the_links() {
         let remote = bob.open("going", Value::Null).await.unwrap();
         assert_eq!(remote.info().await.unwrap().doc_count, 2);
         let watch = bob.watch_shares().await.unwrap();
+        // The watch starts with the shares already there.
+        assert!(matches!(watch.recv().await.unwrap(), ShareChange::Added(s) if s.id == share));
         let closed = remote.clone();
         let closed = smol::spawn(async move { closed.closed().await });
         alice.unshare(&share).await.unwrap();

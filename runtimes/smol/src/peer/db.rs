@@ -82,6 +82,10 @@ impl Db {
         }
     }
 
+    pub(crate) fn node(&self) -> &PeerNode {
+        &self.node
+    }
+
     pub(crate) fn target(&self) -> &Target {
         &self.target
     }

@@ -4,7 +4,7 @@
 //! hub answer, a store answer, a timer) the driver takes every output of the machine before it
 //! waits again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -143,6 +143,30 @@ enum Done {
     },
 }
 
+/// A `watch_shares` stream and the shares it was told about.
+struct Watcher {
+    events: Sender<ShareChange>,
+    known: BTreeSet<String>,
+    /// Its first listing arrived.
+    listed: bool,
+}
+
+impl Watcher {
+    /// Tells about a share unless it already did; false when nobody listens any more.
+    fn added(&mut self, s: &ShareInfo) -> bool {
+        !self.known.insert(s.id.clone())
+            || self.events.try_send(ShareChange::Added(s.clone())).is_ok()
+    }
+
+    fn removed(&mut self, id: &str) -> bool {
+        !self.known.remove(id)
+            || self
+                .events
+                .try_send(ShareChange::Removed(id.to_string()))
+                .is_ok()
+    }
+}
+
 /// Who asked a local database.
 enum Origin {
     Node(StoreRequestId),
@@ -173,7 +197,7 @@ pub(crate) struct Driver {
     /// Longpoll changes requests with nothing to say yet, by database.
     parked: Vec<(String, Request, Origin)>,
     list_waiters: Vec<Reply<Result<Vec<ShareInfo>, PeerError>>>,
-    watchers: Vec<Sender<ShareChange>>,
+    watchers: Vec<Watcher>,
     share_waiters: BTreeMap<String, Reply<Result<String, PeerError>>>,
     unshare_waiters: BTreeMap<String, Reply<Result<(), PeerError>>>,
     deciders: BTreeMap<String, Decider>,
@@ -691,7 +715,14 @@ impl Driver {
                 if self.watchers.is_empty() {
                     self.node.watch(now, true);
                 }
-                self.watchers.push(events);
+                // The shares already there come first, from a listing taken once the hub is
+                // followed; changes seen meanwhile are merged in without repeats.
+                self.watchers.push(Watcher {
+                    events,
+                    known: BTreeSet::new(),
+                    listed: false,
+                });
+                self.node.list(now);
             }
             Command::Open {
                 share,
@@ -850,15 +881,13 @@ impl Driver {
                 for w in self.list_waiters.drain(..) {
                     let _ = w.try_send(Ok(shares.clone()));
                 }
+                self.watchers.retain_mut(|w| {
+                    let first = !std::mem::replace(&mut w.listed, true);
+                    !first || shares.iter().all(|s| w.added(s))
+                });
             }
-            HubEvent::ShareAdded(info) => {
-                self.watchers
-                    .retain(|w| w.try_send(ShareChange::Added(info.clone())).is_ok());
-            }
-            HubEvent::ShareRemoved { share, .. } => {
-                self.watchers
-                    .retain(|w| w.try_send(ShareChange::Removed(share.clone())).is_ok());
-            }
+            HubEvent::ShareAdded(info) => self.watchers.retain_mut(|w| w.added(&info)),
+            HubEvent::ShareRemoved { share, .. } => self.watchers.retain_mut(|w| w.removed(&share)),
             HubEvent::ShareCreated { share } => {
                 tracing::info!(%share, "shared");
                 if let Some(w) = self.share_waiters.remove(&share) {

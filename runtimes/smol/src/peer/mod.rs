@@ -100,6 +100,9 @@ pub enum PeerError {
     /// The node has no database by this name: add it with [`PeerNode::add_db`].
     #[error("no database {0:?} on this node")]
     UnknownDb(String),
+    /// A [`Db`] of another node: replicate or share with the node it came from.
+    #[error("{0} belongs to another node")]
+    ForeignDb(String),
     /// Only local databases can be shared.
     #[error("only a local database can be shared, not {0}")]
     NotLocal(String),
@@ -442,6 +445,7 @@ impl PeerNode {
     /// [`PeerError::NotLocal`], [`PeerError::UnknownDb`], [`PeerError::HubRequest`] when the
     /// hub refused the share document.
     pub async fn share(&self, db: &Db, config: ShareConfig) -> Result<String, PeerError> {
+        self.own(db)?;
         let Target::Local(name) = db.target() else {
             return Err(PeerError::NotLocal(db.name().to_string()));
         };
@@ -477,7 +481,9 @@ impl PeerNode {
         self.ask(|reply| Command::List { reply }).await?
     }
 
-    /// Shares appearing and going from now on, as a stream (see [`futures_lite::StreamExt`]).
+    /// The shares on the hub and then those appearing and going, as a stream: first an
+    /// `Added` for every share there, then changes as they happen, each share added once and
+    /// removed once.
     ///
     /// # Errors
     /// [`PeerError::Stopped`].
@@ -570,13 +576,15 @@ impl PeerNode {
     /// remote or HTTP). Await [`Replication::finished`], or read its events.
     ///
     /// # Errors
-    /// [`PeerError::Stopped`].
+    /// [`PeerError::ForeignDb`] for a database of another node, [`PeerError::Stopped`].
     pub async fn replicate(
         &self,
         source: &Db,
         target: &Db,
         options: ReplicateOptions,
     ) -> Result<Replication, PeerError> {
+        self.own(source)?;
+        self.own(target)?;
         let mut config =
             ReplicatorConfig::new(source.replication_name(), target.replication_name())
                 .live(options.live);
@@ -601,6 +609,14 @@ impl PeerNode {
             commands: self.commands.clone(),
             last: Progress::default(),
         })
+    }
+
+    fn own(&self, db: &Db) -> Result<(), PeerError> {
+        if db.node().commands.same_channel(&self.commands) {
+            Ok(())
+        } else {
+            Err(PeerError::ForeignDb(db.name().to_string()))
+        }
     }
 
     /// Unshares every share, closes every link and stops the node's task.
