@@ -90,11 +90,16 @@ fn share_watch_open_and_replicate_both_ways() {
         assert_eq!(added.info, json!({"owner": "alice"}));
         assert!(bob.shares().await.unwrap().iter().any(|s| s.id == share));
 
+        let links = alice.watch_links().await.unwrap();
         let remote = bob
             .open("alice-notes", json!({"name": "bob"}))
             .await
             .unwrap();
         assert_eq!(remote.info().await.unwrap().doc_count, 301);
+        match links.recv().await.unwrap() {
+            LinkEvent::Ready { share: s, ours, .. } => assert!(s == share && ours),
+            other => panic!("expected a ready link, got {other:?}"),
+        }
         let att = remote.get_attachment("pic", "a.bin").await.unwrap();
         assert_eq!(att.data, (0u8..8).collect::<Vec<u8>>());
 
