@@ -15,7 +15,7 @@
 //! - [`MemoryStore`], a database with CouchDB semantics held in memory, behind the [`Database`]
 //!   trait; the operations and results every database speaks ([`Request`], [`Response`]).
 //! - [`Replicator`], the CouchDB replication protocol as a machine between a source and a target
-//!   it knows only through requests and responses, and [`replicate`], a loop that runs it between
+//!   it knows only through requests and responses, and [`replicate()`], a loop that runs it between
 //!   two synchronous databases.
 //! - [`hub::Hub`], share negotiation through a CouchDB hub: share and signal documents in the
 //!   original PeerPouch format, accept/refuse, expiry and cleanup; [`hub::MemoryHub`] is an

@@ -1,11 +1,16 @@
 //! # peerpouch-smol
 //!
-//! A [smol]/[async-io] runtime for [`peerpouch::session::Session`]: it owns a UDP socket, drives
-//! any number of WebRTC links on it (ICE, DTLS, SCTP data channel, through str0m), fires their
-//! timers, optionally asks STUN servers for the socket's public address, and gives the app an
-//! async API to await.
+//! The async API of peerpouch on [smol]/[async-io], in two layers:
 //!
-//! ## In scope
+//! - [`peer`]: the product. A [`PeerNode`] runs the whole [`peerpouch::node::Node`] machine
+//!   (hub negotiation, WebRTC sessions, the RPC, replications) on a UDP socket, a hub (CouchDB
+//!   over HTTP or the [`InProcessHub`]) and the app's databases; [`Db`] is one handle for a
+//!   local database, a peer's share and a CouchDB database; [`Replication`] reports progress and
+//!   can be cancelled. Start there.
+//! - [`LinkEndpoint`] / [`Link`]: bare WebRTC data channels ([`peerpouch::session::Session`]s)
+//!   for apps that bring their own protocol: one socket, many links, STUN, timers.
+//!
+//! ## The link layer
 //! - [`LinkEndpoint`]: one `Async<UdpSocket>` (large `SO_RCVBUF`/`SO_SNDBUF`), many links,
 //!   incoming datagrams routed with [`Session::accepts`](peerpouch::session::Session::accepts);
 //!   a wildcard bind (`0.0.0.0:0`) advertises every interface address.
@@ -17,11 +22,12 @@
 //!   wait for it.
 //!
 //! ## Out of scope
-//! TURN relays, TCP candidates, the hub client (see `runtimes/couch`), RPC and replication over
-//! links (they sit on top of [`Link`]).
+//! TURN relays and TCP candidates.
 //!
 //! ## How it runs
-//! The endpoint's driver is one async task that owns the socket and every [`Session`]: it reads
+//! A [`PeerNode`]'s task owns its socket, its `Node` and its in-memory or SQLite databases;
+//! blocking work (HTTP requests to a CouchDB hub or database, an app's accept/refuse callback)
+//! runs on smol's blocking pool and comes back as an input. The endpoint's driver is one async task that owns the socket and every [`Session`]: it reads
 //! datagrams in batches, feeds them to their session, and after every input drains the session
 //! (transmits, signals, events: the drain rule of the sans-IO core) before waiting again on the
 //! socket, the app's commands and one [`async_io::Timer`] set to the earliest
@@ -79,7 +85,7 @@ mod endpoint;
 mod error;
 mod link;
 mod net;
-mod peer;
+pub mod peer;
 pub mod stun;
 
 pub use endpoint::{EndpointConfig, EndpointDriver, EndpointStats, LinkEndpoint};

@@ -288,7 +288,7 @@ impl PeerConfig {
 }
 
 /// A handle to a running node; clones share it. The node stops when [`PeerNode::shutdown`] is
-/// called or every handle (and every [`Db`] of it) is dropped. See the [module docs](self).
+/// called or every handle (and every [`Db`] of it) is dropped. See the [module docs](crate::peer).
 #[derive(Clone, Debug)]
 pub struct PeerNode {
     commands: Sender<Command>,
