@@ -101,20 +101,47 @@ fn interrupts() -> Receiver<()> {
     rx
 }
 
+/// The next item of `stream`, or `None` once interrupted (or when the stream ended).
+async fn next_or_interrupt<T>(stream: &Receiver<T>, interrupted: &Receiver<()>) -> Option<T> {
+    future::or(async { stream.recv().await.ok() }, async {
+        let _ = interrupted.recv().await;
+        None
+    })
+    .await
+}
+
 fn print_json(v: &Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
 }
 
+/// `peerpouch share`.
+#[derive(clap::Args, Debug)]
 pub struct ShareArgs {
+    /// The hub: a CouchDB database URL (created if missing).
+    #[arg(long)]
     pub hub: String,
+    /// The local database file (created if missing).
+    #[arg(long)]
     pub db: PathBuf,
+    /// A name peers can open the share by.
+    #[arg(long)]
     pub name: Option<String>,
+    /// JSON peers see in the share list.
+    #[arg(long)]
     pub info: Option<String>,
+    /// Refuse writes from peers.
+    #[arg(long)]
     pub read_only: bool,
+    /// Ask on the terminal before accepting each peer.
+    #[arg(long)]
     pub ask: bool,
+    /// Peers must know this key (give it to them out of band).
+    #[arg(long, env = "PEERPOUCH_KEY", hide_env_values = true)]
     pub key: Option<String>,
+    /// Print events as JSON lines.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -172,12 +199,7 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
             );
         }
         loop {
-            let next = future::or(async { links.recv().await.ok() }, async {
-                let _ = interrupted.recv().await;
-                None
-            })
-            .await;
-            match next {
+            match next_or_interrupt(&links, &interrupted).await {
                 Some(LinkEvent::Ready { peer, .. }) => {
                     if args.json {
                         print_json(&json!({"event": "peer_connected", "peer": peer}));
@@ -258,12 +280,7 @@ pub fn shares(hub: &str, watch: bool, json_out: bool) -> Result<(), CliError> {
         }
         if let (Some(changes), Some(interrupted)) = (changes, interrupted) {
             loop {
-                let next = future::or(async { changes.recv().await.ok() }, async {
-                    let _ = interrupted.recv().await;
-                    None
-                })
-                .await;
-                match next {
+                match next_or_interrupt(&changes, &interrupted).await {
                     Some(ShareChange::Added(s)) if json_out => {
                         print_json(&json!({"event": "added", "share": share_json(&s)}))
                     }
@@ -281,12 +298,25 @@ pub fn shares(hub: &str, watch: bool, json_out: bool) -> Result<(), CliError> {
     })
 }
 
+/// `peerpouch replicate`: SOURCE and TARGET are each a local database file, an http(s)://
+/// CouchDB database URL, or a share on a hub: peer+http(s)://host/hubdb#SHARE (an id or a name).
+#[derive(clap::Args, Debug)]
 pub struct ReplicateArgs {
+    /// Where documents come from.
     pub source: String,
+    /// Where they go.
     pub target: String,
+    /// Keep going: follow new changes until interrupted.
+    #[arg(long)]
     pub live: bool,
+    /// Print progress and the summary as JSON lines.
+    #[arg(long)]
     pub json: bool,
+    /// The key the share requires, if any.
+    #[arg(long, env = "PEERPOUCH_KEY", hide_env_values = true)]
     pub key: Option<String>,
+    /// What the sharer sees about us (JSON).
+    #[arg(long)]
     pub info: Option<String>,
 }
 

@@ -26,32 +26,7 @@ enum Command {
     /// a WebRTC data channel, both ways, printing each step and checking the result.
     Demo,
     /// Serve a local database to peers until interrupted (Ctrl-C unshares it).
-    Share {
-        /// The hub: a CouchDB database URL (created if missing).
-        #[arg(long)]
-        hub: String,
-        /// The local database file (created if missing).
-        #[arg(long)]
-        db: PathBuf,
-        /// A name peers can open the share by.
-        #[arg(long)]
-        name: Option<String>,
-        /// JSON peers see in the share list.
-        #[arg(long)]
-        info: Option<String>,
-        /// Refuse writes from peers.
-        #[arg(long)]
-        read_only: bool,
-        /// Ask on the terminal before accepting each peer.
-        #[arg(long)]
-        ask: bool,
-        /// Peers must know this key (give it to them out of band).
-        #[arg(long, env = "PEERPOUCH_KEY", hide_env_values = true)]
-        key: Option<String>,
-        /// Print events as JSON lines.
-        #[arg(long)]
-        json: bool,
-    },
+    Share(commands::ShareArgs),
     /// List the shares on a hub (and follow them with --watch).
     Shares {
         /// The hub: a CouchDB database URL.
@@ -66,24 +41,7 @@ enum Command {
     },
     /// Replicate SOURCE into TARGET. Each is a local database file, an http(s):// CouchDB
     /// database URL, or a share on a hub: peer+http(s)://host/hubdb#SHARE (an id or a name).
-    Replicate {
-        /// Where documents come from.
-        source: String,
-        /// Where they go.
-        target: String,
-        /// Keep going: follow new changes until interrupted.
-        #[arg(long)]
-        live: bool,
-        /// Print progress and the summary as JSON lines.
-        #[arg(long)]
-        json: bool,
-        /// The key the share requires, if any.
-        #[arg(long, env = "PEERPOUCH_KEY", hide_env_values = true)]
-        key: Option<String>,
-        /// What the sharer sees about us (JSON).
-        #[arg(long)]
-        info: Option<String>,
-    },
+    Replicate(commands::ReplicateArgs),
     /// Create and inspect documents in a local database file.
     Docs {
         /// The local database file (created if missing).
@@ -154,41 +112,9 @@ fn main() -> ExitCode {
         .try_init();
     let result = match cli.command {
         Command::Demo => demo::run().map_err(commands::CliError::Failed),
-        Command::Share {
-            hub,
-            db,
-            name,
-            info,
-            read_only,
-            ask,
-            key,
-            json,
-        } => commands::share(commands::ShareArgs {
-            hub,
-            db,
-            name,
-            info,
-            read_only,
-            ask,
-            key,
-            json,
-        }),
+        Command::Share(args) => commands::share(args),
         Command::Shares { hub, watch, json } => commands::shares(&hub, watch, json),
-        Command::Replicate {
-            source,
-            target,
-            live,
-            json,
-            key,
-            info,
-        } => commands::replicate(commands::ReplicateArgs {
-            source,
-            target,
-            live,
-            json,
-            key,
-            info,
-        }),
+        Command::Replicate(args) => commands::replicate(args),
         Command::Docs { path, op } => commands::docs(&path, op),
     };
     match result {

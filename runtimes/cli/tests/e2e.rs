@@ -37,20 +37,26 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-fn run(args: &[&str], stdin: Option<&str>) -> Output {
+/// Starts `peerpouch args`, gives it `stdin` (then end of input).
+fn spawn(args: &[&str], stdin: Option<&str>, stderr: Stdio) -> Child {
     let mut child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut input = child.stdin.take().unwrap();
     if let Some(s) = stdin {
         input.write_all(s.as_bytes()).unwrap();
     }
-    drop(input);
-    child.wait_with_output().unwrap()
+    child
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    spawn(args, stdin, Stdio::piped())
+        .wait_with_output()
+        .unwrap()
 }
 
 fn ok_json(args: &[&str], stdin: Option<&str>) -> Vec<Value> {
@@ -76,18 +82,7 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str], stdin: Option<&str>) -> Running {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-        drop(input);
+        let mut child = spawn(args, stdin, Stdio::inherit());
         let out = child.stdout.take().unwrap();
         let (tx, lines) = channel();
         std::thread::spawn(move || {

@@ -50,6 +50,30 @@ async fn seeded(node: &PeerNode, name: &str, n: usize) -> Db {
     db
 }
 
+/// One-shot replication on `node`, to its end.
+async fn once(node: &PeerNode, source: &Db, target: &Db) -> peerpouch::replicate::Progress {
+    node.replicate(source, target, ReplicateOptions::default())
+        .await
+        .unwrap()
+        .finished()
+        .await
+        .unwrap()
+}
+
+/// Alice shares a database of `n` docs named `name`; Bob opens it (by that name).
+async fn share_and_open(
+    alice: &PeerNode,
+    bob: &PeerNode,
+    name: &str,
+    n: usize,
+    config: ShareConfig,
+) -> (Db, String, Db) {
+    let db = seeded(alice, name, n).await;
+    let share = alice.share(&db, config).await.unwrap();
+    let remote = bob.open(name, Value::Null).await.unwrap();
+    (db, share, remote)
+}
+
 async fn ids_and_revs(db: &Db) -> Vec<(String, String)> {
     db.all_docs(AllDocsRequest::default())
         .await
@@ -104,13 +128,7 @@ fn share_watch_open_and_replicate_both_ways() {
         assert_eq!(att.data, (0u8..8).collect::<Vec<u8>>());
 
         let copy = bob.add_db("copy", MemoryStore::new("copy")).await.unwrap();
-        let p = bob
-            .replicate(&remote, &copy, ReplicateOptions::default())
-            .await
-            .unwrap()
-            .finished()
-            .await
-            .unwrap();
+        let p = once(&bob, &remote, &copy).await;
         assert_eq!(p.docs_written, 301);
         assert_eq!(ids_and_revs(&copy).await, ids_and_revs(&notes).await);
 
@@ -118,13 +136,7 @@ fn share_watch_open_and_replicate_both_ways() {
         let mut d = copy.get("doc-0007").await.unwrap();
         d["n"] = json!("edited by bob");
         copy.put(Value::Object(d)).await.unwrap();
-        let p = bob
-            .replicate(&copy, &remote, ReplicateOptions::default())
-            .await
-            .unwrap()
-            .finished()
-            .await
-            .unwrap();
+        let p = once(&bob, &copy, &remote).await;
         assert_eq!(p.docs_written, 1);
         assert_eq!(notes.get("doc-0007").await.unwrap()["n"], "edited by bob");
         assert_eq!(ids_and_revs(&copy).await, ids_and_revs(&notes).await);
@@ -216,12 +228,14 @@ fn unknown_and_ambiguous_shares_are_typed_errors() {
 fn read_only_shares_refuse_writes_but_serve_reads() {
     let (alice, bob) = pair();
     within(30, "the read-only share", async {
-        let db = seeded(&alice, "ro", 3).await;
-        alice
-            .share(&db, ShareConfig::new().name("ro").read_only(true))
-            .await
-            .unwrap();
-        let remote = bob.open("ro", Value::Null).await.unwrap();
+        let (db, _, remote) = share_and_open(
+            &alice,
+            &bob,
+            "ro",
+            3,
+            ShareConfig::new().name("ro").read_only(true),
+        )
+        .await;
         assert_eq!(remote.get("doc-0001").await.unwrap()["n"], 1);
         assert!(matches!(
             remote.put(json!({"_id": "intruder"})).await,
@@ -238,12 +252,8 @@ fn read_only_shares_refuse_writes_but_serve_reads() {
 fn unshare_is_seen_by_watchers_and_ends_the_links() {
     let (alice, bob) = pair();
     within(60, "the unshare", async {
-        let db = seeded(&alice, "going", 2).await;
-        let share = alice
-            .share(&db, ShareConfig::new().name("going"))
-            .await
-            .unwrap();
-        let remote = bob.open("going", Value::Null).await.unwrap();
+        let (_, share, remote) =
+            share_and_open(&alice, &bob, "going", 2, ShareConfig::new().name("going")).await;
         assert_eq!(remote.info().await.unwrap().doc_count, 2);
         let watch = bob.watch_shares().await.unwrap();
         // The watch starts with the shares already there.
@@ -278,12 +288,8 @@ fn unshare_is_seen_by_watchers_and_ends_the_links() {
 fn live_replication_and_subscriptions_follow_new_writes() {
     let (alice, bob) = pair();
     within(60, "the live replication", async {
-        let db = seeded(&alice, "live", 10).await;
-        alice
-            .share(&db, ShareConfig::new().name("live"))
-            .await
-            .unwrap();
-        let remote = bob.open("live", Value::Null).await.unwrap();
+        let (db, _, remote) =
+            share_and_open(&alice, &bob, "live", 10, ShareConfig::new().name("live")).await;
         let copy = bob.add_db("copy", MemoryStore::new("copy")).await.unwrap();
         let sub = remote
             .subscribe(ChangesRequest {
@@ -381,13 +387,7 @@ fn couch_hub_two_nodes_share_and_replicate() {
             .await
             .unwrap();
         let copy = bob.add_db("copy", MemoryStore::new("copy")).await.unwrap();
-        let p = bob
-            .replicate(&remote, &copy, ReplicateOptions::default())
-            .await
-            .unwrap()
-            .finished()
-            .await
-            .unwrap();
+        let p = once(&bob, &remote, &copy).await;
         assert_eq!(p.docs_written, 200);
         assert_eq!(ids_and_revs(&copy).await, ids_and_revs(&db).await);
     });
@@ -406,24 +406,12 @@ fn http_database_replicates_both_ways_with_a_local_one() {
             .http_db(&fresh_db_url("peer-http"), true)
             .await
             .unwrap();
-        let p = node
-            .replicate(&local, &http, ReplicateOptions::default())
-            .await
-            .unwrap()
-            .finished()
-            .await
-            .unwrap();
+        let p = once(&node, &local, &http).await;
         assert_eq!(p.docs_written, 150);
         assert_eq!(http.info().await.unwrap().doc_count, 150);
         http.put(json!({"_id": "from-couch"})).await.unwrap();
         let back = node.add_db("back", MemoryStore::new("back")).await.unwrap();
-        let p = node
-            .replicate(&http, &back, ReplicateOptions::default())
-            .await
-            .unwrap()
-            .finished()
-            .await
-            .unwrap();
+        let p = once(&node, &http, &back).await;
         assert_eq!(p.docs_written, 151);
         assert_eq!(ids_and_revs(&back).await.len(), 151);
         assert!(matches!(
