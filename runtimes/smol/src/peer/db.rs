@@ -49,7 +49,9 @@ pub struct Db {
 }
 
 /// A live changes feed of a [`Db`] ([`Db::subscribe`]): batches of rows as they happen.
-/// Dropping it ends the subscription.
+/// Dropping it ends the subscription. Memory stays bounded: a remote feed whose reader falls
+/// 1024 batches behind is ended (`next` gives `None`; resubscribe from the last seq read), a
+/// local one simply waits for the reader.
 #[derive(Debug)]
 pub struct Subscription {
     rows: Receiver<ChangesResponse>,
@@ -267,7 +269,7 @@ impl Db {
     /// # Errors
     /// [`PeerError::Stopped`], or [`PeerError::Node`] when the link is gone.
     pub async fn subscribe(&self, request: ChangesRequest) -> Result<Subscription, PeerError> {
-        let (tx, rx) = async_channel::unbounded();
+        let (tx, rx) = async_channel::bounded(super::driver::SUBSCRIPTION_BACKLOG);
         match &self.target {
             Target::Remote(link) => {
                 let (reply, answer) = async_channel::bounded(1);

@@ -26,6 +26,12 @@ use crate::net::LocalAddrs;
 
 /// How long a shutdown waits for the hub to confirm unshares before it gives up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Batches a changes subscription's reader may fall behind before its stream is ended.
+pub(crate) const SUBSCRIPTION_BACKLOG: usize = 1024;
+/// Events a share or link watcher may fall behind before its stream is ended.
+pub(crate) const WATCH_BACKLOG: usize = 1024;
+/// Commands queued to the driver before senders wait.
+pub(crate) const COMMAND_BACKLOG: usize = 1024;
 /// Datagrams read per wake-up before the driver looks at its other inputs.
 const RECV_BATCH: usize = 64;
 
@@ -235,6 +241,7 @@ impl Driver {
                 follower: None,
             },
         };
+        // Bounded by the work in flight: one answer per hub or HTTP request, feed batch, verdict.
         let (done_tx, done_rx) = async_channel::unbounded();
         Ok(Driver {
             node,
@@ -845,8 +852,14 @@ impl Driver {
             } => {
                 let key = (link, call);
                 if let Some(s) = self.subs.get(&key) {
-                    if s.try_send(changes).is_err() {
-                        // The app dropped its stream: stop the subscription.
+                    if let Err(e) = s.try_send(changes) {
+                        if e.is_full() {
+                            tracing::warn!(
+                                "a changes subscription's reader fell {SUBSCRIPTION_BACKLOG} \
+                                 batches behind: its stream ends (resubscribe from its last seq)"
+                            );
+                        }
+                        // The app dropped its stream, or cannot keep up: stop the subscription.
                         self.subs.remove(&key);
                         let _ = self.node.cancel_call(Instant::now(), &key.0, key.1);
                     }
@@ -860,7 +873,9 @@ impl Driver {
                         | ReplicationEvent::Cancelled(_)
                 );
                 if let Some(s) = self.reps.get(&id) {
-                    let _ = s.try_send(event);
+                    // A reader that falls behind loses the oldest events, never the last one:
+                    // progress is cumulative, so the newest tells everything the older did.
+                    let _ = s.force_send(event);
                 }
                 if last {
                     self.reps.remove(&id);

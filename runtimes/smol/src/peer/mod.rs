@@ -359,7 +359,7 @@ impl PeerNode {
         }
         let addr = bound.addrs.bound;
         let hub = config.hub.describe();
-        let (tx, rx) = async_channel::unbounded();
+        let (tx, rx) = async_channel::bounded(driver::COMMAND_BACKLOG);
         let driver = Driver::new(node, socket, bound.addrs, config.hub, rx)?;
         Ok((
             PeerNode {
@@ -483,12 +483,12 @@ impl PeerNode {
 
     /// The shares on the hub and then those appearing and going, as a stream: first an
     /// `Added` for every share there, then changes as they happen, each share added once and
-    /// removed once.
+    /// removed once. A reader more than 1024 events behind is cut off (the stream ends).
     ///
     /// # Errors
     /// [`PeerError::Stopped`].
     pub async fn watch_shares(&self) -> Result<Receiver<ShareChange>, PeerError> {
-        let (tx, rx) = async_channel::unbounded();
+        let (tx, rx) = async_channel::bounded(driver::WATCH_BACKLOG);
         self.commands
             .send(Command::Watch { events: tx })
             .await
@@ -497,12 +497,12 @@ impl PeerNode {
     }
 
     /// Links coming up and going from now on (peers connecting to our shares, shares we
-    /// opened), as a stream.
+    /// opened), as a stream. A reader more than 1024 events behind is cut off.
     ///
     /// # Errors
     /// [`PeerError::Stopped`].
     pub async fn watch_links(&self) -> Result<Receiver<LinkEvent>, PeerError> {
-        let (tx, rx) = async_channel::unbounded();
+        let (tx, rx) = async_channel::bounded(driver::WATCH_BACKLOG);
         self.commands
             .send(Command::WatchLinks { events: tx })
             .await
@@ -592,7 +592,7 @@ impl PeerNode {
         if let Some(b) = options.batch_size {
             config.batch_size = b.max(1);
         }
-        let (events, rx) = async_channel::unbounded();
+        let (events, rx) = async_channel::bounded(64);
         let (source, target) = (source.target().clone(), target.target().clone());
         let id = self
             .ask(|reply| Command::Replicate {
