@@ -66,7 +66,7 @@ pub(crate) fn migrate(tx: &Transaction<'_>, from: u32, new: &Creation<'_>) -> ru
     if from < 1 {
         tx.execute_batch(
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY NOT NULL) STRICT;
-             CREATE TABLE docs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE,
+             CREATE TABLE docs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
                                 tree BLOB NOT NULL) STRICT;
              CREATE TABLE attachments (digest TEXT PRIMARY KEY, content_type TEXT NOT NULL,
                                        data BLOB NOT NULL) STRICT;
