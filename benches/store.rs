@@ -21,13 +21,11 @@ mod common;
 
 use common::*;
 use peerpouch::{
-    replicate, AllDocsRequest, ChangesRequest, ChangesStyle, Database, MemoryStore, Progress,
-    ReplicatorConfig, Seq,
+    replicate, AllDocsRequest, Database, MemoryStore, Progress, ReplicatorConfig, Seq,
 };
 use serde_json::Value;
 
 const DOCS: usize = 100_000;
-const BATCH: usize = 1000;
 /// Runs per measurement; the median is reported.
 const RUNS: usize = 5;
 
@@ -54,39 +52,6 @@ fn peak_reset_works() -> bool {
     }
     // Some slack: RSS moves a little between reads of the status file.
     proc_status_kib("VmHWM").is_some_and(|after| after < before - (60 << 10))
-}
-
-fn insert_all(db: &mut MemoryStore, docs: &[Value]) {
-    for chunk in docs.chunks(BATCH) {
-        let results = db.bulk_docs(chunk.to_vec(), true).expect("bulk_docs");
-        assert_eq!(results.len(), chunk.len());
-        if let Some(bad) = results.iter().find(|r| r.result.is_err()) {
-            panic!("bulk_docs refused {}: {:?}", bad.id, bad.result);
-        }
-    }
-}
-
-/// Reads the whole changes feed from 0 in pages; returns the number of rows.
-fn scan_changes(db: &mut MemoryStore) -> usize {
-    let mut since = Seq::zero();
-    let mut rows = 0;
-    loop {
-        let page = db
-            .changes(ChangesRequest {
-                since: since.clone(),
-                limit: Some(BATCH),
-                style: ChangesStyle::AllDocs,
-                ..ChangesRequest::default()
-            })
-            .expect("changes");
-        if page.results.is_empty() {
-            break;
-        }
-        rows += page.results.len();
-        black_box(&page.results);
-        since = page.last_seq;
-    }
-    rows
 }
 
 /// Checks that `target` holds every document of `source`, with equal sampled bodies.

@@ -2,9 +2,15 @@
 //! the documents they write and small helpers to measure and print.
 #![allow(dead_code)]
 
+use std::hint::black_box;
 use std::time::Duration;
 
+use peerpouch::{ChangesRequest, ChangesStyle, Database, Seq};
+
 use serde_json::{json, Value};
+
+/// Documents per `bulk_docs` request and per changes page.
+pub const BATCH: usize = 1000;
 
 /// Characters of text in each document.
 pub const TEXT_LEN: usize = 1000;
@@ -77,3 +83,35 @@ pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+pub fn insert_all(db: &mut dyn Database, docs: &[Value]) {
+    for chunk in docs.chunks(BATCH) {
+        let results = db.bulk_docs(chunk.to_vec(), true).expect("bulk_docs");
+        assert_eq!(results.len(), chunk.len());
+        if let Some(bad) = results.iter().find(|r| r.result.is_err()) {
+            panic!("bulk_docs refused {}: {:?}", bad.id, bad.result);
+        }
+    }
+}
+
+/// Reads the whole changes feed from 0 in pages; returns the number of rows.
+pub fn scan_changes(db: &mut dyn Database) -> usize {
+    let mut since = Seq::zero();
+    let mut rows = 0;
+    loop {
+        let page = db
+            .changes(ChangesRequest {
+                since: since.clone(),
+                limit: Some(BATCH),
+                style: ChangesStyle::AllDocs,
+                ..ChangesRequest::default()
+            })
+            .expect("changes");
+        if page.results.is_empty() {
+            break;
+        }
+        rows += page.results.len();
+        black_box(&page.results);
+        since = page.last_seq;
+    }
+    rows
+}

@@ -12,7 +12,6 @@
 //!
 //! The headline lines start with `figure:` (and `ratio:`); the rest is context.
 
-use std::hint::black_box;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,29 +20,16 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::*;
-use peerpouch::{
-    replicate, ChangesRequest, ChangesStyle, Database, MemoryStore, ReplicatorConfig, Seq,
-};
+use peerpouch::{replicate, Database, MemoryStore, ReplicatorConfig, Seq};
 use peerpouch_sqlite::{OpenOptions, SqliteStore};
 use serde_json::Value;
 
 const DOCS: usize = 100_000;
-const BATCH: usize = 1000;
 /// Runs per measurement; the median is reported.
 const RUNS: usize = 3;
 
 fn sqlite(path: &Path, name: &str) -> SqliteStore {
     SqliteStore::open_with(path, OpenOptions::new().name(name).id_seed(0)).expect("open")
-}
-
-fn insert_all(db: &mut dyn Database, docs: &[Value]) {
-    for chunk in docs.chunks(BATCH) {
-        let results = db.bulk_docs(chunk.to_vec(), true).expect("bulk_docs");
-        assert_eq!(results.len(), chunk.len());
-        if let Some(bad) = results.iter().find(|r| r.result.is_err()) {
-            panic!("bulk_docs refused {}: {:?}", bad.id, bad.result);
-        }
-    }
 }
 
 /// Fills a store batch by batch, generating each batch as it goes (no master copy).
@@ -52,29 +38,6 @@ fn fill(db: &mut dyn Database) {
         let batch: Vec<Value> = (start..start + BATCH).map(make_doc).collect();
         insert_all(db, &batch);
     }
-}
-
-/// Reads the whole changes feed from 0 in pages; returns the number of rows.
-fn scan_changes(db: &mut dyn Database) -> usize {
-    let mut since = Seq::zero();
-    let mut rows = 0;
-    loop {
-        let page = db
-            .changes(ChangesRequest {
-                since: since.clone(),
-                limit: Some(BATCH),
-                style: ChangesStyle::AllDocs,
-                ..ChangesRequest::default()
-            })
-            .expect("changes");
-        if page.results.is_empty() {
-            break;
-        }
-        rows += page.results.len();
-        black_box(&page.results);
-        since = page.last_seq;
-    }
-    rows
 }
 
 fn check_inserted(db: &mut dyn Database, docs: &[Value]) {
@@ -96,7 +59,10 @@ fn timed_replication(source: &mut dyn Database, target: &mut dyn Database) -> Du
     assert_eq!(target.info().expect("info").doc_count, DOCS as u64);
     for i in (0..DOCS).step_by(9973).chain([DOCS - 1]) {
         let id = format!("doc-{i:06}");
-        assert_eq!(source.get(&id).expect("source"), target.get(&id).expect("target"));
+        assert_eq!(
+            source.get(&id).expect("source"),
+            target.get(&id).expect("target")
+        );
     }
     d
 }
@@ -246,39 +212,53 @@ fn main() {
     println!(
         "context: replication in the peak-memory children: memory {mem_child_rate:.0} docs/s, sqlite {sql_child_rate:.0} docs/s"
     );
-    println!(
-        "baseline: memory_bulk_insert_docs_per_s = {:.0} docs/s",
-        median(insert.memory.clone())
-    );
-    println!(
-        "baseline: memory_changes_rows_per_s = {:.0} rows/s",
-        median(changes.memory.clone())
-    );
-    println!(
-        "baseline: memory_replication_docs_per_s = {:.0} docs/s",
-        median(replication.memory.clone())
-    );
+    let lines = [
+        (
+            "baseline: memory_bulk_insert_docs_per_s",
+            median(insert.memory.clone()),
+            "docs/s",
+        ),
+        (
+            "baseline: memory_changes_rows_per_s",
+            median(changes.memory.clone()),
+            "rows/s",
+        ),
+        (
+            "baseline: memory_replication_docs_per_s",
+            median(replication.memory.clone()),
+            "docs/s",
+        ),
+        (
+            "figure: sqlite_bulk_insert_docs_per_s",
+            median(insert.sqlite.clone()),
+            "docs/s",
+        ),
+        (
+            "figure: sqlite_changes_rows_per_s",
+            median(changes.sqlite.clone()),
+            "rows/s",
+        ),
+        (
+            "figure: sqlite_replication_docs_per_s",
+            median(replication.sqlite.clone()),
+            "docs/s",
+        ),
+    ];
+    for (name, value, unit) in lines {
+        println!("{name} = {value:.0} {unit}");
+    }
     println!(
         "baseline: memory_replication_peak_rss_mib = {:.1} MiB",
         mib(mem_peak)
     );
     println!(
-        "figure: sqlite_bulk_insert_docs_per_s = {:.0} docs/s",
-        median(insert.sqlite.clone())
-    );
-    println!(
-        "figure: sqlite_changes_rows_per_s = {:.0} rows/s",
-        median(changes.sqlite.clone())
-    );
-    println!(
-        "figure: sqlite_replication_docs_per_s = {:.0} docs/s",
-        median(replication.sqlite.clone())
-    );
-    println!(
         "figure: sqlite_replication_peak_rss_mib = {:.1} MiB",
         mib(sql_peak)
     );
-    println!("ratio: sqlite_bulk_insert_vs_memory = {:.3}", insert.ratio());
+    println!(
+        "ratio: sqlite_bulk_insert_vs_memory = {:.3}",
+        insert.ratio()
+    );
     println!("ratio: sqlite_changes_vs_memory = {:.3}", changes.ratio());
     println!(
         "ratio: sqlite_replication_vs_memory = {:.3}",

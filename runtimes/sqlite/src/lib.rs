@@ -275,18 +275,7 @@ impl SqliteStore {
         } else {
             format::Found::Nothing
         };
-        let version = match found {
-            format::Found::Foreign(detail) => return Err(OpenError::NotPeerpouch { path, detail }),
-            format::Found::Peerpouch(v) if v > FORMAT_VERSION => {
-                return Err(OpenError::NewerFormat {
-                    path,
-                    found: v,
-                    supported: FORMAT_VERSION,
-                })
-            }
-            format::Found::Peerpouch(v) => v,
-            format::Found::Nothing => 0,
-        };
+        accept(&path, found)?;
         let mut conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -314,17 +303,7 @@ impl SqliteStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
             .map_err(err)?;
         // Recheck under the lock: another process may have created the file meanwhile.
-        let version = match format::identify(&tx).map_err(err)? {
-            format::Found::Peerpouch(v) if v > FORMAT_VERSION => {
-                return Err(OpenError::NewerFormat {
-                    path,
-                    found: v,
-                    supported: FORMAT_VERSION,
-                })
-            }
-            format::Found::Peerpouch(v) => v,
-            _ => version,
-        };
+        let version = accept(&path, format::identify(&tx).map_err(err)?)?;
         if version < FORMAT_VERSION {
             let default_name = path
                 .file_stem()
@@ -453,6 +432,23 @@ impl Database for SqliteStore {
         } else {
             self.mem.execute(request)
         }
+    }
+}
+
+/// The format version of a file we may open and write, or why not.
+fn accept(path: &Path, found: format::Found) -> Result<u32, OpenError> {
+    match found {
+        format::Found::Foreign(detail) => Err(OpenError::NotPeerpouch {
+            path: path.to_path_buf(),
+            detail,
+        }),
+        format::Found::Peerpouch(v) if v > FORMAT_VERSION => Err(OpenError::NewerFormat {
+            path: path.to_path_buf(),
+            found: v,
+            supported: FORMAT_VERSION,
+        }),
+        format::Found::Peerpouch(v) => Ok(v),
+        format::Found::Nothing => Ok(0),
     }
 }
 

@@ -16,6 +16,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use common::Rng;
 use peerpouch::doc::digest_of;
 use peerpouch::{
     ChangesRequest, ChangesStyle, Database, DbError, OpenRev, OpenRevs, OpenRevsRequest, Rev,
@@ -23,22 +27,6 @@ use peerpouch::{
 };
 use peerpouch_sqlite::{OpenOptions, SqliteStore};
 use serde_json::{json, Value};
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -55,7 +43,7 @@ fn open(path: &Path) -> SqliteStore {
 fn body(rng: &mut Rng) -> Value {
     let len = 1 + rng.below(3000) as usize;
     let payload: String = (0..len)
-        .map(|i| (b'a' + ((rng.next() as usize + i) % 26) as u8) as char)
+        .map(|i| (b'a' + ((rng.next_u64() as usize + i) % 26) as u8) as char)
         .collect();
     json!({"sum": digest_of(payload.as_bytes()), "payload": payload})
 }
@@ -66,7 +54,7 @@ fn attachments(rng: &mut Rng) -> Option<Value> {
     let data: Vec<u8> = match rng.below(4) {
         0 => return None,
         1 => (0..1 + rng.below(20_000))
-            .map(|_| rng.next() as u8)
+            .map(|_| rng.next_u64() as u8)
             .collect(),
         k => vec![k as u8; 5000 * k as usize],
     };
@@ -77,7 +65,7 @@ fn attachments(rng: &mut Rng) -> Option<Value> {
 fn hex(rng: &mut Rng) -> String {
     format!(
         "{:032x}",
-        u128::from(rng.next()) << 64 | u128::from(rng.next())
+        u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())
     )
 }
 
@@ -87,7 +75,7 @@ fn crash_writer_child() {
     let Ok(path) = std::env::var("PEERPOUCH_CRASH_CHILD") else {
         return;
     };
-    let mut rng = Rng(env_u64("PEERPOUCH_CRASH_SEED", 0));
+    let mut rng = Rng::new(env_u64("PEERPOUCH_CRASH_SEED", 0));
     let mut db = open(Path::new(&path));
     let mut ids: Vec<String> = db
         .all_docs(Default::default())
@@ -321,7 +309,7 @@ fn acknowledged_writes_survive_sigkill() {
     }
     let rounds = env_u64("PEERPOUCH_CRASH_ROUNDS", 40);
     let seed = env_u64("PEERPOUCH_CRASH_SEED", 7);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crash.db");
     let exe = std::env::current_exe().unwrap();
@@ -336,7 +324,7 @@ fn acknowledged_writes_survive_sigkill() {
                 "--test-threads=1",
             ])
             .env("PEERPOUCH_CRASH_CHILD", &path)
-            .env("PEERPOUCH_CRASH_SEED", rng.next().to_string())
+            .env("PEERPOUCH_CRASH_SEED", rng.next_u64().to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
