@@ -299,6 +299,13 @@ impl SqliteStore {
             Durability::PowerLoss => "FULL",
         };
         conn.pragma_update(None, "synchronous", sync).map_err(err)?;
+        // Copy the WAL back into the file every ~40 MiB rather than every 4 MiB: fewer
+        // checkpoints, so fewer fsyncs, for the same bytes (reads never touch the file).
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)
+            .map_err(err)?;
+        // ... and give the disk back after a checkpoint past 64 MiB.
+        conn.pragma_update(None, "journal_size_limit", 64i64 << 20)
+            .map_err(err)?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
             .map_err(err)?;
