@@ -20,6 +20,8 @@
 //! last transactions, never the file's consistency; [`Durability::PowerLoss`]
 //! (`synchronous=FULL`) also survives those, at the cost of an `fsync` per write.
 //!
+//! The file format (tables, version, migrations) is described in the crate's `README.md`.
+//!
 //! One process opens a file at a time: the store holds SQLite's exclusive lock while it is open,
 //! and a second [`SqliteStore::open`] of the same file fails with [`OpenError::Locked`].
 //!
