@@ -171,6 +171,15 @@ pub enum OpenError {
         /// What is wrong.
         detail: String,
     },
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// SQLite failed (permissions, disk full, I/O error).
     #[error("SQLite failed on {path}: {source}")]
     Sqlite {
@@ -257,25 +266,27 @@ impl SqliteStore {
     /// [`OpenError::NotPeerpouch`] or [`OpenError::NewerFormat`] for a file this build must not
     /// write to (it is left byte for byte as it was), [`OpenError::Locked`] when it is open
     /// elsewhere, [`OpenError::Damaged`] when its content does not hold together,
-    /// [`OpenError::Sqlite`] for I/O failures.
+    /// [`OpenError::Io`] or [`OpenError::Sqlite`] for I/O failures.
     pub fn open_with(
         path: impl AsRef<Path>,
         options: OpenOptions,
     ) -> Result<SqliteStore, OpenError> {
         let path = path.as_ref().to_path_buf();
         let err = |e| OpenError::sqlite(&path, e);
-        // Identify the file on a read-only connection first: nothing is written to a file that
-        // turns out not to be ours (setting WAL mode alone would change its header).
-        let found = if path.exists() {
-            let probe = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .map_err(err)?;
-            probe.busy_timeout(LOCK_WAIT).map_err(err)?;
-            format::identify(&probe).map_err(err)?
-        } else {
-            format::Found::Nothing
+        // Identify the file before anything can write to it (setting WAL mode alone would
+        // change its header): from its first 100 bytes when they decide, else on a connection
+        // that only reads.
+        let found = match format::identify_header(&path).map_err(|e| OpenError::Io {
+            path: path.clone(),
+            source: e,
+        })? {
+            Some(found) => found,
+            None => {
+                let probe = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+                    .map_err(err)?;
+                probe.busy_timeout(LOCK_WAIT).map_err(err)?;
+                format::identify(&probe).map_err(err)?
+            }
         };
         accept(&path, found)?;
         let mut conn = Connection::open_with_flags(
