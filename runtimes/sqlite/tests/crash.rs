@@ -199,7 +199,10 @@ impl Acked {
 }
 
 /// Every acknowledged write is there, every leaf is whole and every tree holds together.
-fn check(path: &Path, acked: &Acked) {
+/// Returns the leaves that were committed but never acknowledged (a kill fell between a commit
+/// and its acknowledgement).
+fn check(path: &Path, acked: &Acked) -> BTreeSet<(String, Rev)> {
+    let mut unacknowledged = BTreeSet::new();
     let mut db = open(path);
     // Acknowledged revisions are known (still leaves, or ancestors of later edits).
     let mut wanted: BTreeMap<String, Vec<Rev>> = BTreeMap::new();
@@ -264,6 +267,9 @@ fn check(path: &Path, acked: &Acked) {
         for l in &leaves {
             let OpenRev::Ok(d) = l else { unreachable!() };
             let rev: Rev = d["_rev"].as_str().unwrap().parse().unwrap();
+            if !acked.docs.contains(&(row.id.clone(), rev.clone())) {
+                unacknowledged.insert((row.id.clone(), rev.clone()));
+            }
             let history = &d["_revisions"];
             assert_eq!(history["start"], rev.pos);
             let hist = history["ids"].as_array().unwrap();
@@ -300,6 +306,7 @@ fn check(path: &Path, acked: &Acked) {
         .query_row("SELECT count(*) FROM attachments", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, blobs);
+    unacknowledged
 }
 
 #[test]
@@ -314,6 +321,8 @@ fn acknowledged_writes_survive_sigkill() {
     let path = dir.path().join("crash.db");
     let exe = std::env::current_exe().unwrap();
     let mut acked = Acked::default();
+    let mut committed_unacked = 0;
+    let mut seen_unacked = BTreeSet::new();
     for round in 0..rounds {
         let kill_after = 1 + rng.below(60) as usize;
         let mut child = Command::new(&exe)
@@ -349,10 +358,13 @@ fn acknowledged_writes_survive_sigkill() {
         for line in lines {
             acked.take(&line.unwrap());
         }
-        check(&path, &acked);
+        let extra = check(&path, &acked);
+        committed_unacked += usize::from(!extra.is_subset(&seen_unacked));
+        seen_unacked.extend(extra);
     }
     eprintln!(
-        "{rounds} kills, {} acknowledged writes, {} revisions checked",
+        "{rounds} kills, {} acknowledged writes, {} revisions checked; \
+         {committed_unacked} kills fell between a commit and its acknowledgement",
         acked.lines,
         acked.docs.len()
     );
