@@ -212,40 +212,15 @@ fn main() {
     println!(
         "context: replication in the peak-memory children: memory {mem_child_rate:.0} docs/s, sqlite {sql_child_rate:.0} docs/s"
     );
-    let lines = [
-        (
-            "baseline: memory_bulk_insert_docs_per_s",
-            median(insert.memory.clone()),
-            "docs/s",
-        ),
-        (
-            "baseline: memory_changes_rows_per_s",
-            median(changes.memory.clone()),
-            "rows/s",
-        ),
-        (
-            "baseline: memory_replication_docs_per_s",
-            median(replication.memory.clone()),
-            "docs/s",
-        ),
-        (
-            "figure: sqlite_bulk_insert_docs_per_s",
-            median(insert.sqlite.clone()),
-            "docs/s",
-        ),
-        (
-            "figure: sqlite_changes_rows_per_s",
-            median(changes.sqlite.clone()),
-            "rows/s",
-        ),
-        (
-            "figure: sqlite_replication_docs_per_s",
-            median(replication.sqlite.clone()),
-            "docs/s",
-        ),
+    let phases = [
+        ("bulk_insert", "docs_per_s", "docs/s", &insert),
+        ("changes", "rows_per_s", "rows/s", &changes),
+        ("replication", "docs_per_s", "docs/s", &replication),
     ];
-    for (name, value, unit) in lines {
-        println!("{name} = {value:.0} {unit}");
+    for (name, per, unit, pairs) in phases {
+        let (m, q) = (median(pairs.memory.clone()), median(pairs.sqlite.clone()));
+        println!("baseline: memory_{name}_{per} = {m:.0} {unit}");
+        println!("figure: sqlite_{name}_{per} = {q:.0} {unit}");
     }
     println!(
         "baseline: memory_replication_peak_rss_mib = {:.1} MiB",
@@ -255,15 +230,9 @@ fn main() {
         "figure: sqlite_replication_peak_rss_mib = {:.1} MiB",
         mib(sql_peak)
     );
-    println!(
-        "ratio: sqlite_bulk_insert_vs_memory = {:.3}",
-        insert.ratio()
-    );
-    println!("ratio: sqlite_changes_vs_memory = {:.3}", changes.ratio());
-    println!(
-        "ratio: sqlite_replication_vs_memory = {:.3}",
-        replication.ratio()
-    );
+    for (name, _, _, pairs) in phases {
+        println!("ratio: sqlite_{name}_vs_memory = {:.3}", pairs.ratio());
+    }
     println!(
         "ratio: sqlite_replication_peak_rss_vs_memory = {:.3}",
         sql_peak as f64 / mem_peak as f64
