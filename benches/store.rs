@@ -17,85 +17,17 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::*;
 use peerpouch::{
-    replicate, AllDocsRequest, ChangesRequest, ChangesStyle, Database, MemoryStore, Progress,
-    ReplicatorConfig, Seq,
+    replicate, AllDocsRequest, Database, MemoryStore, Progress, ReplicatorConfig, Seq,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const DOCS: usize = 100_000;
-const BATCH: usize = 1000;
-const TEXT_LEN: usize = 1000;
 /// Runs per measurement; the median is reported.
 const RUNS: usize = 5;
-
-#[rustfmt::skip]
-const WORDS: &[&str] = &[
-    "peer", "pouch", "couch", "replica", "revision", "conflict", "winner", "branch", "leaf",
-    "stub", "digest", "sequence", "change", "feed", "batch", "checkpoint", "channel", "offer",
-    "answer", "candidate", "session", "share", "signal", "hub", "local", "tombstone", "merge",
-    "stem", "history", "attachment", "lorem", "ipsum", "dolor", "sit", "amet", "river", "stone",
-];
-
-/// Document `i`: about 1 KiB of JSON, deterministic.
-fn make_doc(i: usize) -> Value {
-    // A small LCG so every run writes the same bytes.
-    let mut state = (i as u64)
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut next = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as usize
-    };
-    let mut text = String::with_capacity(TEXT_LEN + 16);
-    while text.len() < TEXT_LEN {
-        if !text.is_empty() {
-            text.push(' ');
-        }
-        text.push_str(WORDS[next() % WORDS.len()]);
-    }
-    text.truncate(TEXT_LEN);
-    json!({
-        "_id": format!("doc-{i:06}"),
-        "n": i,
-        "type": "note",
-        "tags": [WORDS[next() % WORDS.len()], WORDS[next() % WORDS.len()]],
-        "score": (next() % 10_000) as f64 / 100.0,
-        "done": i % 3 == 0,
-        "text": text,
-    })
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-fn per_s(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
-fn fmt_runs(xs: &[f64]) -> String {
-    xs.iter()
-        .map(|x| format!("{x:.0}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`), in KiB.
-fn proc_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| {
-        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
-        rest.trim().strip_suffix("kB")?.trim().parse().ok()
-    })
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
 
 /// Resets the peak-RSS mark (`VmHWM`) to the current RSS (Linux >= 4.0). Returns whether the
 /// write was accepted.
@@ -120,39 +52,6 @@ fn peak_reset_works() -> bool {
     }
     // Some slack: RSS moves a little between reads of the status file.
     proc_status_kib("VmHWM").is_some_and(|after| after < before - (60 << 10))
-}
-
-fn insert_all(db: &mut MemoryStore, docs: &[Value]) {
-    for chunk in docs.chunks(BATCH) {
-        let results = db.bulk_docs(chunk.to_vec(), true).expect("bulk_docs");
-        assert_eq!(results.len(), chunk.len());
-        if let Some(bad) = results.iter().find(|r| r.result.is_err()) {
-            panic!("bulk_docs refused {}: {:?}", bad.id, bad.result);
-        }
-    }
-}
-
-/// Reads the whole changes feed from 0 in pages; returns the number of rows.
-fn scan_changes(db: &mut MemoryStore) -> usize {
-    let mut since = Seq::zero();
-    let mut rows = 0;
-    loop {
-        let page = db
-            .changes(ChangesRequest {
-                since: since.clone(),
-                limit: Some(BATCH),
-                style: ChangesStyle::AllDocs,
-                ..ChangesRequest::default()
-            })
-            .expect("changes");
-        if page.results.is_empty() {
-            break;
-        }
-        rows += page.results.len();
-        black_box(&page.results);
-        since = page.last_seq;
-    }
-    rows
 }
 
 /// Checks that `target` holds every document of `source`, with equal sampled bodies.

@@ -1,1 +1,241 @@
-fn main() {}
+//! The SQLite store beside the memory store: `cargo bench -p peerpouch-sqlite`.
+//!
+//! A plain `main` (no harness). The same 100k documents of ~1 KiB as `benches/store.rs` are
+//! bulk-inserted, read back through the changes feed, and replicated between two stores, once
+//! on `MemoryStore`s and once on `SqliteStore`s in temporary files. The machine is shared and
+//! noisy, so every SQLite run is paired with a memory run taken right before it, and the ratios
+//! of the pairs are printed beside the medians: compare ratios across runs.
+//!
+//! Peak memory is measured in child processes (this binary run again with
+//! `PEERPOUCH_BENCH_CHILD` set): each fills a source store and replicates it to a target, then
+//! reports its own `VmHWM`, so each figure is one process's peak and nothing else's.
+//!
+//! The headline lines start with `figure:` (and `ratio:`); the rest is context.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[path = "../../../benches/common/mod.rs"]
+mod common;
+
+use common::*;
+use peerpouch::{replicate, Database, MemoryStore, ReplicatorConfig, Seq};
+use peerpouch_sqlite::{OpenOptions, SqliteStore};
+use serde_json::Value;
+
+const DOCS: usize = 100_000;
+/// Runs per measurement; the median is reported.
+const RUNS: usize = 3;
+
+fn sqlite(path: &Path, name: &str) -> SqliteStore {
+    SqliteStore::open_with(path, OpenOptions::new().name(name).id_seed(0)).expect("open")
+}
+
+/// Fills a store batch by batch, generating each batch as it goes (no master copy).
+fn fill(db: &mut dyn Database) {
+    for start in (0..DOCS).step_by(BATCH) {
+        let batch: Vec<Value> = (start..start + BATCH).map(make_doc).collect();
+        insert_all(db, &batch);
+    }
+}
+
+fn check_inserted(db: &mut dyn Database, docs: &[Value]) {
+    let info = db.info().expect("info");
+    assert_eq!(info.doc_count, DOCS as u64);
+    assert_eq!(info.update_seq, Seq::from(DOCS as u64));
+    let sample = db.get("doc-054321").expect("sample");
+    for (k, v) in docs[54321].as_object().expect("object") {
+        assert_eq!(sample.get(k), Some(v), "field {k}");
+    }
+}
+
+/// Replicates `source` into `target` and checks the copy; returns the time taken.
+fn timed_replication(source: &mut dyn Database, target: &mut dyn Database) -> Duration {
+    let t = Instant::now();
+    let p = replicate(source, target, ReplicatorConfig::new("a", "b")).expect("replicate");
+    let d = t.elapsed();
+    assert_eq!(p.docs_written, DOCS as u64, "docs_written");
+    assert_eq!(target.info().expect("info").doc_count, DOCS as u64);
+    for i in (0..DOCS).step_by(9973).chain([DOCS - 1]) {
+        let id = format!("doc-{i:06}");
+        assert_eq!(
+            source.get(&id).expect("source"),
+            target.get(&id).expect("target")
+        );
+    }
+    d
+}
+
+/// The child: fill a source, replicate it to a target, print docs/s and this process's peak.
+fn child(kind: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut a, mut b): (Box<dyn Database>, Box<dyn Database>) = match kind {
+        "memory" => (
+            Box::new(MemoryStore::new("a")),
+            Box::new(MemoryStore::new("b")),
+        ),
+        _ => (
+            Box::new(sqlite(&dir.path().join("a.db"), "a")),
+            Box::new(sqlite(&dir.path().join("b.db"), "b")),
+        ),
+    };
+    fill(a.as_mut());
+    let d = timed_replication(a.as_mut(), b.as_mut());
+    let peak = proc_status_kib("VmHWM").expect("VmHWM");
+    println!("child: {} {}", per_s(DOCS, d), peak);
+}
+
+/// Runs the child for `kind`; returns (replication docs/s, peak RSS in KiB).
+fn run_child(kind: &str) -> (f64, u64) {
+    let out = Command::new(std::env::current_exe().expect("exe"))
+        .env("PEERPOUCH_BENCH_CHILD", kind)
+        .output()
+        .expect("child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{kind} child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child: "))
+        .expect("child line");
+    let mut parts = line.split(' ');
+    let rate = parts.next().and_then(|x| x.parse().ok()).expect("rate");
+    let peak = parts.next().and_then(|x| x.parse().ok()).expect("peak");
+    (rate, peak)
+}
+
+/// Memory and SQLite runs taken in pairs; the ratio is SQLite over memory, per pair.
+#[derive(Default)]
+struct Pairs {
+    memory: Vec<f64>,
+    sqlite: Vec<f64>,
+}
+
+impl Pairs {
+    fn push(&mut self, memory: f64, sqlite: f64) {
+        self.memory.push(memory);
+        self.sqlite.push(sqlite);
+    }
+    fn ratio(&self) -> f64 {
+        median(
+            self.sqlite
+                .iter()
+                .zip(&self.memory)
+                .map(|(s, m)| s / m)
+                .collect(),
+        )
+    }
+    fn print(&self, what: &str) {
+        println!(
+            "runs: {what}: memory [{}], sqlite [{}]",
+            fmt_runs(&self.memory),
+            fmt_runs(&self.sqlite)
+        );
+    }
+}
+
+fn main() {
+    if let Ok(kind) = std::env::var("PEERPOUCH_BENCH_CHILD") {
+        child(&kind);
+        return;
+    }
+    let started = Instant::now();
+    println!("sqlite bench: {DOCS} docs, ~{TEXT_LEN} B of text each, bulk_docs batches of {BATCH}, median of {RUNS} paired runs");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docs: Vec<Value> = (0..DOCS).map(make_doc).collect();
+
+    let mut insert = Pairs::default();
+    let mut changes = Pairs::default();
+    let mut replication = Pairs::default();
+    let mut file_mib = 0.0;
+    let mut open_s = Vec::new();
+    for run in 0..RUNS {
+        // Bulk insert.
+        let mut mem = MemoryStore::new("bench");
+        let t = Instant::now();
+        insert_all(&mut mem, &docs);
+        let m = per_s(DOCS, t.elapsed());
+        check_inserted(&mut mem, &docs);
+        let path = dir.path().join(format!("insert-{run}.db"));
+        let mut sql = sqlite(&path, "bench");
+        let t = Instant::now();
+        insert_all(&mut sql, &docs);
+        let s = per_s(DOCS, t.elapsed());
+        check_inserted(&mut sql, &docs);
+        insert.push(m, s);
+
+        // Changes scan.
+        let t = Instant::now();
+        assert_eq!(scan_changes(&mut mem), DOCS);
+        let m = per_s(DOCS, t.elapsed());
+        let t = Instant::now();
+        assert_eq!(scan_changes(&mut sql), DOCS);
+        let s = per_s(DOCS, t.elapsed());
+        changes.push(m, s);
+
+        // Reopening the 100k-document file (context: the whole file is read at open).
+        drop(sql);
+        let wal = format!("{}-wal", path.display());
+        file_mib = (std::fs::metadata(&path).map_or(0, |m| m.len())
+            + std::fs::metadata(&wal).map_or(0, |m| m.len())) as f64
+            / (1024.0 * 1024.0);
+        let t = Instant::now();
+        let mut sql = sqlite(&path, "bench");
+        open_s.push(t.elapsed().as_secs_f64());
+        check_inserted(&mut sql, &docs);
+
+        // Replication into a fresh target.
+        let mut mem_target = MemoryStore::new("b");
+        let m = per_s(DOCS, timed_replication(&mut mem, &mut mem_target));
+        drop(mem_target);
+        let mut sql_target = sqlite(&dir.path().join(format!("target-{run}.db")), "b");
+        let s = per_s(DOCS, timed_replication(&mut sql, &mut sql_target));
+        replication.push(m, s);
+    }
+    drop(docs);
+
+    // Peak memory, one process per store kind.
+    let (mem_child_rate, mem_peak) = run_child("memory");
+    let (sql_child_rate, sql_peak) = run_child("sqlite");
+
+    insert.print("bulk_insert docs/s");
+    changes.print("changes rows/s");
+    replication.print("replication docs/s");
+    println!(
+        "context: the 100k-doc file is {file_mib:.1} MiB; reopening it (loading every document) takes [{}] s",
+        open_s.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "context: replication in the peak-memory children: memory {mem_child_rate:.0} docs/s, sqlite {sql_child_rate:.0} docs/s"
+    );
+    let phases = [
+        ("bulk_insert", "docs_per_s", "docs/s", &insert),
+        ("changes", "rows_per_s", "rows/s", &changes),
+        ("replication", "docs_per_s", "docs/s", &replication),
+    ];
+    for (name, per, unit, pairs) in phases {
+        let (m, q) = (median(pairs.memory.clone()), median(pairs.sqlite.clone()));
+        println!("baseline: memory_{name}_{per} = {m:.0} {unit}");
+        println!("figure: sqlite_{name}_{per} = {q:.0} {unit}");
+    }
+    println!(
+        "baseline: memory_replication_peak_rss_mib = {:.1} MiB",
+        mib(mem_peak)
+    );
+    println!(
+        "figure: sqlite_replication_peak_rss_mib = {:.1} MiB",
+        mib(sql_peak)
+    );
+    for (name, _, _, pairs) in phases {
+        println!("ratio: sqlite_{name}_vs_memory = {:.3}", pairs.ratio());
+    }
+    println!(
+        "ratio: sqlite_replication_peak_rss_vs_memory = {:.3}",
+        sql_peak as f64 / mem_peak as f64
+    );
+    println!("total bench time: {:.1} s", started.elapsed().as_secs_f64());
+}

@@ -5,6 +5,7 @@
 //! tables.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use peerpouch::doc::AttMeta;
@@ -30,6 +31,50 @@ pub(crate) enum Found {
     Peerpouch(u32),
     /// An SQLite database of some other program (it has tables, or another application id).
     Foreign(String),
+}
+
+/// Identifies a file from its first 100 bytes (the SQLite header) without opening it as a
+/// database, when they are enough: `None` means an SQLite database without an application id
+/// (empty, or another program's), which only its schema tells apart.
+///
+/// The header is read from the file itself, so it can lag behind a WAL that was never
+/// checkpointed; the store identifies the file again under its lock, through SQLite.
+pub(crate) fn identify_header(path: &Path) -> std::io::Result<Option<Found>> {
+    let mut header = [0u8; 100];
+    let n = match std::fs::File::open(path) {
+        Ok(mut f) => read_up_to(&mut f, &mut header)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(Found::Nothing)),
+        Err(e) => return Err(e),
+    };
+    if n == 0 {
+        return Ok(Some(Found::Nothing));
+    }
+    if n < header.len() || &header[..16] != b"SQLite format 3\0" {
+        return Ok(Some(Found::Foreign("it is not an SQLite database".into())));
+    }
+    let word = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let (version, app) = (word(60), word(68) as i32);
+    Ok(if app == APPLICATION_ID {
+        Some(Found::Peerpouch(version))
+    } else if app != 0 {
+        Some(Found::Foreign(format!("its application_id is {app:#x}")))
+    } else {
+        None
+    })
+}
+
+fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 /// Reads the identity of an existing SQLite database without writing to it.
@@ -66,7 +111,7 @@ pub(crate) fn migrate(tx: &Transaction<'_>, from: u32, new: &Creation<'_>) -> ru
     if from < 1 {
         tx.execute_batch(
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY NOT NULL) STRICT;
-             CREATE TABLE docs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE,
+             CREATE TABLE docs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
                                 tree BLOB NOT NULL) STRICT;
              CREATE TABLE attachments (digest TEXT PRIMARY KEY, content_type TEXT NOT NULL,
                                        data BLOB NOT NULL) STRICT;

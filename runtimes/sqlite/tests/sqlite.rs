@@ -154,6 +154,20 @@ fn another_programs_sqlite_file_is_refused_untouched() {
     }
     let err = refused(&path);
     assert!(matches!(err, OpenError::NotPeerpouch { .. }), "{err:?}");
+    // The same in WAL mode: reading it leaves no WAL or shared-memory file behind.
+    let (_dir3, path3) = temp();
+    {
+        let conn = Connection::open(&path3).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE photos (id INTEGER PRIMARY KEY);")
+            .unwrap();
+    }
+    let err = refused(&path3);
+    assert!(matches!(err, OpenError::NotPeerpouch { .. }), "{err:?}");
+    assert_eq!(
+        std::fs::read_dir(path3.parent().unwrap()).unwrap().count(),
+        1
+    );
     // Another application id, even without tables.
     let (_dir2, path2) = temp();
     {
@@ -172,8 +186,11 @@ fn a_newer_format_is_refused_untouched() {
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", FORMAT_VERSION + 1)
             .unwrap();
-        // Leave the file in rollback-journal mode so reading it needs no WAL.
-        conn.pragma_update(None, "journal_mode", "DELETE").unwrap();
+        // The file stays in WAL mode, as a newer peerpouch would leave it.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
     }
     let err = refused(&path);
     match err {
