@@ -236,6 +236,20 @@ pub struct OpenRevsRequest {
     pub latest: bool,
 }
 
+impl OpenRevsRequest {
+    /// Every leaf of document `id`, without options (`open_revs=all`).
+    pub fn all(id: impl Into<String>) -> OpenRevsRequest {
+        OpenRevsRequest {
+            id: id.into(),
+            open_revs: OpenRevs::All,
+            revs: false,
+            attachments: false,
+            atts_since: Vec::new(),
+            latest: false,
+        }
+    }
+}
+
 /// One entry of an `open_revs` answer: `{"ok": doc}` or `{"missing": rev}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

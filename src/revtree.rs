@@ -238,10 +238,23 @@ impl<B: Clone> RevTree<B> {
         (idx, dropped)
     }
 
+    /// The first revision of `path` (root first) that this tree already holds under a
+    /// different parent than the path gives it: such a history cannot be merged without
+    /// leaving a branch with no leaf body. Honest replicas never send one (a revision's hash
+    /// covers its parent); a buggy or hostile peer can.
+    pub fn contradiction<'p>(&self, path: &'p [Rev]) -> Option<&'p Rev> {
+        path.windows(2).find_map(|w| {
+            let idx = self.find(&w[1])?;
+            let parent = self.nodes[idx].parent?;
+            (self.nodes[parent as usize].rev != w[0]).then_some(&w[1])
+        })
+    }
+
     /// Merges a replicated revision with its ancestry (`path`, oldest first, ending with the new
     /// leaf) the way CouchDB's `new_edits: false` does: known revisions are reused, unknown ones
     /// are added, and a root whose parent arrives is attached to it. Bodies of revisions that stop
     /// being leaves are returned.
+    /// Check [`RevTree::contradiction`] first: a contradicting path leaves a bodiless leaf.
     pub fn merge_path(&mut self, path: &[Rev], deleted: bool, body: B) -> (Merge, Vec<B>) {
         let Some(leaf) = path.last() else {
             return (Merge::Existed, Vec::new());

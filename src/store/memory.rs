@@ -461,6 +461,11 @@ impl MemoryStore {
         if entry.is_some_and(|e| e.tree.find(&rev).is_some()) {
             return Ok((id, rev, Vec::new()));
         }
+        if let Some(bad) = entry.and_then(|e| e.tree.contradiction(&path)) {
+            return Err(DbError::BadRequest(format!(
+                "the history of {rev} puts {bad} under another parent than the stored one"
+            )));
+        }
         let (atts, new_data) = self.resolve_atts(
             doc.attachments,
             rev.pos,

@@ -14,7 +14,8 @@ macro_rules! conformance_suite {
                 put_then_get_round_trips, generated_ids_are_unique, create_with_rev_of_missing_doc_conflicts,
                 edit_needs_current_leaf, same_edit_gives_same_rev_everywhere, delete_hides_and_counts,
                 recreate_after_delete_extends_the_tombstone, get_specific_and_old_revs,
-                revisions_history, replicated_writes_merge_histories, winner_and_conflicts,
+                revisions_history, replicated_writes_merge_histories, contradicting_histories_are_refused,
+                winner_and_conflicts,
                 deleted_conflicts_and_conflict_resolution, open_revs_all_list_and_latest,
                 all_docs_ranges_and_paging, all_docs_keys_and_include_docs, changes_feed_semantics,
                 changes_doc_ids_and_include_docs, revs_diff_reports_missing_and_ancestors,
@@ -268,6 +269,43 @@ pub fn replicated_writes_merge_histories(db: &mut dyn Database) {
     assert_eq!(d["_conflicts"], json!(["3-d"]));
 }
 
+/// A history that puts a known revision under another parent would leave a leaf with no body
+/// (found by the SQLite store's differential test): it is refused and changes nothing.
+pub fn contradicting_histories_are_refused(db: &mut dyn Database) {
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "2-b", "_revisions": {"start": 2, "ids": ["b", "z"]}, "v": 2}),
+        ],
+    );
+    let before = dump(db);
+    let r = db
+        .bulk_docs(
+            vec![json!({"_id": "a", "_rev": "3-c", "_revisions": {"start": 3, "ids": ["c", "b", "a"]}})],
+            false,
+        )
+        .unwrap();
+    assert!(
+        matches!(&r[0].result, Err(DbError::BadRequest(m)) if m.contains("2-b")),
+        "{r:?}"
+    );
+    assert_eq!(dump(db), before);
+    let leaves = db.open_revs(OpenRevsRequest::all("a")).unwrap();
+    assert_eq!(leaves.len(), 1);
+    assert!(
+        matches!(&leaves[0], OpenRev::Ok(d) if d["_rev"] == "2-b"),
+        "{leaves:?}"
+    );
+    // The consistent continuation still merges.
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "3-c", "_revisions": {"start": 3, "ids": ["c", "b", "z"]}}),
+        ],
+    );
+    assert_eq!(db.get("a").unwrap()["_rev"], "3-c");
+}
+
 pub fn winner_and_conflicts(db: &mut dyn Database) {
     replicated(
         db,
@@ -369,14 +407,7 @@ pub fn open_revs_all_list_and_latest(db: &mut dyn Database) {
         })
         .unwrap();
     assert_eq!(latest.len(), 2, "latest from the root returns both leaves");
-    let missing_doc = db.open_revs(OpenRevsRequest {
-        id: "zz".into(),
-        open_revs: OpenRevs::All,
-        revs: false,
-        attachments: false,
-        atts_since: vec![],
-        latest: false,
-    });
+    let missing_doc = db.open_revs(OpenRevsRequest::all("zz"));
     assert_eq!(missing_doc, Err(DbError::NotFound("missing".into())));
 }
 
