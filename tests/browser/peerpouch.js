@@ -88,8 +88,13 @@ export class Hub {
       init.headers['content-type'] = 'application/json';
       init.body = JSON.stringify(body);
     }
-    const r = await fetch(this.url + path, init);
-    const text = await r.text();
+    let r, text;
+    try {
+      r = await fetch(this.url + path, init);
+      text = await r.text();
+    } catch (e) {
+      throw new HubError(0, 'unreachable', `${method} ${path}: ${e}`);
+    }
     let json;
     try {
       json = JSON.parse(text);
@@ -233,7 +238,7 @@ function frame(kind, flags, id, payload) {
   return f;
 }
 
-function splitFrames(kind, id, payload, frameSize) {
+export function splitFrames(kind, id, payload, frameSize) {
   const chunk = Math.max(frameSize, MIN_FRAME) - HEADER;
   if (payload.length === 0) return [frame(kind, 0, id, payload)];
   const out = [];
@@ -245,13 +250,13 @@ function splitFrames(kind, id, payload, frameSize) {
 }
 
 /** Reassembles messages; frames of different ids may interleave. */
-class Assembler {
+export class Assembler {
   constructor(maxMessage, maxFrame) {
     Object.assign(this, { maxMessage, maxFrame, partial: new Map(), held: 0 });
   }
   expect(kind, id, len) {
     if (len <= this.maxMessage && !this.partial.has(id)) {
-      this.partial.set(id, { kind, id, buf: new Uint8Array(len), len: 0, grow: false });
+      this.partial.set(id, { kind, id, buf: new Uint8Array(len), len: 0 });
     }
   }
   push(bytes) {
@@ -265,8 +270,12 @@ class Assembler {
     const payload = bytes.subarray(HEADER);
     let m = this.partial.get(id);
     if (m && m.kind !== kind) throw new ProtocolError(`frame of kind ${kind} inside a message of kind ${m.kind}`);
-    if (!m) m = { kind, id, buf: new Uint8Array(0), len: 0, grow: true };
-    else this.partial.delete(id), (this.held -= m.len);
+    if (m) {
+      this.partial.delete(id);
+      this.held -= m.len;
+    } else {
+      m = { kind, id, buf: new Uint8Array(0), len: 0 };
+    }
     if (this.held + m.len + payload.length > this.maxMessage) throw new ProtocolError('message over the limit');
     if (m.len + payload.length > m.buf.length) {
       const bigger = new Uint8Array(Math.max(m.len + payload.length, m.buf.length * 2));
@@ -296,6 +305,8 @@ class Link {
     this.opts = {
       idleTimeout: 10000,
       heartbeat: 1000,
+      connectTimeout: 30000,
+      helloTimeout: 10000,
       frame: 32 * 1024,
       maxMessage: 256 * 1024 * 1024,
       log: () => {},
@@ -317,6 +328,8 @@ class Link {
     this.closedPromise = new Promise((r) => (this._closed = r));
     this.openedPromise = new Promise((res, rej) => ((this._opened = res), (this._openFailed = rej)));
     this.openedPromise.catch(() => {}); // awaited only by clients
+    // Give up if the channels have not opened in time, or the other side's hello is late.
+    this.connectTimer = setTimeout(() => this.opened || this.shut('connect timeout'), this.opts.connectTimeout);
   }
 
   /**
@@ -382,6 +395,8 @@ class Link {
   maybeOpen() {
     if (this.opened || this.data?.readyState !== 'open' || this.ctl?.readyState !== 'open') return;
     this.opened = true;
+    clearTimeout(this.connectTimer);
+    this.helloTimer = setTimeout(() => this.isReady || this.fail(new ProtocolError('no hello within the hello timeout')), this.opts.helloTimeout);
     this.lastRecv = this.lastSent = performance.now();
     this.timer = setInterval(() => this.tick(), Math.min(250, this.opts.heartbeat));
     this._opened();
@@ -456,6 +471,8 @@ class Link {
     this.closed = true;
     this.closeReason = reason;
     clearInterval(this.timer);
+    clearTimeout(this.connectTimer);
+    clearTimeout(this.helloTimer);
     this._openFailed(new RpcError(503, 'unavailable', `link closed before it opened: ${reason}`));
     // Let a queued bye and goodbye leave before the connection goes.
     setTimeout(() => this.pc.close(), 100);

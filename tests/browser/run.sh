@@ -38,6 +38,7 @@ if [ "${1:-}" != "--inside" ]; then
         say "installing playwright-core (npm ci in tests/browser; it downloads no browser)"
         (cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund >&2)
     fi
+    node tests/browser/unit.mjs
     # shellcheck source=../../.ci/hub.sh
     source .ci/hub.sh
     hub_install
@@ -50,6 +51,9 @@ fi
 shift
 
 ip link set lo up
+# A hub started outside (by .ci/test) is unreachable from here: start our own, and never
+# stop theirs.
+unset PEERPOUCH_HUB_PID PEERPOUCH_HUB_TMP PEERPOUCH_TEST_HUB
 # shellcheck source=../../.ci/hub.sh
 source .ci/hub.sh
 trap 'hub_stop || true' EXIT
