@@ -180,8 +180,10 @@ class SignalOut {
       created_at: Date.now(),
       n: this.n++,
     };
-    this.chain = this.chain.then(() => this.hub.put(doc));
-    return this.chain;
+    // One failed write does not stop the ones after it; its caller sees the error.
+    const written = this.chain.then(() => this.hub.put(doc));
+    this.chain = written.catch(() => {});
+    return written;
   }
 }
 
@@ -518,7 +520,8 @@ export class Client extends Link {
     this.feed = hub.follow(since, (doc) => {
       if (doc.type === SIGNAL_TYPE && doc.recipient === this.peer && doc.sender === share) seen.take(doc);
     });
-    this.pc.onicecandidate = (e) => out.send({ candidate: e.candidate ? e.candidate.toJSON() : null });
+    this.pc.onicecandidate = (e) =>
+      out.send({ candidate: e.candidate ? e.candidate.toJSON() : null }).catch((err) => this.opts.log('candidate not sent', String(err)));
     this.attach(this.pc.createDataChannel(DATA_LABEL, { ordered: true, protocol: CHANNEL_PROTOCOL }));
     this.attach(this.pc.createDataChannel(CTL_LABEL, { ordered: true, protocol: CHANNEL_PROTOCOL }));
     await this.pc.setLocalDescription(await this.pc.createOffer());
@@ -871,7 +874,8 @@ export async function share(hub, db, opts = {}) {
     if (!p) {
       const link = new ServerLink(id, db, { ...opts, frame: opts.frame ?? 32 * 1024 });
       const out = new SignalOut(hub, id, d.sender, 's-signal-', null);
-      link.pc.onicecandidate = (e) => out.send({ candidate: e.candidate ? e.candidate.toJSON() : null });
+      link.pc.onicecandidate = (e) =>
+        out.send({ candidate: e.candidate ? e.candidate.toJSON() : null }).catch((err) => opts.log?.('candidate not sent', String(err)));
       link.pc.ondatachannel = (e) => link.attach(e.channel);
       link.peer = d.sender;
       link.info = d.info;
