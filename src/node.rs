@@ -883,6 +883,12 @@ impl Node {
                 Some(Rpc::Client(c)) => {
                     while let Some(e) = c.poll_event() {
                         moved = true;
+                        // The client ended the link (the server's goodbye, say a 403 for a wrong
+                        // key, or no hello in time): close it with that reason rather than
+                        // leave the session up until the server's side goes.
+                        if let ClientEvent::Closed(err) = &e {
+                            closed.get_or_insert(err.to_string());
+                        }
                         client_events.push(e);
                     }
                 }

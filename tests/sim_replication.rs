@@ -355,3 +355,51 @@ fn whole_session_trace() {
     );
     insta::assert_snapshot!("whole_session", s.trace());
 }
+
+#[test]
+fn a_wrong_access_key_closes_the_joiners_link_as_forbidden() {
+    let mut s = NodeSim::new(13, NetConfig::default());
+    s.add_node("sharer");
+    s.add_node("joiner");
+    let now = s.now;
+    let share = s.node(0).share(
+        now,
+        "db".into(),
+        ShareOptions::default(),
+        ShareAccess {
+            key: Some(b"right".to_vec()),
+            ask: false,
+        },
+    );
+    s.run_for(Duration::from_millis(1));
+    let now = s.now;
+    let link = s
+        .node(1)
+        .open(
+            now,
+            &share,
+            json!({"name": "joiner"}),
+            Some(b"wrong".to_vec()),
+        )
+        .unwrap();
+    let closed = |s: &NodeSim| {
+        s.nodes[1].events.iter().find_map(|(t, e)| match e {
+            NodeEvent::LinkClosed { link: l, reason } if *l == link => Some((*t, reason.clone())),
+            _ => None,
+        })
+    };
+    assert!(
+        s.run_until(Duration::from_secs(60), |s| closed(s).is_some()),
+        "{}",
+        s.trace()
+    );
+    // The sharer's goodbye (403) closes the joiner's link at once, with that reason: not the
+    // session's "Remote" whenever the sharer's side goes.
+    let (at, reason) = closed(&s).unwrap();
+    assert!(reason.contains("forbidden"), "{reason}");
+    assert!(at < Duration::from_secs(5), "closed after {at:?}");
+    assert!(!s.nodes[1]
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, NodeEvent::LinkReady(_))));
+}

@@ -1,13 +1,16 @@
-//! Nodes on loopback UDP with the in-memory hub, driven from one thread.
+//! Nodes on loopback UDP, driven from one thread, meeting on a hub: the in-memory hub
+//! ([`MemoryHub`], the embedded default) or a CouchDB database over HTTP ([`CouchHub`]).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use peerpouch::hub::{HubAction, HubEvent, MemoryHub, ShareOptions};
 use peerpouch::node::*;
 use peerpouch::replicate::{Progress, ReplicationEvent};
 use peerpouch::*;
+use peerpouch_couch::{ChangesFollower, CouchClient, FeedEvent, FollowerConfig};
 use serde_json::Value;
 
 /// Why a step did not finish.
@@ -19,6 +22,8 @@ pub enum DriveError {
     TimedOut(&'static str, Duration),
     /// A replication failed.
     Replication(String),
+    /// The hub could not be reached or followed.
+    Hub(String),
 }
 
 impl std::fmt::Display for DriveError {
@@ -27,6 +32,7 @@ impl std::fmt::Display for DriveError {
             DriveError::Io(e) => write!(f, "socket: {e}"),
             DriveError::TimedOut(what, t) => write!(f, "{what} did not happen within {t:?}"),
             DriveError::Replication(e) => write!(f, "replication failed: {e}"),
+            DriveError::Hub(e) => write!(f, "hub: {e}"),
         }
     }
 }
@@ -38,6 +44,129 @@ fn wall_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Where nodes meet: executes the node's hub requests and follows the hub's changes feed.
+pub trait HubBackend {
+    /// Executes one request against the hub database.
+    ///
+    /// # Errors
+    /// The hub's answer, or why it could not be reached.
+    fn execute(&mut self, request: Request) -> Result<Response, DbError>;
+
+    /// Starts following the changes feed from `since`; returns a cursor for
+    /// [`HubBackend::poll_feed`].
+    ///
+    /// # Errors
+    /// When the feed cannot be started.
+    fn follow(&mut self, since: &Seq) -> Result<usize, DriveError>;
+
+    /// Rows of the feed `cursor` that arrived since the last call (without waiting).
+    ///
+    /// # Errors
+    /// When the feed stopped for good.
+    fn poll_feed(&mut self, cursor: usize) -> Result<Vec<ChangeRow>, DriveError>;
+}
+
+impl HubBackend for MemoryHub {
+    fn execute(&mut self, request: Request) -> Result<Response, DbError> {
+        MemoryHub::execute(self, request)
+    }
+
+    fn follow(&mut self, since: &Seq) -> Result<usize, DriveError> {
+        Ok(MemoryHub::follow(self, since))
+    }
+
+    fn poll_feed(&mut self, cursor: usize) -> Result<Vec<ChangeRow>, DriveError> {
+        Ok(MemoryHub::poll_feed(self, cursor))
+    }
+}
+
+/// A CouchDB database over HTTP as the hub: requests go through a [`CouchClient`], each
+/// follower is a [`ChangesFollower`] thread whose rows are picked up without waiting.
+pub struct CouchHub {
+    client: CouchClient,
+    feeds: Vec<(ChangesFollower, Receiver<FeedEvent>)>,
+    heartbeat: Duration,
+}
+
+impl std::fmt::Debug for CouchHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CouchHub")
+            .field("url", &self.client.url().redacted().to_string())
+            .field("feeds", &self.feeds.len())
+            .finish()
+    }
+}
+
+impl CouchHub {
+    /// The hub database at `url` (created if missing).
+    ///
+    /// # Errors
+    /// [`DriveError::Hub`] for a bad URL or a hub that cannot be reached.
+    pub fn connect(url: &str) -> Result<CouchHub, DriveError> {
+        let client = CouchClient::new(url).map_err(|e| DriveError::Hub(e.to_string()))?;
+        client
+            .create_db(true)
+            .map_err(|e| DriveError::Hub(e.to_string()))?;
+        Ok(CouchHub {
+            client,
+            feeds: Vec::new(),
+            heartbeat: Duration::from_secs(1),
+        })
+    }
+
+    /// The client (to read or write the hub database directly).
+    pub fn client(&self) -> &CouchClient {
+        &self.client
+    }
+}
+
+impl HubBackend for CouchHub {
+    fn execute(&mut self, request: Request) -> Result<Response, DbError> {
+        self.client.execute(request)
+    }
+
+    fn follow(&mut self, since: &Seq) -> Result<usize, DriveError> {
+        let config = FollowerConfig::default()
+            .since(since.clone())
+            .heartbeat(self.heartbeat);
+        let feed = ChangesFollower::start(&self.client, config)
+            .map_err(|e| DriveError::Hub(e.to_string()))?;
+        self.feeds.push(feed);
+        Ok(self.feeds.len() - 1)
+    }
+
+    fn poll_feed(&mut self, cursor: usize) -> Result<Vec<ChangeRow>, DriveError> {
+        let Some((_, rx)) = self.feeds.get(cursor) else {
+            return Ok(Vec::new());
+        };
+        let mut rows = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(FeedEvent::Rows(r)) => rows.extend(r),
+                Ok(FeedEvent::Reconnecting { error, attempt, .. }) => {
+                    tracing::debug!(%error, attempt, "hub changes feed reconnecting");
+                }
+                Ok(FeedEvent::Malformed { error, .. }) => {
+                    tracing::debug!(%error, "malformed hub changes line skipped");
+                }
+                Ok(_) => {}
+                Err(TryRecvError::Empty) => return Ok(rows),
+                Err(TryRecvError::Disconnected) => {
+                    return Err(DriveError::Hub("the hub changes follower stopped".into()))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for CouchHub {
+    fn drop(&mut self) {
+        for (f, _) in self.feeds.drain(..) {
+            f.stop();
+        }
+    }
 }
 
 /// One node on its own loopback socket, with its databases in memory.
@@ -63,10 +192,18 @@ impl Peer {
     /// # Errors
     /// When the socket cannot be opened.
     pub fn new(seed: u64) -> Result<Peer, DriveError> {
+        Peer::with_config(seed, NodeConfig::default())
+    }
+
+    /// A node with its own configuration on a fresh `127.0.0.1` UDP socket.
+    ///
+    /// # Errors
+    /// When the socket cannot be opened.
+    pub fn with_config(seed: u64, config: NodeConfig) -> Result<Peer, DriveError> {
         let sock = UdpSocket::bind("127.0.0.1:0").map_err(DriveError::Io)?;
         sock.set_nonblocking(true).map_err(DriveError::Io)?;
         let addr = sock.local_addr().map_err(DriveError::Io)?;
-        let mut node = Node::new(NodeConfig::default(), seed, Instant::now(), wall_ms());
+        let mut node = Node::new(config, seed, Instant::now(), wall_ms());
         node.add_local_candidate(addr);
         Ok(Peer {
             node,
@@ -143,7 +280,7 @@ impl Peer {
     }
 
     /// Moves everything once; returns whether anything moved.
-    fn turn(&mut self, hub: &mut MemoryHub, buf: &mut [u8]) -> bool {
+    fn turn(&mut self, hub: &mut impl HubBackend, buf: &mut [u8]) -> Result<bool, DriveError> {
         let mut moved = false;
         while let Some(a) = self.node.poll_hub_action() {
             moved = true;
@@ -152,11 +289,11 @@ impl Peer {
                     let r = hub.execute(request);
                     self.node.handle_hub_response(Instant::now(), id, r);
                 }
-                HubAction::FollowChanges { since } => self.cursor = Some(hub.follow(&since)),
+                HubAction::FollowChanges { since } => self.cursor = Some(hub.follow(&since)?),
             }
         }
         if let Some(c) = self.cursor {
-            let rows = hub.poll_feed(c);
+            let rows = hub.poll_feed(c)?;
             if !rows.is_empty() {
                 moved = true;
                 self.node.handle_feed(Instant::now(), rows);
@@ -184,30 +321,68 @@ impl Peer {
             moved = true;
             self.node.handle_timeout(now);
         }
-        moved
+        Ok(moved)
+    }
+
+    /// Waits for a datagram at most `max` (less when a timer of the node is due first) and
+    /// feeds it; for a driver with nothing else to do.
+    fn wait(&mut self, max: Duration, buf: &mut [u8]) -> Result<(), DriveError> {
+        let now = Instant::now();
+        let due = self
+            .node
+            .poll_timeout()
+            .map_or(max, |t| t.saturating_duration_since(now));
+        let wait = max.min(due);
+        if wait.is_zero() {
+            return Ok(());
+        }
+        self.sock.set_nonblocking(false).map_err(DriveError::Io)?;
+        self.sock
+            .set_read_timeout(Some(wait))
+            .map_err(DriveError::Io)?;
+        let got = self.sock.recv_from(buf);
+        self.sock.set_nonblocking(true).map_err(DriveError::Io)?;
+        if let Ok((n, from)) = got {
+            self.node
+                .handle_datagram(Instant::now(), from, self.addr, &buf[..n]);
+        }
+        Ok(())
     }
 }
 
-/// Nodes on loopback meeting on one in-memory hub.
-pub struct World {
+/// Nodes on loopback meeting on one hub (the in-memory one unless told otherwise).
+pub struct World<H: HubBackend = MemoryHub> {
     /// The hub.
-    pub hub: MemoryHub,
+    pub hub: H,
     /// The nodes.
     pub peers: Vec<Peer>,
     buf: Vec<u8>,
 }
 
 impl World {
-    /// `n` nodes and an empty hub.
+    /// `n` nodes and an empty in-memory hub.
     ///
     /// # Errors
     /// When a socket cannot be opened.
     pub fn new(n: usize) -> Result<World, DriveError> {
-        Ok(World {
-            hub: MemoryHub::new(),
-            peers: (0..n)
+        World::with_hub(
+            MemoryHub::new(),
+            (0..n)
                 .map(|i| Peer::new(i as u64 + 1))
                 .collect::<Result<_, _>>()?,
+        )
+    }
+}
+
+impl<H: HubBackend> World<H> {
+    /// These nodes meeting on `hub`.
+    ///
+    /// # Errors
+    /// None yet; kept fallible like [`World::new`].
+    pub fn with_hub(hub: H, peers: Vec<Peer>) -> Result<World<H>, DriveError> {
+        Ok(World {
+            hub,
+            peers,
             buf: vec![0u8; 65536],
         })
     }
@@ -220,19 +395,33 @@ impl World {
         &mut self,
         what: &'static str,
         limit: Duration,
-        mut done: impl FnMut(&World) -> bool,
+        mut done: impl FnMut(&World<H>) -> bool,
     ) -> Result<(), DriveError> {
         let end = Instant::now() + limit;
         while !done(self) {
             if Instant::now() > end {
                 return Err(DriveError::TimedOut(what, limit));
             }
-            let mut moved = false;
-            for p in &mut self.peers {
-                moved |= p.turn(&mut self.hub, &mut self.buf);
-            }
-            if !moved {
-                std::thread::yield_now();
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Moves every node once. With a single node and nothing to do, waits up to a millisecond
+    /// for its socket instead of spinning (the other end is in another process); several
+    /// nodes only yield, since each one's socket is fed by the others' turns.
+    ///
+    /// # Errors
+    /// When the hub cannot be reached or followed.
+    pub fn step(&mut self) -> Result<(), DriveError> {
+        let mut moved = false;
+        for p in &mut self.peers {
+            moved |= p.turn(&mut self.hub, &mut self.buf)?;
+        }
+        if !moved {
+            match self.peers.as_mut_slice() {
+                [p] => p.wait(Duration::from_millis(1), &mut self.buf)?,
+                _ => std::thread::yield_now(),
             }
         }
         Ok(())

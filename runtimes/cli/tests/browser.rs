@@ -1,0 +1,680 @@
+//! Browser interop: headless Chromium, with nothing but the standard `RTCPeerConnection`, meets
+//! a Rust node on the pouchdb-server hub and talks the RPC, in both ICE/DTLS roles.
+//!
+//! The page's client is `tests/browser/peerpouch.js`; `tests/browser/drive.mjs` runs Chromium
+//! and relays commands and results as JSON lines. Everything (hub, node, browser) runs inside a
+//! loopback-only network namespace set up by `tests/browser/run.sh`, which is the only way to
+//! run these tests (they are `#[ignore]`d otherwise and fail with a clear message outside it).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use peerpouch::hub::{HubEvent, ShareOptions};
+use peerpouch::node::{LinkId, NodeConfig, NodeEvent, ShareAccess};
+use peerpouch::*;
+use peerpouch_cli::local::{CouchHub, Peer, World};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const MIB: usize = 1 << 20;
+const LARGE: usize = 32 * MIB;
+/// Largest data channel message either side may send (docs/protocol.md §2.1).
+const MAX_CHANNEL_MESSAGE: u64 = 64 * 1024;
+/// A floor far under the 15-45 MB/s measured: a sender that overran Chromium's receive buffer
+/// stalls for seconds at a time (sctp-proto's 1 s minimum retransmission timeout) and falls
+/// under it.
+const MIN_MB_PER_S: f64 = 5.0;
+
+/// The hub URL, or a panic that says how to run these tests.
+fn harness() -> String {
+    let hint = "run them with `bash tests/browser/run.sh` (or `.ci/test`), which starts the \
+                pouchdb-server hub and Chromium inside a loopback-only network namespace";
+    let hub = std::env::var("PEERPOUCH_TEST_HUB")
+        .unwrap_or_else(|_| panic!("PEERPOUCH_TEST_HUB is not set: {hint}"));
+    assert_eq!(
+        std::env::var("PEERPOUCH_BROWSER_NETNS").as_deref(),
+        Ok("1"),
+        "PEERPOUCH_BROWSER_NETNS is not 1 (not inside the test's network namespace): {hint}"
+    );
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    hub.trim_end_matches('/').to_string()
+}
+
+fn hub_db(hub: &str, what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{hub}/pp_browser_{what}_{}_{nanos}", std::process::id())
+}
+
+/// Deterministic bytes, the same as `pattern` in `tests/browser/scenarios.js`.
+fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    let mut v = Vec::with_capacity(len + 4);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `tests/browser/drive.mjs` and the Chromium it runs.
+struct Browser {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<Value>,
+    next: u64,
+    replies: BTreeMap<u64, Result<Value, String>>,
+    events: Vec<Value>,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/browser");
+        let mut child = Command::new("node")
+            .arg("drive.mjs")
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node runs tests/browser/drive.mjs (is Node.js installed, `npm ci` done?)");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => tracing::warn!(%line, error = %e, "not a JSON line from drive.mjs"),
+                }
+            }
+        });
+        Browser {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            next: 1,
+            replies: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, mut cmd: Value) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        cmd["id"] = json!(id);
+        let stdin = self.stdin.as_mut().expect("open");
+        writeln!(stdin, "{cmd}").expect("drive.mjs takes commands");
+        stdin.flush().expect("drive.mjs takes commands");
+        id
+    }
+
+    /// Takes what drive.mjs said so far, without waiting.
+    fn pump(&mut self) {
+        loop {
+            match self.lines.try_recv() {
+                Ok(v) => {
+                    if let Some(id) = v.get("id").and_then(Value::as_u64) {
+                        let r = match v.get("err") {
+                            Some(e) => Err(e.as_str().unwrap_or("?").to_string()),
+                            None => Ok(v.get("ok").cloned().unwrap_or(Value::Null)),
+                        };
+                        self.replies.insert(id, r);
+                    } else {
+                        if v["event"] == "log" {
+                            tracing::info!(page = %v["page"], "{}", v["msg"].as_str().unwrap_or(""));
+                        }
+                        self.events.push(v);
+                    }
+                }
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    panic!("drive.mjs exited (see its output above)")
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, id: u64) -> Option<Value> {
+        self.replies
+            .remove(&id)
+            .map(|r| r.unwrap_or_else(|e| panic!("the browser failed command {id}: {e}")))
+    }
+
+    fn has_event(&self, name: &str) -> bool {
+        self.events.iter().any(|e| e["event"] == name)
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Closing stdin makes drive.mjs close Chromium and exit; it gets 10 s for that.
+        drop(self.stdin.take());
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!("drive.mjs did not exit within 10 s; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Turns the node until `check` gives a value; panics after `limit`.
+fn drive<T>(
+    w: &mut World<CouchHub>,
+    b: &mut Browser,
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut(&mut World<CouchHub>, &mut Browser) -> Option<T>,
+) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        b.pump();
+        if let Some(t) = check(w, b) {
+            return t;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what} did not happen within {limit:?}"
+        );
+        w.step().expect("the hub answers");
+    }
+}
+
+/// Runs a browser command to its reply while the node keeps turning.
+fn browser_call(w: &mut World<CouchHub>, b: &mut Browser, cmd: Value, limit: Duration) -> Value {
+    let what = format!("the browser's answer to {cmd}");
+    let id = b.send(cmd);
+    drive(w, b, &what, limit, |_, b| b.reply(id))
+}
+
+/// A remote call from node 0 over `link`, driven to its result.
+fn node_call(
+    w: &mut World<CouchHub>,
+    b: &mut Browser,
+    link: &LinkId,
+    request: Request,
+) -> Result<Response, DbError> {
+    let what = format!("the answer to {}", request.name());
+    let call = w.peers[0]
+        .node
+        .call(Instant::now(), link, request)
+        .expect("the link is ours");
+    let from = w.peers[0].events.len();
+    drive(w, b, &what, Duration::from_secs(60), |w, _| {
+        w.peers[0].events[from..].iter().find_map(|e| match e {
+            NodeEvent::CallResult {
+                link: l,
+                call: c,
+                result,
+            } if l == link && *c == call => Some(result.clone()),
+            _ => None,
+        })
+    })
+}
+
+fn link_closed(w: &World<CouchHub>, link: &LinkId) -> Option<String> {
+    w.peers[0].events.iter().find_map(|e| match e {
+        NodeEvent::LinkClosed { link: l, reason } if l == link => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+fn signals_on_hub(hub: &CouchHub) -> Vec<Value> {
+    let mut c = hub.client().clone();
+    let all = c
+        .all_docs(AllDocsRequest {
+            include_docs: true,
+            ..AllDocsRequest::default()
+        })
+        .expect("the hub lists its documents");
+    all.rows
+        .into_iter()
+        .filter_map(|r| r.doc)
+        .filter(|d| d["type"] == "com.stemstorage.peerpouch.signal")
+        .collect()
+}
+
+#[test]
+#[ignore = "needs Chromium and a loopback-only network namespace: bash tests/browser/run.sh"]
+fn a_browser_opens_a_share_of_a_rust_node() {
+    let hub = harness();
+    let url = hub_db(&hub, "join");
+    let config = NodeConfig::default();
+    let idle_timeout = config.session.idle_timeout;
+    let mut w = World::with_hub(
+        CouchHub::connect(&url).unwrap(),
+        vec![Peer::with_config(1, config).unwrap()],
+    )
+    .unwrap();
+
+    // The sharer's database: 20 small documents and one with a 32 MiB attachment.
+    let docs = (0..20)
+        .map(|i| json!({"_id": format!("doc-{i:03}"), "i": i, "text": format!("document {i}")}))
+        .collect();
+    w.peers[0].write("notes", docs).unwrap();
+    let large = pattern(7, LARGE);
+    let inline = serde_json::to_value(AttachmentData {
+        content_type: "application/octet-stream".into(),
+        digest: String::new(),
+        data: large.clone(),
+    })
+    .unwrap();
+    w.peers[0]
+        .write(
+            "notes",
+            vec![json!({"_id": "big", "_attachments": {"blob.bin": {
+                "content_type": "application/octet-stream", "data": inline["data"]}}})],
+        )
+        .unwrap();
+    let key = "open sesame";
+    let share = w.peers[0].node.share(
+        Instant::now(),
+        "notes".into(),
+        ShareOptions {
+            name: Some("notes".into()),
+            ..ShareOptions::default()
+        },
+        ShareAccess {
+            key: Some(key.as_bytes().to_vec()),
+            ask: false,
+        },
+    );
+    let mut b = Browser::start();
+    drive(
+        &mut w,
+        &mut b,
+        "the share document",
+        Duration::from_secs(10),
+        |w, _| {
+            w.peers[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Hub(HubEvent::ShareCreated { share: s }) if *s == share))
+            .then_some(())
+        },
+    );
+    browser_call(
+        &mut w,
+        &mut b,
+        json!({"cmd": "open_page", "page": "a"}),
+        Duration::from_secs(30),
+    );
+
+    // The page joins and runs its calls; it says when its live subscription is in place, and
+    // the Rust side writes a document then, which the subscription must deliver.
+    let id = b.send(json!({"cmd": "call", "page": "a", "fn": "join", "args": {
+        "hub": url, "share": share, "key": key, "get": "doc-007",
+        "attachment": {"id": "big", "name": "blob.bin"},
+    }}));
+    let mut wrote = false;
+    let res = drive(
+        &mut w,
+        &mut b,
+        "the page's join",
+        Duration::from_secs(90),
+        |w, b| {
+            if !wrote && b.has_event("subscribed") {
+                wrote = true;
+                w.peers[0]
+                    .write("notes", vec![json!({"_id": "from-rust", "by": "the node"})])
+                    .unwrap();
+            }
+            b.reply(id)
+        },
+    );
+    tracing::info!("join: {res}");
+
+    let peer = res["peer"].as_str().unwrap().to_string();
+    let link: LinkId = (share.clone(), peer.clone());
+    assert!(
+        w.peers[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::LinkReady(l) if *l == link)),
+        "the node reports the browser's link ready"
+    );
+    assert_eq!(res["server_hello"]["role"], "server");
+    assert!(
+        res["server_hello"]["proof"].is_string(),
+        "keyed share: the server proves too"
+    );
+    assert_eq!(res["info"]["db_name"], "notes");
+    assert_eq!(res["info"]["doc_count"], 21);
+    let rows = res["all_docs"]["rows"].as_array().unwrap();
+    assert_eq!(res["all_docs"]["total_rows"], 21);
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["big", "doc-000", "doc-001"]);
+    for r in rows {
+        let id = r["id"].as_str().unwrap();
+        assert_eq!(
+            r["value"]["rev"],
+            w.peers[0].store("notes").get(id).unwrap()["_rev"],
+            "{id}"
+        );
+    }
+    assert_eq!(rows[1]["doc"]["text"], "document 0");
+    assert_eq!(res["get"]["doc"]["i"], 7);
+    assert_eq!(res["get"]["doc"]["_id"], "doc-007");
+    assert_eq!(res["get"]["doc"]["_revisions"]["start"], 1);
+    assert_eq!(res["missing"]["status"], 404);
+    assert_eq!(res["missing"]["error"], "not_found");
+    assert_eq!(res["destroy"]["status"], 403);
+    assert_eq!(res["destroy"]["error"], "forbidden");
+
+    // The browser's write is in the node's store, attachment included.
+    let written = &res["bulk_docs"]["results"][0];
+    assert_eq!(written["ok"], true, "{written}");
+    let doc = w.peers[0].store("notes").get("from-browser").unwrap();
+    assert_eq!(doc["_rev"], written["rev"]);
+    assert_eq!(doc["text"], "written by Chromium");
+    let note = w.peers[0]
+        .store("notes")
+        .get_attachment("from-browser", "note.txt")
+        .unwrap();
+    assert_eq!(note.data, b"hello from the browser");
+    assert_eq!(note.content_type, "text/plain");
+
+    // The live subscription delivered both writes, with the revisions the store has.
+    let live: BTreeMap<&str, &Value> = res["live"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r))
+        .collect();
+    for id in ["from-browser", "from-rust"] {
+        assert_eq!(
+            live[id]["rev"],
+            w.peers[0].store("notes").get(id).unwrap()["_rev"],
+            "{id}"
+        );
+    }
+    assert_eq!(live["from-rust"]["doc"]["by"], "the node");
+    assert_eq!(res["info_after"]["doc_count"], 23);
+
+    // 32 MiB from the node to the browser, byte for byte.
+    let att = &res["attachment"];
+    assert_eq!(att["length"], LARGE);
+    assert_eq!(att["sha256"], sha256_hex(&large));
+    assert_eq!(att["md5_matches"], true);
+    assert_eq!(att["digest"], peerpouch::doc::digest_of(&large));
+    let biggest = res["max_message_received"].as_u64().unwrap();
+    assert!(
+        biggest <= MAX_CHANNEL_MESSAGE,
+        "the node sent a {biggest}-byte message"
+    );
+    assert!(att["mb_per_s"].as_f64().unwrap() >= MIN_MB_PER_S, "{att}");
+    println!(
+        "figure: browser_join_channel_open_ms = {:.0} ms",
+        res["timings"]["channel_open_ms"].as_f64().unwrap()
+    );
+    println!(
+        "figure: browser_join_ready_ms = {:.0} ms",
+        res["timings"]["ready_ms"].as_f64().unwrap()
+    );
+    println!(
+        "figure: rust_to_browser_mb_per_s = {:.1} MB/s (32 MiB attachment in {:.0} ms)",
+        att["mb_per_s"].as_f64().unwrap(),
+        att["ms"].as_f64().unwrap()
+    );
+
+    // Each side deleted the signals it consumed: none is left on the hub.
+    drive(
+        &mut w,
+        &mut b,
+        "the hub without signals",
+        Duration::from_secs(10),
+        |w, _| signals_on_hub(&w.hub).is_empty().then_some(()),
+    );
+
+    // The tab goes away without a word: the node notices within its idle timeout.
+    assert!(link_closed(&w, &link).is_none());
+    let closed = browser_call(
+        &mut w,
+        &mut b,
+        json!({"cmd": "close_page", "page": "a"}),
+        Duration::from_secs(10),
+    );
+    assert_eq!(closed, true);
+    let t0 = Instant::now();
+    let reason = drive(
+        &mut w,
+        &mut b,
+        "the node noticing the closed tab",
+        idle_timeout + Duration::from_secs(5),
+        |w, _| link_closed(w, &link),
+    );
+    let detected = t0.elapsed();
+    println!(
+        "figure: closed_tab_detected_s = {:.2} s (idle timeout {idle_timeout:?}; reason {reason})",
+        detected.as_secs_f64()
+    );
+    assert!(
+        detected <= idle_timeout + Duration::from_secs(2),
+        "closed tab noticed after {detected:?}"
+    );
+    w.hub.client().delete_db().unwrap();
+}
+
+#[test]
+#[ignore = "needs Chromium and a loopback-only network namespace: bash tests/browser/run.sh"]
+fn a_rust_node_opens_a_share_of_a_browser() {
+    let hub = harness();
+    let url = hub_db(&hub, "serve");
+    let mut w = World::with_hub(
+        CouchHub::connect(&url).unwrap(),
+        vec![Peer::with_config(2, NodeConfig::default()).unwrap()],
+    )
+    .unwrap();
+    let mut b = Browser::start();
+    browser_call(
+        &mut w,
+        &mut b,
+        json!({"cmd": "open_page", "page": "b"}),
+        Duration::from_secs(30),
+    );
+    let key = "page key";
+    let served = browser_call(
+        &mut w,
+        &mut b,
+        json!({"cmd": "call", "page": "b", "fn": "serve", "args": {
+            "hub": url, "key": key, "docs": 10,
+            "attachment": {"id": "large", "name": "blob.bin", "seed": 11, "length": LARGE},
+        }}),
+        Duration::from_secs(60),
+    );
+    let share = served["share"].as_str().unwrap().to_string();
+
+    // A wrong key: the page refuses with a goodbye 403 and the link closes.
+    let bad = w.peers[0]
+        .node
+        .open(
+            Instant::now(),
+            &share,
+            json!({"app": "intruder"}),
+            Some(b"wrong".to_vec()),
+        )
+        .unwrap();
+    let reason = drive(
+        &mut w,
+        &mut b,
+        "the refusal of a wrong key",
+        Duration::from_secs(30),
+        |w, _| link_closed(w, &bad),
+    );
+    assert!(reason.contains("forbidden"), "closed because: {reason}");
+    assert!(!w.peers[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, NodeEvent::LinkReady(l) if *l == bad)));
+
+    // The right key: the node offers, the page answers.
+    let t0 = Instant::now();
+    let link = w.peers[0]
+        .node
+        .open(
+            Instant::now(),
+            &share,
+            json!({"app": "rust"}),
+            Some(key.as_bytes().to_vec()),
+        )
+        .unwrap();
+    drive(
+        &mut w,
+        &mut b,
+        "the link to the page",
+        Duration::from_secs(30),
+        |w, _| {
+            w.peers[0]
+                .events
+                .iter()
+                .any(|e| matches!(e, NodeEvent::LinkReady(l) if *l == link))
+                .then_some(())
+        },
+    );
+    println!(
+        "figure: rust_join_ready_ms = {:.0} ms (offer written until both hellos checked out)",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+
+    let info = node_call(&mut w, &mut b, &link, Request::Info)
+        .unwrap()
+        .into_info()
+        .unwrap();
+    assert_eq!((info.db_name.as_str(), info.doc_count), ("chromium-db", 11));
+    let all = node_call(
+        &mut w,
+        &mut b,
+        &link,
+        Request::AllDocs(AllDocsRequest {
+            include_docs: true,
+            ..AllDocsRequest::default()
+        }),
+    )
+    .unwrap()
+    .into_all_docs()
+    .unwrap();
+    assert_eq!(all.total_rows, 11);
+    assert_eq!(all.rows.len(), 11);
+    for r in &all.rows {
+        let rev = r.value.as_ref().unwrap().rev.to_string();
+        assert_eq!(served["revs"][&r.key], rev, "{}", r.key);
+    }
+    assert_eq!(all.rows[0].key, "large");
+    assert_eq!(all.rows[4].doc.as_ref().unwrap()["i"], 3);
+    let doc = node_call(
+        &mut w,
+        &mut b,
+        &link,
+        Request::Get(GetRequest::new("page-005")),
+    )
+    .unwrap()
+    .into_doc_body()
+    .unwrap()
+    .doc;
+    assert_eq!(
+        (doc["i"].clone(), doc["from"].clone()),
+        (json!(5), json!("chromium"))
+    );
+    let missing = node_call(&mut w, &mut b, &link, Request::Get(GetRequest::new("nope")));
+    assert!(matches!(missing, Err(DbError::NotFound(_))), "{missing:?}");
+    let write = node_call(
+        &mut w,
+        &mut b,
+        &link,
+        Request::BulkDocs(BulkDocsRequest {
+            docs: vec![json!({"_id": "x"})],
+            new_edits: true,
+        }),
+    );
+    assert!(
+        matches!(write, Err(DbError::NotImplemented(_))),
+        "{write:?}"
+    );
+
+    // 32 MiB from the browser to the node, byte for byte.
+    let t0 = Instant::now();
+    let att = node_call(
+        &mut w,
+        &mut b,
+        &link,
+        Request::GetAttachment(AttachmentRequest {
+            id: "large".into(),
+            name: "blob.bin".into(),
+            rev: None,
+        }),
+    )
+    .unwrap()
+    .into_attachment()
+    .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(att.data.len(), LARGE);
+    assert_eq!(served["sha256"], sha256_hex(&att.data));
+    assert_eq!(att.data, pattern(11, LARGE));
+    assert_eq!(att.digest, peerpouch::doc::digest_of(&att.data));
+    assert_eq!(served["digest"], att.digest);
+    let mb_per_s = LARGE as f64 / 1e6 / took.as_secs_f64();
+    println!(
+        "figure: browser_to_rust_mb_per_s = {mb_per_s:.1} MB/s (32 MiB attachment in {:.0} ms)",
+        took.as_secs_f64() * 1000.0
+    );
+    assert!(mb_per_s >= MIN_MB_PER_S);
+
+    // A clean close: the page hears the bye.
+    w.peers[0].node.close(Instant::now(), &link);
+    let closed = drive(
+        &mut w,
+        &mut b,
+        "the page seeing the close",
+        Duration::from_secs(10),
+        |_, b| {
+            b.events
+                .iter()
+                .find(|e| e["event"] == "link-closed" && e["peer"] == link.1.as_str())
+                .cloned()
+        },
+    );
+    assert_eq!(closed["reason"], "remote", "{closed}");
+    let biggest = closed["max_message_received"].as_u64().unwrap();
+    assert!(
+        biggest <= MAX_CHANNEL_MESSAGE,
+        "the node sent a {biggest}-byte message"
+    );
+
+    // Unsharing deletes the share document.
+    browser_call(
+        &mut w,
+        &mut b,
+        json!({"cmd": "call", "page": "b", "fn": "unshare"}),
+        Duration::from_secs(10),
+    );
+    let gone = w.hub.client().clone().get(&share);
+    assert!(matches!(gone, Err(DbError::NotFound(_))), "{gone:?}");
+    w.hub.client().delete_db().unwrap();
+}

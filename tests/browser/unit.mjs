@@ -1,0 +1,51 @@
+// Checks of peerpouch.js that need no browser (Node.js 20 has WebCrypto): MD5 against
+// node:crypto, framing and its typed errors, the access proof against an HMAC computed with
+// node:crypto. Run by run.sh before the browser test: `node tests/browser/unit.mjs`.
+import assert from 'node:assert/strict';
+import { createHash, createHmac } from 'node:crypto';
+import { Assembler, ProtocolError, makeProof, md5, splitFrames, toHex } from './peerpouch.js';
+
+const bytes = (n, k = 31) => Uint8Array.from({ length: n }, (_, i) => (i * k + 7) & 255);
+
+for (const n of [0, 1, 55, 56, 57, 63, 64, 65, 119, 120, 128, 1000, 100003]) {
+  const b = bytes(n);
+  assert.equal(toHex(md5(b)), createHash('md5').update(b).digest('hex'), `md5 of ${n} bytes`);
+}
+
+// Frames: a message split at 1 KiB and one of another id interleaved come back whole.
+const big = bytes(10000);
+const frames = splitFrames(3, 7, big, 1024);
+assert.equal(frames.length, Math.ceil(10000 / (1024 - 6)));
+assert.ok(frames.every((f) => f.length > 0 && f.length <= 1024));
+assert.deepEqual([...splitFrames(6, 3, new Uint8Array(0), 1024)[0]], [6, 0, 0, 0, 0, 3]);
+const a = new Assembler(1 << 20, 1024);
+let done = null;
+for (const [i, f] of frames.entries()) {
+  if (i === 3) assert.deepEqual([...a.push(splitFrames(2, 9, bytes(5), 1024)[0]).payload], [...bytes(5)]);
+  done = a.push(f) ?? done;
+}
+assert.equal(done.kind, 3);
+assert.equal(done.id, 7);
+assert.deepEqual(done.payload, big);
+
+// Bad frames are typed errors.
+const bad = [
+  [new Assembler(100, 1024), [1, 0, 0]], // shorter than the header
+  [new Assembler(100, 1024), [99, 0, 0, 0, 0, 1]], // unknown kind
+  [new Assembler(100, 1024), [2, 2, 0, 0, 0, 1]], // unknown flag
+  [new Assembler(10, 1024), [2, 1, 0, 0, 0, 1, ...bytes(11)]], // over the message limit
+  [new Assembler(100, 8), [2, 0, 0, 0, 0, 1, 1, 2, 3]], // over the frame limit
+];
+for (const [asm, f] of bad) assert.throws(() => asm.push(Uint8Array.from(f)), ProtocolError, `frame ${f}`);
+const mixed = new Assembler(100, 1024);
+mixed.push(Uint8Array.from([2, 1, 0, 0, 0, 1, 9]));
+assert.throws(() => mixed.push(Uint8Array.from([3, 0, 0, 0, 0, 1, 9])), ProtocolError, 'a kind change inside a message');
+
+// The proof: HMAC-SHA256 over the parts, each followed by a zero byte.
+const key = new TextEncoder().encode('secret');
+const parts = ['peerpouch-proof-v1', 'client', 'share-a', 'peer-b', 'sha-256 AA:BB', 'sha-256 CC:DD'];
+const want = createHmac('sha256', key).update(Buffer.concat(parts.map((p) => Buffer.from(p + '\0')))).digest('hex');
+assert.equal(await makeProof(key, ...parts.slice(1)), want);
+assert.notEqual(await makeProof(key, 'server', ...parts.slice(2)), want);
+
+console.log('peerpouch.js unit checks: ok');
