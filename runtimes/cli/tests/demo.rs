@@ -32,5 +32,5 @@ fn unknown_command_fails_with_usage() {
         .output()
         .expect("run peerpouch");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: peerpouch"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage: peerpouch"));
 }
