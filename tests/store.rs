@@ -86,12 +86,8 @@ fn requests_and_responses_round_trip_through_json() {
             rev: None,
         }),
         Request::OpenRevs(OpenRevsRequest {
-            id: "a".into(),
-            open_revs: OpenRevs::All,
             revs: true,
-            attachments: false,
-            atts_since: vec![],
-            latest: false,
+            ..OpenRevsRequest::all("a")
         }),
     ];
     for req in reqs {

@@ -364,16 +364,7 @@ pub fn open_revs_all_list_and_latest(db: &mut dyn Database) {
             json!({"_id": "a", "_rev": "2-b", "_revisions": {"start": 2, "ids": ["b", "r"]}, "v": "b"}),
         ],
     );
-    let all = db
-        .open_revs(OpenRevsRequest {
-            id: "a".into(),
-            open_revs: OpenRevs::All,
-            revs: false,
-            attachments: false,
-            atts_since: vec![],
-            latest: false,
-        })
-        .unwrap();
+    let all = db.open_revs(OpenRevsRequest::all("a")).unwrap();
     let revs: Vec<_> = all
         .iter()
         .map(|o| match o {

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use peerpouch::{Database, DbError, OpenRevs, OpenRevsRequest, Request, Response};
+use peerpouch::{Database, DbError, OpenRevsRequest, Request, Response};
 use peerpouch_sqlite::{OpenOptions, SqliteStore};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -69,12 +69,9 @@ fn snapshot(store: &mut SqliteStore) -> Value {
     for id in shapes.keys() {
         let revs = store
             .open_revs(OpenRevsRequest {
-                id: id.clone(),
-                open_revs: OpenRevs::All,
                 revs: true,
                 attachments: true,
-                atts_since: vec![],
-                latest: false,
+                ..OpenRevsRequest::all(id.clone())
             })
             .unwrap();
         leaves.insert(id.clone(), serde_json::to_value(revs).unwrap());

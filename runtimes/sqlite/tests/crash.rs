@@ -22,8 +22,7 @@ mod common;
 use common::Rng;
 use peerpouch::doc::digest_of;
 use peerpouch::{
-    ChangesRequest, ChangesStyle, Database, DbError, OpenRev, OpenRevs, OpenRevsRequest, Rev,
-    RevsDiffRequest,
+    ChangesRequest, ChangesStyle, Database, DbError, OpenRev, OpenRevsRequest, Rev, RevsDiffRequest,
 };
 use peerpouch_sqlite::{OpenOptions, SqliteStore};
 use serde_json::{json, Value};
@@ -139,16 +138,7 @@ fn crash_writer_child() {
             // A replicated branch off the winner: a conflict.
             7 if !ids.is_empty() => {
                 let id = pick(&mut rng, &ids);
-                let leaves = db
-                    .open_revs(OpenRevsRequest {
-                        id: id.clone(),
-                        open_revs: OpenRevs::All,
-                        revs: false,
-                        attachments: false,
-                        atts_since: vec![],
-                        latest: false,
-                    })
-                    .unwrap();
+                let leaves = db.open_revs(OpenRevsRequest::all(id.clone())).unwrap();
                 let Some(OpenRev::Ok(leaf)) = leaves.first() else {
                     continue;
                 };
@@ -275,12 +265,9 @@ fn check(path: &Path, acked: &Acked) -> BTreeSet<(String, Rev)> {
     for row in &changes.results {
         let leaves = db
             .open_revs(OpenRevsRequest {
-                id: row.id.clone(),
-                open_revs: OpenRevs::All,
                 revs: true,
                 attachments: true,
-                atts_since: vec![],
-                latest: false,
+                ..OpenRevsRequest::all(row.id.clone())
             })
             .unwrap();
         let revs: Vec<String> = leaves

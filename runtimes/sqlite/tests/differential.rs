@@ -40,16 +40,7 @@ fn some_rev(rng: &mut Rng, mem: &mut MemoryStore, id: &str) -> Option<Rev> {
                 .unwrap(),
         ),
         _ => {
-            let leaves = mem
-                .open_revs(OpenRevsRequest {
-                    id: id.into(),
-                    open_revs: OpenRevs::All,
-                    revs: false,
-                    attachments: false,
-                    atts_since: vec![],
-                    latest: false,
-                })
-                .ok()?;
+            let leaves = mem.open_revs(OpenRevsRequest::all(id)).ok()?;
             let n = leaves.len() as u64;
             match &leaves[rng.below(n) as usize] {
                 OpenRev::Ok(d) => d["_rev"].as_str()?.parse().ok(),

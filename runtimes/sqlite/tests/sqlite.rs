@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use peerpouch::{
-    ChangesRequest, ChangesStyle, Database, DbError, GetRequest, OpenRevs, OpenRevsRequest, Seq,
+    ChangesRequest, ChangesStyle, Database, DbError, GetRequest, OpenRevsRequest, Seq,
 };
 use peerpouch_sqlite::{
     Durability, OpenError, OpenOptions, SqliteStore, APPLICATION_ID, FORMAT_VERSION,
@@ -341,14 +341,7 @@ fn power_loss_durability_opens_and_writes() {
     let rev = db.put(json!({"_id": "a"})).unwrap();
     drop(db);
     let mut db = SqliteStore::open_with(&path, options).unwrap();
-    let mut r = OpenRevsRequest {
-        id: "a".into(),
-        open_revs: OpenRevs::All,
-        revs: false,
-        attachments: false,
-        atts_since: vec![],
-        latest: false,
-    };
+    let mut r = OpenRevsRequest::all("a");
     r.revs = true;
     assert_eq!(db.open_revs(r).unwrap().len(), 1);
     assert_eq!(db.get("a").unwrap()["_rev"], rev.to_string());
