@@ -483,7 +483,7 @@ impl RpcClient {
     }
 
     fn on_response(&mut self, id: CallId, payload: &[u8]) -> Result<(), RpcError> {
-        let reply: Reply = serde_json::from_slice(payload)
+        let reply = Reply::decode(payload)
             .map_err(|e| RpcError::Malformed(format!("response {id}: {e}")))?;
         let Some(open) = self.open.get_mut(&id) else {
             return Ok(()); // cancelled or timed out meanwhile

@@ -81,6 +81,104 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    /// Decodes a reply, as `serde_json::from_slice` does.
+    ///
+    /// `Response` is internally tagged (`"result"`), and serde buffers every internally tagged
+    /// value into an intermediate tree before decoding it: for a batch of documents that is most
+    /// of the client's decoding work. Our servers write the tag first, so the common shape
+    /// `{"ok": {"result": TAG, ...}}` is decoded in one pass; anything else (another key order,
+    /// an error, an attachment, malformed bytes) takes serde's own path, with its errors.
+    ///
+    /// # Errors
+    /// When the bytes are not a reply.
+    pub fn decode(bytes: &[u8]) -> Result<Reply, serde_json::Error> {
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        if let Ok(Some(r)) = FastReply.deserialize(&mut de) {
+            if de.end().is_ok() {
+                return Ok(Reply::Ok(r));
+            }
+        }
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// `{"ok": {"result": TAG, ...}}` in one pass; `Ok(None)` or an error for any other shape.
+struct FastReply;
+
+impl<'de> serde::de::DeserializeSeed<'de> for FastReply {
+    type Value = Option<Response>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FastReply {
+    type Value = Option<Response>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a reply")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        match map.next_key::<std::borrow::Cow<'de, str>>()? {
+            Some(k) if k == "ok" => {}
+            _ => return Ok(None),
+        }
+        let r = map.next_value_seed(FastResponse)?;
+        if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            return Ok(None);
+        }
+        Ok(r)
+    }
+}
+
+/// A [`Response`] whose first key is its `"result"` tag.
+struct FastResponse;
+
+impl<'de> serde::de::DeserializeSeed<'de> for FastResponse {
+    type Value = Option<Response>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FastResponse {
+    type Value = Option<Response>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a response")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use crate::ops::*;
+        use serde::de::value::MapAccessDeserializer;
+        match map.next_key::<std::borrow::Cow<'de, str>>()? {
+            Some(k) if k == "result" => {}
+            _ => return Ok(None),
+        }
+        let tag = map.next_value::<std::borrow::Cow<'de, str>>()?;
+        // The rest of the object is the variant's own fields.
+        let rest = MapAccessDeserializer::new(map);
+        Ok(Some(match &*tag {
+            "info" => Response::Info(DbInfo::deserialize(rest)?),
+            "doc" => Response::Doc(DocBody::deserialize(rest)?),
+            "open_revs" => Response::OpenRevs(OpenRevsResponse::deserialize(rest)?),
+            "all_docs" => Response::AllDocs(AllDocsResponse::deserialize(rest)?),
+            "bulk_docs" => Response::BulkDocs(BulkDocsResponse::deserialize(rest)?),
+            "changes" => Response::Changes(ChangesResponse::deserialize(rest)?),
+            "revs_diff" => Response::RevsDiff(RevsDiffResponse::deserialize(rest)?),
+            "bulk_get" => Response::BulkGet(BulkGetResponse::deserialize(rest)?),
+            "attachment" => Response::Attachment(AttachmentData::deserialize(rest)?),
+            "written" => Response::Written(DocResult::deserialize(rest)?),
+            _ => return Ok(None),
+        }))
+    }
+}
+
 /// Why a subscription ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StreamEnd {
@@ -248,5 +346,49 @@ mod tests {
             "FP-S",
             ""
         ));
+    }
+
+    #[test]
+    fn fast_reply_decoding_agrees_with_serde() {
+        let rev = "1-967a00dff5e02add41819138abb3284d";
+        let cases = [
+            r#"{"ok":{"result":"info","db_name":"d","doc_count":1,"doc_del_count":0,"update_seq":3}}"#.to_string(),
+            format!(r#"{{"ok":{{"result":"doc","doc":{{"_id":"a","_rev":"{rev}","x":[1,{{"y":"\u00e9\n"}}]}}}}}}"#),
+            format!(r#"{{"ok":{{"result":"open_revs","revs":[{{"ok":{{"_id":"a","_rev":"{rev}"}}}}]}}}}"#),
+            format!(r#"{{"ok":{{"result":"all_docs","total_rows":1,"offset":0,"rows":[{{"key":"a","id":"a","value":{{"rev":"{rev}"}}}}]}}}}"#),
+            format!(r#"{{"ok":{{"result":"bulk_docs","results":[{{"ok":true,"id":"a","rev":"{rev}"}},{{"id":"b","error":"conflict","reason":"c"}}]}}}}"#),
+            format!(r#"{{"ok":{{"result":"changes","results":[{{"id":"a","seq":1,"changes":[{{"rev":"{rev}"}}]}}],"last_seq":1}}}}"#),
+            format!(r#"{{"ok":{{"result":"revs_diff","missing":{{"a":{{"missing":["{rev}"]}}}}}}}}"#),
+            format!(r#"{{"ok":{{"result":"bulk_get","results":[{{"id":"a","docs":[{{"ok":{{"_id":"a","_rev":"{rev}","t":"x"}}}},{{"error":{{"id":"b","error":"not_found","reason":"missing"}}}}]}}]}}}}"#),
+            r#"{"ok":{"result":"attachment","content_type":"text/plain","digest":"md5-x","data":"aGk="}}"#.to_string(),
+            format!(r#"{{"ok":{{"result":"written","ok":true,"id":"_local/a","rev":"0-1"}}}}"#),
+            // Other shapes take serde's path, with its results and errors.
+            r#"{"ok":{"db_name":"d","result":"info","doc_count":1,"doc_del_count":0,"update_seq":3}}"#.to_string(),
+            r#"{"err":{"status":404,"error":"not_found","reason":"missing"}}"#.to_string(),
+            r#"{"attachment":{"content_type":"a/b","digest":"md5-x","length":3}}"#.to_string(),
+            r#"{"ok":{"result":"nope"}}"#.to_string(),
+            r#"{"ok":{"result":"info","db_name":"d"}}"#.to_string(),
+            r#"{"ok":{"result":"changes","results":[],"last_seq":0},"more":1}"#.to_string(),
+            r#"{"ok":{"result":"changes","results":[],"last_seq":0}} x"#.to_string(),
+            r#"{"ok":{"result":"changes","results":[],"last_seq":0}"#.to_string(),
+            r#"[]"#.to_string(),
+            String::new(),
+        ];
+        for c in &cases {
+            let slow = serde_json::from_slice::<Reply>(c.as_bytes());
+            let fast = Reply::decode(c.as_bytes());
+            match (&slow, &fast) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{c}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{c}"),
+                _ => panic!("{c}: serde {slow:?}, fast {fast:?}"),
+            }
+        }
+        // The well-formed cases above do decode.
+        for c in &cases[..10] {
+            assert!(
+                matches!(Reply::decode(c.as_bytes()), Ok(Reply::Ok(_))),
+                "{c}"
+            );
+        }
     }
 }
