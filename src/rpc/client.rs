@@ -345,6 +345,11 @@ impl RpcClient {
         }
     }
 
+    /// Whether a frame or an event waits.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.events.is_empty() || self.out.peek().is_some()
+    }
+
     /// The next frame to write (it stays until [`RpcClient::advance_frame`]).
     pub fn peek_frame(&self) -> Option<&[u8]> {
         self.out.peek()

@@ -302,6 +302,11 @@ impl RpcServer {
         self.pump();
     }
 
+    /// Whether a frame, a store request or an event waits.
+    pub(crate) fn has_output(&self) -> bool {
+        !(self.store_out.is_empty() && self.events.is_empty()) || self.out.peek().is_some()
+    }
+
     /// The next store request to execute against the served database.
     pub fn poll_store_request(&mut self) -> Option<(StoreRequestId, Request)> {
         self.store_out.pop_front()
