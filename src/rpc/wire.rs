@@ -361,7 +361,7 @@ mod tests {
             format!(r#"{{"ok":{{"result":"revs_diff","missing":{{"a":{{"missing":["{rev}"]}}}}}}}}"#),
             format!(r#"{{"ok":{{"result":"bulk_get","results":[{{"id":"a","docs":[{{"ok":{{"_id":"a","_rev":"{rev}","t":"x"}}}},{{"error":{{"id":"b","error":"not_found","reason":"missing"}}}}]}}]}}}}"#),
             r#"{"ok":{"result":"attachment","content_type":"text/plain","digest":"md5-x","data":"aGk="}}"#.to_string(),
-            format!(r#"{{"ok":{{"result":"written","ok":true,"id":"_local/a","rev":"0-1"}}}}"#),
+            r#"{"ok":{"result":"written","ok":true,"id":"_local/a","rev":"0-1"}}"#.to_string(),
             // Other shapes take serde's path, with its results and errors.
             r#"{"ok":{"db_name":"d","result":"info","doc_count":1,"doc_del_count":0,"update_seq":3}}"#.to_string(),
             r#"{"err":{"status":404,"error":"not_found","reason":"missing"}}"#.to_string(),
