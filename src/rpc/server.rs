@@ -529,7 +529,7 @@ impl RpcServer {
             }
             Ok(r) => {
                 // Encoded once; an answer the client would refuse is replaced by an error.
-                let payload = serde_json::to_vec(&Reply::Ok(r)).unwrap_or_default();
+                let payload = encode_ok_reply(r);
                 if payload.len() > self.peer_max_message {
                     let e = too_large(payload.len(), self.peer_max_message);
                     self.out
