@@ -462,6 +462,13 @@ impl RpcServer {
                 self.config.max_in_flight
             )));
         }
+        // Decoded straight from the bytes; only a call that does not decode is looked at as a
+        // tree, to say what was wrong with it.
+        if let Ok(call) = serde_json::from_slice::<Call>(payload) {
+            self.calls.insert(id, CallState::Queued);
+            self.inbox.push_back((id, Work::Run(call)));
+            return Ok(());
+        }
         let v: Value = serde_json::from_slice(payload)
             .map_err(|e| RpcError::Malformed(format!("request {id}: {e}")))?;
         match serde_json::from_value::<Call>(v.clone()) {
