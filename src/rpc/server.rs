@@ -278,7 +278,7 @@ impl RpcServer {
                                     },
                                 );
                             } else {
-                                self.out.push(Kind::StreamItem, call, &payload);
+                                self.out.push_owned(Kind::StreamItem, call, payload);
                             }
                         }
                         // A change meanwhile (`dirty`) is picked up by `pump` when the window
@@ -532,7 +532,7 @@ impl RpcServer {
                         length: a.data.len() as u64,
                     },
                 );
-                self.out.push(Kind::Binary, id, &a.data);
+                self.out.push_owned(Kind::Binary, id, a.data);
             }
             Ok(r) => {
                 // Encoded once; an answer the client would refuse is replaced by an error.
@@ -542,7 +542,7 @@ impl RpcServer {
                     self.out
                         .push_json(Kind::Response, id, &Reply::Err(CouchError::from(e)));
                 } else {
-                    self.out.push(Kind::Response, id, &payload);
+                    self.out.push_owned(Kind::Response, id, payload);
                 }
             }
             Err(e) => self
