@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -200,6 +201,18 @@ struct Link {
     /// Creation order: when several sessions accept a datagram, the newest gets it (a peer
     /// that restarted on the same address replaces its old, dead session).
     created: u64,
+}
+
+impl Link {
+    /// Whether [`Node::pump_link`] would find anything to move.
+    fn has_work(&self) -> bool {
+        self.session.has_output()
+            || match &self.rpc {
+                Some(Rpc::Server(s)) => s.has_output(),
+                Some(Rpc::Client(c)) => c.has_output(),
+                None => false,
+            }
+    }
 }
 
 struct Rep {
@@ -705,9 +718,22 @@ impl Node {
         for _ in 0..1000 {
             let mut moved = false;
             moved |= self.pump_hub(now);
-            let keys: Vec<LinkId> = self.links.keys().cloned().collect();
-            for k in keys {
+            // Links in key order, as of when each is reached; a link with nothing to take or
+            // send is skipped (pumping it would do nothing), which spares cloning its key.
+            let mut last: Option<LinkId> = None;
+            loop {
+                let next = match &last {
+                    None => self.links.iter().find(|(_, l)| l.has_work()),
+                    Some(k) => self
+                        .links
+                        .range::<LinkId, _>((Bound::Excluded(k), Bound::Unbounded))
+                        .find(|(_, l)| l.has_work()),
+                };
+                let Some(k) = next.map(|(k, _)| k.clone()) else {
+                    break;
+                };
                 moved |= self.pump_link(now, &k);
+                last = Some(k);
             }
             moved |= self.pump_replications(now);
             if !moved {
@@ -982,7 +1008,12 @@ impl Node {
 
     fn pump_replications(&mut self, now: Instant) -> bool {
         let mut moved = false;
-        let ids: Vec<ReplicationId> = self.reps.keys().copied().collect();
+        let ids: Vec<ReplicationId> = self
+            .reps
+            .iter()
+            .filter(|(_, r)| r.machine.has_output())
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             let mut reqs = Vec::new();
             let mut events = Vec::new();

@@ -426,6 +426,11 @@ impl Replicator {
             .push_back(ReplicationEvent::Cancelled(self.progress.clone()));
     }
 
+    /// Whether a `poll_request` or `poll_event` has something.
+    pub(crate) fn has_output(&self) -> bool {
+        !(self.out.is_empty() && self.events.is_empty())
+    }
+
     /// The next request to execute.
     pub fn poll_request(&mut self) -> Option<EndpointRequest> {
         self.out.pop_front()

@@ -620,6 +620,11 @@ impl Session {
         self.drive(now);
     }
 
+    /// Whether a `poll_transmit`, `poll_signal` or `poll_event` has something.
+    pub(crate) fn has_output(&self) -> bool {
+        !(self.transmits.is_empty() && self.signals.is_empty() && self.events.is_empty())
+    }
+
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()

@@ -345,6 +345,11 @@ impl RpcClient {
         }
     }
 
+    /// Whether a frame or an event waits.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.events.is_empty() || self.out.peek().is_some()
+    }
+
     /// The next frame to write (it stays until [`RpcClient::advance_frame`]).
     pub fn peek_frame(&self) -> Option<&[u8]> {
         self.out.peek()
@@ -483,7 +488,7 @@ impl RpcClient {
     }
 
     fn on_response(&mut self, id: CallId, payload: &[u8]) -> Result<(), RpcError> {
-        let reply: Reply = serde_json::from_slice(payload)
+        let reply = Reply::decode(payload)
             .map_err(|e| RpcError::Malformed(format!("response {id}: {e}")))?;
         let Some(open) = self.open.get_mut(&id) else {
             return Ok(()); // cancelled or timed out meanwhile

@@ -97,11 +97,57 @@ impl RpcError {
 /// Frames waiting for room in the data channel, one stream per message id, sent round-robin
 /// frame by frame: a small answer does not wait behind a large one (frames of one id keep their
 /// order, which keeps an attachment's bytes after its metadata).
+///
+/// A large message handed over whole ([`Outbox::push_owned`]: an attachment, a batch of
+/// documents) is cut into frames one at a time as they go, exactly as [`frame::split`] would
+/// cut it, rather than all at once: no second copy of it waits in memory.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    streams: VecDeque<(u32, VecDeque<Vec<u8>>)>,
+    streams: VecDeque<(u32, VecDeque<Part>)>,
     bytes: usize,
     frame_size: usize,
+}
+
+/// Frames of one stream: ready ones, or a message being cut (`next` is its next frame).
+#[derive(Debug)]
+enum Part {
+    Frame(Vec<u8>),
+    Cutting {
+        kind: Kind,
+        id: u32,
+        data: Vec<u8>,
+        /// Payload bytes already in frames (`next` included).
+        cut: usize,
+        chunk: usize,
+        next: Vec<u8>,
+    },
+}
+
+impl Part {
+    fn frame(&self) -> &[u8] {
+        match self {
+            Part::Frame(f) => f,
+            Part::Cutting { next, .. } => next,
+        }
+    }
+}
+
+/// Writes the frame of `data` that starts at payload offset `at` into `out` (as `split` does).
+fn cut_frame(
+    out: &mut Vec<u8>,
+    kind: Kind,
+    id: u32,
+    data: &[u8],
+    at: usize,
+    chunk: usize,
+) -> usize {
+    let end = (at + chunk).min(data.len());
+    out.clear();
+    out.push(kind as u8);
+    out.push(if end < data.len() { 1 } else { 0 });
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&data[at..end]);
+    end
 }
 
 impl Outbox {
@@ -120,33 +166,80 @@ impl Outbox {
     pub(crate) fn push(&mut self, kind: Kind, id: u32, payload: &[u8]) {
         let frames = frame::split(kind, id, payload, self.frame_size);
         self.bytes += frames.iter().map(Vec::len).sum::<usize>();
+        self.enqueue(id, frames.into_iter().map(Part::Frame).collect());
+    }
+
+    /// [`Outbox::push`] for a message the caller gives away: a message larger than one frame is
+    /// cut as its frames go.
+    pub(crate) fn push_owned(&mut self, kind: Kind, id: u32, payload: Vec<u8>) {
+        let chunk = self.frame_size.max(frame::MIN_FRAME) - frame::HEADER_LEN;
+        if payload.len() <= chunk {
+            return self.push(kind, id, &payload);
+        }
+        let frames = payload.len().div_ceil(chunk);
+        self.bytes += payload.len() + frames * frame::HEADER_LEN;
+        let mut next = Vec::with_capacity(frame::HEADER_LEN + chunk);
+        let cut = cut_frame(&mut next, kind, id, &payload, 0, chunk);
+        self.enqueue(
+            id,
+            VecDeque::from([Part::Cutting {
+                kind,
+                id,
+                data: payload,
+                cut,
+                chunk,
+                next,
+            }]),
+        );
+    }
+
+    fn enqueue(&mut self, id: u32, parts: VecDeque<Part>) {
         match self.streams.iter_mut().find(|(i, _)| *i == id) {
-            Some((_, q)) => q.extend(frames),
+            Some((_, q)) => q.extend(parts),
             // Hello and goodbye (id 0) overtake every queued answer.
-            None if id == 0 => self.streams.push_front((id, frames.into())),
-            None => self.streams.push_back((id, frames.into())),
+            None if id == 0 => self.streams.push_front((id, parts)),
+            None => self.streams.push_back((id, parts)),
         }
     }
 
     pub(crate) fn push_json<T: serde::Serialize>(&mut self, kind: Kind, id: u32, value: &T) {
         // Our own types always serialise.
         let payload = serde_json::to_vec(value).unwrap_or_default();
-        self.push(kind, id, &payload);
+        self.push_owned(kind, id, payload);
     }
 
     pub(crate) fn peek(&self) -> Option<&[u8]> {
         self.streams
             .front()
             .and_then(|(_, q)| q.front())
-            .map(Vec::as_slice)
+            .map(Part::frame)
     }
 
     pub(crate) fn advance(&mut self) {
         let Some((id, mut q)) = self.streams.pop_front() else {
             return;
         };
-        if let Some(f) = q.pop_front() {
-            self.bytes -= f.len();
+        match q.front_mut() {
+            Some(Part::Frame(f)) => {
+                self.bytes -= f.len();
+                q.pop_front();
+            }
+            Some(Part::Cutting {
+                kind,
+                id: mid,
+                data,
+                cut,
+                chunk,
+                next,
+            }) => {
+                self.bytes -= next.len();
+                if *cut < data.len() {
+                    *cut = cut_frame(next, *kind, *mid, data, *cut, *chunk);
+                } else {
+                    q.pop_front();
+                }
+            }
+            None => {}
         }
         if !q.is_empty() {
             if id == 0 {
@@ -165,5 +258,42 @@ impl Outbox {
     pub(crate) fn clear(&mut self) {
         self.streams.clear();
         self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every frame in order, with `bytes()` before each.
+    fn drain(o: &mut Outbox) -> Vec<(usize, Vec<u8>)> {
+        let mut v = Vec::new();
+        while let Some(f) = o.peek() {
+            v.push((o.bytes(), f.to_vec()));
+            o.advance();
+        }
+        assert_eq!(o.bytes(), 0);
+        v
+    }
+
+    #[test]
+    fn owned_messages_are_cut_as_split_cuts_them() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for frame_size in [frame::MIN_FRAME, 1500, 4096] {
+            for lens in [[0, 1, 3000], [1018, 1019, 2036], [9999, 5, 10_000]] {
+                let (mut a, mut b) = (Outbox::new(frame_size), Outbox::new(frame_size));
+                for (i, &len) in lens.iter().enumerate() {
+                    let id = i as u32 + 1;
+                    a.push(Kind::Response, id, &data[..len]);
+                    b.push_owned(Kind::Response, id, data[..len].to_vec());
+                    // A second message on the same id queues behind the first.
+                    a.push(Kind::Binary, id, &data[..len / 2]);
+                    b.push_owned(Kind::Binary, id, data[..len / 2].to_vec());
+                }
+                a.push_json(Kind::Hello, 0, &"hello");
+                b.push_json(Kind::Hello, 0, &"hello");
+                assert_eq!(drain(&mut a), drain(&mut b), "{frame_size} {lens:?}");
+            }
+        }
     }
 }

@@ -278,7 +278,7 @@ impl RpcServer {
                                     },
                                 );
                             } else {
-                                self.out.push(Kind::StreamItem, call, &payload);
+                                self.out.push_owned(Kind::StreamItem, call, payload);
                             }
                         }
                         // A change meanwhile (`dirty`) is picked up by `pump` when the window
@@ -300,6 +300,11 @@ impl RpcServer {
             _ => {}
         }
         self.pump();
+    }
+
+    /// Whether a frame, a store request or an event waits.
+    pub(crate) fn has_output(&self) -> bool {
+        !(self.store_out.is_empty() && self.events.is_empty()) || self.out.peek().is_some()
     }
 
     /// The next store request to execute against the served database.
@@ -457,6 +462,13 @@ impl RpcServer {
                 self.config.max_in_flight
             )));
         }
+        // Decoded straight from the bytes; only a call that does not decode is looked at as a
+        // tree, to say what was wrong with it.
+        if let Ok(call) = serde_json::from_slice::<Call>(payload) {
+            self.calls.insert(id, CallState::Queued);
+            self.inbox.push_back((id, Work::Run(call)));
+            return Ok(());
+        }
         let v: Value = serde_json::from_slice(payload)
             .map_err(|e| RpcError::Malformed(format!("request {id}: {e}")))?;
         match serde_json::from_value::<Call>(v.clone()) {
@@ -520,17 +532,17 @@ impl RpcServer {
                         length: a.data.len() as u64,
                     },
                 );
-                self.out.push(Kind::Binary, id, &a.data);
+                self.out.push_owned(Kind::Binary, id, a.data);
             }
             Ok(r) => {
                 // Encoded once; an answer the client would refuse is replaced by an error.
-                let payload = serde_json::to_vec(&Reply::Ok(r)).unwrap_or_default();
+                let payload = encode_ok_reply(r);
                 if payload.len() > self.peer_max_message {
                     let e = too_large(payload.len(), self.peer_max_message);
                     self.out
                         .push_json(Kind::Response, id, &Reply::Err(CouchError::from(e)));
                 } else {
-                    self.out.push(Kind::Response, id, &payload);
+                    self.out.push_owned(Kind::Response, id, payload);
                 }
             }
             Err(e) => self

@@ -220,6 +220,13 @@ fn raw_session_mb_per_s() -> f64 {
 }
 
 fn main() {
+    // One part alone, once, for profiling (`P2P_BENCH_ONLY=replication|raw|rpc valgrind ...`).
+    match std::env::var("P2P_BENCH_ONLY").as_deref() {
+        Ok("replication") => return println!("{:.0} docs/s", replication_docs_per_s()),
+        Ok("raw") => return println!("{:.1} MB/s", raw_session_mb_per_s()),
+        Ok("rpc") => return println!("{:.1} MB/s", rpc_attachment_mb_per_s()),
+        _ => {}
+    }
     let runs = 3;
     let mut docs = Vec::new();
     let mut ratios = Vec::new();

@@ -5,6 +5,10 @@
 //! 1. `p2p`: peerpouch pulls them from another peerpouch node over a WebRTC data channel on
 //!    loopback UDP (two `Node`s in one process and one thread, meeting on the in-memory hub:
 //!    [`peerpouch_cli::local::World`]);
+//!    `p2p-threads` is the same transfer with each node on its own thread, through the async
+//!    API (`peerpouch_smol::PeerNode`, two drivers, the in-process hub), as two programs would
+//!    run it; the figure `p2p_docs_per_s` stays the one-thread contender's (see
+//!    `docs/benchmarks.md`);
 //! 2. `http`: peerpouch pulls them from pouchdb-server over HTTP ([`CouchClient`] as the source,
 //!    a [`MemoryStore`] as the target, the blocking [`replicate`] helper);
 //! 3. `pouchdb`: PouchDB (npm `pouchdb`, run by `node`, `benches/pouchdb/replicate.js`) pulls
@@ -129,6 +133,64 @@ fn contender_p2p() {
     let cpu = self_cpu_s() - cpu0;
     let count = w.peers[1].store("copy").info().expect("info").doc_count;
     report(secs, cpu, p.docs_written, count);
+}
+
+/// The same transfer between two nodes that each run on their own thread, as two peers would in
+/// two programs: the async runtime (`peerpouch_smol::PeerNode`), each node's task driven by its
+/// own OS thread (`smol::block_on`), meeting on the in-process hub; the bench's thread only sends
+/// commands and waits for the result.
+fn contender_p2p_threads() {
+    use peerpouch_smol::{
+        HubSpec, InProcessHub, PeerConfig, PeerNode, ReplicateOptions, ShareConfig,
+    };
+    watchdog("p2p-threads");
+    let hub = InProcessHub::new();
+    let node = |seed: u64| {
+        let (node, driver) =
+            PeerNode::with_driver(PeerConfig::new(HubSpec::InProcess(hub.clone())).seed(seed))
+                .expect("a node on loopback");
+        std::thread::spawn(move || smol::block_on(driver.run()));
+        node
+    };
+    let (a, b) = (node(1), node(2));
+    smol::block_on(async {
+        let db = a.add_db("db", MemoryStore::new("db")).await.expect("db");
+        for start in (0..DOCS).step_by(1000) {
+            for r in db
+                .bulk_docs(docs(start..(start + 1000).min(DOCS)), true)
+                .await
+                .expect("write the source docs")
+            {
+                r.result.expect("a source doc");
+            }
+        }
+        let share = a
+            .share(&db, ShareConfig::new().name("db"))
+            .await
+            .expect("share");
+        let remote = b
+            .open(&share, json!({"app": "side_by_side"}))
+            .await
+            .expect("open the share");
+        let copy = b
+            .add_db("copy", MemoryStore::new("copy"))
+            .await
+            .expect("copy");
+        let cpu0 = self_cpu_s();
+        let t = Instant::now();
+        let p = b
+            .replicate(&remote, &copy, ReplicateOptions::default())
+            .await
+            .expect("start the replication")
+            .finished()
+            .await
+            .expect("p2p replication");
+        let secs = t.elapsed().as_secs_f64();
+        let cpu = self_cpu_s() - cpu0;
+        let count = copy.info().await.expect("info").doc_count;
+        report(secs, cpu, p.docs_written, count);
+    });
+    // The node threads are left to the process's exit.
 }
 
 fn contender_http(url: &str) {
@@ -443,6 +505,12 @@ fn parent() {
             runs: Vec::new(),
         },
         Contender {
+            name: "peerpouch p2p, 2 threads (async API)",
+            target: "MemoryStore".into(),
+            from_hub: false,
+            runs: Vec::new(),
+        },
+        Contender {
             name: "peerpouch <- pouchdb-server (HTTP)",
             target: "MemoryStore".into(),
             from_hub: true,
@@ -458,11 +526,13 @@ fn parent() {
     for round in 1..=ROUNDS {
         let mut p2p = Command::new(&exe);
         p2p.args(["--contender", "p2p"]);
+        let mut p2p_threads = Command::new(&exe);
+        p2p_threads.args(["--contender", "p2p-threads"]);
         let mut http = Command::new(&exe);
         http.args(["--contender", "http", &url]);
         let mut pouch = Command::new("node");
         pouch.arg(&script).arg(&url).arg(DOCS.to_string());
-        for (c, cmd) in contenders.iter_mut().zip([p2p, http, pouch]) {
+        for (c, cmd) in contenders.iter_mut().zip([p2p, p2p_threads, http, pouch]) {
             let run = measure(cmd, &hub, c.name);
             eprintln!(
                 "side_by_side: round {round} {:<38} {:>7.0} docs/s, repl CPU {:.2} s, process CPU {:.2} s, peak RSS {:.0} MiB, child wall {:.2} s",
@@ -531,19 +601,23 @@ fn parent() {
     println!(
         "notes: docs/s and repl CPU are timed inside each child around the replication only; proc \
          CPU (user+sys) and peak RSS are the whole child process (wait4). p2p runs both nodes in \
-         one process on one thread, so its figures include the source node and its 10k docs; the \
+         one process on one thread (p2p_docs_per_s), `2 threads` runs each node on its own thread \
+         with the async runtime, as two programs would; both include the source node and its 10k \
+         docs; the \
          HTTP contenders' source is pouchdb-server (in memory; `hub CPU` is its CPU time during \
          the child's life, `?` when its pid is unknown). docs/CPU s counts both ends: repl CPU, \
          plus hub CPU for the HTTP contenders; it moves less with the machine's load than docs/s. \
          Release build; the machine is shared: compare ratios."
     );
-    let [p2p, http, pouch] = &contenders;
-    let (p2p, http, pouch) = (
+    let [p2p, p2p_threads, http, pouch] = &contenders;
+    let (p2p, p2p_threads, http, pouch) = (
         p2p.med(Run::docs_per_s),
+        p2p_threads.med(Run::docs_per_s),
         http.med(Run::docs_per_s),
         pouch.med(Run::docs_per_s),
     );
     println!("figure: p2p_docs_per_s = {p2p:.0} docs/s");
+    println!("figure: p2p_two_threads_docs_per_s = {p2p_threads:.0} docs/s");
     println!("figure: http_docs_per_s = {http:.0} docs/s");
     println!("figure: pouchdb_http_docs_per_s = {pouch:.0} docs/s");
     println!(
@@ -557,6 +631,7 @@ fn main() {
     match args.iter().position(|a| a == "--contender") {
         Some(i) => match args.get(i + 1).map(String::as_str) {
             Some("p2p") => contender_p2p(),
+            Some("p2p-threads") => contender_p2p_threads(),
             Some("http") => contender_http(args.get(i + 2).expect("--contender http URL")),
             other => panic!("unknown contender {other:?}"),
         },
