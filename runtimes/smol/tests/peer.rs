@@ -124,6 +124,23 @@ fn share_watch_open_and_replicate_both_ways() {
             LinkEvent::Ready { share: s, ours, .. } => assert!(s == share && ours),
             other => panic!("expected a ready link, got {other:?}"),
         }
+        // Every method works on the remote as on a local database.
+        let leaves = remote
+            .open_revs(peerpouch::OpenRevsRequest::all("doc-0002"))
+            .await
+            .unwrap();
+        assert_eq!(leaves.len(), 1);
+        let local_doc: peerpouch::Doc = serde_json::from_value(json!({"seen": 1})).unwrap();
+        let rev = remote.put_local("bob-was-here", local_doc).await.unwrap();
+        assert_eq!(notes.get_local("bob-was-here").await.unwrap()["seen"], 1);
+        remote
+            .delete_local("bob-was-here", Some(rev))
+            .await
+            .unwrap();
+        assert!(matches!(
+            notes.get_local("bob-was-here").await,
+            Err(DbError::NotFound(_))
+        ));
         let att = remote.get_attachment("pic", "a.bin").await.unwrap();
         assert_eq!(att.data, (0u8..8).collect::<Vec<u8>>());
 

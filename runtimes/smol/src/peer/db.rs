@@ -226,6 +226,18 @@ impl Db {
             .into_bulk_get()
     }
 
+    /// Several leaves of one document (`open_revs`).
+    ///
+    /// # Errors
+    /// [`DbError::NotFound`] when the document is unknown.
+    pub async fn open_revs(&self, request: OpenRevsRequest) -> Result<Vec<OpenRev>, DbError> {
+        Ok(self
+            .execute(Request::OpenRevs(request))
+            .await?
+            .into_open_revs()?
+            .revs)
+    }
+
     /// An attachment's bytes (binary over a peer link).
     ///
     /// # Errors
@@ -261,6 +273,20 @@ impl Db {
             .await?
             .into_written()?
             .result
+    }
+
+    /// Deletes a `_local` document.
+    ///
+    /// # Errors
+    /// [`DbError::NotFound`] or [`DbError::Conflict`].
+    pub async fn delete_local(&self, id: &str, rev: Option<Rev>) -> Result<Rev, DbError> {
+        self.execute(Request::DeleteLocal(DeleteLocalRequest {
+            id: id.into(),
+            rev,
+        }))
+        .await?
+        .into_written()?
+        .result
     }
 
     /// Live changes after `request.since`, as they happen: a remote database pushes them over
