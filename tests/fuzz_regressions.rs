@@ -275,3 +275,19 @@ fn rpc_server_refused_calls_respect_the_window() {
         s.queued_bytes()
     );
 }
+
+/// The `rpc_reply` target's property: the client's fast reply decoder agrees with serde on
+/// every input. It once accepted invalid UTF-8 inside a field it skips, which serde refuses.
+#[test]
+fn rpc_reply_inputs_decode_as_serde_does() {
+    use peerpouch::rpc::wire::Reply;
+    for (name, bytes) in inputs("rpc_reply") {
+        let fast = Reply::decode(&bytes);
+        let slow = serde_json::from_slice::<Reply>(&bytes);
+        match (&fast, &slow) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{name}"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}"),
+            _ => panic!("{name}: fast {fast:?}, serde {slow:?}"),
+        }
+    }
+}
