@@ -48,8 +48,16 @@ for t in "${targets[@]}"; do
         grep -E '^#[0-9]+[[:space:]]+DONE|^Done [0-9]+ runs' "$logs/$t.log" || echo "(no final stats line)"
     else
         failed+=("$t")
-        echo "!! $t FAILED; the end of its log ($logs/$t.log):"
-        tail -n 60 "$logs/$t.log"
+        echo "!! $t FAILED; what failed, then the end of its log ($logs/$t.log):"
+        # The panic message comes before the (long) Debug print of the input: show it first.
+        grep -m1 -A8 -E 'panicked at|ERROR: libFuzzer' "$logs/$t.log" || true
+        echo "   ..."
+        tail -n 40 "$logs/$t.log"
+        # The failing input, as base64, so a CI log alone is enough to replay it.
+        artifact=$(grep -m1 -oE 'Test unit written to [^ ]+' "$logs/$t.log" | awk '{print $5}' || true)
+        if [[ -n "$artifact" && -f "$artifact" ]]; then
+            echo "   input ($artifact, base64): $(base64 -w0 "$artifact")"
+        fi
     fi
 done
 

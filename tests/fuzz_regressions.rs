@@ -79,6 +79,41 @@ fn attachment_content_type_is_part_of_the_revision() {
     assert_eq!(ta, tb);
 }
 
+/// `store_ops/stub-takes-sibling-content-type`: A and B write the same bytes under different
+/// content types (two revisions at 1), B's replicates to A, then B edits its own on top. When
+/// that edit replicates to A, its attachment is a stub (A has revision 1): A resolved the stub
+/// from the first stored body with the same name, digest and revpos, which was its own sibling
+/// of the other type, so one revision id held two different documents.
+#[test]
+fn replicated_stub_keeps_its_own_content_type() {
+    let mut a = MemoryStore::new("a");
+    let mut b = MemoryStore::new("b");
+    a.put(json!({"_id": "d3", "v": 1, "_attachments": {"f0.bin": {"content_type": "text/plain", "data": "AAECAwQ="}}}))
+        .unwrap();
+    let r1 = b
+        .put(json!({"_id": "d3", "v": 1, "_attachments": {"f0.bin": {"content_type": "application/octet-stream", "data": "AAECAwQ="}}}))
+        .unwrap();
+    replicate(&mut b, &mut a, ReplicatorConfig::new("b", "a")).unwrap();
+    let mut doc = b.get("d3").unwrap();
+    doc.insert("v".into(), json!(0));
+    let r2 = b.put(serde_json::Value::Object(doc)).unwrap();
+    assert_eq!(r2.pos, r1.pos + 1);
+    replicate(&mut b, &mut a, ReplicatorConfig::new("b", "a")).unwrap();
+    replicate(&mut a, &mut b, ReplicatorConfig::new("a", "b")).unwrap();
+    common::assert_converged(&mut a, &mut b);
+    let on_a = a
+        .get_with(GetRequest {
+            rev: Some(r2.clone()),
+            ..GetRequest::new("d3")
+        })
+        .unwrap();
+    assert_eq!(
+        on_a["_attachments"]["f0.bin"]["content_type"],
+        json!("application/octet-stream")
+    );
+    assert_eq!(a.get("d3"), b.get("d3"));
+}
+
 /// `store_ops/rev-pos-past-19-digits`: positions are capped at 2^53 − 1 on input, and a
 /// document at the cap refuses further edits with a typed error instead of minting a revision
 /// nobody can parse.

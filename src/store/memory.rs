@@ -347,7 +347,13 @@ impl MemoryStore {
                             })
                         })
                     }) {
-                        m.clone()
+                        // Another branch may hold the same bytes under another content type:
+                        // the type the stub states is this revision's (it is part of the
+                        // revision id).
+                        AttMeta {
+                            content_type: content_type.unwrap_or_else(|| m.content_type.clone()),
+                            ..m.clone()
+                        }
                     } else {
                         // A replicated stub whose bytes we hold under another name or document.
                         let d = digest.ok_or_else(missing)?;

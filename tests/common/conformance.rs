@@ -21,6 +21,7 @@ macro_rules! conformance_suite {
                 changes_doc_ids_and_include_docs, revs_diff_reports_missing_and_ancestors,
                 bulk_get_with_revs_and_missing, attachments_in_stubs_out, attachment_stubs_and_atts_since,
                 missing_stub_is_refused, replicated_attachment_stub_resolves_by_digest,
+                replicated_stub_keeps_its_content_type,
                 local_docs_are_separate, local_docs_in_bulk_docs, bad_input_is_typed_and_harmless,
                 bulk_docs_mixes_results, info_tracks_counts_and_seq);
         }
@@ -761,6 +762,41 @@ pub fn replicated_attachment_stub_resolves_by_digest(db: &mut dyn Database) {
         bad.unwrap()[0].result,
         Err(DbError::MissingStub(_))
     ));
+}
+
+/// Two branches hold the same bytes under different content types; a stub arriving on one
+/// branch keeps the type it states, not the other branch's.
+pub fn replicated_stub_keeps_its_content_type(db: &mut dyn Database) {
+    let att = |t: &str| json!({"f": {"content_type": t, "data": HELLO_B64, "revpos": 1}});
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "1-a", "_attachments": att("text/plain")}),
+            json!({"_id": "a", "_rev": "1-b", "_attachments": att("application/octet-stream")}),
+        ],
+    );
+    replicated(
+        db,
+        vec![
+            json!({"_id": "a", "_rev": "2-c", "_revisions": {"start": 2, "ids": ["c", "b"]},
+            "_attachments": {"f": {"stub": true, "digest": "md5-XUFAKrxLKna5cZ2REBfFkg==", "revpos": 1, "length": 5, "content_type": "application/octet-stream"}}}),
+        ],
+    );
+    let doc = get_opts(db, "a", |g| g.rev = Some("2-c".parse().unwrap())).unwrap();
+    assert_eq!(
+        doc["_attachments"]["f"]["content_type"],
+        json!("application/octet-stream")
+    );
+    let sibling = get_opts(db, "a", |g| g.rev = Some("1-a".parse().unwrap())).unwrap();
+    assert_eq!(
+        sibling["_attachments"]["f"]["content_type"],
+        json!("text/plain")
+    );
+    let att = db.get_attachment("a", "f").unwrap();
+    assert_eq!(
+        (att.content_type.as_str(), &att.data[..]),
+        ("application/octet-stream", &b"hello"[..])
+    );
 }
 
 pub fn local_docs_are_separate(db: &mut dyn Database) {
