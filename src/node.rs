@@ -90,6 +90,10 @@ pub struct NodeConfig {
     pub rpc_hello_timeout: Duration,
     /// How long a remote call may go without progress.
     pub rpc_request_timeout: Duration,
+    /// Offer LZ4 compression of RPC messages on every link (on by default; see
+    /// [`ClientConfig::compress`]). Turn it off only to measure or debug: it costs little CPU
+    /// and saves the data channel most of its work for batches of documents.
+    pub rpc_compress: bool,
 }
 
 impl Default for NodeConfig {
@@ -99,6 +103,7 @@ impl Default for NodeConfig {
             session: SessionConfig::default(),
             rpc_hello_timeout: Duration::from_secs(30),
             rpc_request_timeout: Duration::from_secs(60),
+            rpc_compress: true,
         }
     }
 }
@@ -829,6 +834,7 @@ impl Node {
                                 c.hello_timeout = self.config.rpc_hello_timeout;
                                 c.read_only = self.shares.get(&k.0).is_some_and(|s| s.read_only);
                                 c.frame_size = frame;
+                                c.compress = self.config.rpc_compress;
                                 Rpc::Server(RpcServer::new(c, now))
                             }
                             None => {
@@ -838,6 +844,7 @@ impl Node {
                                 c.hello_timeout = self.config.rpc_hello_timeout;
                                 c.request_timeout = self.config.rpc_request_timeout;
                                 c.frame_size = frame;
+                                c.compress = self.config.rpc_compress;
                                 Rpc::Client(RpcClient::new(c, now))
                             }
                         });

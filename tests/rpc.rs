@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::epoch;
-use peerpouch::rpc::frame::{split, Kind};
+use peerpouch::rpc::frame::{split, split_with, Frame, Kind};
 use peerpouch::rpc::*;
 use peerpouch::*;
 use serde_json::json;
@@ -143,10 +143,25 @@ fn hello_then_calls_like_a_local_database() {
     assert_eq!(p.server.served(), 4);
 }
 
+/// `n` characters that LZ4 cannot shrink (hex of a seeded xorshift), so frame counts and windows
+/// in a test do not depend on compression.
+fn noise(n: usize, seed: u64) -> String {
+    let mut x = seed | 1;
+    let mut s = String::with_capacity(n + 16);
+    while s.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(&format!("{x:016x}"));
+    }
+    s.truncate(n);
+    s
+}
+
 #[test]
 fn large_bodies_cross_in_frames_within_the_frame_size() {
     let mut p = Pair::default();
-    let big = "x".repeat(300_000);
+    let big = noise(300_000, 1);
     p.call(Request::BulkDocs(BulkDocsRequest {
         docs: vec![json!({"_id": "big", "text": big})],
         new_edits: true,
@@ -377,7 +392,7 @@ fn a_slow_reader_bounds_the_servers_queue() {
     scfg.window = 64 * 1024;
     let mut p = Pair::new(scfg, ClientConfig::new("share-x", "peer-y", FP_C, FP_S));
     let docs: Vec<_> = (0..200)
-        .map(|i| json!({"_id": format!("d{i:03}"), "pad": "p".repeat(2000)}))
+        .map(|i| json!({"_id": format!("d{i:03}"), "pad": noise(2000, i)}))
         .collect();
     p.db.bulk_docs(docs, true).unwrap();
     // Fire many calls but never drain the server's frames.
@@ -445,6 +460,33 @@ fn hostile_input_closes_the_link_and_leaves_the_store_alone() {
             "binary from a client",
             vec![split(Kind::Binary, 1, b"xx", 16384).remove(0)],
         ),
+        (
+            "lz4 that says more than max_message",
+            split_with(
+                Kind::Request,
+                1,
+                &[&u32::MAX.to_le_bytes()[..], &[0x10, b'x']].concat(),
+                16384,
+                true,
+            ),
+        ),
+        (
+            "lz4 block shorter than it says",
+            split_with(
+                Kind::Request,
+                1,
+                &[&100u32.to_le_bytes()[..], &[0x10, b'x']].concat(),
+                16384,
+                true,
+            ),
+        ),
+        (
+            "lz4 flag on some frames of a message only",
+            vec![
+                split_with(Kind::Request, 1, &[b'x'; 3000], 1024, true).remove(0),
+                split(Kind::Request, 1, &[b'x'; 3000], 1024).remove(1),
+            ],
+        ),
     ];
     for (what, frames) in cases {
         let mut p = Pair::default();
@@ -469,6 +511,88 @@ fn hostile_input_closes_the_link_and_leaves_the_store_alone() {
             "{what}: a goodbye says why"
         );
     }
+}
+
+/// Every frame the server sends while a call runs, decoded: (LZ4 flag, frame length).
+fn server_frames(p: &mut Pair, req: Request) -> (Result<Response, DbError>, Vec<(bool, usize)>) {
+    let id = p.client.call(p.now, req);
+    let mut seen = Vec::new();
+    for _ in 0..1000 {
+        while let Some(f) = p.client.peek_frame().map(<[u8]>::to_vec) {
+            p.client.advance_frame();
+            p.server.handle_frame(p.now, &f).unwrap();
+        }
+        while let Some((sid, r)) = p.server.poll_store_request() {
+            let r = p.db.execute(r);
+            p.server.handle_store_result(p.now, sid, r);
+        }
+        let mut moved = false;
+        while let Some(f) = p.server.peek_frame().map(<[u8]>::to_vec) {
+            p.server.advance_frame();
+            moved = true;
+            seen.push((Frame::decode(&f).unwrap().lz4, f.len()));
+            p.client.handle_frame(p.now, &f).unwrap();
+        }
+        while let Some(e) = p.client.poll_event() {
+            p.events.push(e);
+        }
+        if !moved {
+            break;
+        }
+    }
+    (p.take_response(id), seen)
+}
+
+#[test]
+fn batches_travel_compressed_when_both_sides_offer_lz4() {
+    let docs: Vec<_> = (0..100)
+        .map(|i| json!({"_id": format!("doc{i:03}"), "text": format!("{:0>1000}", i), "pad": noise(40, i)}))
+        .collect();
+    let all = || {
+        Request::AllDocs(AllDocsRequest {
+            include_docs: true,
+            ..AllDocsRequest::default()
+        })
+    };
+    let mut answers = Vec::new();
+    for (server_lz4, client_lz4) in [(true, true), (true, false), (false, true)] {
+        let mut scfg = ServerConfig::new("share-x", FP_S, FP_C);
+        scfg.compress = server_lz4;
+        let mut ccfg = ClientConfig::new("share-x", "peer-y", FP_C, FP_S);
+        ccfg.compress = client_lz4;
+        let mut p = Pair::new(scfg, ccfg);
+        // A compressible write goes client -> server.
+        let written = p
+            .call(Request::BulkDocs(BulkDocsRequest {
+                docs: docs.clone(),
+                new_edits: true,
+            }))
+            .unwrap();
+        assert!(format!("{written:?}").contains("doc099"));
+        let (r, frames) = server_frames(&mut p, all());
+        let bytes: usize = frames.iter().map(|f| f.1).sum();
+        let compressed = frames.iter().any(|f| f.0);
+        assert_eq!(
+            compressed,
+            server_lz4 && client_lz4,
+            "{server_lz4}/{client_lz4}: {frames:?}"
+        );
+        if compressed {
+            assert!(
+                bytes < 30_000,
+                "100 KB of zero-padded docs took {bytes} bytes"
+            );
+        } else {
+            assert!(bytes > 100_000, "{bytes}");
+        }
+        // Small answers are never compressed.
+        let (info, small) = server_frames(&mut p, Request::Info);
+        assert!(info.is_ok() && small.iter().all(|f| !f.0), "{small:?}");
+        answers.push(r.unwrap());
+    }
+    // The same answer, compressed or not.
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[2]);
 }
 
 #[test]
@@ -575,7 +699,7 @@ fn refused_calls_and_subscriptions_obey_the_window() {
         p.server.handle_frame(p.now, &f).unwrap();
     }
     for i in 0..200 {
-        p.db.put(json!({"_id": format!("d{i}"), "pad": "p".repeat(500)}))
+        p.db.put(json!({"_id": format!("d{i}"), "pad": noise(500, i)}))
             .unwrap();
         p.server.handle_db_changed(p.now);
         while let Some((id, req)) = p.server.poll_store_request() {

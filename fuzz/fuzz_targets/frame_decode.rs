@@ -3,18 +3,21 @@
 //! 1. The whole input as one frame: `Frame::decode` never panics, and a frame it accepts encodes
 //!    back to exactly the input bytes.
 //! 2. The input cut into frames by a length prefix scheme, pushed into an `Assembler` with small
-//!    limits read from the input (at most 64 KiB per message, 16 KiB per frame): it never panics,
+//!    limits read from the input (at most 64 KiB per message, 16 KiB per frame; LZ4 accepted or
+//!    not): it never panics, LZ4 messages decompress within the limit,
 //!    `buffered()` never exceeds `max_message`, every message it completes is at most
 //!    `max_message` bytes, and it agrees push by push with a reference model written from the
 //!    docs (errors, completed messages, bytes held). After its first error the assembler is not
 //!    used again, as its docs require.
 //! 3. `split` of a payload taken from the input: every frame is non-empty, at least the header
-//!    long and at most the frame size; the frames decode, and reassemble to the payload.
+//!    long and at most the frame size; the frames decode, and reassemble to the payload. The
+//!    same for the payload compressed by `compress` (when it compresses) and `split_with`.
 //!
 //! Input layout for 2 and 3:
 //!
 //! ```text
 //! max_message:u16le max_frame:u16le split_frame:u16le piece*
+//!   (the top bit of split_frame: the assembler accepts LZ4)
 //! piece = len:u16be bytes[len]              (len < 0x8000: the next len bytes, or what is left)
 //!       | len:u16be head[<=6]               (len >= 0x8000: up to 6 header bytes from the input,
 //!                                            then zeros up to len & 0x7fff bytes in all)
@@ -26,7 +29,9 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use peerpouch::rpc::frame::{split, Assembler, Frame, Kind, HEADER_LEN, MIN_FRAME};
+use peerpouch::rpc::frame::{
+    compress, split, split_with, Assembler, Frame, Kind, HEADER_LEN, MIN_FRAME,
+};
 use peerpouch::rpc::RpcError;
 
 /// Largest `max_message` the assembler is given.
@@ -64,7 +69,9 @@ impl<'a> Reader<'a> {
 struct Model {
     max_message: usize,
     max_frame: usize,
-    partial: BTreeMap<u32, (u8, Vec<u8>)>,
+    lz4: bool,
+    /// id -> (kind, compressed, payload so far)
+    partial: BTreeMap<u32, (u8, bool, Vec<u8>)>,
 }
 
 /// The model's outcome of a push: an error (which kind), nothing yet, or a whole message.
@@ -78,22 +85,26 @@ enum Outcome {
 
 impl Model {
     fn held(&self) -> usize {
-        self.partial.values().map(|(_, p)| p.len()).sum()
+        self.partial.values().map(|(_, _, p)| p.len()).sum()
     }
 
     fn push(&mut self, bytes: &[u8]) -> Outcome {
         if bytes.len() > self.max_frame {
             return Outcome::TooLarge;
         }
-        if bytes.len() < HEADER_LEN || !(1..=8).contains(&bytes[0]) || bytes[1] & !1 != 0 {
+        if bytes.len() < HEADER_LEN || !(1..=8).contains(&bytes[0]) || bytes[1] & !3 != 0 {
             return Outcome::Malformed;
         }
         let kind = bytes[0];
         let more = bytes[1] & 1 != 0;
+        let lz4 = bytes[1] & 2 != 0;
+        if lz4 && !self.lz4 {
+            return Outcome::Malformed;
+        }
         let id = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
         let payload = &bytes[HEADER_LEN..];
-        if let Some((k, _)) = self.partial.get(&id) {
-            if *k != kind {
+        if let Some((k, z, so_far)) = self.partial.get(&id) {
+            if *k != kind || (*z != lz4 && !so_far.is_empty()) {
                 return Outcome::Malformed;
             }
         }
@@ -101,11 +112,25 @@ impl Model {
         if self.held() + payload.len() > self.max_message {
             return Outcome::TooLarge;
         }
-        let (_, mut so_far) = self.partial.remove(&id).unwrap_or((kind, Vec::new()));
+        let (_, _, mut so_far) = self.partial.remove(&id).unwrap_or((kind, lz4, Vec::new()));
         so_far.extend_from_slice(payload);
         if more {
-            self.partial.insert(id, (kind, so_far));
+            self.partial.insert(id, (kind, lz4, so_far));
             Outcome::Pending
+        } else if lz4 {
+            // size:u32le, then an LZ4 block of exactly that many bytes, which must fit in what
+            // the other messages in progress leave of the limit.
+            let Some((size, block)) = so_far.split_first_chunk::<4>() else {
+                return Outcome::Malformed;
+            };
+            let size = u32::from_le_bytes(*size) as usize;
+            if size > self.max_message - self.held() {
+                return Outcome::TooLarge;
+            }
+            match lz4_flex::block::decompress(block, size) {
+                Ok(out) if out.len() == size => Outcome::Done(kind, id, out),
+                _ => Outcome::Malformed,
+            }
         } else {
             Outcome::Done(kind, id, so_far)
         }
@@ -124,11 +149,13 @@ fn check_decode(bytes: &[u8]) {
     assert_eq!(frame.payload.len() + HEADER_LEN, bytes.len());
 }
 
-fn check_assembler(max_message: usize, max_frame: usize, pieces: &[Vec<u8>]) {
+fn check_assembler(max_message: usize, max_frame: usize, lz4: bool, pieces: &[Vec<u8>]) {
     let mut asm = Assembler::new(max_message, max_frame);
+    asm.accept_lz4(lz4);
     let mut model = Model {
         max_message,
         max_frame,
+        lz4,
         partial: BTreeMap::new(),
     };
     for piece in pieces {
@@ -184,8 +211,24 @@ fn check_split(frame_size: usize, data: &[u8]) {
         _ => return,
     };
     let frames = split(kind, id, payload, frame_size);
+    check_frames(frame_size, (kind, id, payload), &frames, false);
+    if let Some(small) = compress(payload) {
+        assert!(small.len() < payload.len(), "compress made it longer");
+        let frames = split_with(kind, id, &small, frame_size, true);
+        check_frames(frame_size, (kind, id, payload), &frames, true);
+    }
+}
+
+/// The frames of one message are well formed and reassemble to `payload`.
+fn check_frames(
+    frame_size: usize,
+    (kind, id, payload): (Kind, u32, &[u8]),
+    frames: &[Vec<u8>],
+    lz4: bool,
+) {
     let limit = frame_size.max(MIN_FRAME);
     let mut asm = Assembler::new(payload.len(), limit);
+    asm.accept_lz4(lz4);
     let mut done = None;
     for (i, f) in frames.iter().enumerate() {
         assert!(
@@ -197,6 +240,7 @@ fn check_split(frame_size: usize, data: &[u8]) {
         let last = i + 1 == frames.len();
         let d = Frame::decode(f).expect("split frame decodes");
         assert_eq!(d.more, !last, "MORE flag on frame {i} of {}", frames.len());
+        assert_eq!(d.lz4, lz4, "LZ4 flag on frame {i}");
         assert!(
             last || !d.payload.is_empty(),
             "empty payload before the last frame"
@@ -215,7 +259,9 @@ fuzz_target!(|data: &[u8]| {
     let mut r = Reader(data);
     let max_message = (usize::from(r.u16le()) + 1).min(MAX_MESSAGE);
     let max_frame = usize::from(r.u16le()) % (MAX_FRAME + 1);
-    let split_frame = usize::from(r.u16le());
+    let split_frame = r.u16le();
+    let lz4 = split_frame & 0x8000 != 0;
+    let split_frame = usize::from(split_frame & 0x7fff);
     let rest = r.0;
     let mut pieces = Vec::new();
     while let Some(len) = r.u16be() {
@@ -229,6 +275,6 @@ fuzz_target!(|data: &[u8]| {
         check_decode(&piece);
         pieces.push(piece);
     }
-    check_assembler(max_message, max_frame, &pieces);
+    check_assembler(max_message, max_frame, lz4, &pieces);
     check_split(split_frame, rest);
 });

@@ -763,6 +763,7 @@ fn cut_frames(kind: Kind, id: u32, payload: &[u8], cuts: &[u16], frame: usize) -
                 kind,
                 id,
                 more: end != payload.len(),
+                lz4: false,
                 payload: &payload[start..end],
             }
             .encode(),

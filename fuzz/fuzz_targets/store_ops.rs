@@ -220,7 +220,8 @@ fn apply(s: &mut Stores, op: &Op) {
             if at_position_cap(&r) {
                 return;
             }
-            let new = r.unwrap_or_else(|e| panic!("edit of {id:?} at its current rev {rev}: {e:?}"));
+            let new =
+                r.unwrap_or_else(|e| panic!("edit of {id:?} at its current rev {rev}: {e:?}"));
             assert_eq!(new.pos, rev.pos + 1);
             let (_, now) = current(db, &id).expect("edited doc readable");
             // The edit wins unless a longer branch exists.

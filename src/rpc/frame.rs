@@ -2,13 +2,23 @@
 //!
 //! ```text
 //! frame   = kind:u8 flags:u8 id:u32be payload
-//! flags   = bit 0 MORE: the message continues in the next frame (other bits must be 0)
+//! flags   = bit 0 MORE: the message continues in the next frame
+//!           bit 1 LZ4: the message's payload is compressed (set on each of its frames)
+//!           (other bits must be 0)
+//! lz4 payload = size:u32le block      (an LZ4 block of `size` bytes once decompressed)
 //! ```
 //!
 //! A message (kind, id, payload) larger than the negotiated frame size is split into frames of
 //! at most that size, sent back to back; the receiver reassembles them with a bound on memory.
 //! Every frame is non-empty (str0m stalls a channel on an empty message) and at least the header
 //! long.
+//!
+//! A peer may send `LZ4` messages only when the receiver's hello listed the `lz4` capability
+//! ([`crate::rpc::wire::CAP_LZ4`]); the receiver's [`Assembler`] then accepts them
+//! ([`Assembler::accept_lz4`]) and hands over the decompressed payload, never larger than its
+//! message limit. Compression is what makes peer-to-peer replication cheap: the cost of a
+//! WebRTC data channel (SCTP chunks, DTLS records, datagrams) grows with the bytes sent, and
+//! batches of JSON documents compress well (see [`compress`]).
 
 use super::RpcError;
 
@@ -17,6 +27,9 @@ pub const HEADER_LEN: usize = 6;
 /// Smallest frame size peers may negotiate.
 pub const MIN_FRAME: usize = 1024;
 const MORE: u8 = 1;
+const LZ4: u8 = 2;
+/// Messages shorter than this are sent as they are: compressing them saves too little.
+pub const COMPRESS_MIN: usize = 512;
 
 /// What a message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -65,6 +78,8 @@ pub struct Frame<'a> {
     pub id: u32,
     /// More frames of this message follow.
     pub more: bool,
+    /// The message's payload is LZ4-compressed (see the [module docs](self)).
+    pub lz4: bool,
     /// This frame's share of the payload.
     pub payload: &'a [u8],
 }
@@ -84,7 +99,7 @@ impl<'a> Frame<'a> {
         let kind = Kind::from_u8(bytes[0])
             .ok_or_else(|| RpcError::Malformed(format!("unknown frame kind {}", bytes[0])))?;
         let flags = bytes[1];
-        if flags & !MORE != 0 {
+        if flags & !(MORE | LZ4) != 0 {
             return Err(RpcError::Malformed(format!(
                 "unknown frame flags {flags:#04x}"
             )));
@@ -94,6 +109,7 @@ impl<'a> Frame<'a> {
             kind,
             id,
             more: flags & MORE != 0,
+            lz4: flags & LZ4 != 0,
             payload: &bytes[HEADER_LEN..],
         })
     }
@@ -102,21 +118,39 @@ impl<'a> Frame<'a> {
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(HEADER_LEN + self.payload.len());
         v.push(self.kind as u8);
-        v.push(if self.more { MORE } else { 0 });
+        v.push(flags(self.more, self.lz4));
         v.extend_from_slice(&self.id.to_be_bytes());
         v.extend_from_slice(self.payload);
         v
     }
 }
 
+/// The flags byte of a frame.
+pub(crate) fn flags(more: bool, lz4: bool) -> u8 {
+    (if more { MORE } else { 0 }) | (if lz4 { LZ4 } else { 0 })
+}
+
 /// Splits a message into frames of at most `frame_size` bytes (header included).
 pub fn split(kind: Kind, id: u32, payload: &[u8], frame_size: usize) -> Vec<Vec<u8>> {
+    split_with(kind, id, payload, frame_size, false)
+}
+
+/// [`split`] for a payload that is already LZ4-compressed ([`compress`]): every frame carries
+/// the `LZ4` flag.
+pub fn split_with(
+    kind: Kind,
+    id: u32,
+    payload: &[u8],
+    frame_size: usize,
+    lz4: bool,
+) -> Vec<Vec<u8>> {
     let chunk = frame_size.max(MIN_FRAME) - HEADER_LEN;
     if payload.is_empty() {
         return vec![Frame {
             kind,
             id,
             more: false,
+            lz4,
             payload: &[],
         }
         .encode()];
@@ -130,11 +164,65 @@ pub fn split(kind: Kind, id: u32, payload: &[u8], frame_size: usize) -> Vec<Vec<
                 kind,
                 id,
                 more: i + 1 < n,
+                lz4,
                 payload: part,
             }
             .encode()
         })
         .collect()
+}
+
+/// LZ4-compresses a message payload into the `lz4 payload` form of the [module docs](self), or
+/// returns `None` when that would not save at least an eighth of it (short messages, data that
+/// is already compressed such as images): such a message is sent as it is.
+///
+/// ```
+/// use peerpouch::rpc::frame::{compress, decompress};
+///
+/// let batch = br#"{"docs":[{"_id":"a","text":"hello hello hello"},{"_id":"b","text":"hello hello"}]}"#
+///     .repeat(20);
+/// let small = compress(&batch).expect("JSON compresses");
+/// assert!(small.len() < batch.len() / 4);
+/// assert_eq!(decompress(&small, 1 << 20).unwrap(), batch);
+/// assert_eq!(compress(b"short"), None);
+/// ```
+pub fn compress(payload: &[u8]) -> Option<Vec<u8>> {
+    if payload.len() < COMPRESS_MIN || u32::try_from(payload.len()).is_err() {
+        return None;
+    }
+    let out = lz4_flex::block::compress_prepend_size(payload);
+    (out.len() <= payload.len() - payload.len() / 8).then_some(out)
+}
+
+/// Decompresses an `lz4 payload` (see the [module docs](self)) of at most `max_message` bytes
+/// once decompressed.
+///
+/// # Errors
+/// [`RpcError::TooLarge`] when its stated size is over `max_message` (checked before anything
+/// is allocated); [`RpcError::Malformed`] when it is not a valid LZ4 block of exactly that size.
+pub fn decompress(payload: &[u8], max_message: usize) -> Result<Vec<u8>, RpcError> {
+    let Some((size, block)) = payload.split_first_chunk::<4>() else {
+        return Err(RpcError::Malformed(format!(
+            "an lz4 message of {} bytes is shorter than its size",
+            payload.len()
+        )));
+    };
+    let size = u32::from_le_bytes(*size) as usize;
+    if size > max_message {
+        return Err(RpcError::TooLarge {
+            what: "decompressed message",
+            size,
+            limit: max_message,
+        });
+    }
+    let mut out = vec![0; size];
+    match lz4_flex::block::decompress_into(block, &mut out) {
+        Ok(n) if n == size => Ok(out),
+        Ok(n) => Err(RpcError::Malformed(format!(
+            "an lz4 message says {size} bytes but holds {n}"
+        ))),
+        Err(e) => Err(RpcError::Malformed(format!("lz4: {e}"))),
+    }
 }
 
 /// A whole message, reassembled.
@@ -155,8 +243,10 @@ pub struct Message {
 pub struct Assembler {
     max_message: usize,
     max_frame: usize,
-    partial: std::collections::BTreeMap<u32, Message>,
+    /// Messages in progress, with whether they are compressed.
+    partial: std::collections::BTreeMap<u32, (Message, bool)>,
     held: usize,
+    lz4: bool,
 }
 
 impl Assembler {
@@ -167,7 +257,15 @@ impl Assembler {
             max_frame,
             partial: std::collections::BTreeMap::new(),
             held: 0,
+            lz4: false,
         }
+    }
+
+    /// Accepts LZ4-compressed messages (once our hello offered the `lz4` capability); they are
+    /// decompressed on arrival, within the message limit. Without it, an `LZ4` frame is
+    /// malformed.
+    pub fn accept_lz4(&mut self, yes: bool) {
+        self.lz4 = yes;
     }
 
     /// Sets the frame limit (after the hellos agreed on one).
@@ -188,11 +286,14 @@ impl Assembler {
         if len <= self.max_message && !self.partial.contains_key(&id) {
             self.partial.insert(
                 id,
-                Message {
-                    kind,
-                    id,
-                    payload: Vec::with_capacity(len),
-                },
+                (
+                    Message {
+                        kind,
+                        id,
+                        payload: Vec::with_capacity(len),
+                    },
+                    false,
+                ),
             );
         }
     }
@@ -200,9 +301,10 @@ impl Assembler {
     /// Takes one frame; returns the message it completes, if any.
     ///
     /// # Errors
-    /// [`RpcError::Malformed`] for a bad frame or a frame of another kind while a message of its
-    /// id is in progress; [`RpcError::TooLarge`] over the frame or memory limit. The assembler
-    /// must not be used after an error (the link closes).
+    /// [`RpcError::Malformed`] for a bad frame, a frame of another kind (or compression) while a
+    /// message of its id is in progress, an `LZ4` frame not accepted or a bad LZ4 block;
+    /// [`RpcError::TooLarge`] over the frame or memory limit (a decompressed message included).
+    /// The assembler must not be used after an error (the link closes).
     pub fn push(&mut self, bytes: &[u8]) -> Result<Option<Message>, RpcError> {
         if bytes.len() > self.max_frame {
             return Err(RpcError::TooLarge {
@@ -212,14 +314,21 @@ impl Assembler {
             });
         }
         let f = Frame::decode(bytes)?;
+        if f.lz4 && !self.lz4 {
+            return Err(RpcError::Malformed(format!(
+                "frame of {:?} {} is compressed, but lz4 was not offered",
+                f.kind, f.id
+            )));
+        }
         let mut m = match self.partial.remove(&f.id) {
-            Some(m) if m.kind == f.kind => {
+            // A message announced by `expect` takes its compression from its first frame.
+            Some((m, lz4)) if m.kind == f.kind && (lz4 == f.lz4 || m.payload.is_empty()) => {
                 self.held -= m.payload.len();
                 m
             }
-            Some(m) => {
+            Some((m, _)) => {
                 return Err(RpcError::Malformed(format!(
-                    "frame of {:?} {} arrived inside message {:?} {}",
+                    "frame of {:?} {} arrived inside message {:?} {} (or changed its compression)",
                     f.kind, f.id, m.kind, m.id
                 )))
             }
@@ -239,8 +348,12 @@ impl Assembler {
         m.payload.extend_from_slice(f.payload);
         if f.more {
             self.held += m.payload.len();
-            self.partial.insert(f.id, m);
+            self.partial.insert(f.id, (m, f.lz4));
             Ok(None)
+        } else if f.lz4 {
+            // The other messages in progress keep their share of the limit.
+            m.payload = decompress(&m.payload, self.max_message - self.held)?;
+            Ok(Some(m))
         } else {
             Ok(Some(m))
         }
@@ -266,6 +379,64 @@ mod tests {
         assert_eq!((m.kind, m.id, m.payload), (Kind::Response, 7, payload));
         let empty = split(Kind::Cancel, 3, &[], 1024);
         assert_eq!(empty, vec![vec![6, 0, 0, 0, 0, 3]]);
+    }
+
+    #[test]
+    fn lz4_messages_are_decompressed_within_the_limits() {
+        let payload =
+            br#"{"_id":"doc","text":"0000000000000000000000000000000000000042"}"#.repeat(400);
+        let small = compress(&payload).unwrap();
+        assert!(small.len() * 10 < payload.len());
+        let frames = split_with(Kind::Response, 9, &small, 1024, true);
+        // Not offered: the first LZ4 frame is malformed.
+        let mut a = Assembler::new(1 << 20, 1024);
+        assert!(matches!(a.push(&frames[0]), Err(RpcError::Malformed(_))));
+        let mut a = Assembler::new(1 << 20, 1024);
+        a.accept_lz4(true);
+        let mut out = None;
+        for f in &frames {
+            out = a.push(f).unwrap().or(out);
+        }
+        assert_eq!(out.unwrap().payload, payload);
+        assert_eq!(a.buffered(), 0);
+        // The decompressed size counts against the limit, with what other messages hold.
+        let mut a = Assembler::new(payload.len() + 10, 1024);
+        a.accept_lz4(true);
+        a.push(&[2, 1, 0, 0, 0, 5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+            .unwrap();
+        let mut r = Ok(None);
+        for f in &frames {
+            r = a.push(f);
+            if r.is_err() {
+                break;
+            }
+        }
+        assert!(
+            matches!(
+                r,
+                Err(RpcError::TooLarge {
+                    what: "decompressed message",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        // Incompressible or short data is not compressed.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert_eq!(compress(&noise), None);
+        assert_eq!(compress(&payload[..COMPRESS_MIN - 1]), None);
+        assert!(matches!(
+            decompress(&[1, 0], 10),
+            Err(RpcError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -12,6 +12,18 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Capabilities this implementation offers.
 pub const CAPABILITIES: &[&str] = &["binary-attachments", "live-changes"];
+/// The optional capability a hello lists when its sender takes LZ4-compressed messages
+/// ([`crate::rpc::frame`]); each side compresses only towards a peer that listed it.
+pub const CAP_LZ4: &str = "lz4";
+
+/// The `caps` of our hello.
+pub(crate) fn capabilities(lz4: bool) -> Vec<String> {
+    let mut caps: Vec<String> = CAPABILITIES.iter().map(|s| s.to_string()).collect();
+    if lz4 {
+        caps.push(CAP_LZ4.to_string());
+    }
+    caps
+}
 
 /// Which end of the link a hello comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
