@@ -4,7 +4,9 @@
 //! hub; a minimal single-threaded driver moves datagrams, hub requests and store requests. It
 //! prints, from one run:
 //!
-//! - `p2p_replication_docs_per_s`: 10k documents of ~1 KiB pulled from the sharer over the link;
+//! - `p2p_replication_docs_per_s`: 10k documents of ~1 KiB (`common/docs.rs`: words, not
+//!   padding, so compression gains what it would on real data) pulled from the sharer over the
+//!   link;
 //! - `rpc_get_rtt_p50_ms` / `rpc_get_rtt_p99_ms`: 2000 sequential `get` calls;
 //! - `rpc_vs_raw_throughput_ratio`: a 64 MiB attachment fetched over the RPC, against the same
 //!   64 MiB sent as raw messages over a bare session (str0m's channel with only peerpouch's
@@ -19,6 +21,10 @@ use peerpouch::node::*;
 use peerpouch::session::{Session, SessionConfig, SessionEvent, SessionRole, Transmit};
 use peerpouch::*;
 use peerpouch_cli::local::World;
+
+#[path = "common/docs.rs"]
+mod docs;
+use docs::doc;
 use serde_json::json;
 
 fn socket() -> (UdpSocket, SocketAddr) {
@@ -33,10 +39,6 @@ fn linked() -> (World, LinkId) {
     let share = w.share(0, "db").expect("share");
     let link = w.open(1, &share).expect("open the share");
     (w, link)
-}
-
-fn doc(i: usize) -> serde_json::Value {
-    json!({"_id": format!("doc{i:06}"), "i": i, "text": format!("{:0>1000}", i)})
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

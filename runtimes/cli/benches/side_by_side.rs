@@ -36,9 +36,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use peerpouch::node::DbRef;
+use peerpouch::hub::MemoryHub;
+use peerpouch::node::{DbRef, NodeConfig};
 use peerpouch::{replicate, Database, MemoryStore, ReplicatorConfig};
-use peerpouch_cli::local::World;
+use peerpouch_cli::local::{Peer, World};
+
+#[path = "common/docs.rs"]
+mod docs;
+use docs::{docs, lz4_ratio};
 use peerpouch_couch::CouchClient;
 use serde_json::{json, Value};
 
@@ -46,14 +51,6 @@ const DOCS: usize = 10_000;
 const ROUNDS: usize = 5;
 /// A child that has not answered by then is a failed run (each child also gives up on its own).
 const CHILD_LIMIT: Duration = Duration::from_secs(120);
-
-fn doc(i: usize) -> Value {
-    json!({"_id": format!("doc{i:06}"), "i": i, "text": format!("{:0>1000}", i)})
-}
-
-fn docs(range: std::ops::Range<usize>) -> Vec<Value> {
-    range.map(doc).collect()
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -108,9 +105,17 @@ fn watchdog(what: &'static str) {
     });
 }
 
-fn contender_p2p() {
+/// `compress`: whether the two nodes offer LZ4 on the link (the default); `p2p-plain` turns it
+/// off, to show what it brings.
+fn contender_p2p(compress: bool) {
     watchdog("p2p");
-    let mut w = World::new(2).expect("loopback sockets");
+    let mut config = NodeConfig::default();
+    config.rpc_compress = compress;
+    let peers = (1..=2)
+        .map(|seed| Peer::with_config(seed, config.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("loopback sockets");
+    let mut w = World::with_hub(MemoryHub::new(), peers).expect("world");
     for start in (0..DOCS).step_by(1000) {
         w.peers[0]
             .write("db", docs(start..(start + 1000).min(DOCS)))
@@ -505,6 +510,12 @@ fn parent() {
             runs: Vec::new(),
         },
         Contender {
+            name: "peerpouch p2p, no compression",
+            target: "MemoryStore".into(),
+            from_hub: false,
+            runs: Vec::new(),
+        },
+        Contender {
             name: "peerpouch p2p, 2 threads (async API)",
             target: "MemoryStore".into(),
             from_hub: false,
@@ -526,13 +537,18 @@ fn parent() {
     for round in 1..=ROUNDS {
         let mut p2p = Command::new(&exe);
         p2p.args(["--contender", "p2p"]);
+        let mut p2p_plain = Command::new(&exe);
+        p2p_plain.args(["--contender", "p2p-plain"]);
         let mut p2p_threads = Command::new(&exe);
         p2p_threads.args(["--contender", "p2p-threads"]);
         let mut http = Command::new(&exe);
         http.args(["--contender", "http", &url]);
         let mut pouch = Command::new("node");
         pouch.arg(&script).arg(&url).arg(DOCS.to_string());
-        for (c, cmd) in contenders.iter_mut().zip([p2p, p2p_threads, http, pouch]) {
+        for (c, cmd) in contenders
+            .iter_mut()
+            .zip([p2p, p2p_plain, p2p_threads, http, pouch])
+        {
             let run = measure(cmd, &hub, c.name);
             eprintln!(
                 "side_by_side: round {round} {:<38} {:>7.0} docs/s, repl CPU {:.2} s, process CPU {:.2} s, peak RSS {:.0} MiB, child wall {:.2} s",
@@ -558,7 +574,9 @@ fn parent() {
 
     println!();
     println!(
-        "side by side: {DOCS} docs of ~1 KiB into an empty in-memory database, median of {ROUNDS} rounds"
+        "side by side: {DOCS} docs of ~1 KiB (lz4 ratio of a batch of 100: {:.2}) into an empty \
+         in-memory database, median of {ROUNDS} rounds",
+        lz4_ratio()
     );
     println!(
         "{:<38} {:<32} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10}",
@@ -609,14 +627,16 @@ fn parent() {
          plus hub CPU for the HTTP contenders; it moves less with the machine's load than docs/s. \
          Release build; the machine is shared: compare ratios."
     );
-    let [p2p, p2p_threads, http, pouch] = &contenders;
-    let (p2p, p2p_threads, http, pouch) = (
+    let [p2p, p2p_plain, p2p_threads, http, pouch] = &contenders;
+    let (p2p, p2p_plain, p2p_threads, http, pouch) = (
         p2p.med(Run::docs_per_s),
+        p2p_plain.med(Run::docs_per_s),
         p2p_threads.med(Run::docs_per_s),
         http.med(Run::docs_per_s),
         pouch.med(Run::docs_per_s),
     );
     println!("figure: p2p_docs_per_s = {p2p:.0} docs/s");
+    println!("figure: p2p_uncompressed_docs_per_s = {p2p_plain:.0} docs/s");
     println!("figure: p2p_two_threads_docs_per_s = {p2p_threads:.0} docs/s");
     println!("figure: http_docs_per_s = {http:.0} docs/s");
     println!("figure: pouchdb_http_docs_per_s = {pouch:.0} docs/s");
@@ -630,7 +650,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.iter().position(|a| a == "--contender") {
         Some(i) => match args.get(i + 1).map(String::as_str) {
-            Some("p2p") => contender_p2p(),
+            Some("p2p") => contender_p2p(true),
+            Some("p2p-plain") => contender_p2p(false),
             Some("p2p-threads") => contender_p2p_threads(),
             Some("http") => contender_http(args.get(i + 2).expect("--contender http URL")),
             other => panic!("unknown contender {other:?}"),
