@@ -93,8 +93,8 @@ pub use error::LinkError;
 pub use link::{Link, LinkId, Message, SignalSink, Signals};
 pub use peer::{
     Db, DbKind, HubSpec, InProcessHub, LinkEvent, PeerConfig, PeerDriver, PeerError, PeerNode,
-    PeerRequest, ReplicateError, ReplicateOptions, Replication, ShareChange, ShareConfig,
-    Subscription, Verdict,
+    PeerRequest, PeerStats, ReplicateError, ReplicateOptions, Replication, ShareChange,
+    ShareConfig, Subscription, Verdict,
 };
 pub use peerpouch::hub::SignalData;
 pub use peerpouch::session::{CloseReason, SessionConfig, SessionError, SessionRole};

@@ -360,6 +360,96 @@ fn live_replication_and_subscriptions_follow_new_writes() {
     });
 }
 
+/// A reader that stops reading a remote feed costs at most 1024 batches: then the feed ends,
+/// what was queued stays readable, the link keeps working, and resubscribing from the last seq
+/// read picks up exactly the rest.
+#[test]
+fn a_subscription_whose_reader_falls_behind_ends_and_resumes() {
+    let (alice, bob) = pair();
+    within(120, "the backlog test", async {
+        let (db, _, remote) =
+            share_and_open(&alice, &bob, "feed", 0, ShareConfig::new().name("feed")).await;
+        let sub = remote.subscribe(ChangesRequest::default()).await.unwrap();
+        // One write at a time, each seen by a read over the link, so each makes its own batch
+        // (the server folds changes that arrive while a batch is being made into the next one:
+        // more writes than the backlog leaves room for that).
+        const WRITES: usize = 1300;
+        for i in 0..WRITES {
+            db.put(json!({"_id": format!("d{i:04}")})).await.unwrap();
+            remote.get(&format!("d{i:04}")).await.unwrap();
+        }
+        let mut batches = 0;
+        let mut ids = Vec::new();
+        let mut last_seq = Seq::from(0u64);
+        while let Some(b) = sub.next().await {
+            batches += 1;
+            ids.extend(b.results.into_iter().map(|r| r.id));
+            last_seq = b.last_seq;
+        }
+        assert_eq!(batches, 1024, "the queued batches, then the end");
+        assert!(ids.len() < WRITES, "the feed was cut: {} rows", ids.len());
+        let expected: Vec<String> = (0..ids.len()).map(|i| format!("d{i:04}")).collect();
+        assert_eq!(ids, expected, "in order, none lost before the cut");
+        // The link is fine, and the feed resumes where the reader stopped.
+        assert_eq!(remote.info().await.unwrap().doc_count, WRITES as u64);
+        let again = remote
+            .subscribe(ChangesRequest {
+                since: last_seq,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        while ids.len() < WRITES {
+            ids.extend(
+                again
+                    .next()
+                    .await
+                    .unwrap()
+                    .results
+                    .into_iter()
+                    .map(|r| r.id),
+            );
+        }
+        let all: Vec<String> = (0..WRITES).map(|i| format!("d{i:04}")).collect();
+        assert_eq!(ids, all, "every change exactly once across the two feeds");
+    });
+}
+
+/// Dropped subscriptions of a local database that never changes are forgotten at once, not at
+/// its next change: an app that subscribes and drops (a screen opened and closed) does not make
+/// the node's task grow.
+#[test]
+fn dropped_local_subscriptions_are_forgotten_at_once() {
+    let (alice, _bob) = pair();
+    within(60, "the subscriptions", async {
+        let db = seeded(&alice, "quiet", 3).await;
+        let waiting = || async { alice.stats().await.unwrap().waiting_longpolls };
+        let kept = db.subscribe(ChangesRequest::default()).await.unwrap();
+        assert_eq!(kept.next().await.unwrap().results.len(), 3);
+        for _ in 0..200 {
+            let sub = db
+                .subscribe(ChangesRequest {
+                    since: Seq::from(3u64),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            drop(sub);
+        }
+        // Each dropped feed's task tells the node as it ends (on other threads): ask until
+        // only the kept feed waits; `within` fails the test if that never happens.
+        while waiting().await != 1 {
+            smol::future::yield_now().await;
+        }
+        // The kept feed still works.
+        db.put(json!({"_id": "new"})).await.unwrap();
+        assert_eq!(kept.next().await.unwrap().results[0].id, "new");
+        drop(kept);
+        let stats = alice.stats().await.unwrap();
+        assert_eq!((stats.databases, stats.remote_subscriptions), (1, 0));
+    });
+}
+
 #[test]
 fn a_stopped_node_gives_typed_errors() {
     let (alice, _bob) = pair();

@@ -49,13 +49,16 @@ pub struct Db {
 }
 
 /// A live changes feed of a [`Db`] ([`Db::subscribe`]): batches of rows as they happen.
-/// Dropping it ends the subscription. Memory stays bounded: a remote feed whose reader falls
-/// 1024 batches behind is ended (`next` gives `None`; resubscribe from the last seq read), a
-/// local one simply waits for the reader.
+/// Dropping it ends the subscription at once (the node forgets it; see
+/// [`PeerNode::stats`](super::PeerNode::stats)). Memory stays bounded: a remote feed whose
+/// reader falls 1024 batches behind is ended (`next` gives `None`; resubscribe from the last
+/// seq read), a local one simply waits for the reader.
 #[derive(Debug)]
 pub struct Subscription {
     rows: Receiver<ChangesResponse>,
     stop: Option<(PeerNode, Target, peerpouch::rpc::CallId)>,
+    /// A local feed's task ends when this is dropped (its receiver sees the channel close).
+    _local_stop: Option<async_channel::Sender<()>>,
 }
 
 impl Subscription {
@@ -313,18 +316,34 @@ impl Db {
                 Ok(Subscription {
                     rows: rx,
                     stop: Some((self.node.clone(), self.target.clone(), call)),
+                    _local_stop: None,
                 })
             }
             Target::Local(_) => {
                 let db = self.clone();
                 let mut request = request;
                 request.feed = Feed::Longpoll;
+                let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
                 smol::spawn(async move {
                     loop {
-                        let batch = match db.changes(request.clone()).await {
-                            Ok(b) => b,
-                            Err(e) => {
+                        // The reader going ends the wait at once, not at the next change.
+                        let next = smol::future::or(
+                            async { Some(db.changes(request.clone()).await) },
+                            async {
+                                let _ = stop_rx.recv().await;
+                                None
+                            },
+                        )
+                        .await;
+                        let batch = match next {
+                            Some(Ok(b)) => b,
+                            Some(Err(e)) => {
                                 tracing::debug!(error = %e, "local subscription ended");
+                                return;
+                            }
+                            None => {
+                                // Our longpoll's reply channel is closed now: the node drops it.
+                                let _ = db.node.commands.try_send(Command::ForgetClosed);
                                 return;
                             }
                         };
@@ -341,6 +360,7 @@ impl Db {
                 Ok(Subscription {
                     rows: rx,
                     stop: None,
+                    _local_stop: Some(stop_tx),
                 })
             }
         }

@@ -21,7 +21,7 @@ use peerpouch::{ChangesResponse, Database, DbError, Feed, Request, Response};
 use peerpouch_couch::{ChangesFollower, CouchClient, FeedEvent, FollowerConfig};
 
 use super::hub::InProcessHub;
-use super::{LinkEvent, PeerError, PeerRequest, ShareChange, Verdict};
+use super::{LinkEvent, PeerError, PeerRequest, PeerStats, ShareChange, Verdict};
 use crate::net::LocalAddrs;
 
 /// How long a shutdown waits for the hub to confirm unshares before it gives up on them.
@@ -124,6 +124,11 @@ pub(crate) enum Command {
     },
     CancelReplication {
         id: ReplicationId,
+    },
+    /// A local subscription's reader went: drop waiting longpolls nobody will read.
+    ForgetClosed,
+    Stats {
+        reply: Reply<PeerStats>,
     },
     Shutdown {
         reply: Reply<()>,
@@ -553,6 +558,9 @@ impl Driver {
                 let longpoll = matches!(&request, Request::Changes(c) if c.feed == Feed::Longpoll);
                 let result = store.execute(request.clone());
                 if longpoll && matches!(&result, Ok(Response::Changes(c)) if c.results.is_empty()) {
+                    // Waiting requests whose caller went are dropped here too, so their number
+                    // stays that of the live callers even on a database that never changes.
+                    self.forget_closed();
                     self.parked.push((db, request, origin));
                     return;
                 }
@@ -594,6 +602,12 @@ impl Driver {
         if changed {
             self.db_changed(db);
         }
+    }
+
+    /// Drops parked longpolls whose caller is gone (a dropped local [`super::Subscription`]).
+    fn forget_closed(&mut self) {
+        self.parked
+            .retain(|(_, _, o)| !matches!(o, Origin::App(r) if r.is_closed()));
     }
 
     fn db_changed(&mut self, db: &str) {
@@ -687,6 +701,15 @@ impl Driver {
             Command::Unsubscribe { link, call } => {
                 self.subs.remove(&(link.clone(), call));
                 let _ = self.node.cancel_call(now, &link, call);
+            }
+            Command::ForgetClosed => self.forget_closed(),
+            Command::Stats { reply } => {
+                let _ = reply.try_send(PeerStats {
+                    databases: self.dbs.len(),
+                    remote_subscriptions: self.subs.len(),
+                    waiting_longpolls: self.parked.len(),
+                    replications: self.reps.len(),
+                });
             }
             Command::Share {
                 db,

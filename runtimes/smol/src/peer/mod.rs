@@ -619,10 +619,46 @@ impl PeerNode {
         }
     }
 
+    /// What the node's task holds right now: to watch that an app's subscriptions and
+    /// replications come and go as it expects (and memory with them).
+    ///
+    /// ```
+    /// # smol::block_on(async {
+    /// use peerpouch_smol::{HubSpec, InProcessHub, PeerNode};
+    ///
+    /// let node = PeerNode::start(HubSpec::InProcess(InProcessHub::new())).unwrap();
+    /// node.add_db("notes", peerpouch::MemoryStore::new("notes")).await.unwrap();
+    /// let stats = node.stats().await.unwrap();
+    /// assert_eq!((stats.databases, stats.waiting_longpolls), (1, 0));
+    /// node.shutdown().await;
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// [`PeerError::Stopped`].
+    pub async fn stats(&self) -> Result<PeerStats, PeerError> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+
     /// Unshares every share, closes every link and stops the node's task.
     pub async fn shutdown(&self) {
         let _ = self.ask(|reply| Command::Shutdown { reply }).await;
     }
+}
+
+/// What a node's task holds ([`PeerNode::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// Databases added ([`PeerNode::add_db`], [`PeerNode::http_db`]).
+    pub databases: usize,
+    /// Live changes feeds of remote databases this node reads ([`Db::subscribe`]).
+    pub remote_subscriptions: usize,
+    /// Longpoll `changes` requests on local databases waiting for a change (one per live local
+    /// subscription or longpoll call).
+    pub waiting_longpolls: usize,
+    /// Replications running.
+    pub replications: usize,
 }
 
 /// A running replication: its events, its progress, its end. Dropping it does not stop it;
