@@ -83,6 +83,19 @@ impl Pair {
         panic!("rpc pair did not settle");
     }
 
+    /// Delivers the client's frames to the server and runs the store requests they make, but
+    /// sends nothing back (the server's frames stay queued).
+    fn serve_calls(&mut self) {
+        while let Some(f) = self.client.peek_frame().map(<[u8]>::to_vec) {
+            self.client.advance_frame();
+            self.server.handle_frame(self.now, &f).unwrap();
+        }
+        while let Some((id, req)) = self.server.poll_store_request() {
+            let r = self.db.execute(req);
+            self.server.handle_store_result(self.now, id, r);
+        }
+    }
+
     fn call(&mut self, req: Request) -> Result<Response, DbError> {
         let id = self.client.call(self.now, req);
         self.pump();
@@ -403,14 +416,7 @@ fn a_slow_reader_bounds_the_servers_queue() {
         })
         .collect();
     for _ in 0..3 {
-        while let Some(f) = p.client.peek_frame().map(<[u8]>::to_vec) {
-            p.client.advance_frame();
-            p.server.handle_frame(p.now, &f).unwrap();
-        }
-        while let Some((id, req)) = p.server.poll_store_request() {
-            let r = p.db.execute(req);
-            p.server.handle_store_result(p.now, id, r);
-        }
+        p.serve_calls();
     }
     let queued = p.server.queued_bytes();
     // The window plus at most max_concurrent (8) answers of ~2 KiB taken on before it filled.
@@ -518,14 +524,7 @@ fn server_frames(p: &mut Pair, req: Request) -> (Result<Response, DbError>, Vec<
     let id = p.client.call(p.now, req);
     let mut seen = Vec::new();
     for _ in 0..1000 {
-        while let Some(f) = p.client.peek_frame().map(<[u8]>::to_vec) {
-            p.client.advance_frame();
-            p.server.handle_frame(p.now, &f).unwrap();
-        }
-        while let Some((sid, r)) = p.server.poll_store_request() {
-            let r = p.db.execute(r);
-            p.server.handle_store_result(p.now, sid, r);
-        }
+        p.serve_calls();
         let mut moved = false;
         while let Some(f) = p.server.peek_frame().map(<[u8]>::to_vec) {
             p.server.advance_frame();

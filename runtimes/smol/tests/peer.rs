@@ -74,6 +74,14 @@ async fn share_and_open(
     (db, share, remote)
 }
 
+/// A changes request from sequence `n`.
+fn since(n: u64) -> ChangesRequest {
+    ChangesRequest {
+        since: Seq::from(n),
+        ..ChangesRequest::default()
+    }
+}
+
 async fn ids_and_revs(db: &Db) -> Vec<(String, String)> {
     db.all_docs(AllDocsRequest::default())
         .await
@@ -308,13 +316,7 @@ fn live_replication_and_subscriptions_follow_new_writes() {
         let (db, _, remote) =
             share_and_open(&alice, &bob, "live", 10, ShareConfig::new().name("live")).await;
         let copy = bob.add_db("copy", MemoryStore::new("copy")).await.unwrap();
-        let sub = remote
-            .subscribe(ChangesRequest {
-                since: Seq::from(10u64),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let sub = remote.subscribe(since(10)).await.unwrap();
         let local_sub = copy.subscribe(ChangesRequest::default()).await.unwrap();
         let mut rep = bob
             .replicate(&remote, &copy, ReplicateOptions::live())
@@ -395,7 +397,7 @@ fn a_subscription_whose_reader_falls_behind_ends_and_resumes() {
         let again = remote
             .subscribe(ChangesRequest {
                 since: last_seq,
-                ..Default::default()
+                ..ChangesRequest::default()
             })
             .await
             .unwrap();
@@ -427,14 +429,7 @@ fn dropped_local_subscriptions_are_forgotten_at_once() {
         let kept = db.subscribe(ChangesRequest::default()).await.unwrap();
         assert_eq!(kept.next().await.unwrap().results.len(), 3);
         for _ in 0..200 {
-            let sub = db
-                .subscribe(ChangesRequest {
-                    since: Seq::from(3u64),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            drop(sub);
+            drop(db.subscribe(since(3)).await.unwrap());
         }
         // Each dropped feed's task tells the node as it ends (on other threads): ask until
         // only the kept feed waits; `within` fails the test if that never happens.
