@@ -3,7 +3,8 @@
 //!
 //! The input picks a server configuration (read-only or not, an access key or not, frame size,
 //! window, `max_concurrent`, `max_in_flight`, `max_message`), the client's hello (valid, or
-//! corrupted, or never sent) and up to `MAX_OPS` operations: well-formed calls and subscriptions
+//! corrupted, or never sent; offering LZ4 or not, so the server's answers come compressed or
+//! plain) and up to `MAX_OPS` operations: well-formed calls and subscriptions
 //! built from small choices (`ReqSpec`), cancels, calls cut into frames at arbitrary points or
 //! interleaved with another call, odd JSON calls, raw messages and raw frames, a goodbye, the
 //! sharer writing to its store, db-changed notifications, executing / failing / dropping
@@ -65,7 +66,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use peerpouch::rpc::frame::{split, Assembler, Frame, Kind, Message, HEADER_LEN, MIN_FRAME};
 use peerpouch::rpc::wire::{
-    check_proof, make_proof, Call, Hello, Reply, Role, StreamEnd, CAPABILITIES, PROTOCOL_VERSION,
+    check_proof, make_proof, Call, Hello, Reply, Role, StreamEnd, CAPABILITIES, CAP_LZ4,
+    PROTOCOL_VERSION,
 };
 use peerpouch::rpc::{RpcServer, ServerConfig, ServerEvent, StoreRequestId, MAX_FRAME};
 use peerpouch::{
@@ -145,6 +147,8 @@ struct HelloSpec {
     peer: u8,
     frame: u8,
     max_message: u8,
+    /// The client offers LZ4: the server then compresses its larger answers.
+    lz4: bool,
     proof: ProofSpec,
     corrupt: Option<Corruption>,
     cuts: Vec<u16>,
@@ -881,7 +885,12 @@ impl Harness {
             max_concurrent: cfg.max_concurrent,
             max_in_flight: cfg.max_in_flight,
             server_frame,
-            mirror: Assembler::new(cfg.max_message, server_frame),
+            mirror: {
+                // The server takes LZ4 frames when it offers them (the default).
+                let mut a = Assembler::new(cfg.max_message, server_frame);
+                a.accept_lz4(cfg.compress);
+                a
+            },
             server: RpcServer::new(cfg, now),
             db,
             expected,
@@ -963,7 +972,11 @@ impl Harness {
             role: Role::Client,
             share: SHARE.into(),
             peer,
-            caps: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+            caps: CAPABILITIES
+                .iter()
+                .chain(spec.lz4.then_some(&CAP_LZ4))
+                .map(|s| s.to_string())
+                .collect(),
             frame,
             max_message,
             max_in_flight: 0,
@@ -994,6 +1007,7 @@ impl Harness {
             Some(Corruption::Skip) => return,
         }
         let bytes = bytes.unwrap_or_else(|| serde_json::to_vec(&hello).expect("hello"));
+        self.out.accept_lz4(spec.lz4);
         let frames = cut_frames(kind, 0, &bytes, &spec.cuts, self.frame());
         self.deliver(frames);
     }
