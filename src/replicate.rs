@@ -246,9 +246,14 @@ enum Purpose {
 
 #[derive(Debug)]
 struct Sent {
+    /// What the answer is for.
     purpose: Purpose,
     endpoint: Endpoint,
-    request: Request,
+    /// The request's name, for errors.
+    op: &'static str,
+    /// What a retry sends: the request again, or for a batch's write its read (see
+    /// [`Replicator::send_keeping`]).
+    retry: (Purpose, Endpoint, Request),
     attempt: u32,
 }
 
@@ -267,6 +272,8 @@ struct Batch {
     rows: Vec<ChangeRow>,
     stage: Stage,
     sent_docs: u64,
+    /// Its documents were read and counted (a write retried after a failure reads them again).
+    read: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -453,7 +460,8 @@ impl Replicator {
             if self.state == State::Finished {
                 break;
             }
-            self.send(s.purpose, s.endpoint, s.request, s.attempt);
+            let (purpose, endpoint, request) = s.retry;
+            self.send(purpose, endpoint, request, s.attempt);
         }
     }
 
@@ -492,8 +500,9 @@ impl Replicator {
         }
         match result {
             Ok(resp) => {
-                if let Err(error) = self.on_ok(sent.purpose, resp) {
-                    self.fail(sent.endpoint, sent.request.name(), error);
+                let (endpoint, op) = (sent.endpoint, sent.op);
+                if let Err(error) = self.on_ok(sent, resp) {
+                    self.fail(endpoint, op, error);
                 }
             }
             Err(error) => self.on_err(sent, error),
@@ -506,20 +515,38 @@ impl Replicator {
         format!("_local/{}", self.rep_id)
     }
 
+    /// Sends `request`, keeping a copy to send again after a transient failure.
     fn send(&mut self, purpose: Purpose, endpoint: Endpoint, request: Request, attempt: u32) {
+        let retry = (purpose, endpoint, request.clone());
+        self.send_keeping(purpose, endpoint, request, attempt, retry);
+    }
+
+    /// Sends `request`, keeping `retry` to send after a transient failure instead of a copy of
+    /// it. A batch's write keeps the batch's read: no second copy of its documents (the
+    /// biggest requests by far) waits for an answer, and a failed write reads them again.
+    fn send_keeping(
+        &mut self,
+        purpose: Purpose,
+        endpoint: Endpoint,
+        request: Request,
+        attempt: u32,
+        retry: (Purpose, Endpoint, Request),
+    ) {
         let id = self.next_id;
         self.next_id += 1;
+        let op = request.name();
         self.out.push_back(EndpointRequest {
             id: RequestId(id),
             endpoint,
-            request: request.clone(),
+            request,
         });
         self.inflight.insert(
             id,
             Sent {
                 purpose,
                 endpoint,
-                request,
+                op,
+                retry,
                 attempt,
             },
         );
@@ -584,18 +611,18 @@ impl Replicator {
                 self.log_written(Endpoint::Source);
             }
             _ if error.is_transient() && sent.attempt < self.config.retry.max_retries => {
-                tracing::debug!(op = sent.request.name(), %error, attempt = sent.attempt, "retrying");
+                tracing::debug!(op = sent.op, %error, attempt = sent.attempt, "retrying");
                 self.pending_retry.push(Sent {
                     attempt: sent.attempt + 1,
                     ..sent
                 });
             }
-            _ => self.fail(sent.endpoint, sent.request.name(), error),
+            _ => self.fail(sent.endpoint, sent.op, error),
         }
     }
 
-    fn on_ok(&mut self, purpose: Purpose, resp: Response) -> Result<(), DbError> {
-        match purpose {
+    fn on_ok(&mut self, sent: Sent, resp: Response) -> Result<(), DbError> {
+        match sent.purpose {
             Purpose::ReadLog(e) => {
                 let doc = resp.into_doc_body()?.doc;
                 self.log_revs[slot(e)] = doc.get("_rev").and_then(Value::as_str).map(String::from);
@@ -634,6 +661,7 @@ impl Replicator {
                     rows: c.results,
                     stage: Stage::Diffing,
                     sent_docs: 0,
+                    read: false,
                 };
                 if batch.rows.is_empty() {
                     batch.stage = Stage::Done;
@@ -690,6 +718,7 @@ impl Replicator {
                 let got = resp.into_bulk_get()?;
                 let mut seen = BTreeSet::new();
                 let mut docs = Vec::new();
+                let mut read_failures = 0u64;
                 for r in got.results {
                     for d in r.docs {
                         match d {
@@ -704,28 +733,35 @@ impl Replicator {
                             }
                             BulkGetDoc::Error(e) => {
                                 tracing::debug!(id = %e.id, rev = ?e.rev, error = %e.error, "source could not return a revision");
-                                self.progress.doc_read_failures += 1;
+                                read_failures += 1;
                             }
                         }
                     }
                 }
-                self.progress.docs_read += docs.len() as u64;
                 let Some(batch) = self.batches.iter_mut().find(|x| x.id == b) else {
                     return Ok(());
                 };
+                // A retried write reads its documents again: they count once.
+                if !batch.read {
+                    batch.read = true;
+                    self.progress.docs_read += docs.len() as u64;
+                    self.progress.doc_read_failures += read_failures;
+                }
                 if docs.is_empty() {
                     batch.stage = Stage::Done;
                 } else {
                     batch.stage = Stage::Writing;
                     batch.sent_docs = docs.len() as u64;
-                    self.send(
+                    // The write keeps this read as its retry (and its attempt count).
+                    self.send_keeping(
                         Purpose::BulkDocs(b),
                         Endpoint::Target,
                         Request::BulkDocs(BulkDocsRequest {
                             docs,
                             new_edits: false,
                         }),
-                        0,
+                        sent.attempt,
+                        sent.retry,
                     );
                 }
             }
@@ -1001,7 +1037,8 @@ pub fn replicate_with_progress(
         if !rep.pending_retry.is_empty() {
             // No clock here: due retries are sent at once.
             for sent in std::mem::take(&mut rep.pending_retry) {
-                rep.send(sent.purpose, sent.endpoint, sent.request, sent.attempt);
+                let (purpose, endpoint, request) = sent.retry;
+                rep.send(purpose, endpoint, request, sent.attempt);
             }
             continue;
         }

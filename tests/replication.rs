@@ -270,7 +270,17 @@ fn transient_failures_are_retried_with_backoff() {
             ..Faults::default()
         },
     );
-    assert!(out.completed().is_some(), "{:?}", out.events.last());
+    let p = out
+        .completed()
+        .unwrap_or_else(|| panic!("{:?}", out.events.last()));
+    // A failed write is retried by reading its batch again; every document counts once.
+    assert_eq!((p.docs_read, p.docs_written), (300, 300), "{p:?}");
+    assert_eq!((p.doc_read_failures, p.doc_write_failures), (0, 0));
+    let reads = out.requests[&(Endpoint::Source, "bulk_get")];
+    assert!(
+        reads > 300 / 20,
+        "no write was retried by a re-read: {reads} reads"
+    );
     assert!(
         out.virtual_elapsed >= std::time::Duration::from_millis(500),
         "retries waited on virtual time"
