@@ -90,7 +90,7 @@ pub struct NodeConfig {
     pub rpc_hello_timeout: Duration,
     /// How long a remote call may go without progress.
     pub rpc_request_timeout: Duration,
-    /// Offer LZ4 compression of RPC messages on every link (on by default; see
+    /// Offer zstd compression of RPC messages on every link (on by default; see
     /// [`ClientConfig::compress`]). Turn it off only to measure or debug: it costs little CPU
     /// and saves the data channel most of its work for batches of documents.
     pub rpc_compress: bool,

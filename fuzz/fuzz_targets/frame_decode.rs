@@ -3,8 +3,8 @@
 //! 1. The whole input as one frame: `Frame::decode` never panics, and a frame it accepts encodes
 //!    back to exactly the input bytes.
 //! 2. The input cut into frames by a length prefix scheme, pushed into an `Assembler` with small
-//!    limits read from the input (at most 64 KiB per message, 16 KiB per frame; LZ4 accepted or
-//!    not): it never panics, LZ4 messages decompress within the limit,
+//!    limits read from the input (at most 64 KiB per message, 16 KiB per frame; compression
+//!    accepted or not): it never panics, compressed messages decompress within the limit,
 //!    `buffered()` never exceeds `max_message`, every message it completes is at most
 //!    `max_message` bytes, and it agrees push by push with a reference model written from the
 //!    docs (errors, completed messages, bytes held). After its first error the assembler is not
@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! max_message:u16le max_frame:u16le split_frame:u16le piece*
-//!   (the top bit of split_frame: the assembler accepts LZ4)
+//!   (the top bit of split_frame: the assembler accepts compressed messages)
 //! piece = len:u16be bytes[len]              (len < 0x8000: the next len bytes, or what is left)
 //!       | len:u16be head[<=6]               (len >= 0x8000: up to 6 header bytes from the input,
 //!                                            then zeros up to len & 0x7fff bytes in all)
@@ -69,7 +69,7 @@ impl<'a> Reader<'a> {
 struct Model {
     max_message: usize,
     max_frame: usize,
-    lz4: bool,
+    z: bool,
     /// id -> (kind, compressed, payload so far)
     partial: BTreeMap<u32, (u8, bool, Vec<u8>)>,
 }
@@ -97,14 +97,14 @@ impl Model {
         }
         let kind = bytes[0];
         let more = bytes[1] & 1 != 0;
-        let lz4 = bytes[1] & 2 != 0;
-        if lz4 && !self.lz4 {
+        let z = bytes[1] & 2 != 0;
+        if z && !self.z {
             return Outcome::Malformed;
         }
         let id = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
         let payload = &bytes[HEADER_LEN..];
-        if let Some((k, z, so_far)) = self.partial.get(&id) {
-            if *k != kind || (*z != lz4 && !so_far.is_empty()) {
+        if let Some((k, was_z, so_far)) = self.partial.get(&id) {
+            if *k != kind || (*was_z != z && !so_far.is_empty()) {
                 return Outcome::Malformed;
             }
         }
@@ -112,13 +112,13 @@ impl Model {
         if self.held() + payload.len() > self.max_message {
             return Outcome::TooLarge;
         }
-        let (_, _, mut so_far) = self.partial.remove(&id).unwrap_or((kind, lz4, Vec::new()));
+        let (_, _, mut so_far) = self.partial.remove(&id).unwrap_or((kind, z, Vec::new()));
         so_far.extend_from_slice(payload);
         if more {
-            self.partial.insert(id, (kind, lz4, so_far));
+            self.partial.insert(id, (kind, z, so_far));
             Outcome::Pending
-        } else if lz4 {
-            // size:u32le, then an LZ4 block of exactly that many bytes, which must fit in what
+        } else if z {
+            // size:u32le, then a zstd frame of exactly that many bytes, which must fit in what
             // the other messages in progress leave of the limit.
             let Some((size, block)) = so_far.split_first_chunk::<4>() else {
                 return Outcome::Malformed;
@@ -127,7 +127,7 @@ impl Model {
             if size > self.max_message - self.held() {
                 return Outcome::TooLarge;
             }
-            match lz4_flex::block::decompress(block, size) {
+            match zstd::bulk::decompress(block, size) {
                 Ok(out) if out.len() == size => Outcome::Done(kind, id, out),
                 _ => Outcome::Malformed,
             }
@@ -149,13 +149,13 @@ fn check_decode(bytes: &[u8]) {
     assert_eq!(frame.payload.len() + HEADER_LEN, bytes.len());
 }
 
-fn check_assembler(max_message: usize, max_frame: usize, lz4: bool, pieces: &[Vec<u8>]) {
+fn check_assembler(max_message: usize, max_frame: usize, z: bool, pieces: &[Vec<u8>]) {
     let mut asm = Assembler::new(max_message, max_frame);
-    asm.accept_lz4(lz4);
+    asm.accept_compressed(z);
     let mut model = Model {
         max_message,
         max_frame,
-        lz4,
+        z,
         partial: BTreeMap::new(),
     };
     for piece in pieces {
@@ -224,11 +224,11 @@ fn check_frames(
     frame_size: usize,
     (kind, id, payload): (Kind, u32, &[u8]),
     frames: &[Vec<u8>],
-    lz4: bool,
+    z: bool,
 ) {
     let limit = frame_size.max(MIN_FRAME);
     let mut asm = Assembler::new(payload.len(), limit);
-    asm.accept_lz4(lz4);
+    asm.accept_compressed(z);
     let mut done = None;
     for (i, f) in frames.iter().enumerate() {
         assert!(
@@ -240,7 +240,7 @@ fn check_frames(
         let last = i + 1 == frames.len();
         let d = Frame::decode(f).expect("split frame decodes");
         assert_eq!(d.more, !last, "MORE flag on frame {i} of {}", frames.len());
-        assert_eq!(d.lz4, lz4, "LZ4 flag on frame {i}");
+        assert_eq!(d.compressed, z, "Z flag on frame {i}");
         assert!(
             last || !d.payload.is_empty(),
             "empty payload before the last frame"
@@ -260,7 +260,7 @@ fuzz_target!(|data: &[u8]| {
     let max_message = (usize::from(r.u16le()) + 1).min(MAX_MESSAGE);
     let max_frame = usize::from(r.u16le()) % (MAX_FRAME + 1);
     let split_frame = r.u16le();
-    let lz4 = split_frame & 0x8000 != 0;
+    let z = split_frame & 0x8000 != 0;
     let split_frame = usize::from(split_frame & 0x7fff);
     let rest = r.0;
     let mut pieces = Vec::new();
@@ -275,6 +275,6 @@ fuzz_target!(|data: &[u8]| {
         check_decode(&piece);
         pieces.push(piece);
     }
-    check_assembler(max_message, max_frame, lz4, &pieces);
+    check_assembler(max_message, max_frame, z, &pieces);
     check_split(split_frame, rest);
 });

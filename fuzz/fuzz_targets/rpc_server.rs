@@ -3,7 +3,7 @@
 //!
 //! The input picks a server configuration (read-only or not, an access key or not, frame size,
 //! window, `max_concurrent`, `max_in_flight`, `max_message`), the client's hello (valid, or
-//! corrupted, or never sent; offering LZ4 or not, so the server's answers come compressed or
+//! corrupted, or never sent; offering zstd or not, so the server's answers come compressed or
 //! plain) and up to `MAX_OPS` operations: well-formed calls and subscriptions
 //! built from small choices (`ReqSpec`), cancels, calls cut into frames at arbitrary points or
 //! interleaved with another call, odd JSON calls, raw messages and raw frames, a goodbye, the
@@ -66,7 +66,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use peerpouch::rpc::frame::{split, Assembler, Frame, Kind, Message, HEADER_LEN, MIN_FRAME};
 use peerpouch::rpc::wire::{
-    check_proof, make_proof, Call, Hello, Reply, Role, StreamEnd, CAPABILITIES, CAP_LZ4,
+    check_proof, make_proof, Call, Hello, Reply, Role, StreamEnd, CAPABILITIES, CAP_ZSTD,
     PROTOCOL_VERSION,
 };
 use peerpouch::rpc::{RpcServer, ServerConfig, ServerEvent, StoreRequestId, MAX_FRAME};
@@ -147,8 +147,8 @@ struct HelloSpec {
     peer: u8,
     frame: u8,
     max_message: u8,
-    /// The client offers LZ4: the server then compresses its larger answers.
-    lz4: bool,
+    /// The client offers zstd: the server then compresses its larger answers.
+    zstd: bool,
     proof: ProofSpec,
     corrupt: Option<Corruption>,
     cuts: Vec<u16>,
@@ -767,7 +767,7 @@ fn cut_frames(kind: Kind, id: u32, payload: &[u8], cuts: &[u16], frame: usize) -
                 kind,
                 id,
                 more: end != payload.len(),
-                lz4: false,
+                compressed: false,
                 payload: &payload[start..end],
             }
             .encode(),
@@ -886,9 +886,9 @@ impl Harness {
             max_in_flight: cfg.max_in_flight,
             server_frame,
             mirror: {
-                // The server takes LZ4 frames when it offers them (the default).
+                // The server takes compressed frames when it offers them (the default).
                 let mut a = Assembler::new(cfg.max_message, server_frame);
-                a.accept_lz4(cfg.compress);
+                a.accept_compressed(cfg.compress);
                 a
             },
             server: RpcServer::new(cfg, now),
@@ -974,7 +974,7 @@ impl Harness {
             peer,
             caps: CAPABILITIES
                 .iter()
-                .chain(spec.lz4.then_some(&CAP_LZ4))
+                .chain(spec.zstd.then_some(&CAP_ZSTD))
                 .map(|s| s.to_string())
                 .collect(),
             frame,
@@ -1007,7 +1007,7 @@ impl Harness {
             Some(Corruption::Skip) => return,
         }
         let bytes = bytes.unwrap_or_else(|| serde_json::to_vec(&hello).expect("hello"));
-        self.out.accept_lz4(spec.lz4);
+        self.out.accept_compressed(spec.zstd);
         let frames = cut_frames(kind, 0, &bytes, &spec.cuts, self.frame());
         self.deliver(frames);
     }

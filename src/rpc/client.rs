@@ -30,7 +30,7 @@ pub struct ClientConfig {
     pub frame_size: usize,
     /// Largest message we accept (after decompression).
     pub max_message: usize,
-    /// Offer LZ4 compression (on by default): when both hellos list `lz4`, calls and answers
+    /// Offer zstd compression (on by default): when both hellos list `zstd`, calls and answers
     /// that gain from it travel compressed, which cuts the data channel's work for batches of
     /// documents by about the compression ratio. Off, nothing is compressed either way.
     pub compress: bool,
@@ -167,7 +167,7 @@ impl RpcClient {
             },
         );
         let mut asm = Assembler::new(config.max_message, config.frame_size);
-        asm.accept_lz4(config.compress);
+        asm.accept_compressed(config.compress);
         RpcClient {
             asm,
             config,
@@ -488,7 +488,7 @@ impl RpcClient {
             .min(self.config.frame_size);
         self.out.set_frame_size(frame);
         self.out
-            .set_lz4(self.config.compress && h.caps.iter().any(|c| c == CAP_LZ4));
+            .set_compress(self.config.compress && h.caps.iter().any(|c| c == CAP_ZSTD));
         self.max_in_flight = h.max_in_flight.max(1);
         self.state = State::Ready;
         self.server = Some(h.clone());

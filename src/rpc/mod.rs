@@ -8,7 +8,7 @@
 //! - **Framing** ([`frame`]): messages are split into frames no larger than the negotiated frame
 //!   size (16 KiB by default, safe with every browser; up to 64 KiB when both sides agree) and
 //!   reassembled with a bound on memory. Calls and answers of 512 bytes or more travel
-//!   LZ4-compressed when both hellos list `lz4` ([`ClientConfig::compress`],
+//!   zstd-compressed when both hellos list `zstd` ([`ClientConfig::compress`],
 //!   [`ServerConfig::compress`]; on by default): the data channel's cost follows the bytes.
 //! - **Hello** first, both ways: version, share and peer ids, capabilities, limits, read-only
 //!   flag and, for shares with an access key, an HMAC proof bound to both DTLS fingerprints.
@@ -108,8 +108,8 @@ pub(crate) struct Outbox {
     streams: VecDeque<(u32, VecDeque<Part>)>,
     bytes: usize,
     frame_size: usize,
-    /// The peer takes LZ4-compressed messages (its hello offered `lz4`, and ours did).
-    lz4: bool,
+    /// Compresses what the peer takes compressed (its hello offered `zstd`, and ours did).
+    pack: Option<frame::Compressor>,
 }
 
 /// Frames of one stream: ready ones, or a message being cut (`next` is its next frame).
@@ -123,7 +123,7 @@ enum Part {
         /// Payload bytes already in frames (`next` included).
         cut: usize,
         chunk: usize,
-        lz4: bool,
+        compressed: bool,
         next: Vec<u8>,
     },
 }
@@ -140,7 +140,7 @@ impl Part {
 /// Writes the frame of `data` that starts at payload offset `at` into `out` (as `split` does).
 fn cut_frame(
     out: &mut Vec<u8>,
-    (kind, id, lz4): (Kind, u32, bool),
+    (kind, id, compressed): (Kind, u32, bool),
     data: &[u8],
     at: usize,
     chunk: usize,
@@ -148,7 +148,7 @@ fn cut_frame(
     let end = (at + chunk).min(data.len());
     out.clear();
     out.push(kind as u8);
-    out.push(frame::flags(end < data.len(), lz4));
+    out.push(frame::flags(end < data.len(), compressed));
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&data[at..end]);
     end
@@ -160,7 +160,7 @@ impl Outbox {
             streams: VecDeque::new(),
             bytes: 0,
             frame_size,
-            lz4: false,
+            pack: None,
         }
     }
 
@@ -169,23 +169,22 @@ impl Outbox {
     }
 
     /// Compresses the JSON messages that gain from it from now on ([`frame::compress`]).
-    pub(crate) fn set_lz4(&mut self, yes: bool) {
-        self.lz4 = yes;
+    pub(crate) fn set_compress(&mut self, yes: bool) {
+        self.pack = yes.then(frame::Compressor::default);
     }
 
     /// The payload to send for a message, and whether it is compressed: calls and answers
-    /// (JSON) when the peer takes LZ4 and it saves enough; never the hello (it negotiates
+    /// (JSON) when the peer takes compressed messages and it saves enough; never the hello (it negotiates
     /// compression), a goodbye, or attachment bytes (announced by length, and mostly
     /// compressed formats already).
-    fn maybe_compress(&self, kind: Kind, payload: &[u8]) -> Option<Vec<u8>> {
+    fn maybe_compress(&mut self, kind: Kind, payload: &[u8]) -> Option<Vec<u8>> {
         let json = matches!(
             kind,
             Kind::Request | Kind::Response | Kind::StreamItem | Kind::StreamEnd
         );
-        if self.lz4 && json {
-            frame::compress(payload)
-        } else {
-            None
+        match &mut self.pack {
+            Some(pack) if json => pack.compress(payload),
+            _ => None,
         }
     }
 
@@ -201,20 +200,20 @@ impl Outbox {
     /// [`Outbox::push`] for a message the caller gives away: a message larger than one frame is
     /// cut as its frames go.
     pub(crate) fn push_owned(&mut self, kind: Kind, id: u32, payload: Vec<u8>) {
-        let (payload, lz4) = match self.maybe_compress(kind, &payload) {
+        let (payload, compressed) = match self.maybe_compress(kind, &payload) {
             Some(small) => (small, true),
             None => (payload, false),
         };
         let chunk = self.frame_size.max(frame::MIN_FRAME) - frame::HEADER_LEN;
         if payload.len() <= chunk {
-            let frames = frame::split_with(kind, id, &payload, self.frame_size, lz4);
+            let frames = frame::split_with(kind, id, &payload, self.frame_size, compressed);
             self.bytes += frames.iter().map(Vec::len).sum::<usize>();
             return self.enqueue(id, frames.into_iter().map(Part::Frame).collect());
         }
         let frames = payload.len().div_ceil(chunk);
         self.bytes += payload.len() + frames * frame::HEADER_LEN;
         let mut next = Vec::with_capacity(frame::HEADER_LEN + chunk);
-        let cut = cut_frame(&mut next, (kind, id, lz4), &payload, 0, chunk);
+        let cut = cut_frame(&mut next, (kind, id, compressed), &payload, 0, chunk);
         self.enqueue(
             id,
             VecDeque::from([Part::Cutting {
@@ -223,7 +222,7 @@ impl Outbox {
                 data: payload,
                 cut,
                 chunk,
-                lz4,
+                compressed,
                 next,
             }]),
         );
@@ -266,12 +265,12 @@ impl Outbox {
                 data,
                 cut,
                 chunk,
-                lz4,
+                compressed,
                 next,
             }) => {
                 self.bytes -= next.len();
                 if *cut < data.len() {
-                    *cut = cut_frame(next, (*kind, *mid, *lz4), data, *cut, *chunk);
+                    *cut = cut_frame(next, (*kind, *mid, *compressed), data, *cut, *chunk);
                 } else {
                     q.pop_front();
                 }

@@ -33,7 +33,7 @@ pub struct ServerConfig {
     pub frame_size: usize,
     /// Largest message we accept (after decompression).
     pub max_message: usize,
-    /// Offer LZ4 compression (on by default): when both hellos list `lz4`, calls and answers
+    /// Offer zstd compression (on by default): when both hellos list `zstd`, calls and answers
     /// that gain from it travel compressed, which cuts the data channel's work for batches of
     /// documents by about the compression ratio. Off, nothing is compressed either way.
     pub compress: bool,
@@ -154,7 +154,7 @@ impl RpcServer {
         // client's peer id).
         let out = Outbox::new(config.frame_size);
         let mut asm = Assembler::new(config.max_message, config.frame_size);
-        asm.accept_lz4(config.compress);
+        asm.accept_compressed(config.compress);
         RpcServer {
             config,
             state: State::AwaitHello,
@@ -437,7 +437,7 @@ impl RpcServer {
             .min(self.config.frame_size);
         self.out.set_frame_size(frame);
         self.peer_max_message = h.max_message;
-        let lz4 = self.config.compress && h.caps.iter().any(|c| c == CAP_LZ4);
+        let compress = self.config.compress && h.caps.iter().any(|c| c == CAP_ZSTD);
         self.out.push_json(
             Kind::Hello,
             0,
@@ -454,7 +454,7 @@ impl RpcServer {
                 proof,
             },
         );
-        self.out.set_lz4(lz4);
+        self.out.set_compress(compress);
         self.state = State::Ready;
         self.events.push_back(ServerEvent::Ready { hello: h });
         Ok(())

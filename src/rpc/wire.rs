@@ -12,15 +12,15 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Capabilities this implementation offers.
 pub const CAPABILITIES: &[&str] = &["binary-attachments", "live-changes"];
-/// The optional capability a hello lists when its sender takes LZ4-compressed messages
+/// The optional capability a hello lists when its sender takes zstd-compressed messages
 /// ([`crate::rpc::frame`]); each side compresses only towards a peer that listed it.
-pub const CAP_LZ4: &str = "lz4";
+pub const CAP_ZSTD: &str = "zstd";
 
 /// The `caps` of our hello.
-pub(crate) fn capabilities(lz4: bool) -> Vec<String> {
+pub(crate) fn capabilities(compress: bool) -> Vec<String> {
     let mut caps: Vec<String> = CAPABILITIES.iter().map(|s| s.to_string()).collect();
-    if lz4 {
-        caps.push(CAP_LZ4.to_string());
+    if compress {
+        caps.push(CAP_ZSTD.to_string());
     }
     caps
 }

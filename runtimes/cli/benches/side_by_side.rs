@@ -43,7 +43,7 @@ use peerpouch_cli::local::{Peer, World};
 
 #[path = "common/docs.rs"]
 mod docs;
-use docs::{docs, lz4_ratio};
+use docs::{docs, zstd_ratio};
 use peerpouch_couch::CouchClient;
 use serde_json::{json, Value};
 
@@ -105,7 +105,7 @@ fn watchdog(what: &'static str) {
     });
 }
 
-/// `compress`: whether the two nodes offer LZ4 on the link (the default); `p2p-plain` turns it
+/// `compress`: whether the two nodes offer zstd on the link (the default); `p2p-plain` turns it
 /// off, to show what it brings.
 fn contender_p2p(compress: bool) {
     watchdog("p2p");
@@ -574,9 +574,9 @@ fn parent() {
 
     println!();
     println!(
-        "side by side: {DOCS} docs of ~1 KiB (lz4 ratio of a batch of 100: {:.2}) into an empty \
+        "side by side: {DOCS} docs of ~1 KiB (zstd ratio of a batch of 100: {:.2}) into an empty \
          in-memory database, median of {ROUNDS} rounds",
-        lz4_ratio()
+        zstd_ratio()
     );
     println!(
         "{:<38} {:<32} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10}",

@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use serde_json::{json, Value};
 
 /// The words of the documents' text. They are drawn with a skew toward the front of the list,
-/// as words are in prose, so the documents compress (LZ4, as the RPC does it) about as much as
-/// real JSON does (`lz4 ratio` in the side-by-side table's header), not like padding.
+/// as words are in prose, so the documents compress (zstd, as the RPC does it) about as much as
+/// real JSON does (`zstd ratio` in the side-by-side table's header), not like padding.
 const WORDS: &str = "the of and to in a is that for it as was with be by on not he this are or \
     his from at which but have an had they you were their one all we can her has there been if \
     more when will would who so no time people water garden window morning letter market river \
@@ -67,9 +67,9 @@ pub fn docs(range: std::ops::Range<usize>) -> Vec<Value> {
     range.map(doc).collect()
 }
 
-/// How much LZ4 (as the RPC compresses) shrinks one batch of 100 of these documents.
+/// How much zstd (as the RPC compresses) shrinks one batch of 100 of these documents.
 #[allow(dead_code)]
-pub fn lz4_ratio() -> f64 {
+pub fn zstd_ratio() -> f64 {
     let batch = serde_json::to_vec(&docs(0..100)).expect("json");
     let small = peerpouch::rpc::frame::compress(&batch).map_or(batch.len(), |c| c.len());
     batch.len() as f64 / small as f64
