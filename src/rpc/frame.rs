@@ -183,13 +183,20 @@ pub struct Compressor {
     cx: Option<zstd::bulk::Compressor<'static>>,
 }
 
-impl std::fmt::Debug for Compressor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compressor")
-            .field("context", &self.cx.is_some())
-            .finish()
-    }
+/// Debug for a holder of a zstd context (which has no `Debug`): whether it was made yet.
+macro_rules! debug_context {
+    ($t:ident, $field:ident) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("context", &self.$field.is_some())
+                    .finish()
+            }
+        }
+    };
 }
+debug_context!(Compressor, cx);
+debug_context!(Decompressor, dx);
 
 impl Compressor {
     /// The `compressed payload` of the [module docs](self) for `payload`, or `None` when that
@@ -232,14 +239,6 @@ fn new_compressor() -> std::io::Result<zstd::bulk::Compressor<'static>> {
 #[derive(Default)]
 pub struct Decompressor {
     dx: Option<zstd::bulk::Decompressor<'static>>,
-}
-
-impl std::fmt::Debug for Decompressor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decompressor")
-            .field("context", &self.dx.is_some())
-            .finish()
-    }
 }
 
 impl Decompressor {
