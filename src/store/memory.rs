@@ -305,15 +305,23 @@ impl MemoryStore {
                     revpos,
                 } => {
                     let digest = digest_of(&data);
+                    // Bytes and type the parent already has under this name did not change: they
+                    // keep the parent's revpos. The revision id does not hash revpos, so an edit
+                    // that uploads them again and one that keeps their stub make the same
+                    // revision; both must then say the same revpos, or replicas that made them
+                    // apart never converge.
+                    let unchanged = parent.and_then(|p| p.atts.get(&name)).filter(|m| {
+                        new_edits && m.digest == digest && m.content_type == content_type
+                    });
                     let meta = AttMeta {
-                        content_type,
                         length: data.len() as u64,
                         digest: digest.clone(),
-                        revpos: if new_edits {
-                            pos
-                        } else {
-                            revpos.unwrap_or(pos)
+                        revpos: match (unchanged, new_edits) {
+                            (Some(m), _) => m.revpos,
+                            (None, true) => pos,
+                            (None, false) => revpos.unwrap_or(pos),
                         },
+                        content_type,
                     };
                     if !self.blobs.contains_key(&digest)
                         && !new_data.iter().any(|(d, _)| *d == digest)

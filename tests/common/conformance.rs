@@ -21,7 +21,7 @@ macro_rules! conformance_suite {
                 changes_doc_ids_and_include_docs, revs_diff_reports_missing_and_ancestors,
                 bulk_get_with_revs_and_missing, attachments_in_stubs_out, attachment_stubs_and_atts_since,
                 missing_stub_is_refused, replicated_attachment_stub_resolves_by_digest,
-                replicated_stub_keeps_its_content_type,
+                replicated_stub_keeps_its_content_type, reuploaded_attachment_keeps_its_revpos,
                 local_docs_are_separate, local_docs_in_bulk_docs, bad_input_is_typed_and_harmless,
                 bulk_docs_mixes_results, info_tracks_counts_and_seq);
         }
@@ -797,6 +797,36 @@ pub fn replicated_stub_keeps_its_content_type(db: &mut dyn Database) {
         (att.content_type.as_str(), &att.data[..]),
         ("application/octet-stream", &b"hello"[..])
     );
+}
+
+/// Uploading again the bytes and type the parent already has under a name is no change: the
+/// attachment keeps its revpos, so the edit equals one that kept the stub (same revision, same
+/// document), as two replicas making them apart need.
+pub fn reuploaded_attachment_keeps_its_revpos(db: &mut dyn Database) {
+    let att = json!({"f": {"content_type": "text/plain", "data": HELLO_B64}});
+    let r1 = put(db, json!({"_id": "a", "_attachments": att}));
+    let r2 = put(
+        db,
+        json!({"_id": "a", "_rev": r1.to_string(), "v": 1, "_attachments": att}),
+    );
+    let doc = get_opts(db, "a", |_| {}).unwrap();
+    assert_eq!(doc["_attachments"]["f"]["revpos"], json!(1));
+    // The same edit keeping the stub gives the same revision: the two are the same document.
+    let mut other = MemoryStore::new("other");
+    let o1 = other.put(json!({"_id": "a", "_attachments": att})).unwrap();
+    assert_eq!(o1, r1);
+    let mut stubbed = other.get("a").unwrap();
+    stubbed.insert("v".into(), json!(1));
+    let o2 = other.put(Value::Object(stubbed)).unwrap();
+    assert_eq!(o2, r2);
+    assert_eq!(other.get("a").unwrap(), doc);
+    // New bytes under the name are a change: revpos moves.
+    let r3 = put(
+        db,
+        json!({"_id": "a", "_rev": r2.to_string(), "_attachments": {"f": {"content_type": "text/plain", "data": "d29ybGQ="}}}),
+    );
+    let doc = get_opts(db, "a", |_| {}).unwrap();
+    assert_eq!(doc["_attachments"]["f"]["revpos"], json!(r3.pos));
 }
 
 pub fn local_docs_are_separate(db: &mut dyn Database) {
