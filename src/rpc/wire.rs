@@ -279,8 +279,9 @@ impl<'de> serde::de::Visitor<'de> for FastResponse {
             _ => return Ok(None),
         }
         let tag = map.next_value::<std::borrow::Cow<'de, str>>()?;
-        // The rest of the object is the variant's own fields.
-        let rest = MapAccessDeserializer::new(map);
+        // The rest of the object is the variant's own fields; a second tag is an error, as
+        // serde's tagged path says (found by the `rpc_reply` fuzz target).
+        let rest = MapAccessDeserializer::new(NoSecondTag(map));
         Ok(Some(match &*tag {
             "info" => Response::Info(DbInfo::deserialize(rest)?),
             "doc" => Response::Doc(DocBody::deserialize(rest)?),
@@ -294,6 +295,39 @@ impl<'de> serde::de::Visitor<'de> for FastResponse {
             "written" => Response::Written(DocResult::deserialize(rest)?),
             _ => return Ok(None),
         }))
+    }
+}
+
+/// The fields after a response's tag, refusing another `"result"` key: serde's internally tagged
+/// path reads it as a duplicate field, while a variant's own deserializer would ignore it.
+struct NoSecondTag<A>(A);
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for NoSecondTag<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        use serde::de::value::{BorrowedStrDeserializer, StringDeserializer};
+        use std::borrow::Cow;
+        match self.0.next_key::<Cow<'de, str>>()? {
+            None => Ok(None),
+            Some(k) if k == "result" => Err(serde::de::Error::duplicate_field("result")),
+            Some(Cow::Borrowed(k)) => seed.deserialize(BorrowedStrDeserializer::new(k)).map(Some),
+            Some(Cow::Owned(k)) => seed.deserialize(StringDeserializer::new(k)).map(Some),
+        }
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, A::Error> {
+        self.0.next_value_seed(seed)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
     }
 }
 
