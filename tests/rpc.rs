@@ -331,6 +331,30 @@ fn incompatible_versions_close_with_a_clear_error() {
 }
 
 #[test]
+fn a_hello_from_the_wrong_role_or_share_closes_the_link() {
+    let now = epoch();
+    for (role, share, says) in [
+        (
+            "server",
+            "share-x",
+            "expected the hello of a Client, got one of a Server",
+        ),
+        (
+            "client",
+            "share-z",
+            "hello for share-z, but this link serves share-x",
+        ),
+    ] {
+        let mut s = RpcServer::new(ServerConfig::new("share-x", FP_S, FP_C), now);
+        let hello = json!({"v": 1, "role": role, "share": share, "peer": "p", "frame": 16384, "max_message": 1000});
+        let f = split(Kind::Hello, 0, &serde_json::to_vec(&hello).unwrap(), 16384);
+        let e = s.handle_frame(now, &f[0]).unwrap_err();
+        assert_eq!(e, RpcError::Protocol(says.into()));
+        assert_eq!(s.served(), 0);
+    }
+}
+
+#[test]
 fn live_subscription_streams_changes_until_cancelled() {
     let mut p = Pair::default();
     let sub = p.client.subscribe(

@@ -451,42 +451,22 @@ impl RpcClient {
     }
 
     fn on_hello(&mut self, payload: &[u8]) -> Result<(), RpcError> {
-        let h: Hello = serde_json::from_slice(payload)
-            .map_err(|e| RpcError::Malformed(format!("hello: {e}")))?;
-        if h.v != PROTOCOL_VERSION {
-            return Err(RpcError::IncompatibleVersion {
-                ours: PROTOCOL_VERSION,
-                theirs: h.v,
-            });
-        }
-        if h.role != Role::Server || h.share != self.config.share {
+        let h = super::peer_hello(payload, Role::Server)?;
+        if h.share != self.config.share {
             return Err(RpcError::Protocol(
                 "the hello is not from the server of this share".into(),
             ));
         }
-        if let Some(key) = &self.config.access_key {
-            let ok = h.proof.as_deref().is_some_and(|p| {
-                check_proof(
-                    key,
-                    Role::Server,
-                    &self.config.share,
-                    &self.config.peer,
-                    &self.config.remote_fingerprint,
-                    &self.config.local_fingerprint,
-                    p,
-                )
-            });
-            if !ok {
-                return Err(RpcError::AccessDenied(
-                    "the server could not prove it holds the share's key".into(),
-                ));
-            }
-        }
-        let frame = h
-            .frame
-            .clamp(MIN_FRAME, MAX_FRAME)
-            .min(self.config.frame_size);
-        self.out.set_frame_size(frame);
+        let c = &self.config;
+        super::check_hello_proof(
+            c.access_key.as_deref(),
+            &h,
+            &c.peer,
+            (&c.share, &c.remote_fingerprint, &c.local_fingerprint),
+            "the server could not prove it holds the share's key",
+        )?;
+        self.out
+            .set_frame_size(super::agreed_frame(h.frame, self.config.frame_size));
         self.out
             .set_compress(self.config.compress && h.caps.iter().any(|c| c == CAP_ZSTD));
         self.max_in_flight = h.max_in_flight.max(1);

@@ -96,6 +96,54 @@ impl RpcError {
     }
 }
 
+/// The peer's hello, with what both ends check of it: it decodes, speaks our protocol version
+/// and comes from the other role (`from`). The share and key checks are each side's own.
+fn peer_hello(payload: &[u8], from: wire::Role) -> Result<wire::Hello, RpcError> {
+    let h: wire::Hello =
+        serde_json::from_slice(payload).map_err(|e| RpcError::Malformed(format!("hello: {e}")))?;
+    if h.v != wire::PROTOCOL_VERSION {
+        return Err(RpcError::IncompatibleVersion {
+            ours: wire::PROTOCOL_VERSION,
+            theirs: h.v,
+        });
+    }
+    if h.role != from {
+        return Err(RpcError::Protocol(format!(
+            "expected the hello of a {from:?}, got one of a {:?}",
+            h.role
+        )));
+    }
+    Ok(h)
+}
+
+/// Checks the key proof in a peer's hello (`h.role` is the sender's, already checked), when the
+/// share has a key; `denied` says what failed from this side's point of view.
+fn check_hello_proof(
+    key: Option<&[u8]>,
+    h: &wire::Hello,
+    peer: &str,
+    ids: (&str, &str, &str),
+    denied: &str,
+) -> Result<(), RpcError> {
+    let Some(key) = key else { return Ok(()) };
+    let (share, remote_fp, local_fp) = ids;
+    let ok = h
+        .proof
+        .as_deref()
+        .is_some_and(|p| wire::check_proof(key, h.role, share, peer, remote_fp, local_fp, p));
+    if ok {
+        Ok(())
+    } else {
+        Err(RpcError::AccessDenied(denied.into()))
+    }
+}
+
+/// The frame size to send with once the peer's hello is in: its limit, within the protocol's
+/// bounds, and at most ours.
+fn agreed_frame(theirs: usize, ours: usize) -> usize {
+    theirs.clamp(frame::MIN_FRAME, MAX_FRAME).min(ours)
+}
+
 /// Frames waiting for room in the data channel, one stream per message id, sent round-robin
 /// frame by frame: a small answer does not wait behind a large one (frames of one id keep their
 /// order, which keeps an attachment's bytes after its metadata).

@@ -383,19 +383,7 @@ impl RpcServer {
     }
 
     fn on_hello(&mut self, payload: &[u8]) -> Result<(), RpcError> {
-        let h: Hello = serde_json::from_slice(payload)
-            .map_err(|e| RpcError::Malformed(format!("hello: {e}")))?;
-        if h.v != PROTOCOL_VERSION {
-            return Err(RpcError::IncompatibleVersion {
-                ours: PROTOCOL_VERSION,
-                theirs: h.v,
-            });
-        }
-        if h.role != Role::Client {
-            return Err(RpcError::Protocol(
-                "the hello of a server met a server".into(),
-            ));
-        }
+        let h = super::peer_hello(payload, Role::Client)?;
         if h.share != self.config.share {
             return Err(RpcError::Protocol(format!(
                 "hello for {}, but this link serves {}",
@@ -403,39 +391,27 @@ impl RpcServer {
                 self.config.share
             )));
         }
-        let mut proof = None;
-        if let Some(key) = &self.config.access_key {
-            let ok = h.proof.as_deref().is_some_and(|p| {
-                check_proof(
-                    key,
-                    Role::Client,
-                    &self.config.share,
-                    &h.peer,
-                    &self.config.remote_fingerprint,
-                    &self.config.local_fingerprint,
-                    p,
-                )
-            });
-            if !ok {
-                return Err(RpcError::AccessDenied(
-                    "this share needs its access key; the proof is missing or wrong".into(),
-                ));
-            }
-            proof = Some(make_proof(
+        let c = &self.config;
+        super::check_hello_proof(
+            c.access_key.as_deref(),
+            &h,
+            &h.peer,
+            (&c.share, &c.remote_fingerprint, &c.local_fingerprint),
+            "this share needs its access key; the proof is missing or wrong",
+        )?;
+        let proof = c.access_key.as_deref().map(|key| {
+            make_proof(
                 key,
                 Role::Server,
-                &self.config.share,
+                &c.share,
                 &h.peer,
-                &self.config.local_fingerprint,
-                &self.config.remote_fingerprint,
-            ));
-        }
+                &c.local_fingerprint,
+                &c.remote_fingerprint,
+            )
+        });
         // Everything we send from now on, the hello included, fits the client's limits.
-        let frame = h
-            .frame
-            .clamp(MIN_FRAME, MAX_FRAME)
-            .min(self.config.frame_size);
-        self.out.set_frame_size(frame);
+        self.out
+            .set_frame_size(super::agreed_frame(h.frame, self.config.frame_size));
         self.peer_max_message = h.max_message;
         let compress = self.config.compress && h.caps.iter().any(|c| c == CAP_ZSTD);
         self.out.push_json(
