@@ -5,7 +5,7 @@
 #
 # Use it either way:
 #   source .ci/hub.sh && hub_start && cargo test; rc=$?; hub_stop; exit $rc
-#   bash .ci/hub.sh run cargo test        # start, run the command, stop
+#   bash .ci/hub.sh run cargo test        # start, run the command, stop (whatever its outcome)
 #   bash .ci/hub.sh install               # only `npm ci --ignore-scripts`
 #
 # hub_start exports:
@@ -55,8 +55,10 @@ _HUB_SH_DIR="$(cd "$_HUB_SH_DIR" && pwd)"
 _HUB_PKG_DIR="$_HUB_SH_DIR/hub"
 _HUB_BIN="$_HUB_PKG_DIR/node_modules/pouchdb-server/bin/pouchdb-server"
 
-_hub_err() { printf 'hub: error: %s\n' "$*" >&2; }
-_hub_info() { printf 'hub: %s\n' "$*" >&2; }
+# shellcheck source=service.sh
+source "$_HUB_SH_DIR/service.sh"
+_hub_err() { _svc_err hub "$@"; }
+_hub_info() { _svc_info hub "$@"; }
 
 _hub_need_tools() {
     local t missing=0
@@ -108,43 +110,7 @@ _hub_port_in_use() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-_hub_log_tail() {
-    local dir="$1" f
-    for f in "$dir/stdout.log" "$dir/log.txt"; do
-        if [ -s "$f" ]; then
-            printf -- '---- tail of %s ----\n' "$f" >&2
-            tail -n 40 "$f" >&2
-        fi
-    done
-}
-
-# PIDs of all descendants of $1 (children first-level, then theirs).
-_hub_descendants() {
-    local c
-    for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do
-        echo "$c"
-        _hub_descendants "$c"
-    done
-}
-
-_hub_kill_tree() {
-    local pid="$1" kids i
-    kids="$(_hub_descendants "$pid")"
-    # shellcheck disable=SC2086
-    kill -TERM "$pid" $kids 2>/dev/null || true
-    for i in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        _hub_info "pid $pid ignored SIGTERM for 5 s, sending SIGKILL"
-        # shellcheck disable=SC2086
-        kill -KILL "$pid" $kids 2>/dev/null || true
-    fi
-    # reap it if it is our child (also silences bash's "Terminated" notice)
-    wait "$pid" 2>/dev/null || true
-    return 0
-}
+_hub_log_tail() { _svc_log_tail hub 40 "$1/stdout.log" "$1/log.txt"; }
 
 # One start attempt on port $1 with temp dir $2. Returns 0 when up, 1 on
 # failure, 2 when the port was taken by someone else meanwhile (retryable).
@@ -171,14 +137,14 @@ _hub_start_once() {
         if body="$(curl -fsS --max-time 2 "$url/" 2>/dev/null)" \
             && [ -f "$tmp/config.json" ] \
             && grep -q "\"$(sed -n 's/.*"uuid": *"\([^"]*\)".*/\1/p' "$tmp/config.json" | head -n1)\"" <<<"$body"; then
-            PEERPOUCH_HUB_PID="$pid"
+            _SVC_PID="$pid"
             return 0
         fi
         now=$(date +%s%3N)
         if [ $((now - start)) -ge $((timeout * 1000)) ]; then
             _hub_err "pouchdb-server (pid $pid) did not answer GET $url/ within ${timeout}s"
             _hub_log_tail "$tmp"
-            _hub_kill_tree "$pid"
+            _svc_kill_tree hub "$pid"
             return 1
         fi
         sleep 0.1
@@ -192,36 +158,14 @@ hub_start() {
         return 0
     fi
     hub_install || return 1
-    local want="${PEERPOUCH_HUB_PORT:-5984}" port tmp attempt rc t0 t1
+    local t0 t1
     t0=$(date +%s%N)
-    for attempt in 1 2 3; do
-        if ! port="$(_hub_pick_port "$want")" || [ -z "$port" ]; then
-            _hub_err "could not find a free TCP port on 127.0.0.1"
-            return 1
-        fi
-        tmp="$(mktemp -d "${TMPDIR:-/tmp}/peerpouch-hub.XXXXXX")" || {
-            _hub_err "mktemp -d failed"
-            return 1
-        }
-        rc=0
-        _hub_start_once "$port" "$tmp" || rc=$?
-        if [ "$rc" -eq 0 ]; then
-            t1=$(date +%s%N)
-            export PEERPOUCH_HUB_PID
-            export PEERPOUCH_HUB_TMP="$tmp"
-            export PEERPOUCH_TEST_HUB="http://127.0.0.1:$port"
-            _hub_info "pouchdb-server up at $PEERPOUCH_TEST_HUB (pid $PEERPOUCH_HUB_PID, cwd $tmp, $(((t1 - t0) / 1000000)) ms)"
-            return 0
-        fi
-        rm -rf -- "$tmp"
-        if [ "$rc" -ne 2 ]; then
-            return 1
-        fi
-        _hub_info "port $port was taken meanwhile, trying another one"
-        want=0
-    done
-    _hub_err "gave up after 3 attempts to bind a port"
-    return 1
+    _svc_start hub 3 _hub_pick_port "${PEERPOUCH_HUB_PORT:-5984}" peerpouch-hub _hub_start_once || return 1
+    t1=$(date +%s%N)
+    export PEERPOUCH_HUB_PID="$_SVC_PID"
+    export PEERPOUCH_HUB_TMP="$_SVC_DIR"
+    export PEERPOUCH_TEST_HUB="http://127.0.0.1:$_SVC_PORT"
+    _hub_info "pouchdb-server up at $PEERPOUCH_TEST_HUB (pid $PEERPOUCH_HUB_PID, cwd $PEERPOUCH_HUB_TMP, $(((t1 - t0) / 1000000)) ms)"
 }
 
 # Stop exactly the hub started by hub_start (and any children), remove its dir.
@@ -232,45 +176,14 @@ hub_stop() {
         _hub_info "hub_stop: no hub recorded (PEERPOUCH_HUB_PID unset)"
         return 0
     fi
-    if kill -0 "$pid" 2>/dev/null; then
-        _hub_kill_tree "$pid"
-    else
-        wait "$pid" 2>/dev/null || true
-        _hub_err "the hub (pid $pid) had already exited before hub_stop (crashed?)"
-        if [ -n "$tmp" ]; then _hub_log_tail "$tmp"; fi
-        rc=1
-    fi
+    _svc_stop hub "$pid" "$tmp" peerpouch-hub "$tmp/stdout.log" "$tmp/log.txt" || rc=$?
     if [ -n "$url" ] && _hub_port_in_use "${url##*:}"; then
         _hub_info "note: port ${url##*:} still accepts connections after stopping pid $pid"
     fi
-    case "$tmp" in
-        "${TMPDIR:-/tmp}"/peerpouch-hub.*) rm -rf -- "$tmp" ;;
-    esac
     unset PEERPOUCH_HUB_PID PEERPOUCH_HUB_TMP PEERPOUCH_TEST_HUB
     return "$rc"
 }
 
-# Start the hub, run "$@" with PEERPOUCH_TEST_HUB set, stop the hub; returns
-# the command's exit status. Runs in a subshell so traps stay local.
-hub_run() (
-    trap 'hub_stop' EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
-    hub_start || exit 1
-    "$@"
-)
-
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-    case "${1:-}" in
-        install) hub_install ;;
-        run)
-            shift
-            [ "$#" -gt 0 ] || { _hub_err "usage: $0 run COMMAND [ARGS...]"; exit 2; }
-            hub_run "$@"
-            ;;
-        *)
-            echo "usage: $0 install | run COMMAND [ARGS...]   (or: source $0; hub_start; ...; hub_stop)" >&2
-            exit 2
-            ;;
-    esac
+    _svc_main "$0" hub hub_install hub_start hub_stop "$@"
 fi

@@ -37,8 +37,12 @@
 # Call stun_start in the current shell, not in a pipeline or $(...): it exports
 # the variables stun_stop needs to find the process.
 
-_stun_err() { printf 'stun: error: %s\n' "$*" >&2; }
-_stun_info() { printf 'stun: %s\n' "$*" >&2; }
+_STUN_SH_DIR="${BASH_SOURCE[0]}"
+case "$_STUN_SH_DIR" in */*) _STUN_SH_DIR="${_STUN_SH_DIR%/*}" ;; *) _STUN_SH_DIR=. ;; esac
+# shellcheck source=../../.ci/service.sh
+source "$(cd "$_STUN_SH_DIR/../../.ci" && pwd)/service.sh"
+_stun_err() { _svc_err stun "$@"; }
+_stun_info() { _svc_info stun "$@"; }
 
 # Install coturn (turnserver, turnutils_stunclient) from Debian if missing.
 stun_install() {
@@ -107,31 +111,7 @@ _stun_pick_port() {
     return 1
 }
 
-_stun_log_tail() {
-    local dir="$1" f
-    for f in "$dir/stdout.log" "$dir/turn.log"; do
-        if [ -s "$f" ]; then
-            printf -- '---- tail of %s ----\n' "$f" >&2
-            tail -n 30 "$f" >&2
-        fi
-    done
-}
-
-# Stop process $1: TERM, up to 5 s, then KILL; reap it if it is our child.
-_stun_kill() {
-    local pid="$1" i
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        _stun_info "pid $pid ignored SIGTERM for 5 s, sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    return 0
-}
+_stun_log_tail() { _svc_log_tail stun 30 "$1/stdout.log" "$1/turn.log"; }
 
 # One start attempt on port $1 with temp dir $2. Returns 0 when it answers, 1 on
 # failure, 2 when the port turned out to be taken (retryable).
@@ -154,20 +134,20 @@ _stun_start_once() {
             return 1
         fi
         if grep -qi "cannot bind" "$tmp/turn.log" 2>/dev/null; then
-            _stun_kill "$pid"
+            _svc_kill_tree stun "$pid"
             return 2
         fi
         # Our process holds the port and it answers a Binding request.
         if _stun_port_owned_by "$port" "$pid" \
             && timeout 2 turnutils_stunclient -p "$port" 127.0.0.1 2>/dev/null | grep -q "reflexive addr: 127.0.0.1:"; then
-            PEERPOUCH_STUN_PID="$pid"
+            _SVC_PID="$pid"
             return 0
         fi
         now=$(date +%s%3N)
         if [ $((now - start)) -ge $((timeout * 1000)) ]; then
             _stun_err "turnserver (pid $pid) did not answer a STUN Binding request on 127.0.0.1:$port within ${timeout}s"
             _stun_log_tail "$tmp"
-            _stun_kill "$pid"
+            _svc_kill_tree stun "$pid"
             return 1
         fi
         sleep 0.1
@@ -181,36 +161,14 @@ stun_start() {
         return 0
     fi
     stun_install || return 1
-    local want="${PEERPOUCH_STUN_PORT:-}" port tmp attempt rc t0 t1
+    local t0 t1
     t0=$(date +%s%N)
-    for attempt in 1 2 3 4 5; do
-        if ! port="$(_stun_pick_port "$want")" || [ -z "$port" ]; then
-            _stun_err "could not find a free UDP port on 127.0.0.1"
-            return 1
-        fi
-        tmp="$(mktemp -d "${TMPDIR:-/tmp}/peerpouch-stun.XXXXXX")" || {
-            _stun_err "mktemp -d failed"
-            return 1
-        }
-        rc=0
-        _stun_start_once "$port" "$tmp" || rc=$?
-        if [ "$rc" -eq 0 ]; then
-            t1=$(date +%s%N)
-            export PEERPOUCH_STUN_PID
-            export PEERPOUCH_STUN_TMP="$tmp"
-            export PEERPOUCH_TEST_STUN="127.0.0.1:$port"
-            _stun_info "turnserver up at $PEERPOUCH_TEST_STUN (pid $PEERPOUCH_STUN_PID, dir $tmp, $(((t1 - t0) / 1000000)) ms)"
-            return 0
-        fi
-        rm -rf -- "$tmp"
-        if [ "$rc" -ne 2 ]; then
-            return 1
-        fi
-        _stun_info "port $port was taken, trying another one"
-        want=""
-    done
-    _stun_err "gave up after 5 attempts to bind a port"
-    return 1
+    _svc_start stun 5 _stun_pick_port "${PEERPOUCH_STUN_PORT:-}" peerpouch-stun _stun_start_once || return 1
+    t1=$(date +%s%N)
+    export PEERPOUCH_STUN_PID="$_SVC_PID"
+    export PEERPOUCH_STUN_TMP="$_SVC_DIR"
+    export PEERPOUCH_TEST_STUN="127.0.0.1:$_SVC_PORT"
+    _stun_info "turnserver up at $PEERPOUCH_TEST_STUN (pid $PEERPOUCH_STUN_PID, dir $PEERPOUCH_STUN_TMP, $(((t1 - t0) / 1000000)) ms)"
 }
 
 # Stop exactly the server stun_start started and remove its directory.
@@ -221,42 +179,11 @@ stun_stop() {
         _stun_info "stun_stop: no server recorded (PEERPOUCH_STUN_PID unset)"
         return 0
     fi
-    if kill -0 "$pid" 2>/dev/null; then
-        _stun_kill "$pid"
-    else
-        wait "$pid" 2>/dev/null || true
-        _stun_err "turnserver (pid $pid) had already exited before stun_stop (crashed?)"
-        if [ -n "$tmp" ]; then _stun_log_tail "$tmp"; fi
-        rc=1
-    fi
-    case "$tmp" in
-        "${TMPDIR:-/tmp}"/peerpouch-stun.*) rm -rf -- "$tmp" ;;
-    esac
+    _svc_stop stun "$pid" "$tmp" peerpouch-stun "$tmp/stdout.log" "$tmp/turn.log" || rc=$?
     unset PEERPOUCH_STUN_PID PEERPOUCH_STUN_TMP PEERPOUCH_TEST_STUN
     return "$rc"
 }
 
-# Start the server, run "$@" with PEERPOUCH_TEST_STUN set, stop it; returns the
-# command's exit status. Runs in a subshell so traps stay local.
-stun_run() (
-    trap 'stun_stop' EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
-    stun_start || exit 1
-    "$@"
-)
-
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-    case "${1:-}" in
-        install) stun_install ;;
-        run)
-            shift
-            [ "$#" -gt 0 ] || { _stun_err "usage: $0 run COMMAND [ARGS...]"; exit 2; }
-            stun_run "$@"
-            ;;
-        *)
-            echo "usage: $0 install | run COMMAND [ARGS...]   (or: source $0; stun_start; ...; stun_stop)" >&2
-            exit 2
-            ;;
-    esac
+    _svc_main "$0" stun stun_install stun_start stun_stop "$@"
 fi
