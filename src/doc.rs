@@ -269,11 +269,13 @@ pub mod base64_bytes {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
     }
 
-    /// Reads standard base64.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    /// Reads standard base64, into a `Vec<u8>` or anything made from one without a copy
+    /// (`Bytes`).
+    pub fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<u8>>>(d: D) -> Result<T, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         base64::engine::general_purpose::STANDARD
             .decode(s.as_bytes())
+            .map(T::from)
             .map_err(serde::de::Error::custom)
     }
 }

@@ -82,6 +82,7 @@ mod seeded_dtls;
 pub mod session;
 pub mod store;
 
+pub use bytes::Bytes;
 pub use error::{CouchError, DbError};
 pub use ops::*;
 pub use replicate::{

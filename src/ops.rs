@@ -5,6 +5,7 @@
 //! replicator and the apps see one interface. All types are serde-serialisable; their JSON follows
 //! CouchDB's names (`new_edits`, `open_revs`, `possible_ancestors`, ...).
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -722,9 +723,10 @@ pub struct AttachmentData {
     pub content_type: String,
     /// `md5-<base64>` of the bytes.
     pub digest: String,
-    /// The bytes (base64 in JSON).
+    /// The bytes (base64 in JSON), shared with the store that holds them: cloning is cheap,
+    /// and `Vec<u8>::into()` makes one without a copy.
     #[serde(with = "crate::doc::base64_bytes")]
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
 
 /// The outcome of writing one document: its new revision, or why it was not written.

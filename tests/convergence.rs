@@ -118,7 +118,7 @@ fn base64(b: &[u8]) -> String {
     let v = serde_json::to_value(AttachmentData {
         content_type: String::new(),
         digest: String::new(),
-        data: b.to_vec(),
+        data: b.to_vec().into(),
     })
     .unwrap();
     v["data"].as_str().unwrap().to_string()

@@ -571,7 +571,7 @@ fn a_tombstone_and_a_stubbed_sibling_in_one_batch_keep_the_attachment() {
     assert_eq!((p.docs_written, p.doc_write_failures), (2, 0));
     let att = b.get_attachment("d", "f").unwrap();
     assert_eq!(
-        (att.data.as_slice(), att.content_type.as_str()),
+        (&att.data[..], att.content_type.as_str()),
         (&b"hello"[..], "text/plain")
     );
     assert_converged(&mut a, &mut b);

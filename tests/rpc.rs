@@ -200,7 +200,7 @@ fn attachments_travel_as_binary() {
     let b64 = serde_json::to_value(AttachmentData {
         content_type: String::new(),
         digest: String::new(),
-        data: data.clone(),
+        data: data.clone().into(),
     })
     .unwrap()["data"]
         .clone();

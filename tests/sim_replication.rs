@@ -53,7 +53,7 @@ fn b64(data: &[u8]) -> Value {
     serde_json::to_value(AttachmentData {
         content_type: String::new(),
         digest: String::new(),
-        data: data.to_vec(),
+        data: data.to_vec().into(),
     })
     .unwrap()["data"]
         .clone()

@@ -27,6 +27,21 @@ fn attachments_are_kept_once_per_digest_and_freed() {
 }
 
 #[test]
+fn attachment_reads_share_the_stored_bytes() {
+    // Every reader (and the RPC outbox that cuts an answer into frames) gets the buffer the
+    // store holds, not a copy: reading a large attachment costs no memory of its size.
+    let mut db = MemoryStore::new("t");
+    db.put(json!({"_id": "a", "_attachments": {"x": {"data": "aGVsbG8="}}}))
+        .unwrap();
+    db.put(json!({"_id": "b", "_attachments": {"y": {"data": "aGVsbG8="}}}))
+        .unwrap();
+    let first = db.get_attachment("a", "x").unwrap();
+    let second = db.get_attachment("b", "y").unwrap();
+    assert_eq!(&first.data[..], b"hello");
+    assert_eq!(first.data.as_ptr(), second.data.as_ptr());
+}
+
+#[test]
 fn stemming_honours_revs_limit() {
     let mut db = MemoryStore::new("t").with_revs_limit(5);
     let mut rev = db.put(json!({"_id": "a", "i": 0})).unwrap();

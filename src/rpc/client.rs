@@ -534,7 +534,7 @@ impl RpcClient {
             result: Ok(Response::Attachment(AttachmentData {
                 content_type,
                 digest,
-                data,
+                data: data.into(),
             })),
         });
         Ok(())

@@ -33,6 +33,8 @@ pub use server::{RpcServer, ServerConfig, ServerEvent, StoreRequestId};
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use crate::error::DbError;
 use frame::Kind;
 
@@ -167,7 +169,7 @@ enum Part {
     Cutting {
         kind: Kind,
         id: u32,
-        data: Vec<u8>,
+        data: Bytes,
         /// Payload bytes already in frames (`next` included).
         cut: usize,
         chunk: usize,
@@ -247,9 +249,11 @@ impl Outbox {
 
     /// [`Outbox::push`] for a message the caller gives away: a message larger than one frame is
     /// cut as its frames go.
-    pub(crate) fn push_owned(&mut self, kind: Kind, id: u32, payload: Vec<u8>) {
+    /// An attachment's bytes are shared with the store that holds them, not copied.
+    pub(crate) fn push_owned(&mut self, kind: Kind, id: u32, payload: impl Into<Bytes>) {
+        let payload = payload.into();
         let (payload, compressed) = match self.maybe_compress(kind, &payload) {
-            Some(small) => (small, true),
+            Some(small) => (Bytes::from(small), true),
             None => (payload, false),
         };
         let chunk = self.frame_size.max(frame::MIN_FRAME) - frame::HEADER_LEN;

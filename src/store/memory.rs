@@ -5,6 +5,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use base64::Engine;
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::Database;
@@ -37,7 +38,7 @@ struct DocEntry {
 
 #[derive(Debug)]
 struct Blob {
-    data: Arc<[u8]>,
+    data: Bytes,
     /// The content type it first arrived with (for stubs that do not say).
     content_type: String,
     refs: u64,
@@ -169,7 +170,7 @@ impl MemoryStore {
     /// Puts back attachment bytes written down earlier; call before the documents that use them.
     pub fn restore_blob(&mut self, digest: String, content_type: String, data: Vec<u8>) {
         self.blobs.entry(digest).or_insert(Blob {
-            data: Arc::from(data),
+            data: Bytes::from(data),
             content_type,
             refs: 0,
         });
@@ -263,7 +264,7 @@ impl MemoryStore {
         }
     }
 
-    fn retain(&mut self, body: &StoredBody, new_data: Vec<(String, Arc<[u8]>)>) {
+    fn retain(&mut self, body: &StoredBody, new_data: Vec<(String, Bytes)>) {
         for (digest, data) in new_data {
             let content_type = body
                 .atts
@@ -294,7 +295,7 @@ impl MemoryStore {
         parent: Option<&StoredBody>,
         tree: Option<&RevTree<Arc<StoredBody>>>,
         new_edits: bool,
-    ) -> Result<(BTreeMap<String, AttMeta>, Vec<(String, Arc<[u8]>)>), DbError> {
+    ) -> Result<(BTreeMap<String, AttMeta>, Vec<(String, Bytes)>), DbError> {
         let mut metas = BTreeMap::new();
         let mut new_data = Vec::new();
         for (name, att) in atts {
@@ -326,7 +327,7 @@ impl MemoryStore {
                     if !self.blobs.contains_key(&digest)
                         && !new_data.iter().any(|(d, _)| *d == digest)
                     {
-                        new_data.push((digest, Arc::from(data)));
+                        new_data.push((digest, Bytes::from(data)));
                     }
                     metas.insert(name, meta);
                 }
@@ -438,7 +439,7 @@ impl MemoryStore {
         &mut self,
         id: &str,
         body: StoredBody,
-        new_data: Vec<(String, Arc<[u8]>)>,
+        new_data: Vec<(String, Bytes)>,
         insert: impl FnOnce(&mut RevTree<Arc<StoredBody>>, Arc<StoredBody>) -> Vec<Arc<StoredBody>>,
     ) -> Vec<Arc<StoredBody>> {
         let before = self
@@ -1044,7 +1045,7 @@ impl MemoryStore {
         Ok(AttachmentData {
             content_type: m.content_type.clone(),
             digest: m.digest.clone(),
-            data: blob.data.to_vec(),
+            data: blob.data.clone(),
         })
     }
 

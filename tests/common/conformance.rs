@@ -669,7 +669,7 @@ pub fn attachments_in_stubs_out(db: &mut dyn Database) {
     let full = get_opts(db, "a", |g| g.attachments = true).unwrap();
     assert_eq!(full["_attachments"]["h.txt"]["data"], HELLO_B64);
     let att = db.get_attachment("a", "h.txt").unwrap();
-    assert_eq!(att.data, b"hello");
+    assert_eq!(&att.data[..], b"hello");
     assert_eq!(att.content_type, "text/plain");
     assert!(matches!(
         db.get_attachment("a", "nope"),
@@ -726,7 +726,7 @@ pub fn attachment_stubs_and_atts_since(db: &mut dyn Database) {
     );
     let d = db.get("a").unwrap();
     assert!(d["_attachments"].get("old").is_none());
-    assert_eq!(db.get_attachment("a", "new").unwrap().data, b"world");
+    assert_eq!(&db.get_attachment("a", "new").unwrap().data[..], b"world");
 }
 
 pub fn missing_stub_is_refused(db: &mut dyn Database) {
@@ -753,7 +753,7 @@ pub fn replicated_attachment_stub_resolves_by_digest(db: &mut dyn Database) {
             "_attachments": {"f": {"stub": true, "digest": "md5-XUFAKrxLKna5cZ2REBfFkg==", "revpos": 1, "length": 5, "content_type": "text/plain"}}}),
         ],
     );
-    assert_eq!(db.get_attachment("a", "f").unwrap().data, b"hello");
+    assert_eq!(&db.get_attachment("a", "f").unwrap().data[..], b"hello");
     let bad = db.bulk_docs(
         vec![json!({"_id": "z", "_rev": "1-z", "_attachments": {"f": {"stub": true, "digest": "md5-nope"}}})],
         false,

@@ -106,7 +106,7 @@ fn rpc_attachment_mb_per_s() -> f64 {
     let b64 = serde_json::to_value(AttachmentData {
         content_type: String::new(),
         digest: String::new(),
-        data: data.clone(),
+        data: data.clone().into(),
     })
     .unwrap()["data"]
         .clone();

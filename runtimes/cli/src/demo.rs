@@ -85,7 +85,7 @@ pub fn run() -> Result<(), String> {
         .get_attachment("photo", "hello.txt")
         .map_err(e)?;
     check(
-        att.data == b"hello world",
+        att.data[..] == b"hello world"[..],
         "the attachment arrived byte for byte",
     )?;
 

@@ -283,7 +283,7 @@ fn a_browser_opens_a_share_of_a_rust_node() {
     let inline = serde_json::to_value(AttachmentData {
         content_type: "application/octet-stream".into(),
         digest: String::new(),
-        data: large.clone(),
+        data: large.clone().into(),
     })
     .unwrap();
     w.peers[0]
@@ -398,7 +398,7 @@ fn a_browser_opens_a_share_of_a_rust_node() {
         .store("notes")
         .get_attachment("from-browser", "note.txt")
         .unwrap();
-    assert_eq!(note.data, b"hello from the browser");
+    assert_eq!(&note.data[..], b"hello from the browser");
     assert_eq!(note.content_type, "text/plain");
 
     // The live subscription delivered both writes, with the revisions the store has.

@@ -1039,7 +1039,7 @@ impl CouchClient {
                 .content_type
                 .unwrap_or_else(|| "application/octet-stream".into()),
             digest: digest_of(&raw.body),
-            data: raw.body,
+            data: raw.body.into(),
         })
     }
 

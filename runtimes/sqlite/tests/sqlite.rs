@@ -74,7 +74,7 @@ fn reopening_continues_where_it_was() {
     assert_eq!(a["_conflicts"], json!(["1-0000"]));
     let att = db.get_attachment("a", "x").unwrap();
     assert_eq!(
-        (att.data.as_slice(), att.content_type.as_str()),
+        (&att.data[..], att.content_type.as_str()),
         (&b"hello"[..], "text/plain")
     );
     let mut g = GetRequest::new("b");
