@@ -68,6 +68,7 @@
 #![warn(missing_docs)]
 
 pub mod doc;
+mod dtls;
 mod error;
 pub mod hub;
 pub mod node;
@@ -78,7 +79,6 @@ mod retry;
 mod rev;
 pub mod revtree;
 pub mod rpc;
-mod seeded_dtls;
 pub mod session;
 pub mod store;
 

@@ -72,7 +72,9 @@ pub struct SessionConfig {
     pub heartbeat_interval: Duration,
     /// Close when nothing was received for this long (after the channel opened).
     pub idle_timeout: Duration,
-    /// Give up if the channel has not opened after this long.
+    /// Give up if the channel has not opened after this long. DTLS retries each handshake
+    /// flight long enough to cover it: from 31 s (4 retries, also for shorter timeouts) up to
+    /// 127 s (6 retries, for timeouts of 64 s and more).
     pub connect_timeout: Duration,
     /// The offerer restarts ICE after this much silence (`None`: never).
     pub ice_restart_after: Option<Duration>,
@@ -262,11 +264,7 @@ impl Session {
             ufrag: format!("{:08x}", rng.next_u64() as u32),
             pass: rng.hex_id(),
         };
-        let provider = if config.deterministic_dtls {
-            crate::seeded_dtls::seeded_provider()
-        } else {
-            str0m::crypto::from_feature_flags()
-        };
+        let provider = crate::dtls::provider(config.deterministic_dtls, config.connect_timeout);
         let mut rc = RtcConfig::new()
             .set_crypto_provider(Arc::new(provider))
             .set_local_ice_credentials(creds.clone())
