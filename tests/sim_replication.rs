@@ -3,6 +3,7 @@
 mod common;
 mod sim;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::assert_converged;
@@ -191,19 +192,9 @@ fn replicate_both_ways_under_30_percent_loss() {
     both_ways(3, net, 10_000, 20 << 20, Duration::from_secs(360_000));
 }
 
-/// Soak, not in the default suite: replication both ways over many seeded networks, each seed
-/// drawing its own latency (1–80 ms), jitter (reordering, up to 40 ms), loss (up to 20%) and
-/// duplication (up to 5%), and its own data: 1 to 2000 documents and an attachment of up to
-/// 2 MiB (empty included):
-///
-/// `PEERPOUCH_SOAK_SEEDS=200 cargo test --release --test sim_replication soak -- --ignored --nocapture`
-///
-/// `PEERPOUCH_SOAK_SEEDS` (default 20) seeds from `PEERPOUCH_SOAK_FROM` (default 1000). Each seed
-/// prints its network first, so a failure names the seed that replays it alone
-/// (`PEERPOUCH_SOAK_FROM=<seed> PEERPOUCH_SOAK_SEEDS=1`).
-#[test]
-#[ignore = "soak: PEERPOUCH_SOAK_SEEDS=N cargo test --release --test sim_replication soak -- --ignored"]
-fn soak_random_networks_both_ways() {
+/// The seeds of a soak: `PEERPOUCH_SOAK_SEEDS` (default 20) from `PEERPOUCH_SOAK_FROM`
+/// (default 1000).
+fn soak_seeds() -> std::ops::Range<u64> {
     let env = |name, default| {
         std::env::var(name)
             .ok()
@@ -211,23 +202,136 @@ fn soak_random_networks_both_ways() {
             .unwrap_or(default)
     };
     let from: u64 = env("PEERPOUCH_SOAK_FROM", 1000);
-    let seeds: u64 = env("PEERPOUCH_SOAK_SEEDS", 20);
-    for seed in from..from + seeds {
+    from..from + env("PEERPOUCH_SOAK_SEEDS", 20)
+}
+
+/// A network drawn from `r`: latency 1–80 ms, jitter (reordering) up to 40 ms, loss up to 20%,
+/// duplication up to 5%.
+fn random_net(r: &mut common::Rng) -> NetConfig {
+    let ms = |r: &mut common::Rng, max| Duration::from_millis(r.below(max));
+    NetConfig {
+        latency: Duration::from_millis(1) + ms(r, 80),
+        jitter: ms(r, 40),
+        loss: r.below(21) as f64 / 100.0,
+        duplicate: r.below(6) as f64 / 100.0,
+        ..NetConfig::default()
+    }
+}
+
+/// Soak, not in the default suite: replication both ways over many seeded networks
+/// ([`random_net`]), each seed with its own data too: 1 to 2000 documents and an attachment of
+/// up to 2 MiB (empty included):
+///
+/// `PEERPOUCH_SOAK_SEEDS=200 cargo test --release --test sim_replication soak -- --ignored --nocapture`
+///
+/// Each seed prints its setup first, so a failure names the seed that replays it alone
+/// (`PEERPOUCH_SOAK_FROM=<seed> PEERPOUCH_SOAK_SEEDS=1`).
+#[test]
+#[ignore = "soak: PEERPOUCH_SOAK_SEEDS=N cargo test --release --test sim_replication soak -- --ignored"]
+fn soak_random_networks_both_ways() {
+    let seeds = soak_seeds();
+    for seed in seeds.clone() {
         let mut r = common::Rng::new(seed);
-        let ms = |r: &mut common::Rng, max| Duration::from_millis(r.below(max));
-        let net = NetConfig {
-            latency: Duration::from_millis(1) + ms(&mut r, 80),
-            jitter: ms(&mut r, 40),
-            loss: r.below(21) as f64 / 100.0,
-            duplicate: r.below(6) as f64 / 100.0,
-            ..NetConfig::default()
-        };
+        let net = random_net(&mut r);
         let docs = 1 + r.below(2000) as usize;
         let big = r.below(2 << 20) as usize;
         eprintln!("soak seed {seed}: {docs} docs, {big} bytes attached, {net:?}");
         both_ways(seed, net, docs, big, Duration::from_secs(360_000));
     }
-    eprintln!("soak: {seeds} seeds from {from} converged both ways");
+    eprintln!("soak: seeds {seeds:?} converged both ways");
+}
+
+/// Soak, not in the default suite (seeds as [`soak_random_networks_both_ways`]): a joiner pulls
+/// in batches of 1–100 over a seeded network, crashes once a random number of documents is
+/// written (or after the end), restarts on the same databases, opens the share again and
+/// replicates again under the same replication id: it completes without write failures, the
+/// two stores converge, and nothing written before the crash is lost.
+#[test]
+#[ignore = "soak: PEERPOUCH_SOAK_SEEDS=N cargo test --release --test sim_replication soak -- --ignored"]
+fn soak_a_crashed_joiner_resumes() {
+    let seeds = soak_seeds();
+    let mut midway = 0;
+    for seed in seeds.clone() {
+        let mut r = common::Rng::new(seed ^ 0xc4a5);
+        let net = random_net(&mut r);
+        let docs = 50 + r.below(2000) as usize;
+        let crash_at = 1 + r.below(docs as u64);
+        let batch = 1 + r.below(100) as usize;
+        eprintln!("crash soak seed {seed}: {docs} docs in batches of {batch}, crash after {crash_at} written, {net:?}");
+        let (mut s, link) = linked(seed, net);
+        s.trace_calls = false;
+        let share = link.0.clone();
+        fixture(s.store(0, "db"), docs, 1 << 12);
+        let cfg = || ReplicatorConfig::new(format!("share {share}"), "copy").batch_size(batch);
+        let now = s.now;
+        let id = s.node(1).replicate(
+            now,
+            DbRef::Remote(link.clone()),
+            DbRef::Local("copy".into()),
+            cfg(),
+        );
+        let within = Duration::from_secs(360_000);
+        assert!(s.run_until(within, |s| {
+            s.replication_end(1, id).is_some()
+                || events_of(s, 1, id).iter().any(
+                    |e| matches!(e, ReplicationEvent::Progressed(p) if p.docs_written >= crash_at),
+                )
+        }));
+        midway += usize::from(s.replication_end(1, id).is_none());
+        s.crash(1);
+        // Every winner the joiner had written when it crashed.
+        let before: BTreeMap<String, Vec<Rev>> = {
+            let all = s
+                .store(1, "copy")
+                .all_docs(AllDocsRequest::default())
+                .unwrap();
+            all.rows
+                .into_iter()
+                .filter_map(|row| Some((row.id?, vec![row.value?.rev])))
+                .collect()
+        };
+        s.restart(1);
+        s.run_for(Duration::from_millis(1));
+        let now = s.now;
+        s.node(1)
+            .open(now, &share, json!({"name": "joiner again"}), None)
+            .unwrap();
+        assert!(
+            s.run_until(within, |s| s.node_ready_links(1) > 0),
+            "seed {seed}: no link after the restart\n{}",
+            s.trace()
+        );
+        let link2 = s.ready_link(1).unwrap();
+        let now = s.now;
+        let id2 = s.node(1).replicate(
+            now,
+            DbRef::Remote(link2),
+            DbRef::Local("copy".into()),
+            cfg(),
+        );
+        assert!(s.run_until(within, |s| s.replication_end(1, id2).is_some()));
+        let Some(ReplicationEvent::Completed(p)) = s.replication_end(1, id2) else {
+            panic!("seed {seed}: {:?}", s.replication_end(1, id2))
+        };
+        assert_eq!(p.doc_write_failures, 0, "seed {seed}");
+        let lost = s
+            .store(1, "copy")
+            .revs_diff(RevsDiffRequest { revs: before })
+            .unwrap()
+            .missing;
+        assert!(
+            lost.is_empty(),
+            "seed {seed}: written before the crash, then gone: {lost:?}"
+        );
+        let mut a = s.nodes[0].stores.remove("db").unwrap();
+        let mut b = s.nodes[1].stores.remove("copy").unwrap();
+        assert_converged(&mut a, &mut b);
+    }
+    eprintln!("crash soak: seeds {seeds:?} resumed and converged, {midway} of them crashed mid-replication");
+    assert!(
+        midway > 0 || seeds.end - seeds.start < 10,
+        "no crash came mid-replication"
+    );
 }
 
 fn events_of(s: &NodeSim, node: usize, id: ReplicationId) -> Vec<ReplicationEvent> {
