@@ -290,18 +290,7 @@ fn soak_a_crashed_joiner_resumes() {
                 .filter_map(|row| Some((row.id?, vec![row.value?.rev])))
                 .collect()
         };
-        s.restart(1);
-        s.run_for(Duration::from_millis(1));
-        let now = s.now;
-        s.node(1)
-            .open(now, &share, json!({"name": "joiner again"}), None)
-            .unwrap();
-        assert!(
-            s.run_until(within, |s| s.node_ready_links(1) > 0),
-            "seed {seed}: no link after the restart\n{}",
-            s.trace()
-        );
-        let link2 = s.ready_link(1).unwrap();
+        let link2 = restart_and_reopen(&mut s, &share, within);
         let now = s.now;
         let id2 = s.node(1).replicate(
             now,
@@ -332,6 +321,22 @@ fn soak_a_crashed_joiner_resumes() {
         midway > 0 || seeds.end - seeds.start < 10,
         "no crash came mid-replication"
     );
+}
+
+/// Restarts the crashed joiner (node 1) on its databases and opens `share` again: the new link.
+fn restart_and_reopen(s: &mut NodeSim, share: &str, within: Duration) -> LinkId {
+    s.restart(1);
+    s.run_for(Duration::from_millis(1));
+    let now = s.now;
+    s.node(1)
+        .open(now, share, json!({"name": "joiner again"}), None)
+        .unwrap();
+    assert!(
+        s.run_until(within, |s| s.node_ready_links(1) > 0),
+        "no link after the restart\n{}",
+        s.trace()
+    );
+    s.ready_link(1).unwrap()
 }
 
 fn events_of(s: &NodeSim, node: usize, id: ReplicationId) -> Vec<ReplicationEvent> {
@@ -414,18 +419,7 @@ fn a_crashed_joiner_reconnects_and_resumes_from_its_checkpoint() {
     s.crash(1);
     let written_before = s.store(1, "copy").info().unwrap().doc_count;
     assert!(written_before > 0 && written_before < 3000);
-    s.restart(1);
-    s.run_for(Duration::from_millis(1));
-    let now = s.now;
-    s.node(1)
-        .open(now, &share, json!({"name": "joiner again"}), None)
-        .unwrap();
-    assert!(
-        s.run_until(Duration::from_secs(60), |s| s.node_ready_links(1) > 0),
-        "{}",
-        s.trace()
-    );
-    let link2 = s.ready_link(1).unwrap();
+    let link2 = restart_and_reopen(&mut s, &share, Duration::from_secs(60));
     assert_ne!(link2, link, "a new peer id after the restart");
     let now = s.now;
     let id2 = s.node(1).replicate(
