@@ -471,7 +471,24 @@ impl Node {
     ) -> ReplicationId {
         let id = self.next_rep;
         self.next_rep += 1;
-        let machine = Replicator::new(config, self.rng.next_u64());
+        let mut machine = Replicator::new(config, self.rng.next_u64());
+        // A link that closed (or never was) will not come back: fail now rather than retrying.
+        for (endpoint, side) in [
+            (crate::replicate::Endpoint::Source, &source),
+            (crate::replicate::Endpoint::Target, &target),
+        ] {
+            if let DbRef::Remote(link) = side {
+                if self.links.get(link).is_none_or(|l| l.closed) {
+                    machine.endpoint_lost(
+                        endpoint,
+                        DbError::Unavailable(format!(
+                            "no link to share {} (peer {}): closed or never opened",
+                            link.0, link.1
+                        )),
+                    );
+                }
+            }
+        }
         self.reps.insert(
             id,
             Rep {
@@ -712,10 +729,39 @@ impl Node {
             None => {}
         }
         self.hub.close(now, &link.0, &link.1);
+        self.fail_replications_on(link, &reason);
         self.events.push_back(NodeEvent::LinkClosed {
             link: link.clone(),
             reason,
         });
+    }
+
+    /// Ends the replications that read or write through `link` at once: it closed for good (a
+    /// new link to the same share is a new endpoint). A live replication waiting on its local
+    /// side would otherwise not notice until its next write, and every replication would first
+    /// wait out its retry policy.
+    fn fail_replications_on(&mut self, link: &LinkId, why: &str) {
+        for rep in self.reps.values_mut() {
+            let Rep {
+                machine,
+                source,
+                target,
+            } = rep;
+            for (endpoint, side) in [
+                (crate::replicate::Endpoint::Source, &*source),
+                (crate::replicate::Endpoint::Target, &*target),
+            ] {
+                if matches!(side, DbRef::Remote(l) if l == link) {
+                    machine.endpoint_lost(
+                        endpoint,
+                        DbError::Unavailable(format!(
+                            "the link to share {} (peer {}) closed: {why}",
+                            link.0, link.1
+                        )),
+                    );
+                }
+            }
+        }
     }
 
     /// Moves everything that can move, until nothing does.

@@ -433,6 +433,17 @@ impl Replicator {
             .push_back(ReplicationEvent::Cancelled(self.progress.clone()));
     }
 
+    /// Ends the replication because `endpoint` is gone for good (the link to a peer closed: a
+    /// new link is a new endpoint): no more requests, and [`ReplicationEvent::Failed`] with
+    /// `error`, for operation `"link"`. Retrying against it would only wait out the retry policy.
+    /// Batches already checkpointed stay checkpointed, so a new run resumes from there.
+    pub fn endpoint_lost(&mut self, endpoint: Endpoint, error: DbError) {
+        if self.state == State::Finished {
+            return;
+        }
+        self.fail(endpoint, "link", error);
+    }
+
     /// Whether a `poll_request` or `poll_event` has something.
     pub(crate) fn has_output(&self) -> bool {
         !(self.out.is_empty() && self.events.is_empty())

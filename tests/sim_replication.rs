@@ -192,6 +192,87 @@ fn replicate_both_ways_under_30_percent_loss() {
     both_ways(3, net, 10_000, 20 << 20, Duration::from_secs(360_000));
 }
 
+#[test]
+fn a_closed_link_ends_its_replications_at_once() {
+    let (mut s, link) = linked(21, NetConfig::default());
+    s.write(0, "db", vec![json!({"_id": "a"})]);
+    let now = s.now;
+    let remote = || DbRef::Remote(link.clone());
+    let copy = || DbRef::Local("copy".into());
+    let live = |a: &str, b: &str| ReplicatorConfig::new(a, b).live(true);
+    let pull = s
+        .node(1)
+        .replicate(now, remote(), copy(), live("remote", "copy"));
+    let push = s
+        .node(1)
+        .replicate(now, copy(), remote(), live("copy", "remote"));
+    assert!(s.run_until(Duration::from_secs(60), |s| {
+        [pull, push].iter().all(|id| {
+            events_of(s, 1, *id)
+                .iter()
+                .any(|e| matches!(e, ReplicationEvent::CaughtUp(_)))
+        })
+    }));
+    // Both wait: the pull on the sharer's changes, the push on the joiner's own. An outage past
+    // the idle timeout closes the link; neither may wait for a write or a retry policy to learn.
+    let from = s.elapsed();
+    s.partition(0, 1, from, from + Duration::from_secs(30));
+    assert!(s.run_until(Duration::from_secs(30), |s| s.node_ready_links(1) == 0));
+    let closed_at = s.nodes[1]
+        .events
+        .iter()
+        .find_map(|(t, e)| matches!(e, NodeEvent::LinkClosed { .. }).then_some(*t))
+        .unwrap();
+    for (id, endpoint) in [(pull, Endpoint::Source), (push, Endpoint::Target)] {
+        let (t, failed) = s.nodes[1]
+            .events
+            .iter()
+            .find_map(|(t, e)| match e {
+                NodeEvent::Replication { id: r, event }
+                    if *r == id
+                        && !matches!(
+                            event,
+                            ReplicationEvent::Progressed(_)
+                                | ReplicationEvent::CaughtUp(_)
+                                | ReplicationEvent::Started { .. }
+                        ) =>
+                {
+                    Some((*t, event.clone()))
+                }
+                _ => None,
+            })
+            .expect("the replication ended");
+        assert_eq!(t, closed_at, "ended with the link, not later");
+        let ReplicationEvent::Failed {
+            error:
+                replicate::ReplicationError::Endpoint {
+                    endpoint: e,
+                    op,
+                    error,
+                },
+            ..
+        } = failed
+        else {
+            panic!("{failed:?}")
+        };
+        assert_eq!((e, op), (endpoint, "link"));
+        assert!(
+            matches!(error, DbError::Unavailable(ref m) if m.contains("IdleTimeout")),
+            "{error}"
+        );
+    }
+    // A replication through the closed link fails at once too.
+    let now = s.now;
+    let late = s
+        .node(1)
+        .replicate(now, remote(), copy(), live("remote", "copy"));
+    s.run_for(Duration::from_millis(1));
+    assert!(matches!(
+        s.replication_end(1, late),
+        Some(ReplicationEvent::Failed { .. })
+    ));
+}
+
 /// The seeds of a soak: `PEERPOUCH_SOAK_SEEDS` (default 20) from `PEERPOUCH_SOAK_FROM`
 /// (default 1000).
 fn soak_seeds() -> std::ops::Range<u64> {
@@ -323,20 +404,143 @@ fn soak_a_crashed_joiner_resumes() {
     );
 }
 
+/// Soak, not in the default suite (seeds as [`soak_random_networks_both_ways`]): live
+/// replication both ways between a sharer and a joiner while both write, over a seeded network
+/// with seeded outages. Writes create and edit documents of a small id space on either side, so
+/// concurrent edits make conflicts; an outage of 1–90 s cuts the two apart, and one longer than
+/// the idle timeout closes the link and ends both replications (`Failed`), after which the
+/// joiner opens the share again and restarts them under the same ids, as an app would. After
+/// the last round the two databases must become identical: same revision trees, winners and
+/// conflicts.
+#[test]
+#[ignore = "soak: PEERPOUCH_SOAK_SEEDS=N cargo test --release --test sim_replication soak -- --ignored"]
+fn soak_live_both_ways_through_outages() {
+    let seeds = soak_seeds();
+    let (mut outages, mut reopened) = (0, 0);
+    for seed in seeds.clone() {
+        let mut r = common::Rng::new(seed ^ 0x11fe);
+        let mut net = random_net(&mut r);
+        // Lossy links get a 60 s idle timeout (`linked`), clean ones the default 10 s.
+        net.loss = if r.chance(0.5) {
+            0.0
+        } else {
+            net.loss.min(0.05)
+        };
+        let rounds = 2 + r.below(6);
+        eprintln!("live soak seed {seed}: {rounds} rounds, {net:?}");
+        let (mut s, link) = linked(seed, net);
+        s.trace_calls = false;
+        let share = link.0.clone();
+        let start = |s: &mut NodeSim, link: &LinkId| {
+            let now = s.now;
+            let remote = || DbRef::Remote(link.clone());
+            let copy = || DbRef::Local("copy".into());
+            let pull = ReplicatorConfig::new(format!("share {share}"), "copy").live(true);
+            let push = ReplicatorConfig::new("copy", format!("share {share}")).live(true);
+            let a = s.node(1).replicate(now, remote(), copy(), pull);
+            let b = s.node(1).replicate(now, copy(), remote(), push);
+            [a, b]
+        };
+        let mut ids = start(&mut s, &link);
+        for round in 0..rounds {
+            // A few writes on each side: new documents, and edits of what that side has.
+            for (node, db) in [(0, "db"), (1, "copy")] {
+                for _ in 0..r.below(20) {
+                    let id = format!("d{}", r.below(40));
+                    let doc = match s.store(node, db).get(&id) {
+                        Ok(d) => json!({"_id": id, "_rev": d["_rev"], "by": node, "round": round}),
+                        Err(_) => json!({"_id": id, "by": node, "round": round}),
+                    };
+                    s.write(node, db, vec![doc]);
+                }
+            }
+            s.run_for(Duration::from_millis(100 + r.below(5000)));
+            if r.chance(0.5) {
+                let cut = Duration::from_secs(1 + r.below(90));
+                let from = s.elapsed();
+                s.partition(0, 1, from, from + cut);
+                s.run_for(cut + Duration::from_millis(10));
+                outages += 1;
+            }
+            if !check_link(&mut s, seed, &ids) {
+                let link = reopen(&mut s, 1, &share, Duration::from_secs(600));
+                ids = start(&mut s, &link);
+                reopened += 1;
+            }
+        }
+        let same = |s: &NodeSim| {
+            s.nodes[0].stores.get("db").map(MemoryStore::tree_shapes)
+                == s.nodes[1].stores.get("copy").map(MemoryStore::tree_shapes)
+        };
+        // The writes are over; the link may still close (an outage that ended just before the
+        // idle timeout fired), and then the app opens it again.
+        for _ in 0..10 {
+            let ended = |s: &NodeSim| ids.iter().any(|id| s.replication_end(1, *id).is_some());
+            assert!(s.run_until(Duration::from_secs(3600), |s| same(s) || ended(s)));
+            if same(&s) {
+                break;
+            }
+            assert!(!check_link(&mut s, seed, &ids));
+            let link = reopen(&mut s, 1, &share, Duration::from_secs(600));
+            ids = start(&mut s, &link);
+            reopened += 1;
+        }
+        assert!(
+            same(&s),
+            "seed {seed}: the databases did not converge\n{}",
+            s.trace()
+        );
+        let mut a = s.nodes[0].stores.remove("db").unwrap();
+        let mut b = s.nodes[1].stores.remove("copy").unwrap();
+        assert_converged(&mut a, &mut b);
+    }
+    eprintln!(
+        "live soak: seeds {seeds:?} converged through {outages} outages, {reopened} reopened links"
+    );
+    assert!(
+        outages > 0 || seeds.end - seeds.start < 10,
+        "no outage was drawn"
+    );
+}
+
+/// Whether the joiner's link is up, checking that its replications `ids` ended exactly when it
+/// closed: a closed link ends the replications through it at once, an open one leaves them
+/// running.
+fn check_link(s: &mut NodeSim, seed: u64, ids: &[ReplicationId]) -> bool {
+    let link_up = s.node_ready_links(1) > 0;
+    for id in ids {
+        assert_eq!(
+            s.replication_end(1, *id).is_none(),
+            link_up,
+            "seed {seed}: replication {id} against link up {link_up}\n{}",
+            s.trace()
+        );
+    }
+    link_up
+}
+
 /// Restarts the crashed joiner (node 1) on its databases and opens `share` again: the new link.
 fn restart_and_reopen(s: &mut NodeSim, share: &str, within: Duration) -> LinkId {
     s.restart(1);
     s.run_for(Duration::from_millis(1));
+    reopen(s, 1, share, within)
+}
+
+/// Node `i` opens `share` again; the new link once it is ready.
+fn reopen(s: &mut NodeSim, i: usize, share: &str, within: Duration) -> LinkId {
+    let before = s.ready_link(i);
     let now = s.now;
-    s.node(1)
+    s.node(i)
         .open(now, share, json!({"name": "joiner again"}), None)
         .unwrap();
     assert!(
-        s.run_until(within, |s| s.node_ready_links(1) > 0),
-        "no link after the restart\n{}",
+        s.run_until(within, |s| s
+            .ready_link(i)
+            .is_some_and(|l| Some(&l) != before.as_ref())),
+        "no new link\n{}",
         s.trace()
     );
-    s.ready_link(1).unwrap()
+    s.ready_link(i).unwrap()
 }
 
 fn events_of(s: &NodeSim, node: usize, id: ReplicationId) -> Vec<ReplicationEvent> {

@@ -137,6 +137,13 @@ impl NodeSim {
     }
 
     /// Writes to a local database as the app would, and tells the node.
+    /// Cuts nodes `a` and `b` apart from `from` until `until` (offsets from the start).
+    pub fn partition(&mut self, a: usize, b: usize, from: Duration, until: Duration) {
+        let (x, y) = (self.nodes[a].addr, self.nodes[b].addr);
+        self.net
+            .partition(x, y, self.start + from, self.start + until);
+    }
+
     pub fn write(&mut self, i: usize, db: &str, docs: Vec<serde_json::Value>) {
         for r in self.store(i, db).bulk_docs(docs, true).unwrap() {
             r.result.unwrap();
