@@ -408,15 +408,17 @@ fn soak_a_crashed_joiner_resumes() {
 /// replication both ways between a sharer and a joiner while both write, over a seeded network
 /// with seeded outages. Writes create and edit documents of a small id space on either side, so
 /// concurrent edits make conflicts; an outage of 1–90 s cuts the two apart, and one longer than
-/// the idle timeout closes the link and ends both replications (`Failed`), after which the
-/// joiner opens the share again and restarts them under the same ids, as an app would. After
+/// the idle timeout closes the link and ends both replications (`Failed`); or the sharer's
+/// process crashes and restarts, sharing the database again under a new id. Either way the
+/// joiner then opens the share again and restarts the replications under the same ids, as an
+/// app would. After
 /// the last round the two databases must become identical: same revision trees, winners and
 /// conflicts.
 #[test]
 #[ignore = "soak: PEERPOUCH_SOAK_SEEDS=N cargo test --release --test sim_replication soak -- --ignored"]
 fn soak_live_both_ways_through_outages() {
     let seeds = soak_seeds();
-    let (mut outages, mut reopened) = (0, 0);
+    let (mut outages, mut reopened, mut sharer_crashes) = (0, 0, 0);
     for seed in seeds.clone() {
         let mut r = common::Rng::new(seed ^ 0x11fe);
         let mut net = random_net(&mut r);
@@ -430,13 +432,15 @@ fn soak_live_both_ways_through_outages() {
         eprintln!("live soak seed {seed}: {rounds} rounds, {net:?}");
         let (mut s, link) = linked(seed, net);
         s.trace_calls = false;
-        let share = link.0.clone();
+        let mut share = link.0.clone();
+        // Named after the database, not the share: a restarted sharer shares it under a new id,
+        // and the replications resume from their checkpoints.
         let start = |s: &mut NodeSim, link: &LinkId| {
             let now = s.now;
             let remote = || DbRef::Remote(link.clone());
             let copy = || DbRef::Local("copy".into());
-            let pull = ReplicatorConfig::new(format!("share {share}"), "copy").live(true);
-            let push = ReplicatorConfig::new("copy", format!("share {share}")).live(true);
+            let pull = ReplicatorConfig::new("sharer db", "copy").live(true);
+            let push = ReplicatorConfig::new("copy", "sharer db").live(true);
             let a = s.node(1).replicate(now, remote(), copy(), pull);
             let b = s.node(1).replicate(now, copy(), remote(), push);
             [a, b]
@@ -455,12 +459,36 @@ fn soak_live_both_ways_through_outages() {
                 }
             }
             s.run_for(Duration::from_millis(100 + r.below(5000)));
-            if r.chance(0.5) {
-                let cut = Duration::from_secs(1 + r.below(90));
-                let from = s.elapsed();
-                s.partition(0, 1, from, from + cut);
-                s.run_for(cut + Duration::from_millis(10));
-                outages += 1;
+            match r.below(10) {
+                0..5 => {
+                    let cut = Duration::from_secs(1 + r.below(90));
+                    let from = s.elapsed();
+                    s.partition(0, 1, from, from + cut);
+                    s.run_for(cut + Duration::from_millis(10));
+                    outages += 1;
+                }
+                5..7 => {
+                    // The sharer's process dies and comes back on its databases: it shares
+                    // again (a new share id); the joiner's link goes silent and closes.
+                    s.crash(0);
+                    s.run_for(Duration::from_millis(r.below(5000)));
+                    s.restart(0);
+                    s.run_for(Duration::from_millis(1));
+                    let now = s.now;
+                    share = s.node(0).share(
+                        now,
+                        "db".into(),
+                        ShareOptions::default(),
+                        ShareAccess::default(),
+                    );
+                    assert!(
+                        s.run_until(Duration::from_secs(120), |s| s.node_ready_links(1) == 0),
+                        "seed {seed}: the joiner kept a link to a crashed sharer\n{}",
+                        s.trace()
+                    );
+                    sharer_crashes += 1;
+                }
+                _ => {}
             }
             if !check_link(&mut s, seed, &ids) {
                 let link = reopen(&mut s, 1, &share, Duration::from_secs(600));
@@ -495,7 +523,7 @@ fn soak_live_both_ways_through_outages() {
         assert_converged(&mut a, &mut b);
     }
     eprintln!(
-        "live soak: seeds {seeds:?} converged through {outages} outages, {reopened} reopened links"
+        "live soak: seeds {seeds:?} converged through {outages} outages, {sharer_crashes} sharer crashes, {reopened} reopened links"
     );
     assert!(
         outages > 0 || seeds.end - seeds.start < 10,
