@@ -481,10 +481,10 @@ impl Node {
                 if self.links.get(link).is_none_or(|l| l.closed) {
                     machine.endpoint_lost(
                         endpoint,
-                        DbError::Unavailable(format!(
+                        format!(
                             "no link to share {} (peer {}): closed or never opened",
                             link.0, link.1
-                        )),
+                        ),
                     );
                 }
             }
@@ -754,10 +754,10 @@ impl Node {
                 if matches!(side, DbRef::Remote(l) if l == link) {
                     machine.endpoint_lost(
                         endpoint,
-                        DbError::Unavailable(format!(
+                        format!(
                             "the link to share {} (peer {}) closed: {why}",
                             link.0, link.1
-                        )),
+                        ),
                     );
                 }
             }

@@ -222,6 +222,16 @@ pub enum ReplicationError {
         /// The error.
         error: DbError,
     },
+    /// An endpoint is gone for good: the link to the peer serving it closed. Open the share again
+    /// and start the replication again with the same config: it resumes from its last
+    /// checkpoint.
+    #[error("{endpoint:?} is gone: {reason}; open it again to resume")]
+    EndpointLost {
+        /// Which side.
+        endpoint: Endpoint,
+        /// Why (the link's close reason).
+        reason: String,
+    },
     /// A response came back for an id this machine never issued; it was ignored.
     #[error("no request {0:?} was issued")]
     UnknownRequest(RequestId),
@@ -435,13 +445,18 @@ impl Replicator {
 
     /// Ends the replication because `endpoint` is gone for good (the link to a peer closed: a
     /// new link is a new endpoint): no more requests, and [`ReplicationEvent::Failed`] with
-    /// `error`, for operation `"link"`. Retrying against it would only wait out the retry policy.
-    /// Batches already checkpointed stay checkpointed, so a new run resumes from there.
-    pub fn endpoint_lost(&mut self, endpoint: Endpoint, error: DbError) {
+    /// [`ReplicationError::EndpointLost`]. Retrying against it would only wait out the retry
+    /// policy. Batches already checkpointed stay checkpointed, so a new run resumes from there.
+    pub fn endpoint_lost(&mut self, endpoint: Endpoint, reason: String) {
         if self.state == State::Finished {
             return;
         }
-        self.fail(endpoint, "link", error);
+        tracing::warn!(?endpoint, %reason, "replication endpoint lost");
+        self.finish();
+        self.events.push_back(ReplicationEvent::Failed {
+            error: ReplicationError::EndpointLost { endpoint, reason },
+            progress: self.progress.clone(),
+        });
     }
 
     /// Whether a `poll_request` or `poll_event` has something.

@@ -3,12 +3,12 @@
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
 use futures_lite::future;
 use peerpouch::hub::ShareInfo;
-use peerpouch::replicate::{Progress, ReplicationEvent};
+use peerpouch::replicate::{Progress, ReplicationError, ReplicationEvent};
 use peerpouch::{AllDocsRequest, Database, DbError, GetRequest, Rev};
 use peerpouch_cli::endpoint::{Endpoint, EndpointError};
 use peerpouch_smol::{
@@ -306,7 +306,9 @@ pub struct ReplicateArgs {
     pub source: String,
     /// Where they go.
     pub target: String,
-    /// Keep going: follow new changes until interrupted.
+    /// Keep going: follow new changes until interrupted. When a peer's link closes, open the
+    /// share again (by its name or id, so a sharer that restarts is found again), with backoff
+    /// from 1 s to 32 s, and resume from the last checkpoint.
     #[arg(long)]
     pub live: bool,
     /// Print progress and the summary as JSON lines.
@@ -351,6 +353,19 @@ fn progress_json(event: &str, p: &Progress) -> Value {
     })
 }
 
+/// The figures of earlier runs plus those of the current one (`last_seq` is the current one's).
+fn add_progress(before: &Progress, now: &Progress) -> Progress {
+    let mut p = now.clone();
+    p.changes_read += before.changes_read;
+    p.revs_missing += before.revs_missing;
+    p.docs_read += before.docs_read;
+    p.doc_read_failures += before.doc_read_failures;
+    p.docs_written += before.docs_written;
+    p.doc_write_failures += before.doc_write_failures;
+    p.checkpoints += before.checkpoints;
+    p
+}
+
 pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
     let source = Endpoint::parse(&args.source)?;
     let target = Endpoint::parse(&args.target)?;
@@ -382,58 +397,132 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
         let node = PeerNode::start(hub)?;
         let result = async {
             let key = args.key.as_deref();
-            let src = open_endpoint(&node, &source, false, &info, key).await?;
-            let tgt = open_endpoint(&node, &target, true, &info, key).await?;
+            let mut src = open_endpoint(&node, &source, false, &info, key).await?;
+            let mut tgt = open_endpoint(&node, &target, true, &info, key).await?;
             let options = ReplicateOptions {
                 live: args.live,
                 ..Default::default()
             };
             let started = Instant::now();
-            let mut rep = node.replicate(&src, &tgt, options).await?;
+            // What earlier runs did: a live replication whose peer's link closes reconnects and
+            // runs again (resuming from its checkpoint), and its figures add up.
+            let mut before = Progress::default();
             let mut cancelled = false;
-            let end = loop {
-                let next = future::or(async { Some(rep.next_event().await) }, async {
-                    let _ = interrupted.recv().await;
-                    None
-                })
-                .await;
-                let event = match next {
-                    Some(Some(e)) => e,
-                    Some(None) => break Err(CliError::Peer(PeerError::Stopped)),
-                    None if !cancelled => {
-                        cancelled = true;
-                        rep.cancel().await;
-                        continue;
+            enum RunEnd {
+                Done(Progress),
+                Lost(String),
+            }
+            let end = 'runs: loop {
+                let mut rep = node.replicate(&src, &tgt, options.clone()).await?;
+                let run = loop {
+                    let next = future::or(async { Some(rep.next_event().await) }, async {
+                        let _ = interrupted.recv().await;
+                        None
+                    })
+                    .await;
+                    let event = match next {
+                        Some(Some(e)) => e,
+                        Some(None) => break Err(CliError::Peer(PeerError::Stopped)),
+                        None if !cancelled => {
+                            cancelled = true;
+                            rep.cancel().await;
+                            continue;
+                        }
+                        None => continue,
+                    };
+                    match event {
+                        ReplicationEvent::Started { since, .. } if args.json => {
+                            print_json(&json!({"event": "started", "since": since}));
+                        }
+                        ReplicationEvent::Progressed(p) | ReplicationEvent::CaughtUp(p) => {
+                            let p = add_progress(&before, &p);
+                            if args.json {
+                                print_json(&progress_json("progress", &p));
+                            } else if bar {
+                                eprint!(
+                                    "\r\x1b[2K{} docs written, {} changes read{}",
+                                    p.docs_written,
+                                    p.changes_read,
+                                    if args.live { " (live)" } else { "" }
+                                );
+                            }
+                        }
+                        ReplicationEvent::Completed(p) | ReplicationEvent::Cancelled(p) => {
+                            break Ok(RunEnd::Done(p));
+                        }
+                        ReplicationEvent::Failed {
+                            error: ReplicationError::EndpointLost { reason, .. },
+                            progress,
+                        } if args.live && !cancelled => {
+                            before = add_progress(&before, &progress);
+                            if bar {
+                                eprintln!();
+                            }
+                            break Ok(RunEnd::Lost(reason));
+                        }
+                        ReplicationEvent::Failed { error, progress } => {
+                            if bar {
+                                eprintln!();
+                            }
+                            break Err(CliError::Replication(format!(
+                                "replication failed after {} docs: {error}",
+                                before.docs_written + progress.docs_written
+                            )));
+                        }
+                        _ => {}
                     }
-                    None => continue,
                 };
-                match event {
-                    ReplicationEvent::Started { since, .. } if args.json => {
-                        print_json(&json!({"event": "started", "since": since}));
-                    }
-                    ReplicationEvent::Progressed(p) | ReplicationEvent::CaughtUp(p) => {
+                match run {
+                    Ok(RunEnd::Done(p)) => break Ok(add_progress(&before, &p)),
+                    Err(e) => break Err(e),
+                    // The peer's link closed: open it again, with backoff, until it answers or
+                    // the user interrupts (the sharer may be restarting).
+                    Ok(RunEnd::Lost(reason)) => {
                         if args.json {
-                            print_json(&progress_json("progress", &p));
-                        } else if bar {
-                            eprint!(
-                                "\r\x1b[2K{} docs written, {} changes read{}",
-                                p.docs_written,
-                                p.changes_read,
-                                if args.live { " (live)" } else { "" }
-                            );
+                            print_json(&json!({"event": "link_lost", "reason": reason}));
+                        } else {
+                            eprintln!("{reason}");
                         }
-                    }
-                    ReplicationEvent::Completed(p) | ReplicationEvent::Cancelled(p) => break Ok(p),
-                    ReplicationEvent::Failed { error, progress } => {
-                        if bar {
-                            eprintln!();
+                        for attempt in 1u32.. {
+                            let wait = Duration::from_secs(1 << (attempt - 1).min(5));
+                            if args.json {
+                                print_json(&json!({"event": "reconnecting", "attempt": attempt, "in_seconds": wait.as_secs()}));
+                            } else {
+                                eprintln!("reconnecting in {} s (attempt {attempt})", wait.as_secs());
+                            }
+                            let waited = future::or(
+                                async {
+                                    smol::Timer::after(wait).await;
+                                    true
+                                },
+                                async {
+                                    let _ = interrupted.recv().await;
+                                    false
+                                },
+                            )
+                            .await;
+                            if !waited {
+                                cancelled = true;
+                                break 'runs Ok(before.clone());
+                            }
+                            let reopened = async {
+                                if matches!(source, Endpoint::Peer { .. }) {
+                                    src = open_endpoint(&node, &source, false, &info, key).await?;
+                                }
+                                if matches!(target, Endpoint::Peer { .. }) {
+                                    tgt = open_endpoint(&node, &target, true, &info, key).await?;
+                                }
+                                Ok::<(), CliError>(())
+                            }
+                            .await;
+                            match reopened {
+                                Ok(()) => continue 'runs,
+                                Err(e) if args.json => print_json(&json!({"event": "reconnect_failed", "error": e.to_string()})),
+                                Err(e) => eprintln!("reconnecting failed: {e}"),
+                            }
                         }
-                        break Err(CliError::Replication(format!(
-                            "replication failed after {} docs: {error}",
-                            progress.docs_written
-                        )));
+                        unreachable!("the reconnect loop only ends by continuing or breaking")
                     }
-                    _ => {}
                 }
             };
             let p = end?;

@@ -261,6 +261,39 @@ fn live_replication_picks_up_a_new_doc_and_stops_on_ctrl_c() {
 }
 
 #[test]
+fn live_replication_reconnects_when_the_sharer_comes_back() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, c) = (dir.db("a.db"), dir.db("c.db"));
+    seed(&a, 10);
+    let name = unique("comeback");
+    let sharer = share(&hub, &a, &name, &[], None);
+    let peer = format!("peer+{hub}#{name}");
+    let live = Running::start(&["replicate", &peer, &c, "--live", "--json"], None);
+    live.expect("10 docs written", |v| v["docs_written"] == 10);
+
+    // The sharer stops: the live pull loses its link and keeps trying to open the share again.
+    let (ok, _) = sharer.interrupt();
+    assert!(ok);
+    let lost = live.expect("the link lost", |v| v["event"] == "link_lost");
+    assert!(lost["reason"].as_str().unwrap().contains("closed"), "{lost}");
+    live.expect("a reconnect attempt", |v| v["event"] == "reconnecting");
+    // Meanwhile the database changes, and the sharer comes back under the same name (a new
+    // share id): the pull finds it, resumes from its checkpoint and picks up the change.
+    ok_json(&["docs", &a, "put", r#"{"_id": "late", "v": 8}"#], None);
+    let _sharer = share(&hub, &a, &name, &[], None);
+    live.expect("the late doc", |v| v["docs_written"] == 11);
+
+    let (ok, rest) = live.interrupt();
+    assert!(ok, "a live replication ends cleanly on Ctrl-C");
+    let summary = rest.last().unwrap();
+    assert_eq!(summary["event"], "completed");
+    assert_eq!(summary["docs_written"], 11, "resumed, not started over");
+    assert_eq!(ok_json(&["docs", &c, "get", "late"], None)[0]["v"], 8);
+    assert_eq!(doc_count(&c), 11);
+}
+
+#[test]
 fn a_refused_peer_gets_nothing() {
     let dir = Dir::new();
     let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
