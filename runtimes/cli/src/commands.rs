@@ -483,7 +483,9 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                         } else {
                             eprintln!("{reason}");
                         }
-                        for attempt in 1u32.. {
+                        let mut attempt = 0u32;
+                        loop {
+                            attempt = attempt.saturating_add(1);
                             let wait = Duration::from_secs(1 << (attempt - 1).min(5));
                             if args.json {
                                 print_json(&json!({"event": "reconnecting", "attempt": attempt, "in_seconds": wait.as_secs()}));
@@ -521,7 +523,6 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                                 Err(e) => eprintln!("reconnecting failed: {e}"),
                             }
                         }
-                        unreachable!("the reconnect loop only ends by continuing or breaking")
                     }
                 }
             };

@@ -276,7 +276,10 @@ fn live_replication_reconnects_when_the_sharer_comes_back() {
     let (ok, _) = sharer.interrupt();
     assert!(ok);
     let lost = live.expect("the link lost", |v| v["event"] == "link_lost");
-    assert!(lost["reason"].as_str().unwrap().contains("closed"), "{lost}");
+    assert!(
+        lost["reason"].as_str().unwrap().contains("closed"),
+        "{lost}"
+    );
     live.expect("a reconnect attempt", |v| v["event"] == "reconnecting");
     // Meanwhile the database changes, and the sharer comes back under the same name (a new
     // share id): the pull finds it, resumes from its checkpoint and picks up the change.
