@@ -873,7 +873,9 @@ impl MemoryStore {
                 v
             }
             None => {
-                let range = self.by_seq.range(since + 1..);
+                let range = self
+                    .by_seq
+                    .range((Bound::Excluded(since), Bound::Unbounded));
                 let it: Box<dyn Iterator<Item = (&u64, &String)>> = if req.descending {
                     Box::new(range.rev())
                 } else {

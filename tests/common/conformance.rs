@@ -536,6 +536,17 @@ pub fn changes_feed_semantics(db: &mut dyn Database) {
         })
         .unwrap();
     assert!(now.results.is_empty());
+    // A `since` past the end, up to the largest sequence, has nothing after it (a peer may send
+    // any number; `u64::MAX + 1` wrapped to 0 and answered everything, found by fuzzing).
+    for since in [u64::MAX, u64::MAX - 1, 1 << 40] {
+        let past = db
+            .changes(ChangesRequest {
+                since: Seq(json!(since)),
+                ..ChangesRequest::default()
+            })
+            .unwrap();
+        assert!(past.results.is_empty(), "since {since}");
+    }
     let desc = db
         .changes(ChangesRequest {
             descending: true,
