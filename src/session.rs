@@ -97,6 +97,40 @@ pub struct SessionConfig {
     pub deterministic_dtls: bool,
 }
 
+impl SessionConfig {
+    /// The crypto provider a session with this config uses: str0m's, with DTLS retrying each
+    /// handshake flight long enough to cover [`SessionConfig::connect_timeout`] (and seeded when
+    /// [`SessionConfig::deterministic_dtls`]). For an app that builds its own str0m `Rtc` beside
+    /// ours and wants the same handshake budget.
+    ///
+    /// ```
+    /// use peerpouch::session::SessionConfig;
+    ///
+    /// let provider = SessionConfig::default().crypto_provider();
+    /// assert!(provider.dtls_provider.generate_certificate().is_some());
+    /// ```
+    pub fn crypto_provider(&self) -> str0m::crypto::CryptoProvider {
+        crate::dtls::provider(self.deterministic_dtls, self.connect_timeout)
+    }
+
+    /// How many times DTLS sends each handshake flight again before giving up: 4 (about 31 s,
+    /// str0m's default) for connect timeouts up to 31 s, up to 6 (about 127 s) for 64 s and
+    /// more. The wait starts at 1 s and doubles.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use peerpouch::session::SessionConfig;
+    ///
+    /// let mut c = SessionConfig::default();
+    /// assert_eq!(c.dtls_flight_retries(), 4);
+    /// c.connect_timeout = Duration::from_secs(300);
+    /// assert_eq!(c.dtls_flight_retries(), 6);
+    /// ```
+    pub fn dtls_flight_retries(&self) -> usize {
+        crate::dtls::flight_retries(self.connect_timeout)
+    }
+}
+
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
@@ -264,7 +298,7 @@ impl Session {
             ufrag: format!("{:08x}", rng.next_u64() as u32),
             pass: rng.hex_id(),
         };
-        let provider = crate::dtls::provider(config.deterministic_dtls, config.connect_timeout);
+        let provider = config.crypto_provider();
         let mut rc = RtcConfig::new()
             .set_crypto_provider(Arc::new(provider))
             .set_local_ice_credentials(creds.clone())
