@@ -74,6 +74,7 @@ pub mod hub;
 pub mod node;
 mod ops;
 pub mod rand;
+pub mod reach;
 pub mod replicate;
 mod retry;
 mod rev;

@@ -1,0 +1,13 @@
+//! Reachability: ICE servers (STUN and TURN) and the candidates they give a node.
+//!
+//! - [`config`]: `RTCIceServer`-shaped configuration and URL parsing.
+//!
+//! Everything here is sans-IO like the rest of the core: host names are resolved, sockets and
+//! TCP connections opened by the runtime; the machines take bytes and time in and hand bytes out.
+
+pub mod config;
+
+pub use config::{
+    IceServer, IceServerError, IceServerUrl, IceTransportPolicy, ResolvedIceServer, ServerKind,
+    Transport, DEFAULT_PORT,
+};
