@@ -145,8 +145,9 @@ fn run() -> Result<usize, Box<dyn std::error::Error>> {
         let busy = alice.turn(&mut hub) | bob.turn(&mut hub);
         for e in bob.events.drain(..) {
             match e {
-                NodeEvent::LinkReady(l) => {
-                    println!("bob: link to {} ready; pulling", l.0);
+                NodeEvent::LinkReady { link: l, path } => {
+                    let path = path.map(|p| p.to_string()).unwrap_or_default();
+                    println!("bob: link to {} ready, {path}; pulling", l.0);
                     let config = ReplicatorConfig::new("peer:notes", "local:copy");
                     bob.node.replicate(
                         Instant::now(),

@@ -34,11 +34,14 @@ use crate::error::DbError;
 use crate::hub::{Hub, HubAction, HubConfig, HubError, HubEvent, ShareOptions, SignalData};
 use crate::ops::*;
 use crate::rand::SeededRng;
+use crate::reach::{IceTransportPolicy, ResolvedIceServer};
 use crate::replicate::{Endpoint, ReplicationEvent, Replicator, ReplicatorConfig, RequestId};
 use crate::rpc::{
     CallId, ClientConfig, ClientEvent, RpcClient, RpcError, RpcServer, ServerConfig, ServerEvent,
 };
-use crate::session::{CloseReason, Session, SessionConfig, SessionEvent, SessionRole, Transmit};
+use crate::session::{
+    CloseReason, LinkPath, Session, SessionConfig, SessionEvent, SessionRole, Transmit,
+};
 
 /// Names a local database the app owns (in memory, on disk, over HTTP).
 pub type DbId = String;
@@ -94,6 +97,12 @@ pub struct NodeConfig {
     /// [`ClientConfig::compress`]). Turn it off only to measure or debug: it costs little CPU
     /// and saves the data channel most of its work for batches of documents.
     pub rpc_compress: bool,
+    /// STUN and TURN servers (resolved by the runtime): server-reflexive and relayed
+    /// candidates for every link, as a browser's `iceServers`.
+    pub ice_servers: Vec<ResolvedIceServer>,
+    /// [`IceTransportPolicy::Relay`] offers peers relayed candidates only, as a browser's
+    /// `iceTransportPolicy: "relay"`.
+    pub ice_transport_policy: IceTransportPolicy,
 }
 
 impl Default for NodeConfig {
@@ -104,6 +113,8 @@ impl Default for NodeConfig {
             rpc_hello_timeout: Duration::from_secs(30),
             rpc_request_timeout: Duration::from_secs(60),
             rpc_compress: true,
+            ice_servers: Vec::new(),
+            ice_transport_policy: IceTransportPolicy::All,
         }
     }
 }
@@ -123,7 +134,13 @@ pub enum NodeEvent {
         info: Value,
     },
     /// A link's channel opened and the RPC hellos checked out: calls work now.
-    LinkReady(LinkId),
+    LinkReady {
+        /// The link.
+        link: LinkId,
+        /// The path ICE selected (direct or relayed, and the candidate types); always known
+        /// once a channel is open.
+        path: Option<LinkPath>,
+    },
     /// A link closed.
     LinkClosed {
         /// Which.
@@ -696,8 +713,12 @@ impl Node {
     ) {
         let seed = self.rng.next_u64();
         let mut session = Session::new(role, self.config.session.clone(), seed, now);
-        for a in &self.addrs {
-            let _ = session.add_local_candidate(now, *a);
+        if self.config.ice_transport_policy == IceTransportPolicy::All {
+            for a in &self.addrs {
+                if let Err(e) = session.add_local_candidate(now, *a) {
+                    tracing::debug!(addr = %a, error = %e, "host candidate refused");
+                }
+            }
         }
         self.links_created += 1;
         self.links.insert(
@@ -984,7 +1005,11 @@ impl Node {
             }
         }
         if became_ready {
-            self.events.push_back(NodeEvent::LinkReady(k.clone()));
+            let path = self.links.get(k).and_then(|l| l.session.path());
+            self.events.push_back(NodeEvent::LinkReady {
+                link: k.clone(),
+                path,
+            });
         }
         if !store_reqs.is_empty() {
             moved = true;
@@ -1027,10 +1052,15 @@ impl Node {
     fn on_client_event(&mut self, _now: Instant, k: &LinkId, e: ClientEvent) {
         match e {
             ClientEvent::Ready { .. } => {
+                let mut path = None;
                 if let Some(l) = self.links.get_mut(k) {
                     l.ready = true;
+                    path = l.session.path();
                 }
-                self.events.push_back(NodeEvent::LinkReady(k.clone()));
+                self.events.push_back(NodeEvent::LinkReady {
+                    link: k.clone(),
+                    path,
+                });
             }
             ClientEvent::Response { call, result } => {
                 let rep = self

@@ -43,6 +43,7 @@ use str0m::{Candidate, Event, IceCreds, Input, Output, Rtc, RtcConfig};
 
 use crate::hub::{IceCandidate, SignalData};
 use crate::rand::SeededRng;
+use crate::reach::Transport;
 
 /// Label of the application data channel.
 pub const DATA_LABEL: &str = "peerpouch";
@@ -164,12 +165,108 @@ impl std::fmt::Debug for SessionConfig {
 /// A datagram to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
-    /// Send from this local address.
+    /// Send from this local address (for [`Transport::Tcp`]: the socket the stream belongs to
+    /// does not matter; write to the stream to `destination`).
     pub source: SocketAddr,
     /// To this address.
     pub destination: SocketAddr,
+    /// UDP (a datagram from the socket bound at `source`), or TCP (bytes, already framed, for
+    /// the runtime's stream to `destination`, a TURN server reached over TCP). Sessions only
+    /// ever send UDP; a node relaying through TURN over TCP sends TCP.
+    pub transport: Transport,
     /// The bytes.
     pub contents: Vec<u8>,
+}
+
+/// The kind of an ICE candidate (RFC 8445 §5.1.1), as `RTCIceCandidate.type` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CandidateType {
+    /// An address of one of the machine's interfaces.
+    Host,
+    /// The address a NAT gave us, learned from a STUN (or TURN) server.
+    Srflx,
+    /// An address learned from the peer's connectivity checks.
+    Prflx,
+    /// An address on a TURN server that relays for us (or for the peer).
+    Relay,
+}
+
+impl CandidateType {
+    /// The name browsers and SDP use: `host`, `srflx`, `prflx`, `relay`.
+    ///
+    /// ```
+    /// assert_eq!(peerpouch::session::CandidateType::Srflx.as_str(), "srflx");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CandidateType::Host => "host",
+            CandidateType::Srflx => "srflx",
+            CandidateType::Prflx => "prflx",
+            CandidateType::Relay => "relay",
+        }
+    }
+
+    fn of(kind: str0m::CandidateKind) -> CandidateType {
+        match kind {
+            str0m::CandidateKind::Host => CandidateType::Host,
+            str0m::CandidateKind::ServerReflexive => CandidateType::Srflx,
+            str0m::CandidateKind::PeerReflexive => CandidateType::Prflx,
+            str0m::CandidateKind::Relayed => CandidateType::Relay,
+        }
+    }
+}
+
+impl std::fmt::Display for CandidateType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The path a link took: the candidate pair ICE selected, as `RTCIceCandidatePairStats` shows
+/// it.
+///
+/// ```
+/// use peerpouch::reach::Transport;
+/// use peerpouch::session::{CandidateType, LinkPath};
+///
+/// let direct = LinkPath { local: CandidateType::Srflx, remote: CandidateType::Srflx, relay: None,
+///     local_addr: "192.0.2.1:1".parse().unwrap(), remote_addr: "192.0.2.2:2".parse().unwrap() };
+/// assert_eq!(direct.to_string(), "direct (srflx <-> srflx)");
+/// let relayed = LinkPath { local: CandidateType::Relay, relay: Some(Transport::Tcp), ..direct };
+/// assert_eq!(relayed.to_string(), "via relay (TURN over TCP)");
+/// assert!(relayed.is_relayed());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkPath {
+    /// Our side of the pair.
+    pub local: CandidateType,
+    /// The peer's side.
+    pub remote: CandidateType,
+    /// When our side is a relay: how we reach the TURN server.
+    pub relay: Option<Transport>,
+    /// Our address on the pair (the relayed address when relayed).
+    pub local_addr: SocketAddr,
+    /// The peer's address on the pair.
+    pub remote_addr: SocketAddr,
+}
+
+impl LinkPath {
+    /// Whether a TURN server carries the traffic (ours or the peer's).
+    pub fn is_relayed(&self) -> bool {
+        self.local == CandidateType::Relay || self.remote == CandidateType::Relay
+    }
+}
+
+impl std::fmt::Display for LinkPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.local, self.relay) {
+            (CandidateType::Relay, Some(t)) => write!(f, "via relay (TURN over {t})"),
+            _ if self.remote == CandidateType::Relay => {
+                write!(f, "via relay (the peer's TURN server)")
+            }
+            _ => write!(f, "direct ({} <-> {})", self.local, self.remote),
+        }
+    }
 }
 
 /// Why a session closed.
@@ -261,6 +358,15 @@ pub struct Session {
     /// Addresses of the peer's candidates: datagrams from them belong to this session even
     /// before ICE has a working pair (str0m's own `accepts` only knows nominated or viable pairs).
     remote_addrs: Vec<SocketAddr>,
+    /// Our candidates by address (relays with how the TURN server is reached), and the bases
+    /// that have a server-reflexive mapping: what [`Session::path`] reports.
+    local_kinds: Vec<(SocketAddr, CandidateType, Option<Transport>)>,
+    srflx_bases: Vec<SocketAddr>,
+    /// The peer's candidates by address (at most 64, like `remote_addrs`).
+    remote_kinds: Vec<(SocketAddr, CandidateType)>,
+    /// The (source, destination) of the last datagram str0m sent: once the channel is open,
+    /// the pair ICE nominated.
+    last_pair: Option<(SocketAddr, SocketAddr)>,
     data: Option<ChannelId>,
     ctl: Option<ChannelId>,
     remote_max_message: usize,
@@ -318,6 +424,10 @@ impl Session {
             remote_description: false,
             held_candidates: Vec::new(),
             remote_addrs: Vec::new(),
+            local_kinds: Vec::new(),
+            srflx_bases: Vec::new(),
+            remote_kinds: Vec::new(),
+            last_pair: None,
             data: None,
             ctl: None,
             remote_max_message: DEFAULT_REMOTE_MAX_MESSAGE,
@@ -408,7 +518,67 @@ impl Session {
     ) -> Result<(), SessionError> {
         let c =
             Candidate::host(addr, "udp").map_err(|e| SessionError::BadCandidate(e.to_string()))?;
-        self.add_candidate(now, c)
+        self.add_candidate(now, c)?;
+        self.local_kinds.push((addr, CandidateType::Host, None));
+        Ok(())
+    }
+
+    /// Adds a relayed candidate: `relay` is the address a TURN server allocated for us, reached
+    /// from our socket `base` over `transport`. str0m sends from `relay`: the runtime (or
+    /// [`crate::node::Node`]) wraps such datagrams for the TURN server, and feeds what the
+    /// server relays back with `relay` as their destination.
+    ///
+    /// # Errors
+    /// [`SessionError::BadCandidate`] when str0m refuses the addresses.
+    pub fn add_relay_candidate(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        base: SocketAddr,
+        transport: Transport,
+    ) -> Result<(), SessionError> {
+        let c = Candidate::relayed(relay, base, "udp")
+            .map_err(|e| SessionError::BadCandidate(e.to_string()))?;
+        self.add_candidate(now, c)?;
+        self.local_kinds
+            .push((relay, CandidateType::Relay, Some(transport)));
+        Ok(())
+    }
+
+    /// The path the link took, once ICE has selected a pair (the channel is open).
+    ///
+    /// Our side is `relay` when str0m sends from a relayed address, `srflx` when the socket
+    /// has a server-reflexive mapping and the peer's address is not private (a peer reached
+    /// across the internet sees our NAT's address), else `host`. The peer's side is the type
+    /// of its candidate at that address, or `prflx` when it never signalled that address.
+    pub fn path(&self) -> Option<LinkPath> {
+        if self.state != State::Open {
+            return None;
+        }
+        let (source, destination) = self.last_pair?;
+        let local = self.local_kinds.iter().find(|(a, _, _)| *a == source);
+        let (local, relay) = match local {
+            Some((_, CandidateType::Relay, t)) => (CandidateType::Relay, *t),
+            _ => {
+                if self.srflx_bases.contains(&source) && !is_private(destination.ip()) {
+                    (CandidateType::Srflx, None)
+                } else {
+                    (CandidateType::Host, None)
+                }
+            }
+        };
+        let remote = self
+            .remote_kinds
+            .iter()
+            .find(|(a, _)| *a == destination)
+            .map_or(CandidateType::Prflx, |(_, k)| *k);
+        Some(LinkPath {
+            local,
+            remote,
+            relay,
+            local_addr: source,
+            remote_addr: destination,
+        })
     }
 
     /// Adds a server-reflexive candidate (`addr` as a STUN server saw `base`).
@@ -423,7 +593,12 @@ impl Session {
     ) -> Result<(), SessionError> {
         let c = Candidate::server_reflexive(addr, base, "udp")
             .map_err(|e| SessionError::BadCandidate(e.to_string()))?;
-        self.add_candidate(now, c)
+        self.add_candidate(now, c)?;
+        self.local_kinds.push((addr, CandidateType::Srflx, None));
+        if !self.srflx_bases.contains(&base) {
+            self.srflx_bases.push(base);
+        }
+        Ok(())
     }
 
     fn add_candidate(&mut self, now: Instant, c: Candidate) -> Result<(), SessionError> {
@@ -501,6 +676,8 @@ impl Session {
                 if let Ok(cand) = &parsed {
                     if self.remote_addrs.len() < 64 && !self.remote_addrs.contains(&cand.addr()) {
                         self.remote_addrs.push(cand.addr());
+                        self.remote_kinds
+                            .push((cand.addr(), CandidateType::of(cand.kind())));
                     }
                 }
                 match parsed {
@@ -754,11 +931,15 @@ impl Session {
                     self.rtc_timeout = Some(t);
                     return;
                 }
-                Ok(Output::Transmit(t)) => self.transmits.push_back(Transmit {
-                    source: t.source,
-                    destination: t.destination,
-                    contents: t.contents.to_vec(),
-                }),
+                Ok(Output::Transmit(t)) => {
+                    self.last_pair = Some((t.source, t.destination));
+                    self.transmits.push_back(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        transport: Transport::Udp,
+                        contents: t.contents.to_vec(),
+                    })
+                }
                 Ok(Output::Event(e)) => self.on_event(now, e),
                 Err(e) => {
                     self.rtc_timeout = None;
@@ -811,6 +992,24 @@ impl Session {
             // Informational: liveness and the connect timeout decide, not ICE's own states.
             Event::IceConnectionStateChange(s) => tracing::debug!(state = ?s, "ice state"),
             _ => {}
+        }
+    }
+}
+
+/// Addresses a peer on the same private network would have: RFC 1918, loopback, link-local,
+/// CGNAT (RFC 6598) and IPv6 unique-local. Across the internet a NATed peer sees our srflx.
+fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments()[0];
+            v6.is_loopback() || (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
         }
     }
 }

@@ -779,5 +779,5 @@ fn a_wrong_access_key_closes_the_joiners_link_as_forbidden() {
     assert!(!s.nodes[1]
         .events
         .iter()
-        .any(|(_, e)| matches!(e, NodeEvent::LinkReady(_))));
+        .any(|(_, e)| matches!(e, NodeEvent::LinkReady { .. })));
 }

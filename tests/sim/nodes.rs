@@ -283,7 +283,7 @@ impl NodeSim {
         let line = match &e {
             NodeEvent::Hub(h) => Some(format!("hub {}", short_hub(h))),
             NodeEvent::PeerRequested { info, .. } => Some(format!("peer requested, info {info}")),
-            NodeEvent::LinkReady(_) => Some("link ready".into()),
+            NodeEvent::LinkReady { .. } => Some("link ready".into()),
             NodeEvent::LinkClosed { reason, .. } => Some(format!("link closed: {reason}")),
             NodeEvent::Refused { reason, .. } => Some(format!("refused: {reason:?}")),
             NodeEvent::CallResult { call, result, .. } if self.trace_calls => {
@@ -419,7 +419,7 @@ impl NodeSim {
             .iter()
             .rev()
             .find_map(|(_, e)| match e {
-                NodeEvent::LinkReady(l) => Some(l.clone()),
+                NodeEvent::LinkReady { link: l, .. } => Some(l.clone()),
                 _ => None,
             })
     }

@@ -151,9 +151,12 @@ fn contender_p2p_threads() {
     watchdog("p2p-threads");
     let hub = InProcessHub::new();
     let node = |seed: u64| {
-        let (node, driver) =
-            PeerNode::with_driver(PeerConfig::new(HubSpec::InProcess(hub.clone())).seed(seed))
-                .expect("a node on loopback");
+        let (node, driver) = PeerNode::with_driver(
+            PeerConfig::new(HubSpec::InProcess(hub.clone()))
+                .bind("127.0.0.1:0".parse().unwrap())
+                .seed(seed),
+        )
+        .expect("a node on loopback");
         std::thread::spawn(move || smol::block_on(driver.run()));
         node
     };

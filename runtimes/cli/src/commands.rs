@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use async_channel::Receiver;
 use futures_lite::future;
 use peerpouch::hub::ShareInfo;
+use peerpouch::reach::{IceServer, IceTransportPolicy, ServerKind};
 use peerpouch::replicate::{Progress, ReplicationError, ReplicationEvent};
+use peerpouch::session::LinkPath;
 use peerpouch::{AllDocsRequest, Database, DbError, GetRequest, Rev};
 use peerpouch_cli::endpoint::{Endpoint, EndpointError};
 use peerpouch_smol::{
-    Db, HubSpec, InProcessHub, LinkEvent, PeerError, PeerNode, ReplicateOptions, ShareChange,
-    ShareConfig, Verdict,
+    Db, HubSpec, InProcessHub, LinkEvent, PeerConfig, PeerError, PeerNode, ReplicateOptions,
+    ShareChange, ShareConfig, Verdict,
 };
 use serde_json::{json, Value};
 
@@ -116,6 +118,100 @@ fn print_json(v: &Value) {
     let _ = out.flush();
 }
 
+/// How a command's node reaches peers: the sockets it listens on and the ICE servers it asks.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LinkArgs {
+    /// Listen on this UDP address (repeatable; default every interface: 0.0.0.0:0 and [::]:0).
+    #[arg(
+        long = "bind",
+        value_name = "ADDR",
+        env = "PEERPOUCH_BIND",
+        value_delimiter = ','
+    )]
+    pub bind: Vec<std::net::SocketAddr>,
+    /// A STUN or TURN server (repeatable): stun:HOST:PORT, turn:HOST:PORT?transport=udp|tcp,
+    /// turn:USER:PASS@HOST:PORT?transport=tcp.
+    #[arg(
+        long = "ice-server",
+        value_name = "URL",
+        env = "PEERPOUCH_ICE_SERVERS",
+        value_delimiter = ','
+    )]
+    pub ice_servers: Vec<String>,
+    /// The TURN user name for --ice-server URLs without inline credentials.
+    #[arg(long, env = "PEERPOUCH_ICE_USERNAME")]
+    pub ice_username: Option<String>,
+    /// The TURN password for --ice-server URLs without inline credentials.
+    #[arg(long, env = "PEERPOUCH_ICE_CREDENTIAL", hide_env_values = true)]
+    pub ice_credential: Option<String>,
+    /// Offer only relayed (TURN) candidates: peers never learn this machine's addresses.
+    #[arg(long)]
+    pub relay_only: bool,
+}
+
+impl LinkArgs {
+    /// The node's configuration on `hub` with these options.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] for an ICE server URL that does not parse, `--relay-only` without
+    /// a TURN server.
+    pub fn config(&self, hub: HubSpec) -> Result<PeerConfig, CliError> {
+        let mut config = PeerConfig::new(hub);
+        if !self.bind.is_empty() {
+            config = config.bind_all(self.bind.clone());
+        }
+        let mut servers = Vec::new();
+        for url in &self.ice_servers {
+            let server = IceServer {
+                urls: vec![url.clone()],
+                username: self.ice_username.clone(),
+                credential: self.ice_credential.clone(),
+            };
+            server
+                .parse()
+                .map_err(|e| CliError::Usage(format!("--ice-server: {e}")))?;
+            servers.push(server);
+        }
+        if self.relay_only
+            && !servers
+                .iter()
+                .flat_map(|s| s.parse().unwrap_or_default())
+                .any(|u| u.kind == ServerKind::Turn)
+        {
+            return Err(CliError::Usage(
+                "--relay-only needs a TURN server: add --ice-server turn:HOST:PORT?transport=udp"
+                    .into(),
+            ));
+        }
+        config = config.ice_servers(servers);
+        if self.relay_only {
+            config = config.ice_transport_policy(IceTransportPolicy::Relay);
+        }
+        Ok(config)
+    }
+}
+
+/// `link direct (host <-> host)`, `link via relay (TURN over TCP)`.
+fn path_line(path: Option<LinkPath>) -> String {
+    match path {
+        Some(p) => format!("link {p}"),
+        None => "link up".into(),
+    }
+}
+
+fn path_json(path: Option<LinkPath>) -> Value {
+    match path {
+        Some(p) => json!({
+            "local": p.local.as_str(),
+            "remote": p.remote.as_str(),
+            "relay": p.relay.map(|t| t.to_string().to_ascii_lowercase()),
+            "local_addr": p.local_addr.to_string(),
+            "remote_addr": p.remote_addr.to_string(),
+        }),
+        None => Value::Null,
+    }
+}
+
 /// `peerpouch share`.
 #[derive(clap::Args, Debug)]
 pub struct ShareArgs {
@@ -143,6 +239,8 @@ pub struct ShareArgs {
     /// Print events as JSON lines.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub link: LinkArgs,
 }
 
 /// Asks on the terminal (stderr for the question, stdin for the answer); no answer refuses.
@@ -166,10 +264,11 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
         Some(t) => parse_json(t, "--info")?,
         None => Value::Null,
     };
+    let config = args.link.config(HubSpec::Couch(args.hub.clone()))?;
     let store = open_local(&args.db)?;
     let interrupted = interrupts();
     smol::block_on(async {
-        let node = PeerNode::start(HubSpec::Couch(args.hub.clone()))?;
+        let node = PeerNode::start_with(config)?;
         let name = db_name(&args.db);
         let db = node.add_db(&name, store).await?;
         let mut config = ShareConfig::new().info(info).read_only(args.read_only);
@@ -200,11 +299,14 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
         }
         loop {
             match next_or_interrupt(&links, &interrupted).await {
-                Some(LinkEvent::Ready { peer, .. }) => {
+                Some(LinkEvent::Ready { peer, path, .. }) => {
                     if args.json {
                         print_json(&json!({"event": "peer_connected", "peer": peer}));
+                        print_json(
+                            &json!({"event": "link_ready", "peer": peer, "path": path_json(path)}),
+                        );
                     } else {
-                        println!("peer {peer} connected");
+                        println!("peer {peer} connected, {}", path_line(path));
                     }
                 }
                 Some(LinkEvent::Closed { peer, reason, .. }) => {
@@ -216,6 +318,7 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
                         println!("peer {peer} left ({reason})");
                     }
                 }
+                Some(_) => {}
                 None => break,
             }
         }
@@ -320,6 +423,8 @@ pub struct ReplicateArgs {
     /// What the sharer sees about us (JSON).
     #[arg(long)]
     pub info: Option<String>,
+    #[command(flatten)]
+    pub link: LinkArgs,
 }
 
 async fn open_endpoint(
@@ -328,6 +433,7 @@ async fn open_endpoint(
     is_target: bool,
     info: &Value,
     key: Option<&str>,
+    json_out: bool,
 ) -> Result<Db, CliError> {
     match e {
         Endpoint::Path(p) => {
@@ -335,9 +441,19 @@ async fn open_endpoint(
             Ok(node.add_db(&p.display().to_string(), store).await?)
         }
         Endpoint::Http(url) => Ok(node.http_db(url, is_target).await?),
-        Endpoint::Peer { share, .. } => Ok(node
-            .open_with_key(share, info.clone(), key.map(|k| k.as_bytes().to_vec()))
-            .await?),
+        Endpoint::Peer { share, .. } => {
+            let db = node
+                .open_with_key(share, info.clone(), key.map(|k| k.as_bytes().to_vec()))
+                .await?;
+            if json_out {
+                print_json(
+                    &json!({"event": "link_ready", "share": share, "path": path_json(db.path())}),
+                );
+            } else {
+                eprintln!("{}", path_line(db.path()));
+            }
+            Ok(db)
+        }
     }
 }
 
@@ -391,14 +507,15 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                     .into(),
             )),
         };
+    let config = args.link.config(hub)?;
     let interrupted = interrupts();
     let bar = !args.json && std::io::stderr().is_terminal();
     smol::block_on(async {
-        let node = PeerNode::start(hub)?;
+        let node = PeerNode::start_with(config)?;
         let result = async {
             let key = args.key.as_deref();
-            let mut src = open_endpoint(&node, &source, false, &info, key).await?;
-            let mut tgt = open_endpoint(&node, &target, true, &info, key).await?;
+            let mut src = open_endpoint(&node, &source, false, &info, key, args.json).await?;
+            let mut tgt = open_endpoint(&node, &target, true, &info, key, args.json).await?;
             let options = ReplicateOptions {
                 live: args.live,
                 ..Default::default()
@@ -509,10 +626,10 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                             }
                             let reopened = async {
                                 if matches!(source, Endpoint::Peer { .. }) {
-                                    src = open_endpoint(&node, &source, false, &info, key).await?;
+                                    src = open_endpoint(&node, &source, false, &info, key, args.json).await?;
                                 }
                                 if matches!(target, Endpoint::Peer { .. }) {
-                                    tgt = open_endpoint(&node, &target, true, &info, key).await?;
+                                    tgt = open_endpoint(&node, &target, true, &info, key, args.json).await?;
                                 }
                                 Ok::<(), CliError>(())
                             }

@@ -469,7 +469,7 @@ impl<H: HubBackend> World<H> {
             w.peers[joiner]
                 .events
                 .iter()
-                .any(|e| matches!(e, NodeEvent::LinkReady(l) if *l == l2))
+                .any(|e| matches!(e, NodeEvent::LinkReady { link: l, .. } if *l == l2))
         })?;
         Ok(link)
     }

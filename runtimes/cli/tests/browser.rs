@@ -357,7 +357,7 @@ fn a_browser_opens_a_share_of_a_rust_node() {
         w.peers[0]
             .events
             .iter()
-            .any(|e| matches!(e, NodeEvent::LinkReady(l) if *l == link)),
+            .any(|e| matches!(e, NodeEvent::LinkReady { link: l, .. } if *l == link)),
         "the node reports the browser's link ready"
     );
     assert_eq!(res["server_hello"]["role"], "server");
@@ -532,7 +532,7 @@ fn a_rust_node_opens_a_share_of_a_browser() {
     assert!(!w.peers[0]
         .events
         .iter()
-        .any(|e| matches!(e, NodeEvent::LinkReady(l) if *l == bad)));
+        .any(|e| matches!(e, NodeEvent::LinkReady { link: l, .. } if *l == bad)));
 
     // The right key: the node offers, the page answers.
     let t0 = Instant::now();
@@ -554,7 +554,7 @@ fn a_rust_node_opens_a_share_of_a_browser() {
             w.peers[0]
                 .events
                 .iter()
-                .any(|e| matches!(e, NodeEvent::LinkReady(l) if *l == link))
+                .any(|e| matches!(e, NodeEvent::LinkReady { link: l, .. } if *l == link))
                 .then_some(())
         },
     );

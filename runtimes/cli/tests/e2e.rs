@@ -41,6 +41,8 @@ fn unique(prefix: &str) -> String {
 fn spawn(args: &[&str], stdin: Option<&str>, stderr: Stdio) -> Child {
     let mut child = Command::new(BIN)
         .args(args)
+        // Tests send traffic to loopback only, whatever the product's default (every interface).
+        .env("PEERPOUCH_BIND", "127.0.0.1:0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(stderr)

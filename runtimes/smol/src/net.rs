@@ -4,6 +4,8 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
+use async_io::Async;
+
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::LinkError;
@@ -145,6 +147,139 @@ impl LocalAddrs {
             .or(self.candidates.first())
             .copied()
             .unwrap_or(self.bound)
+    }
+}
+
+/// A node's UDP sockets: by default one per address family on every interface, as a browser
+/// gathers (`0.0.0.0` and `[::]`).
+pub(crate) struct Sockets {
+    sockets: Vec<(Async<UdpSocket>, LocalAddrs)>,
+}
+
+/// The addresses a node listens on by default: every interface, IPv4 and IPv6.
+pub(crate) fn default_binds() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::from(([0u16; 8], 0)),
+    ]
+}
+
+impl Sockets {
+    /// Binds every address. With `optional_v6` (the default binds), an IPv6 socket that
+    /// cannot be made (a machine without IPv6) is skipped; an address the user asked for must
+    /// bind.
+    pub(crate) fn bind(addrs: &[SocketAddr], optional_v6: bool) -> Result<Sockets, LinkError> {
+        let mut sockets = Vec::new();
+        for &addr in addrs {
+            match bind(addr, 4 << 20, 4 << 20) {
+                Ok(b) => {
+                    let socket =
+                        Async::new(b.socket).map_err(|source| LinkError::SocketOption {
+                            option: "O_NONBLOCK",
+                            source,
+                        })?;
+                    sockets.push((socket, b.addrs));
+                }
+                Err(e) if optional_v6 && addr.is_ipv6() => {
+                    tracing::debug!(%addr, error = %e, "no IPv6 socket: IPv4 only");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if sockets.is_empty() {
+            return Err(LinkError::Interfaces(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no address to listen on",
+            )));
+        }
+        Ok(Sockets { sockets })
+    }
+
+    /// Every host candidate of every socket.
+    pub(crate) fn candidates(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .flat_map(|(_, a)| a.candidates.iter().copied())
+            .collect()
+    }
+
+    /// The bound addresses (ports resolved).
+    pub(crate) fn bound(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().map(|(_, a)| a.bound).collect()
+    }
+
+    /// Waits until one socket has something to read.
+    pub(crate) async fn readable(&self) {
+        let mut waits: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> =
+            Vec::new();
+        for (s, _) in &self.sockets {
+            waits.push(Box::pin(async move {
+                let _ = s.readable().await;
+            }));
+        }
+        let mut all = waits.into_iter();
+        let Some(first) = all.next() else {
+            return futures_lite::future::pending().await;
+        };
+        all.fold(first, |a, b| Box::pin(futures_lite::future::or(a, b)))
+            .await
+    }
+
+    /// Reads up to `max` datagrams (from every socket, without waiting), handing each to `on`
+    /// with its source and the local address it most likely arrived on.
+    pub(crate) fn read_batch(
+        &self,
+        buf: &mut [u8],
+        max: usize,
+        mut on: impl FnMut(SocketAddr, SocketAddr, &[u8]),
+    ) {
+        for (socket, addrs) in &self.sockets {
+            for _ in 0..max {
+                match socket.get_ref().recv_from(buf) {
+                    Ok((n, from)) => on(from, addrs.destination_for(from), &buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // ICMP errors surface here on some systems; liveness handles them.
+                        tracing::debug!(error = %e, "receiving from the socket failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a datagram from the socket that owns `source` (or the first of `to`'s family).
+    pub(crate) async fn send(&self, source: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let socket = self
+            .sockets
+            .iter()
+            .find(|(_, a)| a.bound == source || a.candidates.contains(&source))
+            .or_else(|| {
+                self.sockets
+                    .iter()
+                    .find(|(_, a)| a.bound.is_ipv4() == to.is_ipv4())
+            });
+        let Some((socket, _)) = socket else {
+            tracing::debug!(%to, "no socket of that address family");
+            return;
+        };
+        loop {
+            match socket.get_ref().send_to(data, to) {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if socket.writable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // A datagram lost here is a datagram lost on the network: SCTP resends.
+                    tracing::debug!(error = %e, %to, "sending a datagram failed");
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -8,8 +8,8 @@ use futures_lite::future;
 use peerpouch::replicate::ReplicationEvent;
 use peerpouch::{AllDocsRequest, ChangesRequest, DbError, MemoryStore, Seq};
 use peerpouch_smol::{
-    Db, HubSpec, InProcessHub, LinkEvent, PeerError, PeerNode, ReplicateError, ReplicateOptions,
-    ShareChange, ShareConfig, Verdict,
+    Db, HubSpec, InProcessHub, LinkEvent, PeerConfig, PeerError, PeerNode, ReplicateError,
+    ReplicateOptions, ShareChange, ShareConfig, Verdict,
 };
 use serde_json::{Value, json};
 
@@ -30,12 +30,18 @@ fn logs() {
         .try_init();
 }
 
+/// A node on loopback only: tests send traffic to 127.0.0.1, whatever the product's default
+/// (every interface).
+fn start(hub: HubSpec) -> Result<PeerNode, PeerError> {
+    PeerNode::start_with(PeerConfig::new(hub).bind("127.0.0.1:0".parse().unwrap()))
+}
+
 fn pair() -> (PeerNode, PeerNode) {
     logs();
     let hub = InProcessHub::new();
     (
-        PeerNode::start(HubSpec::InProcess(hub.clone())).unwrap(),
-        PeerNode::start(HubSpec::InProcess(hub)).unwrap(),
+        start(HubSpec::InProcess(hub.clone())).unwrap(),
+        start(HubSpec::InProcess(hub)).unwrap(),
     )
 }
 
@@ -476,8 +482,8 @@ fn fresh_db_url(prefix: &str) -> String {
 fn couch_hub_two_nodes_share_and_replicate() {
     logs();
     let hub = fresh_db_url("peer-hub");
-    let alice = PeerNode::start(HubSpec::Couch(hub.clone())).unwrap();
-    let bob = PeerNode::start(HubSpec::Couch(hub)).unwrap();
+    let alice = start(HubSpec::Couch(hub.clone())).unwrap();
+    let bob = start(HubSpec::Couch(hub)).unwrap();
     within(120, "the exchange over the CouchDB hub", async {
         let db = seeded(&alice, "notes", 200).await;
         alice
@@ -501,7 +507,7 @@ fn couch_hub_two_nodes_share_and_replicate() {
 
 #[test]
 fn http_database_replicates_both_ways_with_a_local_one() {
-    let node = PeerNode::start(HubSpec::InProcess(InProcessHub::new())).unwrap();
+    let node = start(HubSpec::InProcess(InProcessHub::new())).unwrap();
     within(120, "local <-> CouchDB", async {
         let local = seeded(&node, "local", 150).await;
         let http = node
@@ -527,7 +533,7 @@ fn http_database_replicates_both_ways_with_a_local_one() {
 fn an_unreachable_hub_is_reported_not_waited_for() {
     logs();
     // Nothing listens on port 1 of the loopback.
-    let node = PeerNode::start(HubSpec::Couch("http://127.0.0.1:1/hub".into())).unwrap();
+    let node = start(HubSpec::Couch("http://127.0.0.1:1/hub".into())).unwrap();
     within(30, "the hub error", async {
         assert!(matches!(node.shares().await, Err(PeerError::Hub(_))));
         let db = node.add_db("d", MemoryStore::new("d")).await.unwrap();
@@ -540,7 +546,7 @@ fn an_unreachable_hub_is_reported_not_waited_for() {
         assert_eq!(db.info().await.unwrap().doc_count, 1);
     });
     assert!(matches!(
-        PeerNode::start(HubSpec::Couch("not a url".into())),
+        start(HubSpec::Couch("not a url".into())),
         Err(PeerError::Hub(_))
     ));
 }

@@ -1,6 +1,7 @@
 //! [`Db`]: one handle for a local database, a remote peer's database and a CouchDB database.
 
 use async_channel::Receiver;
+use peerpouch::session::LinkPath;
 use peerpouch::*;
 use peerpouch::{DbError, Rev};
 use serde_json::Value;
@@ -46,6 +47,8 @@ pub struct Db {
     target: Target,
     kind: DbKind,
     name: String,
+    /// For a peer's database: the path its link took.
+    pub(crate) path: Option<LinkPath>,
 }
 
 /// A live changes feed of a [`Db`] ([`Db::subscribe`]): batches of rows as they happen.
@@ -84,7 +87,22 @@ impl Db {
             target,
             kind,
             name: name.to_string(),
+            path: None,
         }
+    }
+
+    /// For a peer's database, the path its link took when it opened: direct (and the candidate
+    /// types) or through a TURN relay. `None` for local and HTTP databases.
+    ///
+    /// ```no_run
+    /// # smol::block_on(async {
+    /// # let node = peerpouch_smol::PeerNode::start(peerpouch_smol::HubSpec::InProcess(peerpouch_smol::InProcessHub::new()))?;
+    /// let remote = node.open("notes", serde_json::json!({})).await?;
+    /// println!("link {}", remote.path().expect("a peer's database has a path"));
+    /// # Ok::<_, peerpouch_smol::PeerError>(()) });
+    /// ```
+    pub fn path(&self) -> Option<LinkPath> {
+        self.path
     }
 
     pub(crate) fn node(&self) -> &PeerNode {

@@ -5,24 +5,24 @@
 //! waits again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
-use std::net::{SocketAddr, UdpSocket};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_channel::{Receiver, Sender};
-use async_io::{Async, Timer};
+use async_io::Timer;
 use futures_lite::future;
 use peerpouch::hub::{HubAction, HubEvent, ShareInfo, ShareOptions};
 use peerpouch::node::{DbRef, LinkId, Node, NodeEvent, ReplicationId, StoreRequestId};
 use peerpouch::replicate::{ReplicationEvent, ReplicatorConfig};
 use peerpouch::rpc::CallId;
+use peerpouch::session::LinkPath;
 use peerpouch::{ChangesResponse, Database, DbError, Feed, Request, Response};
 use peerpouch_couch::{ChangesFollower, CouchClient, FeedEvent, FollowerConfig};
 
 use super::hub::InProcessHub;
 use super::{LinkEvent, PeerError, PeerRequest, PeerStats, ShareChange, Verdict};
-use crate::net::LocalAddrs;
+use crate::net::Sockets;
 
 /// How long a shutdown waits for the hub to confirm unshares before it gives up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -103,7 +103,7 @@ pub(crate) enum Command {
         share: String,
         info: serde_json::Value,
         key: Option<Vec<u8>>,
-        reply: Reply<Result<LinkId, PeerError>>,
+        reply: Reply<Result<(LinkId, Option<LinkPath>), PeerError>>,
     },
     CloseLink {
         link: LinkId,
@@ -197,8 +197,7 @@ enum HubBackend {
 
 pub(crate) struct Driver {
     node: Node,
-    socket: Async<UdpSocket>,
-    addrs: LocalAddrs,
+    sockets: Sockets,
     hub: HubBackend,
     commands: Receiver<Command>,
     commands_closed: bool,
@@ -212,7 +211,7 @@ pub(crate) struct Driver {
     share_waiters: BTreeMap<String, Reply<Result<String, PeerError>>>,
     unshare_waiters: BTreeMap<String, Reply<Result<(), PeerError>>>,
     deciders: BTreeMap<String, Decider>,
-    open_waiters: BTreeMap<LinkId, Reply<Result<LinkId, PeerError>>>,
+    open_waiters: BTreeMap<LinkId, Reply<Result<(LinkId, Option<LinkPath>), PeerError>>>,
     calls: BTreeMap<(LinkId, CallId), Reply<Result<Response, DbError>>>,
     subs: BTreeMap<(LinkId, CallId), Sender<ChangesResponse>>,
     link_watchers: BTreeMap<LinkId, Vec<Reply<String>>>,
@@ -234,8 +233,7 @@ pub(crate) fn wall_clock_ms() -> u64 {
 impl Driver {
     pub(crate) fn new(
         node: Node,
-        socket: Async<UdpSocket>,
-        addrs: LocalAddrs,
+        sockets: Sockets,
         hub: super::HubSpec,
         commands: Receiver<Command>,
     ) -> Result<Driver, PeerError> {
@@ -250,8 +248,7 @@ impl Driver {
         let (done_tx, done_rx) = async_channel::unbounded();
         Ok(Driver {
             node,
-            socket,
-            addrs,
+            sockets,
             hub,
             commands,
             commands_closed: false,
@@ -277,7 +274,7 @@ impl Driver {
     }
 
     pub(crate) async fn run(mut self) {
-        tracing::debug!(local = %self.addrs.bound, "peer node driver started");
+        tracing::debug!(local = ?self.sockets.bound(), "peer node driver started");
         if let HubBackend::Couch { client, .. } = &self.hub {
             // The hub database is created on first use, as PeerPouch did.
             let c = client.clone();
@@ -321,9 +318,9 @@ impl Driver {
             .into_iter()
             .flatten()
             .min();
-            let socket = &self.socket;
+            let sockets = &self.sockets;
             let readable = async {
-                let _ = socket.readable().await;
+                sockets.readable().await;
                 true
             };
             let commands = &self.commands;
@@ -394,7 +391,7 @@ impl Driver {
                 Wake::Done(None) | Wake::Other => {}
             }
         }
-        tracing::debug!(local = %self.addrs.bound, "peer node driver stopped");
+        tracing::debug!(local = ?self.sockets.bound(), "peer node driver stopped");
         self.close_inputs();
         if let Some((_, waiters)) = self.shutdown.take() {
             for w in waiters {
@@ -444,22 +441,11 @@ impl Driver {
 
     fn read_batch(&mut self) {
         let mut buf = std::mem::take(&mut self.buf);
-        for _ in 0..RECV_BATCH {
-            match self.socket.get_ref().recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let to = self.addrs.destination_for(from);
-                    self.node
-                        .handle_datagram(Instant::now(), from, to, &buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // ICMP errors surface here on some systems; the link's liveness handles it.
-                    tracing::debug!(error = %e, "receiving from the socket failed");
-                    break;
-                }
-            }
-        }
+        let node = &mut self.node;
+        self.sockets
+            .read_batch(&mut buf, RECV_BATCH, |from, to, data| {
+                node.handle_datagram(Instant::now(), from, to, data)
+            });
         self.buf = buf;
     }
 
@@ -481,7 +467,9 @@ impl Driver {
             }
             while let Some(t) = self.node.poll_transmit() {
                 moved = true;
-                send_datagram(&self.socket, t.destination, &t.contents).await;
+                self.sockets
+                    .send(t.source, t.destination, &t.contents)
+                    .await;
             }
             if !moved {
                 return;
@@ -820,15 +808,17 @@ impl Driver {
                     }
                 }
             }
-            NodeEvent::LinkReady(link) => {
-                tracing::info!(share = %link.0, peer = %link.1, "link ready");
+            NodeEvent::LinkReady { link, path } => {
+                let via = path.map(|p| p.to_string()).unwrap_or_default();
+                tracing::info!(share = %link.0, peer = %link.1, path = %via, "link ready");
                 self.link_event(LinkEvent::Ready {
                     share: link.0.clone(),
                     peer: link.1.clone(),
                     ours: !self.open_waiters.contains_key(&link),
+                    path,
                 });
                 if let Some(w) = self.open_waiters.remove(&link) {
-                    let _ = w.try_send(Ok(link));
+                    let _ = w.try_send(Ok((link, path)));
                 }
             }
             NodeEvent::LinkClosed { link, reason } => {
@@ -955,25 +945,6 @@ impl Driver {
                 tracing::debug!(%doc_id, %error, "malformed hub document skipped");
             }
             other => tracing::debug!(event = ?other, "hub event"),
-        }
-    }
-}
-
-async fn send_datagram(socket: &Async<UdpSocket>, to: SocketAddr, data: &[u8]) {
-    loop {
-        match socket.get_ref().send_to(data, to) {
-            Ok(_) => return,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if socket.writable().await.is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // A datagram lost here is a datagram lost on the network: SCTP resends.
-                tracing::debug!(error = %e, %to, "sending a datagram failed");
-                return;
-            }
         }
     }
 }

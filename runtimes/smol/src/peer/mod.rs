@@ -8,14 +8,16 @@
 //!
 //! ```
 //! use peerpouch::MemoryStore;
-//! use peerpouch_smol::{HubSpec, InProcessHub, PeerNode, ReplicateOptions, ShareConfig};
+//! use peerpouch_smol::{HubSpec, InProcessHub, PeerConfig, PeerNode, ReplicateOptions, ShareConfig};
 //! use serde_json::json;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! smol::block_on(async {
 //!     let hub = InProcessHub::new();
-//!     let alice = PeerNode::start(HubSpec::InProcess(hub.clone()))?;
-//!     let bob = PeerNode::start(HubSpec::InProcess(hub))?;
+//!     // Both on loopback here; `PeerNode::start` listens on every interface.
+//!     let local = |hub| PeerConfig::new(hub).bind("127.0.0.1:0".parse().unwrap());
+//!     let alice = PeerNode::start_with(local(HubSpec::InProcess(hub.clone())))?;
+//!     let bob = PeerNode::start_with(local(HubSpec::InProcess(hub)))?;
 //!
 //!     // Alice shares a database.
 //!     let notes = alice.add_db("notes", MemoryStore::new("notes")).await?;
@@ -50,10 +52,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_channel::{Receiver, Sender};
-use async_io::Async;
 use peerpouch::hub::{ShareInfo, ShareOptions};
 use peerpouch::node::{Node, NodeConfig, NodeError, ShareAccess};
+use peerpouch::reach::{IceServer, IceTransportPolicy, ResolvedIceServer};
 use peerpouch::replicate::{Progress, ReplicationError, ReplicationEvent, ReplicatorConfig};
+use peerpouch::session::LinkPath;
 use peerpouch::{Database, DbError};
 use serde_json::Value;
 
@@ -112,6 +115,17 @@ pub enum PeerError {
     /// The node stopped (shut down, or its task was dropped).
     #[error("the node has stopped")]
     Stopped,
+    /// An ICE server URL is malformed or lacks credentials.
+    #[error("ICE server: {0}")]
+    IceServer(peerpouch::reach::IceServerError),
+    /// An ICE server's host name did not resolve: check the name and the DNS.
+    #[error("ICE server {url}: cannot resolve its host: {error}")]
+    IceServerUnresolved {
+        /// The URL (without credentials).
+        url: String,
+        /// The resolver's answer.
+        error: String,
+    },
 }
 
 /// A peer asking to connect to one of our shares (see [`ShareConfig::ask`]).
@@ -145,6 +159,7 @@ pub enum ShareChange {
 
 /// A peer link coming up or going, from [`PeerNode::watch_links`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LinkEvent {
     /// The link's channel is open and the RPC hellos checked out.
     Ready {
@@ -154,6 +169,8 @@ pub enum LinkEvent {
         peer: String,
         /// We are the sharer (a peer connected to us), not the one who opened it.
         ours: bool,
+        /// The path ICE selected: direct or relayed, and the candidate types.
+        path: Option<LinkPath>,
     },
     /// The link closed.
     Closed {
@@ -249,8 +266,13 @@ impl ReplicateOptions {
 pub struct PeerConfig {
     /// Where the hub is.
     pub hub: HubSpec,
-    /// The UDP socket's address (default `127.0.0.1:0`; `0.0.0.0:0` offers every interface).
-    pub bind: SocketAddr,
+    /// The UDP sockets' addresses (default every interface, `0.0.0.0:0` and `[::]:0`, as a
+    /// browser gathers; a machine without IPv6 gets the IPv4 socket alone).
+    pub bind: Vec<SocketAddr>,
+    /// STUN and TURN servers, as a browser's `iceServers` (host names are resolved at start).
+    pub ice_servers: Vec<IceServer>,
+    /// [`IceTransportPolicy::Relay`]: offer peers relayed candidates only.
+    pub ice_transport_policy: IceTransportPolicy,
     /// The node machine's tuning.
     pub node: NodeConfig,
     /// Seeds ids and ICE credentials (default: from the OS).
@@ -262,15 +284,66 @@ impl PeerConfig {
     pub fn new(hub: HubSpec) -> PeerConfig {
         PeerConfig {
             hub,
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bind: crate::net::default_binds(),
+            ice_servers: Vec::new(),
+            ice_transport_policy: IceTransportPolicy::All,
             node: NodeConfig::default(),
             seed: None,
         }
     }
 
-    /// Binds the socket to `addr`.
+    /// Listens on `addr` alone (one UDP socket) instead of every interface.
+    ///
+    /// ```
+    /// use peerpouch_smol::{HubSpec, InProcessHub, PeerConfig};
+    /// let c = PeerConfig::new(HubSpec::InProcess(InProcessHub::new())).bind("127.0.0.1:0".parse().unwrap());
+    /// assert_eq!(c.bind.len(), 1);
+    /// ```
     pub fn bind(mut self, addr: SocketAddr) -> Self {
-        self.bind = addr;
+        self.bind = vec![addr];
+        self
+    }
+
+    /// Listens on each of `addrs` (one UDP socket each).
+    ///
+    /// ```
+    /// use peerpouch_smol::{HubSpec, InProcessHub, PeerConfig};
+    /// let c = PeerConfig::new(HubSpec::InProcess(InProcessHub::new()))
+    ///     .bind_all(vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()]);
+    /// assert_eq!(c.bind.len(), 2);
+    /// ```
+    pub fn bind_all(mut self, addrs: Vec<SocketAddr>) -> Self {
+        self.bind = addrs;
+        self
+    }
+
+    /// STUN and TURN servers in the `RTCIceServer` shape.
+    ///
+    /// ```
+    /// use peerpouch::reach::IceServer;
+    /// use peerpouch_smol::{HubSpec, InProcessHub, PeerConfig};
+    /// let c = PeerConfig::new(HubSpec::InProcess(InProcessHub::new())).ice_servers(vec![
+    ///     IceServer::new("stun:127.0.0.1:3478"),
+    ///     IceServer::new("turn:127.0.0.1:3478?transport=tcp").credentials("peer", "secret"),
+    /// ]);
+    /// assert_eq!(c.ice_servers.len(), 2);
+    /// ```
+    pub fn ice_servers(mut self, servers: Vec<IceServer>) -> Self {
+        self.ice_servers = servers;
+        self
+    }
+
+    /// Which candidates may leave the machine ([`IceTransportPolicy::Relay`]: TURN only).
+    ///
+    /// ```
+    /// use peerpouch::reach::IceTransportPolicy;
+    /// use peerpouch_smol::{HubSpec, InProcessHub, PeerConfig};
+    /// let c = PeerConfig::new(HubSpec::InProcess(InProcessHub::new()))
+    ///     .ice_transport_policy(IceTransportPolicy::Relay);
+    /// assert_eq!(c.ice_transport_policy, IceTransportPolicy::Relay);
+    /// ```
+    pub fn ice_transport_policy(mut self, policy: IceTransportPolicy) -> Self {
+        self.ice_transport_policy = policy;
         self
     }
 
@@ -292,7 +365,7 @@ impl PeerConfig {
 #[derive(Clone, Debug)]
 pub struct PeerNode {
     commands: Sender<Command>,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     hub: String,
 }
 
@@ -337,9 +410,12 @@ impl PeerNode {
     /// # Errors
     /// As [`PeerNode::start`].
     pub fn with_driver(config: PeerConfig) -> Result<(PeerNode, PeerDriver), PeerError> {
-        let bound = crate::net::bind(config.bind, 4 << 20, 4 << 20)
+        let defaults = config.bind == crate::net::default_binds();
+        let sockets = crate::net::Sockets::bind(&config.bind, defaults)
             .map_err(|e| PeerError::Socket(e.to_string()))?;
-        let socket = Async::new(bound.socket).map_err(|e| PeerError::Socket(e.to_string()))?;
+        let mut node_config = config.node;
+        node_config.ice_servers = resolve_ice_servers(&config.ice_servers)?;
+        node_config.ice_transport_policy = config.ice_transport_policy;
         let seed = match config.seed {
             Some(s) => s,
             None => {
@@ -349,31 +425,36 @@ impl PeerNode {
             }
         };
         let mut node = Node::new(
-            config.node,
+            node_config,
             seed,
             std::time::Instant::now(),
             driver::wall_clock_ms(),
         );
-        for a in &bound.addrs.candidates {
-            node.add_local_candidate(*a);
+        for a in sockets.candidates() {
+            node.add_local_candidate(a);
         }
-        let addr = bound.addrs.bound;
+        let addrs = sockets.bound();
         let hub = config.hub.describe();
         let (tx, rx) = async_channel::bounded(driver::COMMAND_BACKLOG);
-        let driver = Driver::new(node, socket, bound.addrs, config.hub, rx)?;
+        let driver = Driver::new(node, sockets, config.hub, rx)?;
         Ok((
             PeerNode {
                 commands: tx,
-                addr,
+                addrs,
                 hub,
             },
             PeerDriver(driver),
         ))
     }
 
-    /// The node's UDP address.
+    /// The node's (first) UDP address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0]
+    }
+
+    /// Every UDP address the node listens on.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// The hub, described (credentials removed).
@@ -555,7 +636,7 @@ impl PeerNode {
     ) -> Result<Db, PeerError> {
         let found = self.find_share(share).await?;
         let id = found.id.clone();
-        let link = self
+        let (link, path) = self
             .ask(|reply| Command::Open {
                 share: id,
                 info,
@@ -564,12 +645,9 @@ impl PeerNode {
             })
             .await??;
         let name = found.name.unwrap_or_else(|| found.id.clone());
-        Ok(Db::new(
-            self.clone(),
-            Target::Remote(link),
-            DbKind::Remote,
-            &name,
-        ))
+        let mut db = Db::new(self.clone(), Target::Remote(link), DbKind::Remote, &name);
+        db.path = path;
+        Ok(db)
     }
 
     /// Starts replicating `source` into `target` (any two databases of this node: local,
@@ -737,4 +815,32 @@ impl Replication {
         }
         Err(ReplicateError::Stopped(self.last))
     }
+}
+
+/// Parses every ICE server URL and resolves its host (a literal address needs no lookup).
+fn resolve_ice_servers(servers: &[IceServer]) -> Result<Vec<ResolvedIceServer>, PeerError> {
+    let mut out = Vec::new();
+    for server in servers {
+        for url in server.parse().map_err(PeerError::IceServer)? {
+            let addr = match url.ip_addr() {
+                Some(a) => a,
+                None => {
+                    use std::net::ToSocketAddrs;
+                    let found = (url.host.as_str(), url.port)
+                        .to_socket_addrs()
+                        .map_err(|e| PeerError::IceServerUnresolved {
+                            url: url.to_string(),
+                            error: e.to_string(),
+                        })?
+                        .next();
+                    found.ok_or_else(|| PeerError::IceServerUnresolved {
+                        url: url.to_string(),
+                        error: "no address".into(),
+                    })?
+                }
+            };
+            out.push(url.resolved(addr));
+        }
+    }
+    Ok(out)
 }
