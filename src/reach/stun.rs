@@ -408,7 +408,9 @@ impl Attribute {
             attr::XOR_RELAYED_ADDRESS => {
                 Attribute::XorRelayedAddress(decode_address(kind, v, Some(tid))?)
             }
-            attr::XOR_PEER_ADDRESS => Attribute::XorPeerAddress(decode_address(kind, v, Some(tid))?),
+            attr::XOR_PEER_ADDRESS => {
+                Attribute::XorPeerAddress(decode_address(kind, v, Some(tid))?)
+            }
             attr::USERNAME => Attribute::Username(text(v)?),
             attr::REALM => Attribute::Realm(text(v)?),
             attr::NONCE => Attribute::Nonce(text(v)?),
@@ -722,7 +724,11 @@ impl Message {
     /// assert!(verify_integrity(&b, &key));
     /// assert!(verify_fingerprint(&b));
     /// ```
-    pub fn encode_signed(&self, key: Option<&[u8]>, fingerprint: bool) -> Result<Vec<u8>, StunError> {
+    pub fn encode_signed(
+        &self,
+        key: Option<&[u8]>,
+        fingerprint: bool,
+    ) -> Result<Vec<u8>, StunError> {
         let mut plain = self.clone();
         plain.attributes.retain(|a| {
             !matches!(
@@ -1443,7 +1449,10 @@ mod tests {
     fn rfc5769_responses_ipv4_and_ipv6() {
         for (vector, addr) in [
             (RFC5769_RESPONSE_V4, "192.0.2.1:32853"),
-            (RFC5769_RESPONSE_V6, "[2001:db8:1234:5678:11:2233:4455:6677]:32853"),
+            (
+                RFC5769_RESPONSE_V6,
+                "[2001:db8:1234:5678:11:2233:4455:6677]:32853",
+            ),
         ] {
             let b = hex(vector);
             let m = Message::decode(&b).unwrap();
@@ -1478,7 +1487,10 @@ mod tests {
         assert_eq!(m.nonce(), Some("f//499k954d6OL34oL9FSTvy64sA"));
         let key = long_term_key("マトリックス", "example.org", "TheMatrIX");
         assert!(verify_integrity(&b, &key));
-        assert!(!verify_integrity(&b, &long_term_key("マトリックス", "example.org", "thematrix")));
+        assert!(!verify_integrity(
+            &b,
+            &long_term_key("マトリックス", "example.org", "thematrix")
+        ));
         // Our own signing of the same attributes gives the same bytes.
         let mut plain = m.clone();
         plain
@@ -1539,7 +1551,10 @@ mod tests {
             .unwrap();
         let mut b = ok.clone();
         b.push(0);
-        assert!(matches!(Message::decode(&b), Err(StunError::BadLength { .. })));
+        assert!(matches!(
+            Message::decode(&b),
+            Err(StunError::BadLength { .. })
+        ));
         let mut b = ok.clone();
         b[25] = 0x07; // family
         assert_eq!(
@@ -1562,7 +1577,10 @@ mod tests {
             .encode()
             .unwrap();
         m[24] = 0x50;
-        assert_eq!(Message::decode(&m), Err(StunError::BadChannel { channel: 0x5000 }));
+        assert_eq!(
+            Message::decode(&m),
+            Err(StunError::BadChannel { channel: 0x5000 })
+        );
         // Bad UTF-8.
         let mut m = Message::new(Method::ALLOCATE, Class::Error, tid)
             .with(Attribute::Realm("ab".into()))
@@ -1604,8 +1622,8 @@ mod tests {
     #[test]
     fn integrity_covers_only_what_precedes_it() {
         let key = long_term_key("u", "r", "p");
-        let m = Message::new(Method::ALLOCATE, Class::Success, [2; 12])
-            .with(Attribute::Lifetime(600));
+        let m =
+            Message::new(Method::ALLOCATE, Class::Success, [2; 12]).with(Attribute::Lifetime(600));
         let mut b = m.encode_signed(Some(&key), false).unwrap();
         assert!(verify_integrity(&b, &key));
         // Flip a bit before the MAC: refused.
