@@ -159,7 +159,7 @@ pub fn decode_binding_response(bytes: &[u8]) -> Result<BindingResponse, StunErro
         _ => {
             return Err(StunError::UnexpectedType(u16::from_be_bytes([
                 bytes[0], bytes[1],
-            ])))
+            ])));
         }
     };
     Ok(BindingResponse {
