@@ -2,11 +2,11 @@
 //!
 //! str0m has no STUN client, so the runtime sends a Binding Request from the session socket to
 //! each configured server, reads `XOR-MAPPED-ADDRESS` (or the RFC 3489 `MAPPED-ADDRESS`) from the
-//! response and adds a server-reflexive candidate to every link. The codec here is pure and never
-//! panics on bytes from the network: anything malformed is a [`StunError`].
+//! response and adds a server-reflexive candidate to every link. The codec is the core's
+//! ([`peerpouch::reach::stun`]); the functions here are thin Binding-only wrappers over it and
+//! never panic on bytes from the network: anything malformed is a [`StunError`].
 //!
-//! Only what a Binding transaction needs is implemented: no authentication, no `FINGERPRINT`,
-//! no TURN. Unknown attributes are skipped (RFC 5389 §7.3.4: comprehension-optional ones may be
+//! Unknown attributes are ignored (RFC 5389 §7.3.4: comprehension-optional ones may be
 //! ignored, and a client has nothing better to do with comprehension-required ones in a
 //! response than to ignore them too).
 //!
@@ -21,30 +21,32 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// The fixed magic cookie of RFC 5389 §6.
+use peerpouch::reach::stun::{Attribute, Class, Message, Method};
+
+/// The fixed magic cookie of RFC 5389 §6 (the core's [`peerpouch::reach::stun::MAGIC_COOKIE`]).
 ///
 /// ```
 /// use peerpouch_smol::stun::{encode_binding_request, MAGIC_COOKIE};
 /// assert_eq!(&encode_binding_request([0; 12])[4..8], &MAGIC_COOKIE.to_be_bytes());
 /// ```
-pub const MAGIC_COOKIE: u32 = 0x2112_A442;
+pub const MAGIC_COOKIE: u32 = peerpouch::reach::stun::MAGIC_COOKIE;
 /// Length of a STUN header (RFC 5389 §6).
 ///
 /// ```
 /// use peerpouch_smol::stun::{encode_binding_request, HEADER_LEN};
 /// assert_eq!(encode_binding_request([0; 12]).len(), HEADER_LEN);
 /// ```
-pub const HEADER_LEN: usize = 20;
+pub const HEADER_LEN: usize = peerpouch::reach::stun::HEADER_LEN;
 
-const BINDING_REQUEST: u16 = 0x0001;
-const BINDING_SUCCESS: u16 = 0x0101;
+#[cfg(test)]
 const BINDING_ERROR: u16 = 0x0111;
-const ATTR_MAPPED_ADDRESS: u16 = 0x0001;
-const ATTR_ERROR_CODE: u16 = 0x0009;
-const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+#[cfg(test)]
+const ATTR_ERROR_CODE: u16 = peerpouch::reach::stun::attr::ERROR_CODE;
+#[cfg(test)]
+const ATTR_XOR_MAPPED_ADDRESS: u16 = peerpouch::reach::stun::attr::XOR_MAPPED_ADDRESS;
 
 /// A STUN transaction id (96 bits, RFC 5389 §6).
 ///
@@ -52,56 +54,15 @@ const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 /// let tid: peerpouch_smol::stun::TransactionId = [0xAB; 12];
 /// # let _ = tid;
 /// ```
-pub type TransactionId = [u8; 12];
+pub type TransactionId = peerpouch::reach::stun::TransactionId;
 
-/// Why bytes are not a usable Binding response.
+/// Why bytes are not a usable Binding response: the core codec's error.
 ///
 /// ```
 /// use peerpouch_smol::stun::{decode_binding_response, StunError};
 /// assert_eq!(decode_binding_response(b"hello"), Err(StunError::TooShort { len: 5 }));
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum StunError {
-    /// Fewer bytes than a STUN header.
-    #[error("{len} bytes is shorter than a STUN header (20 bytes)")]
-    TooShort {
-        /// How many bytes there were.
-        len: usize,
-    },
-    /// The first two bits are not zero or the magic cookie is wrong: not RFC 5389 STUN.
-    #[error("not a STUN message (bad leading bits or magic cookie)")]
-    NotStun,
-    /// A STUN message, but not a Binding success or error response.
-    #[error("STUN message type {0:#06x} is not a Binding response")]
-    NotBindingResponse(u16),
-    /// The header's length field disagrees with the datagram, or is not a multiple of 4.
-    #[error("STUN length field says {declared} bytes of attributes, the datagram has {actual}")]
-    BadLength {
-        /// Length from the header.
-        declared: usize,
-        /// Bytes after the header.
-        actual: usize,
-    },
-    /// An attribute runs past the end of the message.
-    #[error("STUN attribute {attribute:#06x} runs past the end of the message")]
-    TruncatedAttribute {
-        /// Its type.
-        attribute: u16,
-    },
-    /// An address attribute with a bad family or length.
-    #[error("STUN address attribute {attribute:#06x} is malformed")]
-    BadAddress {
-        /// Its type.
-        attribute: u16,
-    },
-    /// A success response without any mapped address.
-    #[error("the Binding success response has no (XOR-)MAPPED-ADDRESS")]
-    NoMappedAddress,
-    /// An error response without a well-formed `ERROR-CODE`.
-    #[error("the Binding error response has no valid ERROR-CODE")]
-    BadErrorCode,
-}
+pub use peerpouch::reach::stun::StunError;
 
 /// What a Binding response says.
 ///
@@ -118,7 +79,7 @@ pub enum BindingOutcome {
     Error {
         /// The error code (300..=699).
         code: u16,
-        /// The reason phrase (lossy UTF-8).
+        /// The reason phrase.
         reason: String,
     },
 }
@@ -151,9 +112,10 @@ pub struct BindingResponse {
 /// ```
 pub fn encode_binding_request(transaction_id: TransactionId) -> [u8; HEADER_LEN] {
     let mut b = [0u8; HEADER_LEN];
-    b[0..2].copy_from_slice(&BINDING_REQUEST.to_be_bytes());
-    b[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    b[8..20].copy_from_slice(&transaction_id);
+    // A header alone always encodes, to exactly HEADER_LEN bytes.
+    if let Ok(v) = Message::new(Method::BINDING, Class::Request, transaction_id).encode() {
+        b.copy_from_slice(&v);
+    }
     b
 }
 
@@ -166,18 +128,10 @@ pub fn encode_binding_request(transaction_id: TransactionId) -> [u8; HEADER_LEN]
 /// assert_eq!(transaction_id(b"\x16\xfe\xfd DTLS record......"), None);
 /// ```
 pub fn transaction_id(bytes: &[u8]) -> Option<TransactionId> {
-    if bytes.len() < HEADER_LEN || bytes[0] & 0xC0 != 0 {
-        return None;
-    }
-    if u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) != MAGIC_COOKIE {
-        return None;
-    }
-    let mut tid = [0u8; 12];
-    tid.copy_from_slice(&bytes[8..20]);
-    Some(tid)
+    peerpouch::reach::stun::transaction_id(bytes)
 }
 
-/// Decodes a Binding success or error response.
+/// Decodes a Binding success or error response with the core codec.
 ///
 /// # Errors
 /// A [`StunError`] saying what is wrong with the bytes; never panics, whatever they are.
@@ -190,114 +144,28 @@ pub fn transaction_id(bytes: &[u8]) -> Option<TransactionId> {
 /// assert_eq!(r.outcome, BindingOutcome::Mapped(addr));
 /// ```
 pub fn decode_binding_response(bytes: &[u8]) -> Result<BindingResponse, StunError> {
-    if bytes.len() < HEADER_LEN {
-        return Err(StunError::TooShort { len: bytes.len() });
-    }
-    let Some(tid) = transaction_id(bytes) else {
-        return Err(StunError::NotStun);
-    };
-    let kind = u16::from_be_bytes([bytes[0], bytes[1]]);
-    if kind != BINDING_SUCCESS && kind != BINDING_ERROR {
-        return Err(StunError::NotBindingResponse(kind));
-    }
-    let declared = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
-    let body = &bytes[HEADER_LEN..];
-    if declared != body.len() || declared % 4 != 0 {
-        return Err(StunError::BadLength {
-            declared,
-            actual: body.len(),
-        });
-    }
-    let mut xor_mapped = None;
-    let mut mapped = None;
-    let mut error = None;
-    let mut rest = body;
-    while !rest.is_empty() {
-        if rest.len() < 4 {
-            // Cannot happen with a length that is a multiple of 4, kept for robustness.
-            return Err(StunError::TruncatedAttribute { attribute: 0 });
+    let m = Message::decode(bytes)?;
+    let outcome = match (m.method, m.class) {
+        (Method::BINDING, Class::Success) => {
+            BindingOutcome::Mapped(m.mapped_address().ok_or(StunError::NoMappedAddress)?)
         }
-        let attribute = u16::from_be_bytes([rest[0], rest[1]]);
-        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
-        let padded = len.div_ceil(4) * 4;
-        let Some(value) = rest.get(4..4 + len) else {
-            return Err(StunError::TruncatedAttribute { attribute });
-        };
-        match attribute {
-            ATTR_XOR_MAPPED_ADDRESS if xor_mapped.is_none() => {
-                xor_mapped = Some(decode_address(attribute, value, Some(&tid))?);
+        (Method::BINDING, Class::Error) => {
+            let (code, reason) = m.error_code().ok_or(StunError::BadErrorCode)?;
+            BindingOutcome::Error {
+                code,
+                reason: reason.to_string(),
             }
-            ATTR_MAPPED_ADDRESS if mapped.is_none() => {
-                mapped = Some(decode_address(attribute, value, None)?);
-            }
-            ATTR_ERROR_CODE if error.is_none() => {
-                if value.len() < 4 {
-                    return Err(StunError::BadErrorCode);
-                }
-                let class = u16::from(value[2] & 0x07);
-                let number = u16::from(value[3]);
-                if !(3..=6).contains(&class) || number > 99 {
-                    return Err(StunError::BadErrorCode);
-                }
-                let reason = String::from_utf8_lossy(&value[4..]).into_owned();
-                error = Some((class * 100 + number, reason));
-            }
-            _ => {}
         }
-        // The last attribute's padding may be missing in sloppy encoders; tolerate that.
-        rest = rest.get(4 + padded..).unwrap_or(&[]);
-    }
-    let outcome = if kind == BINDING_ERROR {
-        let (code, reason) = error.ok_or(StunError::BadErrorCode)?;
-        BindingOutcome::Error { code, reason }
-    } else {
-        BindingOutcome::Mapped(xor_mapped.or(mapped).ok_or(StunError::NoMappedAddress)?)
+        _ => {
+            return Err(StunError::UnexpectedType(u16::from_be_bytes([
+                bytes[0], bytes[1],
+            ])));
+        }
     };
     Ok(BindingResponse {
-        transaction_id: tid,
+        transaction_id: m.transaction_id,
         outcome,
     })
-}
-
-/// Decodes (XOR-)MAPPED-ADDRESS (RFC 5389 §15.1, §15.2).
-fn decode_address(
-    attribute: u16,
-    v: &[u8],
-    xor_with: Option<&TransactionId>,
-) -> Result<SocketAddr, StunError> {
-    let bad = StunError::BadAddress { attribute };
-    if v.len() < 4 {
-        return Err(bad);
-    }
-    let cookie = MAGIC_COOKIE.to_be_bytes();
-    let mut port = u16::from_be_bytes([v[2], v[3]]);
-    if xor_with.is_some() {
-        port ^= (MAGIC_COOKIE >> 16) as u16;
-    }
-    let ip = match (v[1], v.len()) {
-        (0x01, 8) => {
-            let mut o = [v[4], v[5], v[6], v[7]];
-            if xor_with.is_some() {
-                for (b, k) in o.iter_mut().zip(cookie) {
-                    *b ^= k;
-                }
-            }
-            IpAddr::V4(Ipv4Addr::from(o))
-        }
-        (0x02, 20) => {
-            let mut o = [0u8; 16];
-            o.copy_from_slice(&v[4..20]);
-            if let Some(tid) = xor_with {
-                let key = cookie.iter().chain(tid.iter());
-                for (b, k) in o.iter_mut().zip(key) {
-                    *b ^= k;
-                }
-            }
-            IpAddr::V6(Ipv6Addr::from(o))
-        }
-        _ => return Err(bad),
-    };
-    Ok(SocketAddr::new(ip, port))
 }
 
 /// Encodes a Binding success response with `XOR-MAPPED-ADDRESS` (what a STUN server sends; for
@@ -310,29 +178,10 @@ fn decode_address(
 /// assert_eq!(r.transaction_id, [5; 12]);
 /// ```
 pub fn encode_binding_success(transaction_id: TransactionId, mapped: SocketAddr) -> Vec<u8> {
-    let cookie = MAGIC_COOKIE.to_be_bytes();
-    let mut value = vec![0u8, 0, 0, 0];
-    value[2..4].copy_from_slice(&(mapped.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes());
-    match mapped.ip() {
-        IpAddr::V4(ip) => {
-            value[1] = 0x01;
-            value.extend(ip.octets().iter().zip(cookie).map(|(b, k)| b ^ k));
-        }
-        IpAddr::V6(ip) => {
-            value[1] = 0x02;
-            let key = cookie.iter().chain(transaction_id.iter());
-            value.extend(ip.octets().iter().zip(key).map(|(b, k)| b ^ k));
-        }
-    }
-    let mut b = Vec::with_capacity(HEADER_LEN + 4 + value.len());
-    b.extend_from_slice(&BINDING_SUCCESS.to_be_bytes());
-    b.extend_from_slice(&((4 + value.len()) as u16).to_be_bytes());
-    b.extend_from_slice(&cookie);
-    b.extend_from_slice(&transaction_id);
-    b.extend_from_slice(&ATTR_XOR_MAPPED_ADDRESS.to_be_bytes());
-    b.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    b.extend_from_slice(&value);
-    b
+    Message::new(Method::BINDING, Class::Success, transaction_id)
+        .with(Attribute::XorMappedAddress(mapped))
+        .encode()
+        .unwrap_or_default() // one address attribute always fits
 }
 
 /// Where one STUN server's query stands.
@@ -649,7 +498,7 @@ mod tests {
     fn rejects_what_is_not_a_binding_response() {
         assert_eq!(
             decode_binding_response(&encode_binding_request([0; 12])),
-            Err(StunError::NotBindingResponse(BINDING_REQUEST))
+            Err(StunError::UnexpectedType(0x0001))
         );
         let mut b = encode_binding_success([0; 12], "10.0.0.1:1".parse().unwrap());
         b[4] = 0;
