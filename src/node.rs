@@ -34,7 +34,10 @@ use crate::error::DbError;
 use crate::hub::{Hub, HubAction, HubConfig, HubError, HubEvent, ShareOptions, SignalData};
 use crate::ops::*;
 use crate::rand::SeededRng;
-use crate::reach::{IceTransportPolicy, ResolvedIceServer};
+use crate::reach::gather::{GatherEvent, Gatherer};
+use crate::reach::{
+    ClientConfig as IceClientConfig, IceTransportPolicy, ResolvedIceServer, Transport,
+};
 use crate::replicate::{Endpoint, ReplicationEvent, Replicator, ReplicatorConfig, RequestId};
 use crate::rpc::{
     CallId, ClientConfig, ClientEvent, RpcClient, RpcError, RpcServer, ServerConfig, ServerEvent,
@@ -255,6 +258,10 @@ pub struct Node {
     rng: SeededRng,
     hub: Hub,
     addrs: Vec<SocketAddr>,
+    /// The ICE servers at work, and what they gave: candidates for every new link.
+    gatherer: Gatherer,
+    srflx: Vec<(SocketAddr, SocketAddr)>,
+    relays: Vec<(SocketAddr, SocketAddr, Transport)>,
     shares: BTreeMap<String, OwnShare>,
     links: BTreeMap<LinkId, Link>,
     reps: BTreeMap<ReplicationId, Rep>,
@@ -284,11 +291,19 @@ impl Node {
     pub fn new(config: NodeConfig, seed: u64, now: Instant, wall_clock_ms: u64) -> Node {
         let mut rng = SeededRng::new(seed);
         let hub = Hub::new(config.hub.clone(), rng.next_u64(), now, wall_clock_ms);
+        let gatherer = Gatherer::new(
+            config.ice_servers.clone(),
+            IceClientConfig::default(),
+            rng.next_u64(),
+        );
         Node {
             config,
             rng,
             hub,
             addrs: Vec::new(),
+            gatherer,
+            srflx: Vec::new(),
+            relays: Vec::new(),
             shares: BTreeMap::new(),
             links: BTreeMap::new(),
             reps: BTreeMap::new(),
@@ -555,6 +570,40 @@ impl Node {
         destination: SocketAddr,
         contents: &[u8],
     ) {
+        if self.gatherer.is_server(source) {
+            self.gatherer.handle_datagram(now, source, contents);
+            self.pump(now);
+            return;
+        }
+        self.deliver(now, source, destination, contents);
+        self.pump(now);
+    }
+
+    /// Bytes from the runtime's TCP stream to `server` (a TURN server reached over TCP).
+    pub fn handle_stream_data(&mut self, now: Instant, server: SocketAddr, bytes: &[u8]) {
+        self.gatherer.handle_stream_data(now, server, bytes);
+        self.pump(now);
+    }
+
+    /// The runtime's TCP stream to `server` could not connect, or closed.
+    pub fn handle_stream_closed(&mut self, now: Instant, server: SocketAddr, why: String) {
+        self.gatherer.handle_stream_closed(now, server, why);
+        self.pump(now);
+    }
+
+    /// Where each ICE server stands (for the user: which answered, which failed and why).
+    pub fn ice_servers(&self) -> Vec<crate::reach::gather::ServerReport> {
+        self.gatherer.reports()
+    }
+
+    /// Gives a datagram to the session it belongs to.
+    fn deliver(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
         // The newest accepting session wins (a peer that restarted on the same address).
         let target = self
             .links
@@ -568,7 +617,6 @@ impl Node {
                     .handle_datagram(now, source, destination, contents);
             }
         }
-        self.pump(now);
     }
 
     /// Feeds the result of a hub request.
@@ -630,6 +678,7 @@ impl Node {
     /// Runs what is due at `now`. Harmless early.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.hub.handle_timeout(now);
+        self.gatherer.handle_timeout(now);
         for l in self.links.values_mut() {
             if l.session.poll_timeout().is_some_and(|t| t <= now) {
                 l.session.handle_timeout(now);
@@ -676,6 +725,7 @@ impl Node {
                 t = Some(t.map_or(x, |t: Instant| t.min(x)));
             }
         };
+        consider(self.gatherer.poll_timeout());
         for l in self.links.values() {
             consider(l.session.poll_timeout());
             consider(match &l.rpc {
@@ -713,13 +763,26 @@ impl Node {
     ) {
         let seed = self.rng.next_u64();
         let mut session = Session::new(role, self.config.session.clone(), seed, now);
-        if self.config.ice_transport_policy == IceTransportPolicy::All {
+        let all = self.config.ice_transport_policy == IceTransportPolicy::All;
+        if all {
             for a in &self.addrs {
                 if let Err(e) = session.add_local_candidate(now, *a) {
                     tracing::debug!(addr = %a, error = %e, "host candidate refused");
                 }
             }
+            for (addr, base) in &self.srflx {
+                if let Err(e) = session.add_srflx_candidate(now, *addr, *base) {
+                    tracing::debug!(%addr, error = %e, "srflx candidate refused");
+                }
+            }
         }
+        for (addr, base, transport) in &self.relays {
+            if let Err(e) = session.add_relay_candidate(now, *addr, *base, *transport) {
+                tracing::debug!(%addr, error = %e, "relay candidate refused");
+            }
+        }
+        // The first link starts the ICE servers; later ones get what they found.
+        self.gatherer.start(now, &self.addrs);
         self.links_created += 1;
         self.links.insert(
             link,
@@ -789,6 +852,7 @@ impl Node {
     fn pump(&mut self, now: Instant) {
         for _ in 0..1000 {
             let mut moved = false;
+            moved |= self.pump_gatherer(now);
             moved |= self.pump_hub(now);
             // Links in key order, as of when each is reached; a link with nothing to take or
             // send is skipped (pumping it would do nothing), which spares cloning its key.
@@ -816,6 +880,116 @@ impl Node {
         self.links.retain(|_, l| {
             !(l.closed && l.session.is_closed() && l.session.poll_timeout().is_none())
         });
+        // No link left: give the TURN allocations back (the next link allocates again).
+        if self.links.is_empty() && self.gatherer.is_started() {
+            self.gatherer.release(now);
+            self.srflx.clear();
+            self.relays.clear();
+            while let Some(t) = self.gatherer.poll_transmit() {
+                self.transmits.push_back(t);
+            }
+        }
+    }
+
+    /// Moves the ICE servers' output: datagrams to the servers, candidates to the sessions,
+    /// relayed datagrams to the session they are for.
+    fn pump_gatherer(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        while let Some(t) = self.gatherer.poll_transmit() {
+            moved = true;
+            self.transmits.push_back(t);
+        }
+        let all = self.config.ice_transport_policy == IceTransportPolicy::All;
+        while let Some(e) = self.gatherer.poll_event() {
+            moved = true;
+            match e {
+                GatherEvent::Srflx { addr, base } => {
+                    if self.srflx.contains(&(addr, base)) {
+                        continue;
+                    }
+                    self.srflx.push((addr, base));
+                    if all {
+                        for l in self.links.values_mut().filter(|l| !l.closed) {
+                            if let Err(e) = l.session.add_srflx_candidate(now, addr, base) {
+                                tracing::debug!(%addr, error = %e, "srflx candidate refused");
+                            }
+                        }
+                    }
+                }
+                GatherEvent::Relay {
+                    addr,
+                    base,
+                    transport,
+                } => {
+                    self.relays.push((addr, base, transport));
+                    for l in self.links.values_mut().filter(|l| !l.closed) {
+                        if let Err(e) = l.session.add_relay_candidate(now, addr, base, transport) {
+                            tracing::debug!(%addr, error = %e, "relay candidate refused");
+                        }
+                    }
+                }
+                GatherEvent::Relayed { peer, relay, data } => {
+                    self.deliver(now, peer, relay, &data);
+                }
+                GatherEvent::Failed { lost_relay, .. } => {
+                    if let Some(r) = lost_relay {
+                        self.relays.retain(|(a, _, _)| *a != r);
+                    }
+                    // Relay-only and no relay will ever come: links still connecting fail now,
+                    // with the servers' reasons, instead of at the connect timeout.
+                    if !all {
+                        if let Some(why) = self.gatherer.all_relays_failed() {
+                            let connecting: Vec<LinkId> = self
+                                .links
+                                .iter()
+                                .filter(|(_, l)| !l.closed && !l.session.is_open())
+                                .map(|(k, _)| k.clone())
+                                .collect();
+                            for k in connecting {
+                                self.close_link(
+                                    now,
+                                    &k,
+                                    format!("no relay for a relay-only link: {why}"),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        moved
+    }
+
+    /// Why a link found no path: what each side gathered and what the ICE servers said.
+    fn no_path_reason(&self, link: &LinkId) -> String {
+        let mut s = String::from("no path to the peer (ICE found no working candidate pair)");
+        if let Some(l) = self.links.get(link) {
+            let g = l.session.gathered();
+            s.push_str(&format!(
+                "; we offered host {}, srflx {}, relay {}; the peer offered host {}, srflx {}, relay {}",
+                g.local_host, g.local_srflx, g.local_relay, g.remote_host, g.remote_srflx, g.remote_relay
+            ));
+        }
+        let reports = self.gatherer.reports();
+        if reports.is_empty() {
+            s.push_str("; no ICE servers were given");
+        } else {
+            let said: Vec<String> = reports.iter().map(|r| r.to_string()).collect();
+            s.push_str(&format!("; {}", said.join("; ")));
+        }
+        if !reports.iter().any(|r| {
+            matches!(
+                r.state,
+                crate::reach::gather::ServerState::Answered { relay: Some(_), .. }
+            )
+        }) {
+            s.push_str(
+                "; behind NATs that map each destination differently only a relay works: \
+                 add a TURN server (--ice-server turn:HOST:3478?transport=udp, or \
+                 ?transport=tcp where UDP is blocked)",
+            );
+        }
+        s
     }
 
     fn pump_hub(&mut self, now: Instant) -> bool {
@@ -834,6 +1008,12 @@ impl Node {
                     }
                 }
                 HubEvent::Signal { share, peer, data } => {
+                    // A peer's candidate: let it through our relays before its first check.
+                    if let SignalData::Candidate(Some(c)) = &data {
+                        if let Some(addr) = candidate_addr(&c.candidate) {
+                            self.gatherer.permit(now, addr);
+                        }
+                    }
                     let link = (share, peer);
                     if let Some(l) = self.links.get_mut(&link) {
                         if let Err(e) = l.session.handle_signal(now, data) {
@@ -869,6 +1049,7 @@ impl Node {
         let mut store_reqs = Vec::new();
         let mut client_events = Vec::new();
         let mut became_ready = false;
+        let mut no_path = false;
         {
             let Some(l) = self.links.get_mut(k) else {
                 return false;
@@ -878,7 +1059,12 @@ impl Node {
             }
             while let Some(t) = l.session.poll_transmit() {
                 moved = true;
-                self.transmits.push_back(t);
+                if self.gatherer.is_relay(t.source) {
+                    self.gatherer
+                        .send_via_relay(now, t.source, t.destination, &t.contents);
+                } else {
+                    self.transmits.push_back(t);
+                }
             }
             while let Some(e) = l.session.poll_event() {
                 moved = true;
@@ -928,6 +1114,9 @@ impl Node {
                         }
                     }
                     SessionEvent::Closed(reason) => {
+                        if reason == CloseReason::ConnectTimeout && !l.session.was_connected() {
+                            no_path = true;
+                        }
                         closed.get_or_insert(match reason {
                             CloseReason::Failed(f) => format!("failed: {f}"),
                             r => format!("{r:?}"),
@@ -962,7 +1151,12 @@ impl Node {
                     }
                 }
                 while let Some(t) = l.session.poll_transmit() {
-                    self.transmits.push_back(t);
+                    if self.gatherer.is_relay(t.source) {
+                        self.gatherer
+                            .send_via_relay(now, t.source, t.destination, &t.contents);
+                    } else {
+                        self.transmits.push_back(t);
+                    }
                 }
             }
             match l.rpc.as_mut() {
@@ -1033,7 +1227,10 @@ impl Node {
         for e in client_events {
             self.on_client_event(now, k, e);
         }
-        if let Some(reason) = closed {
+        if let Some(mut reason) = closed {
+            if no_path {
+                reason = format!("ConnectTimeout: {}", self.no_path_reason(k));
+            }
             // Flush what can still go (a goodbye), then close.
             if let Some(l) = self.links.get_mut(k) {
                 if !l.session.is_closed() {
@@ -1171,4 +1368,12 @@ impl Node {
         }
         moved
     }
+}
+
+/// The address of an SDP candidate line (`candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host`).
+fn candidate_addr(line: &str) -> Option<SocketAddr> {
+    let mut parts = line.split_whitespace();
+    let ip = parts.nth(4)?.parse().ok()?;
+    let port = parts.next()?.parse().ok()?;
+    Some(SocketAddr::new(ip, port))
 }

@@ -285,6 +285,23 @@ pub enum CloseReason {
     Failed(String),
 }
 
+/// Candidate counts of both sides: [`Session::gathered`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gathered {
+    /// Our host candidates.
+    pub local_host: u32,
+    /// Our server-reflexive candidates.
+    pub local_srflx: u32,
+    /// Our relayed candidates.
+    pub local_relay: u32,
+    /// The peer's host candidates.
+    pub remote_host: u32,
+    /// The peer's server-reflexive (and peer-reflexive) candidates.
+    pub remote_srflx: u32,
+    /// The peer's relayed candidates.
+    pub remote_relay: u32,
+}
+
 /// What a session reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -367,6 +384,8 @@ pub struct Session {
     /// The (source, destination) of the last datagram str0m sent: once the channel is open,
     /// the pair ICE nominated.
     last_pair: Option<(SocketAddr, SocketAddr)>,
+    /// ICE reached Connected at least once: a connect timeout after that is not "no path".
+    ice_connected: bool,
     data: Option<ChannelId>,
     ctl: Option<ChannelId>,
     remote_max_message: usize,
@@ -428,6 +447,7 @@ impl Session {
             srflx_bases: Vec::new(),
             remote_kinds: Vec::new(),
             last_pair: None,
+            ice_connected: false,
             data: None,
             ctl: None,
             remote_max_message: DEFAULT_REMOTE_MAX_MESSAGE,
@@ -543,6 +563,41 @@ impl Session {
         self.local_kinds
             .push((relay, CandidateType::Relay, Some(transport)));
         Ok(())
+    }
+
+    /// Whether ICE ever found a working pair (a connect timeout without one means no path).
+    pub fn was_connected(&self) -> bool {
+        self.ice_connected
+    }
+
+    /// How many candidates of each type this side offered and the peer signalled.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use peerpouch::session::{Session, SessionConfig, SessionRole};
+    /// let now = Instant::now();
+    /// let mut s = Session::new(SessionRole::Offerer, SessionConfig::default(), 1, now);
+    /// s.add_local_candidate(now, "127.0.0.1:5000".parse().unwrap()).unwrap();
+    /// assert_eq!(s.gathered().local_host, 1);
+    /// assert_eq!(s.gathered().remote_host, 0);
+    /// ```
+    pub fn gathered(&self) -> Gathered {
+        let mut g = Gathered::default();
+        for (_, k, _) in &self.local_kinds {
+            match k {
+                CandidateType::Host => g.local_host += 1,
+                CandidateType::Srflx | CandidateType::Prflx => g.local_srflx += 1,
+                CandidateType::Relay => g.local_relay += 1,
+            }
+        }
+        for (_, k) in &self.remote_kinds {
+            match k {
+                CandidateType::Host => g.remote_host += 1,
+                CandidateType::Srflx | CandidateType::Prflx => g.remote_srflx += 1,
+                CandidateType::Relay => g.remote_relay += 1,
+            }
+        }
+        g
     }
 
     /// The path the link took, once ICE has selected a pair (the channel is open).
@@ -990,7 +1045,15 @@ impl Session {
             // str0m may report Closed twice: `shut` reports once.
             Event::Closed => self.shut(now, CloseReason::Remote),
             // Informational: liveness and the connect timeout decide, not ICE's own states.
-            Event::IceConnectionStateChange(s) => tracing::debug!(state = ?s, "ice state"),
+            Event::IceConnectionStateChange(s) => {
+                tracing::debug!(state = ?s, "ice state");
+                if matches!(
+                    s,
+                    str0m::IceConnectionState::Connected | str0m::IceConnectionState::Completed
+                ) {
+                    self.ice_connected = true;
+                }
+            }
             _ => {}
         }
     }

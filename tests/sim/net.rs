@@ -36,6 +36,100 @@ pub struct Packet {
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub data: Vec<u8>,
+    /// Bytes of a TCP stream (to or from a TURN server), not a datagram.
+    pub tcp: bool,
+}
+
+/// How a home router maps and filters (RFC 4787 terms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatKind {
+    /// Endpoint-independent mapping that keeps the port when it can, address-and-port
+    /// dependent filtering: Linux `masquerade` with a stateful firewall ("port-restricted cone").
+    Cone,
+    /// A new port for every destination, address-and-port dependent filtering: Linux
+    /// `masquerade random` ("symmetric"). Only a relay gets through two of these.
+    Symmetric,
+}
+
+/// A home router between one node's private address and the internet.
+#[derive(Debug)]
+pub struct Nat {
+    pub kind: NatKind,
+    /// The node's private address (its socket).
+    pub inside: SocketAddr,
+    /// The router's public IP.
+    pub public: std::net::IpAddr,
+    /// (private source, destination for symmetric NATs) -> public port.
+    out: BTreeMap<(SocketAddr, Option<SocketAddr>), u16>,
+    /// public port -> (private address, remotes it sent to: the only ones let back in).
+    back: BTreeMap<u16, (SocketAddr, std::collections::BTreeSet<SocketAddr>)>,
+    next_port: u16,
+    pub translated: u64,
+    pub filtered: u64,
+}
+
+impl Nat {
+    pub fn new(kind: NatKind, inside: SocketAddr, public: std::net::IpAddr) -> Nat {
+        Nat {
+            kind,
+            inside,
+            public,
+            out: BTreeMap::new(),
+            back: BTreeMap::new(),
+            next_port: 40000,
+            translated: 0,
+            filtered: 0,
+        }
+    }
+
+    /// The router restarts: every mapping is forgotten (conntrack flushed).
+    pub fn flush(&mut self) {
+        self.out.clear();
+        self.back.clear();
+        // A restarted symmetric router hands out other ports; a cone one keeps the port.
+        self.next_port = self.next_port.wrapping_add(1000).max(40000);
+    }
+
+    fn outbound(&mut self, source: SocketAddr, destination: SocketAddr) -> SocketAddr {
+        let key = match self.kind {
+            NatKind::Cone => (source, None),
+            NatKind::Symmetric => (source, Some(destination)),
+        };
+        let port = match self.out.get(&key) {
+            Some(p) => *p,
+            None => {
+                let port = match self.kind {
+                    NatKind::Cone if !self.back.contains_key(&source.port()) => source.port(),
+                    _ => {
+                        while self.back.contains_key(&self.next_port) {
+                            self.next_port = self.next_port.wrapping_add(1).max(40000);
+                        }
+                        self.next_port
+                    }
+                };
+                self.next_port = self.next_port.wrapping_add(1).max(40000);
+                self.out.insert(key, port);
+                self.back
+                    .insert(port, (source, std::collections::BTreeSet::new()));
+                port
+            }
+        };
+        if let Some((_, allowed)) = self.back.get_mut(&port) {
+            allowed.insert(destination);
+        }
+        self.translated += 1;
+        SocketAddr::new(self.public, port)
+    }
+
+    fn inbound(&mut self, from: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+        match self.back.get(&to.port()) {
+            Some((private, allowed)) if allowed.contains(&from) => Some(*private),
+            _ => {
+                self.filtered += 1;
+                None
+            }
+        }
+    }
 }
 
 /// Packets in flight, in an ordered queue keyed by (arrival time, sequence number).
@@ -47,6 +141,8 @@ pub struct VirtualNet {
     seq: u64,
     instant_index: BTreeMap<(u64, SocketAddr, SocketAddr), u64>,
     partitions: Vec<(SocketAddr, SocketAddr, Instant, Instant)>,
+    /// Home routers: a node's datagrams leave through its NAT.
+    pub nats: Vec<Nat>,
     pub delivered: u64,
     pub dropped: u64,
 }
@@ -61,6 +157,7 @@ impl VirtualNet {
             seq: 0,
             instant_index: BTreeMap::new(),
             partitions: Vec::new(),
+            nats: Vec::new(),
             delivered: 0,
             dropped: 0,
         }
@@ -77,7 +174,26 @@ impl VirtualNet {
     }
 
     /// Sends a datagram at `now`.
-    pub fn send(&mut self, now: Instant, t: Transmit) {
+    pub fn send(&mut self, now: Instant, mut t: Transmit) {
+        // Out through the sender's home router, if it has one.
+        if let Some(nat) = self.nats.iter_mut().find(|n| n.inside == t.source) {
+            t.source = nat.outbound(t.source, t.destination);
+        }
+        // A TCP stream (to a TURN server) is reliable and in order: no loss, no jitter, and
+        // no MTU (its frames are cut into segments below us).
+        if t.transport == peerpouch::reach::Transport::Tcp {
+            self.seq += 1;
+            self.queue.insert(
+                (now + self.config.latency, self.seq),
+                Packet {
+                    from: t.source,
+                    to: t.destination,
+                    data: t.contents,
+                    tcp: true,
+                },
+            );
+            return;
+        }
         if t.contents.len() > self.config.mtu || self.blocked(now, t.source, t.destination) {
             self.dropped += 1;
             return;
@@ -128,6 +244,7 @@ impl VirtualNet {
                     from: t.source,
                     to: t.destination,
                     data: t.contents.clone(),
+                    tcp: false,
                 },
             );
         }
@@ -147,7 +264,17 @@ impl VirtualNet {
             .collect();
         let mut out = Vec::new();
         for k in due {
-            let p = self.queue.remove(&k).expect("listed");
+            let mut p = self.queue.remove(&k).expect("listed");
+            // In through the receiver's home router: only replies to what it sent get in.
+            if let Some(nat) = self.nats.iter_mut().find(|n| n.public == p.to.ip()) {
+                match nat.inbound(p.from, p.to) {
+                    Some(private) => p.to = private,
+                    None => {
+                        self.dropped += 1;
+                        continue;
+                    }
+                }
+            }
             if self.blocked(now, p.from, p.to) {
                 self.dropped += 1;
             } else {

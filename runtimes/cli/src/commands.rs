@@ -147,6 +147,15 @@ pub struct LinkArgs {
     /// Offer only relayed (TURN) candidates: peers never learn this machine's addresses.
     #[arg(long)]
     pub relay_only: bool,
+    /// Offer this address to peers instead of the socket's own (a port forward or 1:1 NAT in
+    /// front of this machine); repeatable, one per address family.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "PEERPOUCH_ANNOUNCE",
+        value_delimiter = ','
+    )]
+    pub announce: Vec<std::net::SocketAddr>,
 }
 
 impl LinkArgs {
@@ -183,7 +192,7 @@ impl LinkArgs {
                     .into(),
             ));
         }
-        config = config.ice_servers(servers);
+        config = config.ice_servers(servers).announce(self.announce.clone());
         if self.relay_only {
             config = config.ice_transport_policy(IceTransportPolicy::Relay);
         }

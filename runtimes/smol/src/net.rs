@@ -71,6 +71,8 @@ pub(crate) struct LocalAddrs {
     pub(crate) bound: SocketAddr,
     pub(crate) candidates: Vec<SocketAddr>,
     nets: Vec<(IpAddr, IpAddr)>,
+    /// An announced public address: every datagram counts as sent to it.
+    bound_public: Option<SocketAddr>,
 }
 
 impl LocalAddrs {
@@ -83,6 +85,7 @@ impl LocalAddrs {
                 bound,
                 candidates: vec![bound],
                 nets: Vec::new(),
+                bound_public: None,
             });
         }
         let interfaces = if_addrs::get_if_addrs().map_err(LinkError::Interfaces)?;
@@ -112,6 +115,7 @@ impl LocalAddrs {
             bound,
             candidates,
             nets,
+            bound_public: None,
         })
     }
 
@@ -121,6 +125,9 @@ impl LocalAddrs {
     /// holds the peer, else the first non-loopback address. ICE needs it to match a host
     /// candidate exactly.
     pub(crate) fn destination_for(&self, source: SocketAddr) -> SocketAddr {
+        if let Some(p) = self.bound_public {
+            return p;
+        }
         if self.nets.is_empty() {
             return self.bound;
         }
@@ -154,6 +161,16 @@ impl LocalAddrs {
 /// gathers (`0.0.0.0` and `[::]`).
 pub(crate) struct Sockets {
     sockets: Vec<(Async<UdpSocket>, LocalAddrs)>,
+}
+
+impl LocalAddrs {
+    /// Offers `public` instead of the socket's addresses, and takes every datagram as sent to
+    /// it (a 1:1 NAT in front of the socket).
+    fn announce(&mut self, public: SocketAddr) {
+        self.candidates = vec![public];
+        self.nets.clear();
+        self.bound_public = Some(public);
+    }
 }
 
 /// The addresses a node listens on by default: every interface, IPv4 and IPv6.
@@ -193,6 +210,15 @@ impl Sockets {
             )));
         }
         Ok(Sockets { sockets })
+    }
+
+    /// Announces public addresses: each socket takes the one of its family.
+    pub(crate) fn announce(&mut self, public: &[SocketAddr]) {
+        for (_, addrs) in &mut self.sockets {
+            if let Some(p) = public.iter().find(|p| p.is_ipv4() == addrs.bound.is_ipv4()) {
+                addrs.announce(*p);
+            }
+        }
     }
 
     /// Every host candidate of every socket.
@@ -283,6 +309,132 @@ impl Sockets {
     }
 }
 
+/// What a TCP stream to a TURN server reports to the driver.
+#[derive(Debug)]
+pub(crate) enum StreamEvent {
+    /// Bytes read from the stream to `server`.
+    Data {
+        /// The server.
+        server: SocketAddr,
+        /// What was read.
+        bytes: Vec<u8>,
+    },
+    /// The stream to `server` could not connect or ended.
+    Closed {
+        /// The server.
+        server: SocketAddr,
+        /// Why.
+        why: String,
+    },
+}
+
+/// TCP streams to TURN servers (RFC 8656 §3.1: TURN over TCP where UDP is blocked), one per
+/// server, opened on the first bytes for it. Each runs as a task that reads into `events` and
+/// writes what [`Streams::send`] queues; it ends when its queue's sender is dropped.
+pub(crate) struct Streams {
+    open: std::collections::BTreeMap<SocketAddr, async_channel::Sender<Vec<u8>>>,
+}
+
+/// Writes queued per stream before more are dropped (each is one framed STUN message or
+/// ChannelData, at most ~64 KiB; a stalled server costs at most this much memory).
+const STREAM_BACKLOG: usize = 256;
+/// How long a TCP connect to a TURN server may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Streams {
+    pub(crate) fn new() -> Streams {
+        Streams {
+            open: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Queues `bytes` for the stream to `server`, connecting first if needed; events go to
+    /// `events`.
+    pub(crate) fn send(
+        &mut self,
+        server: SocketAddr,
+        bytes: Vec<u8>,
+        events: &async_channel::Sender<StreamEvent>,
+    ) {
+        let tx = self
+            .open
+            .entry(server)
+            .or_insert_with(|| spawn_stream(server, events.clone()));
+        if tx.try_send(bytes).is_err() {
+            tracing::debug!(%server, "TCP stream to the TURN server is backed up: bytes dropped");
+        }
+    }
+
+    /// Forgets a stream that ended (the next bytes for it connect again).
+    pub(crate) fn closed(&mut self, server: SocketAddr) {
+        self.open.remove(&server);
+    }
+}
+
+fn spawn_stream(
+    server: SocketAddr,
+    events: async_channel::Sender<StreamEvent>,
+) -> async_channel::Sender<Vec<u8>> {
+    let (tx, rx) = async_channel::bounded::<Vec<u8>>(STREAM_BACKLOG);
+    smol::spawn(async move {
+        let why = run_stream(server, rx, &events).await;
+        let _ = events.send(StreamEvent::Closed { server, why }).await;
+    })
+    .detach();
+    tx
+}
+
+async fn run_stream(
+    server: SocketAddr,
+    rx: async_channel::Receiver<Vec<u8>>,
+    events: &async_channel::Sender<StreamEvent>,
+) -> String {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    let connect = async { Some(Async::<std::net::TcpStream>::connect(server).await) };
+    let timeout = async {
+        async_io::Timer::after(CONNECT_TIMEOUT).await;
+        None
+    };
+    let stream = match futures_lite::future::or(connect, timeout).await {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return format!("cannot connect over TCP: {e}"),
+        None => return format!("TCP connect timed out after {CONNECT_TIMEOUT:?}"),
+    };
+    let _ = stream.get_ref().set_nodelay(true);
+    tracing::debug!(%server, "TCP stream to the TURN server open");
+    let stream = std::sync::Arc::new(stream);
+    let reader = {
+        let stream = stream.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match (&*stream).read(&mut buf).await {
+                    Ok(0) => return "the TURN server closed the TCP stream".to_string(),
+                    Ok(n) => {
+                        let data = StreamEvent::Data {
+                            server,
+                            bytes: buf[..n].to_vec(),
+                        };
+                        if events.send(data).await.is_err() {
+                            return "the node stopped".to_string();
+                        }
+                    }
+                    Err(e) => return format!("reading the TCP stream failed: {e}"),
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Ok(bytes) = rx.recv().await {
+            if let Err(e) = (&*stream).write_all(&bytes).await {
+                return format!("writing the TCP stream failed: {e}");
+            }
+        }
+        "the node stopped".to_string()
+    };
+    futures_lite::future::or(reader, writer).await
+}
+
 fn is_link_local_v6(ip: IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
@@ -321,6 +473,7 @@ mod tests {
         assert!(l.candidates.iter().all(|c| c.port() == 4000 && c.is_ipv4()));
         assert_eq!(l.destination_for("127.0.0.1:5000".parse().unwrap()), lo);
         let manual = LocalAddrs {
+            bound_public: None,
             bound: "0.0.0.0:4000".parse().unwrap(),
             candidates: vec![
                 "192.0.2.2:4000".parse().unwrap(),

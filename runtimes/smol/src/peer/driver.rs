@@ -14,6 +14,7 @@ use async_io::Timer;
 use futures_lite::future;
 use peerpouch::hub::{HubAction, HubEvent, ShareInfo, ShareOptions};
 use peerpouch::node::{DbRef, LinkId, Node, NodeEvent, ReplicationId, StoreRequestId};
+use peerpouch::reach::Transport;
 use peerpouch::replicate::{ReplicationEvent, ReplicatorConfig};
 use peerpouch::rpc::CallId;
 use peerpouch::session::LinkPath;
@@ -22,7 +23,7 @@ use peerpouch_couch::{ChangesFollower, CouchClient, FeedEvent, FollowerConfig};
 
 use super::hub::InProcessHub;
 use super::{LinkEvent, PeerError, PeerRequest, PeerStats, ShareChange, Verdict};
-use crate::net::Sockets;
+use crate::net::{Sockets, StreamEvent, Streams};
 
 /// How long a shutdown waits for the hub to confirm unshares before it gives up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -36,6 +37,8 @@ pub(crate) const COMMAND_BACKLOG: usize = 1024;
 const RECV_BATCH: usize = 64;
 
 pub(crate) type Reply<T> = Sender<T>;
+/// An open's answer: the link and the path it took.
+pub(crate) type Opened = Result<(LinkId, Option<LinkPath>), PeerError>;
 pub(crate) type Decider = Arc<dyn Fn(&PeerRequest) -> Verdict + Send + Sync>;
 
 /// A database as the driver holds it.
@@ -103,7 +106,7 @@ pub(crate) enum Command {
         share: String,
         info: serde_json::Value,
         key: Option<Vec<u8>>,
-        reply: Reply<Result<(LinkId, Option<LinkPath>), PeerError>>,
+        reply: Reply<Opened>,
     },
     CloseLink {
         link: LinkId,
@@ -152,6 +155,7 @@ enum Done {
         link: LinkId,
         verdict: Verdict,
     },
+    Stream(StreamEvent),
 }
 
 /// A `watch_shares` stream and the shares it was told about.
@@ -198,6 +202,10 @@ enum HubBackend {
 pub(crate) struct Driver {
     node: Node,
     sockets: Sockets,
+    /// TCP streams to TURN servers reached over TCP.
+    streams: Streams,
+    /// Where the streams report (forwarded into `done`).
+    stream_tx: Sender<StreamEvent>,
     hub: HubBackend,
     commands: Receiver<Command>,
     commands_closed: bool,
@@ -211,7 +219,7 @@ pub(crate) struct Driver {
     share_waiters: BTreeMap<String, Reply<Result<String, PeerError>>>,
     unshare_waiters: BTreeMap<String, Reply<Result<(), PeerError>>>,
     deciders: BTreeMap<String, Decider>,
-    open_waiters: BTreeMap<LinkId, Reply<Result<(LinkId, Option<LinkPath>), PeerError>>>,
+    open_waiters: BTreeMap<LinkId, Reply<Opened>>,
     calls: BTreeMap<(LinkId, CallId), Reply<Result<Response, DbError>>>,
     subs: BTreeMap<(LinkId, CallId), Sender<ChangesResponse>>,
     link_watchers: BTreeMap<LinkId, Vec<Reply<String>>>,
@@ -246,9 +254,24 @@ impl Driver {
         };
         // Bounded by the work in flight: one answer per hub or HTTP request, feed batch, verdict.
         let (done_tx, done_rx) = async_channel::unbounded();
+        // TCP streams to TURN servers: bounded, so a flood from a server waits for the driver.
+        let (stream_tx, stream_rx) = async_channel::bounded::<StreamEvent>(64);
+        {
+            let done = done_tx.clone();
+            smol::spawn(async move {
+                while let Ok(e) = stream_rx.recv().await {
+                    if done.send(Done::Stream(e)).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .detach();
+        }
         Ok(Driver {
             node,
             sockets,
+            streams: Streams::new(),
+            stream_tx,
             hub,
             commands,
             commands_closed: false,
@@ -467,9 +490,16 @@ impl Driver {
             }
             while let Some(t) = self.node.poll_transmit() {
                 moved = true;
-                self.sockets
-                    .send(t.source, t.destination, &t.contents)
-                    .await;
+                match t.transport {
+                    Transport::Udp => {
+                        self.sockets
+                            .send(t.source, t.destination, &t.contents)
+                            .await
+                    }
+                    Transport::Tcp => self
+                        .streams
+                        .send(t.destination, t.contents, &self.stream_tx),
+                }
             }
             if !moved {
                 return;
@@ -624,6 +654,14 @@ impl Driver {
                 tracing::debug!(%error, attempt, "hub changes feed reconnecting");
             }
             Done::Feed(_) => {}
+            Done::Stream(StreamEvent::Data { server, bytes }) => {
+                self.node.handle_stream_data(now, server, &bytes)
+            }
+            Done::Stream(StreamEvent::Closed { server, why }) => {
+                tracing::debug!(%server, %why, "TCP stream to a TURN server ended");
+                self.streams.closed(server);
+                self.node.handle_stream_closed(now, server, why);
+            }
             Done::Verdict { link, verdict } => {
                 let r = match verdict {
                     Verdict::Accept => self.node.accept(now, &link),

@@ -273,6 +273,10 @@ pub struct PeerConfig {
     pub ice_servers: Vec<IceServer>,
     /// [`IceTransportPolicy::Relay`]: offer peers relayed candidates only.
     pub ice_transport_policy: IceTransportPolicy,
+    /// Offer these addresses as host candidates instead of the sockets' own (a 1:1 NAT or a
+    /// port forward in front of the node: peers must send to the public address). Datagrams
+    /// arriving on a socket count as sent to the announced address of their family.
+    pub announce: Vec<SocketAddr>,
     /// The node machine's tuning.
     pub node: NodeConfig,
     /// Seeds ids and ICE credentials (default: from the OS).
@@ -287,6 +291,7 @@ impl PeerConfig {
             bind: crate::net::default_binds(),
             ice_servers: Vec::new(),
             ice_transport_policy: IceTransportPolicy::All,
+            announce: Vec::new(),
             node: NodeConfig::default(),
             seed: None,
         }
@@ -330,6 +335,20 @@ impl PeerConfig {
     /// ```
     pub fn ice_servers(mut self, servers: Vec<IceServer>) -> Self {
         self.ice_servers = servers;
+        self
+    }
+
+    /// Offers `addrs` as the node's host candidates (see [`PeerConfig::announce`]).
+    ///
+    /// ```
+    /// use peerpouch_smol::{HubSpec, InProcessHub, PeerConfig};
+    /// let c = PeerConfig::new(HubSpec::InProcess(InProcessHub::new()))
+    ///     .bind("10.0.0.5:4000".parse().unwrap())
+    ///     .announce(vec!["203.0.113.7:4000".parse().unwrap()]);
+    /// assert_eq!(c.announce.len(), 1);
+    /// ```
+    pub fn announce(mut self, addrs: Vec<SocketAddr>) -> Self {
+        self.announce = addrs;
         self
     }
 
@@ -411,8 +430,9 @@ impl PeerNode {
     /// As [`PeerNode::start`].
     pub fn with_driver(config: PeerConfig) -> Result<(PeerNode, PeerDriver), PeerError> {
         let defaults = config.bind == crate::net::default_binds();
-        let sockets = crate::net::Sockets::bind(&config.bind, defaults)
+        let mut sockets = crate::net::Sockets::bind(&config.bind, defaults)
             .map_err(|e| PeerError::Socket(e.to_string()))?;
+        sockets.announce(&config.announce);
         let mut node_config = config.node;
         node_config.ice_servers = resolve_ice_servers(&config.ice_servers)?;
         node_config.ice_transport_policy = config.ice_transport_policy;
