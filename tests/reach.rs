@@ -181,7 +181,7 @@ impl Net {
     }
 
     /// A plain peer (not a client) sends to a relayed address.
-    fn from_peer(&mut self, peer: SocketAddr, relay: SocketAddr, data: &[u8]) {
+    fn peer_sends(&mut self, peer: SocketAddr, relay: SocketAddr, data: &[u8]) {
         let outs = self.server.handle_from_peer(self.now, peer, relay, data);
         self.route(outs);
         self.pump();
@@ -406,7 +406,7 @@ fn permission_channel_and_relaying_both_ways() {
         let peer: SocketAddr = "192.0.2.50:7000".parse().unwrap();
         let relay = net.relay(i);
         // Before the permission: the server drops the peer's datagram.
-        net.from_peer(peer, relay, b"too early");
+        net.peer_sends(peer, relay, b"too early");
         assert_eq!(net.server.counters.dropped_unpermitted, 1);
         // send_to permits implicitly; the payload waits for the permission, then goes as a
         // Send indication (the channel is bound in the same exchange, so later sends use it).
@@ -427,7 +427,7 @@ fn permission_channel_and_relaying_both_ways() {
                 bytes: b"hello".to_vec()
             }]
         );
-        net.from_peer(peer, relay, b"world");
+        net.peer_sends(peer, relay, b"world");
         assert_eq!(net.relayed(i), vec![(peer, b"world".to_vec())]);
         // After the bind: ChannelData both ways.
         let cd_before = net.server.counters.channel_data;
@@ -438,7 +438,7 @@ fn permission_channel_and_relaying_both_ways() {
         net.pump();
         assert_eq!(net.nodes[i].sent.last(), Some(&"channeldata"));
         assert_eq!(net.peer_inbox.last().unwrap().bytes, b"via channel");
-        net.from_peer(peer, relay, &[9; 1001]);
+        net.peer_sends(peer, relay, &[9; 1001]);
         assert_eq!(net.relayed(i).last().unwrap(), &(peer, vec![9; 1001]));
         assert_eq!(net.server.counters.channel_data, cd_before + 2);
         // Used permissions and channels are refreshed; the allocation too.
@@ -749,7 +749,7 @@ fn a_hostile_server_relaying_without_permission_is_filtered() {
     net.server.knobs.ignore_permissions = true;
     let i = net.turn(false);
     let relay = net.relay(i);
-    net.from_peer("192.0.2.66:6666".parse().unwrap(), relay, b"spam");
+    net.peer_sends("192.0.2.66:6666".parse().unwrap(), relay, b"spam");
     assert!(net.relayed(i).is_empty());
     assert_eq!(net.nodes[i].client.stats().unpermitted_dropped, 1);
 }

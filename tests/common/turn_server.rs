@@ -296,7 +296,7 @@ impl TurnServer {
             let Some(&(peer, until)) = a.channels.get(&cd.channel) else {
                 return vec![];
             };
-            if until <= now || !a.permissions.get(&peer.ip()).is_some_and(|&t| t > now) {
+            if until <= now || a.permissions.get(&peer.ip()).is_none_or(|&t| t <= now) {
                 self.counters.dropped_unpermitted += 1;
                 return vec![];
             }
@@ -319,7 +319,7 @@ impl TurnServer {
                 let Some(a) = self.allocations.get(&client) else {
                     return vec![];
                 };
-                if !a.permissions.get(&peer.ip()).is_some_and(|&t| t > now) {
+                if a.permissions.get(&peer.ip()).is_none_or(|&t| t <= now) {
                     self.counters.dropped_unpermitted += 1;
                     return vec![];
                 }
