@@ -755,6 +755,39 @@ fn a_hostile_server_relaying_without_permission_is_filtered() {
 }
 
 #[test]
+fn a_refused_permission_is_not_asked_again_for_every_datagram() {
+    let mut net = Net::new(19);
+    let peer: SocketAddr = "192.0.2.77:1".parse().unwrap();
+    net.server.knobs.forbidden_peer = Some(peer.ip());
+    let i = net.turn(false);
+    net.nodes[i].client.send_to(net.now, peer, b"x").unwrap();
+    net.pump();
+    assert_eq!(
+        net.nodes[i].events.last(),
+        Some(&ClientEvent::PermissionFailed {
+            peer: peer.ip(),
+            failure: ClientFailure::Forbidden
+        })
+    );
+    let requests = net.server.counters.requests;
+    for _ in 0..10 {
+        assert!(matches!(
+            net.nodes[i].client.send_to(net.now, peer, b"x"),
+            Err(ClientError::PermissionRefused { .. })
+        ));
+    }
+    net.pump();
+    assert_eq!(net.server.counters.requests, requests);
+    assert_eq!(net.nodes[i].client.stats().queue_dropped, 1);
+    // After the back-off it asks again.
+    net.run_until(Duration::from_secs(30));
+    net.server.knobs.forbidden_peer = None;
+    net.nodes[i].client.send_to(net.now, peer, b"now").unwrap();
+    net.pump();
+    assert_eq!(net.peer_inbox.last().unwrap().bytes, b"now");
+}
+
+#[test]
 fn tcp_framing_garbage_fails_the_client() {
     let mut net = Net::new(17);
     let i = net.turn(true);

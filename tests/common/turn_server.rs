@@ -47,6 +47,9 @@ pub struct Knobs {
     pub fingerprint: bool,
     /// Relay peer data even without a permission (a hostile server).
     pub ignore_permissions: bool,
+    /// Refuse permissions and channels for this peer IP with 403 (as coturn does for loopback
+    /// peers without --allow-loopback-peers).
+    pub forbidden_peer: Option<IpAddr>,
 }
 
 impl Default for Knobs {
@@ -59,6 +62,7 @@ impl Default for Knobs {
             lifetime: 600,
             fingerprint: true,
             ignore_permissions: false,
+            forbidden_peer: None,
         }
     }
 }
@@ -494,6 +498,12 @@ impl TurnServer {
                 if peers.is_empty() {
                     return self.error(m, 400, "Bad Request", false);
                 }
+                if peers
+                    .iter()
+                    .any(|p| Some(p.ip()) == self.knobs.forbidden_peer)
+                {
+                    return self.error(m, 403, "Forbidden", false);
+                }
                 for p in peers {
                     a.permissions.insert(p.ip(), now + Duration::from_secs(300));
                 }
@@ -507,6 +517,9 @@ impl TurnServer {
                 let (Some(channel), Some(peer)) = (m.channel_number(), m.peer_address()) else {
                     return self.error(m, 400, "Bad Request", false);
                 };
+                if Some(peer.ip()) == self.knobs.forbidden_peer {
+                    return self.error(m, 403, "Forbidden", false);
+                }
                 let conflict = a.channels.iter().any(|(c, (p, _))| {
                     (*c == channel && *p != peer) || (*c != channel && *p == peer)
                 });
