@@ -6,6 +6,7 @@
 #   source runtimes/smol/stun-server.sh && stun_start && cargo test -p peerpouch-smol; rc=$?; stun_stop; exit $rc
 #   bash runtimes/smol/stun-server.sh run cargo test -p peerpouch-smol   # start, run, stop
 #   bash runtimes/smol/stun-server.sh install                            # only install coturn
+#   bash runtimes/smol/stun-server.sh turn run COMMAND...                # TURN mode, see below
 #
 # stun_start exports:
 #   PEERPOUCH_TEST_STUN   127.0.0.1:PORT (what tests/stun.rs reads)
@@ -31,6 +32,28 @@
 #                        of /var/lib/turn and /var/run
 # Readiness: `ss` shows the port held by the PID we started, and
 # `turnutils_stunclient` (from the same package) gets a reflexive address back.
+#
+# TURN mode (tests/reach.rs of the core: allocations over UDP and TCP, relaying):
+#   source runtimes/smol/stun-server.sh && turn_start && cargo test -p peerpouch --test reach; rc=$?; turn_stop; exit $rc
+#   bash runtimes/smol/stun-server.sh turn run cargo test -p peerpouch --test reach
+# turn_start exports:
+#   PEERPOUCH_TEST_TURN   127.0.0.1:PORT|peer|secret  (ADDR|USER|PASS, what tests/reach.rs reads)
+#   PEERPOUCH_TURN_PID, PEERPOUCH_TURN_TMP  (as for STUN)
+# Knobs: PEERPOUCH_TURN_PORT (preferred port, UDP and TCP), PEERPOUCH_STUN_TIMEOUT.
+# Exact server command:
+#   turnserver -n --lt-cred-mech --user=peer:secret --realm=peerpouch.test \
+#       --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port=PORT \
+#       --min-port=49152 --max-port=65535 --no-tls --no-dtls --no-cli \
+#       --allow-loopback-peers --no-software-attribute \
+#       --log-file=TMP/turn.log --simple-log --db=TMP/turndb --pidfile=TMP/turn.pid
+#   --lt-cred-mech --user --realm   long-term credentials (401 challenge, MD5 key)
+#   --relay-ip=127.0.0.1     relayed addresses on loopback too
+#   --allow-loopback-peers   needed: without it coturn answers CreatePermission and
+#                            ChannelBind for 127.0.0.1 peers with 403 Forbidden (measured);
+#                            --cli-password is not needed with --no-cli
+#   UDP and TCP both listen on PORT (no --no-tcp/--no-udp): TURN over TCP is tested too.
+# Readiness: `ss` shows UDP and TCP PORT held by our PID, and `turnutils_stunclient` gets a
+# reflexive address back (coturn answers Binding without credentials).
 #
 # This file must stay safe to `source` into a shell running with
 # `set -euo pipefail`: it changes no shell options and sets no traps there.
@@ -184,6 +207,108 @@ stun_stop() {
     return "$rc"
 }
 
+# ---- TURN mode ----
+
+_turn_log_tail() { _svc_log_tail turn 30 "$1/stdout.log" "$1/turn.log"; }
+
+# True if UDP or TCP port $1 is taken on 127.0.0.1 (or every address).
+_turn_port_busy() {
+    if command -v ss >/dev/null 2>&1; then
+        [ -n "$(ss -Hlunt "sport = :$1" 2>/dev/null)" ]
+    else
+        return 1
+    fi
+}
+
+_turn_pick_port() {
+    local want="${1:-}" p i
+    if [ -n "$want" ] && [ "$want" != 0 ] && ! _turn_port_busy "$want"; then
+        echo "$want"
+        return 0
+    fi
+    for i in $(seq 1 50); do
+        p=$((20000 + (RANDOM * 32768 + RANDOM) % 29000))
+        if ! _turn_port_busy "$p"; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# One start attempt on port $1 with temp dir $2 (0 up, 1 failed, 2 port taken: retry).
+_turn_start_once() {
+    local port="$1" tmp="$2" timeout="${PEERPOUCH_STUN_TIMEOUT:-15}" pid start now
+    start=$(date +%s%3N)
+    turnserver -n --lt-cred-mech --user=peer:secret --realm=peerpouch.test \
+        --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port="$port" \
+        --min-port=49152 --max-port=65535 --no-tls --no-dtls --no-cli \
+        --allow-loopback-peers --no-software-attribute \
+        --log-file="$tmp/turn.log" --simple-log --db="$tmp/turndb" --pidfile="$tmp/turn.pid" \
+        </dev/null >"$tmp/stdout.log" 2>&1 &
+    pid=$!
+    while :; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" 2>/dev/null || true
+            if grep -qi "cannot bind\|address already in use" "$tmp/turn.log" "$tmp/stdout.log" 2>/dev/null; then
+                return 2
+            fi
+            _svc_err turn "turnserver (pid $pid) exited before answering on 127.0.0.1:$port"
+            _turn_log_tail "$tmp"
+            return 1
+        fi
+        if grep -qi "cannot bind" "$tmp/turn.log" 2>/dev/null; then
+            _svc_kill_tree turn "$pid"
+            return 2
+        fi
+        if _stun_port_owned_by "$port" "$pid" \
+            && { ! command -v ss >/dev/null 2>&1 || ss -Hltnp "sport = :$port" 2>/dev/null | grep -q "pid=$pid,"; } \
+            && timeout 2 turnutils_stunclient -p "$port" 127.0.0.1 2>/dev/null | grep -q "reflexive addr: 127.0.0.1:"; then
+            _SVC_PID="$pid"
+            return 0
+        fi
+        now=$(date +%s%3N)
+        if [ $((now - start)) -ge $((timeout * 1000)) ]; then
+            _svc_err turn "turnserver (pid $pid) did not answer on 127.0.0.1:$port within ${timeout}s"
+            _turn_log_tail "$tmp"
+            _svc_kill_tree turn "$pid"
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# Start the TURN server and export PEERPOUCH_TEST_TURN. Idempotent while it runs.
+turn_start() {
+    if [ -n "${PEERPOUCH_TURN_PID:-}" ] && kill -0 "$PEERPOUCH_TURN_PID" 2>/dev/null; then
+        _svc_info turn "already running: ${PEERPOUCH_TEST_TURN%%|*} (pid $PEERPOUCH_TURN_PID)"
+        return 0
+    fi
+    stun_install || return 1
+    _svc_start turn 5 _turn_pick_port "${PEERPOUCH_TURN_PORT:-}" peerpouch-turn _turn_start_once || return 1
+    export PEERPOUCH_TURN_PID="$_SVC_PID"
+    export PEERPOUCH_TURN_TMP="$_SVC_DIR"
+    export PEERPOUCH_TEST_TURN="127.0.0.1:$_SVC_PORT|peer|secret"
+    _svc_info turn "turnserver up at 127.0.0.1:$_SVC_PORT (user peer, realm peerpouch.test; pid $PEERPOUCH_TURN_PID, dir $PEERPOUCH_TURN_TMP)"
+}
+
+# Stop exactly the server turn_start started and remove its directory.
+turn_stop() {
+    local pid="${PEERPOUCH_TURN_PID:-}" tmp="${PEERPOUCH_TURN_TMP:-}" rc=0
+    if [ -z "$pid" ]; then
+        _svc_info turn "turn_stop: no server recorded (PEERPOUCH_TURN_PID unset)"
+        return 0
+    fi
+    _svc_stop turn "$pid" "$tmp" peerpouch-turn "$tmp/stdout.log" "$tmp/turn.log" || rc=$?
+    unset PEERPOUCH_TURN_PID PEERPOUCH_TURN_TMP PEERPOUCH_TEST_TURN
+    return "$rc"
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-    _svc_main "$0" stun stun_install stun_start stun_stop "$@"
+    if [ "${1:-}" = turn ]; then
+        shift
+        _svc_main "$0 turn" turn stun_install turn_start turn_stop "$@"
+    else
+        _svc_main "$0" stun stun_install stun_start stun_stop "$@"
+    fi
 fi

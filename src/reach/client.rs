@@ -79,6 +79,10 @@ const PERMISSION_REFRESH: Duration = Duration::from_secs(240);
 /// Channels last 600 s (RFC 8656 §12); refreshed at 540 s while in use.
 const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 const CHANNEL_REFRESH: Duration = Duration::from_secs(540);
+/// After a permission failed, `permit` and `send_to` refuse that IP for this long instead of
+/// asking the server again for every datagram.
+const PERMISSION_BACKOFF: Duration = Duration::from_secs(30);
+
 /// RFC 8489 §14.9/§14.10: REALM and NONCE are at most 763 bytes; longer is refused rather than
 /// echoed into every request.
 const MAX_REALM_NONCE: usize = 763;
@@ -346,6 +350,15 @@ pub enum ClientError {
         /// [`MAX_PAYLOAD`].
         max: usize,
     },
+    /// The server refused a permission for this peer recently
+    /// ([`ClientEvent::PermissionFailed`]); it is not asked again before `retry_at`.
+    #[error("the TURN server refused a permission for {peer} recently; not asking again yet")]
+    PermissionRefused {
+        /// The peer's IP.
+        peer: IpAddr,
+        /// When `permit` asks the server again.
+        retry_at: Instant,
+    },
     /// A peer of the other address family than the relayed address.
     #[error("peer {peer} is not of the relayed address's family ({relay})")]
     FamilyMismatch {
@@ -490,6 +503,8 @@ pub struct ServerClient {
     expires_at: Instant,
     refreshing: bool,
     permissions: BTreeMap<IpAddr, Permission>,
+    /// Recently refused permissions: IP → when to ask again (at most MAX_PEERS).
+    refused: BTreeMap<IpAddr, Instant>,
     channels: BTreeMap<SocketAddr, Channel>,
     channel_peers: BTreeMap<u16, SocketAddr>,
     next_channel: u16,
@@ -539,6 +554,7 @@ impl ServerClient {
             expires_at: now,
             refreshing: false,
             permissions: BTreeMap::new(),
+            refused: BTreeMap::new(),
             channels: BTreeMap::new(),
             channel_peers: BTreeMap::new(),
             next_channel: *CHANNEL_NUMBERS.start(),
@@ -982,7 +998,8 @@ impl ServerClient {
     ///
     /// # Errors
     /// [`ClientError::NotTurn`], [`ClientError::InvalidState`] once failed or released,
-    /// [`ClientError::TooManyPeers`] beyond [`MAX_PEERS`] IPs, [`ClientError::FamilyMismatch`].
+    /// [`ClientError::TooManyPeers`] beyond [`MAX_PEERS`] IPs, [`ClientError::FamilyMismatch`],
+    /// [`ClientError::PermissionRefused`] within 30 s of the server refusing this IP.
     ///
     /// ```
     /// # use std::time::Instant;
@@ -996,6 +1013,12 @@ impl ServerClient {
         let now = self.advance(now);
         self.check_relaying(peer)?;
         let ip = peer.ip();
+        if let Some(&retry_at) = self.refused.get(&ip) {
+            if now < retry_at {
+                return Err(ClientError::PermissionRefused { peer: ip, retry_at });
+            }
+            self.refused.remove(&ip);
+        }
         if !self.permissions.contains_key(&ip) {
             if self.permissions.len() >= MAX_PEERS {
                 return Err(ClientError::TooManyPeers { max: MAX_PEERS });
@@ -1649,6 +1672,13 @@ impl ServerClient {
     fn permission_failed(&mut self, ip: IpAddr, failure: ClientFailure) {
         if self.permissions.contains_key(&ip) {
             self.drop_permission(ip);
+            if self.refused.len() >= MAX_PEERS {
+                // Forget the refusal that ends first.
+                if let Some((&old, _)) = self.refused.iter().min_by_key(|(_, t)| **t) {
+                    self.refused.remove(&old);
+                }
+            }
+            self.refused.insert(ip, self.now + PERMISSION_BACKOFF);
             self.events
                 .push_back(ClientEvent::PermissionFailed { peer: ip, failure });
         }
@@ -1658,6 +1688,7 @@ impl ServerClient {
         self.stats.queue_dropped += self.queued.len() as u64;
         self.queued.clear();
         self.permissions.clear();
+        self.refused.clear();
         self.channels.clear();
         self.channel_peers.clear();
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod turn_server;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
