@@ -53,6 +53,10 @@ pub const DATA_PROTOCOL: &str = "peerpouch/1";
 pub const CTL_LABEL: &str = "peerpouch-ctl";
 const PING: &[u8] = b"ping";
 const BYE: &[u8] = b"bye";
+/// How long a closed session keeps str0m alive to deliver its goodbye (SCTP and DTLS
+/// close_notify, retransmitted). str0m ends only once the peer's DTLS closed too, which a peer
+/// that is gone never does: after this the session lets go of it.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// What browsers assume when the SDP has no `a=max-message-size` (RFC 8841).
 const DEFAULT_REMOTE_MAX_MESSAGE: usize = 64 * 1024;
 
@@ -394,6 +398,8 @@ pub struct Session {
     last_sent: Instant,
     restarts: u32,
     restart_started: Option<Instant>,
+    /// When the session closed (str0m is dropped [`CLOSE_LINGER`] later at the latest).
+    closed_at: Option<Instant>,
     rtc_timeout: Option<Instant>,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<SignalData>,
@@ -432,7 +438,14 @@ impl Session {
         if let Some(cert) = &config.dtls_cert {
             rc = rc.set_dtls_cert(cert.clone());
         }
-        let rtc = rc.build(now);
+        let mut rtc = rc.build(now);
+        // str0m's ICE agent schedules no connectivity check before its first timeout input:
+        // without this kick, an answerer behind a NAT (whose peer's checks cannot reach it
+        // until it sends its own) stayed silent until the next timer, 30 s later at the
+        // connect timeout. Found by the NAT simulation (tests/sim_nat.rs).
+        if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
+            tracing::debug!(error = %e, "str0m's first timeout");
+        }
         let mut s = Session {
             rtc,
             role,
@@ -456,6 +469,7 @@ impl Session {
             last_sent: now,
             restarts: 0,
             restart_started: None,
+            closed_at: None,
             rtc_timeout: None,
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
@@ -876,6 +890,7 @@ impl Session {
         }
         tracing::debug!(?reason, "session closed");
         self.state = State::Closed;
+        self.closed_at = Some(now);
         if let Err(e) = self.rtc.close() {
             tracing::debug!(error = %e, "closing str0m");
             self.rtc.disconnect();
@@ -917,7 +932,11 @@ impl Session {
                     consider(d);
                 }
             }
-            State::Closed => {}
+            State::Closed => {
+                if let (Some(at), Some(_)) = (self.closed_at, self.rtc_timeout) {
+                    consider(at + CLOSE_LINGER);
+                }
+            }
         }
         t
     }
@@ -944,6 +963,13 @@ impl Session {
             }
             State::Open if now >= self.last_recv + self.config.idle_timeout => {
                 self.shut(now, CloseReason::IdleTimeout);
+            }
+            State::Closed
+                if self.rtc.is_alive()
+                    && self.closed_at.is_some_and(|at| now >= at + CLOSE_LINGER) =>
+            {
+                tracing::debug!("the peer never finished closing: letting go");
+                self.rtc.disconnect();
             }
             State::Open => {
                 if self.restart_deadline().is_some_and(|d| now >= d) {

@@ -26,7 +26,7 @@ use crate::common::epoch;
 
 pub mod net;
 pub mod nodes;
-pub use net::{NetConfig, VirtualNet};
+pub use net::{NatKind, NetConfig, VirtualNet};
 
 /// One certificate for every session of the process: generating one per session is slow, and a
 /// fixed certificate is what the design asks of tests.

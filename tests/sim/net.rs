@@ -178,6 +178,15 @@ impl VirtualNet {
         // Out through the sender's home router, if it has one.
         if let Some(nat) = self.nats.iter_mut().find(|n| n.inside == t.source) {
             t.source = nat.outbound(t.source, t.destination);
+            // A home's private address is not routed on the internet.
+            if self
+                .nats
+                .iter()
+                .any(|n| n.inside.ip() == t.destination.ip())
+            {
+                self.dropped += 1;
+                return;
+            }
         }
         // A TCP stream (to a TURN server) is reliable and in order: no loss, no jitter, and
         // no MTU (its frames are cut into segments below us).

@@ -11,9 +11,17 @@ use peerpouch::node::*;
 use peerpouch::replicate::ReplicationEvent;
 use peerpouch::*;
 
-use super::net::{NetConfig, VirtualNet};
+use super::net::{Nat, NatKind, NetConfig, VirtualNet};
 use super::session_config;
 use crate::common::epoch;
+use crate::common::turn_server::TurnServer;
+use peerpouch::reach::{IceServerUrl, IceTransportPolicy, ResolvedIceServer, Transport};
+use peerpouch::session::Transmit;
+
+/// The simulated STUN/TURN server's address (its relayed addresses share its IP).
+pub const TURN_ADDR: &str = "198.51.100.20:3478";
+/// Its user and password.
+pub const TURN_USER: (&str, &str) = ("peer", "secret");
 
 const WALL: u64 = 1_800_000_000_000;
 
@@ -28,6 +36,8 @@ pub struct SimNode {
     seed: u64,
     /// Store requests executed, by operation.
     pub executed: BTreeMap<&'static str, u64>,
+    /// This node's own configuration (ICE servers, policy), when it differs from the sim's.
+    pub config: Option<NodeConfig>,
 }
 
 pub struct NodeSim {
@@ -41,6 +51,14 @@ pub struct NodeSim {
     /// Record call results and changes in the trace.
     pub trace_calls: bool,
     steps: u64,
+    /// The STUN/TURN server, once [`NodeSim::add_turn`] made it.
+    pub turn: Option<TurnServer>,
+    /// Clients that reach the TURN server over TCP (its answers to them are stream bytes).
+    turn_tcp_clients: std::collections::BTreeSet<SocketAddr>,
+    turn_logged: crate::common::turn_server::Counters,
+    /// Every document a node wrote to the hub, in order (signals are deleted once read: this
+    /// keeps what crossed the hub).
+    pub hub_writes: Vec<serde_json::Value>,
 }
 
 impl NodeSim {
@@ -58,7 +76,72 @@ impl NodeSim {
             trace: String::new(),
             trace_calls: true,
             steps: 0,
+            turn: None,
+            turn_tcp_clients: std::collections::BTreeSet::new(),
+            turn_logged: Default::default(),
+            hub_writes: Vec::new(),
         }
+    }
+
+    /// Starts the STUN/TURN server at [`TURN_ADDR`].
+    pub fn add_turn(&mut self) {
+        let addr: SocketAddr = TURN_ADDR.parse().unwrap();
+        self.turn = Some(TurnServer::new(
+            addr,
+            addr.ip(),
+            "peerpouch.test",
+            &[TURN_USER],
+            77,
+        ));
+    }
+
+    /// The ICE server URLs `urls` (`stun:` / `turn:`, any host: it is the simulated server)
+    /// resolved to the simulated server, with its credentials.
+    pub fn ice_servers(urls: &[&str]) -> Vec<ResolvedIceServer> {
+        urls.iter()
+            .map(|u| {
+                let mut url = IceServerUrl::parse(u).unwrap();
+                url.username = Some(TURN_USER.0.into());
+                url.credential = Some(TURN_USER.1.into());
+                url.resolved(TURN_ADDR.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// A node in a home behind a NAT of `kind` (private address 10.0.<i>.2, the router's
+    /// public address 203.0.113.<i+1>), with its own ICE servers and policy.
+    pub fn add_node_behind(
+        &mut self,
+        name: &str,
+        kind: Option<NatKind>,
+        ice: &[&str],
+        policy: IceTransportPolicy,
+    ) -> usize {
+        let i = self.nodes.len();
+        let mut config = self.config.clone();
+        config.ice_servers = Self::ice_servers(ice);
+        config.ice_transport_policy = policy;
+        let addr: SocketAddr = match kind {
+            Some(_) => format!("10.0.{i}.2:{}", 6000 + i).parse().unwrap(),
+            None => format!("198.51.100.{}:{}", 100 + i, 6000 + i)
+                .parse()
+                .unwrap(),
+        };
+        if let Some(kind) = kind {
+            let public = format!("203.0.113.{}", i + 1).parse().unwrap();
+            self.net.nats.push(Nat::new(kind, addr, public));
+        }
+        self.push_node(name, addr, Some(config));
+        i
+    }
+
+    /// The router of node `i` restarts: its NAT forgets every mapping.
+    pub fn flush_nat(&mut self, i: usize) {
+        let addr = self.nodes[i].addr;
+        if let Some(n) = self.net.nats.iter_mut().find(|n| n.inside == addr) {
+            n.flush();
+        }
+        self.log(i, "router restarted: NAT mappings flushed");
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -84,6 +167,11 @@ impl NodeSim {
     pub fn add_node(&mut self, name: &str) -> usize {
         let i = self.nodes.len();
         let addr: SocketAddr = format!("127.0.1.{}:{}", 10 + i, 6000 + i).parse().unwrap();
+        self.push_node(name, addr, None)
+    }
+
+    fn push_node(&mut self, name: &str, addr: SocketAddr, config: Option<NodeConfig>) -> usize {
+        let i = self.nodes.len();
         self.nodes.push(SimNode {
             name: name.into(),
             addr,
@@ -94,6 +182,7 @@ impl NodeSim {
             events: Vec::new(),
             seed: 500 + i as u64,
             executed: BTreeMap::new(),
+            config,
         });
         self.boot(i);
         i
@@ -101,7 +190,8 @@ impl NodeSim {
 
     fn boot(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        let mut node = Node::new(self.config.clone(), n.seed, self.now, WALL);
+        let config = n.config.clone().unwrap_or_else(|| self.config.clone());
+        let mut node = Node::new(config, n.seed, self.now, WALL);
         node.add_local_candidate(n.addr);
         n.node = Some(node);
         n.cursor = None;
@@ -233,6 +323,9 @@ impl NodeSim {
             moved = true;
             match a {
                 HubAction::Request { id, request } => {
+                    if let Request::BulkDocs(b) = &request {
+                        self.hub_writes.extend(b.docs.iter().cloned());
+                    }
                     let r = self.hub.execute(request);
                     self.node(i).handle_hub_response(now, id, r);
                 }
@@ -279,11 +372,45 @@ impl NodeSim {
         moved
     }
 
+    /// Trace lines for what the TURN server did since the last look (allocations, permissions,
+    /// channel bindings, releases): the control traffic, not every relayed packet.
+    fn log_turn(&mut self) {
+        let Some(turn) = &self.turn else { return };
+        let c = turn.counters;
+        let was = self.turn_logged;
+        let t = self.elapsed();
+        let mut line = |what: &str, n: u64| {
+            let _ = writeln!(
+                self.trace,
+                "{:>7}.{:03}ms {:<7} {what} (total {n})",
+                t.as_millis(),
+                t.subsec_micros() % 1000,
+                "turn",
+            );
+        };
+        if c.allocations != was.allocations {
+            line("allocation made", c.allocations);
+        }
+        if c.permissions != was.permissions {
+            line("permission installed", c.permissions);
+        }
+        if c.channel_binds != was.channel_binds {
+            line("channel bound", c.channel_binds);
+        }
+        if c.refreshes != was.refreshes {
+            line("refresh", c.refreshes);
+        }
+        self.turn_logged = c;
+    }
+
     fn on_event(&mut self, i: usize, e: NodeEvent) {
         let line = match &e {
             NodeEvent::Hub(h) => Some(format!("hub {}", short_hub(h))),
             NodeEvent::PeerRequested { info, .. } => Some(format!("peer requested, info {info}")),
-            NodeEvent::LinkReady { .. } => Some("link ready".into()),
+            NodeEvent::LinkReady { path, .. } => Some(match path {
+                Some(p) if self.nodes[i].config.is_some() => format!("link ready, {p}"),
+                _ => "link ready".into(),
+            }),
             NodeEvent::LinkClosed { reason, .. } => Some(format!("link closed: {reason}")),
             NodeEvent::Refused { reason, .. } => Some(format!("refused: {reason:?}")),
             NodeEvent::CallResult { call, result, .. } if self.trace_calls => {
@@ -351,12 +478,46 @@ impl NodeSim {
         self.now = self.now.max(next);
         let now = self.now;
         for p in self.net.arrivals(now) {
+            if let Some(turn) = self.turn.as_mut() {
+                let outs = if p.to == turn.addr && p.tcp {
+                    self.turn_tcp_clients.insert(p.from);
+                    turn.handle_stream_from_client(now, p.from, &p.data)
+                } else if p.to == turn.addr {
+                    turn.handle_from_client(now, p.from, &p.data)
+                } else if turn.is_relay(p.to) {
+                    turn.handle_from_peer(now, p.from, p.to, &p.data)
+                } else {
+                    Vec::new()
+                };
+                for o in outs {
+                    let transport = if self.turn_tcp_clients.contains(&o.to) && o.from == turn.addr
+                    {
+                        Transport::Tcp
+                    } else {
+                        Transport::Udp
+                    };
+                    self.net.send(
+                        now,
+                        Transmit {
+                            source: o.from,
+                            destination: o.to,
+                            transport,
+                            contents: o.bytes,
+                        },
+                    );
+                }
+            }
             if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == p.to) {
                 if let Some(node) = n.node.as_mut() {
-                    node.handle_datagram(now, p.from, p.to, &p.data);
+                    if p.tcp {
+                        node.handle_stream_data(now, p.from, &p.data);
+                    } else {
+                        node.handle_datagram(now, p.from, p.to, &p.data);
+                    }
                 }
             }
         }
+        self.log_turn();
         for i in 0..self.nodes.len() {
             // Longpolls whose wait ran out answer with what there is (nothing).
             let expired: Vec<StoreRequest> = {
