@@ -45,7 +45,8 @@
 # /run/ppnat/<prefix>. nat_up first removes every namespace ppnat-<pid>-* whose owner is gone
 # (or whose PID now belongs to another process): it kills the processes still inside such a
 # namespace (hub, coturn, peers of a killed run: processes this harness started) and deletes
-# the namespace, which removes its veths and bridges.
+# the namespace, which removes its veths and bridges, and removes its log directory
+# ${TMPDIR:-/tmp}/ppnat-<pid>.*.
 #
 # This file must stay safe to `source` into a shell running with `set -euo pipefail`: it
 # changes no shell options and sets no traps. Call nat_up, nat_hub_start and
@@ -239,6 +240,16 @@ nat_clean_stale() {
         _nat_ns_destroy "$ns"
         rm -f -- "$_NAT_STATE_DIR/ppnat-$owner"
         n=$((n + 1))
+    done
+    # Log directories of runs that are gone (their namespaces may be gone already).
+    local d
+    for d in "${TMPDIR:-/tmp}"/ppnat-*.*; do
+        [ -d "$d" ] || continue
+        owner="${d##*/ppnat-}"
+        owner="${owner%%.*}"
+        case "$owner" in '' | *[!0-9]*) continue ;; esac
+        if _nat_owner_alive "$owner"; then continue; fi
+        rm -rf -- "$d"
     done
     return 0
 }
