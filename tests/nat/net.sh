@@ -166,21 +166,36 @@ nat_spawn() {
     NAT_SPAWN_PID=$!
 }
 
-# Stop process $1 (one we started): signal $2 (default TERM), up to $3 s (default 5), then KILL.
+# Stop process $1 (one we started): signal $2 (default TERM), up to $3 s (default 5); then
+# SIGTERM (if $2 was another signal: a background process of a non-interactive shell starts
+# with SIGINT ignored unless it installs its own handler), up to 3 s; then SIGKILL.
 nat_stop_pid() {
-    local pid="$1" sig="${2:-TERM}" secs="${3:-5}" i
+    local pid="$1" sig="${2:-TERM}" secs="${3:-5}"
     [ -n "$pid" ] || return 0
-    kill -"$sig" "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    for ((i = 0; i < secs * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        _nat_say "pid $pid ignored SIG$sig for ${secs}s, sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
+    if kill -"$sig" "$pid" 2>/dev/null && ! _nat_wait_exit "$pid" "$secs"; then
+        if [ "$sig" != TERM ] && [ "$sig" != KILL ]; then
+            _nat_say "pid $pid ignored SIG$sig for ${secs}s, sending SIGTERM"
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+        if ! _nat_wait_exit "$pid" 3; then
+            _nat_say "pid $pid still running, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
     fi
     wait "$pid" 2>/dev/null || true
     return 0
+}
+
+# True once process $1 is gone (within $2 s).
+_nat_wait_exit() {
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do
+        kill -0 "$1" 2>/dev/null || return 0
+        # A zombie child counts as gone.
+        [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ] || return 0
+        sleep 0.1
+    done
+    ! kill -0 "$1" 2>/dev/null
 }
 
 # Process start time (clock ticks since boot) of PID $1, empty if it does not exist.

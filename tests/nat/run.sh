@@ -35,6 +35,9 @@ if [ "$mode" = cases ]; then
     PEERPOUCH_BIN="$(cd "$(dirname "$PEERPOUCH_BIN")" && pwd)/$(basename "$PEERPOUCH_BIN")"
     export PEERPOUCH_BIN
 fi
+if [ "$mode" = cases ]; then
+    bash tests/nat/cases.sh --check-names "$@"
+fi
 if [ "$(id -u)" -ne 0 ]; then
     say "error: run as root (network namespaces and nftables need it)"
     exit 2
