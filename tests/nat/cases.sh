@@ -28,6 +28,7 @@
 #     case-insensitively by /no path/), gives the gathered counts (each of host, srflx and relay
 #     next to a number: "1 host" or "host: 1" or "host=1") and mentions TURN.
 #   refused TURN credentials: exit 1 and a message matching /credential/i and containing 401.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 case "${PEERPOUCH_BIN:-}" in '' | /*) ;; *) PEERPOUCH_BIN="$PWD/$PEERPOUCH_BIN" ;; esac
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -35,8 +36,8 @@ ROOT="$(pwd)"
 
 say() { printf 'nat cases: %s\n' "$*" >&2; }
 
-ALL_CASES="lan_v4 lan_v6 lan_v6_bind cone_stun symmetric_turn_udp udpblocked_turn_tcp
-cone_no_servers relay_only nat_flush wrong_turn_password"
+ALL_CASES=(lan_v4 lan_v6 lan_v6_bind cone_stun symmetric_turn_udp udpblocked_turn_tcp
+    cone_no_servers relay_only nat_flush wrong_turn_password)
 
 names_only=0
 if [ "${1:-}" = --check-names ]; then
@@ -44,12 +45,12 @@ if [ "${1:-}" = --check-names ]; then
     shift
 fi
 cases=("$@")
-[ "${#cases[@]}" -gt 0 ] || read -r -a cases <<<"$(echo $ALL_CASES)"
+[ "${#cases[@]}" -gt 0 ] || cases=("${ALL_CASES[@]}")
 for c in "${cases[@]}"; do
-    case " $(echo $ALL_CASES) " in
+    case " ${ALL_CASES[*]} " in
         *" $c "*) ;;
         *)
-            say "error: unknown case '$c' (cases: $(echo $ALL_CASES))"
+            say "error: unknown case '$c' (cases: ${ALL_CASES[*]})"
             exit 2
             ;;
     esac
@@ -166,7 +167,9 @@ run_joiner() {
         </dev/null >"$CDIR/joiner.out" 2>"$CDIR/joiner.err" || JOINER_RC=$?
     JOINER_MS=$(($(now_ms) - t0))
     echo "exit $JOINER_RC after $JOINER_MS ms" >>"$CDIR/joiner.cmd"
-    [ "$JOINER_RC" != 124 ] && [ "$JOINER_RC" != 137 ] || fail "replicate did not finish within $secs s"
+    if [ "$JOINER_RC" = 124 ] || [ "$JOINER_RC" = 137 ]; then
+        fail "replicate did not finish within $secs s"
+    fi
 }
 
 # Stop the sharer (SIGINT, as Ctrl-C); fail if it had died on its own before.
@@ -387,7 +390,7 @@ case_cone_no_servers() {
     [ "$JOINER_MS" -le 40000 ] || fail "replicate took $JOINER_MS ms to give up (limit 40 s)"
     grep -qi 'no path' <<<"$msg" || fail "the error does not say no path was found: $(tail -n 3 "$CDIR/joiner.err" | tr '\n' ' ')"
     for kind in host srflx relay; do
-        grep -Eqi "[0-9]+ $kind|$kind[\"']?[ :=]+[0-9]+" <<<"$msg" \
+        grep -Eqi "[0-9]+ ${kind}|${kind}[\"']?[ :=]+[0-9]+" <<<"$msg" \
             || fail "the error gives no gathered count for $kind: $(tail -n 3 "$CDIR/joiner.err" | tr '\n' ' ')"
     done
     grep -qi 'turn' <<<"$msg" || fail "the error does not suggest a TURN server"

@@ -9,6 +9,7 @@
 # background helpers it starts (UDP reflectors, echo servers, delay lines) are stopped by
 # chk_cleanup, and anything left inside the namespaces dies with nat_down.
 
+# shellcheck shell=bash
 CHK_PASS=0
 CHK_FAIL=0
 CHK_PIDS=()
@@ -132,7 +133,7 @@ _chk_stun_port_kept() {
 }
 
 check_cone_stun_port_preserved() {
-    nat_router_mode a cone && nat_router_mode b cone || { WHY="nat_router_mode failed"; return 1; }
+    if ! nat_router_mode a cone || ! nat_router_mode b cone; then WHY="nat_router_mode failed"; return 1; fi
     _chk_stun_port_kept a 198.51.100.11 || return 1
     _chk_stun_port_kept b 198.51.100.12 || return 1
 }
@@ -317,9 +318,12 @@ check_delay_line() {
     _chk_spawn wan "$d/echo-udp" python3 "$_CHK_DELAY" echo udp --listen 127.0.0.1:7000 || return 1
     _chk_spawn wan "$d/echo-tcp" python3 "$_CHK_DELAY" echo tcp --listen 127.0.0.1:7001 || return 1
     _chk_spawn wan "$d/fwd-udp" python3 "$_CHK_DELAY" udp --listen 127.0.0.1:7002 --target 127.0.0.1:7000 --delay-ms 20 --loss 0.005 --seed 1 || return 1
+    local fwd1="$NAT_SPAWN_PID"
     _chk_spawn wan "$d/fwd-tcp" python3 "$_CHK_DELAY" tcp --listen 127.0.0.1:7003 --target 127.0.0.1:7001 --delay-ms 20 || return 1
     out1="$(nat_exec wan python3 "$_CHK_DELAY" ping udp --target 127.0.0.1:7002 --count 10000 --interval-ms 0.5 2>&1)" || { WHY="udp ping: $out1"; return 1; }
     obs "udp, 20 ms each way, loss 0.005 per direction, seed 1, 10000 packets: $out1"
+    nat_stop_pid "$fwd1" TERM 3
+    obs "the forwarder's own counters (printed on SIGTERM): $(tail -n 1 "$d/fwd-udp.err")"
     # A fresh forwarder with the same seed drops exactly the same packets.
     _chk_spawn wan "$d/fwd-udp2" python3 "$_CHK_DELAY" udp --listen 127.0.0.1:7004 --target 127.0.0.1:7000 --delay-ms 20 --loss 0.005 --seed 1 || return 1
     out2="$(nat_exec wan python3 "$_CHK_DELAY" ping udp --target 127.0.0.1:7004 --count 10000 --interval-ms 0.5 2>&1)" || { WHY="udp ping 2: $out2"; return 1; }
@@ -335,7 +339,10 @@ check_delay_line() {
     dig2="$(sed -n 's/.*lost_seqs_sha256=\([0-9a-f]*\).*/\1/p' <<<"$out2")"
     # 1 - 0.995^2 = 0.9975 % of round trips expected lost: accept 50..150 of 10000.
     { [ "${lost1:-0}" -ge 50 ] && [ "${lost1:-0}" -le 150 ]; } || { WHY="udp round-trip loss $lost1/10000 not near 1%"; return 1; }
-    [ "$dig1" = "$dig2" ] || { WHY="same seed, different lost packets ($dig1 vs $dig2)"; return 1; }
+    if [ "$lost1" != "$lost2" ] || [ "$dig1" != "$dig2" ]; then
+        WHY="same seed, different lost packets ($lost1 $dig1 vs $lost2 $dig2)"
+        return 1
+    fi
     for out in "$out1" "$out3"; do
         med="$(sed -n 's/.*median=\([0-9]*\)\..*/\1/p' <<<"$out")"
         { [ "${med:-0}" -ge 39 ] && [ "${med:-0}" -le 60 ]; } || { WHY="median RTT ${med:-?} ms not ~40 ms: $out"; return 1; }
@@ -343,6 +350,7 @@ check_delay_line() {
 }
 
 # Every check, in order.
+# shellcheck disable=SC2034 # used by run.sh
 CHK_ALL="hub_reachable homes_isolated lan_v4_v6 cone_stun_port_preserved
 cone_mapping_endpoint_independent symmetric_mapping_per_destination cone_filters_unsolicited
 routed_inbound_dropped turn_udp_from_cone turn_udp_from_symmetric turn_tcp_from_symmetric

@@ -57,7 +57,7 @@ _NAT_SH_DIR="${BASH_SOURCE[0]}"
 case "$_NAT_SH_DIR" in */*) _NAT_SH_DIR="${_NAT_SH_DIR%/*}" ;; *) _NAT_SH_DIR=. ;; esac
 _NAT_SH_DIR="$(cd "$_NAT_SH_DIR" && pwd)"
 _NAT_ROOT="$(cd "$_NAT_SH_DIR/../.." && pwd)"
-# shellcheck source=../../.ci/hub.sh
+# shellcheck source=../../.ci/hub.sh source-path=SCRIPTDIR
 source "$_NAT_ROOT/.ci/hub.sh"
 
 NAT_HUB_IP=198.51.100.10

@@ -11,6 +11,7 @@
 # always tears everything down (exit, failure, Ctrl-C, SIGTERM). NAT_KEEP=1 keeps the logs.
 # Output: `PASS name` / `FAIL name: why` per case or check, then `N passed, M failed`; the exit
 # status is non-zero when anything failed.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -74,6 +75,7 @@ fi
 
 nat_up
 nat_hub_start
+# shellcheck disable=SC2119 # no extra turnserver flags
 nat_coturn_start
 
 if [ "$mode" = cases ]; then
@@ -85,6 +87,7 @@ fi
 # shellcheck source=checks.sh
 source tests/nat/checks.sh
 
+# shellcheck disable=SC2034 # WHY is read by chk_run
 check_stale_topology_removed() {
     if ip netns list | grep -q "^$STALE_NS\b"; then WHY="$STALE_NS still exists"; return 1; fi
     local i
@@ -95,6 +98,7 @@ check_stale_topology_removed() {
     obs "nat_up removed the stale namespace $STALE_NS and killed the process left inside it"
 }
 
+# shellcheck disable=SC2034
 check_teardown() {
     local prefix="$NAT_PREFIX" dir="$NAT_DIR" hub="$NAT_HUB_PID" turn="$NAT_COTURN_PID" left links_after
     chk_cleanup
