@@ -433,7 +433,8 @@ nat_rule_packets() {
 }
 
 # Remove everything nat_up made: our processes, every namespace of NAT_PREFIX (and with them
-# their veths and bridges), NAT_DIR (kept when NAT_KEEP=1). Idempotent.
+# their veths and bridges), NAT_DIR (kept when NAT_KEEP=1). Idempotent. With NAT_INTERRUPTED=1
+# (a Ctrl-C reaches the servers too) a server found dead is not reported as a crash.
 nat_down() {
     local ns
     nat_coturn_stop || true
@@ -499,7 +500,7 @@ nat_hub_start() {
 
 nat_hub_stop() {
     if [ -n "${NAT_HUB_PID:-}" ]; then
-        if ! kill -0 "$NAT_HUB_PID" 2>/dev/null; then
+        if ! kill -0 "$NAT_HUB_PID" 2>/dev/null && [ "${NAT_INTERRUPTED:-0}" != 1 ]; then
             _nat_err "the hub (pid $NAT_HUB_PID) had exited on its own"
             _svc_log_tail nat-hub 40 "${NAT_HUB_DIR:-/nonexistent}/stdout.log" "${NAT_HUB_DIR:-/nonexistent}/log.txt"
         fi
@@ -556,7 +557,7 @@ nat_coturn_start() {
 
 nat_coturn_stop() {
     if [ -n "${NAT_COTURN_PID:-}" ]; then
-        if ! kill -0 "$NAT_COTURN_PID" 2>/dev/null; then
+        if ! kill -0 "$NAT_COTURN_PID" 2>/dev/null && [ "${NAT_INTERRUPTED:-0}" != 1 ]; then
             _nat_err "coturn (pid $NAT_COTURN_PID) had exited on its own"
             _svc_log_tail nat-coturn 40 "${NAT_COTURN_DIR:-/nonexistent}/stdout.log" "${NAT_COTURN_DIR:-/nonexistent}/turn.log"
         fi

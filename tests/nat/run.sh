@@ -52,6 +52,8 @@ STALE_PID=""
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    # A Ctrl-C also reaches the hub and coturn (same process group): not a crash.
+    if [ "$rc" = 130 ] || [ "$rc" = 143 ]; then export NAT_INTERRUPTED=1; fi
     if [ "$mode" = check ] && declare -F chk_cleanup >/dev/null; then chk_cleanup || true; fi
     nat_down || true
     if [ -n "$STALE_PID" ]; then nat_stop_pid "$STALE_PID" KILL 1; fi
