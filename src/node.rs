@@ -1114,7 +1114,12 @@ impl Node {
                         }
                     }
                     SessionEvent::Closed(reason) => {
-                        if reason == CloseReason::ConnectTimeout && !l.session.was_connected() {
+                        // Whatever gave up first (the connect timeout, or DTLS out of
+                        // retries for a handshake that never reached the peer), a link whose
+                        // ICE never connected found no path.
+                        if matches!(reason, CloseReason::ConnectTimeout | CloseReason::Failed(_))
+                            && !l.session.was_connected()
+                        {
                             no_path = true;
                         }
                         closed.get_or_insert(match reason {
@@ -1229,7 +1234,7 @@ impl Node {
         }
         if let Some(mut reason) = closed {
             if no_path {
-                reason = format!("ConnectTimeout: {}", self.no_path_reason(k));
+                reason = format!("{reason}: {}", self.no_path_reason(k));
             }
             // Flush what can still go (a goodbye), then close.
             if let Some(l) = self.links.get_mut(k) {

@@ -239,6 +239,8 @@ impl std::fmt::Display for CandidateType {
 /// let relayed = LinkPath { local: CandidateType::Relay, relay: Some(Transport::Tcp), ..direct };
 /// assert_eq!(relayed.to_string(), "via relay (TURN over TCP)");
 /// assert!(relayed.is_relayed());
+/// let theirs = LinkPath { local: CandidateType::Host, remote: CandidateType::Relay, ..direct };
+/// assert_eq!(theirs.to_string(), "via relay (host <-> relay, the peer's TURN server)");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkPath {
@@ -265,9 +267,11 @@ impl std::fmt::Display for LinkPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.local, self.relay) {
             (CandidateType::Relay, Some(t)) => write!(f, "via relay (TURN over {t})"),
-            _ if self.remote == CandidateType::Relay => {
-                write!(f, "via relay (the peer's TURN server)")
-            }
+            _ if self.remote == CandidateType::Relay => write!(
+                f,
+                "via relay ({} <-> relay, the peer's TURN server)",
+                self.local
+            ),
             _ => write!(f, "direct ({} <-> {})", self.local, self.remote),
         }
     }

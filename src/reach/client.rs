@@ -413,6 +413,15 @@ enum TxKind {
 }
 
 impl TxKind {
+    /// The peer a permission or channel request is for.
+    fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            TxKind::CreatePermission { ip } => Some(SocketAddr::new(*ip, 0)),
+            TxKind::ChannelBind { peer, .. } => Some(*peer),
+            _ => None,
+        }
+    }
+
     fn method(&self) -> Method {
         match self {
             TxKind::Binding => Method::BINDING,
@@ -1471,7 +1480,7 @@ impl ServerClient {
 
     /// A request got an error response (or could not be retried).
     fn failed_request(&mut self, kind: TxKind, failure: ClientFailure) {
-        tracing::info!(server = %self.server.url, request = %kind.method(), %failure, "STUN/TURN request failed");
+        tracing::info!(server = %self.server.url, request = %kind.method(), peer = ?kind.peer(), %failure, "STUN/TURN request failed");
         match kind {
             TxKind::Binding | TxKind::Allocate => {
                 if self.phase == Phase::Gathering {

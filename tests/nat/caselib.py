@@ -42,6 +42,9 @@ import urllib.request
 
 HUMAN_DIRECT = re.compile(r"link direct \((host|srflx|prflx|relay) <-> (host|srflx|prflx|relay)\)")
 HUMAN_RELAY = re.compile(r"link via relay \(TURN over (UDP|TCP)\)")
+# Our side reaches the peer's relayed address from one of ours: reported as a direct pair
+# whose remote end is a relay.
+HUMAN_PEER_RELAY = re.compile(r"link via relay \((host|srflx|prflx) <-> relay, the peer's TURN server\)")
 SHARE_TYPE = "com.stemstorage.peerpouch.share"
 SIGNAL_TYPE = "com.stemstorage.peerpouch.signal"
 
@@ -120,6 +123,9 @@ def parse_link(line):
     m = HUMAN_DIRECT.search(s)
     if m:
         return f"direct {m.group(1)} {m.group(2)}"
+    m = HUMAN_PEER_RELAY.search(s)
+    if m:
+        return f"direct {m.group(1)} relay"
     return None
 
 

@@ -358,6 +358,16 @@ _nat_build() {
         ip -n "$P-l$i" route add default via 10.0.9.254 || return 1
     done
     ip -n "$P-wan" route add 10.0.9.0/24 via 198.51.100.13 || return 1
+    # The internet carries packets to addresses it has no use for (a peer's private host
+    # candidate, say) and drops them somewhere: a default route into a dummy interface does
+    # the same here (a veth whose other end, in the same namespace, has no address; no ARP,
+    # so nothing waits on a neighbour). Without it the relay's sendto fails with ENETUNREACH,
+    # and coturn closes the whole allocation on that error ("closed (2nd stage) ... reason:
+    # general"). (No `dummy` interfaces: these kernels lack the module.)
+    ip -n "$P-wan" link add void type veth peer name void2 || return 1
+    ip -n "$P-wan" link set void arp off up || return 1
+    ip -n "$P-wan" link set void2 arp off up || return 1
+    ip -n "$P-wan" route add default dev void || return 1
 }
 
 # Set the NAT behaviour of home $1 (a or b): cone | symmetric | udp-blocked. Replaces the
