@@ -744,6 +744,44 @@ fn hostile_responses_leave_the_machine_working() {
 }
 
 #[test]
+fn error_responses_map_to_failures_with_advice() {
+    for (code, failure) in [
+        (403, ClientFailure::Forbidden),
+        (437, ClientFailure::AllocationMismatch),
+        (486, ClientFailure::QuotaReached),
+        (508, ClientFailure::InsufficientCapacity),
+        (
+            500,
+            ClientFailure::Refused {
+                code: 500,
+                reason: "x".repeat(200),
+            },
+        ),
+    ] {
+        let now = Instant::now();
+        let mut c = ServerClient::new(
+            resolved(turn_url(false), "ann", "s3cret", SERVER.parse().unwrap()),
+            "198.51.100.1:1".parse().unwrap(),
+            ClientConfig::default(),
+            1,
+            now,
+        );
+        let req = Message::decode(&c.poll_transmit().unwrap()).unwrap();
+        let err = Message::new(Method::ALLOCATE, Class::Error, req.transaction_id)
+            .with(Attribute::ErrorCode {
+                code,
+                reason: "x".repeat(1000),
+            })
+            .encode()
+            .unwrap();
+        c.handle_datagram(now, &err).unwrap();
+        assert_eq!(c.poll_event(), Some(ClientEvent::Failed(failure.clone())));
+        assert!(failure.to_string().len() > 40, "{failure}");
+        assert_eq!(c.poll_timeout(), None);
+    }
+}
+
+#[test]
 fn a_hostile_server_relaying_without_permission_is_filtered() {
     let mut net = Net::new(16);
     net.server.knobs.ignore_permissions = true;

@@ -995,9 +995,10 @@ impl ServerClient {
     pub fn handle_stream_closed(&mut self, now: Instant, why: String) {
         self.advance(now);
         match self.phase {
-            Phase::Released | Phase::Failed(_) => {}
+            // A STUN server over TCP has told us all it will.
+            Phase::Released | Phase::Failed(_) | Phase::Mapped(_) => {}
             Phase::Releasing => self.finish_release(),
-            _ => self.fail(ClientFailure::StreamClosed(why)),
+            Phase::Gathering | Phase::Allocated => self.fail(ClientFailure::StreamClosed(why)),
         }
     }
 
