@@ -26,6 +26,7 @@ use crate::common::epoch;
 
 pub mod net;
 pub mod nodes;
+#[allow(unused_imports)] // each test binary uses its part of the simulation
 pub use net::{NatKind, NetConfig, VirtualNet};
 
 /// One certificate for every session of the process: generating one per session is slow, and a
