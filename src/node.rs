@@ -46,6 +46,9 @@ use crate::session::{
     CloseReason, LinkPath, Session, SessionConfig, SessionEvent, SessionRole, Transmit,
 };
 
+/// How long a node without links keeps its TURN allocations before giving them back.
+pub const ICE_IDLE_RELEASE: Duration = Duration::from_secs(30);
+
 /// Names a local database the app owns (in memory, on disk, over HTTP).
 pub type DbId = String;
 /// A link: (share id, peer id).
@@ -262,6 +265,8 @@ pub struct Node {
     gatherer: Gatherer,
     srflx: Vec<(SocketAddr, SocketAddr)>,
     relays: Vec<(SocketAddr, SocketAddr, Transport)>,
+    /// Since when the node has had no link while its ICE servers were at work.
+    ice_idle_since: Option<Instant>,
     shares: BTreeMap<String, OwnShare>,
     links: BTreeMap<LinkId, Link>,
     reps: BTreeMap<ReplicationId, Rep>,
@@ -304,6 +309,7 @@ impl Node {
             gatherer,
             srflx: Vec::new(),
             relays: Vec::new(),
+            ice_idle_since: None,
             shares: BTreeMap::new(),
             links: BTreeMap::new(),
             reps: BTreeMap::new(),
@@ -726,6 +732,7 @@ impl Node {
             }
         };
         consider(self.gatherer.poll_timeout());
+        consider(self.ice_idle_since.map(|t| t + ICE_IDLE_RELEASE));
         for l in self.links.values() {
             consider(l.session.poll_timeout());
             consider(match &l.rpc {
@@ -880,14 +887,29 @@ impl Node {
         self.links.retain(|_, l| {
             !(l.closed && l.session.is_closed() && l.session.poll_timeout().is_none())
         });
-        // No link left: give the TURN allocations back (the next link allocates again).
+        // No link left: give the TURN allocations back once nothing needed them for a while
+        // (a sharer serving one peer after another keeps its allocation instead of making a
+        // new one per peer, and a new allocation right after releasing the old one on the
+        // same address races the server's cleanup: 437).
         if self.links.is_empty() && self.gatherer.is_started() {
-            self.gatherer.release(now);
-            self.srflx.clear();
-            self.relays.clear();
-            while let Some(t) = self.gatherer.poll_transmit() {
-                self.transmits.push_back(t);
+            let idle = *self.ice_idle_since.get_or_insert(now);
+            if now >= idle + ICE_IDLE_RELEASE {
+                self.release_ice_servers(now);
             }
+        } else {
+            self.ice_idle_since = None;
+        }
+    }
+
+    /// Gives back every TURN allocation now (a runtime shutting down calls it; otherwise a
+    /// node does it [`ICE_IDLE_RELEASE`] after its last link closed).
+    pub fn release_ice_servers(&mut self, now: Instant) {
+        self.gatherer.release(now);
+        self.srflx.clear();
+        self.relays.clear();
+        self.ice_idle_since = None;
+        while let Some(t) = self.gatherer.poll_transmit() {
+            self.transmits.push_back(t);
         }
     }
 

@@ -257,7 +257,8 @@ fn a_relayed_connection_trace() {
     pull_all(&mut s, &link, 3);
     let now = s.now;
     s.node(1).close(now, &link);
-    s.run_for(Duration::from_secs(5));
+    // Allocations are given back once a node has had no link for ICE_IDLE_RELEASE.
+    s.run_for(ICE_IDLE_RELEASE + Duration::from_secs(5));
     let turn = s.turn.as_ref().unwrap();
     assert_eq!(
         turn.allocation_count(),
@@ -266,4 +267,19 @@ fn a_relayed_connection_trace() {
         s.trace()
     );
     insta::assert_snapshot!("relayed_connection", s.trace());
+}
+
+#[test]
+fn a_turn_server_that_failed_is_asked_again_by_a_later_link() {
+    let relay = IceTransportPolicy::Relay;
+    let (mut s, share) = homes(7, (None, &[TURN_UDP], relay), (None, &[TURN_UDP], relay), 5);
+    s.turn.as_mut().unwrap().knobs.silent = true;
+    let reason = open(&mut s, &share, Duration::from_secs(40)).unwrap_err();
+    assert!(reason.contains("did not answer"), "{reason}");
+    // The server comes back; a new link after the retry delay finds it.
+    s.turn.as_mut().unwrap().knobs.silent = false;
+    s.run_for(peerpouch::reach::gather::RETRY_FAILED_AFTER);
+    let (link, path) = open(&mut s, &share, Duration::from_secs(30)).unwrap();
+    assert_eq!(path.local, CandidateType::Relay, "{path}");
+    pull_all(&mut s, &link, 5);
 }

@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::client::{ClientConfig, ClientEvent, ClientFailure, ServerClient};
 use super::config::{ResolvedIceServer, ServerKind, Transport};
@@ -123,8 +123,14 @@ struct Entry {
     /// Relayed address announced (withdrawn on failure).
     relay: Option<SocketAddr>,
     failed: Option<ClientFailure>,
+    /// When it failed: a later link asks the server again after [`RETRY_FAILED_AFTER`].
+    failed_at: Option<Instant>,
     released: bool,
 }
+
+/// A server that failed is asked again by the next link after this long (it may have been
+/// restarted, or the network come back), not sooner (a wrong password stays wrong).
+pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
 
 /// Every ICE server of a node. See the [module docs](self).
 pub struct Gatherer {
@@ -169,13 +175,23 @@ impl Gatherer {
     }
 
     /// Starts a client per server, each from the host address of its family that suits it
-    /// best (`hosts`: the node's host candidates). Does nothing when already started.
+    /// best (`hosts`: the node's host candidates). Servers already at work are left alone;
+    /// one that failed more than [`RETRY_FAILED_AFTER`] ago is asked again.
     pub fn start(&mut self, now: Instant, hosts: &[SocketAddr]) {
-        if self.is_started() {
-            return;
-        }
-        self.entries.clear();
+        let mut started = false;
         for server in self.servers.clone() {
+            let current = self
+                .entries
+                .iter()
+                .position(|e| e.client.server() == &server && !e.released);
+            if let Some(i) = current {
+                match self.entries[i].failed_at {
+                    Some(at) if now >= at + RETRY_FAILED_AFTER => {
+                        self.entries.remove(i);
+                    }
+                    _ => continue,
+                }
+            }
             let Some(base) = pick_base(hosts, server.addr) else {
                 tracing::info!(server = %server.url, "no local address of the server's family");
                 continue;
@@ -187,10 +203,14 @@ impl Gatherer {
                 base,
                 relay: None,
                 failed: None,
+                failed_at: None,
                 released: false,
             });
+            started = true;
         }
-        self.drain(now);
+        if started {
+            self.drain(now);
+        }
     }
 
     /// Releases every allocation (TURN Refresh with lifetime 0).
@@ -352,7 +372,8 @@ impl Gatherer {
         turn.iter().find_map(|e| e.failed.clone())
     }
 
-    fn drain(&mut self, _now: Instant) {
+    fn drain(&mut self, now: Instant) {
+        let _now = now;
         for e in &mut self.entries {
             let server = e.client.server().addr;
             let transport = e.client.transport();
@@ -394,6 +415,7 @@ impl Gatherer {
                         tracing::info!(server = %e.client.server().url, %failure, "ICE server failed");
                         let lost_relay = e.relay.take();
                         e.failed = Some(failure.clone());
+                        e.failed_at = Some(_now);
                         self.events.push_back(GatherEvent::Failed {
                             server: e.client.server().url.to_string(),
                             failure,

@@ -456,6 +456,8 @@ impl Driver {
             for (l, _) in self.node.links() {
                 self.node.close(now, &l);
             }
+            // TURN allocations go back now, not when they expire on the server.
+            self.node.release_ice_servers(now);
         }
         if let (Some(r), Some((_, waiters))) = (reply, self.shutdown.as_mut()) {
             waiters.push(r);
