@@ -283,3 +283,20 @@ fn a_turn_server_that_failed_is_asked_again_by_a_later_link() {
     assert_eq!(path.local, CandidateType::Relay, "{path}");
     pull_all(&mut s, &link, 5);
 }
+
+#[test]
+fn stun_and_turn_urls_of_one_server_both_work() {
+    // Both clients talk to one address: each answer must reach the client that asked (the
+    // TURN client's 401 went to the STUN client, and the allocation never finished).
+    let relay = IceTransportPolicy::Relay;
+    let (mut s, share) = homes(
+        8,
+        (Some(NatKind::Cone), &[STUN, TURN_UDP], relay),
+        (Some(NatKind::Symmetric), &[STUN, TURN_UDP], relay),
+        5,
+    );
+    let (link, path) = open(&mut s, &share, Duration::from_secs(30)).unwrap();
+    assert_eq!(path.local, CandidateType::Relay, "{path}");
+    pull_all(&mut s, &link, 5);
+    assert_eq!(s.turn.as_ref().unwrap().counters.allocations, 2);
+}

@@ -279,13 +279,22 @@ impl Gatherer {
 
     /// A UDP datagram from a server's address.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        // Several clients may talk to one address (`stun:` and `turn:` URLs of one server):
+        // the datagram is for the first that takes it (transaction ids tell them apart).
+        let mut refused = None;
         for e in &mut self.entries {
             if e.client.transport() == Transport::Udp && e.client.server().addr == source {
-                if let Err(err) = e.client.handle_datagram(now, bytes) {
-                    tracing::debug!(server = %e.client.server().url, error = %err, "datagram from an ICE server refused");
+                match e.client.handle_datagram(now, bytes) {
+                    Ok(()) => {
+                        refused = None;
+                        break;
+                    }
+                    Err(err) => refused = Some((e.client.server().url.to_string(), err)),
                 }
-                break;
             }
+        }
+        if let Some((server, err)) = refused {
+            tracing::debug!(%server, error = %err, "datagram from an ICE server refused");
         }
         self.drain(now);
     }

@@ -105,16 +105,6 @@ impl LocalAddrs {
                 nets.push((ip, mask));
             }
         }
-        // Loopback is no address for a peer on another machine (browsers never offer it): a
-        // TURN server refuses it (403) and checks to it are wasted. Kept only when it is all
-        // there is.
-        if candidates.iter().any(|c| !c.ip().is_loopback()) {
-            (candidates, nets) = candidates
-                .into_iter()
-                .zip(nets)
-                .filter(|(c, _)| !c.ip().is_loopback())
-                .unzip();
-        }
         if candidates.is_empty() {
             return Err(LinkError::Interfaces(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -231,12 +221,19 @@ impl Sockets {
         }
     }
 
-    /// Every host candidate of every socket.
+    /// The host candidates a node offers: every address of every socket, but loopback when
+    /// there is anything else. Loopback is no address for a peer on another machine (browsers
+    /// never offer it): a TURN server refuses it (403) and checks to it are wasted.
     pub(crate) fn candidates(&self) -> Vec<SocketAddr> {
-        self.sockets
+        let all: Vec<SocketAddr> = self
+            .sockets
             .iter()
             .flat_map(|(_, a)| a.candidates.iter().copied())
-            .collect()
+            .collect();
+        if all.iter().all(|c| c.ip().is_loopback()) {
+            return all;
+        }
+        all.into_iter().filter(|c| !c.ip().is_loopback()).collect()
     }
 
     /// The bound addresses (ports resolved).
@@ -476,18 +473,12 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_gathers_interfaces_and_guesses_destinations() {
+    fn wildcard_gathers_loopback_and_guesses_destinations() {
         let l = LocalAddrs::gather("0.0.0.0:4000".parse().unwrap()).unwrap();
         let lo: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        assert!(!l.candidates.is_empty());
+        assert!(l.candidates.contains(&lo), "{:?}", l.candidates);
         assert!(l.candidates.iter().all(|c| c.port() == 4000 && c.is_ipv4()));
-        // Loopback only when the machine has nothing else.
-        assert_eq!(
-            l.candidates.contains(&lo),
-            l.candidates.iter().all(|c| c.ip().is_loopback()),
-            "{:?}",
-            l.candidates
-        );
+        assert_eq!(l.destination_for("127.0.0.1:5000".parse().unwrap()), lo);
         let manual = LocalAddrs {
             bound_public: None,
             bound: "0.0.0.0:4000".parse().unwrap(),
