@@ -221,7 +221,7 @@ run_variant() {
 
     expect="$(python3 -c 'import json, sys; print(json.dumps({"docs": int(sys.argv[1]), "get": "doc-007",
         "get_n": 7, "att_length": int(sys.argv[2]), "att_sha256": sys.argv[3], "turn_ip": sys.argv[4],
-        "a_public_ip": "198.51.100.11", "b_public_ip": "198.51.100.12", "relayed": True,
+        "a_public_ip": "198.51.100.11", "b_public_ip": "198.51.100.12", "relayed": sys.argv[5] == "1",
         "relay_both": sys.argv[5] == "1"}))' "$((NDOCS + 1))" "$ATT_BYTES" "$ATT_SHA" "$NAT_TURN_IP" "$relay_only")"
     local crc=0
     python3 "$LIB" check --result "$VDIR/join.json" --sharer "$VDIR/sharer.out" --expect "$expect" \
@@ -230,8 +230,12 @@ run_variant() {
     echo "coturn allocations: $alloc0 when the share was up, $alloc1 after the join" >>"$VDIR/observed"
     sed 's/\x1b\[[0-9;]*m//g' "$VDIR/sharer.err" | grep -o 'ICE server failed.*' | sed 's/^/sharer: /' >>"$VDIR/observed" || true
     [ "$crc" = 0 ] || fail "$(tail -n 1 "$VDIR/check.out")"
-    [ "$alloc1" -gt 0 ] || fail "the path is relayed but coturn made no allocation"
-    [ "$alloc1" -gt "$alloc0" ] || fail "coturn made no allocation during the join ($alloc0 -> $alloc1): Chromium's TURN was not used"
+    # A direct pair needs no allocation (Chromium makes one anyway when it has a TURN server);
+    # a relayed one must have made one during the join (Chromium's, and the sharer's if its
+    # end is relayed; natlib.py checked the pair's relayed addresses against coturn's log).
+    if grep -q '^path consistent: relayed' "$VDIR/observed"; then
+        [ "$alloc1" -gt "$alloc0" ] || fail "the path is relayed but coturn made no allocation during the join ($alloc0 -> $alloc1)"
+    fi
 
     # The page's write reached the sharer's database file (read after the sharer stopped).
     local info count
