@@ -1,7 +1,7 @@
 // Drives headless Chromium for the Rust browser test (runtimes/cli/tests/browser.rs).
 //
-// Serves this directory on http://127.0.0.1:<free port>/ (a secure context, so Chromium offers
-// a plain 127.0.0.1 host candidate), launches /usr/bin/chromium through playwright-core's
+// Serves this directory on http://127.0.0.1:<free port, or $PEERPOUCH_DRIVE_PORT>/ (a secure
+// context, so Chromium offers a plain 127.0.0.1 host candidate), launches /usr/bin/chromium through playwright-core's
 // DevTools client (no browser download) with a fresh profile, and takes commands as JSON lines
 // on stdin, answering on stdout:
 //
@@ -36,7 +36,9 @@ const server = http.createServer((req, res) => {
   res.writeHead(200, { 'content-type': types[path.extname(name)], 'cache-control': 'no-store' });
   fs.createReadStream(path.join(here, name)).pipe(res);
 });
-await new Promise((r) => server.listen(0, '127.0.0.1', r));
+// PEERPOUCH_DRIVE_PORT fixes the port (the page's origin), e.g. for a hub whose CORS allows
+// exactly that origin; default: any free port.
+await new Promise((r) => server.listen(Number(process.env.PEERPOUCH_DRIVE_PORT || 0), '127.0.0.1', r));
 const origin = `http://127.0.0.1:${server.address().port}`;
 
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'peerpouch-chromium-'));

@@ -312,10 +312,15 @@ class Link {
       frame: 32 * 1024,
       maxMessage: 256 * 1024 * 1024,
       log: () => {},
+      // RTCConfiguration's own fields, passed through as the browser takes them:
+      // [{urls, username, credential}], and 'all' | 'relay'.
+      iceServers: [],
+      iceTransportPolicy: 'all',
       ...opts,
     };
-    this.pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = new RTCPeerConnection({ iceServers: this.opts.iceServers, iceTransportPolicy: this.opts.iceTransportPolicy });
     this.pc.onconnectionstatechange = () => this.opts.log('connection', this.pc.connectionState);
+    this.pc.onicecandidateerror = (e) => this.opts.log('ICE candidate error', e.url, e.errorCode, e.errorText);
     this.data = null;
     this.ctl = null;
     this.out = []; // [id, [frames]] round-robin, id 0 first
@@ -354,6 +359,37 @@ class Link {
 
   async addHeldCandidates() {
     for (const c of this.held?.splice(0) ?? []) await this.addCandidate(c);
+  }
+
+  /**
+   * The path ICE selected, from `getStats()`: the transport's selected candidate pair (or the
+   * nominated succeeded one), each side as {type, address, port, protocol, relayProtocol}.
+   * `null` before a pair is selected.
+   */
+  async selectedPath() {
+    const stats = await this.pc.getStats();
+    const byId = new Map();
+    stats.forEach((r) => byId.set(r.id, r));
+    let pair = null;
+    stats.forEach((r) => {
+      if (r.type === 'transport' && r.selectedCandidatePairId) pair = byId.get(r.selectedCandidatePairId) ?? pair;
+    });
+    if (!pair) {
+      stats.forEach((r) => {
+        if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r;
+      });
+    }
+    if (!pair) return null;
+    const side = (c) =>
+      c && { type: c.candidateType, address: c.address ?? c.ip ?? null, port: c.port, protocol: c.protocol, relayProtocol: c.relayProtocol ?? null };
+    return {
+      local: side(byId.get(pair.localCandidateId)),
+      remote: side(byId.get(pair.remoteCandidateId)),
+      state: pair.state,
+      nominated: pair.nominated,
+      bytesSent: pair.bytesSent,
+      bytesReceived: pair.bytesReceived,
+    };
   }
 
   localFingerprint() {
@@ -491,7 +527,8 @@ export class Client extends Link {
   /**
    * Opens `share` through the hub: offer and candidates out as p-signal docs, answer and
    * candidates in as s-signal docs. Resolves once the server's hello checked out.
-   * opts: {info, key (Uint8Array, optional), frame, idleTimeout, log}.
+   * opts: {info, key (Uint8Array, optional), frame, idleTimeout, log, iceServers (the
+   * browser's RTCIceServer list, default []), iceTransportPolicy ('all' or 'relay')}.
    */
   static async open(hub, share, opts = {}) {
     const c = new Client(opts);
@@ -520,8 +557,11 @@ export class Client extends Link {
     this.feed = hub.follow(since, (doc) => {
       if (doc.type === SIGNAL_TYPE && doc.recipient === this.peer && doc.sender === share) seen.take(doc);
     });
-    this.pc.onicecandidate = (e) =>
+    this.gathered = {}; // local candidates by type (host, srflx, relay, ...)
+    this.pc.onicecandidate = (e) => {
+      if (e.candidate?.candidate) this.gathered[e.candidate.type ?? 'unknown'] = (this.gathered[e.candidate.type ?? 'unknown'] ?? 0) + 1;
       out.send({ candidate: e.candidate ? e.candidate.toJSON() : null }).catch((err) => this.opts.log('candidate not sent', String(err)));
+    };
     this.attach(this.pc.createDataChannel(DATA_LABEL, { ordered: true, protocol: CHANNEL_PROTOCOL }));
     this.attach(this.pc.createDataChannel(CTL_LABEL, { ordered: true, protocol: CHANNEL_PROTOCOL }));
     await this.pc.setLocalDescription(await this.pc.createOffer());

@@ -28,26 +28,38 @@ const md5Digest = (data) => 'md5-' + btoa(String.fromCharCode(...pp.md5(data)));
  * Joins a share served by a Rust node and runs the calls: hello, info, all_docs, get, errors,
  * a live changes subscription (the Rust side writes `from-rust` when it sees `subscribed`),
  * bulk_docs with an attachment, and a large attachment.
+ *
+ * p: {hub, share, key?, get, attachment: {id, name}, and optionally iceServers (RTCIceServer
+ * list, default []), iceTransportPolicy ('all' | 'relay'), live (the ids the live subscription
+ * waits for, default ['from-browser', 'from-rust']: a sharer that writes nothing gives
+ * ['from-browser'])}. The result has `path`, the candidate pair ICE selected (getStats), and
+ * `gathered`, the page's own candidates by type.
  */
 export async function join(p) {
   const hub = new pp.Hub(p.hub);
   const key = p.key ? new TextEncoder().encode(p.key) : undefined;
-  const client = await pp.Client.open(hub, p.share, { key, info: { app: 'chromium' }, log });
+  const opts = { key, info: { app: 'chromium' }, log };
+  if (p.iceServers) opts.iceServers = p.iceServers;
+  if (p.iceTransportPolicy) opts.iceTransportPolicy = p.iceTransportPolicy;
+  const client = await pp.Client.open(hub, p.share, opts);
   window.__client = client;
   client.onclose = (reason) => report({ event: 'link-closed', reason });
   const res = { peer: client.peer, timings: client.timings, server_hello: client.server };
+  res.path = await client.selectedPath();
+  report({ event: 'path', path: res.path });
   res.info = await client.call({ op: 'info' });
   res.all_docs = await client.call({ op: 'all_docs', include_docs: true, limit: 3 });
   res.get = await client.call({ op: 'get', id: p.get, revs: true });
   res.missing = await client.call({ op: 'get', id: 'no-such-doc' }).then((r) => ({ unexpected: r }), failure);
   res.destroy = await client.call({ op: 'destroy' }).then((r) => ({ unexpected: r }), failure);
 
+  const live = p.live ?? ['from-browser', 'from-rust'];
   const seen = new Map();
   let both;
   const gotBoth = new Promise((r) => (both = r));
   const sub = client.subscribe({ since: res.info.update_seq, include_docs: true }, (batch) => {
     for (const row of batch.results) seen.set(row.id, row);
-    if (seen.has('from-browser') && seen.has('from-rust')) both();
+    if (live.every((id) => seen.has(id))) both();
   });
   report({ event: 'subscribed' });
   res.bulk_docs = await client.call({
@@ -72,6 +84,8 @@ export async function join(p) {
   };
   res.info_after = await client.call({ op: 'info' });
   res.max_message_received = client.maxReceived;
+  res.path_after = await client.selectedPath();
+  res.gathered = client.gathered;
   return res;
 }
 
