@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Two nodes on 127.0.0.1 UDP meet on an in-process hub and replicate sample documents over
     /// a WebRTC data channel, both ways, printing each step and checking the result.
-    Demo,
+    Demo(commands::LinkArgs),
     /// Serve a local database to peers until interrupted (Ctrl-C unshares it).
     Share(commands::ShareArgs),
     /// List the shares on a hub (and follow them with --watch).
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let result = match cli.command {
-        Command::Demo => demo::run().map_err(commands::CliError::Failed),
+        Command::Demo(link) => demo::run(&link).map_err(commands::CliError::Failed),
         Command::Share(args) => commands::share(args),
         Command::Shares { hub, watch, json } => commands::shares(&hub, watch, json),
         Command::Replicate(args) => commands::replicate(args),

@@ -34,3 +34,43 @@ fn unknown_command_fails_with_usage() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage: peerpouch"));
 }
+
+/// The demo through coturn (`PEERPOUCH_TEST_TURN=ADDR|USER|PASS`, as `.ci/test` exports it),
+/// relay-only over TCP: the link says so and every check holds.
+#[test]
+fn demo_through_a_turn_server_over_tcp() {
+    let Ok(turn) = std::env::var("PEERPOUCH_TEST_TURN") else {
+        assert!(
+            std::env::var("PEERPOUCH_TEST_TURN_OPTIONAL").as_deref() == Ok("1"),
+            "PEERPOUCH_TEST_TURN is not set: run through .ci/test (or set \
+             PEERPOUCH_TEST_TURN_OPTIONAL=1 to skip)"
+        );
+        return;
+    };
+    let mut parts = turn.splitn(3, '|');
+    let (addr, user, pass) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_peerpouch"))
+        .args(["demo", "--relay-only", "--ice-server"])
+        .arg(format!("turn:{user}:{pass}@{addr}?transport=tcp"))
+        .output()
+        .expect("run peerpouch demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("via relay (TURN over TCP)"), "{stdout}");
+    assert!(
+        stdout.contains("ok: revision trees are identical"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(pass),
+        "the password is never printed:\n{stdout}"
+    );
+}
