@@ -46,7 +46,8 @@ use crate::session::{
     CloseReason, LinkPath, Session, SessionConfig, SessionEvent, SessionRole, Transmit,
 };
 
-/// How long a node without links keeps its TURN allocations before giving them back.
+/// How long a node without links or shares keeps its TURN allocations before giving them
+/// back.
 pub const ICE_IDLE_RELEASE: Duration = Duration::from_secs(30);
 
 /// Names a local database the app owns (in memory, on disk, over HTTP).
@@ -367,6 +368,10 @@ impl Node {
                 read_only,
             },
         );
+        // A sharer expects peers: its relayed and server-reflexive addresses are ready before
+        // the first one comes, so no link waits for an allocation (str0m paces the checks of
+        // a candidate that trickles in late: ~50 ms on loopback).
+        self.gatherer.start(now, &self.addrs);
         self.pump(now);
         id
     }
@@ -887,11 +892,10 @@ impl Node {
         self.links.retain(|_, l| {
             !(l.closed && l.session.is_closed() && l.session.poll_timeout().is_none())
         });
-        // No link left: give the TURN allocations back once nothing needed them for a while
-        // (a sharer serving one peer after another keeps its allocation instead of making a
-        // new one per peer, and a new allocation right after releasing the old one on the
-        // same address races the server's cleanup: 437).
-        if self.links.is_empty() && self.gatherer.is_started() {
+        // No link and no share left: give the TURN allocations back once nothing needed them
+        // for a while (a new allocation right after releasing the old one on the same address
+        // races the server's cleanup: 437). A sharer keeps them while it shares.
+        if self.links.is_empty() && self.shares.is_empty() && self.gatherer.is_started() {
             let idle = *self.ice_idle_since.get_or_insert(now);
             if now >= idle + ICE_IDLE_RELEASE {
                 self.release_ice_servers(now);

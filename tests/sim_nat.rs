@@ -257,11 +257,20 @@ fn a_relayed_connection_trace() {
     pull_all(&mut s, &link, 3);
     let now = s.now;
     s.node(1).close(now, &link);
-    // Allocations are given back once a node has had no link for ICE_IDLE_RELEASE.
+    // The joiner gives its allocation back ICE_IDLE_RELEASE after its last link; the sharer
+    // keeps its own while it shares, and gives it back after unsharing.
     s.run_for(ICE_IDLE_RELEASE + Duration::from_secs(5));
-    let turn = s.turn.as_ref().unwrap();
     assert_eq!(
-        turn.allocation_count(),
+        s.turn.as_ref().unwrap().allocation_count(),
+        1,
+        "{}",
+        s.trace()
+    );
+    let now = s.now;
+    s.node(0).unshare(now, &share).unwrap();
+    s.run_for(ICE_IDLE_RELEASE + Duration::from_secs(5));
+    assert_eq!(
+        s.turn.as_ref().unwrap().allocation_count(),
         0,
         "both allocations released\n{}",
         s.trace()
