@@ -368,10 +368,6 @@ impl Node {
                 read_only,
             },
         );
-        // A sharer expects peers: its relayed and server-reflexive addresses are ready before
-        // the first one comes, so no link waits for an allocation (str0m paces the checks of
-        // a candidate that trickles in late: ~50 ms on loopback).
-        self.gatherer.start(now, &self.addrs);
         self.pump(now);
         id
     }
