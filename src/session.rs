@@ -10,6 +10,15 @@
 //!   any datagram the stack accepts as a sign of life, closes after
 //!   [`SessionConfig::idle_timeout`] of silence, and the offerer restarts ICE (a new offer
 //!   through the signalling path) after [`SessionConfig::ice_restart_after`] of silence.
+//! - **Handshakes that start over.** A handshake that fails while the connect timeout still has
+//!   time left is tried again with a fresh str0m `Rtc` (new ICE credentials, DTLS and SCTP)
+//!   through the same signalling path, instead of failing the link: DTLS out of flight retries,
+//!   an SCTP association lost before it opened (sctp-proto drops a whole association on a
+//!   stray retransmitted INIT), or channels that do not open within a third of the connect
+//!   timeout after DTLS connected (SCTP's INIT backoff grows to 60 s, so a few lost INIT ACKs
+//!   leave an association idle for minutes while the path works). The offerer decides and sends
+//!   a new offer; the answerer keeps waiting after its own stack failed, and takes an offer
+//!   with a new SDP session id (`o=` line, RFC 4566 §5.2) as a new attempt.
 //! - **A clean close** that the other side sees: a `bye` on the control channel, then str0m's
 //!   DTLS close_notify.
 //! - **Safe writes.** Never an empty message (it stalls a str0m channel forever), never more than
@@ -85,6 +94,11 @@ pub struct SessionConfig {
     pub ice_restart_after: Option<Duration>,
     /// ICE restarts per session at most.
     pub max_ice_restarts: u32,
+    /// Handshakes per session at most, the first included: the offerer starts a handshake over
+    /// (a fresh offer through the signalling path) when one fails or its channels do not open
+    /// within a third of [`SessionConfig::connect_timeout`] after DTLS connected, as long as
+    /// the connect timeout has time left. 1: never start over.
+    pub max_handshakes: u32,
     /// Largest message we accept (advertised as `a=max-message-size`).
     pub max_receive_message: u32,
     /// Largest message we send (also capped by the peer's `a=max-message-size`).
@@ -144,6 +158,7 @@ impl Default for SessionConfig {
             connect_timeout: Duration::from_secs(30),
             ice_restart_after: Some(Duration::from_secs(4)),
             max_ice_restarts: 3,
+            max_handshakes: 5,
             max_receive_message: 256 * 1024,
             max_send_message: 64 * 1024,
             send_buffer: 64 * 1024,
@@ -160,6 +175,7 @@ impl std::fmt::Debug for SessionConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("ice_restart_after", &self.ice_restart_after)
+            .field("max_handshakes", &self.max_handshakes)
             .field("max_send_message", &self.max_send_message)
             .field("send_buffer", &self.send_buffer)
             .finish_non_exhaustive()
@@ -327,6 +343,12 @@ pub enum SessionEvent {
     BufferedAmountLow,
     /// The offerer started an ICE restart (a new offer went out).
     IceRestarted,
+    /// The handshake starts over with a fresh WebRTC stack (see the [module docs](self)): the
+    /// offerer sent a new offer, or the answerer took one. The link is still connecting.
+    HandshakeRestarted {
+        /// Why the previous handshake was given up.
+        reason: String,
+    },
     /// The session ended; nothing more will be received. Reported once.
     Closed(CloseReason),
 }
@@ -404,6 +426,18 @@ pub struct Session {
     restart_started: Option<Instant>,
     /// When the session closed (str0m is dropped [`CLOSE_LINGER`] later at the latest).
     closed_at: Option<Instant>,
+    /// Makes the ICE credentials of each handshake.
+    rng: SeededRng,
+    /// Our candidates as given to str0m, for the `Rtc` of a new handshake.
+    local_candidates: Vec<Candidate>,
+    /// Handshakes started (the first included).
+    handshakes: u32,
+    /// When DTLS connected in the current handshake.
+    dtls_connected: Option<Instant>,
+    /// Answerer: why the current handshake's stack failed; it waits for a new offer.
+    failed: Option<String>,
+    /// Answerer: the SDP session id of the offer the current handshake answered.
+    remote_session: Option<String>,
     rtc_timeout: Option<Instant>,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<SignalData>,
@@ -429,33 +463,13 @@ impl Session {
     /// [`Session::poll_signal`]; the answerer waits for it. `seed` makes the ICE credentials.
     pub fn new(role: SessionRole, config: SessionConfig, seed: u64, now: Instant) -> Session {
         let mut rng = SeededRng::new(seed);
-        let creds = IceCreds {
-            ufrag: format!("{:08x}", rng.next_u64() as u32),
-            pass: rng.hex_id(),
-        };
-        let provider = config.crypto_provider();
-        let mut rc = RtcConfig::new()
-            .set_crypto_provider(Arc::new(provider))
-            .set_local_ice_credentials(creds.clone())
-            .set_sctp_max_message_size(config.max_receive_message)
-            .set_sctp_max_buffered_amount(config.send_buffer.max(16 * 1024) * 2);
-        if let Some(cert) = &config.dtls_cert {
-            rc = rc.set_dtls_cert(cert.clone());
-        }
-        let mut rtc = rc.build(now);
-        // str0m's ICE agent schedules no connectivity check before its first timeout input:
-        // without this kick, an answerer behind a NAT (whose peer's checks cannot reach it
-        // until it sends its own) stayed silent until the next timer, 30 s later at the
-        // connect timeout. Found by the NAT simulation (tests/sim_nat.rs).
-        if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
-            tracing::debug!(error = %e, "str0m's first timeout");
-        }
+        let (rtc, ufrag) = build_rtc(&config, &mut rng, now);
         let mut s = Session {
             rtc,
             role,
             config,
             state: State::Connecting,
-            ufrag: creds.ufrag,
+            ufrag,
             pending_offer: None,
             remote_description: false,
             held_candidates: Vec::new(),
@@ -474,6 +488,12 @@ impl Session {
             restarts: 0,
             restart_started: None,
             closed_at: None,
+            rng,
+            local_candidates: Vec::new(),
+            handshakes: 1,
+            dtls_connected: None,
+            failed: None,
+            remote_session: None,
             rtc_timeout: None,
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
@@ -481,29 +501,81 @@ impl Session {
             skipped_candidates: 0,
         };
         if role == SessionRole::Offerer {
-            let mut api = s.rtc.sdp_api();
-            api.add_channel_with_config(ChannelConfig {
-                label: DATA_LABEL.into(),
-                ordered: true,
-                reliability: Reliability::Reliable,
-                negotiated: None,
-                protocol: DATA_PROTOCOL.into(),
-            });
-            api.add_channel_with_config(ChannelConfig {
-                label: CTL_LABEL.into(),
-                ordered: true,
-                reliability: Reliability::Reliable,
-                negotiated: None,
-                protocol: DATA_PROTOCOL.into(),
-            });
-            if let Some((offer, pending)) = api.apply() {
-                s.pending_offer = Some(pending);
-                s.signals
-                    .push_back(SignalData::Offer(offer.to_sdp_string()));
-            }
+            s.offer_channels();
         }
         s.drive(now);
         s
+    }
+
+    /// Offerer: adds both channels to the `Rtc` and queues the offer.
+    fn offer_channels(&mut self) {
+        let mut api = self.rtc.sdp_api();
+        for label in [DATA_LABEL, CTL_LABEL] {
+            api.add_channel_with_config(ChannelConfig {
+                label: label.into(),
+                ordered: true,
+                reliability: Reliability::Reliable,
+                negotiated: None,
+                protocol: DATA_PROTOCOL.into(),
+            });
+        }
+        if let Some((offer, pending)) = api.apply() {
+            self.pending_offer = Some(pending);
+            self.signals
+                .push_back(SignalData::Offer(offer.to_sdp_string()));
+        }
+    }
+
+    /// Whether a failed handshake may start over at `now`: still connecting, handshakes left,
+    /// and time left before the connect timeout.
+    fn may_start_over(&self, now: Instant) -> bool {
+        self.state == State::Connecting
+            && self.handshakes < self.config.max_handshakes
+            && now < self.started + self.config.connect_timeout
+    }
+
+    /// The current handshake failed (`why`). The offerer starts over with a fresh `Rtc` and a
+    /// new offer; the answerer waits for that offer. Either side closes the session when it
+    /// may not start over.
+    fn handshake_failed(&mut self, now: Instant, why: String) {
+        if !self.may_start_over(now) {
+            self.shut(now, CloseReason::Failed(why));
+            return;
+        }
+        tracing::debug!(role = ?self.role, reason = %why, "handshake failed; starting over");
+        match self.role {
+            SessionRole::Offerer => {
+                self.fresh_rtc(now);
+                self.offer_channels();
+                self.events
+                    .push_back(SessionEvent::HandshakeRestarted { reason: why });
+            }
+            SessionRole::Answerer => {
+                // The old stack stays for its goodbyes; datagrams to it are dropped.
+                self.failed = Some(why);
+            }
+        }
+    }
+
+    /// Replaces the `Rtc` with a fresh one (new ICE credentials, DTLS and SCTP), offering our
+    /// candidates again.
+    fn fresh_rtc(&mut self, now: Instant) {
+        let (rtc, ufrag) = build_rtc(&self.config, &mut self.rng, now);
+        // Nothing of the old handshake is worth finishing: no goodbye either.
+        self.rtc = rtc;
+        self.ufrag = ufrag;
+        self.handshakes += 1;
+        self.pending_offer = None;
+        self.remote_description = false;
+        self.held_candidates.clear();
+        self.dtls_connected = None;
+        self.failed = None;
+        self.data = None;
+        self.ctl = None;
+        self.rtc_timeout = None;
+        for c in self.local_candidates.clone() {
+            self.add_to_rtc(c);
+        }
     }
 
     /// This side's role.
@@ -675,6 +747,14 @@ impl Session {
     }
 
     fn add_candidate(&mut self, now: Instant, c: Candidate) -> Result<(), SessionError> {
+        self.local_candidates.push(c.clone());
+        self.add_to_rtc(c);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Gives str0m a local candidate and trickles it to the peer.
+    fn add_to_rtc(&mut self, c: Candidate) {
         if let Some(added) = self.rtc.add_local_candidate(c) {
             let line = added.to_sdp_string();
             self.signals
@@ -685,8 +765,6 @@ impl Session {
                     username_fragment: Some(self.ufrag.clone()),
                 })));
         }
-        self.drive(now);
-        Ok(())
     }
 
     /// Feeds a signal from the peer (offer, answer, candidate).
@@ -708,6 +786,26 @@ impl Session {
                 }
                 let offer = SdpOffer::from_sdp_string(&sdp)
                     .map_err(|e| SessionError::BadDescription(e.to_string()))?;
+                let session = sdp_session_id(&sdp);
+                // A new SDP session is the offerer starting over after a failed handshake: it
+                // needs a fresh stack here too. The same session again is an ICE restart.
+                let new_session = self.remote_description
+                    && self.state == State::Connecting
+                    && session.is_some()
+                    && session != self.remote_session;
+                if new_session || self.failed.is_some() {
+                    let why = self
+                        .failed
+                        .take()
+                        .unwrap_or_else(|| "the peer started over".into());
+                    if !self.may_start_over(now) {
+                        self.shut(now, CloseReason::Failed(why));
+                        return Ok(());
+                    }
+                    self.fresh_rtc(now);
+                    self.events
+                        .push_back(SessionEvent::HandshakeRestarted { reason: why });
+                }
                 let answer = self
                     .rtc
                     .sdp_api()
@@ -715,6 +813,7 @@ impl Session {
                     .map_err(|e| SessionError::BadDescription(e.to_string()))?;
                 self.remote_max_message = remote_max_message(&sdp);
                 self.remote_description = true;
+                self.remote_session = session;
                 self.signals
                     .push_back(SignalData::Answer(answer.to_sdp_string()));
                 self.release_held_candidates();
@@ -928,7 +1027,12 @@ impl Session {
         let mut t = self.rtc_timeout;
         let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
         match self.state {
-            State::Connecting => consider(self.started + self.config.connect_timeout),
+            State::Connecting => {
+                consider(self.started + self.config.connect_timeout);
+                if let Some(d) = self.stall_deadline() {
+                    consider(d);
+                }
+            }
             State::Open => {
                 consider(self.last_sent + self.config.heartbeat_interval);
                 consider(self.last_recv + self.config.idle_timeout);
@@ -943,6 +1047,16 @@ impl Session {
             }
         }
         t
+    }
+
+    /// Offerer: when channels that have not opened since DTLS connected count as stuck. A third
+    /// of the connect timeout leaves a fresh handshake time to finish; SCTP's own INIT backoff
+    /// (3 s doubling to 60 s) would let a handful of lost INIT ACKs use up the whole timeout.
+    fn stall_deadline(&self) -> Option<Instant> {
+        if self.role != SessionRole::Offerer || self.handshakes >= self.config.max_handshakes {
+            return None;
+        }
+        Some(self.dtls_connected? + self.config.connect_timeout / 3)
     }
 
     fn restart_deadline(&self) -> Option<Instant> {
@@ -964,6 +1078,13 @@ impl Session {
         match self.state {
             State::Connecting if now >= self.started + self.config.connect_timeout => {
                 self.shut(now, CloseReason::ConnectTimeout);
+            }
+            State::Connecting if self.stall_deadline().is_some_and(|d| now >= d) => {
+                let waited = self.config.connect_timeout / 3;
+                self.handshake_failed(
+                    now,
+                    format!("channels not open {waited:?} after DTLS connected"),
+                );
             }
             State::Open if now >= self.last_recv + self.config.idle_timeout => {
                 self.shut(now, CloseReason::IdleTimeout);
@@ -1028,8 +1149,19 @@ impl Session {
                 Ok(Output::Event(e)) => self.on_event(now, e),
                 Err(e) => {
                     self.rtc_timeout = None;
-                    self.shut(now, CloseReason::Failed(e.to_string()));
-                    return;
+                    if self.failed.is_some() {
+                        // The answerer's failed stack, still failing: a new offer replaces it.
+                        return;
+                    }
+                    if self.state != State::Connecting {
+                        self.shut(now, CloseReason::Failed(e.to_string()));
+                        return;
+                    }
+                    self.handshake_failed(now, e.to_string());
+                    if self.role == SessionRole::Answerer || self.state == State::Closed {
+                        return;
+                    }
+                    // The offerer's fresh stack: drain it too.
                 }
             }
         }
@@ -1072,6 +1204,17 @@ impl Session {
             Event::ChannelClose(id) if Some(id) == self.data || Some(id) == self.ctl => {
                 self.shut(now, CloseReason::Remote);
             }
+            Event::Connected => self.dtls_connected = Some(now),
+            // Before the channels opened, this is the stack giving up on the handshake (an
+            // SCTP association lost, or the peer's stack doing so and closing DTLS).
+            Event::Closed if self.state == State::Connecting && self.failed.is_none() => {
+                self.handshake_failed(
+                    now,
+                    "the WebRTC stack closed before the channels opened".into(),
+                );
+            }
+            // The answerer's failed stack closing: it waits for a new offer.
+            Event::Closed if self.state == State::Connecting => {}
             // str0m may report Closed twice: `shut` reports once.
             Event::Closed => self.shut(now, CloseReason::Remote),
             // Informational: liveness and the connect timeout decide, not ICE's own states.
@@ -1087,6 +1230,39 @@ impl Session {
             _ => {}
         }
     }
+}
+
+/// A str0m `Rtc` for `config` with ICE credentials drawn from `rng`, and its ufrag.
+fn build_rtc(config: &SessionConfig, rng: &mut SeededRng, now: Instant) -> (Rtc, String) {
+    let creds = IceCreds {
+        ufrag: format!("{:08x}", rng.next_u64() as u32),
+        pass: rng.hex_id(),
+    };
+    let provider = config.crypto_provider();
+    let mut rc = RtcConfig::new()
+        .set_crypto_provider(Arc::new(provider))
+        .set_local_ice_credentials(creds.clone())
+        .set_sctp_max_message_size(config.max_receive_message)
+        .set_sctp_max_buffered_amount(config.send_buffer.max(16 * 1024) * 2);
+    if let Some(cert) = &config.dtls_cert {
+        rc = rc.set_dtls_cert(cert.clone());
+    }
+    let mut rtc = rc.build(now);
+    // str0m's ICE agent schedules no connectivity check before its first timeout input:
+    // without this kick, an answerer behind a NAT (whose peer's checks cannot reach it until
+    // it sends its own) stayed silent until the next timer, 30 s later at the connect timeout.
+    // Found by the NAT simulation (tests/sim_nat.rs).
+    if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
+        tracing::debug!(error = %e, "str0m's first timeout");
+    }
+    (rtc, creds.ufrag)
+}
+
+/// The session id of an SDP (`o=<username> <sess-id> ...`, RFC 4566 §5.2): the same for every
+/// offer of one session, ICE restarts included; a new one means a new session.
+fn sdp_session_id(sdp: &str) -> Option<String> {
+    let origin = sdp.lines().find_map(|l| l.trim().strip_prefix("o="))?;
+    origin.split_whitespace().nth(1).map(str::to_string)
 }
 
 /// Addresses a peer on the same private network would have: RFC 1918, loopback, link-local,
@@ -1120,6 +1296,14 @@ fn remote_max_message(sdp: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sdp_session_id_is_the_second_field_of_the_origin() {
+        let sdp = "v=0\r\no=- 2954344436352400798 4 IN IP4 127.0.0.1\r\ns=-\r\n";
+        assert_eq!(sdp_session_id(sdp).as_deref(), Some("2954344436352400798"));
+        assert_eq!(sdp_session_id("v=0\r\n"), None);
+        assert_eq!(sdp_session_id("o=-"), None);
+    }
 
     #[test]
     fn max_message_size_is_read_from_sdp() {

@@ -32,6 +32,36 @@ impl Default for NetConfig {
     }
 }
 
+/// What a test's [`VirtualNet::filter`] does with a datagram, before the seeded fate.
+pub enum Fate {
+    /// On to the seeded fate.
+    Pass,
+    /// Lost.
+    Drop,
+    /// Arrives this much later than the network's latency says (no loss, no jitter).
+    Late(Duration),
+}
+
+/// A test's rule for single datagrams: time since the start, the datagram.
+pub type Filter = Box<dyn FnMut(Duration, &Transmit) -> Fate>;
+
+/// DTLS records of a datagram (RFC 6347 §4.1): (content type, epoch, sequence number, first
+/// byte of the fragment, the handshake type for handshake records).
+pub fn dtls_records(b: &[u8]) -> Vec<(u8, u16, u64, Option<u8>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 13 <= b.len() && (20..=63).contains(&b[i]) {
+        let epoch = u16::from_be_bytes([b[i + 3], b[i + 4]]);
+        let seq = b[i + 5..i + 11]
+            .iter()
+            .fold(0u64, |a, x| (a << 8) | u64::from(*x));
+        let len = usize::from(u16::from_be_bytes([b[i + 11], b[i + 12]]));
+        out.push((b[i], epoch, seq, b.get(i + 13).copied()));
+        i += 13 + len;
+    }
+    out
+}
+
 pub struct Packet {
     pub from: SocketAddr,
     pub to: SocketAddr,
@@ -145,6 +175,8 @@ pub struct VirtualNet {
     pub nats: Vec<Nat>,
     pub delivered: u64,
     pub dropped: u64,
+    /// A test's rule, asked about every datagram sent.
+    pub filter: Option<Filter>,
 }
 
 impl VirtualNet {
@@ -160,6 +192,7 @@ impl VirtualNet {
             nats: Vec::new(),
             delivered: 0,
             dropped: 0,
+            filter: None,
         }
     }
 
@@ -206,6 +239,27 @@ impl VirtualNet {
         if t.contents.len() > self.config.mtu || self.blocked(now, t.source, t.destination) {
             self.dropped += 1;
             return;
+        }
+        let since = now - self.start;
+        match self.filter.as_mut().map(|f| f(since, &t)) {
+            Some(Fate::Drop) => {
+                self.dropped += 1;
+                return;
+            }
+            Some(Fate::Late(after)) => {
+                self.seq += 1;
+                self.queue.insert(
+                    (now + self.config.latency + after, self.seq),
+                    Packet {
+                        from: t.source,
+                        to: t.destination,
+                        data: t.contents,
+                        tcp: false,
+                    },
+                );
+                return;
+            }
+            Some(Fate::Pass) | None => {}
         }
         // Fate comes from a hash of the packet's identity (seed, send time, addresses, its index
         // among packets of that instant and path), not from a running generator: str0m's packet
