@@ -775,6 +775,22 @@ fn error_responses_map_to_failures_with_advice() {
             .encode()
             .unwrap();
         c.handle_datagram(now, &err).unwrap();
+        if code == 437 {
+            // First the client tries to delete a stale allocation of its own on this address:
+            // a Refresh with lifetime 0; refused too, it gives up.
+            assert_eq!(c.poll_event(), None);
+            let refresh = Message::decode(&c.poll_transmit().unwrap()).unwrap();
+            assert_eq!(refresh.method, Method::REFRESH);
+            assert_eq!(refresh.lifetime(), Some(0));
+            let err = Message::new(Method::REFRESH, Class::Error, refresh.transaction_id)
+                .with(Attribute::ErrorCode {
+                    code,
+                    reason: "x".into(),
+                })
+                .encode()
+                .unwrap();
+            c.handle_datagram(now, &err).unwrap();
+        }
         assert_eq!(c.poll_event(), Some(ClientEvent::Failed(failure.clone())));
         assert!(failure.to_string().len() > 40, "{failure}");
         assert_eq!(c.poll_timeout(), None);
@@ -1046,4 +1062,24 @@ mod coturn {
             );
         }
     }
+}
+
+#[test]
+fn a_stale_allocation_of_ours_on_the_same_port_is_cleared_and_allocated_again() {
+    let mut net = Net::new(21);
+    let i = net.turn(false);
+    let (old, _, _) = allocated(&net.nodes[i].events).expect("allocated");
+    // The process restarts on the same address and port: the server still holds the old
+    // allocation for this 5-tuple and answers the new Allocate with 437.
+    let server = resolved(turn_url(false), "ann", "s3cret", SERVER.parse().unwrap());
+    let addr = net.nodes[i].addr;
+    net.nodes[i].client = ServerClient::new(server, addr, ClientConfig::default(), 99, net.now);
+    net.nodes[i].events.clear();
+    net.pump();
+    let (relay, _, _) = allocated(&net.nodes[i].events)
+        .unwrap_or_else(|| panic!("allocated again: {:?}", net.nodes[i].events));
+    assert!(net.server.is_relay(relay));
+    assert!(!net.server.is_relay(old) || old == relay);
+    assert_eq!(net.server.allocation_count(), 1);
+    assert_eq!(net.server.counters.allocations, 2);
 }

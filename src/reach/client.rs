@@ -407,9 +407,19 @@ enum Phase {
 enum TxKind {
     Binding,
     Allocate,
-    Refresh { lifetime: Option<u32> },
-    CreatePermission { ip: IpAddr },
-    ChannelBind { peer: SocketAddr, channel: u16 },
+    Refresh {
+        lifetime: Option<u32>,
+    },
+    CreatePermission {
+        ip: IpAddr,
+    },
+    ChannelBind {
+        peer: SocketAddr,
+        channel: u16,
+    },
+    /// Refresh with LIFETIME 0 while gathering: deletes a stale allocation of ours that
+    /// holds this 5-tuple (an earlier process on the same port), so Allocate can succeed.
+    ClearStale,
 }
 
 impl TxKind {
@@ -426,7 +436,7 @@ impl TxKind {
         match self {
             TxKind::Binding => Method::BINDING,
             TxKind::Allocate => Method::ALLOCATE,
-            TxKind::Refresh { .. } => Method::REFRESH,
+            TxKind::Refresh { .. } | TxKind::ClearStale => Method::REFRESH,
             TxKind::CreatePermission { .. } => Method::CREATE_PERMISSION,
             TxKind::ChannelBind { .. } => Method::CHANNEL_BIND,
         }
@@ -501,6 +511,8 @@ pub struct ServerClient {
     now: Instant,
     phase: Phase,
     attempt_deadline: Instant,
+    /// A 437 to Allocate was answered by deleting the stale allocation once already.
+    cleared_stale: bool,
     auth: Option<Auth>,
     /// A 401 challenge was answered: the next 401 means wrong credentials.
     challenged: bool,
@@ -553,6 +565,7 @@ impl ServerClient {
             now,
             phase: Phase::Gathering,
             attempt_deadline: now + timeout,
+            cleared_stale: false,
             auth: None,
             challenged: false,
             last_malformed: None,
@@ -1205,6 +1218,7 @@ impl ServerClient {
                     m.attributes.push(Attribute::Lifetime(*l));
                 }
             }
+            TxKind::ClearStale => m.attributes.push(Attribute::Lifetime(0)),
             TxKind::CreatePermission { ip } => {
                 m.attributes
                     .push(Attribute::XorPeerAddress(SocketAddr::new(*ip, 0)));
@@ -1401,6 +1415,12 @@ impl ServerClient {
                     self.set_lifetime(now, m.lifetime());
                 }
             }
+            TxKind::ClearStale => {
+                if self.phase == Phase::Gathering {
+                    tracing::info!(server = %self.server.url, "a stale allocation of ours on this address was deleted; allocating again");
+                    self.request(TxKind::Allocate, 0, Some(self.attempt_deadline));
+                }
+            }
             TxKind::CreatePermission { ip } => {
                 if let Some(p) = self.permissions.get_mut(&ip) {
                     p.state = PermState::Installed;
@@ -1483,6 +1503,23 @@ impl ServerClient {
     fn failed_request(&mut self, kind: TxKind, failure: ClientFailure) {
         tracing::info!(server = %self.server.url, request = %kind.method(), peer = ?kind.peer(), %failure, "STUN/TURN request failed");
         match kind {
+            // 437 to our Allocate: the server holds an allocation for this address and port,
+            // most likely ours from an earlier process on the same port (RFC 8656 §7.2: it
+            // lasts until it expires, up to an hour). Deleting it with our credentials (a
+            // Refresh with lifetime 0 from the same 5-tuple) and allocating again, once.
+            TxKind::Allocate
+                if failure == ClientFailure::AllocationMismatch
+                    && self.phase == Phase::Gathering
+                    && !self.cleared_stale =>
+            {
+                self.cleared_stale = true;
+                self.request(TxKind::ClearStale, 0, Some(self.attempt_deadline));
+            }
+            TxKind::ClearStale => {
+                if self.phase == Phase::Gathering {
+                    self.fail(ClientFailure::AllocationMismatch);
+                }
+            }
             TxKind::Binding | TxKind::Allocate => {
                 if self.phase == Phase::Gathering {
                     self.fail(failure);
@@ -1501,7 +1538,7 @@ impl ServerClient {
 
     fn on_transaction_timeout(&mut self, kind: TxKind) {
         match kind {
-            TxKind::Binding | TxKind::Allocate => {
+            TxKind::Binding | TxKind::Allocate | TxKind::ClearStale => {
                 if self.phase == Phase::Gathering {
                     let f = self.silence_failure();
                     self.fail(f);

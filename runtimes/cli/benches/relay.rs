@@ -50,8 +50,16 @@ fn node(
     servers: Vec<IceServer>,
     policy: IceTransportPolicy,
 ) -> PeerNode {
+    let mut nc = peerpouch::node::NodeConfig::default();
+    if let Some(b) = std::env::var("PEERPOUCH_RELAY_SENDBUF")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        nc.session.send_buffer = b;
+    }
     let (node, driver) = PeerNode::with_driver(
         PeerConfig::new(HubSpec::InProcess(hub.clone()))
+            .node(nc)
             .bind("127.0.0.1:0".parse().unwrap())
             .ice_servers(servers)
             .ice_transport_policy(policy)
@@ -150,6 +158,12 @@ fn measure(servers: Vec<IceServer>, policy: IceTransportPolicy, blob: &[u8]) -> 
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let Ok(turn) = std::env::var("PEERPOUCH_TEST_TURN") else {
         // Run again with a coturn of our own on loopback.
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../smol/stun-server.sh");
