@@ -372,6 +372,13 @@ case_udpblocked_turn_tcp() {
     [ "$PATH_KIND $PATH_A" = "relay tcp" ] || fail "joiner (udp-blocked): expected link via relay (TURN over TCP), got: $PATH_LINE"
     assert_relayed sharer
     [ "$PATH_KIND $PATH_A" != "relay tcp" ] || fail "sharer: TURN over TCP, but it was given a UDP TURN server: $PATH_LINE"
+    # The joiner's goodbye crossed the relay before its process ended: the sharer saw the peer
+    # leave (Remote), well before its 10 s idle timeout would have noticed a vanished peer.
+    local deadline=$(($(now_ms) + 5000))
+    while [ "$(now_ms)" -lt "$deadline" ] && ! grep -q 'left (Remote)' "$CDIR/sharer.out"; do
+        sleep 0.2
+    done
+    grep -q 'left (Remote)' "$CDIR/sharer.out" || fail "the sharer did not see the joiner's goodbye (TURN over TCP) within 5 s"
 }
 
 # e. Cone <-> cone without any ICE server: only host candidates, no path. replicate fails

@@ -372,6 +372,12 @@ impl Streams {
         }
     }
 
+    /// Writes queued on the streams and not yet taken by their tasks: a node shutting down
+    /// waits for them (its goodbye to a peer through a TURN server over TCP is among them).
+    pub(crate) fn queued(&self) -> usize {
+        self.open.values().map(|tx| tx.len()).sum()
+    }
+
     /// Forgets a stream that ended (the next bytes for it connect again).
     pub(crate) fn closed(&mut self, server: SocketAddr) {
         self.open.remove(&server);

@@ -14,7 +14,9 @@ use futures_lite::future;
 use peerpouch::MemoryStore;
 use peerpouch::reach::{IceServer, IceTransportPolicy, Transport};
 use peerpouch::session::CandidateType;
-use peerpouch_smol::{HubSpec, InProcessHub, PeerConfig, PeerError, PeerNode, ShareConfig};
+use peerpouch_smol::{
+    HubSpec, InProcessHub, LinkEvent, PeerConfig, PeerError, PeerNode, ShareConfig,
+};
 use serde_json::{Value, json};
 
 fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
@@ -130,8 +132,18 @@ fn relayed_both_ways(transport: &str) {
         );
         // Relay-only: the peer's address on the pair is a relayed one too.
         assert_eq!(path.remote, CandidateType::Relay, "{path}");
-        alice.shutdown().await;
+        // Bob's goodbye crosses the relay before his node stops (over TCP it sat in the
+        // stream's queue when the process ended, and Alice only noticed at her idle timeout).
+        let links = alice.watch_links().await.unwrap();
         bob.shutdown().await;
+        let reason = loop {
+            match links.recv().await.unwrap() {
+                LinkEvent::Closed { reason, .. } => break reason,
+                _ => {}
+            }
+        };
+        assert_eq!(reason, "Remote");
+        alice.shutdown().await;
     });
 }
 

@@ -334,9 +334,14 @@ impl Driver {
             if self.finished() {
                 break;
             }
+            // Shutting down with writes still queued for a TURN server's TCP stream: look again
+            // shortly (nothing else wakes the driver when a stream task takes them).
+            let flushing = (self.shutdown.is_some() && self.streams.queued() > 0)
+                .then(|| Instant::now() + Duration::from_millis(10));
             let deadline = [
                 self.node.poll_timeout(),
                 self.shutdown.as_ref().map(|s| s.0),
+                flushing,
             ]
             .into_iter()
             .flatten()
@@ -435,7 +440,9 @@ impl Driver {
     fn finished(&self) -> bool {
         match &self.shutdown {
             Some((deadline, _)) => {
-                (self.unshare_waiters.is_empty() && self.node.links().is_empty())
+                (self.unshare_waiters.is_empty()
+                    && self.node.links().is_empty()
+                    && self.streams.queued() == 0)
                     || Instant::now() >= *deadline
             }
             None => false,
