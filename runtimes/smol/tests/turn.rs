@@ -137,9 +137,8 @@ fn relayed_both_ways(transport: &str) {
         let links = alice.watch_links().await.unwrap();
         bob.shutdown().await;
         let reason = loop {
-            match links.recv().await.unwrap() {
-                LinkEvent::Closed { reason, .. } => break reason,
-                _ => {}
+            if let LinkEvent::Closed { reason, .. } = links.recv().await.unwrap() {
+                break reason;
             }
         };
         assert_eq!(reason, "Remote");
