@@ -2,18 +2,25 @@
 
 use std::process::Command;
 
-#[test]
-fn demo_succeeds_and_reports_every_check() {
+/// Runs `peerpouch demo ARGS` and returns its output; it must succeed.
+fn demo(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_peerpouch"))
         .arg("demo")
+        .args(args)
         .output()
         .expect("run peerpouch demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn demo_succeeds_and_reports_every_check() {
+    let stdout = demo(&[]);
     for check in [
         "ok: bob has every document",
         "ok: the attachment arrived byte for byte",
@@ -53,17 +60,8 @@ fn demo_through_a_turn_server_over_tcp() {
         parts.next().unwrap(),
         parts.next().unwrap(),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_peerpouch"))
-        .args(["demo", "--relay-only", "--ice-server"])
-        .arg(format!("turn:{user}:{pass}@{addr}?transport=tcp"))
-        .output()
-        .expect("run peerpouch demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("turn:{user}:{pass}@{addr}?transport=tcp");
+    let stdout = demo(&["--relay-only", "--ice-server", &url]);
     assert!(stdout.contains("via relay (TURN over TCP)"), "{stdout}");
     assert!(
         stdout.contains("ok: revision trees are identical"),

@@ -1,16 +1,16 @@
 //! Links through a real TURN server (coturn on 127.0.0.1, started by `.ci/test` through
 //! `runtimes/smol/stun-server.sh`, which exports `PEERPOUCH_TEST_TURN=ADDR|USER|PASS`): relayed
-//! over UDP and over TCP, the path each link reports, data byte for byte through the relay, and
-//! the clear errors for wrong credentials and for no path at all.
+//! over UDP and over TCP, the path each link reports, data byte for byte through the relay, a
+//! goodbye that crosses the relay, and the clear error for wrong credentials (no path at all:
+//! tests/sim_nat.rs and tests/nat).
 //!
 //! Without `PEERPOUCH_TEST_TURN` the relay tests say so and pass trivially only when
 //! `PEERPOUCH_TEST_TURN_OPTIONAL=1` (a developer's run without coturn); `.ci/test` always sets
 //! the server, so CI never skips them.
 
-use std::future::Future;
-use std::time::Duration;
+mod common;
 
-use futures_lite::future;
+use common::run;
 use peerpouch::MemoryStore;
 use peerpouch::reach::{IceServer, IceTransportPolicy, Transport};
 use peerpouch::session::CandidateType;
@@ -18,21 +18,6 @@ use peerpouch_smol::{
     HubSpec, InProcessHub, LinkEvent, PeerConfig, PeerError, PeerNode, ShareConfig,
 };
 use serde_json::{Value, json};
-
-fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
-    smol::block_on(future::or(async { Some(f.await) }, async {
-        async_io::Timer::after(Duration::from_secs(secs)).await;
-        None
-    }))
-    .unwrap_or_else(|| panic!("{what} did not finish within {secs} s"))
-}
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 /// (address, user, password) of the test TURN server.
 fn turn() -> Option<(String, String, String)> {
@@ -107,7 +92,6 @@ async fn share_open_and_check(alice: &PeerNode, bob: &PeerNode) -> peerpouch_smo
 }
 
 fn relayed_both_ways(transport: &str) {
-    logs();
     let Some((addr, user, pass)) = turn() else {
         return;
     };
@@ -116,7 +100,7 @@ fn relayed_both_ways(transport: &str) {
     let server = IceServer::new(url).credentials(user, pass);
     let alice = node(&hub, vec![server.clone()], IceTransportPolicy::Relay);
     let bob = node(&hub, vec![server], IceTransportPolicy::Relay);
-    within(60, "a relayed link", async {
+    run(60, async {
         let remote = share_open_and_check(&alice, &bob).await;
         let path = remote.path().expect("a peer's database has a path");
         assert_eq!(path.local, CandidateType::Relay, "{path}");
@@ -158,7 +142,6 @@ fn relayed_over_tcp() {
 
 #[test]
 fn wrong_turn_password_is_its_own_error_not_a_timeout() {
-    logs();
     let Some((addr, user, _)) = turn() else {
         return;
     };
@@ -170,7 +153,7 @@ fn wrong_turn_password_is_its_own_error_not_a_timeout() {
         vec![good.credentials(user, "not-the-password")],
         IceTransportPolicy::Relay,
     );
-    within(60, "the credentials error", async {
+    run(60, async {
         let db = alice
             .add_db("notes", MemoryStore::new("notes"))
             .await
