@@ -187,7 +187,7 @@ def run_udp(args):
     except Stop:
         pass
     print(
-        f"udp {fmt(listen)} -> {fmt(target)}: flows={len(flows)} "
+        f"udp {fmt(lsock.getsockname())} -> {fmt(target)}: flows={len(flows)} "
         + " ".join(f"{k}={counts[k]}" for k in sorted(counts)),
         file=sys.stderr,
         flush=True,
@@ -376,6 +376,7 @@ class TcpForwarder:
         lsock.listen(128)
         lsock.setblocking(False)
         self.sel.register(lsock, selectors.EVENT_READ, None)
+        bound = lsock.getsockname()
         install_stop_signals()
         print(f"listening on {fmt(lsock.getsockname())}", flush=True)
         try:
@@ -390,7 +391,7 @@ class TcpForwarder:
         except Stop:
             pass
         print(
-            f"tcp {fmt(listen)} -> {fmt(self.args.target)}: "
+            f"tcp {fmt(bound)} -> {fmt(self.args.target)}: "
             + " ".join(f"{k}={self.counts[k]}" for k in sorted(self.counts)),
             file=sys.stderr,
             flush=True,
