@@ -101,11 +101,22 @@ class Timers:
 # UDP
 
 
+def big_buffers(sock):
+    for s in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, s, 4 << 20)
+        except OSError:
+            pass
+
+
 class UdpFlow:
     def __init__(self, index, client, target, seed):
         self.index = index
         self.client = client
         self.up = socket.socket(family_of(target[0]), socket.SOCK_DGRAM)
+        # As large as the listening socket's: a burst of replies must not overflow the kernel's
+        # default (~200 KiB) before we read it, a loss the counters would not show.
+        big_buffers(self.up)
         self.up.connect(target)
         self.up.setblocking(False)
         self.rng_up = random.Random(f"{seed}/{index}/up")
@@ -119,11 +130,7 @@ def run_udp(args):
     lsock = socket.socket(family_of(listen[0]), socket.SOCK_DGRAM)
     lsock.bind(listen)
     lsock.setblocking(False)
-    for s in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            lsock.setsockopt(socket.SOL_SOCKET, s, 4 << 20)
-        except OSError:
-            pass
+    big_buffers(lsock)
     sel = selectors.DefaultSelector()
     sel.register(lsock, selectors.EVENT_READ, None)
     timers = Timers()

@@ -72,6 +72,7 @@ struct WanAddrs {
 /// (`b`) pulls them. `wan`: bind and announce as [`WanAddrs`] says; otherwise loopback.
 fn contender_p2p(wan: Option<WanAddrs>) {
     watchdog("p2p");
+    let knob = |k: &str| std::env::var(format!("PEERPOUCH_WAN_{k}")).ok();
     let hub = InProcessHub::new();
     let node = |seed: u64, bind: SocketAddr, announce: Option<SocketAddr>| {
         let mut config = PeerConfig::new(HubSpec::InProcess(hub.clone()))
@@ -79,6 +80,12 @@ fn contender_p2p(wan: Option<WanAddrs>) {
             .seed(seed);
         if let Some(a) = announce {
             config = config.announce(vec![a]);
+        }
+        // Knobs to explore with (env); the bench runs the defaults.
+        if let Some(b) = knob("SENDBUF") {
+            let mut n = peerpouch::node::NodeConfig::default();
+            n.session.send_buffer = b.parse().expect("PEERPOUCH_WAN_SENDBUF");
+            config = config.node(n);
         }
         let (node, driver) = PeerNode::with_driver(config).expect("a node on loopback");
         std::thread::spawn(move || smol::block_on(driver.run()));
@@ -117,13 +124,35 @@ fn contender_p2p(wan: Option<WanAddrs>) {
             .expect("copy");
         let cpu0 = self_cpu_s();
         let t = Instant::now();
-        let p = b
-            .replicate(&remote, &copy, ReplicateOptions::default())
+        let options = ReplicateOptions {
+            batch_size: knob("BATCH").map(|b| b.parse().expect("PEERPOUCH_WAN_BATCH")),
+            ..ReplicateOptions::default()
+        };
+        let mut r = b
+            .replicate(&remote, &copy, options)
             .await
-            .expect("start the replication")
-            .finished()
-            .await
-            .expect("p2p replication");
+            .expect("start the replication");
+        // PEERPOUCH_WAN_TRACE: docs written over time (stalls of a second are SCTP's
+        // retransmission timeout).
+        let trace = std::env::var_os("PEERPOUCH_WAN_TRACE").is_some();
+        let mut last = t;
+        let p = loop {
+            use peerpouch::replicate::ReplicationEvent as E;
+            match r.next_event().await.expect("the replication's events") {
+                E::Progressed(p) if trace => {
+                    eprintln!(
+                        "{:>8.1} ms (+{:>6.1}) {:>6} docs",
+                        t.elapsed().as_secs_f64() * 1e3,
+                        last.elapsed().as_secs_f64() * 1e3,
+                        p.docs_written
+                    );
+                    last = Instant::now();
+                }
+                E::Completed(p) => break p,
+                E::Failed { error, .. } => panic!("p2p replication: {error}"),
+                _ => {}
+            }
+        };
         let secs = t.elapsed().as_secs_f64();
         let cpu = self_cpu_s() - cpu0;
         let count = copy.info().await.expect("info").doc_count;
@@ -144,12 +173,18 @@ fn contender_sim() {
     use peerpouch::replicate::ReplicationEvent;
     use peerpouch::ReplicatorConfig;
     watchdog("sim");
+    // Knobs to explore with (`wan --contender sim`, env): the bench runs the defaults.
+    let knob = |k: &str| std::env::var(format!("PEERPOUCH_WAN_SIM_{k}")).ok();
+    let num = |k: &str, d: f64| knob(k).and_then(|v| v.parse().ok()).unwrap_or(d);
     let net = sim::NetConfig {
-        latency: DELAY,
-        loss: LOSS,
+        latency: Duration::from_secs_f64(num("LATENCY_MS", DELAY.as_secs_f64() * 1e3) / 1e3),
+        loss: num("LOSS", LOSS),
         ..sim::NetConfig::default()
     };
-    let mut s = sim::nodes::NodeSim::new(1, net);
+    let mut s = sim::nodes::NodeSim::new(num("SEED", 1.0) as u64, net);
+    if let Some(b) = knob("SENDBUF") {
+        s.config.session.send_buffer = b.parse().expect("PEERPOUCH_WAN_SIM_SENDBUF");
+    }
     s.trace_calls = false;
     // Lossy: the sim's replication tests give links these budgets too.
     s.config.session.connect_timeout = Duration::from_secs(300);
@@ -180,7 +215,13 @@ fn contender_sim() {
         NodeEvent::LinkReady { path, .. } => path.as_ref().map(|p| p.to_string()),
         _ => None,
     });
-    let config = ReplicatorConfig::new("sim:db", "sim:copy");
+    let mut config = ReplicatorConfig::new("sim:db", "sim:copy");
+    if let Some(b) = knob("BATCH") {
+        config.batch_size = b.parse().expect("PEERPOUCH_WAN_SIM_BATCH");
+    }
+    if let Some(b) = knob("INFLIGHT") {
+        config.batches_in_flight = b.parse().expect("PEERPOUCH_WAN_SIM_INFLIGHT");
+    }
     let (t0, wall) = (s.elapsed(), Instant::now());
     let now = s.now;
     let id = s.node(1).replicate(
@@ -196,6 +237,25 @@ fn contender_sim() {
         "the simulated replication did not end"
     );
     let secs = (s.elapsed() - t0).as_secs_f64();
+    if knob("TRACE").is_some() {
+        // Docs written over virtual time: stalls of a second are SCTP's retransmission timeout.
+        let mut last = t0;
+        for (at, e) in &s.nodes[1].events {
+            if let NodeEvent::Replication {
+                event: ReplicationEvent::Progressed(p),
+                ..
+            } = e
+            {
+                eprintln!(
+                    "{:>8.1} ms (+{:>6.1}) {:>6} docs",
+                    (*at - t0).as_secs_f64() * 1e3,
+                    (*at - last).as_secs_f64() * 1e3,
+                    p.docs_written
+                );
+                last = *at;
+            }
+        }
+    }
     let p = match s.replication_end(1, id).expect("ended") {
         ReplicationEvent::Completed(p) => p,
         other => panic!("the simulated replication ended with {other:?}"),
@@ -221,6 +281,15 @@ fn free_udp() -> SocketAddr {
         .expect("a free UDP port")
 }
 
+/// `RcvbufErrors` of `/proc/net/snmp` (UDP datagrams dropped for a full receive buffer).
+fn udp_rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// One WAN p2p run: fresh delay lines (seeds 1 and 2), checked, and their counters.
 fn run_wan_p2p(exe: &std::path::Path, hub: &Hub, round: usize) -> (Run, String) {
     let (a, b) = (free_udp(), free_udp());
@@ -231,8 +300,12 @@ fn run_wan_p2p(exe: &std::path::Path, hub: &Hub, round: usize) -> (Run, String) 
     for x in [a, la.addr, b, lb.addr] {
         cmd.arg(x.to_string());
     }
+    let drops0 = udp_rcvbuf_errors();
     let run = measure(cmd, hub, "p2p over the delay lines");
     let (ca, cb) = (la.stop(), lb.stop());
+    // Datagrams the kernel dropped for a full receive buffer (machine-wide: any process's) are
+    // loss that the lines' counters do not show.
+    let rcvbuf_drops = udp_rcvbuf_errors().zip(drops0).map(|(b, a)| b - a);
     // No datagram bypasses the lines: the joiner's peer is a line (its address, or one of its
     // upstream sockets as a peer-reflexive candidate), never the sharer's own socket; and both
     // lines carried the transfer.
@@ -253,11 +326,12 @@ fn run_wan_p2p(exe: &std::path::Path, hub: &Hub, round: usize) -> (Run, String) 
     let lines = format!("{ca}\n{cb}");
     eprintln!(
         "wan: round {round} p2p over the delay lines: {:.0} docs/s, repl CPU {:.2} s, link {} \
-         (joiner's peer {remote}), open {:.2} s\n{lines}",
+         (joiner's peer {remote}), open {:.2} s, UDP receive-buffer drops {}\n{lines}",
         run.docs_per_s(),
         run.repl_cpu_s,
         run.extra["path"].as_str().unwrap_or("?"),
         run.extra["open_s"].as_f64().unwrap_or(0.0),
+        rcvbuf_drops.map_or("?".to_string(), |d| d.to_string()),
     );
     (run, lines)
 }
