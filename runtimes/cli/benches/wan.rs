@@ -60,6 +60,32 @@ const LOSS: f64 = 0.005;
 // ---------------------------------------------------------------------------------------------
 // Children.
 
+/// `PEERPOUCH_WAN_SCTP_LOG`: sctp-proto's congestion events on stderr (fast retransmit `(FR)`,
+/// retransmission timeout `(RTO)`), with the milliseconds since the child started.
+struct SctpLog(Instant);
+
+impl log::Log for SctpLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.target().starts_with("sctp_proto")
+    }
+    fn log(&self, r: &log::Record) {
+        let msg = r.args().to_string();
+        if self.enabled(r.metadata())
+            && (msg.contains("(FR)") || msg.contains("(RTO)") || msg.contains("T3-rtx timed out"))
+        {
+            eprintln!("{:>9.1} ms sctp {msg}", self.0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn sctp_log() {
+    if std::env::var_os("PEERPOUCH_WAN_SCTP_LOG").is_some() {
+        let _ = log::set_boxed_logger(Box::new(SctpLog(Instant::now())));
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+}
+
 /// Addresses of a WAN run: each node's socket and the delay line's address it announces.
 struct WanAddrs {
     a: SocketAddr,
@@ -72,6 +98,7 @@ struct WanAddrs {
 /// (`b`) pulls them. `wan`: bind and announce as [`WanAddrs`] says; otherwise loopback.
 fn contender_p2p(wan: Option<WanAddrs>) {
     watchdog("p2p");
+    sctp_log();
     let knob = |k: &str| std::env::var(format!("PEERPOUCH_WAN_{k}")).ok();
     let hub = InProcessHub::new();
     let node = |seed: u64, bind: SocketAddr, announce: Option<SocketAddr>| {
