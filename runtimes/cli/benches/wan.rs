@@ -73,7 +73,10 @@ impl log::Log for SctpLog {
         if self.enabled(r.metadata())
             && (msg.contains("(FR)") || msg.contains("(RTO)") || msg.contains("T3-rtx timed out"))
         {
-            eprintln!("{:>9.1} ms sctp {msg}", self.0.elapsed().as_secs_f64() * 1e3);
+            eprintln!(
+                "{:>9.1} ms sctp {msg}",
+                self.0.elapsed().as_secs_f64() * 1e3
+            );
         }
     }
     fn flush(&self) {}
