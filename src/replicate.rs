@@ -80,7 +80,9 @@ pub struct ReplicatorConfig {
     pub target_id: String,
     /// Keep following the source's changes after catching up.
     pub live: bool,
-    /// Changes read per batch (CouchDB's `worker_batch_size`).
+    /// Changes read per batch (CouchDB's `worker_batch_size`; 500 by default, as CouchDB's).
+    /// The changes feed is read one page at a time (each read starts where the last ended), so
+    /// a batch is what one round trip brings: 100 capped a 40 ms path at 2 500 docs/s.
     pub batch_size: usize,
     /// Batches being diffed, fetched or written at once.
     pub batches_in_flight: usize,
@@ -101,7 +103,7 @@ impl ReplicatorConfig {
             source_id: source_id.into(),
             target_id: target_id.into(),
             live: false,
-            batch_size: 100,
+            batch_size: 500,
             batches_in_flight: 4,
             doc_ids: None,
             checkpoint_every: 1,

@@ -66,6 +66,8 @@ const BYE: &[u8] = b"bye";
 /// close_notify, retransmitted). str0m ends only once the peer's DTLS closed too, which a peer
 /// that is gone never does: after this the session lets go of it.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Tail-loss probes in a row at most: three SACKs make SCTP retransmit a lost packet.
+const MAX_LOSS_PROBES: u32 = 3;
 /// What browsers assume when the SDP has no `a=max-message-size` (RFC 8841).
 const DEFAULT_REMOTE_MAX_MESSAGE: usize = 64 * 1024;
 
@@ -84,6 +86,14 @@ pub enum SessionRole {
 pub struct SessionConfig {
     /// Send a heartbeat when nothing was sent for this long.
     pub heartbeat_interval: Duration,
+    /// Tail-loss probe: while data sent on the channel is unacknowledged and nothing was sent
+    /// for this long, send a heartbeat (at most 3 in a row; `None`: never). SCTP retransmits a
+    /// lost packet early only after three SACKs report it missing, and SACKs come only for
+    /// packets sent after it: a lost last packet of a burst (a request, the end of an answer)
+    /// otherwise waits for the retransmission timeout, at least 1 s in str0m's SCTP. The
+    /// probes are control-channel messages (the heartbeats every peer already takes), so they
+    /// make those SACKs.
+    pub loss_probe_interval: Option<Duration>,
     /// Close when nothing was received for this long (after the channel opened).
     pub idle_timeout: Duration,
     /// Give up if the channel has not opened after this long. DTLS retries each handshake
@@ -154,6 +164,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             heartbeat_interval: Duration::from_secs(1),
+            loss_probe_interval: Some(Duration::from_millis(100)),
             idle_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(30),
             ice_restart_after: Some(Duration::from_secs(4)),
@@ -172,6 +183,7 @@ impl std::fmt::Debug for SessionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionConfig")
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("loss_probe_interval", &self.loss_probe_interval)
             .field("idle_timeout", &self.idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("ice_restart_after", &self.ice_restart_after)
@@ -422,6 +434,9 @@ pub struct Session {
     started: Instant,
     last_recv: Instant,
     last_sent: Instant,
+    /// Tail-loss probes still to send, should the data sent last stay unacknowledged: set by
+    /// every message sent, spent by probes, cleared once everything is acknowledged.
+    probes_left: u32,
     restarts: u32,
     restart_started: Option<Instant>,
     /// When the session closed (str0m is dropped [`CLOSE_LINGER`] later at the latest).
@@ -485,6 +500,7 @@ impl Session {
             started: now,
             last_recv: now,
             last_sent: now,
+            probes_left: 0,
             restarts: 0,
             restart_started: None,
             closed_at: None,
@@ -961,6 +977,7 @@ impl Session {
         let ok = ch.write(binary, data).map_err(rtc_err)?;
         if ok {
             self.last_sent = now;
+            self.probes_left = MAX_LOSS_PROBES;
         }
         self.drive(now);
         Ok(ok)
@@ -1035,6 +1052,9 @@ impl Session {
             }
             State::Open => {
                 consider(self.last_sent + self.config.heartbeat_interval);
+                if let Some(d) = self.probe_deadline() {
+                    consider(d);
+                }
                 consider(self.last_recv + self.config.idle_timeout);
                 if let Some(d) = self.restart_deadline() {
                     consider(d);
@@ -1059,6 +1079,12 @@ impl Session {
         Some(self.dtls_connected? + self.config.connect_timeout / 3)
     }
 
+    /// When to send a tail-loss probe ([`SessionConfig::loss_probe_interval`]).
+    fn probe_deadline(&self) -> Option<Instant> {
+        let every = self.config.loss_probe_interval?;
+        (self.probes_left > 0).then(|| self.last_sent + every)
+    }
+
     fn restart_deadline(&self) -> Option<Instant> {
         let after = self.config.ice_restart_after?;
         if self.role != SessionRole::Offerer
@@ -1070,7 +1096,8 @@ impl Session {
         Some(self.last_recv + after)
     }
 
-    /// Runs timers due at `now` (str0m's, heartbeat, idle and connect timeouts). Harmless early.
+    /// Runs timers due at `now` (str0m's, heartbeat, tail-loss probe, idle and connect
+    /// timeouts). Harmless early.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
             tracing::debug!(error = %e, "str0m timeout");
@@ -1100,7 +1127,14 @@ impl Session {
                 if self.restart_deadline().is_some_and(|d| now >= d) {
                     self.ice_restart(now);
                 }
-                if now >= self.last_sent + self.config.heartbeat_interval {
+                let mut probe = self.probe_deadline().is_some_and(|d| now >= d);
+                if probe {
+                    // Only while something is unacknowledged (the common case on a fast
+                    // path: all of it was, and this is the only check).
+                    probe = self.buffered_amount() > 0;
+                    self.probes_left = if probe { self.probes_left - 1 } else { 0 };
+                }
+                if probe || now >= self.last_sent + self.config.heartbeat_interval {
                     if let Some(mut ch) = self.ctl.and_then(|id| self.rtc.channel(id)) {
                         let _ = ch.write(false, PING);
                     }

@@ -101,11 +101,22 @@ class Timers:
 # UDP
 
 
+def big_buffers(sock):
+    for s in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, s, 4 << 20)
+        except OSError:
+            pass
+
+
 class UdpFlow:
     def __init__(self, index, client, target, seed):
         self.index = index
         self.client = client
         self.up = socket.socket(family_of(target[0]), socket.SOCK_DGRAM)
+        # As large as the listening socket's: a burst of replies must not overflow the kernel's
+        # default (~200 KiB) before we read it, a loss the counters would not show.
+        big_buffers(self.up)
         self.up.connect(target)
         self.up.setblocking(False)
         self.rng_up = random.Random(f"{seed}/{index}/up")
@@ -119,11 +130,7 @@ def run_udp(args):
     lsock = socket.socket(family_of(listen[0]), socket.SOCK_DGRAM)
     lsock.bind(listen)
     lsock.setblocking(False)
-    for s in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            lsock.setsockopt(socket.SOL_SOCKET, s, 4 << 20)
-        except OSError:
-            pass
+    big_buffers(lsock)
     sel = selectors.DefaultSelector()
     sel.register(lsock, selectors.EVENT_READ, None)
     timers = Timers()
@@ -187,7 +194,7 @@ def run_udp(args):
     except Stop:
         pass
     print(
-        f"udp {fmt(listen)} -> {fmt(target)}: flows={len(flows)} "
+        f"udp {fmt(lsock.getsockname())} -> {fmt(target)}: flows={len(flows)} "
         + " ".join(f"{k}={counts[k]}" for k in sorted(counts)),
         file=sys.stderr,
         flush=True,
@@ -376,6 +383,7 @@ class TcpForwarder:
         lsock.listen(128)
         lsock.setblocking(False)
         self.sel.register(lsock, selectors.EVENT_READ, None)
+        bound = lsock.getsockname()
         install_stop_signals()
         print(f"listening on {fmt(lsock.getsockname())}", flush=True)
         try:
@@ -390,7 +398,7 @@ class TcpForwarder:
         except Stop:
             pass
         print(
-            f"tcp {fmt(listen)} -> {fmt(self.args.target)}: "
+            f"tcp {fmt(bound)} -> {fmt(self.args.target)}: "
             + " ".join(f"{k}={self.counts[k]}" for k in sorted(self.counts)),
             file=sys.stderr,
             flush=True,
