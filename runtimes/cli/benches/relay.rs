@@ -31,7 +31,7 @@ use serde_json::json;
 
 #[path = "common/docs.rs"]
 mod docs;
-use docs::docs;
+use docs::write_into;
 
 const DOCS: usize = 10_000;
 const BIG: usize = 32 << 20;
@@ -87,15 +87,7 @@ fn measure(servers: Vec<IceServer>, policy: IceTransportPolicy, blob: &[u8]) -> 
     let b = node(&hub, 2, servers, policy);
     smol::block_on(async {
         let db = a.add_db("db", MemoryStore::new("db")).await.expect("db");
-        for start in (0..DOCS).step_by(1000) {
-            for r in db
-                .bulk_docs(docs(start..(start + 1000).min(DOCS)), true)
-                .await
-                .expect("source docs")
-            {
-                r.result.expect("a source doc");
-            }
-        }
+        write_into(&db, DOCS).await;
         let b64 = serde_json::to_value(peerpouch::AttachmentData {
             content_type: String::new(),
             digest: String::new(),

@@ -42,7 +42,7 @@ use peerpouch_cli::local::{Peer, World};
 mod docs;
 #[path = "common/harness.rs"]
 mod harness;
-use docs::{docs, zstd_ratio};
+use docs::{docs, write_into, zstd_ratio};
 use harness::*;
 use peerpouch_couch::CouchClient;
 use serde_json::json;
@@ -110,15 +110,7 @@ fn contender_p2p_threads() {
     let (a, b) = (node(1), node(2));
     smol::block_on(async {
         let db = a.add_db("db", MemoryStore::new("db")).await.expect("db");
-        for start in (0..DOCS).step_by(1000) {
-            for r in db
-                .bulk_docs(docs(start..(start + 1000).min(DOCS)), true)
-                .await
-                .expect("write the source docs")
-            {
-                r.result.expect("a source doc");
-            }
-        }
+        write_into(&db, DOCS).await;
         let share = a
             .share(&db, ShareConfig::new().name("db"))
             .await

@@ -47,7 +47,7 @@ mod common;
 mod sim;
 
 use delay::{counter, DelayLine};
-use docs::docs;
+use docs::{docs, write_into};
 use harness::*;
 
 /// Rounds of the p2p contenders (loopback and WAN, interleaved).
@@ -128,15 +128,7 @@ fn contender_p2p(wan: Option<WanAddrs>) {
     };
     smol::block_on(async {
         let db = a.add_db("db", MemoryStore::new("db")).await.expect("db");
-        for start in (0..DOCS).step_by(1000) {
-            for r in db
-                .bulk_docs(docs(start..(start + 1000).min(DOCS)), true)
-                .await
-                .expect("write the source docs")
-            {
-                r.result.expect("a source doc");
-            }
-        }
+        write_into(&db, DOCS).await;
         let share = a
             .share(&db, ShareConfig::new().name("db"))
             .await

@@ -74,3 +74,17 @@ pub fn zstd_ratio() -> f64 {
     let small = peerpouch::rpc::frame::compress(&batch).map_or(batch.len(), |c| c.len());
     batch.len() as f64 / small as f64
 }
+
+/// Writes documents `0..n` into `db` in batches of 1000, checking every write.
+#[allow(dead_code)] // not every bench that includes this file writes through a `Db`
+pub async fn write_into(db: &peerpouch_smol::Db, n: usize) {
+    for start in (0..n).step_by(1000) {
+        for r in db
+            .bulk_docs(docs(start..(start + 1000).min(n)), true)
+            .await
+            .expect("write the source docs")
+        {
+            r.result.expect("a source doc");
+        }
+    }
+}
