@@ -382,7 +382,6 @@ impl Gatherer {
     }
 
     fn drain(&mut self, now: Instant) {
-        let _now = now;
         for e in &mut self.entries {
             let server = e.client.server().addr;
             let transport = e.client.transport();
@@ -424,7 +423,7 @@ impl Gatherer {
                         tracing::info!(server = %e.client.server().url, %failure, "ICE server failed");
                         let lost_relay = e.relay.take();
                         e.failed = Some(failure.clone());
-                        e.failed_at = Some(_now);
+                        e.failed_at = Some(now);
                         self.events.push_back(GatherEvent::Failed {
                             server: e.client.server().url.to_string(),
                             failure,
