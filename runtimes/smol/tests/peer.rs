@@ -550,3 +550,47 @@ fn an_unreachable_hub_is_reported_not_waited_for() {
         Err(PeerError::Hub(_))
     ));
 }
+
+/// A replication between two databases of one node runs inside the node's driver, where each
+/// answer makes the next request: its progress must still reach the caller as it happens, and
+/// a cancel must stop it midway, not after the last document.
+#[test]
+fn a_local_replication_reports_progress_as_it_goes_and_stops_midway_on_cancel() {
+    const DOCS: usize = 20_000;
+    logs();
+    within(300, "the local replication", async {
+        let node = start(HubSpec::InProcess(InProcessHub::new())).unwrap();
+        let src = seeded(&node, "src", DOCS).await;
+        let dst = node.add_db("dst", MemoryStore::new("dst")).await.unwrap();
+        let options = ReplicateOptions {
+            batch_size: Some(100),
+            ..Default::default()
+        };
+        let mut rep = node.replicate(&src, &dst, options).await.unwrap();
+        loop {
+            match rep.next_event().await.unwrap() {
+                ReplicationEvent::Progressed(_) => break,
+                ReplicationEvent::Completed(p) => {
+                    panic!("completed ({} docs) before any progress was seen", p.docs_written)
+                }
+                _ => {}
+            }
+        }
+        rep.cancel().await;
+        let end = loop {
+            match rep.next_event().await.unwrap() {
+                ReplicationEvent::Cancelled(p) => break p,
+                ReplicationEvent::Completed(p) => {
+                    panic!("the cancel was seen only after all {} docs", p.docs_written)
+                }
+                _ => {}
+            }
+        };
+        assert!(end.docs_written < DOCS as u64, "{end:?}");
+        // The target holds what was reported, plus the batches that were in flight when the
+        // cancel came (their writes were already asked for), and not everything.
+        let held = dst.info().await.unwrap().doc_count;
+        assert!(held >= end.docs_written && held < DOCS as u64, "{held} held, {end:?}");
+        node.shutdown().await;
+    });
+}

@@ -35,6 +35,9 @@ pub(crate) const WATCH_BACKLOG: usize = 1024;
 pub(crate) const COMMAND_BACKLOG: usize = 1024;
 /// Datagrams read per wake-up before the driver looks at its other inputs.
 const RECV_BATCH: usize = 64;
+/// Requests to local stores answered per round of [`Driver::drain`] before the rest of the
+/// node's output (events, datagrams) and the caller's commands get their turn.
+const STORE_REQUESTS_PER_ROUND: usize = 16;
 
 pub(crate) type Reply<T> = Sender<T>;
 /// An open's answer: the link and the path it took.
@@ -482,14 +485,27 @@ impl Driver {
     }
 
     /// Takes every output of the machine, repeatedly, until it has none.
+    ///
+    /// Requests to the node's own stores are answered in place, and answering one makes the
+    /// next (a replication between two local databases runs entirely in here). So each round
+    /// answers at most [`STORE_REQUESTS_PER_ROUND`] of them and then lets everything else out:
+    /// the caller's commands (a cancel, a shutdown), events (progress as it happens, not all at
+    /// the end) and datagrams (links are not starved by local work).
     async fn drain(&mut self) {
         loop {
             let mut moved = false;
+            while let Ok(c) = self.commands.try_recv() {
+                moved = true;
+                self.on_command(c);
+            }
             while let Some(a) = self.node.poll_hub_action() {
                 moved = true;
                 self.on_hub_action(a);
             }
-            while let Some(r) = self.node.poll_store_request() {
+            for _ in 0..STORE_REQUESTS_PER_ROUND {
+                let Some(r) = self.node.poll_store_request() else {
+                    break;
+                };
                 moved = true;
                 self.run_store(r.db, r.request, Origin::Node(r.id));
             }
