@@ -1,6 +1,7 @@
 //! The commands behind `share`, `shares`, `replicate` and `docs`, on the async API
 //! (`peerpouch-smol`) and the SQLite store.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use peerpouch_smol::{
 };
 use serde_json::{json, Value};
 
+use crate::progress::{human_duration, human_rate, rows_left, ProgressView};
 use crate::DocsOp;
 
 /// Why a command failed; every one says what to do next.
@@ -391,16 +393,35 @@ pub fn shares(hub: &str, watch: bool, json_out: bool) -> Result<(), CliError> {
             }
         }
         if let (Some(changes), Some(interrupted)) = (changes, interrupted) {
+            // The watch starts with every share already there: those were just listed. What
+            // is known is kept so a removal can say which share went, not only its id.
+            let mut known: BTreeMap<String, ShareInfo> =
+                list.into_iter().map(|s| (s.id.clone(), s)).collect();
             loop {
                 match next_or_interrupt(&changes, &interrupted).await {
-                    Some(ShareChange::Added(s)) if json_out => {
-                        print_json(&json!({"event": "added", "share": share_json(&s)}))
+                    Some(ShareChange::Added(s)) => {
+                        if known.contains_key(&s.id) {
+                            continue;
+                        }
+                        if json_out {
+                            print_json(&json!({"event": "added", "share": share_json(&s)}));
+                        } else {
+                            println!("+ {}", share_line(&s));
+                        }
+                        known.insert(s.id.clone(), s);
                     }
-                    Some(ShareChange::Added(s)) => println!("+ {}", share_line(&s)),
-                    Some(ShareChange::Removed(id)) if json_out => {
-                        print_json(&json!({"event": "removed", "share": id}))
+                    Some(ShareChange::Removed(id)) => {
+                        let gone = known.remove(&id);
+                        if json_out {
+                            let name = gone.as_ref().and_then(|s| s.name.clone());
+                            print_json(&json!({"event": "removed", "share": id, "name": name}));
+                        } else {
+                            match gone {
+                                Some(s) => println!("- {}", share_line(&s)),
+                                None => println!("- {id}"),
+                            }
+                        }
                     }
-                    Some(ShareChange::Removed(id)) => println!("- {id}"),
                     None => break,
                 }
             }
@@ -443,6 +464,7 @@ async fn open_endpoint(
     info: &Value,
     key: Option<&str>,
     json_out: bool,
+    view: &ProgressView,
 ) -> Result<Db, CliError> {
     match e {
         Endpoint::Path(p) => {
@@ -459,7 +481,7 @@ async fn open_endpoint(
                     &json!({"event": "link_ready", "share": share, "path": path_json(db.path())}),
                 );
             } else {
-                eprintln!("{}", path_line(db.path()));
+                view.say(&path_line(db.path()));
             }
             Ok(db)
         }
@@ -518,13 +540,13 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
         };
     let config = args.link.config(hub)?;
     let interrupted = interrupts();
-    let bar = !args.json && std::io::stderr().is_terminal();
+    let view = ProgressView::new(!args.json && std::io::stderr().is_terminal(), args.live);
     smol::block_on(async {
         let node = PeerNode::start_with(config)?;
         let result = async {
             let key = args.key.as_deref();
-            let mut src = open_endpoint(&node, &source, false, &info, key, args.json).await?;
-            let mut tgt = open_endpoint(&node, &target, true, &info, key, args.json).await?;
+            let mut src = open_endpoint(&node, &source, false, &info, key, args.json, &view).await?;
+            let mut tgt = open_endpoint(&node, &target, true, &info, key, args.json, &view).await?;
             let options = ReplicateOptions {
                 live: args.live,
                 ..Default::default()
@@ -557,21 +579,29 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                         None => continue,
                     };
                     match event {
-                        ReplicationEvent::Started { since, .. } if args.json => {
-                            print_json(&json!({"event": "started", "since": since}));
+                        ReplicationEvent::Started { since, .. } => {
+                            if args.json {
+                                print_json(&json!({"event": "started", "since": since}));
+                            } else if view.is_drawn() {
+                                // The bar's total: what the source can still return from here.
+                                let at = Instant::now();
+                                let left = src.info().await.ok().map(|i| rows_left(&i, &since));
+                                view.started(left, before.changes_read, at);
+                            }
                         }
-                        ReplicationEvent::Progressed(p) | ReplicationEvent::CaughtUp(p) => {
+                        ReplicationEvent::Progressed(p) => {
                             let p = add_progress(&before, &p);
                             if args.json {
                                 print_json(&progress_json("progress", &p));
-                            } else if bar {
-                                eprint!(
-                                    "\r\x1b[2K{} docs written, {} changes read{}",
-                                    p.docs_written,
-                                    p.changes_read,
-                                    if args.live { " (live)" } else { "" }
-                                );
                             }
+                            view.update(&p);
+                        }
+                        ReplicationEvent::CaughtUp(p) => {
+                            let p = add_progress(&before, &p);
+                            if args.json {
+                                print_json(&progress_json("progress", &p));
+                            }
+                            view.caught_up(&p);
                         }
                         ReplicationEvent::Completed(p) | ReplicationEvent::Cancelled(p) => {
                             break Ok(RunEnd::Done(p));
@@ -581,15 +611,10 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                             progress,
                         } if args.live && !cancelled => {
                             before = add_progress(&before, &progress);
-                            if bar {
-                                eprintln!();
-                            }
                             break Ok(RunEnd::Lost(reason));
                         }
                         ReplicationEvent::Failed { error, progress } => {
-                            if bar {
-                                eprintln!();
-                            }
+                            view.finish();
                             break Err(CliError::Replication(format!(
                                 "replication failed after {} docs: {error}",
                                 before.docs_written + progress.docs_written
@@ -607,7 +632,7 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                         if args.json {
                             print_json(&json!({"event": "link_lost", "reason": reason}));
                         } else {
-                            eprintln!("{reason}");
+                            view.say(&reason);
                         }
                         let mut attempt = 0u32;
                         loop {
@@ -616,7 +641,7 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                             if args.json {
                                 print_json(&json!({"event": "reconnecting", "attempt": attempt, "in_seconds": wait.as_secs()}));
                             } else {
-                                eprintln!("reconnecting in {} s (attempt {attempt})", wait.as_secs());
+                                view.say(&format!("reconnecting in {} s (attempt {attempt})", wait.as_secs()));
                             }
                             let waited = future::or(
                                 async {
@@ -635,10 +660,10 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                             }
                             let reopened = async {
                                 if matches!(source, Endpoint::Peer { .. }) {
-                                    src = open_endpoint(&node, &source, false, &info, key, args.json).await?;
+                                    src = open_endpoint(&node, &source, false, &info, key, args.json, &view).await?;
                                 }
                                 if matches!(target, Endpoint::Peer { .. }) {
-                                    tgt = open_endpoint(&node, &target, true, &info, key, args.json).await?;
+                                    tgt = open_endpoint(&node, &target, true, &info, key, args.json, &view).await?;
                                 }
                                 Ok::<(), CliError>(())
                             }
@@ -646,31 +671,32 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                             match reopened {
                                 Ok(()) => continue 'runs,
                                 Err(e) if args.json => print_json(&json!({"event": "reconnect_failed", "error": e.to_string()})),
-                                Err(e) => eprintln!("reconnecting failed: {e}"),
+                                Err(e) => view.say(&format!("reconnecting failed: {e}")),
                             }
                         }
                     }
                 }
             };
+            view.finish();
             let p = end?;
-            let secs = started.elapsed().as_secs_f64();
-            if bar {
-                eprintln!();
-            }
+            let took = started.elapsed();
             if args.json {
                 let mut v = progress_json("completed", &p);
-                v["seconds"] = json!(secs);
+                v["seconds"] = json!(took.as_secs_f64());
                 v["cancelled"] = json!(cancelled);
                 print_json(&v);
             } else {
                 println!(
-                    "replicated {} -> {}: {} docs written ({} read, {} failed) in {:.2} s",
+                    "replicated {} -> {}: {} docs written ({} changes read, {} failed) in {}{}",
                     src.name(),
                     tgt.name(),
                     p.docs_written,
-                    p.docs_read,
+                    p.changes_read,
                     p.doc_write_failures,
-                    secs
+                    human_duration(took),
+                    human_rate(p.docs_written, took)
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
                 );
             }
             if p.doc_write_failures > 0 || p.doc_read_failures > 0 {

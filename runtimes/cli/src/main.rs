@@ -1,5 +1,6 @@
 //! `peerpouch`: the command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod demo;
+mod progress;
 
 /// Share CouchDB-style databases peer to peer over WebRTC, with a CouchDB server as the
 /// meeting point ("hub").
@@ -89,6 +91,23 @@ enum DocsOp {
     Info,
 }
 
+/// What the log shows at each `-v`. Without one, nothing: a person sees the CLI's own lines
+/// alone, which already say what went wrong; the libraries' warnings (a lost link, a failed hub
+/// request) repeat them in another voice. `RUST_LOG` overrides it.
+fn log_filter(verbose: u8) -> &'static str {
+    match verbose {
+        0 => "off",
+        1 => "peerpouch=info,peerpouch_smol=info,peerpouch_couch=info,peerpouch_sqlite=info,peerpouch_cli=info,warn",
+        _ => "peerpouch=debug,peerpouch_smol=debug,peerpouch_couch=debug,peerpouch_sqlite=debug,peerpouch_cli=debug,info",
+    }
+}
+
+/// Colour in the log only on a terminal, and never when `NO_COLOR` is set to anything but the
+/// empty string (<https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -98,16 +117,15 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let filter = match cli.verbose {
-        0 => "warn",
-        1 => "peerpouch=info,peerpouch_smol=info,peerpouch_cli=info,warn",
-        _ => "peerpouch=debug,peerpouch_smol=debug,peerpouch_couch=debug,peerpouch_cli=debug,info",
-    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(cli.verbose))),
         )
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr)
         .try_init();
     let result = match cli.command {
@@ -123,5 +141,27 @@ fn main() -> ExitCode {
             eprintln!("peerpouch: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_without_v_and_louder_with_each() {
+        assert_eq!(log_filter(0), "off");
+        assert!(log_filter(1).contains("peerpouch=info") && log_filter(1).ends_with("warn"));
+        assert!(log_filter(2).contains("peerpouch=debug"));
+        assert_eq!(log_filter(9), log_filter(2));
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None));
+        assert!(!colour(true, Some("1".into())));
+        // NO_COLOR set to the empty string does not count (no-color.org).
+        assert!(colour(true, Some("".into())));
     }
 }

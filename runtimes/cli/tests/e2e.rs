@@ -424,3 +424,136 @@ fn bad_input_is_a_clear_error_with_a_non_zero_exit() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a peerpouch database"));
     assert_eq!(std::fs::read(Path::new(&foreign)).unwrap(), b"just text");
 }
+
+/// Reads `running`'s stdout lines up to the first for which `pred` holds; returns them all.
+fn lines_until(running: &Running, what: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = running
+            .lines
+            .recv_timeout(LINE_DEADLINE)
+            .unwrap_or_else(|e| panic!("no {what} within {LINE_DEADLINE:?} after {seen:?}: {e}"));
+        let hit = pred(&line);
+        seen.push(line);
+        if hit {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn shares_watch_lists_each_share_once_and_names_the_one_that_went() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, b) = (dir.db("a.db"), dir.db("b.db"));
+    seed(&a, 1);
+    seed(&b, 1);
+    let name = unique("watched");
+    let sharer = share(&hub, &a, &name, &[], None);
+    let watch = Running::start(&["shares", "--hub", &hub, "--watch"], None);
+    let listed = lines_until(&watch, "the listing", |l| l.contains(&name));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0].split_whitespace().next().unwrap().to_string();
+
+    // Another share comes: one "+" line for it, and none for the one already listed.
+    let other = unique("second");
+    let _second = share(&hub, &b, &other, &[], None);
+    let added = lines_until(&watch, "the new share", |l| l.contains(&other));
+    assert!(
+        added.iter().all(|l| !l.contains(&name)),
+        "the listed share came again: {added:?}"
+    );
+    assert!(added.last().unwrap().starts_with("+ "), "{added:?}");
+
+    // The first goes: the "-" line says which share it was, by id and by name.
+    let (ok, _) = sharer.interrupt();
+    assert!(ok);
+    let removed = lines_until(&watch, "the removal", |l| l.starts_with("- "));
+    let line = removed.last().unwrap();
+    assert!(line.contains(&id) && line.contains(&name), "{line}");
+}
+
+#[test]
+fn library_warnings_stay_out_of_the_output_without_v() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, c) = (dir.db("a.db"), dir.db("c.db"));
+    seed(&a, 5);
+    let name = unique("quiet");
+    let sharer = share(&hub, &a, &name, &[], None);
+    let peer = format!("peer+{hub}#{name}");
+    // The live pull's stderr goes to a file, as when a person redirects it.
+    let log = dir.0.join("stderr.txt");
+    let mut child = Command::new(BIN)
+        .args(["replicate", &peer, &c, "--live", "--json"])
+        .env("PEERPOUCH_BIND", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, lines) = channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let live = Running { child, lines };
+    live.expect("5 docs written", |v| v["docs_written"] == 5);
+    // The sharer goes: the replication loses its endpoint, which the library logs as a warning.
+    let (ok, _) = sharer.interrupt();
+    assert!(ok);
+    live.expect("the link lost", |v| v["event"] == "link_lost");
+    live.expect("a reconnect attempt", |v| v["event"] == "reconnecting");
+    let (ok, _) = live.interrupt();
+    assert!(ok);
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !err.contains("WARN") && !err.contains("peerpouch::"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "colour codes in a file: {err:?}");
+}
+
+#[test]
+fn progress_on_a_terminal_shows_the_total_rate_and_eta() {
+    let dir = Dir::new();
+    let (a, b) = (dir.db("a.db"), dir.db("b.db"));
+    let docs: String = (0..3000)
+        .map(|i| {
+            format!(
+                "{{\"_id\": \"n{i:05}\", \"text\": \"{}\"}}\n",
+                "x".repeat(100)
+            )
+        })
+        .collect();
+    ok_json(&["docs", &a, "bulk"], Some(&docs));
+    // script(1) gives the command a terminal (wide, so nothing is cut) and copies what it draws.
+    let out = Command::new("script")
+        .args([
+            "-qefc",
+            &format!("stty cols 200; exec {BIN} replicate {a} {b}"),
+            "/dev/null",
+        ])
+        .env("PEERPOUCH_BIND", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("/3,000 changes"), "no total: {screen}");
+    assert!(
+        screen.contains("docs/s") && screen.contains("ETA "),
+        "no rate or ETA: {screen}"
+    );
+    assert!(
+        screen.contains("3000 docs written (3000 changes read, 0 failed) in "),
+        "{screen}"
+    );
+    assert!(!screen.contains("in 0.00 s"), "{screen}");
+    assert_eq!(doc_count(&b), 3000);
+}

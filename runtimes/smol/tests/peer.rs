@@ -571,7 +571,10 @@ fn a_local_replication_reports_progress_as_it_goes_and_stops_midway_on_cancel() 
             match rep.next_event().await.unwrap() {
                 ReplicationEvent::Progressed(_) => break,
                 ReplicationEvent::Completed(p) => {
-                    panic!("completed ({} docs) before any progress was seen", p.docs_written)
+                    panic!(
+                        "completed ({} docs) before any progress was seen",
+                        p.docs_written
+                    )
                 }
                 _ => {}
             }
@@ -590,7 +593,10 @@ fn a_local_replication_reports_progress_as_it_goes_and_stops_midway_on_cancel() 
         // The target holds what was reported, plus the batches that were in flight when the
         // cancel came (their writes were already asked for), and not everything.
         let held = dst.info().await.unwrap().doc_count;
-        assert!(held >= end.docs_written && held < DOCS as u64, "{held} held, {end:?}");
+        assert!(
+            held >= end.docs_written && held < DOCS as u64,
+            "{held} held, {end:?}"
+        );
         node.shutdown().await;
     });
 }
