@@ -127,6 +127,19 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Sends SIGINT (Ctrl-C) to a command that prints text, waits for the exit; returns whether
+    /// it succeeded, and the rest of its lines.
+    fn interrupt_text(mut self) -> (bool, Vec<String>) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let status = self.child.wait().unwrap();
+        (status.success(), self.lines.iter().collect())
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -556,4 +569,143 @@ fn progress_on_a_terminal_shows_the_total_rate_and_eta() {
     );
     assert!(!screen.contains("in 0.00 s"), "{screen}");
     assert_eq!(doc_count(&b), 3000);
+}
+
+/// The `peerpouch …` lines of one section of the README, in order, without their comments.
+fn readme_commands(section: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let start = readme
+        .find(section)
+        .unwrap_or_else(|| panic!("the README has no section {section:?}"));
+    let body = &readme[start + section.len()..];
+    let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+    let mut in_code = false;
+    let mut out = Vec::new();
+    for line in body.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if in_code && line.starts_with("peerpouch ") {
+            // A comment starts at a '#' after whitespace (the '#' of a share URL has none).
+            let cmd = match line.find("  #").or_else(|| line.find(" # ")) {
+                Some(i) => &line[..i],
+                None => line,
+            };
+            out.push(cmd.trim_end().to_string());
+        }
+    }
+    out
+}
+
+/// Runs one README line through sh, with `peerpouch` on the PATH, in `dir`.
+fn readme_sh(dir: &Dir, line: &str, stdin: Stdio) -> Command {
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("exec {line}"))
+        .current_dir(&dir.0)
+        .env("PATH", path)
+        .env("PEERPOUCH_BIND", "127.0.0.1:0")
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+#[test]
+fn the_readme_quick_start_works_as_written() {
+    let dir = Dir::new();
+    // The README's hub is the pinned test hub on its default port; here, the one `.ci/test`
+    // started, in a database of this test's own.
+    let hub = format!("{}/{}", hub_base(), unique("readme-hub"));
+    let lines: Vec<String> = readme_commands("## Quick start")
+        .into_iter()
+        .map(|l| l.replace("http://127.0.0.1:5984/hub", &hub))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        7,
+        "the quick start changed: update this test with it: {lines:?}"
+    );
+    let run_line = |line: &str| {
+        let out = readme_sh(&dir, line, Stdio::null()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "`{line}` failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // Terminal 1, Alice.
+    run_line(&lines[0]);
+    assert!(lines[1].starts_with("peerpouch share ") && lines[1].contains("--ask"));
+    let mut share = readme_sh(&dir, &lines[1], Stdio::piped()).spawn().unwrap();
+    let mut alice_says = share.stdin.take().unwrap();
+    let (tx, alice) = channel();
+    let out = share.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let shared = alice
+        .recv_timeout(LINE_DEADLINE)
+        .expect("the share's first line");
+    assert!(
+        shared.starts_with("sharing ") && shared.contains("groceries"),
+        "{shared}"
+    );
+    let share = Running {
+        child: share,
+        lines: alice,
+    };
+
+    // Terminal 2, Bob. Alice answers y to each peer that asks (one per connection).
+    assert!(run_line(&lines[2]).contains("groceries"));
+    for _ in 0..3 {
+        alice_says.write_all(b"y\n").unwrap();
+    }
+    alice_says.flush().unwrap();
+    let pulled = run_line(&lines[3]);
+    assert!(pulled.contains("1 docs written"), "{pulled}");
+    run_line(&lines[4]);
+    let pushed = run_line(&lines[5]);
+    assert!(pushed.contains("1 docs written"), "{pushed}");
+    // The live pull: up, then Ctrl-C ends it cleanly with its summary.
+    assert!(lines[6].contains("--live"));
+    let mut live = readme_sh(&dir, &lines[6], Stdio::null()).spawn().unwrap();
+    let err = live.stderr.take().unwrap();
+    let mut err = BufReader::new(err).lines();
+    let up = err.next().expect("the live pull's first line").unwrap();
+    assert!(up.starts_with("link "), "{up}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(live.id() as i32, libc::SIGINT);
+    }
+    let out = live.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("replicated "));
+
+    // Both hold both documents; Alice's arrived by the push.
+    let (ok, _) = share.interrupt_text();
+    assert!(ok, "Ctrl-C ends the share cleanly");
+    for db in ["alice.db", "bob.db"] {
+        let ids: Vec<String> = all_docs(&dir.db(db))["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["todo-1", "todo-2"], "{db}");
+    }
 }
