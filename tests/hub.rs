@@ -644,3 +644,44 @@ fn transient_hub_failures_are_retried() {
         Err(HubError::UnknownRequest(RequestId(10_000)))
     );
 }
+
+/// Any writer of the hub can put any number in `expires_at` and `created_at`: the extremes are
+/// listed (or cleaned up) like other documents, and no deadline arithmetic overflows.
+#[test]
+fn extreme_times_in_hub_documents_neither_panic_nor_wrap() {
+    let mut w = World::new(1);
+    let far = json!({"_id": "share-far", "type": "com.stemstorage.peerpouch.share", "name": "far", "info": null, "expires_at": u64::MAX});
+    let past = json!({"_id": "share-past", "type": "com.stemstorage.peerpouch.share", "name": "past", "info": null, "expires_at": 0});
+    let future_signal = json!({"_id": "p-signal-far", "type": "com.stemstorage.peerpouch.signal", "sender": "peer-x", "recipient": "share-y", "data": {"candidate": null}, "created_at": u64::MAX});
+    for d in [far, past, future_signal] {
+        w.hub.db().put(d).unwrap();
+    }
+    // Cleanup runs (the node shares), and watchers and listings see the documents.
+    let _own = share_named(&mut w, 0, "mine");
+    w.advance(Duration::from_secs(3600));
+    let now = w.now;
+    w.nodes[0].list(now);
+    let ev = w.settle();
+    let Some(HubEvent::SharesListed(listed)) = ev[0].last() else {
+        panic!("{ev:?}")
+    };
+    let names: Vec<Option<String>> = listed.iter().map(|s| s.name.clone()).collect();
+    assert!(names.contains(&Some("far".into())), "{names:?}");
+    assert!(!names.contains(&Some("past".into())), "{names:?}");
+    let left: Vec<String> = w
+        .hub
+        .db()
+        .all_docs(AllDocsRequest::default())
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    // An expiry at the end of time is not stale, and a signal from the future is not old.
+    assert!(left.contains(&"share-far".to_string()), "{left:?}");
+    assert!(left.contains(&"p-signal-far".to_string()), "{left:?}");
+    assert!(!left.contains(&"share-past".to_string()), "{left:?}");
+    // The next deadline is a real one (the node's own refresh), not the far share's expiry.
+    let next = w.nodes[0].poll_timeout().expect("a deadline");
+    assert!(next <= w.now + Duration::from_secs(3600), "{next:?}");
+}

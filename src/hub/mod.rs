@@ -403,18 +403,25 @@ impl Hub {
 
     /// Wall-clock milliseconds at `now`.
     pub fn wall_ms(&self, now: Instant) -> u64 {
-        self.wall_at_start + now.saturating_duration_since(self.start).as_millis() as u64
+        let since_start = now.saturating_duration_since(self.start).as_millis();
+        self.wall_at_start
+            .saturating_add(u64::try_from(since_start).unwrap_or(u64::MAX))
     }
 
-    fn instant_of_wall(&self, ms: u64) -> Instant {
-        self.start + Duration::from_millis(ms.saturating_sub(self.wall_at_start))
+    /// The instant of a wall-clock time from a hub document (any writer's number): `None` when
+    /// it lies beyond what an `Instant` can hold, which is as good as never.
+    fn instant_of_wall(&self, ms: u64) -> Option<Instant> {
+        self.start
+            .checked_add(Duration::from_millis(ms.saturating_sub(self.wall_at_start)))
     }
 
     /// Shares a database: returns the new share id; [`HubEvent::ShareCreated`] follows once the
     /// share document is on the hub.
     pub fn share(&mut self, now: Instant, options: ShareOptions) -> String {
         let id = format!("{SHARE_PREFIX}{}", self.rng.hex_id());
-        let expires_at = self.wall_ms(now) + self.config.share_ttl.as_millis() as u64;
+        let expires_at = self
+            .wall_ms(now)
+            .saturating_add(self.config.share_ttl.as_millis() as u64);
         self.shares.insert(
             id.clone(),
             OwnShare {
@@ -612,7 +619,7 @@ impl Hub {
                 .values()
                 .filter_map(|s| s.expires_at)
                 .min()
-                .map(|ms| self.instant_of_wall(ms + 1)),
+                .and_then(|ms| self.instant_of_wall(ms.saturating_add(1))),
         ]
         .into_iter()
         .flatten()
@@ -638,7 +645,7 @@ impl Hub {
         for s in self.shares.values_mut() {
             if !s.deleting && s.next_refresh <= now {
                 s.next_refresh = now + self.config.refresh_interval;
-                s.info.expires_at = Some(wall + ttl);
+                s.info.expires_at = Some(wall.saturating_add(ttl));
                 s.needs_write = true;
             }
         }
@@ -967,9 +974,13 @@ impl Hub {
                     let stale = match parse_hub_doc(&doc, &self.config.limits) {
                         Ok(HubDoc::Share(info, _)) => {
                             !self.shares.contains_key(&info.id)
-                                && info.expires_at.is_some_and(|e| e + grace < wall)
+                                && info
+                                    .expires_at
+                                    .is_some_and(|e| e.saturating_add(grace) < wall)
                         }
-                        Ok(HubDoc::Signal(s)) => s.created_at.is_some_and(|c| c + max_age < wall),
+                        Ok(HubDoc::Signal(s)) => s
+                            .created_at
+                            .is_some_and(|c| c.saturating_add(max_age) < wall),
                         _ => false,
                     };
                     if stale {
