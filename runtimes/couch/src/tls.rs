@@ -265,7 +265,12 @@ impl CertificateProblem {
                 }
             }
             CertificateError::Revoked => CertificateProblem::Revoked,
-            other => CertificateProblem::Other(other.to_string()),
+            CertificateError::BadSignature => CertificateProblem::Other(
+                "bad signature (it names a trusted CA as its issuer, but that CA's key did not \
+                 sign it: another CA of the same name?)"
+                    .into(),
+            ),
+            other => CertificateProblem::Other(format!("{other:?}")),
         }
     }
 }
