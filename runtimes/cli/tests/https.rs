@@ -96,8 +96,8 @@ impl TestCa {
         std::fs::write(path, pem("CERTIFICATE", self.issuer.der())).unwrap();
     }
 
-    /// A server certificate for `names` (DNS names or IP addresses), valid from `not_before`
-    /// to `not_after` (years), and its key.
+    /// A server certificate for `names` (DNS names or IP addresses), valid from January 1st
+    /// of the first year to January 1st of the second (default: from now on), and its key.
     fn leaf(
         &self,
         names: &[&str],
@@ -264,6 +264,8 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
         .env("PEERPOUCH_BIND", "127.0.0.1:0")
         // Only what each test gives: never a CA file from the environment running the tests.
         .env_remove("PEERPOUCH_CA_FILE")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     for (k, v) in env {
@@ -430,6 +432,13 @@ fn https_hub_with_a_private_ca() {
         .map(|s| &s["name"])
         .collect();
     assert_eq!(names, vec!["notes"], "{listed:?}");
+    // The platform's trust store is the one OpenSSL and curl read: a CA put there (here through
+    // SSL_CERT_FILE) is trusted without --ca-file.
+    let listed = ok_json(
+        &["shares", "--hub", &hub, "--json"],
+        &[("SSL_CERT_FILE", ca)],
+    );
+    assert_eq!(listed[0].as_array().unwrap().len(), 1, "{listed:?}");
 
     // A replication from the share: signalling over HTTPS, documents over the data channel.
     let bob = dir.path("bob.db");
