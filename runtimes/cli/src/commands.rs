@@ -202,6 +202,32 @@ impl LinkArgs {
     }
 }
 
+/// How commands reach a hub or a CouchDB database over HTTPS.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct HttpArgs {
+    /// Also trust the certificate authorities in this PEM file (one or more certificates) for
+    /// https:// hubs and databases, besides the platform's trust store: a private CA.
+    #[arg(long, value_name = "PATH", env = "PEERPOUCH_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl HttpArgs {
+    /// The HTTP client settings with these options.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] for a CA file that cannot be read or holds no certificate.
+    pub fn config(&self) -> Result<peerpouch_couch::ClientConfig, CliError> {
+        let mut config = peerpouch_couch::ClientConfig::default();
+        if let Some(path) = &self.ca_file {
+            let certs = peerpouch_couch::CaCerts::from_pem_file(path)
+                .map_err(|e| CliError::Usage(format!("--ca-file: {e}")))?;
+            tracing::info!(path = %path.display(), certificates = certs.len(), "trusting a private CA");
+            config = config.ca_certs(certs);
+        }
+        Ok(config)
+    }
+}
+
 /// `link direct (host <-> host)`, `link via relay (TURN over TCP)`.
 fn path_line(path: Option<LinkPath>) -> String {
     match path {
@@ -252,6 +278,8 @@ pub struct ShareArgs {
     pub json: bool,
     #[command(flatten)]
     pub link: LinkArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// Asks on the terminal (stderr for the question, stdin for the answer); no answer refuses.
@@ -275,7 +303,10 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
         Some(t) => parse_json(t, "--info")?,
         None => Value::Null,
     };
-    let config = args.link.config(HubSpec::Couch(args.hub.clone()))?;
+    let config = args
+        .link
+        .config(HubSpec::Couch(args.hub.clone()))?
+        .http(args.http.config()?);
     let store = open_local(&args.db)?;
     let interrupted = interrupts();
     smol::block_on(async {
@@ -369,10 +400,11 @@ fn share_line(s: &ShareInfo) -> String {
     )
 }
 
-pub fn shares(hub: &str, watch: bool, json_out: bool) -> Result<(), CliError> {
+pub fn shares(hub: &str, watch: bool, json_out: bool, http: &HttpArgs) -> Result<(), CliError> {
+    let config = PeerConfig::new(HubSpec::Couch(hub.to_string())).http(http.config()?);
     let interrupted = if watch { Some(interrupts()) } else { None };
     smol::block_on(async {
-        let node = PeerNode::start(HubSpec::Couch(hub.to_string()))?;
+        let node = PeerNode::start_with(config)?;
         let changes = if watch {
             Some(node.watch_shares().await?)
         } else {
@@ -455,6 +487,8 @@ pub struct ReplicateArgs {
     pub info: Option<String>,
     #[command(flatten)]
     pub link: LinkArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 async fn open_endpoint(
@@ -538,7 +572,7 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                     .into(),
             )),
         };
-    let config = args.link.config(hub)?;
+    let config = args.link.config(hub)?.http(args.http.config()?);
     let interrupted = interrupts();
     let view = ProgressView::new(!args.json && std::io::stderr().is_terminal(), args.live);
     smol::block_on(async {

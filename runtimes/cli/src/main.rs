@@ -40,6 +40,8 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        http: commands::HttpArgs,
     },
     /// Replicate SOURCE into TARGET. Each is a local database file, an http(s):// CouchDB
     /// database URL, or a share on a hub: peer+http(s)://host/hubdb#SHARE (an id or a name).
@@ -131,7 +133,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(link) => demo::run(&link).map_err(commands::CliError::Failed),
         Command::Share(args) => commands::share(args),
-        Command::Shares { hub, watch, json } => commands::shares(&hub, watch, json),
+        Command::Shares {
+            hub,
+            watch,
+            json,
+            http,
+        } => commands::shares(&hub, watch, json, &http),
         Command::Replicate(args) => commands::replicate(args),
         Command::Docs { path, op } => commands::docs(&path, op),
     };

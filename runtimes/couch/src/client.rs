@@ -11,6 +11,7 @@ use ureq::http::Method;
 
 use crate::error::Error;
 use crate::http::{self as h, Deadlines, Exchange, Fail, Raw, ServerKind};
+use crate::tls::CaCerts;
 use crate::url::{encode, encode_doc_id, DbUrl, Query};
 
 /// How a [`CouchClient`] talks to its server.
@@ -48,6 +49,9 @@ pub struct ClientConfig {
     pub use_bulk_get: bool,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Certificate authorities trusted for `https://` besides the platform's trust store (a
+    /// private CA). Default none.
+    pub ca_certs: CaCerts,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +65,7 @@ impl Default for ClientConfig {
             max_idle_age: Duration::from_secs(4),
             use_bulk_get: true,
             user_agent: concat!("peerpouch-couch/", env!("CARGO_PKG_VERSION")).to_string(),
+            ca_certs: CaCerts::none(),
         }
     }
 }
@@ -135,13 +140,36 @@ impl ClientConfig {
         self
     }
 
+    /// Sets [`ClientConfig::ca_certs`]: `https://` servers may also present certificates
+    /// signed by these CAs.
+    ///
+    /// ```no_run
+    /// use peerpouch_couch::{CaCerts, ClientConfig};
+    /// let c = ClientConfig::default().ca_certs(CaCerts::from_pem_file("ca.pem")?);
+    /// assert_eq!(c.ca_certs.len(), 1);
+    /// # Ok::<(), peerpouch_couch::Error>(())
+    /// ```
+    pub fn ca_certs(mut self, certs: CaCerts) -> Self {
+        self.ca_certs = certs;
+        self
+    }
+
+    /// An agent for `url` (the trust store is read only for `https://`).
     pub(crate) fn agent(
         &self,
+        url: &DbUrl,
         global: Option<Duration>,
         per_read: Option<Duration>,
     ) -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
+        let mut b = ureq::Agent::config_builder();
+        if url.redacted().starts_with("https://") {
+            b = b.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(crate::tls::root_certs(&self.ca_certs))
+                    .build(),
+            );
+        }
+        b.http_status_as_error(false)
             .accept("application/json")
             // Never ask for compression: pouchdb-server's continuous feed stalls when gzipped.
             .accept_encoding("identity")
@@ -225,7 +253,7 @@ impl CouchClient {
                 url.redacted()
             )));
         }
-        let agent = config.agent(config.request_timeout, config.read_timeout);
+        let agent = config.agent(&url, config.request_timeout, config.read_timeout);
         Ok(CouchClient {
             url,
             config,

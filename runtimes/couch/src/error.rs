@@ -2,6 +2,8 @@
 
 use peerpouch::DbError;
 
+use crate::tls::CertificateProblem;
+
 /// What went wrong talking to a CouchDB server.
 ///
 /// Messages name the database by its URL without credentials. [`CouchClient`](crate::CouchClient)'s
@@ -38,6 +40,29 @@ pub enum Error {
         url: String,
         /// What rustls reported.
         detail: String,
+    },
+    /// The server's certificate was rejected: it names the host and why (unknown issuer,
+    /// expired, name mismatch, ...), and says what to do.
+    #[error("the certificate of {host} was rejected: {problem}; {hint}", hint = problem.hint())]
+    Certificate {
+        /// The URL (without credentials).
+        url: String,
+        /// `host[:port]` from the URL.
+        host: String,
+        /// Why.
+        problem: CertificateProblem,
+    },
+    /// A file of CA certificates ([`CaCerts::from_pem_file`](crate::CaCerts::from_pem_file))
+    /// cannot be used.
+    #[error(
+        "cannot use the CA file {path}: {reason}; give a PEM file of one or more certificates \
+         (-----BEGIN CERTIFICATE-----)"
+    )]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
     },
     /// The server answered with an error status. `error` and `reason` come from CouchDB's JSON
     /// body, or are `http_error` and a short description when the body was not JSON.
@@ -87,10 +112,11 @@ impl From<Error> for DbError {
                 reason,
             } => DbError::from_couch(status, &error, &reason),
             Error::InvalidUrl(m) => DbError::BadRequest(m),
+            e @ Error::CaFile { .. } => DbError::BadRequest(e.to_string()),
             e @ Error::Unreachable { .. } => DbError::Unavailable(e.to_string()),
             // A certificate or TLS setup problem does not fix itself: not transient (4xx), so
             // the replicator stops at once instead of retrying.
-            e @ Error::Tls { .. } => DbError::Other {
+            e @ (Error::Tls { .. } | Error::Certificate { .. }) => DbError::Other {
                 status: 495,
                 error: "tls_error".into(),
                 reason: e.to_string(),

@@ -287,7 +287,7 @@ impl ChangesFollower {
         let shared = Arc::new(Shared::default());
         let worker = Worker {
             url: url.clone(),
-            agent: client_config.agent(None, Some(config.heartbeat.saturating_mul(3))),
+            agent: client_config.agent(url, None, Some(config.heartbeat.saturating_mul(3))),
             client_config: client_config.clone(),
             since: config.since.clone(),
             end_seq: None,

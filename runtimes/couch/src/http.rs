@@ -243,9 +243,12 @@ pub(crate) fn map_ureq(e: ureq::Error, url: &DbUrl) -> Fail {
             if io.kind() == std::io::ErrorKind::InvalidData
                 && url.redacted().starts_with("https://") =>
         {
-            Error::Tls {
-                url: u(),
-                detail: io.to_string(),
+            match crate::tls::rustls_in_io(&io) {
+                Some(e) => crate::tls::rustls_error(e, url.redacted()),
+                None => Error::Tls {
+                    url: u(),
+                    detail: io.to_string(),
+                },
             }
         }
         ureq::Error::Io(io) => {
@@ -271,10 +274,7 @@ pub(crate) fn map_ureq(e: ureq::Error, url: &DbUrl) -> Fail {
             url: u(),
             detail: m.to_string(),
         },
-        ureq::Error::Rustls(e) => Error::Tls {
-            url: u(),
-            detail: e.to_string(),
-        },
+        ureq::Error::Rustls(e) => crate::tls::rustls_error(&e, url.redacted()),
         ureq::Error::Pem(e) => Error::Tls {
             url: u(),
             detail: e.to_string(),

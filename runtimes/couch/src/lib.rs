@@ -49,10 +49,12 @@ mod error;
 mod follower;
 mod http;
 mod hub_node;
+mod tls;
 mod url;
 
 pub use client::{ClientConfig, CouchClient};
 pub use error::Error;
 pub use follower::{ChangesFollower, FeedEvent, FollowerConfig};
 pub use hub_node::HubNode;
+pub use tls::{CaCerts, CertificateProblem};
 pub use url::DbUrl;

@@ -246,12 +246,13 @@ impl Driver {
         node: Node,
         sockets: Sockets,
         hub: super::HubSpec,
+        http: peerpouch_couch::ClientConfig,
         commands: Receiver<Command>,
     ) -> Result<Driver, PeerError> {
         let hub = match hub {
             super::HubSpec::InProcess(hub) => HubBackend::InProcess { hub, cursor: None },
             super::HubSpec::Couch(url) => HubBackend::Couch {
-                client: Box::new(CouchClient::new(&url).map_err(PeerError::Hub)?),
+                client: Box::new(CouchClient::with_config(&url, http).map_err(PeerError::Hub)?),
                 follower: None,
             },
         };

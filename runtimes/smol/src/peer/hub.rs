@@ -10,7 +10,10 @@ use peerpouch::{ChangeRow, DbError, Request, Response, Seq};
 #[derive(Clone, Debug)]
 pub enum HubSpec {
     /// A CouchDB-compatible database over HTTP(S), e.g. `http://127.0.0.1:5984/hub`
-    /// (credentials in the URL are sent as Basic auth). Created if missing.
+    /// (credentials in the URL are sent as Basic auth). Created if missing. `https://` is
+    /// verified against the platform's trust store plus [`PeerConfig::http`]'s CAs.
+    ///
+    /// [`PeerConfig::http`]: super::PeerConfig::http
     Couch(String),
     /// A hub in this process ([`InProcessHub`]): nodes holding clones of it meet each other.
     InProcess(InProcessHub),

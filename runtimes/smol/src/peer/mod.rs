@@ -281,6 +281,9 @@ pub struct PeerConfig {
     pub node: NodeConfig,
     /// Seeds ids and ICE credentials (default: from the OS).
     pub seed: Option<u64>,
+    /// How the hub and CouchDB databases ([`PeerNode::http_db`]) are reached over HTTP(S):
+    /// timeouts, and CAs trusted for `https://` besides the platform's (a private CA).
+    pub http: peerpouch_couch::ClientConfig,
 }
 
 impl PeerConfig {
@@ -294,7 +297,24 @@ impl PeerConfig {
             announce: Vec::new(),
             node: NodeConfig::default(),
             seed: None,
+            http: peerpouch_couch::ClientConfig::default(),
         }
+    }
+
+    /// Sets [`PeerConfig::http`], e.g. to trust a private CA for an `https://` hub.
+    ///
+    /// ```no_run
+    /// use peerpouch_couch::{CaCerts, ClientConfig};
+    /// use peerpouch_smol::{HubSpec, PeerConfig, PeerNode};
+    ///
+    /// let http = ClientConfig::default().ca_certs(CaCerts::from_pem_file("company-ca.pem")?);
+    /// let hub = HubSpec::Couch("https://couch.internal:6984/hub".into());
+    /// let node = PeerNode::start_with(PeerConfig::new(hub).http(http))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn http(mut self, http: peerpouch_couch::ClientConfig) -> Self {
+        self.http = http;
+        self
     }
 
     /// Listens on `addr` alone (one UDP socket) instead of every interface.
@@ -386,6 +406,7 @@ pub struct PeerNode {
     commands: Sender<Command>,
     addrs: Vec<SocketAddr>,
     hub: String,
+    http: peerpouch_couch::ClientConfig,
 }
 
 /// The node's task, for apps that run it on their own executor: [`PeerNode::with_driver`].
@@ -456,12 +477,13 @@ impl PeerNode {
         let addrs = sockets.bound();
         let hub = config.hub.describe();
         let (tx, rx) = async_channel::bounded(driver::COMMAND_BACKLOG);
-        let driver = Driver::new(node, sockets, config.hub, rx)?;
+        let driver = Driver::new(node, sockets, config.hub, config.http.clone(), rx)?;
         Ok((
             PeerNode {
                 commands: tx,
                 addrs,
                 hub,
+                http: config.http,
             },
             PeerDriver(driver),
         ))
@@ -507,11 +529,13 @@ impl PeerNode {
 
     /// A CouchDB database over HTTP(S) (`http://user:pass@host:5984/db`), usable as a source
     /// or target of replications and directly. Created if missing when `create` is set.
+    /// Reached with [`PeerConfig::http`] (timeouts, a private CA).
     ///
     /// # Errors
     /// [`PeerError::Http`] for a bad URL or (with `create`) an unreachable server.
     pub async fn http_db(&self, url: &str, create: bool) -> Result<Db, PeerError> {
-        let client = peerpouch_couch::CouchClient::new(url).map_err(PeerError::Http)?;
+        let client = peerpouch_couch::CouchClient::with_config(url, self.http.clone())
+            .map_err(PeerError::Http)?;
         let name = client.url().redacted().to_string();
         if create {
             let c = client.clone();
