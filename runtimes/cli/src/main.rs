@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod demo;
+mod stop;
 
 /// Share CouchDB-style databases peer to peer over WebRTC, with a CouchDB server as the
 /// meeting point ("hub").
@@ -110,6 +111,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    stop::install();
     let result = match cli.command {
         Command::Demo(link) => demo::run(&link).map_err(commands::CliError::Failed),
         Command::Share(args) => commands::share(args),
@@ -117,6 +119,8 @@ fn main() -> ExitCode {
         Command::Replicate(args) => commands::replicate(args),
         Command::Docs { path, op } => commands::docs(&path, op),
     };
+    // Whatever happened, the files are whole before the process ends (see `stop`).
+    stop::close_all();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
