@@ -30,7 +30,7 @@ enum Command {
     Share(commands::ShareArgs),
     /// List the shares on a hub (and follow them with --watch).
     Shares {
-        /// The hub: a CouchDB database URL.
+        /// The hub: a CouchDB database URL (it must exist: the first `share` creates it).
         #[arg(long)]
         hub: String,
         /// Keep printing shares as they come and go, until interrupted.
