@@ -80,6 +80,19 @@ pub fn open_local(path: &Path, create: bool) -> Result<LocalDb, CliError> {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             return Err(CliError::PermissionDenied(path.to_path_buf()));
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = parent(path);
+            if !dir.is_dir() {
+                return Err(CliError::Store {
+                    path: path.to_path_buf(),
+                    error: format!(
+                        "cannot create {}: there is no directory {}",
+                        path.display(),
+                        dir.display()
+                    ),
+                });
+            }
+        }
         Ok(m) if m.is_dir() => {
             return Err(CliError::Store {
                 path: path.to_path_buf(),
@@ -126,11 +139,7 @@ fn may_write(path: &Path) -> bool {
     {
         return false;
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let probe = dir.join(format!(".peerpouch-probe-{}", std::process::id()));
+    let probe = parent(path).join(format!(".peerpouch-probe-{}", std::process::id()));
     let created = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -139,6 +148,14 @@ fn may_write(path: &Path) -> bool {
         let _ = std::fs::remove_file(&probe);
     }
     !denied(created)
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Closes every local database file this process has open (idempotent; from any thread).

@@ -442,6 +442,12 @@ fn errors_are_true_and_leave_nothing_behind() {
             vec![dir.db("new.db")],
         ),
         (
+            vec!["replicate".into(), x.clone(), dir.db("nodir/t3.db")],
+            1,
+            "there is no directory",
+            vec![dir.db("nodir")],
+        ),
+        (
             vec!["replicate".into(), x.clone(), x.clone()],
             2,
             "are the same database",
