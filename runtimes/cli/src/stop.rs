@@ -104,11 +104,13 @@ pub fn open_local(path: &Path, create: bool) -> Result<LocalDb, CliError> {
         }
         _ => {}
     }
+    // The list stays locked while the file opens: a signal meanwhile waits and closes it too.
+    let mut open = lock(open_stores());
     let store = SqliteStore::open(path).map_err(|e| opening_failed(path, e))?;
     let db = LocalDb {
         store: Arc::new(Mutex::new(Some(store))),
     };
-    lock(open_stores()).push(db.clone());
+    open.push(db.clone());
     Ok(db)
 }
 
