@@ -646,6 +646,12 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
     if let Some(same) = same_database(&source, &target) {
         return Err(CliError::SameDatabase(same));
     }
+    // Said at once, before any hub is asked.
+    if let Endpoint::Path(p) = &source {
+        if matches!(std::fs::metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            return Err(CliError::NoSuchFile(p.clone()));
+        }
+    }
     let hubs: Vec<&String> = [&source, &target]
         .into_iter()
         .filter_map(|e| match e {
