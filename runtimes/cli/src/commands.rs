@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
-use futures_lite::future;
 use peerpouch::hub::ShareInfo;
 use peerpouch::reach::{IceServer, IceTransportPolicy, ServerKind};
 use peerpouch::replicate::{Progress, ReplicationError, ReplicationEvent};
 use peerpouch::session::LinkPath;
 use peerpouch::{AllDocsRequest, Database, DbError, GetRequest, Rev};
 use peerpouch_cli::endpoint::{Endpoint, EndpointError};
+use peerpouch_couch::CouchClient;
 use peerpouch_smol::{
     Db, HubSpec, InProcessHub, LinkEvent, PeerConfig, PeerError, PeerNode, ReplicateOptions,
     ShareChange, ShareConfig, Verdict,
@@ -21,6 +21,7 @@ use peerpouch_smol::{
 use serde_json::{json, Value};
 
 use crate::progress::{human_duration, human_rate, rows_left, ProgressView};
+use crate::stop::{open_local, within, Stop};
 use crate::DocsOp;
 
 /// Why a command failed; every one says what to do next.
@@ -40,14 +41,51 @@ pub enum CliError {
         /// The parser's message.
         error: String,
     },
-    /// The local database file cannot be used.
-    #[error("cannot open {path}: {error}")]
+    /// The local database file cannot be used (the message names it).
+    #[error("{error}")]
     Store {
         /// The file.
         path: PathBuf,
         /// Why.
         error: String,
     },
+    /// A local database file that must exist (a SOURCE) does not.
+    #[error("{} does not exist: check the path (a missing SOURCE is not created; a TARGET is)", .0.display())]
+    NoSuchFile(PathBuf),
+    /// This user may not read and write the file, or create its `-wal` beside it.
+    #[error("permission denied: {} (peerpouch reads and writes the file and creates its -wal beside it: check the permissions of the file and its directory)", .0.display())]
+    PermissionDenied(PathBuf),
+    /// A CouchDB SOURCE that does not exist on its server.
+    #[error("SOURCE {0} does not exist on the server: check the database name")]
+    NoSource(String),
+    /// SOURCE and TARGET name one database.
+    #[error("SOURCE and TARGET are the same database ({0}): nothing to replicate")]
+    SameDatabase(String),
+    /// A URL that names no CouchDB database.
+    #[error("{what}: {error}: write http(s)://[user:pass@]host:port/DATABASE")]
+    BadUrl {
+        /// Which argument.
+        what: String,
+        /// What is wrong with it.
+        error: String,
+    },
+    /// The hub database does not exist (only `share` creates it).
+    #[error("the hub database {0} does not exist: check its name (the first `peerpouch share` on a hub creates it)")]
+    NoHub(String),
+    /// The hub could not be asked.
+    #[error("hub: {0}")]
+    Hub(String),
+    /// The share could not be removed from the hub before stopping.
+    #[error("could not unshare {share}: {why}; its share document stays listed until it expires (its expires_at, at most the share TTL: 2 minutes by default)")]
+    Unshare {
+        /// The share id.
+        share: String,
+        /// Why.
+        why: String,
+    },
+    /// Ctrl-C or SIGTERM came before the command had done anything worth reporting.
+    #[error("interrupted")]
+    Interrupted,
     /// From the node (hub unreachable, unknown share, refused, ...).
     #[error("{0}")]
     Peer(#[from] PeerError),
@@ -63,10 +101,18 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// 2 for bad input, 1 for failures.
+    /// 2 for bad input, 130 when interrupted before anything was done, 1 for failures.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) | CliError::Endpoint(_) | CliError::Json { .. } => 2,
+            CliError::Usage(_)
+            | CliError::Endpoint(_)
+            | CliError::Json { .. }
+            | CliError::NoSuchFile(_)
+            | CliError::NoSource(_)
+            | CliError::SameDatabase(_)
+            | CliError::BadUrl { .. }
+            | CliError::NoHub(_) => 2,
+            CliError::Interrupted => crate::stop::INTERRUPTED_STATUS as u8,
             _ => 1,
         }
     }
@@ -79,12 +125,69 @@ fn parse_json(text: &str, what: &str) -> Result<Value, CliError> {
     })
 }
 
-/// Opens (or creates) the SQLite database at `path`.
-fn open_local(path: &Path) -> Result<peerpouch_sqlite::SqliteStore, CliError> {
-    peerpouch_sqlite::SqliteStore::open(path).map_err(|e| CliError::Store {
-        path: path.to_path_buf(),
-        error: e.to_string(),
+/// How long a stopping `share` waits for the hub to delete its share document, and a stopping
+/// `replicate` for its replication to end (and checkpoint), unless `PEERPOUCH_STOP_TIMEOUT`
+/// says otherwise.
+const STOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a stopping command waits for its node to close its links.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(500);
+
+/// [`STOP_TIMEOUT`], or `PEERPOUCH_STOP_TIMEOUT` (seconds) for a hub or peer that needs longer.
+///
+/// # Errors
+/// [`CliError::Usage`] when the variable is not a number of seconds.
+fn stop_timeout() -> Result<Duration, CliError> {
+    let Ok(text) = std::env::var("PEERPOUCH_STOP_TIMEOUT") else {
+        return Ok(STOP_TIMEOUT);
+    };
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "PEERPOUCH_STOP_TIMEOUT={text:?}: give a number of seconds (such as 1 or 0.5)"
+            ))
+        })
+}
+
+/// Says on stderr that the command is winding down, and how to end it at once.
+fn say_stopping(what: &str) {
+    eprintln!("stopping: {what} (Ctrl-C again to quit at once)");
+}
+
+/// Stops `node`, waiting at most [`SHUTDOWN_DEADLINE`] (an unreachable peer or hub does not
+/// hold the process; what is left expires on its own).
+async fn stop_node(node: &PeerNode) {
+    if within(SHUTDOWN_DEADLINE, node.shutdown()).await.is_none() {
+        tracing::debug!("the node did not stop within {SHUTDOWN_DEADLINE:?}; leaving it");
+    }
+}
+
+/// A client for a hub or CouchDB URL given as `what`; nothing is sent.
+fn couch_url(
+    url: &str,
+    what: &str,
+    http: &peerpouch_couch::ClientConfig,
+) -> Result<CouchClient, CliError> {
+    CouchClient::with_config(url, http.clone()).map_err(|e| match e {
+        peerpouch_couch::Error::InvalidUrl(error) => CliError::BadUrl {
+            what: what.to_string(),
+            error,
+        },
+        e => CliError::Hub(e.to_string()),
     })
+}
+
+/// Checks that the hub database exists (listing and joining never create it).
+async fn hub_exists(client: CouchClient) -> Result<(), CliError> {
+    let url = client.url().redacted().to_string();
+    let mut client = client;
+    match smol::unblock(move || client.info()).await {
+        Ok(_) => Ok(()),
+        Err(DbError::NotFound(_)) => Err(CliError::NoHub(url)),
+        Err(e) => Err(CliError::Hub(e.reason().to_string())),
+    }
 }
 
 /// A name for a local database file (its stem).
@@ -94,24 +197,9 @@ fn db_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// Ctrl-C and SIGTERM, as a channel (installed once per process).
-fn interrupts() -> Receiver<()> {
-    let (tx, rx) = async_channel::bounded(1);
-    if let Err(e) = ctrlc::set_handler(move || {
-        let _ = tx.try_send(());
-    }) {
-        tracing::warn!(error = %e, "cannot catch Ctrl-C");
-    }
-    rx
-}
-
-/// The next item of `stream`, or `None` once interrupted (or when the stream ended).
-async fn next_or_interrupt<T>(stream: &Receiver<T>, interrupted: &Receiver<()>) -> Option<T> {
-    future::or(async { stream.recv().await.ok() }, async {
-        let _ = interrupted.recv().await;
-        None
-    })
-    .await
+/// The next item of `stream`, or `None` once a stop is asked for (or when the stream ended).
+async fn next_or_stop<T>(stream: &Receiver<T>, stop: &Stop) -> Option<T> {
+    stop.or(stream.recv()).await.and_then(Result::ok)
 }
 
 fn print_json(v: &Value) {
@@ -303,29 +391,47 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
         Some(t) => parse_json(t, "--info")?,
         None => Value::Null,
     };
+    couch_url(&args.hub, "--hub", &Default::default())?;
+    let stop_after = stop_timeout()?;
     let config = args
         .link
         .config(HubSpec::Couch(args.hub.clone()))?
         .http(args.http.config()?);
-    let store = open_local(&args.db)?;
-    let interrupted = interrupts();
+    let store = open_local(&args.db, true)?;
+    let stop = crate::stop::listen();
     smol::block_on(async {
         let node = PeerNode::start_with(config)?;
-        let name = db_name(&args.db);
-        let db = node.add_db(&name, store).await?;
-        let mut config = ShareConfig::new().info(info).read_only(args.read_only);
-        if let Some(n) = &args.name {
-            config = config.name(n.clone());
-        }
-        if let Some(k) = &args.key {
-            config = config.key(k.as_bytes().to_vec());
-        }
-        if args.ask {
-            config = config.ask(ask_on_terminal);
-        }
-        let links = node.watch_links().await?;
-        let id = node.share(&db, config).await?;
-        let docs = db.info().await?.doc_count;
+        let started = async {
+            let name = db_name(&args.db);
+            let db = node.add_db(&name, store).await?;
+            let mut config = ShareConfig::new().info(info).read_only(args.read_only);
+            if let Some(n) = &args.name {
+                config = config.name(n.clone());
+            }
+            if let Some(k) = &args.key {
+                config = config.key(k.as_bytes().to_vec());
+            }
+            if args.ask {
+                config = config.ask(ask_on_terminal);
+            }
+            let links = node.watch_links().await?;
+            let id = node.share(&db, config).await?;
+            let docs = db.info().await?.doc_count;
+            Ok::<_, CliError>((links, id, docs))
+        };
+        // Stopped or failed before the share was up: the node unshares whatever reached the
+        // hub as it stops.
+        let (links, id, docs) = match stop.or(started).await {
+            Some(Ok(up)) => up,
+            Some(Err(e)) => {
+                stop_node(&node).await;
+                return Err(e);
+            }
+            None => {
+                stop_node(&node).await;
+                return Err(CliError::Interrupted);
+            }
+        };
         if args.json {
             print_json(&json!({"event": "shared", "share": id, "name": args.name, "docs": docs}));
         } else {
@@ -340,7 +446,7 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
             );
         }
         loop {
-            match next_or_interrupt(&links, &interrupted).await {
+            match next_or_stop(&links, &stop).await {
                 Some(LinkEvent::Ready { peer, path, .. }) => {
                     if args.json {
                         print_json(&json!({"event": "peer_connected", "peer": peer}));
@@ -364,9 +470,25 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
                 None => break,
             }
         }
-        let unshared = node.unshare(&id).await;
-        node.shutdown().await;
-        unshared?;
+        // The hub may be unreachable now: try briefly, then leave the share document to expire.
+        say_stopping(&format!("unsharing {id}"));
+        let unshared = within(stop_after, node.unshare(&id)).await;
+        stop_node(&node).await;
+        match unshared {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                return Err(CliError::Unshare {
+                    share: id,
+                    why: e.to_string(),
+                })
+            }
+            None => {
+                return Err(CliError::Unshare {
+                    share: id,
+                    why: format!("the hub did not answer within {stop_after:?}"),
+                })
+            }
+        }
         if args.json {
             print_json(&json!({"event": "unshared", "share": id}));
         } else {
@@ -401,16 +523,35 @@ fn share_line(s: &ShareInfo) -> String {
 }
 
 pub fn shares(hub: &str, watch: bool, json_out: bool, http: &HttpArgs) -> Result<(), CliError> {
-    let config = PeerConfig::new(HubSpec::Couch(hub.to_string())).http(http.config()?);
-    let interrupted = if watch { Some(interrupts()) } else { None };
+    let http = http.config()?;
+    let client = couch_url(hub, "--hub", &http)?;
+    let config = PeerConfig::new(HubSpec::Couch(hub.to_string())).http(http);
+    let stop = crate::stop::listen();
     smol::block_on(async {
+        // A mistyped hub database is an error, not an empty listing (nor a new database).
+        stop.or(hub_exists(client))
+            .await
+            .ok_or(CliError::Interrupted)??;
         let node = PeerNode::start_with(config)?;
-        let changes = if watch {
-            Some(node.watch_shares().await?)
-        } else {
-            None
+        let listed = async {
+            let changes = if watch {
+                Some(node.watch_shares().await?)
+            } else {
+                None
+            };
+            Ok::<_, CliError>((changes, node.shares().await?))
         };
-        let list = node.shares().await?;
+        let (changes, list) = match stop.or(listed).await {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                stop_node(&node).await;
+                return Err(e);
+            }
+            None => {
+                stop_node(&node).await;
+                return Err(CliError::Interrupted);
+            }
+        };
         if json_out && !watch {
             print_json(&Value::Array(list.iter().map(share_json).collect()));
         } else if json_out {
@@ -424,13 +565,13 @@ pub fn shares(hub: &str, watch: bool, json_out: bool, http: &HttpArgs) -> Result
                 println!("{}", share_line(s));
             }
         }
-        if let (Some(changes), Some(interrupted)) = (changes, interrupted) {
+        if let Some(changes) = changes {
             // The watch starts with every share already there: those were just listed. What
             // is known is kept so a removal can say which share went, not only its id.
             let mut known: BTreeMap<String, ShareInfo> =
                 list.into_iter().map(|s| (s.id.clone(), s)).collect();
             loop {
-                match next_or_interrupt(&changes, &interrupted).await {
+                match next_or_stop(&changes, &stop).await {
                     Some(ShareChange::Added(s)) => {
                         if known.contains_key(&s.id) {
                             continue;
@@ -458,7 +599,7 @@ pub fn shares(hub: &str, watch: bool, json_out: bool, http: &HttpArgs) -> Result
                 }
             }
         }
-        node.shutdown().await;
+        stop_node(&node).await;
         Ok(())
     })
 }
@@ -502,7 +643,8 @@ async fn open_endpoint(
 ) -> Result<Db, CliError> {
     match e {
         Endpoint::Path(p) => {
-            let store = open_local(p)?;
+            // A missing TARGET file is created; a missing SOURCE is an error.
+            let store = open_local(p, is_target)?;
             Ok(node.add_db(&p.display().to_string(), store).await?)
         }
         Endpoint::Http(url) => Ok(node.http_db(url, is_target).await?),
@@ -554,6 +696,25 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
         Some(t) => parse_json(t, "--info")?,
         None => json!({"app": "peerpouch-cli"}),
     };
+    // Every URL is checked before anything is opened or created.
+    for (e, what) in [(&source, "SOURCE"), (&target, "TARGET")] {
+        match e {
+            Endpoint::Http(url) => drop(couch_url(url, what, &Default::default())?),
+            Endpoint::Peer { hub, .. } => {
+                drop(couch_url(hub, &format!("{what}'s hub"), &Default::default())?)
+            }
+            Endpoint::Path(_) => {}
+        }
+    }
+    if let Some(same) = same_database(&source, &target) {
+        return Err(CliError::SameDatabase(same));
+    }
+    // Said at once, before any hub is asked.
+    if let Endpoint::Path(p) = &source {
+        if matches!(std::fs::metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            return Err(CliError::NoSuchFile(p.clone()));
+        }
+    }
     let hubs: Vec<&String> = [&source, &target]
         .into_iter()
         .filter_map(|e| match e {
@@ -572,15 +733,37 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                     .into(),
             )),
         };
-    let config = args.link.config(hub)?.http(args.http.config()?);
-    let interrupted = interrupts();
+    let http = args.http.config()?;
+    let config = args.link.config(hub.clone())?.http(http.clone());
+    let stop_after = stop_timeout()?;
+    let stop = crate::stop::listen();
     let view = ProgressView::new(!args.json && std::io::stderr().is_terminal(), args.live);
     smol::block_on(async {
+        // Joining never creates the hub database (the node would, as a sharer's does).
+        if let HubSpec::Couch(url) = &hub {
+            stop.or(hub_exists(couch_url(url, "the hub", &http)?))
+                .await
+                .ok_or(CliError::Interrupted)??;
+        }
         let node = PeerNode::start_with(config)?;
         let result = async {
             let key = args.key.as_deref();
-            let mut src = open_endpoint(&node, &source, false, &info, key, args.json, &view).await?;
-            let mut tgt = open_endpoint(&node, &target, true, &info, key, args.json, &view).await?;
+            let opened = stop
+                .or(open_endpoint(&node, &source, false, &info, key, args.json, &view))
+                .await;
+            let mut src = opened.ok_or(CliError::Interrupted)??;
+            // The source must be readable before anything is created for the target.
+            match stop.or(src.info()).await.ok_or(CliError::Interrupted)? {
+                Ok(_) => {}
+                Err(DbError::NotFound(_)) if matches!(source, Endpoint::Http(_)) => {
+                    return Err(CliError::NoSource(src.name().to_string()));
+                }
+                Err(e) => return Err(CliError::Db(e)),
+            }
+            let opened = stop
+                .or(open_endpoint(&node, &target, true, &info, key, args.json, &view))
+                .await;
+            let mut tgt = opened.ok_or(CliError::Interrupted)??;
             let options = ReplicateOptions {
                 live: args.live,
                 ..Default::default()
@@ -594,23 +777,41 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                 Done(Progress),
                 Lost(String),
             }
+            enum Next {
+                Event(Option<ReplicationEvent>),
+                Stop,
+                GaveUp,
+            }
             let end = 'runs: loop {
                 let mut rep = node.replicate(&src, &tgt, options.clone()).await?;
+                // Once cancelled: until when the replication may take to end (and checkpoint).
+                let mut end_by: Option<Instant> = None;
                 let run = loop {
-                    let next = future::or(async { Some(rep.next_event().await) }, async {
-                        let _ = interrupted.recv().await;
-                        None
-                    })
-                    .await;
+                    let next = match end_by {
+                        None => match stop.or(rep.next_event()).await {
+                            Some(e) => Next::Event(e),
+                            None => Next::Stop,
+                        },
+                        Some(by) => {
+                            let left = by.saturating_duration_since(Instant::now());
+                            match within(left, rep.next_event()).await {
+                                Some(e) => Next::Event(e),
+                                None => Next::GaveUp,
+                            }
+                        }
+                    };
                     let event = match next {
-                        Some(Some(e)) => e,
-                        Some(None) => break Err(CliError::Peer(PeerError::Stopped)),
-                        None if !cancelled => {
+                        Next::Event(Some(e)) => e,
+                        Next::Event(None) => break Err(CliError::Peer(PeerError::Stopped)),
+                        Next::Stop => {
                             cancelled = true;
-                            rep.cancel().await;
+                            say_stopping("cancelling the replication");
+                            end_by = Some(Instant::now() + stop_after);
+                            within(stop_after, rep.cancel()).await;
                             continue;
                         }
-                        None => continue,
+                        // An unreachable peer cannot confirm: stop with what was written.
+                        Next::GaveUp => break Ok(RunEnd::Done(rep.progress().clone())),
                     };
                     match event {
                         ReplicationEvent::Started { since, .. } => {
@@ -677,22 +878,12 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                             } else {
                                 view.say(&format!("reconnecting in {} s (attempt {attempt})", wait.as_secs()));
                             }
-                            let waited = future::or(
-                                async {
-                                    smol::Timer::after(wait).await;
-                                    true
-                                },
-                                async {
-                                    let _ = interrupted.recv().await;
-                                    false
-                                },
-                            )
-                            .await;
-                            if !waited {
+                            let waited = stop.or(smol::Timer::after(wait)).await;
+                            if waited.is_none() {
                                 cancelled = true;
                                 break 'runs Ok(before.clone());
                             }
-                            let reopened = async {
+                            let reopened = stop.or(async {
                                 if matches!(source, Endpoint::Peer { .. }) {
                                     src = open_endpoint(&node, &source, false, &info, key, args.json, &view).await?;
                                 }
@@ -700,8 +891,12 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                                     tgt = open_endpoint(&node, &target, true, &info, key, args.json, &view).await?;
                                 }
                                 Ok::<(), CliError>(())
-                            }
+                            })
                             .await;
+                            let Some(reopened) = reopened else {
+                                cancelled = true;
+                                break 'runs Ok(before.clone());
+                            };
                             match reopened {
                                 Ok(()) => continue 'runs,
                                 Err(e) if args.json => print_json(&json!({"event": "reconnect_failed", "error": e.to_string()})),
@@ -742,9 +937,34 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
             Ok(())
         }
         .await;
-        node.shutdown().await;
+        stop_node(&node).await;
         result
     })
+}
+
+/// What SOURCE and TARGET both name, if they name one database: one file (by device and inode
+/// when both exist, so `./x.db` and a hard link count), one CouchDB URL, one share.
+fn same_database(source: &Endpoint, target: &Endpoint) -> Option<String> {
+    match (source, target) {
+        (Endpoint::Path(a), Endpoint::Path(b)) => {
+            let same = match (std::fs::metadata(a), std::fs::metadata(b)) {
+                (Ok(ma), Ok(mb)) => {
+                    use std::os::unix::fs::MetadataExt;
+                    (ma.dev(), ma.ino()) == (mb.dev(), mb.ino())
+                }
+                _ => a == b,
+            };
+            same.then(|| a.display().to_string())
+        }
+        (Endpoint::Http(a), Endpoint::Http(b)) => {
+            (a.trim_end_matches('/') == b.trim_end_matches('/')).then(|| a.clone())
+        }
+        (Endpoint::Peer { hub: ha, share: sa }, Endpoint::Peer { hub: hb, share: sb }) => {
+            (ha.trim_end_matches('/') == hb.trim_end_matches('/') && sa == sb)
+                .then(|| format!("peer+{ha}#{sa}"))
+        }
+        _ => None,
+    }
 }
 
 fn read_stdin() -> Result<String, CliError> {
@@ -760,7 +980,8 @@ fn rev_of(r: Result<Rev, DbError>) -> Result<String, CliError> {
 }
 
 pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
-    let mut db = open_local(path)?;
+    // Writes parse their input before the file is opened: bad input creates no file.
+    let open = || open_local(path, true);
     match op {
         DocsOp::Put { doc } => {
             let text = if doc == "-" { read_stdin()? } else { doc };
@@ -768,7 +989,7 @@ pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
             if !doc.is_object() {
                 return Err(CliError::Usage("a document is a JSON object".into()));
             }
-            let mut r = db.bulk_docs(vec![doc], true)?;
+            let mut r = open()?.bulk_docs(vec![doc], true)?;
             let row = r
                 .pop()
                 .ok_or_else(|| CliError::Failed("the store returned no result".into()))?;
@@ -790,7 +1011,7 @@ pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
                     .collect::<Result<_, _>>()?,
             };
             let n = docs.len();
-            let results = db.bulk_docs(docs, true)?;
+            let results = open()?.bulk_docs(docs, true)?;
             let failed: Vec<Value> = results
                 .iter()
                 .filter_map(|r| match &r.result {
@@ -821,24 +1042,25 @@ pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
             }
             req.conflicts = conflicts;
             req.attachments = attachments;
-            print_json(&Value::Object(db.get_with(req)?));
+            print_json(&Value::Object(open()?.get_with(req)?));
         }
         DocsOp::All { include_docs } => {
             let req = AllDocsRequest {
                 include_docs,
                 ..Default::default()
             };
-            let all = db.all_docs(req)?;
+            let all = open()?.all_docs(req)?;
             print_json(&serde_json::to_value(&all).map_err(|e| CliError::Failed(e.to_string()))?);
         }
         DocsOp::Delete { id } => {
+            let mut db = open()?;
             let current = db.get(&id)?;
             let rev = current.get("_rev").cloned().unwrap_or(Value::Null);
             let r = db.put(json!({"_id": id, "_rev": rev, "_deleted": true}));
             print_json(&json!({"ok": true, "id": id, "rev": rev_of(r)?}));
         }
         DocsOp::Info => {
-            let info = db.info()?;
+            let info = open()?.info()?;
             print_json(&serde_json::to_value(&info).map_err(|e| CliError::Failed(e.to_string()))?);
         }
     }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod commands;
 mod demo;
 mod progress;
+mod stop;
 
 /// Share CouchDB-style databases peer to peer over WebRTC, with a CouchDB server as the
 /// meeting point ("hub").
@@ -31,7 +32,7 @@ enum Command {
     Share(commands::ShareArgs),
     /// List the shares on a hub (and follow them with --watch).
     Shares {
-        /// The hub: a CouchDB database URL.
+        /// The hub: a CouchDB database URL (it must exist: the first `share` creates it).
         #[arg(long)]
         hub: String,
         /// Keep printing shares as they come and go, until interrupted.
@@ -130,6 +131,7 @@ fn main() -> ExitCode {
         ))
         .with_writer(std::io::stderr)
         .try_init();
+    stop::install();
     let result = match cli.command {
         Command::Demo(link) => demo::run(&link).map_err(commands::CliError::Failed),
         Command::Share(args) => commands::share(args),
@@ -142,6 +144,8 @@ fn main() -> ExitCode {
         Command::Replicate(args) => commands::replicate(args),
         Command::Docs { path, op } => commands::docs(&path, op),
     };
+    // Whatever happened, the files are whole before the process ends (see `stop`).
+    stop::close_all();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

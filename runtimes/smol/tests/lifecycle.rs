@@ -77,3 +77,50 @@ fn a_dropped_driver_fails_links_and_refuses_new_ones() {
         y.close().await;
     });
 }
+
+/// A database that says when it is dropped (closed).
+struct Closing {
+    inner: peerpouch::MemoryStore,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl peerpouch::Database for Closing {
+    fn execute(
+        &mut self,
+        request: peerpouch::Request,
+    ) -> Result<peerpouch::Response, peerpouch::DbError> {
+        self.inner.execute(request)
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn shutdown_closes_the_databases_before_it_returns() {
+    use peerpouch_smol::{HubSpec, InProcessHub, PeerConfig, PeerNode};
+    run(60, async {
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let config = PeerConfig::new(HubSpec::InProcess(InProcessHub::new()))
+            .bind("127.0.0.1:0".parse().unwrap());
+        let node = PeerNode::start_with(config).unwrap();
+        let db = node
+            .add_db(
+                "notes",
+                Closing {
+                    inner: peerpouch::MemoryStore::new("notes"),
+                    closed: closed.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        db.put(serde_json::json!({"_id": "a"})).await.unwrap();
+        node.shutdown().await;
+        // A SQLite store writes its log back into its file as it closes: the app may copy
+        // the file as soon as `shutdown` returns.
+        assert!(closed.load(std::sync::atomic::Ordering::SeqCst));
+    });
+}

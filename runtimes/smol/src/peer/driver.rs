@@ -425,6 +425,10 @@ impl Driver {
         }
         tracing::debug!(local = ?self.sockets.bound(), "peer node driver stopped");
         self.close_inputs();
+        // Databases close before `shutdown` returns: a SQLite store folds its write-ahead log
+        // into its file as it closes, so the file alone is complete once the app goes on.
+        self.parked.clear();
+        self.dbs.clear();
         if let Some((_, waiters)) = self.shutdown.take() {
             for w in waiters {
                 let _ = w.try_send(());

@@ -762,7 +762,8 @@ impl PeerNode {
         self.ask(|reply| Command::Stats { reply }).await
     }
 
-    /// Unshares every share, closes every link and stops the node's task.
+    /// Unshares every share, closes every link, stops the node's task and closes (drops) the
+    /// databases added with [`PeerNode::add_db`] before it returns.
     pub async fn shutdown(&self) {
         let _ = self.ask(|reply| Command::Shutdown { reply }).await;
     }
