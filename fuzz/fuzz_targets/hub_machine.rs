@@ -271,7 +271,7 @@ impl World {
                     if let Some(after) = self.nodes[i].poll_timeout() {
                         assert!(
                             after > self.now,
-                            "a deadline at or before now is left after handle_timeout"
+                            "a deadline at or before now is left after handle_timeout: {:?} at {:?}: {:#?}", after, self.now, self.nodes[i]
                         );
                     }
                 }

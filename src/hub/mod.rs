@@ -619,7 +619,9 @@ impl Hub {
                 .values()
                 .filter_map(|s| s.expires_at)
                 .min()
-                .and_then(|ms| self.instant_of_wall(ms.saturating_add(1))),
+                // Expired once the wall clock passes it; u64::MAX never is.
+                .and_then(|ms| ms.checked_add(1))
+                .and_then(|ms| self.instant_of_wall(ms)),
         ]
         .into_iter()
         .flatten()
