@@ -1,7 +1,7 @@
 //! The commands behind `share`, `shares`, `replicate` and `docs`, on the async API
 //! (`peerpouch-smol`) and the SQLite store.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,11 @@ use peerpouch::{AllDocsRequest, Database, DbError, GetRequest, Rev};
 use peerpouch_cli::endpoint::{Endpoint, EndpointError};
 use peerpouch_smol::{
     Db, HubSpec, InProcessHub, LinkEvent, PeerConfig, PeerError, PeerNode, ReplicateOptions,
-    ShareChange, ShareConfig, Verdict,
+    ShareChange, ShareConfig,
 };
 use serde_json::{json, Value};
 
+use crate::peers::{AllowArgs, AllowList, IdentityArgs, PeersError};
 use crate::DocsOp;
 
 /// Why a command failed; every one says what to do next.
@@ -55,6 +56,9 @@ pub enum CliError {
     /// A replication failed or some documents could not be written.
     #[error("{0}")]
     Replication(String),
+    /// This peer's identity or a share's allow list.
+    #[error(transparent)]
+    Peers(#[from] PeersError),
     /// Something else failed (the demo's checks, say).
     #[error("{0}")]
     Failed(String),
@@ -65,6 +69,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Endpoint(_) | CliError::Json { .. } => 2,
+            CliError::Peers(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -239,9 +244,14 @@ pub struct ShareArgs {
     /// Refuse writes from peers.
     #[arg(long)]
     pub read_only: bool,
-    /// Ask on the terminal before accepting each peer.
+    /// Ask on the terminal before accepting each peer not on the allow list (answers: y, n,
+    /// or a to always allow its fingerprint).
     #[arg(long)]
     pub ask: bool,
+    #[command(flatten)]
+    pub allow: AllowArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Peers must know this key (give it to them out of band).
     #[arg(long, env = "PEERPOUCH_KEY", hide_env_values = true)]
     pub key: Option<String>,
@@ -252,28 +262,21 @@ pub struct ShareArgs {
     pub link: LinkArgs,
 }
 
-/// Asks on the terminal (stderr for the question, stdin for the answer); no answer refuses.
-fn ask_on_terminal(req: &peerpouch_smol::PeerRequest) -> Verdict {
-    let mut err = std::io::stderr().lock();
-    let _ = write!(
-        err,
-        "peer {} wants to connect to {} (info: {}). Accept? [y/N] ",
-        req.peer, req.share, req.info
-    );
-    let _ = err.flush();
-    let mut line = String::new();
-    match std::io::stdin().lock().read_line(&mut line) {
-        Ok(n) if n > 0 && matches!(line.trim(), "y" | "Y" | "yes") => Verdict::Accept,
-        _ => Verdict::Refuse(Some("refused by the sharer".into())),
-    }
-}
-
 pub fn share(args: ShareArgs) -> Result<(), CliError> {
     let info = match &args.info {
         Some(t) => parse_json(t, "--info")?,
         None => Value::Null,
     };
-    let config = args.link.config(HubSpec::Couch(args.hub.clone()))?;
+    let allow = std::sync::Arc::new(AllowList::open(
+        &args.allow,
+        args.name.as_deref(),
+        args.ask,
+    )?);
+    let identity = args.identity.load()?;
+    let config = args
+        .link
+        .config(HubSpec::Couch(args.hub.clone()))?
+        .identity(identity);
     let store = open_local(&args.db)?;
     let interrupted = interrupts();
     smol::block_on(async {
@@ -287,14 +290,18 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
         if let Some(k) = &args.key {
             config = config.key(k.as_bytes().to_vec());
         }
-        if args.ask {
-            config = config.ask(ask_on_terminal);
+        if allow.decides() {
+            let (allow, json_out) = (allow.clone(), args.json);
+            config = config.ask(move |req| allow.decide(req, json_out));
         }
         let links = node.watch_links().await?;
         let id = node.share(&db, config).await?;
         let docs = db.info().await?.doc_count;
         if args.json {
-            print_json(&json!({"event": "shared", "share": id, "name": args.name, "docs": docs}));
+            print_json(
+                &json!({"event": "shared", "share": id, "name": args.name, "docs": docs,
+                               "fingerprint": node.fingerprint()}),
+            );
         } else {
             println!(
                 "sharing {} ({docs} docs) as {id}{} on {}; Ctrl-C to stop",
@@ -305,17 +312,41 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
                     .unwrap_or_default(),
                 node.hub()
             );
+            println!("this peer is {}", node.fingerprint());
+            if allow.decides() {
+                println!(
+                    "{} peers on the allow list{}; {}",
+                    allow.len(),
+                    allow
+                        .file()
+                        .map(|f| format!(" ({})", f.display()))
+                        .unwrap_or_default(),
+                    if allow.ask {
+                        "others are asked"
+                    } else {
+                        "others are refused"
+                    }
+                );
+            }
         }
         loop {
             match next_or_interrupt(&links, &interrupted).await {
-                Some(LinkEvent::Ready { peer, path, .. }) => {
+                Some(LinkEvent::Ready {
+                    peer,
+                    path,
+                    fingerprint,
+                    ..
+                }) => {
+                    let fp = fingerprint.as_deref().unwrap_or("-");
                     if args.json {
-                        print_json(&json!({"event": "peer_connected", "peer": peer}));
+                        print_json(
+                            &json!({"event": "peer_connected", "peer": peer, "fingerprint": fp}),
+                        );
                         print_json(
                             &json!({"event": "link_ready", "peer": peer, "path": path_json(path)}),
                         );
                     } else {
-                        println!("peer {peer} connected, {}", path_line(path));
+                        println!("peer {peer} ({fp}) connected, {}", path_line(path));
                     }
                 }
                 Some(LinkEvent::Closed { peer, reason, .. }) => {
@@ -433,6 +464,8 @@ pub struct ReplicateArgs {
     #[arg(long)]
     pub info: Option<String>,
     #[command(flatten)]
+    pub identity: IdentityArgs,
+    #[command(flatten)]
     pub link: LinkArgs,
 }
 
@@ -454,12 +487,12 @@ async fn open_endpoint(
             let db = node
                 .open_with_key(share, info.clone(), key.map(|k| k.as_bytes().to_vec()))
                 .await?;
+            let fp = db.fingerprint().unwrap_or("-");
             if json_out {
-                print_json(
-                    &json!({"event": "link_ready", "share": share, "path": path_json(db.path())}),
-                );
+                print_json(&json!({"event": "link_ready", "share": share,
+                                   "path": path_json(db.path()), "fingerprint": fp}));
             } else {
-                eprintln!("{}", path_line(db.path()));
+                eprintln!("{}, sharer {fp}", path_line(db.path()));
             }
             Ok(db)
         }
@@ -516,7 +549,11 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                     .into(),
             )),
         };
-    let config = args.link.config(hub)?;
+    let mut config = args.link.config(hub)?;
+    if !hubs.is_empty() {
+        // Only a peer sees who we are: a copy between files and CouchDB makes no identity.
+        config = config.identity(args.identity.load()?);
+    }
     let interrupted = interrupts();
     let bar = !args.json && std::io::stderr().is_terminal();
     smol::block_on(async {

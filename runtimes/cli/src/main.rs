@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod demo;
+mod peers;
 
 /// Share CouchDB-style databases peer to peer over WebRTC, with a CouchDB server as the
 /// meeting point ("hub").
@@ -42,6 +43,15 @@ enum Command {
     /// Replicate SOURCE into TARGET. Each is a local database file, an http(s):// CouchDB
     /// database URL, or a share on a hub: peer+http(s)://host/hubdb#SHARE (an id or a name).
     Replicate(commands::ReplicateArgs),
+    /// Print this peer's certificate fingerprint (what sharers see and may allow), making its
+    /// identity on first use.
+    Id {
+        #[command(flatten)]
+        identity: peers::IdentityArgs,
+        /// Print JSON (the fingerprint and the identity file).
+        #[arg(long)]
+        json: bool,
+    },
     /// Create and inspect documents in a local database file.
     Docs {
         /// The local database file (created if missing).
@@ -116,6 +126,7 @@ fn main() -> ExitCode {
         Command::Shares { hub, watch, json } => commands::shares(&hub, watch, json),
         Command::Replicate(args) => commands::replicate(args),
         Command::Docs { path, op } => commands::docs(&path, op),
+        Command::Id { identity, json } => peers::id(&identity, json).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
