@@ -22,7 +22,7 @@ pub enum PeersError {
     )]
     NoConfigDir,
     /// A `--allow` value that is not a fingerprint.
-    #[error("--allow {value:?}: {error}")]
+    #[error("--allow: {error}")]
     BadAllow {
         /// The value.
         value: String,

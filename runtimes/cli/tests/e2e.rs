@@ -606,7 +606,7 @@ fn a_damaged_identity_or_allow_list_is_a_clear_error() {
         (
             vec!["share", "--hub", &hub, "--db", &a, "--allow", "bob"],
             2,
-            "--allow \"bob\"".into(),
+            "--allow: \"bob\" is not a fingerprint".into(),
         ),
         (
             vec!["share", "--hub", &hub, "--db", &a, "--allow-file", &list],
