@@ -39,6 +39,17 @@ pub enum PeersError {
         /// Why.
         error: peerpouch::fingerprint::FingerprintError,
     },
+    /// An allow file others may write to: they could add themselves.
+    #[error(
+        "the allow file {path} can be written by others (mode {mode:o}): `chmod go-w {path}`",
+        path = .path.display()
+    )]
+    AllowWritable {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// An allow file that cannot be read.
     #[error("cannot read the allow file {path}: {error}", path = .path.display())]
     ReadAllow {
@@ -55,6 +66,7 @@ impl PeersError {
         match self {
             PeersError::BadAllow { .. }
             | PeersError::BadAllowLine { .. }
+            | PeersError::AllowWritable { .. }
             | PeersError::ReadAllow { .. } => 2,
             _ => 1,
         }
@@ -182,7 +194,10 @@ impl AllowList {
         };
         if let Some(path) = &file {
             match std::fs::read(path) {
-                Ok(bytes) => read_allow_file(path, &bytes, &mut allowed)?,
+                Ok(bytes) => {
+                    check_not_writable_by_others(path)?;
+                    read_allow_file(path, &bytes, &mut allowed)?
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && (ask || !explicit) => {}
                 Err(error) => {
                     return Err(PeersError::ReadAllow {
@@ -340,6 +355,31 @@ impl AllowList {
             }
         }
     }
+}
+
+#[cfg(unix)]
+fn check_not_writable_by_others(path: &Path) -> Result<(), PeersError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|error| PeersError::ReadAllow {
+            path: path.to_path_buf(),
+            error,
+        })?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(PeersError::AllowWritable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_not_writable_by_others(_path: &Path) -> Result<(), PeersError> {
+    Ok(())
 }
 
 fn read_allow_file(

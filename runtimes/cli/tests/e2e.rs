@@ -592,6 +592,13 @@ fn a_damaged_identity_or_allow_list_is_a_clear_error() {
     let list = dir.db("bad.allow");
     std::fs::write(&list, "sha-256 00:11\n").unwrap();
     let missing = dir.db("missing");
+    let open_list = dir.db("open.allow");
+    std::fs::write(&open_list, "# anyone may add themselves here\n").unwrap();
+    std::fs::set_permissions(
+        &open_list,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
     let cases: Vec<(Vec<&str>, i32, String)> = vec![
         (
             vec!["id", "--identity", &bad],
@@ -617,6 +624,20 @@ fn a_damaged_identity_or_allow_list_is_a_clear_error() {
             vec!["share", "--hub", &hub, "--db", &a, "--allow-file", &missing],
             2,
             "cannot read the allow file".into(),
+        ),
+        (
+            vec![
+                "share",
+                "--hub",
+                &hub,
+                "--db",
+                &a,
+                "--ask",
+                "--allow-file",
+                &open_list,
+            ],
+            2,
+            format!("the allow file {open_list} can be written by others (mode 666)"),
         ),
     ];
     for (args, code, needle) in cases {
