@@ -314,9 +314,10 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
             );
             println!("this peer is {}", node.fingerprint());
             if allow.decides() {
+                let n = allow.len();
                 println!(
-                    "{} peers on the allow list{}; {}",
-                    allow.len(),
+                    "{n} peer{} on the allow list{}; {}",
+                    if n == 1 { "" } else { "s" },
                     allow
                         .file()
                         .map(|f| format!(" ({})", f.display()))
