@@ -70,6 +70,7 @@
 pub mod doc;
 mod dtls;
 mod error;
+pub mod fingerprint;
 pub mod hub;
 pub mod node;
 mod ops;

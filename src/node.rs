@@ -139,6 +139,11 @@ pub enum NodeEvent {
         link: LinkId,
         /// What the peer says about itself.
         info: Value,
+        /// The peer's certificate fingerprint from its offer (canonical, see
+        /// [`crate::fingerprint`]); `None` only when the offer names none. The event waits for
+        /// the offer, and a link accepted on it is closed if the peer's DTLS handshake shows
+        /// another certificate, so an allow-list of fingerprints is safe to decide on.
+        fingerprint: Option<String>,
     },
     /// A link's channel opened and the RPC hellos checked out: calls work now.
     LinkReady {
@@ -230,6 +235,9 @@ struct Link {
     /// Creation order: when several sessions accept a datagram, the newest gets it (a peer
     /// that restarted on the same address replaces its old, dead session).
     created: u64,
+    /// The fingerprint the app accepted this peer on: a handshake with another certificate
+    /// (a later offer in the same signalling) closes the link.
+    pinned: Option<String>,
 }
 
 impl Link {
@@ -278,6 +286,8 @@ pub struct Node {
     transmits: VecDeque<Transmit>,
     events: VecDeque<NodeEvent>,
     links_created: u64,
+    /// Peers of `ask` shares whose offer has not arrived yet (their info): asked once it has.
+    awaiting_offer: BTreeMap<LinkId, Value>,
 }
 
 impl std::fmt::Debug for Node {
@@ -321,7 +331,25 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             links_created: 0,
+            awaiting_offer: BTreeMap::new(),
         }
+    }
+
+    /// Our certificate fingerprint when the runtime gave the certificate
+    /// ([`SessionConfig::dtls_cert`](crate::session::SessionConfig::dtls_cert)); without one,
+    /// each session makes its own and there is no stable fingerprint.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.config
+            .session
+            .dtls_cert
+            .as_ref()
+            .map(crate::fingerprint::of_cert)
+    }
+
+    /// The certificate fingerprint of the peer on `link` (canonical), once its SDP is known.
+    pub fn remote_fingerprint(&mut self, link: &LinkId) -> Option<String> {
+        let l = self.links.get_mut(link)?;
+        crate::fingerprint::parse(&l.session.remote_fingerprint()?).ok()
     }
 
     /// The hub negotiator (diagnostics, instance id for drivers).
@@ -443,6 +471,7 @@ impl Node {
         reason: Option<String>,
     ) -> Result<(), NodeError> {
         self.hub.refuse(now, &link.0, &link.1, reason)?;
+        self.awaiting_offer.remove(link);
         self.pump(now);
         Ok(())
     }
@@ -754,8 +783,19 @@ impl Node {
         };
         let db = share.db.clone();
         let key = share.access.key.clone();
+        let pinned = if share.access.ask {
+            self.hub
+                .pending_offer(&link.0, &link.1)
+                .and_then(crate::fingerprint::from_sdp)
+        } else {
+            None
+        };
         self.hub.accept(now, &link.0, &link.1)?;
+        self.awaiting_offer.remove(link);
         self.add_link(now, link.clone(), SessionRole::Answerer, Some(db), key);
+        if let Some(l) = self.links.get_mut(link) {
+            l.pinned = pinned;
+        }
         Ok(())
     }
 
@@ -803,6 +843,7 @@ impl Node {
                 closed: false,
                 rep_calls: BTreeMap::new(),
                 created: self.links_created,
+                pinned: None,
             },
         );
     }
@@ -1023,8 +1064,8 @@ impl Node {
                     let link = (share.clone(), peer);
                     let ask = self.shares.get(&share).is_some_and(|s| s.access.ask);
                     if ask {
-                        self.events
-                            .push_back(NodeEvent::PeerRequested { link, info });
+                        // Asked once its offer (and so its fingerprint) is in: below.
+                        self.awaiting_offer.insert(link, info);
                     } else if let Err(e) = self.start_serving(now, &link) {
                         tracing::warn!(error = %e, "could not accept a peer");
                     }
@@ -1061,6 +1102,27 @@ impl Node {
                 other => self.events.push_back(NodeEvent::Hub(other)),
             }
         }
+        if !self.awaiting_offer.is_empty() {
+            let waiting: Vec<LinkId> = self.awaiting_offer.keys().cloned().collect();
+            for link in waiting {
+                let offer = self.hub.pending_offer(&link.0, &link.1);
+                if offer.is_none() && self.hub.is_pending(&link.0, &link.1) {
+                    continue;
+                }
+                let fingerprint = offer.and_then(crate::fingerprint::from_sdp);
+                let Some(info) = self.awaiting_offer.remove(&link) else {
+                    continue;
+                };
+                if offer.is_some() {
+                    moved = true;
+                    self.events.push_back(NodeEvent::PeerRequested {
+                        link,
+                        info,
+                        fingerprint,
+                    });
+                }
+            }
+        }
         moved
     }
 
@@ -1094,6 +1156,15 @@ impl Node {
                     SessionEvent::ChannelOpened => {
                         let local = l.session.local_fingerprint();
                         let remote = l.session.remote_fingerprint().unwrap_or_default();
+                        if let Some(pinned) = &l.pinned {
+                            if crate::fingerprint::parse(&remote).ok().as_ref() != Some(pinned) {
+                                closed.get_or_insert(format!(
+                                    "the peer's certificate ({remote}) is not the one accepted \
+                                     ({pinned})"
+                                ));
+                                continue;
+                            }
+                        }
                         // Frames as large as the channel takes, but at most half the send queue:
                         // with one frame in flight the sender idles until the peer's delayed SACK
                         // (up to 200 ms) for its last packet; with two it keeps streaming. The

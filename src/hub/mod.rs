@@ -539,6 +539,26 @@ impl Hub {
         Ok(())
     }
 
+    /// Sharer: the SDP of the offer a pending peer sent (held until [`Hub::accept`]), once it
+    /// has arrived: what the app reads the peer's certificate fingerprint from before deciding.
+    pub fn pending_offer(&self, share: &str, peer: &str) -> Option<&str> {
+        let c = self.conns.get(&(share.to_string(), peer.to_string()))?;
+        if c.role != Role::Sharer || c.state != ConnState::Pending {
+            return None;
+        }
+        c.buffered.iter().find_map(|d| match d {
+            SignalData::Offer(sdp) => Some(sdp.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Sharer: whether a peer is waiting for [`Hub::accept`] or [`Hub::refuse`].
+    pub fn is_pending(&self, share: &str, peer: &str) -> bool {
+        self.conns
+            .get(&(share.to_string(), peer.to_string()))
+            .is_some_and(|c| c.role == Role::Sharer && c.state == ConnState::Pending)
+    }
+
     /// Sharer: refuses a peer. Its signals are dropped and deleted; with a `reason`, the peer
     /// gets a refusal signal ([`HubEvent::Refused`] on its side), otherwise nothing at all.
     ///

@@ -172,7 +172,9 @@ run_variant() {
 
     # The sharer, in home a (cone NAT).
     echo "a: $BIN -v share --hub $NAT_HUB_URL/$hubdb --db $VDIR/src.db --name $share --key '$KEY' --json ${flags[*]}" >"$VDIR/sharer.cmd"
-    nat_spawn a "$VDIR/sharer.out" "$VDIR/sharer.err" "$BIN" -v share --hub "$NAT_HUB_URL/$hubdb" \
+    # Its identity in the variant's directory, not in the runner's home.
+    nat_spawn a "$VDIR/sharer.out" "$VDIR/sharer.err" env PEERPOUCH_IDENTITY="$VDIR/sharer.identity" \
+        "$BIN" -v share --hub "$NAT_HUB_URL/$hubdb" \
         --db "$VDIR/src.db" --name "$share" --key "$KEY" --json "${flags[@]}"
     SHARER_PID="$NAT_SPAWN_PID"
     deadline=$(($(now_ms) + 30000))

@@ -136,7 +136,9 @@ SHARER_ENV=()
 start_sharer() {
     local ns="$1"
     shift
-    nat_spawn "$ns" "$CDIR/sharer.out" "$CDIR/sharer.err" env "${SHARER_ENV[@]}" \
+    # Each side's identity in the case's directory, not in the runner's home.
+    nat_spawn "$ns" "$CDIR/sharer.out" "$CDIR/sharer.err" \
+        env PEERPOUCH_IDENTITY="$CDIR/sharer.identity" "${SHARER_ENV[@]}" \
         "$BIN" "${VFLAG[@]}" share --hub "$HUB/$HUBDB" --db "$SRC" --name "$SHARE" "$@"
     SHARER_PID="$NAT_SPAWN_PID"
     CASE_PIDS+=("$SHARER_PID")
@@ -162,7 +164,8 @@ run_joiner() {
     echo "$ns: $BIN replicate '$PEER_URL' $TGT $* (env ${JOINER_ENV[*]})" >"$CDIR/joiner.cmd"
     t0=$(now_ms)
     JOINER_RC=0
-    nat_exec "$ns" timeout -k 5 "$secs" env "${JOINER_ENV[@]}" \
+    nat_exec "$ns" timeout -k 5 "$secs" \
+        env PEERPOUCH_IDENTITY="$CDIR/joiner.identity" "${JOINER_ENV[@]}" \
         "$BIN" "${VFLAG[@]}" replicate "$PEER_URL" "$TGT" "$@" \
         </dev/null >"$CDIR/joiner.out" 2>"$CDIR/joiner.err" || JOINER_RC=$?
     JOINER_MS=$(($(now_ms) - t0))
@@ -451,7 +454,8 @@ case_nat_flush() {
     hub_curl -X PUT "$target" >/dev/null
     start_sharer a "${ice[@]}"
     echo "b: $BIN replicate --live '$PEER_URL' $target ${ice[*]}" >"$CDIR/joiner.cmd"
-    nat_spawn b "$CDIR/joiner.out" "$CDIR/joiner.err" "$BIN" "${VFLAG[@]}" replicate --live "$PEER_URL" "$target" "${ice[@]}"
+    nat_spawn b "$CDIR/joiner.out" "$CDIR/joiner.err" env PEERPOUCH_IDENTITY="$CDIR/joiner.identity" \
+        "$BIN" "${VFLAG[@]}" replicate --live "$PEER_URL" "$target" "${ice[@]}"
     live_pid="$NAT_SPAWN_PID"
     CASE_PIDS+=("$live_pid")
     target_count() { hub_curl "$target" 2>/dev/null | python3 "$LIB" field doc_count 2>/dev/null || echo 0; }
@@ -465,6 +469,7 @@ case_nat_flush() {
     "$BIN" docs "$CDIR/extra.db" bulk <"$CDIR/extra.jsonl" >/dev/null 2>"$CDIR/extra-bulk.err" || fail "docs extra.db bulk failed"
     echo "a: $BIN replicate $CDIR/extra.db '$PEER_URL' ${ice[*]}" >"$CDIR/writer.cmd"
     nat_spawn a "$CDIR/writer.out" "$CDIR/writer.err" timeout -k 5 "$OK_TIMEOUT" \
+        env PEERPOUCH_IDENTITY="$CDIR/writer.identity" \
         "$BIN" "${VFLAG[@]}" replicate "$CDIR/extra.db" "$PEER_URL" "${ice[@]}"
     writer_pid="$NAT_SPAWN_PID"
     nat_flush b

@@ -2,7 +2,7 @@
 //! (`peerpouch-smol`) and the SQLite store.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,12 +16,13 @@ use peerpouch_cli::endpoint::{Endpoint, EndpointError};
 use peerpouch_couch::CouchClient;
 use peerpouch_smol::{
     Db, HubSpec, InProcessHub, LinkEvent, PeerConfig, PeerError, PeerNode, ReplicateOptions,
-    ShareChange, ShareConfig, Verdict,
+    ShareChange, ShareConfig,
 };
 use serde_json::{json, Value};
 
 use crate::progress::{human_duration, human_rate, rows_left, ProgressView};
 use crate::stop::{open_local, within, Stop};
+use crate::peers::{AllowArgs, AllowList, IdentityArgs, PeersError};
 use crate::DocsOp;
 
 /// Why a command failed; every one says what to do next.
@@ -95,6 +96,9 @@ pub enum CliError {
     /// A replication failed or some documents could not be written.
     #[error("{0}")]
     Replication(String),
+    /// This peer's identity or a share's allow list.
+    #[error(transparent)]
+    Peers(#[from] PeersError),
     /// Something else failed (the demo's checks, say).
     #[error("{0}")]
     Failed(String),
@@ -113,6 +117,7 @@ impl CliError {
             | CliError::BadUrl { .. }
             | CliError::NoHub(_) => 2,
             CliError::Interrupted => crate::stop::INTERRUPTED_STATUS as u8,
+            CliError::Peers(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -355,9 +360,14 @@ pub struct ShareArgs {
     /// Refuse writes from peers.
     #[arg(long)]
     pub read_only: bool,
-    /// Ask on the terminal before accepting each peer.
+    /// Ask on the terminal before accepting each peer not on the allow list (answers: y, n,
+    /// or a to always allow its fingerprint).
     #[arg(long)]
     pub ask: bool,
+    #[command(flatten)]
+    pub allow: AllowArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Peers must know this key (give it to them out of band).
     #[arg(long, env = "PEERPOUCH_KEY", hide_env_values = true)]
     pub key: Option<String>,
@@ -370,22 +380,6 @@ pub struct ShareArgs {
     pub http: HttpArgs,
 }
 
-/// Asks on the terminal (stderr for the question, stdin for the answer); no answer refuses.
-fn ask_on_terminal(req: &peerpouch_smol::PeerRequest) -> Verdict {
-    let mut err = std::io::stderr().lock();
-    let _ = write!(
-        err,
-        "peer {} wants to connect to {} (info: {}). Accept? [y/N] ",
-        req.peer, req.share, req.info
-    );
-    let _ = err.flush();
-    let mut line = String::new();
-    match std::io::stdin().lock().read_line(&mut line) {
-        Ok(n) if n > 0 && matches!(line.trim(), "y" | "Y" | "yes") => Verdict::Accept,
-        _ => Verdict::Refuse(Some("refused by the sharer".into())),
-    }
-}
-
 pub fn share(args: ShareArgs) -> Result<(), CliError> {
     let info = match &args.info {
         Some(t) => parse_json(t, "--info")?,
@@ -393,10 +387,17 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
     };
     couch_url(&args.hub, "--hub", &Default::default())?;
     let stop_after = stop_timeout()?;
+    let allow = std::sync::Arc::new(AllowList::open(
+        &args.allow,
+        args.name.as_deref(),
+        args.ask,
+    )?);
+    let identity = args.identity.load()?;
     let config = args
         .link
         .config(HubSpec::Couch(args.hub.clone()))?
-        .http(args.http.config()?);
+        .http(args.http.config()?)
+        .identity(identity);
     let store = open_local(&args.db, true)?;
     let stop = crate::stop::listen();
     smol::block_on(async {
@@ -411,8 +412,9 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
             if let Some(k) = &args.key {
                 config = config.key(k.as_bytes().to_vec());
             }
-            if args.ask {
-                config = config.ask(ask_on_terminal);
+            if allow.decides() {
+                let (allow, json_out) = (allow.clone(), args.json);
+                config = config.ask(move |req| allow.decide(req, json_out));
             }
             let links = node.watch_links().await?;
             let id = node.share(&db, config).await?;
@@ -433,7 +435,10 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
             }
         };
         if args.json {
-            print_json(&json!({"event": "shared", "share": id, "name": args.name, "docs": docs}));
+            print_json(
+                &json!({"event": "shared", "share": id, "name": args.name, "docs": docs,
+                               "fingerprint": node.fingerprint()}),
+            );
         } else {
             println!(
                 "sharing {} ({docs} docs) as {id}{} on {}; Ctrl-C to stop",
@@ -444,17 +449,42 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
                     .unwrap_or_default(),
                 node.hub()
             );
+            println!("this peer is {}", node.fingerprint());
+            if allow.decides() {
+                let n = allow.len();
+                println!(
+                    "{n} peer{} on the allow list{}; {}",
+                    if n == 1 { "" } else { "s" },
+                    allow
+                        .file()
+                        .map(|f| format!(" ({})", f.display()))
+                        .unwrap_or_default(),
+                    if allow.ask {
+                        "others are asked"
+                    } else {
+                        "others are refused"
+                    }
+                );
+            }
         }
         loop {
             match next_or_stop(&links, &stop).await {
-                Some(LinkEvent::Ready { peer, path, .. }) => {
+                Some(LinkEvent::Ready {
+                    peer,
+                    path,
+                    fingerprint,
+                    ..
+                }) => {
+                    let fp = fingerprint.as_deref().unwrap_or("-");
                     if args.json {
-                        print_json(&json!({"event": "peer_connected", "peer": peer}));
+                        print_json(
+                            &json!({"event": "peer_connected", "peer": peer, "fingerprint": fp}),
+                        );
                         print_json(
                             &json!({"event": "link_ready", "peer": peer, "path": path_json(path)}),
                         );
                     } else {
-                        println!("peer {peer} connected, {}", path_line(path));
+                        println!("peer {peer} ({fp}) connected, {}", path_line(path));
                     }
                 }
                 Some(LinkEvent::Closed { peer, reason, .. }) => {
@@ -627,6 +657,8 @@ pub struct ReplicateArgs {
     #[arg(long)]
     pub info: Option<String>,
     #[command(flatten)]
+    pub identity: IdentityArgs,
+    #[command(flatten)]
     pub link: LinkArgs,
     #[command(flatten)]
     pub http: HttpArgs,
@@ -652,12 +684,12 @@ async fn open_endpoint(
             let db = node
                 .open_with_key(share, info.clone(), key.map(|k| k.as_bytes().to_vec()))
                 .await?;
+            let fp = db.fingerprint().unwrap_or("-");
             if json_out {
-                print_json(
-                    &json!({"event": "link_ready", "share": share, "path": path_json(db.path())}),
-                );
+                print_json(&json!({"event": "link_ready", "share": share,
+                                   "path": path_json(db.path()), "fingerprint": fp}));
             } else {
-                view.say(&path_line(db.path()));
+                view.say(&format!("{}, sharer {fp}", path_line(db.path())));
             }
             Ok(db)
         }
@@ -734,7 +766,11 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
             )),
         };
     let http = args.http.config()?;
-    let config = args.link.config(hub.clone())?.http(http.clone());
+    let mut config = args.link.config(hub.clone())?.http(http.clone());
+    if !hubs.is_empty() {
+        // Only a peer sees who we are: a copy between files and CouchDB makes no identity.
+        config = config.identity(args.identity.load()?);
+    }
     let stop_after = stop_timeout()?;
     let stop = crate::stop::listen();
     let view = ProgressView::new(!args.json && std::io::stderr().is_terminal(), args.live);

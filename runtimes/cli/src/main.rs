@@ -10,6 +10,7 @@ mod commands;
 mod demo;
 mod progress;
 mod stop;
+mod peers;
 
 /// Share CouchDB-style databases peer to peer over WebRTC, with a CouchDB server as the
 /// meeting point ("hub").
@@ -47,6 +48,15 @@ enum Command {
     /// Replicate SOURCE into TARGET. Each is a local database file, an http(s):// CouchDB
     /// database URL, or a share on a hub: peer+http(s)://host/hubdb#SHARE (an id or a name).
     Replicate(commands::ReplicateArgs),
+    /// Print this peer's certificate fingerprint (what sharers see and may allow), making its
+    /// identity on first use.
+    Id {
+        #[command(flatten)]
+        identity: peers::IdentityArgs,
+        /// Print JSON (the fingerprint and the identity file).
+        #[arg(long)]
+        json: bool,
+    },
     /// Create and inspect documents in a local database file.
     Docs {
         /// The local database file (created if missing).
@@ -143,6 +153,7 @@ fn main() -> ExitCode {
         } => commands::shares(&hub, watch, json, &http),
         Command::Replicate(args) => commands::replicate(args),
         Command::Docs { path, op } => commands::docs(&path, op),
+        Command::Id { identity, json } => peers::id(&identity, json).map_err(Into::into),
     };
     // Whatever happened, the files are whole before the process ends (see `stop`).
     stop::close_all();

@@ -37,12 +37,21 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// The configuration directory of every `peerpouch` the tests start (default identity, allow
+/// lists): inside the build's temporary directory.
+fn config_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-config")
+}
+
 /// Starts `peerpouch args`, gives it `stdin` (then end of input).
 fn spawn(args: &[&str], stdin: Option<&str>, stderr: Stdio) -> Child {
     let mut child = Command::new(BIN)
         .args(args)
         // Tests send traffic to loopback only, whatever the product's default (every interface).
         .env("PEERPOUCH_BIND", "127.0.0.1:0")
+        // Identities and allow lists made by default go here, not into the user's home.
+        .env("XDG_CONFIG_HOME", config_home())
+        .env_remove("PEERPOUCH_IDENTITY")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -500,6 +509,7 @@ fn library_warnings_stay_out_of_the_output_without_v() {
     let mut child = Command::new(BIN)
         .args(["replicate", &peer, &c, "--live", "--json"])
         .env("PEERPOUCH_BIND", "127.0.0.1:0")
+        .env("XDG_CONFIG_HOME", config_home())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -612,6 +622,7 @@ fn readme_sh(dir: &Dir, line: &str, stdin: Stdio) -> Command {
         .current_dir(&dir.0)
         .env("PATH", path)
         .env("PEERPOUCH_BIND", "127.0.0.1:0")
+        .env("XDG_CONFIG_HOME", config_home())
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -708,4 +719,224 @@ fn the_readme_quick_start_works_as_written() {
             .collect();
         assert_eq!(ids, ["todo-1", "todo-2"], "{db}");
     }
+}
+
+/// A peer's fingerprint, as `peerpouch id` prints it (making the identity on first use).
+fn fingerprint_of(identity: &str) -> String {
+    let v = ok_json(&["id", "--identity", identity, "--json"], None).remove(0);
+    assert_eq!(v["identity"], identity);
+    v["fingerprint"].as_str().unwrap().to_string()
+}
+
+/// The sharer's next decision about a peer: asked on the terminal, or let in by the allow list.
+fn next_decision(sharer: &Running) -> Value {
+    sharer.expect("a decision about a peer", |v| {
+        v["event"] == "peer_asked" || v["event"] == "peer_allowed"
+    })
+}
+
+/// Pulls the share with the identity file `identity`; the `link_ready` line and the exit code.
+fn pull_as(hub: &str, name: &str, identity: &str, target: &str) -> (Option<i32>, Vec<Value>) {
+    let out = run(
+        &[
+            "replicate",
+            &format!("peer+{hub}#{name}"),
+            target,
+            "--identity",
+            identity,
+            "--json",
+        ],
+        None,
+    );
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out.status.code(), lines)
+}
+
+#[test]
+fn a_sharer_remembers_a_peer_it_always_allows() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let a = dir.db("a.db");
+    seed(&a, 5);
+    let name = unique("remembered");
+    let (bob, carol) = (dir.db("bob.identity"), dir.db("carol.identity"));
+    let bob_fp = fingerprint_of(&bob);
+    assert_eq!(
+        fingerprint_of(&bob),
+        bob_fp,
+        "the same file, the same fingerprint"
+    );
+    assert_ne!(fingerprint_of(&carol), bob_fp);
+    let allow_file = config_home().join("peerpouch/allow").join(&name);
+
+    // First run of the sharer: Bob is asked about, and "always" allowed.
+    let sharer = Running::start(
+        &[
+            "share", "--hub", &hub, "--db", &a, "--name", &name, "--json", "--ask",
+        ],
+        Some("a\n"),
+    );
+    let shared = sharer.expect("the shared event", |v| v["event"] == "shared");
+    let sharer_fp = shared["fingerprint"].as_str().unwrap().to_string();
+    assert!(sharer_fp.starts_with("sha-256 "), "{shared}");
+    let (code, lines) = pull_as(&hub, &name, &bob, &dir.db("b1.db"));
+    assert_eq!(code, Some(0), "{lines:?}");
+    // The joiner names the sharer's certificate, the sharer the joiner's: the same on both sides.
+    let link = lines.iter().find(|v| v["event"] == "link_ready").unwrap();
+    assert_eq!(link["fingerprint"], sharer_fp.as_str());
+    let asked = next_decision(&sharer);
+    assert_eq!(asked["event"], "peer_asked", "{asked}");
+    assert_eq!(asked["fingerprint"], bob_fp.as_str());
+    let accepted = sharer.expect("the answer", |v| v["event"] == "peer_accepted");
+    assert_eq!(accepted["always"], true);
+    let connected = sharer.expect("the peer's link", |v| v["event"] == "peer_connected");
+    assert_eq!(connected["fingerprint"], bob_fp.as_str());
+    let remembered = std::fs::read_to_string(&allow_file).unwrap();
+    assert!(remembered.contains(&bob_fp), "{remembered}");
+    assert_eq!(doc_count(&dir.db("b1.db")), 5);
+    let (ok, _) = sharer.interrupt();
+    assert!(ok);
+
+    // A later run of the sharer (a new share id, same name): Bob gets in without a question,
+    // Carol is asked (and refused: "n").
+    let sharer = share(&hub, &a, &name, &["--ask"], Some("n\n"));
+    let (code, lines) = pull_as(&hub, &name, &bob, &dir.db("b2.db"));
+    assert_eq!(code, Some(0), "{lines:?}");
+    let decided = next_decision(&sharer);
+    assert_eq!(
+        decided["event"], "peer_allowed",
+        "Bob was asked again: {decided}"
+    );
+    assert_eq!(decided["fingerprint"], bob_fp.as_str());
+    assert_eq!(doc_count(&dir.db("b2.db")), 5);
+    let (code, _) = pull_as(&hub, &name, &carol, &dir.db("c.db"));
+    assert_eq!(code, Some(1));
+    let decided = next_decision(&sharer);
+    assert_eq!(decided["event"], "peer_asked", "{decided}");
+    assert_ne!(decided["fingerprint"], bob_fp.as_str());
+    assert_eq!(doc_count(&dir.db("c.db")), 0);
+}
+
+#[test]
+fn allowed_fingerprints_get_in_without_a_question() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let a = dir.db("a.db");
+    seed(&a, 3);
+    let (bob, carol) = (dir.db("bob.identity"), dir.db("carol.identity"));
+    let bob_fp = fingerprint_of(&bob);
+    // As a person would paste it: lower case, no hash name.
+    let pasted = bob_fp.trim_start_matches("sha-256 ").to_lowercase();
+
+    // With --ask: Bob is let in, Carol is asked (no answer on the terminal: refused).
+    let name = unique("allowed");
+    let sharer = share(&hub, &a, &name, &["--ask", "--allow", &pasted], None);
+    assert_eq!(pull_as(&hub, &name, &bob, &dir.db("b.db")).0, Some(0));
+    let decided = next_decision(&sharer);
+    assert_eq!(decided["event"], "peer_allowed", "{decided}");
+    assert_eq!(decided["fingerprint"], bob_fp.as_str());
+    assert_eq!(pull_as(&hub, &name, &carol, &dir.db("c.db")).0, Some(1));
+    let decided = next_decision(&sharer);
+    assert_eq!(decided["event"], "peer_asked", "{decided}");
+    drop(sharer);
+
+    // Without --ask, an allow file admits only its peers; nobody is asked.
+    let list = dir.db("friends.allow");
+    std::fs::write(&list, format!("# friends\n{bob_fp}  # bob\n")).unwrap();
+    let name = unique("only");
+    let sharer = share(&hub, &a, &name, &["--allow-file", &list], None);
+    assert_eq!(pull_as(&hub, &name, &bob, &dir.db("b2.db")).0, Some(0));
+    assert_eq!(next_decision(&sharer)["event"], "peer_allowed");
+    let out = run(
+        &[
+            "replicate",
+            &format!("peer+{hub}#{name}"),
+            &dir.db("c2.db"),
+            "--identity",
+            &carol,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not on the sharer's allow list"), "{err}");
+    let refused = sharer.expect("the refusal", |v| v["event"] == "peer_refused");
+    assert_ne!(refused["fingerprint"], bob_fp.as_str());
+    assert_eq!(doc_count(&dir.db("c2.db")), 0);
+}
+
+#[test]
+fn a_damaged_identity_or_allow_list_is_a_clear_error() {
+    let dir = Dir::new();
+    let bad = dir.db("bad.identity");
+    std::fs::write(&bad, b"not a certificate").unwrap();
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let a = dir.db("a.db");
+    let list = dir.db("bad.allow");
+    std::fs::write(&list, "sha-256 00:11\n").unwrap();
+    let missing = dir.db("missing");
+    let open_list = dir.db("open.allow");
+    std::fs::write(&open_list, "# anyone may add themselves here\n").unwrap();
+    std::fs::set_permissions(
+        &open_list,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let cases: Vec<(Vec<&str>, i32, String)> = vec![
+        (
+            vec!["id", "--identity", &bad],
+            1,
+            format!("identity file {bad} is damaged"),
+        ),
+        (
+            vec!["share", "--hub", &hub, "--db", &a, "--identity", &bad],
+            1,
+            format!("identity file {bad} is damaged"),
+        ),
+        (
+            vec!["share", "--hub", &hub, "--db", &a, "--allow", "bob"],
+            2,
+            "--allow: \"bob\" is not a fingerprint".into(),
+        ),
+        (
+            vec!["share", "--hub", &hub, "--db", &a, "--allow-file", &list],
+            2,
+            format!("{list}:1:"),
+        ),
+        (
+            vec!["share", "--hub", &hub, "--db", &a, "--allow-file", &missing],
+            2,
+            "cannot read the allow file".into(),
+        ),
+        (
+            vec![
+                "share",
+                "--hub",
+                &hub,
+                "--db",
+                &a,
+                "--ask",
+                "--allow-file",
+                &open_list,
+            ],
+            2,
+            format!("the allow file {open_list} can be written by others (mode 666)"),
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let out = run(&args, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(&needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read(&bad).unwrap(),
+        b"not a certificate",
+        "left untouched"
+    );
 }

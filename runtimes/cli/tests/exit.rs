@@ -51,7 +51,11 @@ fn unique(prefix: &str) -> String {
 fn command(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     // Tests send traffic to loopback only, whatever the product's default (every interface).
-    c.args(args).env("PEERPOUCH_BIND", "127.0.0.1:0");
+    c.args(args)
+        .env("PEERPOUCH_BIND", "127.0.0.1:0")
+        // Identities made by default go to the build's temporary directory, not the home.
+        .env("XDG_CONFIG_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("exit-config"))
+        .env_remove("PEERPOUCH_IDENTITY");
     c
 }
 

@@ -83,6 +83,7 @@
 
 mod endpoint;
 mod error;
+mod identity;
 mod link;
 mod net;
 pub mod peer;
@@ -90,6 +91,7 @@ pub mod stun;
 
 pub use endpoint::{EndpointConfig, EndpointDriver, EndpointStats, LinkEndpoint};
 pub use error::LinkError;
+pub use identity::{Identity, IdentityError, config_dir};
 pub use link::{Link, LinkId, Message, SignalSink, Signals};
 pub use peer::{
     Db, DbKind, HubSpec, InProcessHub, LinkEvent, PeerConfig, PeerDriver, PeerError, PeerNode,

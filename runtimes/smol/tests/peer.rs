@@ -8,8 +8,8 @@ use futures_lite::future;
 use peerpouch::replicate::ReplicationEvent;
 use peerpouch::{AllDocsRequest, ChangesRequest, DbError, MemoryStore, Seq};
 use peerpouch_smol::{
-    Db, HubSpec, InProcessHub, LinkEvent, PeerConfig, PeerError, PeerNode, ReplicateError,
-    ReplicateOptions, ShareChange, ShareConfig, Verdict,
+    Db, HubSpec, Identity, InProcessHub, LinkEvent, PeerConfig, PeerError, PeerNode,
+    ReplicateError, ReplicateOptions, ShareChange, ShareConfig, Verdict,
 };
 use serde_json::{Value, json};
 
@@ -205,6 +205,79 @@ fn ask_sees_the_peers_info_and_refuses_strangers() {
             .await
             .unwrap();
         assert_eq!(remote.get("doc-0003").await.unwrap()["n"], 3);
+    });
+}
+
+#[test]
+fn ask_decides_on_the_peers_fingerprint_and_both_sides_see_each_other() {
+    logs();
+    let hub = InProcessHub::new();
+    let with = |id: &Identity| {
+        PeerNode::start_with(
+            PeerConfig::new(HubSpec::InProcess(hub.clone()))
+                .bind("127.0.0.1:0".parse().unwrap())
+                .identity(id.clone()),
+        )
+        .unwrap()
+    };
+    let (alice_id, bob_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let alice = with(&alice_id);
+    let bob = with(&bob_id);
+    // A second process with Bob's identity: a peer id of its own on the hub, the same
+    // fingerprint, and both get in.
+    let bob_again = with(&bob_id);
+    let carol = start(HubSpec::InProcess(hub.clone())).unwrap();
+    assert_eq!(alice.fingerprint(), alice_id.fingerprint());
+    assert_ne!(carol.fingerprint(), bob.fingerprint());
+    within(60, "the opens", async {
+        let db = seeded(&alice, "private", 3).await;
+        let (seen_tx, seen) = async_channel::unbounded();
+        let allowed = bob_id.fingerprint().to_string();
+        alice
+            .share(
+                &db,
+                ShareConfig::new().name("private").ask(move |req| {
+                    let _ = seen_tx.try_send(req.fingerprint.clone());
+                    if req.fingerprint.as_deref() == Some(allowed.as_str()) {
+                        Verdict::Accept
+                    } else {
+                        Verdict::Refuse(Some("unknown certificate".into()))
+                    }
+                }),
+            )
+            .await
+            .unwrap();
+        let links = alice.watch_links().await.unwrap();
+        let remote = bob.open("private", json!({"name": "bob"})).await.unwrap();
+        assert_eq!(remote.fingerprint(), Some(alice.fingerprint()));
+        assert_eq!(remote.get("doc-0002").await.unwrap()["n"], 2);
+        let again = bob_again
+            .open("private", json!({"name": "bob"}))
+            .await
+            .unwrap();
+        assert_eq!(again.get("doc-0001").await.unwrap()["n"], 1);
+        assert!(matches!(
+            carol.open("private", json!({"name": "bob"})).await,
+            Err(PeerError::Refused(Some(r))) if r == "unknown certificate"
+        ));
+        let asked: Vec<Option<String>> = (0..3).map(|_| seen.try_recv().unwrap()).collect();
+        let bob_fp = Some(bob.fingerprint().to_string());
+        assert_eq!(
+            asked,
+            vec![
+                bob_fp.clone(),
+                bob_fp.clone(),
+                Some(carol.fingerprint().to_string())
+            ]
+        );
+        // The sharer's side of the link names the same certificate.
+        let mut ready = Vec::new();
+        while ready.len() < 2 {
+            if let LinkEvent::Ready { fingerprint, .. } = links.recv().await.unwrap() {
+                ready.push(fingerprint);
+            }
+        }
+        assert_eq!(ready, vec![bob_fp.clone(), bob_fp]);
     });
 }
 

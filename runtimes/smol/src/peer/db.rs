@@ -49,6 +49,8 @@ pub struct Db {
     name: String,
     /// For a peer's database: the path its link took.
     pub(crate) path: Option<LinkPath>,
+    /// For a peer's database: the sharer's certificate fingerprint.
+    pub(crate) fingerprint: Option<String>,
 }
 
 /// A live changes feed of a [`Db`] ([`Db::subscribe`]): batches of rows as they happen.
@@ -88,7 +90,16 @@ impl Db {
             kind,
             name: name.to_string(),
             path: None,
+            fingerprint: None,
         }
+    }
+
+    /// For a peer's database, the sharer's certificate fingerprint (canonical, `sha-256
+    /// AB:CD:...`), checked by the link's DTLS handshake: compare it with what the sharer's
+    /// `peerpouch id` (or [`PeerNode::fingerprint`](super::PeerNode::fingerprint)) shows. `None`
+    /// for local and HTTP databases.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
     }
 
     /// For a peer's database, the path its link took when it opened: direct (and the candidate

@@ -40,8 +40,8 @@ const RECV_BATCH: usize = 64;
 const STORE_REQUESTS_PER_ROUND: usize = 16;
 
 pub(crate) type Reply<T> = Sender<T>;
-/// An open's answer: the link and the path it took.
-pub(crate) type Opened = Result<(LinkId, Option<LinkPath>), PeerError>;
+/// An open's answer: the link, the path it took and the sharer's fingerprint.
+pub(crate) type Opened = Result<(LinkId, Option<LinkPath>, Option<String>), PeerError>;
 pub(crate) type Decider = Arc<dyn Fn(&PeerRequest) -> Verdict + Send + Sync>;
 
 /// A database as the driver holds it.
@@ -855,11 +855,16 @@ impl Driver {
     fn on_event(&mut self, e: NodeEvent) {
         match e {
             NodeEvent::Hub(h) => self.on_hub_event(h),
-            NodeEvent::PeerRequested { link, info } => {
+            NodeEvent::PeerRequested {
+                link,
+                info,
+                fingerprint,
+            } => {
                 let request = PeerRequest {
                     share: link.0.clone(),
                     peer: link.1.clone(),
                     info,
+                    fingerprint,
                 };
                 match self.deciders.get(&link.0).cloned() {
                     Some(decide) => {
@@ -878,15 +883,17 @@ impl Driver {
             }
             NodeEvent::LinkReady { link, path } => {
                 let via = path.map(|p| p.to_string()).unwrap_or_default();
-                tracing::info!(share = %link.0, peer = %link.1, path = %via, "link ready");
+                let fingerprint = self.node.remote_fingerprint(&link);
+                tracing::info!(share = %link.0, peer = %link.1, path = %via, fingerprint = fingerprint.as_deref().unwrap_or("-"), "link ready");
                 self.link_event(LinkEvent::Ready {
                     share: link.0.clone(),
                     peer: link.1.clone(),
                     ours: !self.open_waiters.contains_key(&link),
                     path,
+                    fingerprint: fingerprint.clone(),
                 });
                 if let Some(w) = self.open_waiters.remove(&link) {
-                    let _ = w.try_send(Ok((link, path)));
+                    let _ = w.try_send(Ok((link, path, fingerprint)));
                 }
             }
             NodeEvent::LinkClosed { link, reason } => {

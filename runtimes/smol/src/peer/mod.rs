@@ -137,6 +137,11 @@ pub struct PeerRequest {
     pub peer: String,
     /// What the peer says about itself (its `info`).
     pub info: Value,
+    /// The peer's certificate fingerprint (canonical, `sha-256 AB:CD:...`): who it is, stable
+    /// across its runs when it keeps an [`Identity`](crate::Identity). Checked by the DTLS
+    /// handshake: an accepted link whose peer shows another certificate is closed. `None` only
+    /// when its offer names none.
+    pub fingerprint: Option<String>,
 }
 
 /// An answer to a [`PeerRequest`].
@@ -171,6 +176,8 @@ pub enum LinkEvent {
         ours: bool,
         /// The path ICE selected: direct or relayed, and the candidate types.
         path: Option<LinkPath>,
+        /// The other side's certificate fingerprint (canonical).
+        fingerprint: Option<String>,
     },
     /// The link closed.
     Closed {
@@ -284,6 +291,9 @@ pub struct PeerConfig {
     /// How the hub and CouchDB databases ([`PeerNode::http_db`]) are reached over HTTP(S):
     /// timeouts, and CAs trusted for `https://` besides the platform's (a private CA).
     pub http: peerpouch_couch::ClientConfig,
+    /// The node's DTLS certificate: who it is to peers (default: a new one per node; see
+    /// [`PeerConfig::identity`]).
+    pub identity: Option<crate::Identity>,
 }
 
 impl PeerConfig {
@@ -298,6 +308,7 @@ impl PeerConfig {
             node: NodeConfig::default(),
             seed: None,
             http: peerpouch_couch::ClientConfig::default(),
+            identity: None,
         }
     }
 
@@ -392,6 +403,23 @@ impl PeerConfig {
         self
     }
 
+    /// Uses `identity` (kept in a file with [`Identity::load_or_create`](crate::Identity::load_or_create))
+    /// as the node's certificate on every link, so peers see the same fingerprint run after run.
+    ///
+    /// ```
+    /// use peerpouch_smol::{HubSpec, Identity, InProcessHub, PeerConfig, PeerNode};
+    /// let me = Identity::generate()?;
+    /// let node = PeerNode::start_with(PeerConfig::new(HubSpec::InProcess(InProcessHub::new()))
+    ///     .bind("127.0.0.1:0".parse().unwrap())
+    ///     .identity(me.clone()))?;
+    /// assert_eq!(node.fingerprint(), me.fingerprint());
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn identity(mut self, identity: crate::Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
     /// Fixes the seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -407,6 +435,7 @@ pub struct PeerNode {
     addrs: Vec<SocketAddr>,
     hub: String,
     http: peerpouch_couch::ClientConfig,
+    fingerprint: Arc<str>,
 }
 
 /// The node's task, for apps that run it on their own executor: [`PeerNode::with_driver`].
@@ -455,6 +484,22 @@ impl PeerNode {
             .map_err(|e| PeerError::Socket(e.to_string()))?;
         sockets.announce(&config.announce);
         let mut node_config = config.node;
+        // One certificate for all of the node's links: its identity, or one made now (str0m
+        // would make one per link, and the node would have no fingerprint to show).
+        if let Some(id) = &config.identity {
+            node_config.session.dtls_cert = Some(id.cert().clone());
+        }
+        if node_config.session.dtls_cert.is_none() {
+            let made = crate::Identity::generate().map_err(|e| PeerError::Socket(e.to_string()))?;
+            node_config.session.dtls_cert = Some(made.cert().clone());
+        }
+        let fingerprint: Arc<str> = node_config
+            .session
+            .dtls_cert
+            .as_ref()
+            .map(peerpouch::fingerprint::of_cert)
+            .unwrap_or_default()
+            .into();
         node_config.ice_servers = resolve_ice_servers(&config.ice_servers)?;
         node_config.ice_transport_policy = config.ice_transport_policy;
         let seed = match config.seed {
@@ -484,6 +529,7 @@ impl PeerNode {
                 addrs,
                 hub,
                 http: config.http,
+                fingerprint,
             },
             PeerDriver(driver),
         ))
@@ -502,6 +548,12 @@ impl PeerNode {
     /// The hub, described (credentials removed).
     pub fn hub(&self) -> &str {
         &self.hub
+    }
+
+    /// This node's certificate fingerprint (canonical, `sha-256 AB:CD:...`): what peers see
+    /// and may remember.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, PeerError> {
@@ -680,7 +732,7 @@ impl PeerNode {
     ) -> Result<Db, PeerError> {
         let found = self.find_share(share).await?;
         let id = found.id.clone();
-        let (link, path) = self
+        let (link, path, fingerprint) = self
             .ask(|reply| Command::Open {
                 share: id,
                 info,
@@ -691,6 +743,7 @@ impl PeerNode {
         let name = found.name.unwrap_or_else(|| found.id.clone());
         let mut db = Db::new(self.clone(), Target::Remote(link), DbKind::Remote, &name);
         db.path = path;
+        db.fingerprint = fingerprint;
         Ok(db)
     }
 
