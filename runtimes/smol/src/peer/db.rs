@@ -49,6 +49,8 @@ pub struct Db {
     name: String,
     /// For a peer's database: the path its link took.
     pub(crate) path: Option<LinkPath>,
+    /// The database's identity: a local store's own, a peer's from its hello.
+    pub(crate) uuid: Option<String>,
 }
 
 /// A live changes feed of a [`Db`] ([`Db::subscribe`]): batches of rows as they happen.
@@ -88,7 +90,24 @@ impl Db {
             kind,
             name: name.to_string(),
             path: None,
+            uuid: None,
         }
+    }
+
+    /// The database's stable identity ([`DbInfo::db_uuid`]): a local store's own (a SQLite
+    /// file keeps it), a peer's as its sharer's hello gave it. `None` for a CouchDB database
+    /// over HTTP and for a share of an older sharer. Replications name the database by it, so
+    /// their checkpoints are found again after the sharer restarts or under another share name.
+    ///
+    /// ```no_run
+    /// # smol::block_on(async {
+    /// # let node = peerpouch_smol::PeerNode::start(peerpouch_smol::HubSpec::InProcess(peerpouch_smol::InProcessHub::new()))?;
+    /// let remote = node.open("notes", serde_json::json!({})).await?;
+    /// println!("the share's database is {}", remote.db_uuid().unwrap_or("(unknown)"));
+    /// # Ok::<_, peerpouch_smol::PeerError>(()) });
+    /// ```
+    pub fn db_uuid(&self) -> Option<&str> {
+        self.uuid.as_deref()
     }
 
     /// For a peer's database, the path its link took when it opened: direct (and the candidate
@@ -124,8 +143,13 @@ impl Db {
         self.kind
     }
 
-    /// What replications call it (their checkpoint ids derive from it).
+    /// What replications call it (their checkpoint ids derive from it): its identity when it
+    /// has one; otherwise a CouchDB database's URL (as CouchDB's replicator names it), a
+    /// local store's name, or, for an older sharer's database, the share id.
     pub(crate) fn replication_name(&self) -> String {
+        if let Some(uuid) = &self.uuid {
+            return uuid.clone();
+        }
         match &self.target {
             Target::Local(n) if self.kind == DbKind::Local => format!("local:{n}"),
             Target::Local(n) => n.clone(),
