@@ -475,6 +475,7 @@ fn progress_json(event: &str, p: &Progress) -> Value {
         "doc_write_failures": p.doc_write_failures,
         "doc_read_failures": p.doc_read_failures,
         "last_seq": p.last_seq,
+        "checkpointed_seq": p.checkpointed_seq,
     })
 }
 
