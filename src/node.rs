@@ -210,6 +210,11 @@ pub enum NodeError {
     /// From the RPC.
     #[error(transparent)]
     Rpc(#[from] RpcError),
+    /// [`Node::set_db_uuid`] with something that is not a database identity.
+    #[error(
+        "invalid database uuid {0:?}: use 1 to 128 visible ASCII characters, such as 32 hex digits"
+    )]
+    InvalidDbUuid(String),
 }
 
 struct OwnShare {
@@ -277,6 +282,8 @@ pub struct Node {
     /// Since when the node has had no link while its ICE servers were at work.
     ice_idle_since: Option<Instant>,
     shares: BTreeMap<String, OwnShare>,
+    /// Identities of local databases, sent in the hello of links to their shares.
+    db_uuids: BTreeMap<DbId, String>,
     links: BTreeMap<LinkId, Link>,
     reps: BTreeMap<ReplicationId, Rep>,
     next_rep: ReplicationId,
@@ -322,6 +329,7 @@ impl Node {
             relays: Vec::new(),
             ice_idle_since: None,
             shares: BTreeMap::new(),
+            db_uuids: BTreeMap::new(),
             links: BTreeMap::new(),
             reps: BTreeMap::new(),
             next_rep: 1,
@@ -375,6 +383,37 @@ impl Node {
     pub fn add_local_candidate(&mut self, addr: SocketAddr) {
         if !self.addrs.contains(&addr) {
             self.addrs.push(addr);
+        }
+    }
+
+    /// Tells the node local database `db`'s identity ([`crate::DbInfo::db_uuid`]): links to
+    /// its shares opened from now on carry it in their hello, and joiners name the database by
+    /// it in replication ids, so their checkpoints survive a new share id (this node
+    /// restarting) and hold under any share name. Without it the hello has none and joiners
+    /// fall back to the share id.
+    ///
+    /// # Errors
+    /// [`NodeError::InvalidDbUuid`] when `uuid` is not one ([`crate::is_valid_db_uuid`]); the
+    /// node is unchanged.
+    pub fn set_db_uuid(
+        &mut self,
+        db: impl Into<DbId>,
+        uuid: impl Into<String>,
+    ) -> Result<(), NodeError> {
+        let uuid = uuid.into();
+        if !crate::is_valid_db_uuid(&uuid) {
+            return Err(NodeError::InvalidDbUuid(uuid));
+        }
+        self.db_uuids.insert(db.into(), uuid);
+        Ok(())
+    }
+
+    /// The identity of the database behind a link we opened, as its server's hello gave it
+    /// (`None` before the link is ready, for an older sharer, or for links to our shares).
+    pub fn link_db_uuid(&self, link: &LinkId) -> Option<&str> {
+        match self.links.get(link)?.rpc.as_ref()? {
+            Rpc::Client(c) => c.server_hello()?.db_uuid.as_deref(),
+            Rpc::Server(_) => None,
         }
     }
 
@@ -1181,6 +1220,8 @@ impl Node {
                                 c.read_only = self.shares.get(&k.0).is_some_and(|s| s.read_only);
                                 c.frame_size = frame;
                                 c.compress = self.config.rpc_compress;
+                                c.db_uuid =
+                                    l.db.as_ref().and_then(|d| self.db_uuids.get(d)).cloned();
                                 Rpc::Server(RpcServer::new(c, now))
                             }
                             None => {

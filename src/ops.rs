@@ -586,6 +586,29 @@ pub struct DbInfo {
     pub doc_del_count: u64,
     /// The newest sequence.
     pub update_seq: Seq,
+    /// The database's stable identity, when it has one: made once when the database is
+    /// created and kept with it (never in a document, so replication cannot copy it). Two
+    /// handles on one database (a file opened again, a peer's share under any name, after the
+    /// sharer restarted) give the same value, so replication ids built from it find their
+    /// checkpoints. CouchDB over HTTP has none (`None`; its URL stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_uuid: Option<String>,
+}
+
+/// The longest [`DbInfo::db_uuid`] accepted (a UUID is 32 hex digits).
+pub const MAX_DB_UUID_LEN: usize = 128;
+
+/// Whether `uuid` may be a database identity ([`DbInfo::db_uuid`]): 1 to [`MAX_DB_UUID_LEN`]
+/// visible ASCII characters (no spaces or control characters).
+///
+/// ```
+/// use peerpouch::is_valid_db_uuid;
+/// assert!(is_valid_db_uuid("0f8fad5bd9cb469fa16570867728950e"));
+/// assert!(!is_valid_db_uuid(""));
+/// assert!(!is_valid_db_uuid("two words"));
+/// ```
+pub fn is_valid_db_uuid(uuid: &str) -> bool {
+    !uuid.is_empty() && uuid.len() <= MAX_DB_UUID_LEN && uuid.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// A row of `_all_docs`.

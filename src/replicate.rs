@@ -73,8 +73,10 @@ pub struct EndpointRequest {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ReplicatorConfig {
-    /// A stable identity of the source (a database UUID, URL or share id). With `target_id` and
-    /// `doc_ids` it makes the replication id, so checkpoints survive restarts and reconnections.
+    /// A stable identity of the source: its [`DbInfo::db_uuid`] when it has one (a CouchDB
+    /// database over HTTP has none: its URL). With `target_id` and `doc_ids` it makes the
+    /// replication id, so checkpoints survive restarts and reconnections: never use what
+    /// changes between two handles on one database (a share id, a peer id, a path as typed).
     pub source_id: String,
     /// A stable identity of the target.
     pub target_id: String,

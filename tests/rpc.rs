@@ -791,3 +791,82 @@ fn a_stream_batch_larger_than_the_client_accepts_ends_the_subscription() {
     );
     assert!(p.call(Request::Info).is_ok(), "the link still works");
 }
+
+#[test]
+fn the_servers_hello_carries_the_databases_identity() {
+    let mut scfg = ServerConfig::new("share-x", FP_S, FP_C);
+    scfg.db_uuid = Some("0f8fad5bd9cb469fa16570867728950e".into());
+    let p = Pair::new(scfg, ClientConfig::new("share-x", "peer-y", FP_C, FP_S));
+    assert!(p.client.is_ready());
+    let hello = p.client.server_hello().unwrap();
+    assert_eq!(
+        hello.db_uuid.as_deref(),
+        Some("0f8fad5bd9cb469fa16570867728950e")
+    );
+    // A server that does not know it (an older peer, the browser client) sends none.
+    let p = Pair::default();
+    assert!(p.client.is_ready());
+    assert_eq!(p.client.server_hello().unwrap().db_uuid, None);
+}
+
+/// A client that has sent its hello, and the server hello `hello` as frames.
+fn client_and_server_hello(hello: serde_json::Value) -> (RpcClient, Vec<Vec<u8>>) {
+    let now = epoch();
+    let mut c = RpcClient::new(ClientConfig::new("share-x", "p", FP_C, FP_S), now);
+    while c.peek_frame().is_some() {
+        c.advance_frame();
+    }
+    let f = split(Kind::Hello, 0, &serde_json::to_vec(&hello).unwrap(), 16384);
+    (c, f)
+}
+
+#[test]
+fn an_older_servers_hello_without_identity_is_accepted() {
+    // The hello of a build from before identities: no `db_uuid` member at all.
+    let (mut c, f) = client_and_server_hello(json!({"v": 1, "role": "server", "share": "share-x",
+        "peer": "p", "caps": [], "frame": 16384, "max_message": 1000, "max_in_flight": 4}));
+    c.handle_frame(epoch(), &f[0]).unwrap();
+    assert!(c.is_ready());
+    assert_eq!(c.server_hello().unwrap().db_uuid, None);
+}
+
+#[test]
+fn a_malformed_identity_in_the_hello_closes_the_link() {
+    for bad in [
+        json!(""),
+        json!("two words"),
+        json!("x".repeat(MAX_DB_UUID_LEN + 1)),
+    ] {
+        let (mut c, f) = client_and_server_hello(json!({"v": 1, "role": "server",
+            "share": "share-x", "peer": "p", "frame": 16384, "max_message": 1000,
+            "max_in_flight": 4, "db_uuid": bad}));
+        match c.handle_frame(epoch(), &f[0]) {
+            Err(RpcError::Malformed(m)) => assert!(m.contains("db_uuid"), "{m}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+        assert!(!c.is_ready());
+    }
+    let (mut c, f) = client_and_server_hello(json!({"v": 1, "role": "server", "share": "share-x",
+        "peer": "p", "frame": 16384, "max_message": 1000, "db_uuid": 7}));
+    assert!(matches!(
+        c.handle_frame(epoch(), &f[0]),
+        Err(RpcError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_nodes_database_identity_must_be_one() {
+    use peerpouch::node::{Node, NodeConfig, NodeError};
+    let mut node = Node::new(NodeConfig::default(), 1, epoch(), 0);
+    assert_eq!(
+        node.set_db_uuid("notes", "0f8fad5bd9cb469fa16570867728950e"),
+        Ok(())
+    );
+    let bad = node.set_db_uuid("notes", "two words").unwrap_err();
+    assert_eq!(bad, NodeError::InvalidDbUuid("two words".into()));
+    assert!(bad.to_string().contains("invalid database uuid"));
+    assert_eq!(
+        node.link_db_uuid(&("share-x".into(), "peer-y".into())),
+        None
+    );
+}

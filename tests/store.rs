@@ -120,3 +120,72 @@ fn requests_and_responses_round_trip_through_json() {
         json!({"status": 404, "error": "not_found", "reason": "missing"})
     );
 }
+
+#[test]
+fn identity_comes_from_the_seed_or_is_given() {
+    let uuid = |db: MemoryStore| db.uuid();
+    let a = uuid(MemoryStore::new("notes").with_id_seed(1));
+    assert_eq!(a.len(), 32);
+    assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(
+        a,
+        uuid(MemoryStore::new("notes").with_id_seed(1)),
+        "same seed, same identity"
+    );
+    assert_ne!(a, uuid(MemoryStore::new("notes").with_id_seed(2)));
+    assert_ne!(a, uuid(MemoryStore::new("other").with_id_seed(1)));
+    let mut given = MemoryStore::new("notes").with_uuid("given-1").unwrap();
+    assert_eq!(given.info().unwrap().db_uuid.as_deref(), Some("given-1"));
+}
+
+#[test]
+fn a_bad_identity_is_a_typed_error() {
+    for bad in [
+        "",
+        "has space",
+        "tab\there",
+        "é",
+        &"x".repeat(MAX_DB_UUID_LEN + 1),
+    ] {
+        match MemoryStore::new("t").with_uuid(bad) {
+            Err(DbError::BadRequest(reason)) => assert!(reason.contains("invalid database uuid")),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    assert!(MemoryStore::new("t")
+        .with_uuid("x".repeat(MAX_DB_UUID_LEN))
+        .is_ok());
+}
+
+#[test]
+fn the_replication_id_follows_the_identities_not_the_names() {
+    // What the runtimes do: name each side by its identity. A second handle on the same
+    // databases (a restarted sharer, another share name) makes the same id, so a second run
+    // reads only what is new.
+    let mut a = MemoryStore::new("a").with_uuid("aaaa").unwrap();
+    let mut b = MemoryStore::new("b").with_uuid("bbbb").unwrap();
+    for i in 0..10 {
+        a.put(json!({"_id": format!("d{i}")})).unwrap();
+    }
+    let config = |a: &mut MemoryStore, b: &mut MemoryStore| {
+        ReplicatorConfig::new(
+            a.info().unwrap().db_uuid.unwrap(),
+            b.info().unwrap().db_uuid.unwrap(),
+        )
+    };
+    let c = config(&mut a, &mut b);
+    let first = replicate(&mut a, &mut b, c).unwrap();
+    assert_eq!(first.changes_read, 10);
+    a.put(json!({"_id": "new"})).unwrap();
+    let c = config(&mut a, &mut b);
+    let second = replicate(&mut a, &mut b, c).unwrap();
+    assert_eq!((second.changes_read, second.docs_written), (1, 1));
+    assert_eq!(
+        config(&mut a, &mut b).replication_id(),
+        ReplicatorConfig::new("aaaa", "bbbb").replication_id()
+    );
+    assert_ne!(
+        config(&mut a, &mut b).replication_id(),
+        ReplicatorConfig::new("bbbb", "aaaa").replication_id()
+    );
+}

@@ -982,6 +982,7 @@ impl Harness {
             max_in_flight: 0,
             read_only: false,
             proof,
+            db_uuid: None,
         };
         let mut kind = Kind::Hello;
         let mut bytes = None;

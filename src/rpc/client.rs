@@ -164,6 +164,7 @@ impl RpcClient {
                 max_in_flight: 0,
                 read_only: false,
                 proof,
+                db_uuid: None,
             },
         );
         let mut asm = Assembler::new(config.max_message, config.frame_size);
@@ -465,6 +466,13 @@ impl RpcClient {
             (&c.share, &c.remote_fingerprint, &c.local_fingerprint),
             "the server could not prove it holds the share's key",
         )?;
+        if let Some(uuid) = h.db_uuid.as_deref().filter(|u| !crate::is_valid_db_uuid(u)) {
+            return Err(RpcError::Malformed(format!(
+                "hello: db_uuid {:?} is not a database identity (1 to {} visible ASCII characters)",
+                uuid.chars().take(40).collect::<String>(),
+                crate::MAX_DB_UUID_LEN
+            )));
+        }
         self.out
             .set_frame_size(super::agreed_frame(h.frame, self.config.frame_size));
         self.out

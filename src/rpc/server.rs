@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub max_concurrent: usize,
     /// Close if the client's hello has not arrived after this long.
     pub hello_timeout: Duration,
+    /// The served database's identity ([`crate::DbInfo::db_uuid`]), sent in our hello so
+    /// joiners' replication ids survive a new share id; `None` sends none.
+    pub db_uuid: Option<String>,
 }
 
 impl ServerConfig {
@@ -68,6 +71,7 @@ impl ServerConfig {
             window: 1 << 20,
             max_concurrent: 8,
             hello_timeout: Duration::from_secs(10),
+            db_uuid: None,
         }
     }
 }
@@ -428,6 +432,7 @@ impl RpcServer {
                 max_in_flight: self.config.max_in_flight,
                 read_only: self.config.read_only,
                 proof,
+                db_uuid: self.config.db_uuid.clone(),
             },
         );
         self.out.set_compress(compress);

@@ -62,6 +62,12 @@ pub struct Hello {
     /// HMAC-SHA256 proof of the share's access key, bound to both DTLS fingerprints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<String>,
+    /// The served database's stable identity ([`crate::DbInfo::db_uuid`]; server hello only).
+    /// Joiners name the database by it in replication ids, so checkpoints are found again
+    /// after the sharer restarts (new share id) or under another share name. Optional: older
+    /// peers and the browser client send none (joiners then fall back to the share id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_uuid: Option<String>,
 }
 
 /// What a client asks.

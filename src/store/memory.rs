@@ -83,6 +83,8 @@ pub struct MemoryStore {
     revs_limit: usize,
     id_seed: u64,
     ids_generated: u64,
+    /// Set by [`MemoryStore::with_uuid`]; otherwise derived from the name and the id seed.
+    uuid: Option<String>,
 }
 
 impl MemoryStore {
@@ -104,6 +106,7 @@ impl MemoryStore {
             revs_limit: DEFAULT_REVS_LIMIT,
             id_seed: 0,
             ids_generated: 0,
+            uuid: None,
         }
     }
 
@@ -111,6 +114,50 @@ impl MemoryStore {
     pub fn with_id_seed(mut self, seed: u64) -> MemoryStore {
         self.id_seed = seed;
         self
+    }
+
+    /// Gives the database the identity `uuid` ([`DbInfo::db_uuid`]), as a durable store does
+    /// with the one it keeps.
+    ///
+    /// Without it the identity derives from the name and the id seed
+    /// ([`MemoryStore::with_id_seed`]): a driver that seeds from the OS gets a fresh identity
+    /// per store, tests get a fixed one. Stores of one name and seed then share an identity;
+    /// that is safe (a checkpoint counts only when both databases hold it), it only loses the
+    /// resuming that a real identity gives.
+    ///
+    /// ```
+    /// use peerpouch::{Database, MemoryStore};
+    ///
+    /// let mut db = MemoryStore::new("notes").with_uuid("0f8fad5bd9cb469fa16570867728950e")?;
+    /// assert_eq!(db.info()?.db_uuid.as_deref(), Some("0f8fad5bd9cb469fa16570867728950e"));
+    /// # Ok::<_, peerpouch::DbError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`DbError::BadRequest`] when `uuid` is not a valid identity
+    /// ([`crate::is_valid_db_uuid`]: 1 to 128 visible ASCII characters).
+    pub fn with_uuid(mut self, uuid: impl Into<String>) -> Result<MemoryStore, DbError> {
+        let uuid = uuid.into();
+        if !is_valid_db_uuid(&uuid) {
+            return Err(DbError::BadRequest(format!(
+                "invalid database uuid {:?}: use 1 to {MAX_DB_UUID_LEN} visible ASCII characters, \
+                 such as 32 hex digits",
+                uuid.chars().take(40).collect::<String>()
+            )));
+        }
+        self.uuid = Some(uuid);
+        Ok(self)
+    }
+
+    /// The database's stable identity (see [`MemoryStore::with_uuid`]): 32 hex digits unless
+    /// one was given.
+    pub fn uuid(&self) -> String {
+        match &self.uuid {
+            Some(u) => u.clone(),
+            None => {
+                md5_hex(format!("peerpouch-db-uuid\0{}\0{}", self.id_seed, self.name).as_bytes())
+            }
+        }
     }
 
     /// Sets how many ancestors each leaf keeps (CouchDB's `revs_limit`, default 1000).
@@ -1155,6 +1202,7 @@ impl Database for MemoryStore {
                 doc_count: self.doc_count,
                 doc_del_count: self.del_count,
                 update_seq: Seq::from(self.update_seq),
+                db_uuid: Some(self.uuid()),
             }),
             Request::Get(r) => Response::Doc(DocBody {
                 doc: self.get_impl(&r)?,

@@ -23,7 +23,7 @@ macro_rules! conformance_suite {
                 missing_stub_is_refused, replicated_attachment_stub_resolves_by_digest,
                 replicated_stub_keeps_its_content_type, reuploaded_attachment_keeps_its_revpos,
                 local_docs_are_separate, local_docs_in_bulk_docs, bad_input_is_typed_and_harmless,
-                bulk_docs_mixes_results, info_tracks_counts_and_seq);
+                bulk_docs_mixes_results, info_tracks_counts_and_seq, identity_is_stable_and_local_safe);
         }
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1032,4 +1032,25 @@ pub fn info_tracks_counts_and_seq(db: &mut dyn Database) {
     // A refused write moves nothing.
     let _ = db.put(json!({"_id": "b", "v": 2}));
     assert_eq!(db.info().unwrap().update_seq.as_u64(), Some(3));
+}
+
+/// The database's identity (`db_uuid`): there from the start, valid, and unchanged by writes of
+/// documents and `_local` documents (a `_local` document of any id, replication checkpoints
+/// included, is not where it lives).
+pub fn identity_is_stable_and_local_safe(db: &mut dyn Database) {
+    let uuid = db.info().unwrap().db_uuid.expect("a store has an identity");
+    assert!(is_valid_db_uuid(&uuid), "{uuid:?}");
+    put(db, json!({"_id": "a"}));
+    for id in ["_local/db_uuid", "_local/uuid", "_local/_db_uuid"] {
+        db.put_local(
+            id,
+            json!({"db_uuid": "forged", "uuid": "forged"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+    }
+    replicated(db, vec![json!({"_id": "b", "_rev": "1-abc"})]);
+    assert_eq!(db.info().unwrap().db_uuid.as_deref(), Some(uuid.as_str()));
 }

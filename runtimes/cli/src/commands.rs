@@ -20,9 +20,9 @@ use peerpouch_smol::{
 };
 use serde_json::{json, Value};
 
+use crate::peers::{AllowArgs, AllowList, IdentityArgs, PeersError};
 use crate::progress::{human_duration, human_rate, rows_left, ProgressView};
 use crate::stop::{open_local, within, Stop};
-use crate::peers::{AllowArgs, AllowList, IdentityArgs, PeersError};
 use crate::DocsOp;
 
 /// Why a command failed; every one says what to do next.
@@ -705,6 +705,7 @@ fn progress_json(event: &str, p: &Progress) -> Value {
         "doc_write_failures": p.doc_write_failures,
         "doc_read_failures": p.doc_read_failures,
         "last_seq": p.last_seq,
+        "checkpointed_seq": p.checkpointed_seq,
     })
 }
 
@@ -732,9 +733,11 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
     for (e, what) in [(&source, "SOURCE"), (&target, "TARGET")] {
         match e {
             Endpoint::Http(url) => drop(couch_url(url, what, &Default::default())?),
-            Endpoint::Peer { hub, .. } => {
-                drop(couch_url(hub, &format!("{what}'s hub"), &Default::default())?)
-            }
+            Endpoint::Peer { hub, .. } => drop(couch_url(
+                hub,
+                &format!("{what}'s hub"),
+                &Default::default(),
+            )?),
             Endpoint::Path(_) => {}
         }
     }

@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod demo;
+mod peers;
 mod progress;
 mod stop;
-mod peers;
 
 /// Share CouchDB-style databases peer to peer over WebRTC, with a CouchDB server as the
 /// meeting point ("hub").

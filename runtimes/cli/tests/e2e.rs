@@ -294,7 +294,9 @@ fn live_replication_reconnects_when_the_sharer_comes_back() {
     let sharer = share(&hub, &a, &name, &[], None);
     let peer = format!("peer+{hub}#{name}");
     let live = Running::start(&["replicate", &peer, &c, "--live", "--json"], None);
-    live.expect("10 docs written", |v| v["docs_written"] == 10);
+    live.expect("10 docs written and checkpointed on both sides", |v| {
+        v["docs_written"] == 10 && v["checkpointed_seq"] == v["last_seq"]
+    });
 
     // The sharer stops: the live pull loses its link and keeps trying to open the share again.
     let (ok, _) = sharer.interrupt();
@@ -309,6 +311,11 @@ fn live_replication_reconnects_when_the_sharer_comes_back() {
     // share id): the pull finds it, resumes from its checkpoint and picks up the change.
     ok_json(&["docs", &a, "put", r#"{"_id": "late", "v": 8}"#], None);
     let _sharer = share(&hub, &a, &name, &[], None);
+    let restarted = live.expect("the second run", |v| v["event"] == "started");
+    assert_ne!(
+        restarted["since"], 0,
+        "resumed from the checkpoint: {restarted}"
+    );
     live.expect("the late doc", |v| v["docs_written"] == 11);
 
     let (ok, rest) = live.interrupt();
@@ -316,8 +323,97 @@ fn live_replication_reconnects_when_the_sharer_comes_back() {
     let summary = rest.last().unwrap();
     assert_eq!(summary["event"], "completed");
     assert_eq!(summary["docs_written"], 11, "resumed, not started over");
+    // 10 changes in the first run, only the new one in the second (not all 11 again).
+    assert_eq!(summary["changes_read"], 11, "{summary}");
     assert_eq!(ok_json(&["docs", &c, "get", "late"], None)[0]["v"], 8);
     assert_eq!(doc_count(&c), 11);
+}
+
+/// The `completed` summary of a one-shot `replicate --json`.
+fn pull(source: &str, target: &str) -> Value {
+    let out = ok_json(&["replicate", source, target, "--json"], None);
+    let last = out.last().unwrap().clone();
+    assert_eq!(last["event"], "completed", "{out:?}");
+    last
+}
+
+fn db_uuid(path: &str) -> String {
+    let info = ok_json(&["docs", path, "info"], None).remove(0);
+    info["db_uuid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no db_uuid in {info}"))
+        .to_string()
+}
+
+#[test]
+fn a_restarted_sharer_is_resumed_from_its_checkpoint() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, copy) = (dir.db("a.db"), dir.db("copy.db"));
+    seed(&a, 300);
+    let uuid = db_uuid(&a);
+    assert_eq!(uuid.len(), 32, "{uuid}");
+    let name = unique("restart");
+    let sharer = share(&hub, &a, &name, &[], None);
+    let peer = format!("peer+{hub}#{name}");
+    let first = pull(&peer, &copy);
+    assert_eq!(
+        (
+            first["changes_read"].as_u64(),
+            first["docs_written"].as_u64()
+        ),
+        (Some(300), Some(300))
+    );
+    assert_ne!(db_uuid(&copy), uuid, "another file is another database");
+
+    // The sharer stops (Ctrl-C), the file gets three new documents, and it is shared again: a
+    // new share id, the same file. The pull reads only the new changes.
+    let (ok, _) = sharer.interrupt();
+    assert!(ok);
+    for i in 0..3 {
+        ok_json(
+            &[
+                "docs",
+                &a,
+                "put",
+                &json!({"_id": format!("new-{i}")}).to_string(),
+            ],
+            None,
+        );
+    }
+    let sharer = share(&hub, &a, &name, &[], None);
+    let second = pull(&peer, &copy);
+    assert_eq!(
+        second["changes_read"], 3,
+        "resumed from the checkpoint: {second}"
+    );
+    assert_eq!(second["docs_written"], 3);
+    assert_eq!(doc_count(&copy), 303);
+
+    // Killed (SIGKILL: its share document stays behind on the hub), two more documents, and
+    // shared under another name: the same file under any name is the same database.
+    drop(sharer);
+    for i in 3..5 {
+        ok_json(
+            &[
+                "docs",
+                &a,
+                "put",
+                &json!({"_id": format!("new-{i}")}).to_string(),
+            ],
+            None,
+        );
+    }
+    assert_eq!(db_uuid(&a), uuid, "the file keeps its identity");
+    let other = unique("renamed");
+    let sharer = share(&hub, &a, &other, &[], None);
+    let third = pull(&format!("peer+{hub}#{other}"), &copy);
+    assert_eq!(third["changes_read"], 2, "{third}");
+    assert_eq!(third["docs_written"], 2);
+    assert_eq!(doc_count(&copy), 305);
+    let (ok, _) = sharer.interrupt();
+    assert!(ok);
+    assert_eq!(all_docs(&a)["rows"], all_docs(&copy)["rows"]);
 }
 
 #[test]

@@ -54,7 +54,10 @@ fn command(args: &[&str]) -> Command {
     c.args(args)
         .env("PEERPOUCH_BIND", "127.0.0.1:0")
         // Identities made by default go to the build's temporary directory, not the home.
-        .env("XDG_CONFIG_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("exit-config"))
+        .env(
+            "XDG_CONFIG_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("exit-config"),
+        )
         .env_remove("PEERPOUCH_IDENTITY");
     c
 }

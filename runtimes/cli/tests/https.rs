@@ -263,7 +263,10 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
         // Tests send traffic to loopback only, whatever the product's default (every interface).
         .env("PEERPOUCH_BIND", "127.0.0.1:0")
         // Identities made by default go to the build's temporary directory, not the home.
-        .env("XDG_CONFIG_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("https-config"))
+        .env(
+            "XDG_CONFIG_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("https-config"),
+        )
         .env_remove("PEERPOUCH_IDENTITY")
         // Only what each test gives: never a CA file from the environment running the tests.
         .env_remove("PEERPOUCH_CA_FILE")

@@ -422,6 +422,9 @@ impl CouchClient {
             doc_count: w.doc_count.unwrap_or(0),
             doc_del_count: w.doc_del_count.unwrap_or(0),
             update_seq,
+            // CouchDB has no identity per database (`instance_start_time` is "0" since 2.0):
+            // replications name it by its URL, as CouchDB's own replicator does.
+            db_uuid: None,
         })
     }
 

@@ -179,6 +179,50 @@ fn share_watch_open_and_replicate_both_ways() {
 }
 
 #[test]
+fn a_share_is_known_by_its_databases_identity_under_any_share_id_or_name() {
+    let (alice, bob) = pair();
+    within(60, "the exchange", async {
+        let uuid = "0f8fad5bd9cb469fa16570867728950e";
+        let store = MemoryStore::new("notes").with_uuid(uuid).unwrap();
+        let notes = alice.add_db("notes", store).await.unwrap();
+        assert_eq!(notes.db_uuid(), Some(uuid));
+        let docs: Vec<Value> = (0..20)
+            .map(|i| json!({"_id": format!("d{i:02}")}))
+            .collect();
+        notes.bulk_docs(docs, true).await.unwrap();
+        let first = alice
+            .share(&notes, ShareConfig::new().name("first"))
+            .await
+            .unwrap();
+        let remote = bob.open("first", Value::Null).await.unwrap();
+        assert_eq!(remote.db_uuid(), Some(uuid), "the sharer's hello gave it");
+        let copy = bob.add_db("copy", MemoryStore::new("copy")).await.unwrap();
+        let p = once(&bob, &remote, &copy).await;
+        assert_eq!((p.changes_read, p.docs_written), (20, 20));
+
+        // The same database again under a new share id and another name (as after the sharer
+        // restarted): the checkpoint is found, only the new changes are read.
+        alice.unshare(&first).await.unwrap();
+        notes.put(json!({"_id": "new-1"})).await.unwrap();
+        notes.put(json!({"_id": "new-2"})).await.unwrap();
+        let second = alice
+            .share(&notes, ShareConfig::new().name("second"))
+            .await
+            .unwrap();
+        assert_ne!(second, first);
+        let again = bob.open("second", Value::Null).await.unwrap();
+        assert_eq!(again.db_uuid(), Some(uuid));
+        let p = once(&bob, &again, &copy).await;
+        assert_eq!((p.changes_read, p.docs_written), (2, 2));
+        assert_eq!(copy.info().await.unwrap().doc_count, 22);
+    });
+    within(10, "shutdown", async {
+        alice.shutdown().await;
+        bob.shutdown().await;
+    });
+}
+
+#[test]
 fn ask_sees_the_peers_info_and_refuses_strangers() {
     let (alice, bob) = pair();
     within(60, "the refusal", async {

@@ -131,6 +131,29 @@ pub(crate) fn migrate(tx: &Transaction<'_>, from: u32, new: &Creation<'_>) -> ru
     Ok(())
 }
 
+/// The `meta` key of the database's identity ([`peerpouch::DbInfo::db_uuid`]).
+///
+/// Added after version 1 without a new version: an older build opens such a file as before,
+/// never reads the key and never removes it. A file without it (made by an older build) gets
+/// one when it is next opened, in the same transaction as any migration.
+pub(crate) const META_UUID: &str = "db_uuid";
+
+/// Gives the file the identity `uuid` unless it already has one; returns the file's identity.
+pub(crate) fn ensure_uuid(
+    tx: &Transaction<'_>,
+    uuid: impl FnOnce() -> String,
+) -> rusqlite::Result<String> {
+    if let Some(existing) = meta::<String>(tx, META_UUID)? {
+        return Ok(existing);
+    }
+    let uuid = uuid();
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+        (META_UUID, &uuid),
+    )?;
+    Ok(uuid)
+}
+
 /// Reads one `meta` value.
 pub(crate) fn meta<T: rusqlite::types::FromSql>(
     conn: &Connection,

@@ -96,6 +96,7 @@ pub struct OpenOptions {
     id_seed: Option<u64>,
     revs_limit: Option<usize>,
     durability: Durability,
+    uuid: Option<String>,
 }
 
 impl OpenOptions {
@@ -121,6 +122,15 @@ impl OpenOptions {
     /// How many ancestors each leaf keeps, for a new file (CouchDB's `revs_limit`).
     pub fn revs_limit(mut self, limit: usize) -> OpenOptions {
         self.revs_limit = Some(limit.max(1));
+        self
+    }
+
+    /// The identity ([`peerpouch::DbInfo::db_uuid`]) of a new file, or of an existing file
+    /// that has none yet (made by an older build); default: 32 random hex digits. A file keeps
+    /// its identity for good, so replications with it resume from their checkpoints however it
+    /// is reached. Tests pass a constant.
+    pub fn uuid(mut self, uuid: impl Into<String>) -> OpenOptions {
+        self.uuid = Some(uuid.into());
         self
     }
 
@@ -156,6 +166,14 @@ pub enum OpenError {
         found: u32,
         /// The newest version this build reads ([`FORMAT_VERSION`]).
         supported: u32,
+    },
+    /// [`OpenOptions::uuid`] is not a valid identity. Nothing was written.
+    #[error("invalid database uuid {uuid:?} for {path}: use 1 to {max} visible ASCII characters, such as 32 hex digits", max = peerpouch::MAX_DB_UUID_LEN)]
+    InvalidUuid {
+        /// The file.
+        path: PathBuf,
+        /// The identity given.
+        uuid: String,
     },
     /// Another process (or another store in this one) has the file open.
     #[error("{path} is open elsewhere (SQLite lock held); close the other store first")]
@@ -272,6 +290,16 @@ impl SqliteStore {
         options: OpenOptions,
     ) -> Result<SqliteStore, OpenError> {
         let path = path.as_ref().to_path_buf();
+        if let Some(uuid) = options
+            .uuid
+            .as_ref()
+            .filter(|u| !peerpouch::is_valid_db_uuid(u))
+        {
+            return Err(OpenError::InvalidUuid {
+                path,
+                uuid: uuid.clone(),
+            });
+        }
         let err = |e| OpenError::sqlite(&path, e);
         // Identify the file before anything can write to it (setting WAL mode alone would
         // change its header): from its first 100 bytes when they decide, else on a connection
@@ -336,6 +364,8 @@ impl SqliteStore {
             };
             format::migrate(&tx, version, &creation).map_err(err)?;
         }
+        format::ensure_uuid(&tx, || options.uuid.clone().unwrap_or_else(random_uuid))
+            .map_err(err)?;
         tx.commit().map_err(err)?;
         let mem = load(&conn).map_err(|e| match e {
             LoadError::Sqlite(e) => err(e),
@@ -361,6 +391,11 @@ impl SqliteStore {
     /// The database name.
     pub fn name(&self) -> &str {
         self.mem.name()
+    }
+
+    /// The database's identity ([`peerpouch::DbInfo::db_uuid`]), kept in the file.
+    pub fn uuid(&self) -> String {
+        self.mem.uuid()
     }
 
     /// The newest sequence number (0 for an empty database): see
@@ -492,6 +527,18 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
+/// 128 bits from the OS as 32 hex digits (a CouchDB UUID's shape); should the OS refuse,
+/// two [`random_seed`]s.
+fn random_uuid() -> String {
+    let mut bytes = [0u8; 16];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        tracing::warn!(error = %e, "no OS randomness for a database uuid; using a hashed seed");
+        bytes[..8].copy_from_slice(&random_seed().to_le_bytes());
+        bytes[8..].copy_from_slice(&random_seed().to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One transaction: the touched documents, `_local` documents, attachment bytes that appeared
 /// or were freed, and the generated-id counter.
 fn persist(
@@ -572,9 +619,13 @@ fn load(conn: &Connection) -> Result<MemoryStore, LoadError> {
     let limit: i64 = format::meta(conn, "revs_limit")?.ok_or_else(|| damaged("no revs_limit"))?;
     let ids: i64 =
         format::meta(conn, "ids_generated")?.ok_or_else(|| damaged("no ids_generated"))?;
+    let uuid: String =
+        format::meta(conn, format::META_UUID)?.ok_or_else(|| damaged("no db_uuid"))?;
     let mut mem = MemoryStore::new(name)
         .with_id_seed(seed as u64)
-        .with_revs_limit(usize::try_from(limit).unwrap_or(DEFAULT_REVS_LIMIT));
+        .with_revs_limit(usize::try_from(limit).unwrap_or(DEFAULT_REVS_LIMIT))
+        .with_uuid(uuid)
+        .map_err(|e| LoadError::Damaged(e.reason().to_string()))?;
     mem.restore_ids_generated(ids as u64);
     let mut blobs = conn.prepare("SELECT digest, content_type, data FROM attachments")?;
     let mut rows = blobs.query([])?;

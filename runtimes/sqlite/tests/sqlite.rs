@@ -346,3 +346,100 @@ fn power_loss_durability_opens_and_writes() {
     assert_eq!(db.open_revs(r).unwrap().len(), 1);
     assert_eq!(db.get("a").unwrap()["_rev"], rev.to_string());
 }
+
+fn meta_uuid(path: &Path) -> Option<String> {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row("SELECT value FROM meta WHERE key = 'db_uuid'", [], |r| {
+        r.get(0)
+    })
+    .ok()
+}
+
+#[test]
+fn a_file_keeps_its_identity() {
+    let (_dir, path) = temp();
+    let first = SqliteStore::open(&path).unwrap();
+    let uuid = first.uuid();
+    assert_eq!(uuid.len(), 32);
+    assert!(uuid.bytes().all(|b| b.is_ascii_hexdigit()), "{uuid}");
+    drop(first);
+    assert_eq!(meta_uuid(&path).as_deref(), Some(uuid.as_str()));
+    // Reopened, even with another identity asked for: the file's own stays.
+    let mut again = SqliteStore::open_with(&path, OpenOptions::new().uuid("other")).unwrap();
+    assert_eq!(
+        again.info().unwrap().db_uuid.as_deref(),
+        Some(uuid.as_str())
+    );
+    // `_local` documents (replication checkpoints) live elsewhere and cannot touch it.
+    again
+        .put_local(
+            "db_uuid",
+            json!({"db_uuid": "forged"}).as_object().unwrap().clone(),
+        )
+        .unwrap();
+    drop(again);
+    assert_eq!(SqliteStore::open(&path).unwrap().uuid(), uuid);
+    // Another file is another database.
+    let (_dir2, path2) = temp();
+    assert_ne!(SqliteStore::open(&path2).unwrap().uuid(), uuid);
+    // A given identity is a new file's.
+    let (_dir3, path3) = temp();
+    let given = SqliteStore::open_with(&path3, OpenOptions::new().uuid("given-uuid")).unwrap();
+    assert_eq!(given.uuid(), "given-uuid");
+}
+
+#[test]
+fn a_file_without_an_identity_gets_one_on_open() {
+    // What a build from before identities made: format version 1, no `db_uuid` in `meta`.
+    let (_dir, path) = temp();
+    let rev = {
+        let mut db = SqliteStore::open(&path).unwrap();
+        db.put(json!({"_id": "a"})).unwrap()
+    };
+    Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM meta WHERE key = 'db_uuid'", [])
+        .unwrap();
+    assert_eq!(meta_uuid(&path), None);
+    let mut db = SqliteStore::open_with(&path, OpenOptions::new().uuid("from-options")).unwrap();
+    assert_eq!(db.uuid(), "from-options");
+    assert_eq!(db.get("a").unwrap()["_rev"], rev.to_string());
+    drop(db);
+    assert_eq!(meta_uuid(&path).as_deref(), Some("from-options"));
+    // Still format version 1: an older build opens it as before and ignores the key.
+    assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
+    assert_eq!(FORMAT_VERSION, 1);
+    // Without options, a random one; kept from then on.
+    Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM meta WHERE key = 'db_uuid'", [])
+        .unwrap();
+    let made = SqliteStore::open(&path).unwrap().uuid();
+    assert_eq!(made.len(), 32);
+    assert_eq!(SqliteStore::open(&path).unwrap().uuid(), made);
+}
+
+#[test]
+fn a_bad_identity_is_refused() {
+    let (_dir, path) = temp();
+    match SqliteStore::open_with(&path, OpenOptions::new().uuid("two words")) {
+        Err(e @ OpenError::InvalidUuid { .. }) => {
+            assert!(e.to_string().contains("invalid database uuid"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!path.exists(), "nothing was created");
+    // A damaged identity in the file is reported, not served.
+    drop(SqliteStore::open(&path).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE meta SET value = 'not valid' WHERE key = 'db_uuid'",
+            [],
+        )
+        .unwrap();
+    match SqliteStore::open(&path) {
+        Err(OpenError::Damaged { detail, .. }) => assert!(detail.contains("uuid"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -51,6 +51,8 @@ pub struct Db {
     pub(crate) path: Option<LinkPath>,
     /// For a peer's database: the sharer's certificate fingerprint.
     pub(crate) fingerprint: Option<String>,
+    /// The database's identity: a local store's own, a peer's from its hello.
+    pub(crate) uuid: Option<String>,
 }
 
 /// A live changes feed of a [`Db`] ([`Db::subscribe`]): batches of rows as they happen.
@@ -91,6 +93,7 @@ impl Db {
             name: name.to_string(),
             path: None,
             fingerprint: None,
+            uuid: None,
         }
     }
 
@@ -100,6 +103,22 @@ impl Db {
     /// for local and HTTP databases.
     pub fn fingerprint(&self) -> Option<&str> {
         self.fingerprint.as_deref()
+    }
+
+    /// The database's stable identity ([`DbInfo::db_uuid`]): a local store's own (a SQLite
+    /// file keeps it), a peer's as its sharer's hello gave it. `None` for a CouchDB database
+    /// over HTTP and for a share of an older sharer. Replications name the database by it, so
+    /// their checkpoints are found again after the sharer restarts or under another share name.
+    ///
+    /// ```no_run
+    /// # smol::block_on(async {
+    /// # let node = peerpouch_smol::PeerNode::start(peerpouch_smol::HubSpec::InProcess(peerpouch_smol::InProcessHub::new()))?;
+    /// let remote = node.open("notes", serde_json::json!({})).await?;
+    /// println!("the share's database is {}", remote.db_uuid().unwrap_or("(unknown)"));
+    /// # Ok::<_, peerpouch_smol::PeerError>(()) });
+    /// ```
+    pub fn db_uuid(&self) -> Option<&str> {
+        self.uuid.as_deref()
     }
 
     /// For a peer's database, the path its link took when it opened: direct (and the candidate
@@ -135,8 +154,13 @@ impl Db {
         self.kind
     }
 
-    /// What replications call it (their checkpoint ids derive from it).
+    /// What replications call it (their checkpoint ids derive from it): its identity when it
+    /// has one; otherwise a CouchDB database's URL (as CouchDB's replicator names it), a
+    /// local store's name, or, for an older sharer's database, the share id.
     pub(crate) fn replication_name(&self) -> String {
+        if let Some(uuid) = &self.uuid {
+            return uuid.clone();
+        }
         match &self.target {
             Target::Local(n) if self.kind == DbKind::Local => format!("local:{n}"),
             Target::Local(n) => n.clone(),

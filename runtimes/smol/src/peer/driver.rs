@@ -40,8 +40,10 @@ const RECV_BATCH: usize = 64;
 const STORE_REQUESTS_PER_ROUND: usize = 16;
 
 pub(crate) type Reply<T> = Sender<T>;
-/// An open's answer: the link, the path it took and the sharer's fingerprint.
-pub(crate) type Opened = Result<(LinkId, Option<LinkPath>, Option<String>), PeerError>;
+/// An open's answer: the link, the path it took, the sharer's fingerprint and the shared
+/// database's identity (from the sharer's hello; `None` from an older sharer).
+pub(crate) type Opened =
+    Result<(LinkId, Option<LinkPath>, Option<String>, Option<String>), PeerError>;
 pub(crate) type Decider = Arc<dyn Fn(&PeerRequest) -> Verdict + Send + Sync>;
 
 /// A database as the driver holds it.
@@ -72,6 +74,8 @@ pub(crate) enum Command {
     AddDb {
         name: String,
         slot: Slot,
+        /// Its identity, sent in the hello of links to its shares.
+        uuid: Option<String>,
     },
     Exec {
         target: Target,
@@ -720,7 +724,12 @@ impl Driver {
 
     fn on_command_with_hub(&mut self, now: Instant, c: Command) {
         match c {
-            Command::AddDb { name, slot } => {
+            Command::AddDb { name, slot, uuid } => {
+                if let Some(uuid) = uuid {
+                    if let Err(e) = self.node.set_db_uuid(name.clone(), uuid) {
+                        tracing::warn!(db = %name, error = %e, "its shares go without identity");
+                    }
+                }
                 self.dbs.insert(name, slot);
             }
             Command::Exec {
@@ -893,7 +902,8 @@ impl Driver {
                     fingerprint: fingerprint.clone(),
                 });
                 if let Some(w) = self.open_waiters.remove(&link) {
-                    let _ = w.try_send(Ok((link, path, fingerprint)));
+                    let uuid = self.node.link_db_uuid(&link).map(String::from);
+                    let _ = w.try_send(Ok((link, path, fingerprint, uuid)));
                 }
             }
             NodeEvent::LinkClosed { link, reason } => {

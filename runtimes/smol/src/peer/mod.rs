@@ -573,9 +573,11 @@ impl PeerNode {
     pub async fn add_db(
         &self,
         name: &str,
-        db: impl Database + Send + 'static,
+        mut db: impl Database + Send + 'static,
     ) -> Result<Db, PeerError> {
-        self.add_slot(name, Slot::Inline(Box::new(db)), DbKind::Local)
+        // A store answers at once; its identity never changes while it is open.
+        let uuid = db.info().ok().and_then(|i| i.db_uuid);
+        self.add_slot(name, Slot::Inline(Box::new(db)), DbKind::Local, uuid)
             .await
     }
 
@@ -595,24 +597,28 @@ impl PeerNode {
                 .await
                 .map_err(PeerError::Http)?;
         }
-        self.add_slot(&name, Slot::Http(Box::new(client)), DbKind::Http)
+        self.add_slot(&name, Slot::Http(Box::new(client)), DbKind::Http, None)
             .await
     }
 
-    async fn add_slot(&self, name: &str, slot: Slot, kind: DbKind) -> Result<Db, PeerError> {
+    async fn add_slot(
+        &self,
+        name: &str,
+        slot: Slot,
+        kind: DbKind,
+        uuid: Option<String>,
+    ) -> Result<Db, PeerError> {
         self.commands
             .send(Command::AddDb {
                 name: name.to_string(),
                 slot,
+                uuid: uuid.clone(),
             })
             .await
             .map_err(|_| PeerError::Stopped)?;
-        Ok(Db::new(
-            self.clone(),
-            Target::Local(name.to_string()),
-            kind,
-            name,
-        ))
+        let mut db = Db::new(self.clone(), Target::Local(name.to_string()), kind, name);
+        db.uuid = uuid;
+        Ok(db)
     }
 
     /// Shares a local database on the hub; returns the share id once the share document is on
@@ -732,7 +738,7 @@ impl PeerNode {
     ) -> Result<Db, PeerError> {
         let found = self.find_share(share).await?;
         let id = found.id.clone();
-        let (link, path, fingerprint) = self
+        let (link, path, fingerprint, uuid) = self
             .ask(|reply| Command::Open {
                 share: id,
                 info,
@@ -744,6 +750,7 @@ impl PeerNode {
         let mut db = Db::new(self.clone(), Target::Remote(link), DbKind::Remote, &name);
         db.path = path;
         db.fingerprint = fingerprint;
+        db.uuid = uuid;
         Ok(db)
     }
 
