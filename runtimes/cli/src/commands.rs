@@ -432,6 +432,13 @@ pub struct ReplicateArgs {
     /// What the sharer sees about us (JSON).
     #[arg(long)]
     pub info: Option<String>,
+    /// Give up on a share whose sharer sends nothing back within this many seconds: it is
+    /// probably stale (its sharer crashed).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub answer_timeout: u64,
+    /// Wait this many seconds for a sharer that asks (`share --ask`) to accept us.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub approval_timeout: u64,
     #[command(flatten)]
     pub link: LinkArgs,
 }
@@ -451,9 +458,25 @@ async fn open_endpoint(
         }
         Endpoint::Http(url) => Ok(node.http_db(url, is_target).await?),
         Endpoint::Peer { share, .. } => {
-            let db = node
-                .open_with_key(share, info.clone(), key.map(|k| k.as_bytes().to_vec()))
-                .await?;
+            // Say so while a sharer that asks its user decides.
+            let links = node.watch_links().await?;
+            let waiting = async {
+                while let Ok(e) = links.recv().await {
+                    if let LinkEvent::AwaitingApproval { peer, .. } = e {
+                        if json_out {
+                            print_json(
+                                &json!({"event": "awaiting_approval", "share": share, "peer": peer}),
+                            );
+                        } else {
+                            eprintln!("waiting for the sharer to accept");
+                        }
+                    }
+                }
+                future::pending().await
+            };
+            let opening =
+                node.open_with_key(share, info.clone(), key.map(|k| k.as_bytes().to_vec()));
+            let db = future::or(opening, waiting).await?;
             if json_out {
                 print_json(
                     &json!({"event": "link_ready", "share": share, "path": path_json(db.path())}),
@@ -462,6 +485,56 @@ async fn open_endpoint(
                 eprintln!("{}", path_line(db.path()));
             }
             Ok(db)
+        }
+    }
+}
+
+/// [`open_endpoint`], except that with `--live` a share that is not on the hub yet is waited
+/// for (as after a disconnect) instead of failing; Ctrl-C ends the wait.
+#[allow(clippy::too_many_arguments)]
+async fn open_endpoint_live(
+    node: &PeerNode,
+    e: &Endpoint,
+    is_target: bool,
+    info: &Value,
+    key: Option<&str>,
+    json_out: bool,
+    live: bool,
+    interrupted: &Receiver<()>,
+) -> Result<Db, CliError> {
+    let share = match e {
+        Endpoint::Peer { share, .. } if live => share,
+        _ => return open_endpoint(node, e, is_target, info, key, json_out).await,
+    };
+    // Watch first, so that a share appearing after the failed open is not missed.
+    let changes = node.watch_shares().await?;
+    let mut said = false;
+    loop {
+        match open_endpoint(node, e, is_target, info, key, json_out).await {
+            Err(CliError::Peer(PeerError::UnknownShare(_))) => {}
+            other => return other,
+        }
+        if !std::mem::replace(&mut said, true) {
+            if json_out {
+                print_json(&json!({"event": "waiting_for_share", "share": share}));
+            } else {
+                eprintln!("no share {share:?} on the hub yet: waiting for it (Ctrl-C to stop)");
+            }
+        }
+        loop {
+            match next_or_interrupt(&changes, interrupted).await {
+                Some(ShareChange::Added(s))
+                    if s.id == *share || s.name.as_deref() == Some(share.as_str()) =>
+                {
+                    break
+                }
+                Some(_) => {}
+                None => {
+                    return Err(CliError::Failed(format!(
+                        "stopped while waiting for share {share:?} to appear: nothing replicated"
+                    )))
+                }
+            }
         }
     }
 }
@@ -516,15 +589,22 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                     .into(),
             )),
         };
-    let config = args.link.config(hub)?;
+    let config = args
+        .link
+        .config(hub)?
+        .answer_timeout(Duration::from_secs(args.answer_timeout))
+        .approval_timeout(Duration::from_secs(args.approval_timeout));
     let interrupted = interrupts();
     let bar = !args.json && std::io::stderr().is_terminal();
     smol::block_on(async {
         let node = PeerNode::start_with(config)?;
         let result = async {
             let key = args.key.as_deref();
-            let mut src = open_endpoint(&node, &source, false, &info, key, args.json).await?;
-            let mut tgt = open_endpoint(&node, &target, true, &info, key, args.json).await?;
+            let (live, int) = (args.live, &interrupted);
+            let mut src =
+                open_endpoint_live(&node, &source, false, &info, key, args.json, live, int).await?;
+            let mut tgt =
+                open_endpoint_live(&node, &target, true, &info, key, args.json, live, int).await?;
             let options = ReplicateOptions {
                 live: args.live,
                 ..Default::default()
