@@ -434,10 +434,10 @@ pub struct ReplicateArgs {
     pub info: Option<String>,
     /// Give up on a share whose sharer sends nothing back within this many seconds: it is
     /// probably stale (its sharer crashed).
-    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub answer_timeout: u64,
     /// Wait this many seconds for a sharer that asks (`share --ask`) to accept us.
-    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub approval_timeout: u64,
     #[command(flatten)]
     pub link: LinkArgs,

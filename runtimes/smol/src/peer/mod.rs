@@ -100,7 +100,7 @@ pub enum PeerError {
     /// ([`PeerConfig::answer_timeout`]): its process probably died and its share document
     /// waits to expire.
     #[error(
-        "the sharer is not answering (its share may be stale): no answer to our offer within          {waited:?}; check that the sharer still runs, or wait until its share expires from          the list (`peerpouch shares`)"
+        "the sharer is not answering (its share may be stale): no answer to our offer within {waited:?}; check that the sharer still runs, or wait until its share leaves the list of shares"
     )]
     NotAnswering {
         /// How long we waited.
@@ -109,7 +109,7 @@ pub enum PeerError {
     /// The sharer asks a person before letting peers in, and nobody accepted us within the
     /// approval timeout ([`PeerConfig::approval_timeout`]).
     #[error(
-        "not accepted in time: the sharer did not accept us within {waited:?}; ask them to          answer their prompt, or wait longer (a longer approval timeout)"
+        "not accepted in time: the sharer did not accept us within {waited:?}; ask them to answer their prompt, or wait longer (a longer approval timeout)"
     )]
     NotAccepted {
         /// How long we waited.
