@@ -17,6 +17,13 @@
 //!
 //! After every input, drain `poll_action` and `poll_event` until they return `None`.
 //!
+//! Waiting is bounded by what is waited for. A joiner whose offer is on the hub gives up on a
+//! sharer that sends nothing back within [`HubConfig::answer_timeout`]
+//! ([`HubEvent::NotAnswering`]: a stale share). A sharer that asks a person calls
+//! [`Hub::defer`], which tells the joiner ([`HubEvent::AwaitingApproval`]); the joiner then
+//! waits up to [`HubConfig::approval_timeout`] ([`HubEvent::NotAccepted`]) and reports
+//! [`HubEvent::Accepted`] when the answer comes.
+//!
 //! Stale state is bounded: shares carry an expiry (`expires_at`, wall-clock milliseconds) that
 //! the sharer refreshes; listings hide expired shares; a sharer periodically deletes expired
 //! shares and signals older than [`HubConfig::signal_max_age`]. Documents that are malformed or
