@@ -489,8 +489,9 @@ async fn open_endpoint(
     }
 }
 
-/// [`open_endpoint`], except that with `--live` a share that is not on the hub yet is waited
-/// for (as after a disconnect) instead of failing; Ctrl-C ends the wait.
+/// [`open_endpoint`], except that opening a share ends on Ctrl-C (a sharer that asks its user
+/// may take minutes), and with `--live` a share that is not on the hub yet is waited for (as
+/// after a disconnect) instead of failing.
 #[allow(clippy::too_many_arguments)]
 async fn open_endpoint_live(
     node: &PeerNode,
@@ -503,14 +504,28 @@ async fn open_endpoint_live(
     interrupted: &Receiver<()>,
 ) -> Result<Db, CliError> {
     let share = match e {
-        Endpoint::Peer { share, .. } if live => share,
+        Endpoint::Peer { share, .. } => share,
         _ => return open_endpoint(node, e, is_target, info, key, json_out).await,
     };
+    let open = || {
+        future::or(
+            open_endpoint(node, e, is_target, info, key, json_out),
+            async {
+                let _ = interrupted.recv().await;
+                Err(CliError::Failed(format!(
+                    "stopped while opening share {share:?}: nothing replicated"
+                )))
+            },
+        )
+    };
+    if !live {
+        return open().await;
+    }
     // Watch first, so that a share appearing after the failed open is not missed.
     let changes = node.watch_shares().await?;
     let mut said = false;
     loop {
-        match open_endpoint(node, e, is_target, info, key, json_out).await {
+        match open().await {
             Err(CliError::Peer(PeerError::UnknownShare(_))) => {}
             other => return other,
         }

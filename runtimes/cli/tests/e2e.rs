@@ -484,6 +484,28 @@ fn a_joiner_says_it_waits_for_the_sharer_to_accept_and_connects_when_it_does() {
     assert!(err.contains("waiting for the sharer to accept"), "{err}");
     assert!(err.contains("not accepted in time"), "{err}");
     assert!(!err.contains("ConnectTimeout"), "{err}");
+
+    // Ctrl-C ends the wait at once, however long the approval timeout.
+    let joiner = Running::start(
+        &[
+            "replicate",
+            &peer,
+            &b,
+            "--json",
+            "--approval-timeout",
+            "600",
+        ],
+        None,
+    );
+    joiner.expect("the waiting line", |v| v["event"] == "awaiting_approval");
+    let asked = std::time::Instant::now();
+    let (ok, _) = joiner.interrupt();
+    assert!(!ok, "nothing was replicated");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
     drop(answers);
 }
 
