@@ -493,7 +493,7 @@ async fn open_endpoint(
 /// may take minutes), and with `--live` a share that is not on the hub yet is waited for (as
 /// after a disconnect) instead of failing.
 #[allow(clippy::too_many_arguments)]
-async fn open_endpoint_live(
+async fn open_endpoint_or_wait(
     node: &PeerNode,
     e: &Endpoint,
     is_target: bool,
@@ -617,9 +617,9 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
             let key = args.key.as_deref();
             let (live, int) = (args.live, &interrupted);
             let mut src =
-                open_endpoint_live(&node, &source, false, &info, key, args.json, live, int).await?;
+                open_endpoint_or_wait(&node, &source, false, &info, key, args.json, live, int).await?;
             let mut tgt =
-                open_endpoint_live(&node, &target, true, &info, key, args.json, live, int).await?;
+                open_endpoint_or_wait(&node, &target, true, &info, key, args.json, live, int).await?;
             let options = ReplicateOptions {
                 live: args.live,
                 ..Default::default()
