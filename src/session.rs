@@ -96,9 +96,11 @@ pub struct SessionConfig {
     pub loss_probe_interval: Option<Duration>,
     /// Close when nothing was received for this long (after the channel opened).
     pub idle_timeout: Duration,
-    /// Give up if the channel has not opened after this long. DTLS retries each handshake
-    /// flight long enough to cover it: from 31 s (4 retries, also for shorter timeouts) up to
-    /// 127 s (6 retries, for timeouts of 64 s and more).
+    /// Give up if the channel has not opened after this long (counted again from the answer
+    /// when the offer waited for a person's approval: [`Session::pause_connect_timeout`],
+    /// [`Session::restart_connect_timeout`]). DTLS retries each handshake flight long enough
+    /// to cover it: from 31 s (4 retries, also for shorter timeouts) up to 127 s (6 retries,
+    /// for timeouts of 64 s and more).
     pub connect_timeout: Duration,
     /// The offerer restarts ICE after this much silence (`None`: never).
     pub ice_restart_after: Option<Duration>,
