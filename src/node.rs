@@ -167,6 +167,8 @@ pub enum NodeEvent {
     AwaitingApproval {
         /// The link.
         link: LinkId,
+        /// How long it waits at most ([`HubConfig::approval_timeout`]).
+        timeout: Duration,
     },
     /// A link we opened got no answer from the sharer within [`HubConfig::answer_timeout`]:
     /// the share is probably stale (its sharer crashed). [`NodeEvent::LinkClosed`] follows.
@@ -1094,7 +1096,10 @@ impl Node {
                     // The approval timeout bounds the wait now, not the connect timeout.
                     if let Some(l) = self.links.get_mut(&link) {
                         l.session.pause_connect_timeout();
-                        self.events.push_back(NodeEvent::AwaitingApproval { link });
+                        self.events.push_back(NodeEvent::AwaitingApproval {
+                            link,
+                            timeout: self.config.hub.approval_timeout,
+                        });
                     }
                 }
                 HubEvent::Accepted { share, peer } => {

@@ -847,7 +847,7 @@ fn a_sharer_that_asks_keeps_the_joiner_waiting_past_the_connect_timeout() {
         first_event(
             s,
             1,
-            |e| matches!(e, NodeEvent::AwaitingApproval { link: l } if *l == link),
+            |e| matches!(e, NodeEvent::AwaitingApproval { link: l, timeout } if *l == link && *timeout == Duration::from_secs(120)),
         )
     };
     assert!(

@@ -462,13 +462,13 @@ async fn open_endpoint(
             let links = node.watch_links().await?;
             let waiting = async {
                 while let Ok(e) = links.recv().await {
-                    if let LinkEvent::AwaitingApproval { peer, .. } = e {
+                    if let LinkEvent::AwaitingApproval { peer, timeout, .. } = e {
+                        let secs = timeout.as_secs();
                         if json_out {
-                            print_json(
-                                &json!({"event": "awaiting_approval", "share": share, "peer": peer}),
-                            );
+                            print_json(&json!({"event": "awaiting_approval", "share": share,
+                                "peer": peer, "timeout_seconds": secs}));
                         } else {
-                            eprintln!("waiting for the sharer to accept");
+                            eprintln!("waiting for the sharer to accept (up to {secs} s)");
                         }
                     }
                 }

@@ -469,6 +469,7 @@ fn a_joiner_says_it_waits_for_the_sharer_to_accept_and_connects_when_it_does() {
     );
     let waiting = joiner.expect("the waiting line", |v| v["event"] == "awaiting_approval");
     assert_eq!(waiting["share"], name.as_str());
+    assert_eq!(waiting["timeout_seconds"], 120);
     answers.write_all(b"y\n").unwrap();
     answers.flush().unwrap();
     let done = joiner.expect("the summary", |v| v["event"] == "completed");
@@ -481,7 +482,10 @@ fn a_joiner_says_it_waits_for_the_sharer_to_accept_and_connects_when_it_does() {
     let out = run(&["replicate", &peer, &b, "--approval-timeout", "2"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("waiting for the sharer to accept"), "{err}");
+    assert!(
+        err.contains("waiting for the sharer to accept (up to 2 s)"),
+        "{err}"
+    );
     assert!(err.contains("not accepted in time"), "{err}");
     assert!(!err.contains("ConnectTimeout"), "{err}");
 

@@ -585,7 +585,7 @@ fn a_deciding_sharer_is_awaited_and_not_accepting_in_time_is_its_own_error() {
         }
         assert!(matches!(
             links.recv().await.unwrap(),
-            LinkEvent::AwaitingApproval { .. }
+            LinkEvent::AwaitingApproval { timeout, .. } if timeout == Duration::from_secs(2)
         ));
         let msg = PeerError::NotAccepted {
             waited: Duration::from_secs(2),

@@ -900,11 +900,12 @@ impl Driver {
                     let _ = w.try_send(Err(PeerError::Refused(reason)));
                 }
             }
-            NodeEvent::AwaitingApproval { link } => {
+            NodeEvent::AwaitingApproval { link, timeout } => {
                 tracing::info!(share = %link.0, peer = %link.1, "waiting for the sharer to accept");
                 self.link_event(LinkEvent::AwaitingApproval {
                     share: link.0,
                     peer: link.1,
+                    timeout,
                 });
             }
             NodeEvent::NotAnswering { link, waited } => {

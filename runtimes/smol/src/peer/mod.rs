@@ -187,6 +187,8 @@ pub enum LinkEvent {
         share: String,
         /// Our peer id.
         peer: String,
+        /// How long we wait at most.
+        timeout: std::time::Duration,
     },
     /// The link's channel is open and the RPC hellos checked out.
     Ready {
