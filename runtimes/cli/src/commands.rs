@@ -728,18 +728,26 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                                 cancelled = true;
                                 break 'runs Ok(before.clone());
                             }
-                            let reopened = async {
+                            let reopened = future::or(async {
                                 if matches!(source, Endpoint::Peer { .. }) {
                                     src = open_endpoint(&node, &source, false, &info, key, args.json).await?;
                                 }
                                 if matches!(target, Endpoint::Peer { .. }) {
                                     tgt = open_endpoint(&node, &target, true, &info, key, args.json).await?;
                                 }
-                                Ok::<(), CliError>(())
-                            }
+                                Ok::<bool, CliError>(true)
+                            }, async {
+                                let _ = interrupted.recv().await;
+                                Ok(false)
+                            })
                             .await;
                             match reopened {
-                                Ok(()) => continue 'runs,
+                                Ok(true) => continue 'runs,
+                                // Ctrl-C while opening (a sharer that asks may take minutes).
+                                Ok(false) => {
+                                    cancelled = true;
+                                    break 'runs Ok(before.clone());
+                                }
                                 Err(e) if args.json => print_json(&json!({"event": "reconnect_failed", "error": e.to_string()})),
                                 Err(e) => eprintln!("reconnecting failed: {e}"),
                             }

@@ -590,3 +590,41 @@ fn live_replication_waits_for_a_share_that_does_not_exist_yet() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no share"));
 }
+
+#[test]
+fn ctrl_c_ends_a_live_reconnect_that_waits_for_approval() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, c) = (dir.db("a.db"), dir.db("c.db"));
+    seed(&a, 5);
+    let name = unique("asks-again");
+    let (sharer, mut answers) = asking_share(&hub, &a, &name);
+    let peer = format!("peer+{hub}#{name}");
+    let live = Running::start(&["replicate", &peer, &c, "--live", "--json"], None);
+    live.expect("the waiting line", |v| v["event"] == "awaiting_approval");
+    answers.write_all(b"y\n").unwrap();
+    answers.flush().unwrap();
+    live.expect("5 docs written", |v| v["docs_written"] == 5);
+
+    // The sharer restarts and asks again; nobody answers this time.
+    let (ok, _) = sharer.interrupt();
+    assert!(ok);
+    let (_sharer, answers) = asking_share(&hub, &a, &name);
+    live.expect("the link lost", |v| v["event"] == "link_lost");
+    live.expect("the second waiting line", |v| {
+        v["event"] == "awaiting_approval"
+    });
+    let asked = std::time::Instant::now();
+    let (ok, rest) = live.interrupt();
+    assert!(ok, "a live replication ends cleanly on Ctrl-C");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    let summary = rest.last().unwrap();
+    assert_eq!(summary["event"], "completed");
+    assert_eq!(summary["cancelled"], true);
+    assert_eq!(summary["docs_written"], 5);
+    drop(answers);
+}
