@@ -167,6 +167,30 @@ pub enum NodeEvent {
         /// Its reason.
         reason: Option<String>,
     },
+    /// A link we opened waits for the sharer to accept it (the sharer asks a person); it
+    /// gives up after [`HubConfig::approval_timeout`] with [`NodeEvent::NotAccepted`].
+    AwaitingApproval {
+        /// The link.
+        link: LinkId,
+        /// How long it waits at most ([`HubConfig::approval_timeout`]).
+        timeout: Duration,
+    },
+    /// A link we opened got no answer from the sharer within [`HubConfig::answer_timeout`]:
+    /// the share is probably stale (its sharer crashed). [`NodeEvent::LinkClosed`] follows.
+    NotAnswering {
+        /// The link.
+        link: LinkId,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The sharer of a link we opened did not accept it within
+    /// [`HubConfig::approval_timeout`]. [`NodeEvent::LinkClosed`] follows.
+    NotAccepted {
+        /// The link.
+        link: LinkId,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// The result of [`Node::call`].
     CallResult {
         /// The link.
@@ -308,6 +332,11 @@ impl std::fmt::Debug for Node {
 }
 
 const NO_LINK: (String, String) = (String::new(), String::new());
+
+/// The close reason of a link whose sharer never answered.
+pub const NOT_ANSWERING: &str = "the sharer is not answering (its share may be stale)";
+/// The close reason of a link whose sharer did not accept in time.
+pub const NOT_ACCEPTED: &str = "not accepted in time";
 
 impl Node {
     /// A node. `seed` makes ids and ICE credentials; `wall_clock_ms` is the wall clock at `now`.
@@ -1103,7 +1132,11 @@ impl Node {
                     let link = (share.clone(), peer);
                     let ask = self.shares.get(&share).is_some_and(|s| s.access.ask);
                     if ask {
-                        // Asked once its offer (and so its fingerprint) is in: below.
+                        // The peer learns that a person decides, and waits for it; the person
+                        // is asked once its offer (and so its fingerprint) is in: below.
+                        if let Err(e) = self.hub.defer(now, &link.0, &link.1) {
+                            tracing::debug!(error = %e, "could not tell a peer to wait");
+                        }
                         self.awaiting_offer.insert(link, info);
                     } else if let Err(e) = self.start_serving(now, &link) {
                         tracing::warn!(error = %e, "could not accept a peer");
@@ -1137,6 +1170,50 @@ impl Node {
                 }
                 HubEvent::ConnectionClosed { share, peer } => {
                     self.close_link(now, &(share, peer), "unshared".into());
+                }
+                HubEvent::AwaitingApproval { share, peer } => {
+                    let link = (share, peer);
+                    // The approval timeout bounds the wait now, not the connect timeout.
+                    if let Some(l) = self.links.get_mut(&link) {
+                        l.session.pause_connect_timeout();
+                        self.events.push_back(NodeEvent::AwaitingApproval {
+                            link,
+                            timeout: self.config.hub.approval_timeout,
+                        });
+                    }
+                }
+                HubEvent::Accepted { share, peer } => {
+                    if let Some(l) = self.links.get_mut(&(share, peer)) {
+                        l.session.restart_connect_timeout(now);
+                    }
+                }
+                HubEvent::NotAnswering {
+                    share,
+                    peer,
+                    waited,
+                } => {
+                    let link = (share, peer);
+                    if self.links.contains_key(&link) {
+                        self.events.push_back(NodeEvent::NotAnswering {
+                            link: link.clone(),
+                            waited,
+                        });
+                        self.close_link(now, &link, NOT_ANSWERING.into());
+                    }
+                }
+                HubEvent::NotAccepted {
+                    share,
+                    peer,
+                    waited,
+                } => {
+                    let link = (share, peer);
+                    if self.links.contains_key(&link) {
+                        self.events.push_back(NodeEvent::NotAccepted {
+                            link: link.clone(),
+                            waited,
+                        });
+                        self.close_link(now, &link, NOT_ACCEPTED.into());
+                    }
                 }
                 other => self.events.push_back(NodeEvent::Hub(other)),
             }

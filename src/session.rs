@@ -96,9 +96,11 @@ pub struct SessionConfig {
     pub loss_probe_interval: Option<Duration>,
     /// Close when nothing was received for this long (after the channel opened).
     pub idle_timeout: Duration,
-    /// Give up if the channel has not opened after this long. DTLS retries each handshake
-    /// flight long enough to cover it: from 31 s (4 retries, also for shorter timeouts) up to
-    /// 127 s (6 retries, for timeouts of 64 s and more).
+    /// Give up if the channel has not opened after this long (counted again from the answer
+    /// when the offer waited for a person's approval: [`Session::pause_connect_timeout`],
+    /// [`Session::restart_connect_timeout`]). DTLS retries each handshake flight long enough
+    /// to cover it: from 31 s (4 retries, also for shorter timeouts) up to 127 s (6 retries,
+    /// for timeouts of 64 s and more).
     pub connect_timeout: Duration,
     /// The offerer restarts ICE after this much silence (`None`: never).
     pub ice_restart_after: Option<Duration>,
@@ -432,6 +434,9 @@ pub struct Session {
     ctl: Option<ChannelId>,
     remote_max_message: usize,
     started: Instant,
+    /// When connecting gives up ([`SessionConfig::connect_timeout`] after the start, or after
+    /// [`Session::restart_connect_timeout`]; `None` while paused).
+    connect_deadline: Option<Instant>,
     last_recv: Instant,
     last_sent: Instant,
     /// Tail-loss probes still to send, should the data sent last stay unacknowledged: set by
@@ -479,6 +484,7 @@ impl Session {
     pub fn new(role: SessionRole, config: SessionConfig, seed: u64, now: Instant) -> Session {
         let mut rng = SeededRng::new(seed);
         let (rtc, ufrag) = build_rtc(&config, &mut rng, now);
+        let connect_deadline = Some(now + config.connect_timeout);
         let mut s = Session {
             rtc,
             role,
@@ -498,6 +504,7 @@ impl Session {
             ctl: None,
             remote_max_message: DEFAULT_REMOTE_MAX_MESSAGE,
             started: now,
+            connect_deadline,
             last_recv: now,
             last_sent: now,
             probes_left: 0,
@@ -547,7 +554,7 @@ impl Session {
     fn may_start_over(&self, now: Instant) -> bool {
         self.state == State::Connecting
             && self.handshakes < self.config.max_handshakes
-            && now < self.started + self.config.connect_timeout
+            && self.connect_deadline.is_none_or(|d| now < d)
     }
 
     /// The current handshake failed (`why`). The offerer starts over with a fresh `Rtc` and a
@@ -669,6 +676,23 @@ impl Session {
         self.local_kinds
             .push((relay, CandidateType::Relay, Some(transport)));
         Ok(())
+    }
+
+    /// Stops counting [`SessionConfig::connect_timeout`] while the offer waits on something
+    /// outside WebRTC that bounds the wait itself (a person deciding whether to accept us,
+    /// with its own timeout). Harmless once connected.
+    pub fn pause_connect_timeout(&mut self) {
+        if self.state == State::Connecting {
+            self.connect_deadline = None;
+        }
+    }
+
+    /// Counts [`SessionConfig::connect_timeout`] afresh from `now` (the wait outside WebRTC is
+    /// over: the answer came). Harmless once connected.
+    pub fn restart_connect_timeout(&mut self, now: Instant) {
+        if self.state == State::Connecting {
+            self.connect_deadline = Some(now + self.config.connect_timeout);
+        }
     }
 
     /// Whether ICE ever found a working pair (a connect timeout without one means no path).
@@ -884,9 +908,9 @@ impl Session {
                 }
             }
             SignalData::Candidate(None) => {}
-            SignalData::Refuse(_) => {
+            SignalData::Refuse(_) | SignalData::Pending => {
                 return Err(SessionError::UnexpectedSignal(
-                    "a refusal is for the hub layer",
+                    "refusals and pending notices are for the hub layer",
                 ))
             }
         }
@@ -1045,7 +1069,9 @@ impl Session {
         let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
         match self.state {
             State::Connecting => {
-                consider(self.started + self.config.connect_timeout);
+                if let Some(d) = self.connect_deadline {
+                    consider(d);
+                }
                 if let Some(d) = self.stall_deadline() {
                     consider(d);
                 }
@@ -1103,7 +1129,7 @@ impl Session {
             tracing::debug!(error = %e, "str0m timeout");
         }
         match self.state {
-            State::Connecting if now >= self.started + self.config.connect_timeout => {
+            State::Connecting if self.connect_deadline.is_some_and(|d| now >= d) => {
                 self.shut(now, CloseReason::ConnectTimeout);
             }
             State::Connecting if self.stall_deadline().is_some_and(|d| now >= d) => {

@@ -376,9 +376,10 @@ fn shares_expire_unless_refreshed() {
         matches!(&ev[1][0], HubEvent::SharesListed(l) if l.len() == 1 && l[0].id == share),
         "{ev:?}"
     );
-    // The sharer goes silent (crashed): after the TTL the watcher drops the share.
+    // The sharer goes silent (crashed): within the TTL (30 s) the watcher drops the share.
     let crashed = w.nodes.remove(0);
-    let ev = w.advance(Duration::from_secs(121));
+    assert_eq!(HubConfig::default().share_ttl, Duration::from_secs(30));
+    let ev = w.advance(Duration::from_millis(30_001));
     assert!(
         ev[0].contains(&HubEvent::ShareRemoved {
             share: share.clone(),
@@ -684,4 +685,222 @@ fn extreme_times_in_hub_documents_neither_panic_nor_wrap() {
     // The next deadline is a real one (the node's own refresh), not the far share's expiry.
     let next = w.nodes[0].poll_timeout().expect("a deadline");
     assert!(next <= w.now + Duration::from_secs(3600), "{next:?}");
+}
+
+/// A joiner's offer on the hub, the sharer's request seen: (share, peer).
+fn offer(w: &mut World, ask_info: Value) -> (String, String) {
+    let share = share_named(w, 0, "s");
+    let now = w.now;
+    let peer = w.nodes[1].open(now, &share, ask_info).unwrap();
+    w.nodes[1]
+        .send_signal(now, &share, &peer, SignalData::Offer("OFFER".into()))
+        .unwrap();
+    (share, peer)
+}
+
+#[test]
+fn a_sharer_that_never_answers_is_given_up_after_the_answer_timeout() {
+    let mut w = World::new(2);
+    let (share, peer) = offer(&mut w, json!(null));
+    // The sharer is gone (crashed with its share still listed): nobody answers.
+    let crashed = w.nodes.remove(0);
+    w.settle();
+    let t0 = w.now;
+    let ev = w.advance(Duration::from_millis(4_999));
+    assert!(ev[0].is_empty(), "not before 5 s: {ev:?}");
+    let ev = w.advance(Duration::from_millis(1));
+    assert_eq!(
+        ev[0],
+        vec![HubEvent::NotAnswering {
+            share: share.clone(),
+            peer: peer.clone(),
+            waited: Duration::from_secs(5)
+        }]
+    );
+    assert_eq!(w.now - t0, HubConfig::default().answer_timeout);
+    // The connection is forgotten: no second report, and commands on it are refused.
+    assert!(w.advance(Duration::from_secs(60))[0].is_empty());
+    let now = w.now;
+    assert!(matches!(
+        w.nodes[0].send_signal(now, &share, &peer, cand(1)),
+        Err(HubError::UnknownConnection { .. })
+    ));
+    drop(crashed);
+}
+
+#[test]
+fn an_answer_in_time_stops_the_answer_timeout() {
+    let mut w = World::new(2);
+    let (share, peer) = offer(&mut w, json!(null));
+    w.settle();
+    let now = w.now;
+    w.nodes[0].accept(now, &share, &peer).unwrap();
+    w.nodes[0]
+        .send_signal(now, &share, &peer, SignalData::Answer("ANSWER".into()))
+        .unwrap();
+    let ev = w.settle();
+    assert_eq!(signals(&ev[1]), vec![SignalData::Answer("ANSWER".into())]);
+    let ev = w.advance(Duration::from_secs(600));
+    assert!(
+        !ev[1].iter().any(|e| matches!(
+            e,
+            HubEvent::NotAnswering { .. } | HubEvent::NotAccepted { .. }
+        )),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_deciding_sharer_makes_the_joiner_wait_for_approval_and_then_connects() {
+    let mut w = World::new(2);
+    let (share, peer) = offer(&mut w, json!({"user": "bob"}));
+    let ev = w.settle();
+    assert!(ev[0]
+        .iter()
+        .any(|e| matches!(e, HubEvent::PeerRequested { .. })));
+    // The sharer asks its user: the joiner hears that it should wait.
+    let now = w.now;
+    w.nodes[0].defer(now, &share, &peer).unwrap();
+    let ev = w.settle();
+    assert_eq!(
+        ev[1],
+        vec![HubEvent::AwaitingApproval {
+            share: share.clone(),
+            peer: peer.clone()
+        }]
+    );
+    assert!(
+        w.docs_with_prefix("s-signal-").is_empty(),
+        "the joiner consumed the pending notice"
+    );
+    // Well past the answer timeout, still waiting; the user says yes after 90 s.
+    let ev = w.advance(Duration::from_secs(90));
+    assert!(ev[1].is_empty(), "{ev:?}");
+    let now = w.now;
+    w.nodes[0].accept(now, &share, &peer).unwrap();
+    assert_eq!(
+        signals(&w.settle()[0]),
+        vec![SignalData::Offer("OFFER".into())]
+    );
+    w.nodes[0]
+        .send_signal(now, &share, &peer, SignalData::Answer("ANSWER".into()))
+        .unwrap();
+    let ev = w.settle();
+    assert_eq!(
+        ev[1],
+        vec![
+            HubEvent::Accepted {
+                share: share.clone(),
+                peer: peer.clone()
+            },
+            HubEvent::Signal {
+                share: share.clone(),
+                peer: peer.clone(),
+                data: SignalData::Answer("ANSWER".into())
+            }
+        ]
+    );
+    let ev = w.advance(Duration::from_secs(600));
+    assert!(!ev[1]
+        .iter()
+        .any(|e| matches!(e, HubEvent::NotAccepted { .. })));
+}
+
+#[test]
+fn a_deciding_sharer_that_never_accepts_is_given_up_after_the_approval_timeout() {
+    let mut w = World::new(2);
+    let (share, peer) = offer(&mut w, json!(null));
+    w.settle();
+    let now = w.now;
+    w.nodes[0].defer(now, &share, &peer).unwrap();
+    w.settle();
+    let ev = w.advance(Duration::from_millis(119_999));
+    assert!(ev[1].is_empty(), "{ev:?}");
+    let ev = w.advance(Duration::from_millis(1));
+    assert_eq!(
+        ev[1],
+        vec![HubEvent::NotAccepted {
+            share: share.clone(),
+            peer: peer.clone(),
+            waited: Duration::from_secs(120)
+        }]
+    );
+    // Both timeouts are the joiner's to choose.
+    let mut c = HubConfig::default();
+    c.answer_timeout = Duration::from_secs(1);
+    c.approval_timeout = Duration::from_secs(7);
+    let mut w = World::new(0);
+    w.nodes = vec![hub(1), Hub::new(c, 2, w.now, WALL)];
+    w.settle();
+    let (share, peer) = offer(&mut w, json!(null));
+    w.settle();
+    let now = w.now;
+    w.nodes[0].defer(now, &share, &peer).unwrap();
+    w.settle();
+    let ev = w.advance(Duration::from_secs(7));
+    assert!(
+        ev[1].contains(&HubEvent::NotAccepted {
+            share,
+            peer,
+            waited: Duration::from_secs(7)
+        }),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn the_pending_notice_is_unnumbered_and_refusal_still_works_after_it() {
+    let mut w = World::new(2);
+    let (share, peer) = offer(&mut w, json!(null));
+    w.settle();
+    let now = w.now;
+    w.nodes[0].defer(now, &share, &peer).unwrap();
+    // Look at the sharer's document before the joiner reads it.
+    while let Some(HubAction::Request { id, request }) = w.nodes[0].poll_action() {
+        let r = w.hub.execute(request);
+        w.nodes[0].handle_response(now, id, r).unwrap();
+    }
+    let docs = w.docs_with_prefix("s-signal-");
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0]["data"], json!({"type": "pending"}));
+    assert!(
+        docs[0].get("n").is_none(),
+        "unnumbered: peers that skip it see no gap"
+    );
+    // The refusal that follows is the sharer's first numbered signal to this peer.
+    w.nodes[0]
+        .refuse(now, &share, &peer, Some("no".into()))
+        .unwrap();
+    while let Some(HubAction::Request { id, request }) = w.nodes[0].poll_action() {
+        let r = w.hub.execute(request);
+        w.nodes[0].handle_response(now, id, r).unwrap();
+    }
+    let refusal: Vec<Value> = w
+        .docs_with_prefix("s-signal-")
+        .into_iter()
+        .filter(|d| d["data"]["type"] == "refuse")
+        .collect();
+    assert_eq!(refusal[0]["n"], 0);
+    let ev = w.settle();
+    assert_eq!(
+        ev[1],
+        vec![
+            HubEvent::AwaitingApproval {
+                share: share.clone(),
+                peer: peer.clone()
+            },
+            HubEvent::Refused {
+                share: share.clone(),
+                peer: peer.clone(),
+                reason: Some("no".into())
+            }
+        ]
+    );
+    // A pending notice sent by a joiner to a sharer is dropped, not given to its session.
+    assert_eq!(
+        w.nodes[1].defer(now, &share, &peer),
+        Err(HubError::InvalidState(
+            "only a pending peer can be deferred"
+        ))
+    );
 }

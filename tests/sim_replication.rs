@@ -815,3 +815,131 @@ fn a_wrong_access_key_closes_the_joiners_link_as_forbidden() {
         .iter()
         .any(|(_, e)| matches!(e, NodeEvent::LinkReady { .. })));
 }
+
+/// The time of node `i`'s first event matching `pred`.
+fn first_event(s: &NodeSim, i: usize, pred: impl Fn(&NodeEvent) -> bool) -> Option<Duration> {
+    s.nodes[i]
+        .events
+        .iter()
+        .find_map(|(t, e)| pred(e).then_some(*t))
+}
+
+#[test]
+fn a_sharer_that_asks_keeps_the_joiner_waiting_past_the_connect_timeout() {
+    let mut s = NodeSim::new(14, NetConfig::default());
+    s.add_node("sharer");
+    s.add_node("joiner");
+    let now = s.now;
+    let ask = ShareAccess {
+        key: None,
+        ask: true,
+    };
+    let share = s
+        .node(0)
+        .share(now, "db".into(), ShareOptions::default(), ask);
+    s.run_for(Duration::from_millis(1));
+    let now = s.now;
+    let link = s
+        .node(1)
+        .open(now, &share, json!({"name": "joiner"}), None)
+        .unwrap();
+    let waiting = |s: &NodeSim| {
+        first_event(
+            s,
+            1,
+            |e| matches!(e, NodeEvent::AwaitingApproval { link: l, timeout } if *l == link && *timeout == Duration::from_secs(120)),
+        )
+    };
+    assert!(
+        s.run_until(Duration::from_secs(5), |s| waiting(s).is_some()),
+        "the joiner hears that the sharer decides\n{}",
+        s.trace()
+    );
+    assert!(first_event(&s, 0, |e| matches!(e, NodeEvent::PeerRequested { .. })).is_some());
+    // The person takes 90 s, three times the connect timeout: the joiner still waits.
+    s.run_for(Duration::from_secs(90));
+    assert!(
+        first_event(&s, 1, |e| matches!(e, NodeEvent::LinkClosed { .. })).is_none(),
+        "{}",
+        s.trace()
+    );
+    let now = s.now;
+    s.node(0).accept(now, &link).unwrap();
+    assert!(
+        s.run_until(Duration::from_secs(10), |s| s.ready_link(1).is_some()),
+        "accepted late, the link forms\n{}",
+        s.trace()
+    );
+    assert_eq!(s.ready_link(1), Some(link));
+
+    // A second peer whose request nobody answers gives up after the approval timeout, with its
+    // own reason (not a connect timeout).
+    let now = s.now;
+    let t0 = s.elapsed();
+    let second = s
+        .node(1)
+        .open(now, &share, json!({"name": "joiner"}), None)
+        .unwrap();
+    let closed = |s: &NodeSim| {
+        s.nodes[1].events.iter().find_map(|(t, e)| match e {
+            NodeEvent::LinkClosed { link: l, reason } if *l == second => Some((*t, reason.clone())),
+            _ => None,
+        })
+    };
+    assert!(s.run_until(Duration::from_secs(300), |s| closed(s).is_some()));
+    let (at, reason) = closed(&s).unwrap();
+    assert_eq!(reason, NOT_ACCEPTED);
+    let waited = at - t0;
+    assert!(
+        waited >= Duration::from_secs(120) && waited < Duration::from_secs(125),
+        "gave up after {waited:?}"
+    );
+    assert!(first_event(&s, 1, |e| matches!(
+        e,
+        NodeEvent::NotAccepted { link: l, waited } if *l == second && *waited == Duration::from_secs(120)
+    ))
+    .is_some());
+}
+
+#[test]
+fn a_crashed_sharer_is_not_answering_within_the_answer_timeout() {
+    let mut s = NodeSim::new(15, NetConfig::default());
+    s.add_node("sharer");
+    s.add_node("joiner");
+    let now = s.now;
+    let share = s.node(0).share(
+        now,
+        "db".into(),
+        ShareOptions::default(),
+        ShareAccess::default(),
+    );
+    s.run_for(Duration::from_millis(1));
+    // kill -9: the share document stays on the hub until it expires.
+    s.crash(0);
+    let now = s.now;
+    let t0 = s.elapsed();
+    let link = s
+        .node(1)
+        .open(now, &share, json!({"name": "joiner"}), None)
+        .unwrap();
+    let closed = |s: &NodeSim| {
+        s.nodes[1].events.iter().find_map(|(t, e)| match e {
+            NodeEvent::LinkClosed { link: l, reason } if *l == link => Some((*t, reason.clone())),
+            _ => None,
+        })
+    };
+    assert!(s.run_until(Duration::from_secs(60), |s| closed(s).is_some()));
+    let (at, reason) = closed(&s).unwrap();
+    assert_eq!(reason, NOT_ANSWERING, "not a connect timeout");
+    assert!(
+        at - t0 >= Duration::from_secs(5) && at - t0 < Duration::from_secs(6),
+        "gave up after {:?}",
+        at - t0
+    );
+    assert!(first_event(
+        &s,
+        1,
+        |e| matches!(e, NodeEvent::NotAnswering { link: l, .. } if *l == link)
+    )
+    .is_some());
+}

@@ -54,7 +54,7 @@ fn check_signal_data(data: &SignalData, l: &HubLimits) {
                 );
             }
         }
-        SignalData::Candidate(None) => {}
+        SignalData::Candidate(None) | SignalData::Pending => {}
         SignalData::Refuse(reason) => {
             if let Some(r) = reason {
                 assert!(r.len() <= l.max_name, "refusal reason of {} bytes", r.len());

@@ -73,8 +73,8 @@ pub enum HubDocError {
     /// An id does not have the expected prefix or characters.
     #[error("field `{0}` is not a valid id")]
     BadId(&'static str),
-    /// `data` is not a description, a candidate or a refusal.
-    #[error("signal data is not a description, candidate or refusal: {0}")]
+    /// `data` is not a description, a candidate, a refusal or a pending notice.
+    #[error("signal data is not a description, candidate, refusal or pending notice: {0}")]
     BadData(&'static str),
 }
 
@@ -134,6 +134,12 @@ pub enum SignalData {
     /// `{"type": "refuse", "reason": ...}`: the sharer will not serve this peer (peerpouch's
     /// addition; browsers that do not know it just never get an answer).
     Refuse(Option<String>),
+    /// `{"type": "pending"}`: the sharer saw the peer's request and is deciding (a person
+    /// answering a prompt); the answer follows if it accepts. peerpouch's addition, always
+    /// written unnumbered (no `n`) so that peers that do not know it skip it without a gap in
+    /// their numbered signals: browsers ignore unknown types, older peerpouch nodes count it
+    /// as malformed and delete it.
+    Pending,
 }
 
 impl SignalData {
@@ -145,6 +151,7 @@ impl SignalData {
             SignalData::Candidate(Some(c)) => json!({ "candidate": c }),
             SignalData::Candidate(None) => json!({ "candidate": null }),
             SignalData::Refuse(reason) => json!({"type": "refuse", "reason": reason}),
+            SignalData::Pending => json!({"type": "pending"}),
         }
     }
 
@@ -208,6 +215,7 @@ impl SignalData {
                 };
                 Ok(SignalData::Refuse(reason))
             }
+            "pending" => Ok(SignalData::Pending),
             _ => Err(HubDocError::BadData("unknown `type`")),
         }
     }
@@ -402,6 +410,7 @@ mod tests {
             })),
             SignalData::Candidate(None),
             SignalData::Refuse(Some("not today".into())),
+            SignalData::Pending,
         ];
         for c in cases {
             let j = c.to_json();

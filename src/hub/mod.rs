@@ -9,13 +9,20 @@
 //!
 //! [`Hub`] is a sans-IO machine:
 //! - Commands: [`Hub::share`], [`Hub::unshare`], [`Hub::list`], [`Hub::watch`], [`Hub::open`],
-//!   [`Hub::accept`], [`Hub::refuse`], [`Hub::send_signal`], [`Hub::close`].
+//!   [`Hub::defer`], [`Hub::accept`], [`Hub::refuse`], [`Hub::send_signal`], [`Hub::close`].
 //! - Inputs: [`Hub::handle_response`] (results of hub requests, by id), [`Hub::handle_feed`]
 //!   (rows of the hub's changes feed, with documents), [`Hub::handle_timeout`].
 //! - Outputs: [`Hub::poll_action`] (requests to execute against the hub database, and when to
 //!   start following its changes feed), [`Hub::poll_event`], [`Hub::poll_timeout`].
 //!
 //! After every input, drain `poll_action` and `poll_event` until they return `None`.
+//!
+//! Waiting is bounded by what is waited for. A joiner whose offer is on the hub gives up on a
+//! sharer that sends nothing back within [`HubConfig::answer_timeout`]
+//! ([`HubEvent::NotAnswering`]: a stale share). A sharer that asks a person calls
+//! [`Hub::defer`], which tells the joiner ([`HubEvent::AwaitingApproval`]); the joiner then
+//! waits up to [`HubConfig::approval_timeout`] ([`HubEvent::NotAccepted`]) and reports
+//! [`HubEvent::Accepted`] when the answer comes.
 //!
 //! Stale state is bounded: shares carry an expiry (`expires_at`, wall-clock milliseconds) that
 //! the sharer refreshes; listings hide expired shares; a sharer periodically deletes expired
@@ -43,10 +50,19 @@ use crate::retry::{RetryPolicy, RetryQueue};
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct HubConfig {
-    /// How long a share document stays valid without a refresh.
+    /// How long a share document stays valid without a refresh: a sharer that crashed stays
+    /// listed (and watchers see it go) at most this long after its last refresh.
     pub share_ttl: Duration,
-    /// How often the sharer refreshes its share documents' expiry.
+    /// How often the sharer refreshes its share documents' expiry (a third of the TTL lets two
+    /// refreshes in a row fail before the share expires).
     pub refresh_interval: Duration,
+    /// Joiner: how long after our offer is on the hub the sharer has to send its first signal
+    /// (an answer, a refusal, or a pending notice while it asks a person) before
+    /// [`HubEvent::NotAnswering`]: its share is probably stale (the sharer crashed).
+    pub answer_timeout: Duration,
+    /// Joiner: how long a sharer that said it is deciding ([`HubEvent::AwaitingApproval`]) has
+    /// to accept before [`HubEvent::NotAccepted`].
+    pub approval_timeout: Duration,
     /// Signals older than this are deleted by cleanup.
     pub signal_max_age: Duration,
     /// How often a sharer runs cleanup.
@@ -64,8 +80,10 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
-            share_ttl: Duration::from_secs(120),
-            refresh_interval: Duration::from_secs(40),
+            share_ttl: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(5),
+            approval_timeout: Duration::from_secs(120),
             signal_max_age: Duration::from_secs(300),
             cleanup_interval: Duration::from_secs(60),
             max_pending_peers: 64,
@@ -172,6 +190,43 @@ pub enum HubEvent {
         /// The payload.
         data: SignalData,
     },
+    /// Joiner: the sharer saw our request and is deciding (it asks a person); it has
+    /// [`HubConfig::approval_timeout`] to accept.
+    AwaitingApproval {
+        /// The share.
+        share: String,
+        /// Our peer id.
+        peer: String,
+    },
+    /// Joiner: the sharer accepted us after [`HubEvent::AwaitingApproval`]; its answer follows
+    /// as [`HubEvent::Signal`].
+    Accepted {
+        /// The share.
+        share: String,
+        /// Our peer id.
+        peer: String,
+    },
+    /// Joiner: no signal from the sharer within [`HubConfig::answer_timeout`] of our offer
+    /// reaching the hub: the share is probably stale (its sharer crashed or lost the hub). The
+    /// connection is forgotten.
+    NotAnswering {
+        /// The share.
+        share: String,
+        /// Our peer id.
+        peer: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// Joiner: the sharer said it is deciding but did not accept within
+    /// [`HubConfig::approval_timeout`]. The connection is forgotten.
+    NotAccepted {
+        /// The share.
+        share: String,
+        /// Our peer id.
+        peer: String,
+        /// How long we waited.
+        waited: Duration,
+    },
     /// Joiner: the sharer refused us.
     Refused {
         /// The share.
@@ -272,10 +327,23 @@ enum ConnState {
     Refused,
 }
 
+/// Where a connection we opened stands with the sharer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JoinPhase {
+    /// Our offer went out; since when it is on the hub (`None`: not confirmed yet).
+    Offered(Option<Instant>),
+    /// The sharer asks a person, since then.
+    AwaitingApproval(Instant),
+    /// The sharer answered (or refused): the session's own timeouts bound the rest.
+    Answered,
+}
+
 #[derive(Debug)]
 struct Conn {
     role: Role,
     state: ConnState,
+    /// Joiners only.
+    phase: JoinPhase,
     info: Value,
     next_out: u64,
     next_in: u64,
@@ -341,6 +409,9 @@ pub struct Hub {
     list_requested: bool,
     list_inflight: bool,
     outbox: Vec<Value>,
+    /// Connections with signals in `outbox`, then in the write in flight.
+    outbox_conns: Vec<(String, String)>,
+    inflight_conns: Vec<(String, String)>,
     signals_inflight: bool,
     deletes: Vec<Value>,
     next_cleanup: Option<Instant>,
@@ -375,6 +446,8 @@ impl Hub {
             list_requested: false,
             list_inflight: false,
             outbox: Vec::new(),
+            outbox_conns: Vec::new(),
+            inflight_conns: Vec::new(),
             signals_inflight: false,
             deletes: Vec::new(),
             next_cleanup: None,
@@ -559,6 +632,26 @@ impl Hub {
             .is_some_and(|c| c.role == Role::Sharer && c.state == ConnState::Pending)
     }
 
+    /// Sharer: tells a requesting peer that its request arrived and a decision is coming (a
+    /// person is asked), so that it waits up to its [`HubConfig::approval_timeout`] instead of
+    /// giving up at its [`HubConfig::answer_timeout`]. Sends a [`SignalData::Pending`]; call
+    /// [`Hub::accept`] or [`Hub::refuse`] later.
+    ///
+    /// # Errors
+    /// [`HubError::UnknownConnection`], or [`HubError::InvalidState`] unless the peer is pending.
+    pub fn defer(&mut self, now: Instant, share: &str, peer: &str) -> Result<(), HubError> {
+        let c = self.conn_mut(share, peer)?;
+        if c.role != Role::Sharer || c.state != ConnState::Pending {
+            return Err(HubError::InvalidState(
+                "only a pending peer can be deferred",
+            ));
+        }
+        // Unnumbered: a peer that does not know it skips it without a gap in our numbering.
+        self.queue_signal(now, share, peer, SignalData::Pending, false);
+        self.pump(now);
+        Ok(())
+    }
+
     /// Sharer: refuses a peer. Its signals are dropped and deleted; with a `reason`, the peer
     /// gets a refusal signal ([`HubEvent::Refused`] on its side), otherwise nothing at all.
     ///
@@ -581,7 +674,7 @@ impl Hub {
         c.refused_at = Some(now);
         self.diag.signals_dropped += dropped;
         if reason.is_some() {
-            self.queue_signal(now, share, peer, SignalData::Refuse(reason));
+            self.queue_signal(now, share, peer, SignalData::Refuse(reason), true);
         }
         self.pump(now);
         Ok(())
@@ -605,7 +698,7 @@ impl Hub {
                 "signals go only to open (accepted) connections",
             ));
         }
-        self.queue_signal(now, share, peer, data);
+        self.queue_signal(now, share, peer, data, true);
         self.pump(now);
         Ok(())
     }
@@ -642,6 +735,10 @@ impl Hub {
                 // Expired once the wall clock passes it; u64::MAX never is.
                 .and_then(|ms| ms.checked_add(1))
                 .and_then(|ms| self.instant_of_wall(ms)),
+            self.conns
+                .values()
+                .filter_map(|c| self.join_deadline(c).map(|(at, _)| at))
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -694,6 +791,7 @@ impl Hub {
                 self.start_cleanup(now);
             }
         }
+        self.join_timeouts(now);
         // Forget refused peers once their signals can no longer be around.
         let max_age = self.config.signal_max_age;
         self.conns.retain(|_, c| {
@@ -767,6 +865,51 @@ impl Hub {
         }
     }
 
+    /// When a connection we opened gives up on the sharer, and whether that is for want of an
+    /// approval (else of any answer).
+    fn join_deadline(&self, c: &Conn) -> Option<(Instant, bool)> {
+        if c.role != Role::Joiner {
+            return None;
+        }
+        match c.phase {
+            JoinPhase::Offered(Some(t)) => Some((t + self.config.answer_timeout, false)),
+            JoinPhase::AwaitingApproval(t) => Some((t + self.config.approval_timeout, true)),
+            JoinPhase::Offered(None) | JoinPhase::Answered => None,
+        }
+    }
+
+    /// Gives up on the sharers whose answer or approval is overdue.
+    fn join_timeouts(&mut self, now: Instant) {
+        let due: Vec<((String, String), bool, Duration)> = self
+            .conns
+            .iter()
+            .filter_map(|(k, c)| {
+                let (at, approval) = self.join_deadline(c)?;
+                let waited = match approval {
+                    true => self.config.approval_timeout,
+                    false => self.config.answer_timeout,
+                };
+                (at <= now).then(|| (k.clone(), approval, waited))
+            })
+            .collect();
+        for ((share, peer), approval, waited) in due {
+            self.conns.remove(&(share.clone(), peer.clone()));
+            tracing::debug!(%share, %peer, approval, ?waited, "giving up on the sharer");
+            self.events.push_back(match approval {
+                true => HubEvent::NotAccepted {
+                    share,
+                    peer,
+                    waited,
+                },
+                false => HubEvent::NotAnswering {
+                    share,
+                    peer,
+                    waited,
+                },
+            });
+        }
+    }
+
     fn conn_mut(&mut self, share: &str, peer: &str) -> Result<&mut Conn, HubError> {
         self.conns
             .get_mut(&(share.to_string(), peer.to_string()))
@@ -776,14 +919,24 @@ impl Hub {
             })
     }
 
-    fn queue_signal(&mut self, now: Instant, share: &str, peer: &str, data: SignalData) {
+    fn queue_signal(
+        &mut self,
+        now: Instant,
+        share: &str,
+        peer: &str,
+        data: SignalData,
+        numbered: bool,
+    ) {
         let wall = self.wall_ms(now);
         let id_part = self.rng.hex_id();
-        let Some(c) = self.conns.get_mut(&(share.to_string(), peer.to_string())) else {
+        let key = (share.to_string(), peer.to_string());
+        let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        let n = c.next_out;
-        c.next_out += 1;
+        let n = numbered.then(|| {
+            c.next_out += 1;
+            c.next_out - 1
+        });
         let (id, sender, recipient, info) = match c.role {
             Role::Joiner => (
                 format!("{PEER_SIGNAL_PREFIX}{id_part}"),
@@ -798,7 +951,7 @@ impl Hub {
                 Value::Null,
             ),
         };
-        self.outbox.push(json!({
+        let mut doc = json!({
             "_id": id,
             "type": SIGNAL_TYPE,
             "sender": sender,
@@ -806,8 +959,14 @@ impl Hub {
             "data": data.to_json(),
             "info": info,
             "created_at": wall,
-            "n": n,
-        }));
+        });
+        if let Some(n) = n {
+            doc["n"] = json!(n);
+        }
+        self.outbox.push(doc);
+        if !self.outbox_conns.contains(&key) {
+            self.outbox_conns.push(key);
+        }
     }
 
     /// Issues whatever can go out now.
@@ -859,6 +1018,7 @@ impl Hub {
         if !self.outbox.is_empty() && !self.signals_inflight {
             self.signals_inflight = true;
             let docs = std::mem::take(&mut self.outbox);
+            self.inflight_conns = std::mem::take(&mut self.outbox_conns);
             self.send(
                 Purpose::WriteSignals,
                 Request::BulkDocs(BulkDocsRequest {
@@ -950,6 +1110,14 @@ impl Hub {
             }),
             Purpose::WriteSignals => resp.into_bulk_docs().map(|r| {
                 self.signals_inflight = false;
+                // Our offers are on the hub: the sharers' answer deadlines start now.
+                for key in std::mem::take(&mut self.inflight_conns) {
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        if c.phase == JoinPhase::Offered(None) {
+                            c.phase = JoinPhase::Offered(Some(now));
+                        }
+                    }
+                }
                 for d in r.results {
                     if let Err(error) = d.result {
                         self.events.push_back(HubEvent::RequestFailed {
@@ -1113,7 +1281,9 @@ impl Hub {
                 self.events.push_back(HubEvent::Unshared { share: id });
             }
             Purpose::WriteSignals => {
+                // Not on the hub: no answer deadline (the session's connect timeout bounds it).
                 self.signals_inflight = false;
+                self.inflight_conns.clear();
                 self.events.push_back(HubEvent::RequestFailed {
                     op: "write_signals",
                     error,
@@ -1216,7 +1386,7 @@ impl Hub {
         self.shares.contains_key(recipient) || self.conns.keys().any(|(_, p)| p == recipient)
     }
 
-    fn on_signal(&mut self, _now: Instant, sig: SignalDoc) {
+    fn on_signal(&mut self, now: Instant, sig: SignalDoc) {
         let key = if self.shares.get(&sig.recipient).is_some_and(|s| !s.deleting)
             && sig.sender.starts_with(PEER_PREFIX)
         {
@@ -1264,8 +1434,35 @@ impl Hub {
         };
         let in_order = c.intake(sig.n, sig.data, max_buffered, &mut self.diag);
         for data in in_order {
+            if c.role == Role::Joiner {
+                let pending = data == SignalData::Pending;
+                match (c.phase, pending) {
+                    (JoinPhase::Offered(_), true) => {
+                        c.phase = JoinPhase::AwaitingApproval(now);
+                        self.events.push_back(HubEvent::AwaitingApproval {
+                            share: key.0.clone(),
+                            peer: key.1.clone(),
+                        });
+                    }
+                    (JoinPhase::Offered(_), false) => c.phase = JoinPhase::Answered,
+                    (JoinPhase::AwaitingApproval(_), false) => {
+                        c.phase = JoinPhase::Answered;
+                        if !matches!(data, SignalData::Refuse(_)) {
+                            self.events.push_back(HubEvent::Accepted {
+                                share: key.0.clone(),
+                                peer: key.1.clone(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+                if pending {
+                    continue;
+                }
+            }
             match (c.role, &c.state, data) {
                 (_, ConnState::Refused, _) => self.diag.signals_dropped += 1,
+                (Role::Sharer, _, SignalData::Pending) => self.diag.signals_dropped += 1,
                 (Role::Sharer, ConnState::Pending, data) => {
                     if c.buffered.len() >= max_buffered {
                         self.diag.signals_dropped += 1;
@@ -1296,6 +1493,7 @@ impl Conn {
         Conn {
             role,
             state,
+            phase: JoinPhase::Offered(None),
             info,
             next_out: 0,
             next_in: 0,

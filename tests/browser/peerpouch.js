@@ -188,7 +188,7 @@ class SignalOut {
 }
 
 /** Puts numbered signals back in order (the hub may show concurrent writes in another order). */
-class SignalIn {
+export class SignalIn {
   constructor(hub, apply) {
     Object.assign(this, { hub, apply, next: 0, held: new Map(), seen: new Set() });
   }

@@ -3,7 +3,7 @@
 // node:crypto. Run by run.sh before the browser test: `node tests/browser/unit.mjs`.
 import assert from 'node:assert/strict';
 import { createHash, createHmac } from 'node:crypto';
-import { Assembler, ProtocolError, makeProof, md5, splitFrames, toHex } from './peerpouch.js';
+import { Assembler, ProtocolError, SignalIn, makeProof, md5, splitFrames, toHex } from './peerpouch.js';
 
 const bytes = (n, k = 31) => Uint8Array.from({ length: n }, (_, i) => (i * k + 7) & 255);
 
@@ -47,5 +47,16 @@ const parts = ['peerpouch-proof-v1', 'client', 'share-a', 'peer-b', 'sha-256 AA:
 const want = createHmac('sha256', key).update(Buffer.concat(parts.map((p) => Buffer.from(p + '\0')))).digest('hex');
 assert.equal(await makeProof(key, ...parts.slice(1)), want);
 assert.notEqual(await makeProof(key, 'server', ...parts.slice(2)), want);
+
+// A sharer's pending notice (unnumbered, a type this client does not know) passes through on
+// its own and leaves the numbered signals in order: the client ignores it and loses nothing.
+const applied = [];
+const removed = [];
+const sin = new SignalIn({ remove: async (id) => removed.push(id) }, (d) => applied.push(d));
+sin.take({ _id: 's-signal-2', _rev: '1-a', data: { candidate: null }, n: 1 });
+sin.take({ _id: 's-signal-p', _rev: '1-b', data: { type: 'pending' } });
+sin.take({ _id: 's-signal-1', _rev: '1-c', data: { type: 'answer', sdp: 'v=0' }, n: 0 });
+assert.deepEqual(applied, [{ type: 'pending' }, { type: 'answer', sdp: 'v=0' }, { candidate: null }]);
+assert.deepEqual(removed, ['s-signal-2', 's-signal-p', 's-signal-1']);
 
 console.log('peerpouch.js unit checks: ok');

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
+use futures_lite::future;
 use peerpouch::hub::ShareInfo;
 use peerpouch::reach::{IceServer, IceTransportPolicy, ServerKind};
 use peerpouch::replicate::{Progress, ReplicationError, ReplicationEvent};
@@ -656,6 +657,13 @@ pub struct ReplicateArgs {
     /// What the sharer sees about us (JSON).
     #[arg(long)]
     pub info: Option<String>,
+    /// Give up on a share whose sharer sends nothing back within this many seconds: it is
+    /// probably stale (its sharer crashed).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub answer_timeout: u64,
+    /// Wait this many seconds for a sharer that asks (`share --ask`) to accept us.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub approval_timeout: u64,
     #[command(flatten)]
     pub identity: IdentityArgs,
     #[command(flatten)]
@@ -681,9 +689,27 @@ async fn open_endpoint(
         }
         Endpoint::Http(url) => Ok(node.http_db(url, is_target).await?),
         Endpoint::Peer { share, .. } => {
-            let db = node
-                .open_with_key(share, info.clone(), key.map(|k| k.as_bytes().to_vec()))
-                .await?;
+            // Say so while a sharer that asks its user decides.
+            let links = node.watch_links().await?;
+            let waiting = async {
+                while let Ok(e) = links.recv().await {
+                    if let LinkEvent::AwaitingApproval { peer, timeout, .. } = e {
+                        let secs = timeout.as_secs();
+                        if json_out {
+                            print_json(&json!({"event": "awaiting_approval", "share": share,
+                                "peer": peer, "timeout_seconds": secs}));
+                        } else {
+                            view.say(&format!(
+                                "waiting for the sharer to accept (up to {secs} s)"
+                            ));
+                        }
+                    }
+                }
+                future::pending().await
+            };
+            let opening =
+                node.open_with_key(share, info.clone(), key.map(|k| k.as_bytes().to_vec()));
+            let db = future::or(opening, waiting).await?;
             let fp = db.fingerprint().unwrap_or("-");
             if json_out {
                 print_json(&json!({"event": "link_ready", "share": share,
@@ -692,6 +718,61 @@ async fn open_endpoint(
                 view.say(&format!("{}, sharer {fp}", path_line(db.path())));
             }
             Ok(db)
+        }
+    }
+}
+
+/// [`open_endpoint`], except that opening a share ends on Ctrl-C (a sharer that asks its user
+/// may take minutes), and with `--live` a share that is not on the hub yet is waited for (as
+/// after a disconnect) instead of failing.
+#[allow(clippy::too_many_arguments)]
+async fn open_endpoint_or_wait(
+    node: &PeerNode,
+    e: &Endpoint,
+    is_target: bool,
+    info: &Value,
+    key: Option<&str>,
+    json_out: bool,
+    live: bool,
+    stop: &Stop,
+    view: &ProgressView,
+) -> Result<Db, CliError> {
+    let open = || async {
+        stop.or(open_endpoint(node, e, is_target, info, key, json_out, view))
+            .await
+            .ok_or(CliError::Interrupted)?
+    };
+    let share = match e {
+        Endpoint::Peer { share, .. } if live => share,
+        _ => return open().await,
+    };
+    // Watch first, so that a share appearing after the failed open is not missed.
+    let changes = node.watch_shares().await?;
+    let mut said = false;
+    loop {
+        match open().await {
+            Err(CliError::Peer(PeerError::UnknownShare(_))) => {}
+            other => return other,
+        }
+        if !std::mem::replace(&mut said, true) {
+            if json_out {
+                print_json(&json!({"event": "waiting_for_share", "share": share}));
+            } else {
+                view.say(&format!(
+                    "no share {share:?} on the hub yet: waiting for it (Ctrl-C to stop)"
+                ));
+            }
+        }
+        loop {
+            match next_or_stop(&changes, stop).await {
+                Some(ShareChange::Added(s))
+                    if s.id == *share || s.name.as_deref() == Some(share.as_str()) =>
+                {
+                    break
+                }
+                Some(_) => {}
+                None => return Err(CliError::Interrupted),
+            }
         }
     }
 }
@@ -769,7 +850,12 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
             )),
         };
     let http = args.http.config()?;
-    let mut config = args.link.config(hub.clone())?.http(http.clone());
+    let mut config = args
+        .link
+        .config(hub.clone())?
+        .http(http.clone())
+        .answer_timeout(Duration::from_secs(args.answer_timeout))
+        .approval_timeout(Duration::from_secs(args.approval_timeout));
     if !hubs.is_empty() {
         // Only a peer sees who we are: a copy between files and CouchDB makes no identity.
         config = config.identity(args.identity.load()?);
@@ -787,10 +873,11 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
         let node = PeerNode::start_with(config)?;
         let result = async {
             let key = args.key.as_deref();
-            let opened = stop
-                .or(open_endpoint(&node, &source, false, &info, key, args.json, &view))
-                .await;
-            let mut src = opened.ok_or(CliError::Interrupted)??;
+            let live = args.live;
+            let mut src = open_endpoint_or_wait(
+                &node, &source, false, &info, key, args.json, live, &stop, &view,
+            )
+            .await?;
             // The source must be readable before anything is created for the target.
             match stop.or(src.info()).await.ok_or(CliError::Interrupted)? {
                 Ok(_) => {}
@@ -799,10 +886,10 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                 }
                 Err(e) => return Err(CliError::Db(e)),
             }
-            let opened = stop
-                .or(open_endpoint(&node, &target, true, &info, key, args.json, &view))
-                .await;
-            let mut tgt = opened.ok_or(CliError::Interrupted)??;
+            let mut tgt = open_endpoint_or_wait(
+                &node, &target, true, &info, key, args.json, live, &stop, &view,
+            )
+            .await?;
             let options = ReplicateOptions {
                 live: args.live,
                 ..Default::default()

@@ -1036,3 +1036,212 @@ fn a_damaged_identity_or_allow_list_is_a_clear_error() {
         "left untouched"
     );
 }
+
+/// A `share --ask --json` whose terminal answers are written later, by the test.
+fn asking_share(hub: &str, db: &str, name: &str) -> (Running, std::process::ChildStdin) {
+    let args = [
+        "share", "--hub", hub, "--db", db, "--name", name, "--ask", "--json",
+    ];
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("PEERPOUCH_BIND", "127.0.0.1:0")
+        .env("XDG_CONFIG_HOME", config_home())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let answers = child.stdin.take().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, lines) = channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let r = Running { child, lines };
+    r.expect("the shared event", |v| v["event"] == "shared");
+    (r, answers)
+}
+
+#[test]
+fn a_joiner_says_it_waits_for_the_sharer_to_accept_and_connects_when_it_does() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, b) = (dir.db("a.db"), dir.db("b.db"));
+    seed(&a, 20);
+    let name = unique("asking");
+    let (sharer, mut answers) = asking_share(&hub, &a, &name);
+    let peer = format!("peer+{hub}#{name}");
+    // An answer timeout far shorter than the person takes: the pending notice stops it.
+    let joiner = Running::start(
+        &["replicate", &peer, &b, "--json", "--answer-timeout", "1"],
+        None,
+    );
+    let waiting = joiner.expect("the waiting line", |v| v["event"] == "awaiting_approval");
+    assert_eq!(waiting["share"], name.as_str());
+    assert_eq!(waiting["timeout_seconds"], 120);
+    answers.write_all(b"y\n").unwrap();
+    answers.flush().unwrap();
+    let done = joiner.expect("the summary", |v| v["event"] == "completed");
+    assert_eq!(done["docs_written"], 20);
+    sharer.expect("the peer's arrival", |v| v["event"] == "peer_connected");
+    assert_eq!(doc_count(&b), 20);
+
+    // In text mode, the same wait is a line on stderr; a sharer that never answers ends it
+    // with its own error after the approval timeout.
+    let out = run(&["replicate", &peer, &b, "--approval-timeout", "2"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("waiting for the sharer to accept (up to 2 s)"),
+        "{err}"
+    );
+    assert!(err.contains("not accepted in time"), "{err}");
+    assert!(!err.contains("ConnectTimeout"), "{err}");
+
+    // Ctrl-C ends the wait at once, however long the approval timeout.
+    let joiner = Running::start(
+        &[
+            "replicate",
+            &peer,
+            &b,
+            "--json",
+            "--approval-timeout",
+            "600",
+        ],
+        None,
+    );
+    joiner.expect("the waiting line", |v| v["event"] == "awaiting_approval");
+    let asked = std::time::Instant::now();
+    let (ok, _) = joiner.interrupt();
+    assert!(!ok, "nothing was replicated");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(answers);
+}
+
+#[test]
+fn a_killed_sharer_is_not_answering_within_seconds_and_leaves_the_list_within_its_ttl() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, b) = (dir.db("a.db"), dir.db("b.db"));
+    seed(&a, 5);
+    let name = unique("doomed");
+    let mut sharer = share(&hub, &a, &name, &[], None);
+    let listed = ok_json(&["shares", "--hub", &hub, "--json"], None).remove(0);
+    let id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let watcher = Running::start(&["shares", "--hub", &hub, "--watch", "--json"], None);
+    watcher.expect("the share listed", |v| v["share"]["id"] == id.as_str());
+    // kill -9: no unshare, the share document stays on the hub.
+    sharer.child.kill().unwrap();
+    sharer.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+
+    let out = run(&["replicate", &format!("peer+{hub}#{name}"), &b], None);
+    let took = killed.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the sharer is not answering (its share may be stale)"),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "took {took:?}, not the 30 s connect timeout"
+    );
+
+    // Watchers see it go once its TTL (30 s since its last refresh) passes.
+    // (The removed share is named by its id, alone or in a share object.)
+    watcher.expect("the share's removal", |v| {
+        v["event"] == "removed" && (v["share"] == id.as_str() || v["share"]["id"] == id.as_str())
+    });
+    let gone = killed.elapsed();
+    assert!(gone <= Duration::from_secs(40), "removed after {gone:?}");
+    let listed = ok_json(&["shares", "--hub", &hub, "--json"], None).remove(0);
+    assert!(!listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["id"] == id.as_str()));
+}
+
+#[test]
+fn live_replication_waits_for_a_share_that_does_not_exist_yet() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, c) = (dir.db("a.db"), dir.db("c.db"));
+    seed(&a, 12);
+    // The hub database exists (only `share` creates one; a joiner never does): someone shared
+    // on it before.
+    let (ok, _) = share(&hub, &a, &unique("earlier"), &[], None).interrupt();
+    assert!(ok);
+    let name = unique("later");
+    let peer = format!("peer+{hub}#{name}");
+    let live = Running::start(&["replicate", &peer, &c, "--live", "--json"], None);
+    let waiting = live.expect("the waiting line", |v| v["event"] == "waiting_for_share");
+    assert_eq!(waiting["share"], name.as_str());
+    // The share appears: the pull opens it and catches up.
+    let _sharer = share(&hub, &a, &name, &[], None);
+    live.expect("12 docs written", |v| v["docs_written"] == 12);
+    let (ok, rest) = live.interrupt();
+    assert!(ok, "a live replication ends cleanly on Ctrl-C");
+    assert_eq!(rest.last().unwrap()["event"], "completed");
+    assert_eq!(doc_count(&c), 12);
+
+    // Without --live a missing share is still an error at once.
+    let out = run(&["replicate", &peer.replace("later", "never"), &c], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no share"));
+}
+
+#[test]
+fn ctrl_c_ends_a_live_reconnect_that_waits_for_approval() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, c) = (dir.db("a.db"), dir.db("c.db"));
+    seed(&a, 5);
+    let name = unique("asks-again");
+    let (sharer, mut answers) = asking_share(&hub, &a, &name);
+    let peer = format!("peer+{hub}#{name}");
+    let live = Running::start(&["replicate", &peer, &c, "--live", "--json"], None);
+    live.expect("the waiting line", |v| v["event"] == "awaiting_approval");
+    answers.write_all(b"y\n").unwrap();
+    answers.flush().unwrap();
+    live.expect("5 docs written", |v| v["docs_written"] == 5);
+
+    // The sharer restarts and asks again; nobody answers this time.
+    let (ok, _) = sharer.interrupt();
+    assert!(ok);
+    let (_sharer, answers) = asking_share(&hub, &a, &name);
+    live.expect("the link lost", |v| v["event"] == "link_lost");
+    live.expect("the second waiting line", |v| {
+        v["event"] == "awaiting_approval"
+    });
+    let asked = std::time::Instant::now();
+    let (ok, rest) = live.interrupt();
+    assert!(ok, "a live replication ends cleanly on Ctrl-C");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    let summary = rest.last().unwrap();
+    assert_eq!(summary["event"], "completed");
+    assert_eq!(summary["cancelled"], true);
+    assert_eq!(summary["docs_written"], 5);
+    drop(answers);
+}

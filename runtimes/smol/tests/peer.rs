@@ -717,3 +717,95 @@ fn a_local_replication_reports_progress_as_it_goes_and_stops_midway_on_cancel() 
         node.shutdown().await;
     });
 }
+
+#[test]
+fn a_deciding_sharer_is_awaited_and_not_accepting_in_time_is_its_own_error() {
+    logs();
+    let hub = InProcessHub::new();
+    let alice = start(HubSpec::InProcess(hub.clone())).unwrap();
+    let bob = PeerNode::start_with(
+        PeerConfig::new(HubSpec::InProcess(hub))
+            .bind("127.0.0.1:0".parse().unwrap())
+            .answer_timeout(Duration::from_secs(1))
+            .approval_timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    // The person at alice's terminal answers only when the test says so.
+    let (answer, answers) = std::sync::mpsc::channel::<Verdict>();
+    let answers = std::sync::Mutex::new(answers);
+    within(60, "the wait for approval", async {
+        let db = seeded(&alice, "asked", 3).await;
+        alice
+            .share(
+                &db,
+                ShareConfig::new().name("asked").ask(move |_| {
+                    let next = answers.lock().unwrap().recv();
+                    next.unwrap_or(Verdict::Refuse(None))
+                }),
+            )
+            .await
+            .unwrap();
+        let links = bob.watch_links().await.unwrap();
+        match bob.open("asked", Value::Null).await {
+            Err(PeerError::NotAccepted { waited }) => assert_eq!(waited, Duration::from_secs(2)),
+            other => panic!("expected NotAccepted, got {other:?}"),
+        }
+        assert!(matches!(
+            links.recv().await.unwrap(),
+            LinkEvent::AwaitingApproval { timeout, .. } if timeout == Duration::from_secs(2)
+        ));
+        let msg = PeerError::NotAccepted {
+            waited: Duration::from_secs(2),
+        }
+        .to_string();
+        assert!(msg.starts_with("not accepted in time"), "{msg}");
+        // The late "no" to the first request, then "yes" to the second while it waits.
+        answer.send(Verdict::Refuse(None)).unwrap();
+        let opening = bob.open("asked", Value::Null);
+        let answering = async {
+            loop {
+                if let LinkEvent::AwaitingApproval { .. } = links.recv().await.unwrap() {
+                    answer.send(Verdict::Accept).unwrap();
+                    return future::pending().await;
+                }
+            }
+        };
+        let remote = future::or(opening, answering).await.unwrap();
+        assert_eq!(remote.get("doc-0002").await.unwrap()["n"], 2);
+    });
+}
+
+#[test]
+fn couch_a_share_nobody_answers_for_is_not_answering() {
+    logs();
+    let hub = fresh_db_url("stale-hub");
+    let bob = PeerNode::start_with(
+        PeerConfig::new(HubSpec::Couch(hub.clone()))
+            .bind("127.0.0.1:0".parse().unwrap())
+            .answer_timeout(Duration::from_secs(1)),
+    )
+    .unwrap();
+    within(60, "the stale share", async {
+        // What a sharer killed with -9 leaves behind: its share document, and nobody reading.
+        let raw = bob.http_db(&hub, true).await.unwrap();
+        raw.put(
+            json!({"_id": "share-0badc0ffee", "type": "com.stemstorage.peerpouch.share",
+            "name": "ghost", "info": null, "protocol": 1}),
+        )
+        .await
+        .unwrap();
+        match bob.open("ghost", Value::Null).await {
+            Err(e @ PeerError::NotAnswering { .. }) => {
+                assert!(
+                    matches!(e, PeerError::NotAnswering { waited } if waited == Duration::from_secs(1))
+                );
+                assert!(
+                    e.to_string()
+                        .contains("the sharer is not answering (its share may be stale)"),
+                    "{e}"
+                );
+            }
+            other => panic!("expected NotAnswering, got {other:?}"),
+        }
+    });
+}

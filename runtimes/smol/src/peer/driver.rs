@@ -938,6 +938,24 @@ impl Driver {
                     let _ = w.try_send(Err(PeerError::Refused(reason)));
                 }
             }
+            NodeEvent::AwaitingApproval { link, timeout } => {
+                tracing::info!(share = %link.0, peer = %link.1, "waiting for the sharer to accept");
+                self.link_event(LinkEvent::AwaitingApproval {
+                    share: link.0,
+                    peer: link.1,
+                    timeout,
+                });
+            }
+            NodeEvent::NotAnswering { link, waited } => {
+                if let Some(w) = self.open_waiters.remove(&link) {
+                    let _ = w.try_send(Err(PeerError::NotAnswering { waited }));
+                }
+            }
+            NodeEvent::NotAccepted { link, waited } => {
+                if let Some(w) = self.open_waiters.remove(&link) {
+                    let _ = w.try_send(Err(PeerError::NotAccepted { waited }));
+                }
+            }
             NodeEvent::CallResult { link, call, result } => {
                 if let Some(r) = self.calls.remove(&(link, call)) {
                     let _ = r.try_send(result);

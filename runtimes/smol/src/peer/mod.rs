@@ -96,6 +96,25 @@ pub enum PeerError {
     /// The sharer refused us (its reason, if it gave one).
     #[error("the sharer refused the connection{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     Refused(Option<String>),
+    /// The sharer sent nothing back within the answer timeout
+    /// ([`PeerConfig::answer_timeout`]): its process probably died and its share document
+    /// waits to expire.
+    #[error(
+        "the sharer is not answering (its share may be stale): no answer to our offer within {waited:?}; check that the sharer still runs, or wait until its share leaves the list of shares"
+    )]
+    NotAnswering {
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
+    /// The sharer asks a person before letting peers in, and nobody accepted us within the
+    /// approval timeout ([`PeerConfig::approval_timeout`]).
+    #[error(
+        "not accepted in time: the sharer did not accept us within {waited:?}; ask them to answer their prompt, or wait longer (a longer approval timeout)"
+    )]
+    NotAccepted {
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
     /// The peer link could not be set up or closed before it was ready (no route to the
     /// sharer, the sharer is gone, wrong access key, ...).
     #[error("the link to the sharer failed: {0}")]
@@ -166,6 +185,16 @@ pub enum ShareChange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LinkEvent {
+    /// A share we are opening asks a person before letting peers in: we wait for them to
+    /// accept, up to [`PeerConfig::approval_timeout`].
+    AwaitingApproval {
+        /// The share.
+        share: String,
+        /// Our peer id.
+        peer: String,
+        /// How long we wait at most.
+        timeout: std::time::Duration,
+    },
     /// The link's channel is open and the RPC hellos checked out.
     Ready {
         /// The share.
@@ -394,6 +423,37 @@ impl PeerConfig {
     /// ```
     pub fn ice_transport_policy(mut self, policy: IceTransportPolicy) -> Self {
         self.ice_transport_policy = policy;
+        self
+    }
+
+    /// How long a share we open has to send its first signal (its answer, or word that a
+    /// person is asked) before the open fails with [`PeerError::NotAnswering`] (default 5 s):
+    /// a sharer that crashed is noticed this fast, not after the connect timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use peerpouch_smol::{HubSpec, InProcessHub, PeerConfig};
+    /// let c = PeerConfig::new(HubSpec::InProcess(InProcessHub::new()))
+    ///     .answer_timeout(Duration::from_secs(15));
+    /// assert_eq!(c.node.hub.answer_timeout, Duration::from_secs(15));
+    /// ```
+    pub fn answer_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.node.hub.answer_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a sharer that asks a person (`ShareConfig::ask`) to accept us
+    /// before the open fails with [`PeerError::NotAccepted`] (default 2 minutes).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use peerpouch_smol::{HubSpec, InProcessHub, PeerConfig};
+    /// let c = PeerConfig::new(HubSpec::InProcess(InProcessHub::new()))
+    ///     .approval_timeout(Duration::from_secs(600));
+    /// assert_eq!(c.node.hub.approval_timeout, Duration::from_secs(600));
+    /// ```
+    pub fn approval_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.node.hub.approval_timeout = timeout;
         self
     }
 
@@ -720,8 +780,12 @@ impl PeerNode {
     /// Opens a share (by id or name) and returns its database once the link is ready.
     /// `info` is what the sharer sees about us.
     ///
+    /// While a sharer that asks a person decides, [`PeerNode::watch_links`] reports
+    /// [`LinkEvent::AwaitingApproval`].
+    ///
     /// # Errors
-    /// [`PeerError::UnknownShare`], [`PeerError::Refused`], [`PeerError::LinkFailed`].
+    /// [`PeerError::UnknownShare`], [`PeerError::Refused`], [`PeerError::NotAnswering`] (the
+    /// sharer is gone), [`PeerError::NotAccepted`], [`PeerError::LinkFailed`].
     pub async fn open(&self, share: &str, info: Value) -> Result<Db, PeerError> {
         self.open_with_key(share, info, None).await
     }
