@@ -686,7 +686,13 @@ fn readme_commands(section: &str) -> Vec<String> {
         .find(section)
         .unwrap_or_else(|| panic!("the README has no section {section:?}"));
     let body = &readme[start + section.len()..];
-    let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+    // Up to the next heading of any level (a subsection is another topic).
+    let end = ["\n## ", "\n### "]
+        .iter()
+        .filter_map(|h| body.find(h))
+        .min()
+        .unwrap_or(body.len());
+    let body = &body[..end];
     let mut in_code = false;
     let mut out = Vec::new();
     for line in body.lines() {
@@ -793,8 +799,13 @@ fn the_readme_quick_start_works_as_written() {
     let mut live = readme_sh(&dir, &lines[6], Stdio::null()).spawn().unwrap();
     let err = live.stderr.take().unwrap();
     let mut err = BufReader::new(err).lines();
-    let up = err.next().expect("the live pull's first line").unwrap();
-    assert!(up.starts_with("link "), "{up}");
+    // "waiting for the sharer to accept" while Alice decides, then the link.
+    let up = err
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("link "))
+        .expect("the live pull's link line");
+    assert!(up.contains("sharer sha-256 "), "{up}");
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
         libc::kill(live.id() as i32, libc::SIGINT);
