@@ -22,7 +22,7 @@ use peerpouch_smol::{
 use serde_json::{json, Value};
 
 use crate::peers::{AllowArgs, AllowList, IdentityArgs, PeersError};
-use crate::progress::{human_duration, human_rate, rows_left, ProgressView};
+use crate::progress::{human_bytes, human_duration, human_rate, rows_left, ProgressView};
 use crate::stop::{open_local, within, Stop};
 use crate::DocsOp;
 
@@ -871,6 +871,7 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                 .ok_or(CliError::Interrupted)??;
         }
         let node = PeerNode::start_with(config)?;
+        let with_peer = !hubs.is_empty();
         let result = async {
             let key = args.key.as_deref();
             let live = args.live;
@@ -1035,14 +1036,23 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
             view.finish();
             let p = end?;
             let took = started.elapsed();
+            // What crossed the network, when a peer is one side.
+            let net = match with_peer {
+                true => node.stats().await.ok(),
+                false => None,
+            };
             if args.json {
                 let mut v = progress_json("completed", &p);
                 v["seconds"] = json!(took.as_secs_f64());
                 v["cancelled"] = json!(cancelled);
+                if let Some(n) = net {
+                    v["bytes_received"] = json!(n.bytes_received);
+                    v["bytes_sent"] = json!(n.bytes_sent);
+                }
                 print_json(&v);
             } else {
                 println!(
-                    "replicated {} -> {}: {} docs written ({} changes read, {} failed) in {}{}",
+                    "replicated {} -> {}: {} docs written ({} changes read, {} failed) in {}{}{}",
                     src.name(),
                     tgt.name(),
                     p.docs_written,
@@ -1051,7 +1061,13 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                     human_duration(took),
                     human_rate(p.docs_written, took)
                         .map(|r| format!(" ({r})"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    net.map(|n| format!(
+                        "; {} received, {} sent",
+                        human_bytes(n.bytes_received),
+                        human_bytes(n.bytes_sent)
+                    ))
+                    .unwrap_or_default()
                 );
             }
             if p.doc_write_failures > 0 || p.doc_read_failures > 0 {
@@ -1061,12 +1077,28 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                 )));
             }
             Ok(())
-        }
-        .await;
+        };
+        // While a peer is one side, the bar also shows the bytes coming in: a large attachment
+        // counts as a document only once it is whole.
+        let ticker = async {
+            if !(with_peer && view.is_drawn()) {
+                return future::pending().await;
+            }
+            loop {
+                smol::Timer::after(BYTES_TICK).await;
+                if let Ok(stats) = node.stats().await {
+                    view.bytes(stats.bytes_received);
+                }
+            }
+        };
+        let result = future::or(result, ticker).await;
         stop_node(&node).await;
         result
     })
 }
+
+/// How often the progress bar asks the node for the bytes received.
+const BYTES_TICK: Duration = Duration::from_millis(250);
 
 /// What SOURCE and TARGET both name, if they name one database: one file (by device and inode
 /// when both exist, so `./x.db` and a hard link count), one CouchDB URL, one share.

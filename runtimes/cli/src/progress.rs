@@ -7,7 +7,7 @@
 //! bounds is the bar's length; when more rows come (the source is being written meanwhile) the
 //! length grows with them, so the bar never runs past its end.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -52,6 +52,21 @@ pub(crate) fn human_duration(d: Duration) -> String {
     }
 }
 
+/// A number of bytes as a person reads it: `512 B`, `12.3 KiB`, `4.1 MiB`, `1.20 GiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let f = n as f64;
+    if f < KIB {
+        format!("{n} B")
+    } else if f < KIB * KIB {
+        format!("{:.1} KiB", f / KIB)
+    } else if f < KIB * KIB * KIB {
+        format!("{:.1} MiB", f / (KIB * KIB))
+    } else {
+        format!("{:.2} GiB", f / (KIB * KIB * KIB))
+    }
+}
+
 /// Time left, rounded as a person would say it: `12 s`, `3 min 10 s`.
 pub(crate) fn human_eta(d: Duration) -> String {
     // Rounded up: "0 s" left would be a promise the last batch cannot keep.
@@ -89,6 +104,12 @@ pub(crate) struct ProgressView {
     /// When the current run started reading, and the changes read before it: the rate and
     /// the ETA are this run's (indicatif's own estimate jumps with the first batch).
     run: Cell<Option<(Instant, u64)>>,
+    /// The latest figures, and the bytes the node received from the network: while a large
+    /// attachment crosses a link, the document count stands still and the bytes move.
+    last: RefCell<Option<Progress>>,
+    bytes: Cell<Option<u64>>,
+    /// A live replication read everything there was and waits for changes.
+    caught: Cell<bool>,
 }
 
 impl ProgressView {
@@ -107,6 +128,9 @@ impl ProgressView {
             bar,
             live,
             run: Cell::new(None),
+            last: RefCell::new(None),
+            bytes: Cell::new(None),
+            caught: Cell::new(false),
         }
     }
 
@@ -142,9 +166,43 @@ impl ProgressView {
         bar.set_message("");
     }
 
+    /// The bytes the node has received from the network so far (a peer is one side).
+    pub(crate) fn bytes(&self, received: u64) {
+        if self.bar.is_none() || self.bytes.replace(Some(received)) == Some(received) {
+            return;
+        }
+        let last = self.last.borrow().clone();
+        match last {
+            Some(p) => self.render(&p),
+            None => {
+                if let Some(bar) = &self.bar {
+                    bar.set_message(format!("opening, {} received", human_bytes(received)));
+                }
+            }
+        }
+    }
+
+    /// The bytes part of a message: `, 4.1 MiB received`, or nothing without a peer.
+    fn bytes_part(&self) -> String {
+        self.bytes
+            .get()
+            .map(|b| format!(", {} received", human_bytes(b)))
+            .unwrap_or_default()
+    }
+
+    fn render(&self, p: &Progress) {
+        if self.caught.get() {
+            self.caught_up(p);
+        } else {
+            self.update(p);
+        }
+    }
+
     /// New figures (the whole command's, earlier runs included).
     pub(crate) fn update(&self, p: &Progress) {
         let Some(bar) = &self.bar else { return };
+        self.last.replace(Some(p.clone()));
+        self.caught.set(false);
         if bar.length().is_some_and(|len| p.changes_read > len) {
             bar.set_length(p.changes_read);
         }
@@ -165,6 +223,7 @@ impl ProgressView {
                 }
             }
         }
+        msg.push_str(&self.bytes_part());
         bar.set_message(msg);
     }
 
@@ -172,10 +231,14 @@ impl ProgressView {
     pub(crate) fn caught_up(&self, p: &Progress) {
         let Some(bar) = &self.bar else { return };
         if self.live {
+            self.last.replace(Some(p.clone()));
+            self.caught.set(true);
             bar.set_style(Self::spinner_style());
             bar.set_message(format!(
-                "{} docs written, {} changes read; following changes (Ctrl-C ends)",
-                p.docs_written, p.changes_read
+                "{} docs written, {} changes read{}; following changes (Ctrl-C ends)",
+                p.docs_written,
+                p.changes_read,
+                self.bytes_part()
             ));
         } else {
             self.update(p);
@@ -237,6 +300,15 @@ mod tests {
         assert_eq!(human_duration(Duration::from_millis(2312)), "2.31 s");
         assert_eq!(human_duration(Duration::from_secs(245)), "4 min 05 s");
         assert_eq!(human_duration(Duration::from_secs(3720)), "1 h 02 min");
+    }
+
+    #[test]
+    fn bytes_read_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(12_595), "12.3 KiB");
+        assert_eq!(human_bytes(4_299_161), "4.1 MiB");
+        assert_eq!(human_bytes(1_288_490_189), "1.20 GiB");
     }
 
     #[test]

@@ -236,6 +236,10 @@ pub(crate) struct Driver {
     /// The hub could not be reached at start: hub commands fail with this at once.
     hub_failed: Option<PeerError>,
     buf: Vec<u8>,
+    /// Bytes received from and sent to the network (UDP datagrams and TURN's TCP streams),
+    /// for [`PeerStats`].
+    bytes_received: u64,
+    bytes_sent: u64,
 }
 
 pub(crate) fn wall_clock_ms() -> u64 {
@@ -301,6 +305,8 @@ impl Driver {
             shutdown: None,
             hub_failed: None,
             buf: vec![0; 65536],
+            bytes_received: 0,
+            bytes_sent: 0,
         })
     }
 
@@ -486,8 +492,10 @@ impl Driver {
     fn read_batch(&mut self) {
         let mut buf = std::mem::take(&mut self.buf);
         let node = &mut self.node;
+        let received = &mut self.bytes_received;
         self.sockets
             .read_batch(&mut buf, RECV_BATCH, |from, to, data| {
+                *received = received.saturating_add(data.len() as u64);
                 node.handle_datagram(Instant::now(), from, to, data)
             });
         self.buf = buf;
@@ -524,6 +532,7 @@ impl Driver {
             }
             while let Some(t) = self.node.poll_transmit() {
                 moved = true;
+                self.bytes_sent = self.bytes_sent.saturating_add(t.contents.len() as u64);
                 match t.transport {
                     Transport::Udp => {
                         self.sockets
@@ -689,6 +698,7 @@ impl Driver {
             }
             Done::Feed(_) => {}
             Done::Stream(StreamEvent::Data { server, bytes }) => {
+                self.bytes_received = self.bytes_received.saturating_add(bytes.len() as u64);
                 self.node.handle_stream_data(now, server, &bytes)
             }
             Done::Stream(StreamEvent::Closed { server, why }) => {
@@ -774,6 +784,8 @@ impl Driver {
                     remote_subscriptions: self.subs.len(),
                     waiting_longpolls: self.parked.len(),
                     replications: self.reps.len(),
+                    bytes_received: self.bytes_received,
+                    bytes_sent: self.bytes_sent,
                 });
             }
             Command::Share {

@@ -906,6 +906,12 @@ pub struct PeerStats {
     pub waiting_longpolls: usize,
     /// Replications running.
     pub replications: usize,
+    /// Bytes this node received from the network since it started: its links' datagrams
+    /// (DTLS, SCTP, STUN) and what TURN servers sent over TCP. What a transfer moves, for
+    /// progress on large attachments, whose documents count only once they are whole.
+    pub bytes_received: u64,
+    /// Bytes this node sent to the network since it started.
+    pub bytes_sent: u64,
 }
 
 /// A running replication: its events, its progress, its end. Dropping it does not stop it;
