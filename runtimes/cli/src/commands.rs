@@ -1001,32 +1001,46 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                             attempt = attempt.saturating_add(1);
                             let wait = Duration::from_secs(1 << (attempt - 1).min(5));
                             if args.json {
-                                print_json(&json!({"event": "reconnecting", "attempt": attempt, "in_seconds": wait.as_secs()}));
+                                print_json(
+                                    &json!({"event": "reconnecting", "attempt": attempt, "in_seconds": wait.as_secs()}),
+                                );
                             } else {
-                                view.say(&format!("reconnecting in {} s (attempt {attempt})", wait.as_secs()));
+                                view.say(&format!(
+                                    "reconnecting in {} s (attempt {attempt})",
+                                    wait.as_secs()
+                                ));
                             }
                             let waited = stop.or(smol::Timer::after(wait)).await;
                             if waited.is_none() {
                                 cancelled = true;
                                 break 'runs Ok(before.clone());
                             }
-                            let reopened = stop.or(async {
-                                if matches!(source, Endpoint::Peer { .. }) {
-                                    src = open_endpoint(&node, &source, false, &info, key, args.json, &view).await?;
-                                }
-                                if matches!(target, Endpoint::Peer { .. }) {
-                                    tgt = open_endpoint(&node, &target, true, &info, key, args.json, &view).await?;
-                                }
-                                Ok::<(), CliError>(())
-                            })
-                            .await;
+                            let reopened = stop
+                                .or(async {
+                                    if matches!(source, Endpoint::Peer { .. }) {
+                                        src = open_endpoint(
+                                            &node, &source, false, &info, key, args.json, &view,
+                                        )
+                                        .await?;
+                                    }
+                                    if matches!(target, Endpoint::Peer { .. }) {
+                                        tgt = open_endpoint(
+                                            &node, &target, true, &info, key, args.json, &view,
+                                        )
+                                        .await?;
+                                    }
+                                    Ok::<(), CliError>(())
+                                })
+                                .await;
                             let Some(reopened) = reopened else {
                                 cancelled = true;
                                 break 'runs Ok(before.clone());
                             };
                             match reopened {
                                 Ok(()) => continue 'runs,
-                                Err(e) if args.json => print_json(&json!({"event": "reconnect_failed", "error": e.to_string()})),
+                                Err(e) if args.json => print_json(
+                                    &json!({"event": "reconnect_failed", "error": e.to_string()}),
+                                ),
                                 Err(e) => view.say(&format!("reconnecting failed: {e}")),
                             }
                         }

@@ -110,6 +110,8 @@ pub(crate) struct ProgressView {
     bytes: Cell<Option<u64>>,
     /// A live replication read everything there was and waits for changes.
     caught: Cell<bool>,
+    /// A run started reading changes.
+    reading: Cell<bool>,
 }
 
 impl ProgressView {
@@ -131,6 +133,7 @@ impl ProgressView {
             last: RefCell::new(None),
             bytes: Cell::new(None),
             caught: Cell::new(false),
+            reading: Cell::new(false),
         }
     }
 
@@ -153,6 +156,7 @@ impl ProgressView {
     /// `at` is when the run started (the rate counts from there).
     pub(crate) fn started(&self, rows_left: Option<u64>, done_before: u64, at: Instant) {
         let Some(bar) = &self.bar else { return };
+        self.reading.set(true);
         match rows_left {
             Some(n) => {
                 bar.set_style(Self::bar_style());
@@ -176,7 +180,13 @@ impl ProgressView {
             Some(p) => self.render(&p),
             None => {
                 if let Some(bar) = &self.bar {
-                    bar.set_message(format!("opening, {} received", human_bytes(received)));
+                    // Before the first batch: opening, or reading the first one.
+                    let doing = if self.reading.get() {
+                        "reading"
+                    } else {
+                        "opening"
+                    };
+                    bar.set_message(format!("{doing}, {} received", human_bytes(received)));
                 }
             }
         }

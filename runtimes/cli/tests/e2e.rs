@@ -1256,3 +1256,40 @@ fn ctrl_c_ends_a_live_reconnect_that_waits_for_approval() {
     assert_eq!(summary["docs_written"], 5);
     drop(answers);
 }
+
+#[test]
+fn a_pull_from_a_peer_reports_the_bytes_it_moved() {
+    const SIZE: usize = 6 << 20;
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, b, c) = (dir.db("a.db"), dir.db("b.db"), dir.db("c.db"));
+    // Bytes that do not compress (the link compresses what it can).
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let blob: Vec<u8> = (0..SIZE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let doc = json!({"_id": "big", "_attachments": {"blob.bin": {
+        "content_type": "application/octet-stream", "data": base64(&blob)}}});
+    ok_json(&["docs", &a, "put", "-"], Some(&doc.to_string()));
+    let name = unique("bytes");
+    let _sharer = share(&hub, &a, &name, &[], None);
+    let peer = format!("peer+{hub}#{name}");
+    let out = ok_json(&["replicate", &peer, &b, "--json"], None);
+    let summary = out.last().unwrap();
+    assert_eq!(summary["docs_written"], 1);
+    let received = summary["bytes_received"].as_u64().unwrap();
+    assert!(received >= SIZE as u64, "{summary}");
+    assert!(received < 2 * SIZE as u64, "{summary}");
+    assert!(summary["bytes_sent"].as_u64().unwrap() > 0, "{summary}");
+    // In words too; a copy between two files makes no such claim.
+    let out = run(&["replicate", &peer, &c], None);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(" MiB received, "), "{said}");
+    let out = run(&["replicate", &b, &dir.db("d.db")], None);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("received"));
+}
