@@ -52,7 +52,7 @@ pub enum CliError {
         error: String,
     },
     /// A local database file that must exist (a SOURCE) does not.
-    #[error("{} does not exist: check the path (a missing SOURCE is not created; a TARGET is)", .0.display())]
+    #[error("{} does not exist: check the path (nothing was created)", .0.display())]
     NoSuchFile(PathBuf),
     /// This user may not read and write the file, or create its `-wal` beside it.
     #[error("permission denied: {} (peerpouch reads and writes the file and creates its -wal beside it: check the permissions of the file and its directory)", .0.display())]
@@ -900,6 +900,7 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
             // runs again (resuming from its checkpoint), and its figures add up.
             let mut before = Progress::default();
             let mut cancelled = false;
+            let mut said_caught_up = false;
             enum RunEnd {
                 Done(Progress),
                 Lost(String),
@@ -962,6 +963,13 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                             let p = add_progress(&before, &p);
                             if args.json {
                                 print_json(&progress_json("progress", &p));
+                            } else if !view.is_drawn() && !said_caught_up {
+                                // Without a bar (stderr is a file or a pipe), said once.
+                                said_caught_up = true;
+                                view.say(&format!(
+                                    "caught up ({} docs written); following changes until Ctrl-C",
+                                    p.docs_written
+                                ));
                             }
                             view.caught_up(&p);
                         }
@@ -1152,8 +1160,10 @@ fn rev_of(r: Result<Rev, DbError>) -> Result<String, CliError> {
 }
 
 pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
-    // Writes parse their input before the file is opened: bad input creates no file.
+    // Writes parse their input before the file is opened: bad input creates no file. Only
+    // writes create one: reading a file that is not there says so.
     let open = || open_local(path, true);
+    let existing = || open_local(path, false);
     match op {
         DocsOp::Put { doc } => {
             let text = if doc == "-" { read_stdin()? } else { doc };
@@ -1214,25 +1224,25 @@ pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
             }
             req.conflicts = conflicts;
             req.attachments = attachments;
-            print_json(&Value::Object(open()?.get_with(req)?));
+            print_json(&Value::Object(existing()?.get_with(req)?));
         }
         DocsOp::All { include_docs } => {
             let req = AllDocsRequest {
                 include_docs,
                 ..Default::default()
             };
-            let all = open()?.all_docs(req)?;
+            let all = existing()?.all_docs(req)?;
             print_json(&serde_json::to_value(&all).map_err(|e| CliError::Failed(e.to_string()))?);
         }
         DocsOp::Delete { id } => {
-            let mut db = open()?;
+            let mut db = existing()?;
             let current = db.get(&id)?;
             let rev = current.get("_rev").cloned().unwrap_or(Value::Null);
             let r = db.put(json!({"_id": id, "_rev": rev, "_deleted": true}));
             print_json(&json!({"ok": true, "id": id, "rev": rev_of(r)?}));
         }
         DocsOp::Info => {
-            let info = open()?.info()?;
+            let info = existing()?.info()?;
             print_json(&serde_json::to_value(&info).map_err(|e| CliError::Failed(e.to_string()))?);
         }
     }

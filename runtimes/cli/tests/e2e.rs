@@ -175,7 +175,11 @@ impl Drop for Dir {
     }
 }
 
+/// The documents in a database file; a file that is not there holds none.
 fn doc_count(path: &str) -> u64 {
+    if !Path::new(path).exists() {
+        return 0;
+    }
     ok_json(&["docs", path, "info"], None)[0]["doc_count"]
         .as_u64()
         .unwrap()
@@ -485,6 +489,10 @@ fn replicate_between_a_local_file_and_couchdb_over_http() {
 #[test]
 fn bad_input_is_a_clear_error_with_a_non_zero_exit() {
     let dir = Dir::new();
+    ok_json(
+        &["docs", &dir.db("made.db"), "put", r#"{"_id": "x"}"#],
+        None,
+    );
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
         (
             vec![
@@ -521,6 +529,16 @@ fn bad_input_is_a_clear_error_with_a_non_zero_exit() {
                 "get".into(),
                 "missing".into(),
             ],
+            2,
+            "does not exist",
+        ),
+        (
+            vec![
+                "docs".into(),
+                dir.db("made.db"),
+                "get".into(),
+                "missing".into(),
+            ],
             1,
             "not_found",
         ),
@@ -534,6 +552,8 @@ fn bad_input_is_a_clear_error_with_a_non_zero_exit() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    // Reading a file that is not there created none.
+    assert!(!Path::new(&dir.db("b.db")).exists());
     // Not a peerpouch file: refused and left as it was.
     let foreign = dir.db("foreign.txt");
     std::fs::write(&foreign, b"just text").unwrap();
@@ -798,14 +818,30 @@ fn the_readme_quick_start_works_as_written() {
     assert!(lines[6].contains("--live"));
     let mut live = readme_sh(&dir, &lines[6], Stdio::null()).spawn().unwrap();
     let err = live.stderr.take().unwrap();
-    let mut err = BufReader::new(err).lines();
-    // "waiting for the sharer to accept" while Alice decides, then the link.
-    let up = err
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("link "))
-        .expect("the live pull's link line");
-    assert!(up.contains("sharer sha-256 "), "{up}");
+    let (tx, err_lines) = channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    // "waiting for the sharer to accept" while Alice decides, then the link, then caught up.
+    let mut said = Vec::new();
+    loop {
+        let l = err_lines
+            .recv_timeout(LINE_DEADLINE)
+            .unwrap_or_else(|e| panic!("no 'caught up' line after {said:?}: {e}"));
+        if l.starts_with("caught up (") {
+            break;
+        }
+        said.push(l);
+    }
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("link ") && l.contains("sharer sha-256 ")),
+        "{said:?}"
+    );
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
         libc::kill(live.id() as i32, libc::SIGINT);
