@@ -164,6 +164,22 @@ fn say_stopping(what: &str) {
 
 /// Stops `node`, waiting at most [`SHUTDOWN_DEADLINE`] (an unreachable peer or hub does not
 /// hold the process; what is left expires on its own).
+/// What a command's setup gives, or its error (or [`CliError::Interrupted`] when stopped
+/// first), with the node stopped before an error is returned.
+async fn setup_or_stop<T>(
+    node: &PeerNode,
+    stop: &Stop,
+    setup: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    let error = match stop.or(setup).await {
+        Some(Ok(up)) => return Ok(up),
+        Some(Err(e)) => e,
+        None => CliError::Interrupted,
+    };
+    stop_node(node).await;
+    Err(error)
+}
+
 async fn stop_node(node: &PeerNode) {
     if within(SHUTDOWN_DEADLINE, node.shutdown()).await.is_none() {
         tracing::debug!("the node did not stop within {SHUTDOWN_DEADLINE:?}; leaving it");
@@ -424,17 +440,7 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
         };
         // Stopped or failed before the share was up: the node unshares whatever reached the
         // hub as it stops.
-        let (links, id, docs) = match stop.or(started).await {
-            Some(Ok(up)) => up,
-            Some(Err(e)) => {
-                stop_node(&node).await;
-                return Err(e);
-            }
-            None => {
-                stop_node(&node).await;
-                return Err(CliError::Interrupted);
-            }
-        };
+        let (links, id, docs) = setup_or_stop(&node, &stop, started).await?;
         if args.json {
             print_json(
                 &json!({"event": "shared", "share": id, "name": args.name, "docs": docs,
@@ -572,17 +578,7 @@ pub fn shares(hub: &str, watch: bool, json_out: bool, http: &HttpArgs) -> Result
             };
             Ok::<_, CliError>((changes, node.shares().await?))
         };
-        let (changes, list) = match stop.or(listed).await {
-            Some(Ok(l)) => l,
-            Some(Err(e)) => {
-                stop_node(&node).await;
-                return Err(e);
-            }
-            None => {
-                stop_node(&node).await;
-                return Err(CliError::Interrupted);
-            }
-        };
+        let (changes, list) = setup_or_stop(&node, &stop, listed).await?;
         if json_out && !watch {
             print_json(&Value::Array(list.iter().map(share_json).collect()));
         } else if json_out {

@@ -2,56 +2,20 @@
 //! `docs`) on SQLite files, meeting on the pouchdb-server test hub started by `.ci/test`, linked
 //! by WebRTC data channels over 127.0.0.1 UDP.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_peerpouch");
-/// Deadline for one expected line of output (a failure, not a synchronisation).
-const LINE_DEADLINE: Duration = Duration::from_secs(60);
-
-fn hub_base() -> String {
-    std::env::var("PEERPOUCH_TEST_HUB")
-        .unwrap_or_else(|_| {
-            panic!(
-                "PEERPOUCH_TEST_HUB is not set: run the tests through `.ci/test` (which starts \
-                 the pouchdb-server test hub)"
-            )
-        })
-        .trim_end_matches('/')
-        .to_string()
-}
-
-fn unique(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .unwrap();
-    format!(
-        "{prefix}-{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
-}
-
-/// The configuration directory of every `peerpouch` the tests start (default identity, allow
-/// lists): inside the build's temporary directory.
-fn config_home() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-config")
-}
+mod common;
+use common::*;
 
 /// Starts `peerpouch args`, gives it `stdin` (then end of input).
 fn spawn(args: &[&str], stdin: Option<&str>, stderr: Stdio) -> Child {
-    let mut child = Command::new(BIN)
-        .args(args)
-        // Tests send traffic to loopback only, whatever the product's default (every interface).
-        .env("PEERPOUCH_BIND", "127.0.0.1:0")
-        // Identities and allow lists made by default go here, not into the user's home.
-        .env("XDG_CONFIG_HOME", config_home())
-        .env_remove("PEERPOUCH_IDENTITY")
+    let mut child = peerpouch(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -64,27 +28,6 @@ fn spawn(args: &[&str], stdin: Option<&str>, stderr: Stdio) -> Child {
     child
 }
 
-fn run(args: &[&str], stdin: Option<&str>) -> Output {
-    spawn(args, stdin, Stdio::piped())
-        .wait_with_output()
-        .unwrap()
-}
-
-fn ok_json(args: &[&str], stdin: Option<&str>) -> Vec<Value> {
-    let out = run(args, stdin);
-    assert!(
-        out.status.success(),
-        "peerpouch {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
 /// A running `peerpouch` whose stdout lines arrive on a channel.
 struct Running {
     child: Child,
@@ -94,15 +37,7 @@ struct Running {
 impl Running {
     fn start(args: &[&str], stdin: Option<&str>) -> Running {
         let mut child = spawn(args, stdin, Stdio::inherit());
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines(child.stdout.take().unwrap());
         Running { child, lines }
     }
 
@@ -153,25 +88,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new() -> Dir {
-        let p = std::env::temp_dir().join(unique("peerpouch-e2e"));
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-    fn db(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -622,25 +538,14 @@ fn library_warnings_stay_out_of_the_output_without_v() {
     let peer = format!("peer+{hub}#{name}");
     // The live pull's stderr goes to a file, as when a person redirects it.
     let log = dir.0.join("stderr.txt");
-    let mut child = Command::new(BIN)
-        .args(["replicate", &peer, &c, "--live", "--json"])
-        .env("PEERPOUCH_BIND", "127.0.0.1:0")
-        .env("XDG_CONFIG_HOME", config_home())
+    let mut child = peerpouch(&["replicate", &peer, &c, "--live", "--json"])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, lines) = channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = lines(child.stdout.take().unwrap());
     let live = Running { child, lines };
     live.expect("5 docs written", |v| v["docs_written"] == 5);
     // The sharer goes: the replication loses its endpoint, which the library logs as a warning.
@@ -745,6 +650,7 @@ fn readme_sh(dir: &Dir, line: &str, stdin: Stdio) -> Command {
         .env("PATH", path)
         .env("PEERPOUCH_BIND", "127.0.0.1:0")
         .env("XDG_CONFIG_HOME", config_home())
+        .env_remove("PEERPOUCH_IDENTITY")
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -782,15 +688,7 @@ fn the_readme_quick_start_works_as_written() {
     assert!(lines[1].starts_with("peerpouch share ") && lines[1].contains("--ask"));
     let mut share = readme_sh(&dir, &lines[1], Stdio::piped()).spawn().unwrap();
     let mut alice_says = share.stdin.take().unwrap();
-    let (tx, alice) = channel();
-    let out = share.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let alice = common::lines(share.stdout.take().unwrap());
     let shared = alice
         .recv_timeout(LINE_DEADLINE)
         .expect("the share's first line");
@@ -817,15 +715,7 @@ fn the_readme_quick_start_works_as_written() {
     // The live pull: up, then Ctrl-C ends it cleanly with its summary.
     assert!(lines[6].contains("--live"));
     let mut live = readme_sh(&dir, &lines[6], Stdio::null()).spawn().unwrap();
-    let err = live.stderr.take().unwrap();
-    let (tx, err_lines) = channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let err_lines = common::lines(live.stderr.take().unwrap());
     // "waiting for the sharer to accept" while Alice decides, then the link, then caught up.
     let mut said = Vec::new();
     loop {
@@ -1089,25 +979,14 @@ fn asking_share(hub: &str, db: &str, name: &str) -> (Running, std::process::Chil
     let args = [
         "share", "--hub", hub, "--db", db, "--name", name, "--ask", "--json",
     ];
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("PEERPOUCH_BIND", "127.0.0.1:0")
-        .env("XDG_CONFIG_HOME", config_home())
+    let mut child = peerpouch(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let answers = child.stdin.take().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, lines) = channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = lines(child.stdout.take().unwrap());
     let r = Running { child, lines };
     r.expect("the shared event", |v| v["event"] == "shared");
     (r, answers)

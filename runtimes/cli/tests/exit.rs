@@ -5,10 +5,10 @@
 //! Tests that meet on a hub use the pouchdb-server test hub of `.ci/test` (PEERPOUCH_TEST_HUB);
 //! a hub that hangs is a TCP relay in front of it that the test switches to swallow everything.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,79 +18,12 @@ use peerpouch::{Database, DbError};
 use peerpouch_couch::CouchClient;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_peerpouch");
-/// Deadline for one expected line of output (a failure, not a synchronisation).
-const LINE_DEADLINE: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
+
 /// How long a stopped command may take to exit: its own bound is 2 s; this leaves room for a
 /// loaded machine while still failing a command that waits for the hub's timeouts (30-60 s).
 const EXIT_DEADLINE: Duration = Duration::from_secs(6);
-
-fn hub_base() -> String {
-    std::env::var("PEERPOUCH_TEST_HUB")
-        .unwrap_or_else(|_| {
-            panic!(
-                "PEERPOUCH_TEST_HUB is not set: run the tests through `.ci/test`, or \
-                 `source .ci/hub.sh && hub_start` first"
-            )
-        })
-        .trim_end_matches('/')
-        .to_string()
-}
-
-fn unique(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .unwrap();
-    format!(
-        "{prefix}-{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
-}
-
-fn command(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    // Tests send traffic to loopback only, whatever the product's default (every interface).
-    c.args(args)
-        .env("PEERPOUCH_BIND", "127.0.0.1:0")
-        // Identities made by default go to the build's temporary directory, not the home.
-        .env(
-            "XDG_CONFIG_HOME",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("exit-config"),
-        )
-        .env_remove("PEERPOUCH_IDENTITY");
-    c
-}
-
-fn run(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = command(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn ok_json(args: &[&str], stdin: Option<&str>) -> Vec<Value> {
-    let out = run(args, stdin);
-    assert!(
-        out.status.success(),
-        "peerpouch {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
 
 /// A running `peerpouch` whose stdout and stderr lines, and its exit, arrive on channels.
 struct Running {
@@ -102,21 +35,9 @@ struct Running {
     err: Receiver<String>,
 }
 
-fn lines(r: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 impl Running {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut c = command(args);
+        let mut c = peerpouch(args);
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -200,25 +121,6 @@ impl Drop for Running {
         // Also ends one stopped with SIGSTOP.
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new() -> Dir {
-        let p = std::env::temp_dir().join(unique("peerpouch-exit"));
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-    fn db(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -519,7 +421,7 @@ fn a_file_this_user_may_not_open_says_permission_denied_once() {
     let dir = Dir::new();
     let locked = dir.db("locked.db");
     seed(&locked, 1);
-    let mut cmd = command(&["docs", &locked, "info"]);
+    let mut cmd = peerpouch(&["docs", &locked, "info"]);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         // root may open anything: run as nobody, who may not open a root-owned 0600 file.

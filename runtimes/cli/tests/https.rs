@@ -4,13 +4,12 @@
 //! CouchDB database with `--ca-file`; without it, or with a certificate for another name or an
 //! expired one, they fail with the host and the reason named and exit 1.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -18,56 +17,17 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_peerpouch");
-/// Deadline for one expected line of output (a failure, not a synchronisation).
-const LINE_DEADLINE: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
 
 /// The pouchdb-server test hub's address (plain HTTP).
 fn hub_addr() -> (String, SocketAddr) {
-    let base = std::env::var("PEERPOUCH_TEST_HUB")
-        .unwrap_or_else(|_| {
-            panic!(
-                "PEERPOUCH_TEST_HUB is not set: run the tests through `.ci/test` (which starts \
-                 the pouchdb-server test hub)"
-            )
-        })
-        .trim_end_matches('/')
-        .to_string();
+    let base = hub_base();
     let hostport = base
         .strip_prefix("http://")
         .expect("the test hub is plain http://");
     let addr = hostport.parse().expect("the test hub is at IP:PORT");
     (base, addr)
-}
-
-fn unique(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .unwrap();
-    format!(
-        "{prefix}-{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new() -> Dir {
-        let p = std::env::temp_dir().join(unique("peerpouch-https"));
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---- certificates ----------------------------------------------------------------------------
@@ -258,18 +218,9 @@ fn relay(client: TcpStream, upstream: SocketAddr, config: Arc<rustls::ServerConf
 // ---- driving the CLI -------------------------------------------------------------------------
 
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        // Tests send traffic to loopback only, whatever the product's default (every interface).
-        .env("PEERPOUCH_BIND", "127.0.0.1:0")
-        // Identities made by default go to the build's temporary directory, not the home.
-        .env(
-            "XDG_CONFIG_HOME",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("https-config"),
-        )
-        .env_remove("PEERPOUCH_IDENTITY")
-        // Only what each test gives: never a CA file from the environment running the tests.
-        .env_remove("PEERPOUCH_CA_FILE")
+    let mut c = peerpouch(args);
+    // Only what each test gives: never a CA file from the environment running the tests.
+    c.env_remove("PEERPOUCH_CA_FILE")
         .env_remove("SSL_CERT_FILE")
         .env_remove("SSL_CERT_DIR")
         .stdin(Stdio::null())
@@ -322,15 +273,7 @@ struct Running {
 impl Running {
     fn start(args: &[&str]) -> Running {
         let mut child = command(args, &[]).stderr(Stdio::inherit()).spawn().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines(child.stdout.take().unwrap());
         Running { child, lines }
     }
 
@@ -392,7 +335,7 @@ fn doc_count(path: &str) -> u64 {
 fn setup() -> (Dir, TestCa, String, SocketAddr) {
     let dir = Dir::new();
     let ca = TestCa::new("peerpouch test CA");
-    let ca_file = dir.path("ca.pem");
+    let ca_file = dir.db("ca.pem");
     ca.write_pem(&ca_file);
     let (_, upstream) = hub_addr();
     (dir, ca, ca_file, upstream)
@@ -410,7 +353,7 @@ fn https_hub_with_a_private_ca() {
     let hub = proxy.url(&unique("hub"));
     let ca = ca_file.as_str();
 
-    let alice = dir.path("alice.db");
+    let alice = dir.db("alice.db");
     seed(&alice, 25);
     let sharer = Running::start(&[
         "share",
@@ -447,7 +390,7 @@ fn https_hub_with_a_private_ca() {
     assert_eq!(listed[0].as_array().unwrap().len(), 1, "{listed:?}");
 
     // A replication from the share: signalling over HTTPS, documents over the data channel.
-    let bob = dir.path("bob.db");
+    let bob = dir.db("bob.db");
     let share_url = format!("peer+{hub}#notes");
     let out = ok_json(
         &["replicate", &share_url, &bob, "--json", "--ca-file", ca],
@@ -470,7 +413,7 @@ fn https_hub_with_a_private_ca() {
         ],
         &[],
     );
-    let carol = dir.path("carol.db");
+    let carol = dir.db("carol.db");
     let out = ok_json(
         &[
             "replicate",
@@ -497,8 +440,8 @@ fn a_private_ca_without_ca_file_is_an_unknown_issuer() {
     let (chain, key) = ca.leaf(&["127.0.0.1"], None);
     let proxy = TlsProxy::start(upstream, chain, key);
     let hub = proxy.url(&unique("hub"));
-    let bob = dir.path("bob.db");
-    let alice = dir.path("alice.db");
+    let bob = dir.db("bob.db");
+    let alice = dir.db("alice.db");
     seed(&alice, 1);
     let commands: Vec<Vec<String>> = vec![
         vec!["shares".into(), "--hub".into(), hub.clone()],
@@ -554,7 +497,7 @@ fn an_expired_certificate_is_expired() {
         &[
             "replicate",
             &proxy.url("couch"),
-            &dir.path("x.db"),
+            &dir.db("x.db"),
             "--ca-file",
             &ca_file,
         ],
@@ -567,7 +510,7 @@ fn an_expired_certificate_is_expired() {
 #[test]
 fn a_bad_ca_file_is_bad_input() {
     let dir = Dir::new();
-    let missing = dir.path("missing.pem");
+    let missing = dir.db("missing.pem");
     let err = fails(
         &[
             "shares",
@@ -582,18 +525,18 @@ fn a_bad_ca_file_is_bad_input() {
         err.contains(&missing) && err.contains("no such file"),
         "{err}"
     );
-    let garbage = dir.path("garbage.pem");
+    let garbage = dir.db("garbage.pem");
     std::fs::write(&garbage, "hello\n").unwrap();
     let err = fails(
         &[
             "replicate",
             "https://127.0.0.1:9/db",
-            &dir.path("x.db"),
+            &dir.db("x.db"),
             "--ca-file",
             &garbage,
         ],
         2,
     );
     assert!(err.contains("no PEM certificate"), "{err}");
-    assert!(!Path::new(&dir.path("x.db")).exists(), "nothing created");
+    assert!(!Path::new(&dir.db("x.db")).exists(), "nothing created");
 }
