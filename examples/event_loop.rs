@@ -90,7 +90,7 @@ impl App {
                         let result = hub.execute(request);
                         self.node.handle_hub_response(Instant::now(), id, result);
                     }
-                    HubAction::FollowChanges { since } => self.feed = Some(hub.follow(&since)),
+                    HubAction::FollowChanges { since, .. } => self.feed = Some(hub.follow(&since)),
                 }
             }
             while let Some(req) = self.node.poll_store_request() {

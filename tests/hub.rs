@@ -144,7 +144,8 @@ fn ready_starts_following_from_the_current_sequence() {
     assert_eq!(
         h.poll_action(),
         Some(HubAction::FollowChanges {
-            since: Seq::from(1)
+            since: Seq::from(1),
+            filter: FeedFilter::default(),
         })
     );
     assert_eq!(
@@ -292,9 +293,11 @@ fn signal_documents_have_the_peerpouch_format() {
     let peer = w.nodes[1].open(now, &share, json!({"v": 1})).unwrap();
     w.nodes[1].send_signal(now, &share, &peer, cand(1)).unwrap();
     // Execute the joiner's write but not the sharer's read: look at the document on the hub.
-    while let Some(HubAction::Request { id, request }) = w.nodes[1].poll_action() {
-        let r = w.hub.execute(request);
-        w.nodes[1].handle_response(now, id, r).unwrap();
+    while let Some(action) = w.nodes[1].poll_action() {
+        if let HubAction::Request { id, request } = action {
+            let r = w.hub.execute(request);
+            w.nodes[1].handle_response(now, id, r).unwrap();
+        }
     }
     let docs = w.docs_with_prefix("p-signal-");
     assert_eq!(docs.len(), 1);
@@ -470,7 +473,8 @@ fn garbage_on_the_hub_is_counted_and_skipped() {
             .count()
     };
     assert_eq!(malformed(&ev[0]), 7, "{:?}", ev[0]);
-    assert_eq!(malformed(&ev[1]), 7);
+    // The signals to node 0's share are none of node 1's business: it reads only the shares.
+    assert_eq!(malformed(&ev[1]), 4);
     assert!(
         ev[0]
             .iter()
@@ -480,7 +484,8 @@ fn garbage_on_the_hub_is_counted_and_skipped() {
     );
     assert!(!ev[1].iter().any(|e| matches!(e, HubEvent::ShareAdded(_))));
     assert_eq!(w.nodes[0].diagnostics().malformed_docs, 7);
-    assert_eq!(w.nodes[0].diagnostics().foreign_signals, 1);
+    // The signal to another share does not even reach it.
+    assert_eq!(w.nodes[0].diagnostics().foreign_signals, 0);
     // Broken signals addressed to our share were deleted; the foreign one stays.
     let left: Vec<String> = w
         .docs_with_prefix("p-signal-")
@@ -903,4 +908,131 @@ fn the_pending_notice_is_unnumbered_and_refusal_still_works_after_it() {
             "only a pending peer can be deferred"
         ))
     );
+}
+
+/// One connection between nodes 0 (sharer) and 1 (joiner): offer, candidates, answer; every
+/// signal consumed.
+fn one_connection(w: &mut World, share: &str) {
+    let now = w.now;
+    let peer = w.nodes[1].open(now, share, json!({"user": "bob"})).unwrap();
+    w.nodes[1]
+        .send_signal(now, share, &peer, SignalData::Offer("OFFER".into()))
+        .unwrap();
+    w.nodes[1].send_signal(now, share, &peer, cand(1)).unwrap();
+    w.settle();
+    w.nodes[0].accept(now, share, &peer).unwrap();
+    w.nodes[0]
+        .send_signal(now, share, &peer, SignalData::Answer("ANSWER".into()))
+        .unwrap();
+    w.nodes[0].send_signal(now, share, &peer, cand(2)).unwrap();
+    let ev = w.settle();
+    assert_eq!(
+        signals(&ev[1]),
+        vec![SignalData::Answer("ANSWER".into()), cand(2)],
+        "the joiner's new peer id is followed before the sharer can answer it"
+    );
+    assert!(w.docs_with_prefix("p-signal-").is_empty());
+    assert!(w.docs_with_prefix("s-signal-").is_empty());
+}
+
+#[test]
+fn hub_docs_read_per_foreign_connection() {
+    // Node 2 is a bystander with a share of its own and a watch on the directory.
+    let mut w = World::new(3);
+    let share = share_named(&mut w, 0, "s");
+    share_named(&mut w, 2, "other");
+    let now = w.now;
+    w.nodes[2].watch(now, true);
+    w.settle();
+    let (before, seq_before) = (w.hub.rows_read(&w.nodes[2]), w.hub.db().update_seq());
+    one_connection(&mut w, &share);
+    let read = w.hub.rows_read(&w.nodes[2]) - before;
+    let written = w.hub.db().update_seq() - seq_before;
+    println!("hub_docs_read_per_foreign_connection: {read} (the hub changed {written} times)");
+    assert!(written >= 8, "4 signals written and 4 deleted: {written}");
+    assert_eq!(read, 0, "a bystander reads nothing of others' connections");
+    assert_eq!(w.nodes[2].diagnostics().foreign_signals, 0);
+    // The directory still reaches it: shares coming and going.
+    let third = w.nodes[1].share(now, ShareOptions::default());
+    let ev = w.settle();
+    assert!(
+        ev[2]
+            .iter()
+            .any(|e| matches!(e, HubEvent::ShareAdded(s) if s.id == third)),
+        "{ev:?}"
+    );
+    w.nodes[1].unshare(now, &third).unwrap();
+    let ev = w.settle();
+    assert!(
+        ev[2].contains(&HubEvent::ShareRemoved {
+            share: third,
+            reason: RemovedReason::Deleted
+        }),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn an_unfiltered_feed_reads_foreign_signals_and_ignores_them() {
+    // A driver on a hub that cannot filter follows the whole feed: the machine still keeps to
+    // its own business.
+    let mut w = World::new(1);
+    let now = w.now;
+    let seq = Seq::from(w.hub.db().update_seq());
+    let cursor = w.hub.follow(&seq);
+    for (i, (sender, recipient)) in [("peer-a1", "share-b2"), ("share-b2", "peer-a1")]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("{}-signal-{i}", &sender[..1]);
+        w.hub
+            .db()
+            .put(
+                json!({"_id": id, "type": "com.stemstorage.peerpouch.signal", "sender": sender,
+                "recipient": recipient, "data": {"type": "offer", "sdp": "v=0"}, "n": 0}),
+            )
+            .unwrap();
+    }
+    let rows = w.hub.poll_feed(cursor);
+    assert_eq!(rows.len(), 2);
+    let filter = w.nodes[0].feed_filter();
+    assert!(rows.iter().all(|r| !filter.matches(r)));
+    w.nodes[0].handle_feed(now, rows);
+    assert_eq!(w.nodes[0].poll_action(), None, "nothing done about them");
+    assert_eq!(w.nodes[0].poll_event(), None, "nothing reported");
+    assert_eq!(w.nodes[0].diagnostics().foreign_signals, 2);
+    assert_eq!(w.docs_with_prefix("p-signal-").len(), 1, "left alone");
+}
+
+#[test]
+fn a_new_id_is_followed_from_the_last_row_seen_before_it_is_known() {
+    let mut w = World::new(2);
+    let share = share_named(&mut w, 0, "s");
+    let now = w.now;
+    let last = w.hub.db().update_seq();
+    let peer = w.nodes[1].open(now, &share, json!({})).unwrap();
+    w.nodes[1]
+        .send_signal(now, &share, &peer, SignalData::Offer("OFFER".into()))
+        .unwrap();
+    let actions: Vec<HubAction> = std::iter::from_fn(|| w.nodes[1].poll_action()).collect();
+    match &actions[..] {
+        [HubAction::FollowChanges { since, filter }, HubAction::Request { .. }] => {
+            assert_eq!(since, &Seq::from(last));
+            assert_eq!(filter.recipients().collect::<Vec<_>>(), vec![peer.as_str()]);
+        }
+        other => panic!("expected a new feed before the offer: {other:?}"),
+    }
+    // Closing does not narrow the feed (no reconnection for that); the next id does.
+    w.nodes[1].close(now, &share, &peer);
+    let peer2 = w.nodes[1].open(now, &share, json!({})).unwrap();
+    match w.nodes[1].poll_action() {
+        Some(HubAction::FollowChanges { filter, .. }) => {
+            assert_eq!(
+                filter.recipients().collect::<Vec<_>>(),
+                vec![peer2.as_str()]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.nodes[1].poll_action(), None);
 }

@@ -208,7 +208,7 @@ impl World {
                             };
                             let _ = self.nodes[i].handle_response(self.now, id, result);
                         }
-                        HubAction::FollowChanges { since } => {
+                        HubAction::FollowChanges { since, .. } => {
                             self.cursors[i] = Some(self.hub.follow(&since));
                         }
                     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::{Hub, HubAction, HubEvent};
+use super::{FeedFilter, Hub, HubAction, HubEvent};
 use crate::error::DbError;
 use crate::ops::*;
 use crate::store::{Database, MemoryStore};
@@ -11,14 +11,23 @@ use crate::store::{Database, MemoryStore};
 /// A hub held in memory: serves simulations, tests and the embedded default.
 ///
 /// It executes hub requests against a [`MemoryStore`] and keeps one changes-feed cursor per
-/// follower. [`MemoryHub::settle`] runs several [`Hub`] machines against it until none has
-/// anything left to do.
+/// follower, filtered as a CouchDB 2+ server applies a `_selector` filter when the follower
+/// has a [`FeedFilter`]. [`MemoryHub::settle`] runs several [`Hub`] machines against it until
+/// none has anything left to do.
 #[derive(Debug)]
 pub struct MemoryHub {
     db: MemoryStore,
-    followers: Vec<u64>,
+    followers: Vec<Cursor>,
     /// Feed cursor of each machine [`MemoryHub::settle`] has run, by instance id.
     cursors: BTreeMap<u64, usize>,
+    /// Feed rows given to each machine by [`MemoryHub::settle`], by instance id.
+    read: BTreeMap<u64, u64>,
+}
+
+#[derive(Debug)]
+struct Cursor {
+    since: u64,
+    filter: Option<FeedFilter>,
 }
 
 impl Default for MemoryHub {
@@ -34,6 +43,7 @@ impl MemoryHub {
             db: MemoryStore::new("hub"),
             followers: Vec::new(),
             cursors: BTreeMap::new(),
+            read: BTreeMap::new(),
         }
     }
 
@@ -50,15 +60,30 @@ impl MemoryHub {
         self.db.execute(request)
     }
 
-    /// Starts a changes-feed cursor after `since`; returns its handle.
+    /// Starts a changes-feed cursor after `since` over the whole feed; returns its handle.
     pub fn follow(&mut self, since: &Seq) -> usize {
-        self.followers.push(since.as_u64().unwrap_or(0));
+        self.follow_filtered(since, None)
+    }
+
+    /// Starts a changes-feed cursor after `since` that yields only the rows `filter` passes
+    /// (all of them with `None`); returns its handle.
+    pub fn follow_filtered(&mut self, since: &Seq, filter: Option<FeedFilter>) -> usize {
+        self.followers.push(Cursor {
+            since: since.as_u64().unwrap_or(0),
+            filter,
+        });
         self.followers.len() - 1
+    }
+
+    /// How many feed rows (each with its document) [`MemoryHub::settle`] gave `hub` so far:
+    /// what that node read from the hub's changes feed.
+    pub fn rows_read(&self, hub: &Hub) -> u64 {
+        self.read.get(&hub.instance_id()).copied().unwrap_or(0)
     }
 
     /// The rows (with documents) the follower has not seen yet.
     pub fn poll_feed(&mut self, follower: usize) -> Vec<ChangeRow> {
-        let Some(since) = self.followers.get(follower).copied() else {
+        let Some(since) = self.followers.get(follower).map(|c| c.since) else {
             return Vec::new();
         };
         if since >= self.db.update_seq() {
@@ -77,8 +102,13 @@ impl MemoryHub {
                 last_seq: Seq::from(since),
                 pending: None,
             });
-        self.followers[follower] = r.last_seq.as_u64().unwrap_or(since);
-        r.results
+        let cursor = &mut self.followers[follower];
+        cursor.since = r.last_seq.as_u64().unwrap_or(since);
+        let mut rows = r.results;
+        if let Some(filter) = &cursor.filter {
+            rows.retain(|row| filter.matches(row));
+        }
+        rows
     }
 
     /// Runs the machines against this hub until none has an action left or a row to read, all at
@@ -96,8 +126,9 @@ impl MemoryHub {
                             // Ids come from this machine: never unknown.
                             let _ = hub.handle_response(now, id, result);
                         }
-                        HubAction::FollowChanges { since } => {
-                            let c = self.follow(&since);
+                        HubAction::FollowChanges { since, filter } => {
+                            // Replaces the machine's previous cursor, which is dropped.
+                            let c = self.follow_filtered(&since, Some(filter));
                             self.cursors.insert(hub.instance_id(), c);
                         }
                     }
@@ -106,6 +137,7 @@ impl MemoryHub {
                     let rows = self.poll_feed(c);
                     if !rows.is_empty() {
                         progressed = true;
+                        *self.read.entry(hub.instance_id()).or_default() += rows.len() as u64;
                         hub.handle_feed(now, rows);
                     }
                 }

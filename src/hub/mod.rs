@@ -30,9 +30,11 @@
 //! oversized are counted ([`HubDiagnostics`]), reported ([`HubEvent::Malformed`]) and skipped.
 
 mod docs;
+mod filter;
 mod memory;
 
 pub use docs::*;
+pub use filter::FeedFilter;
 pub use memory::MemoryHub;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -119,10 +121,18 @@ pub enum HubAction {
     },
     /// Follow the hub's changes feed from `since`, with documents (`include_docs=true`), and
     /// give the rows to [`Hub::handle_feed`] as they come; reconnect from the last row on
-    /// errors. Issued once, when the machine is ready.
+    /// errors. Issued when the machine is ready, and again whenever the node has a new id that
+    /// `filter` must let through (a share, a connection it opens): then `since` is the
+    /// sequence of the last row the machine was given, and the new feed *replaces* the old
+    /// one (rows of the old feed not yet given must be dropped, the new feed brings them
+    /// again). It is issued before any request that makes the new id known, so no signal
+    /// addressed to it can be missed.
     FollowChanges {
         /// Start after this sequence.
         since: Seq,
+        /// The rows the machine needs. A driver that cannot filter follows the whole feed (and
+        /// may then keep its feed when this action comes again): the machine ignores the rest.
+        filter: FeedFilter,
     },
 }
 
@@ -417,6 +427,10 @@ pub struct Hub {
     next_cleanup: Option<Instant>,
     cleanup_inflight: bool,
     diag: HubDiagnostics,
+    /// The sequence of the last feed row handled (where a new feed starts).
+    last_seq: Seq,
+    /// The filter of the feed last asked for (`None` before [`HubEvent::Ready`]).
+    followed: Option<FeedFilter>,
 }
 
 impl Hub {
@@ -453,6 +467,8 @@ impl Hub {
             next_cleanup: None,
             cleanup_inflight: false,
             diag: HubDiagnostics::default(),
+            last_seq: Seq::zero(),
+            followed: None,
         };
         h.send(Purpose::Info, Request::Info, 0);
         h
@@ -836,6 +852,7 @@ impl Hub {
     /// Feeds rows of the hub's changes feed (with documents).
     pub fn handle_feed(&mut self, now: Instant, rows: Vec<ChangeRow>) {
         for row in rows {
+            self.last_seq = row.seq.clone();
             self.on_row(now, row);
         }
         self.pump(now);
@@ -969,11 +986,42 @@ impl Hub {
         }
     }
 
+    /// The filter the feed needs now: our shares and the connections we opened.
+    pub fn feed_filter(&self) -> FeedFilter {
+        let joined = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.role == Role::Joiner)
+            .map(|((_, peer), _)| peer.clone());
+        FeedFilter::new(self.shares.keys().cloned().chain(joined))
+    }
+
+    /// Asks for a new feed when the followed one would miss signals to an id of ours. Ids that
+    /// went away stay in the feed until the next change (a narrower feed is not worth a
+    /// reconnection).
+    fn refollow(&mut self) {
+        let Some(followed) = &self.followed else {
+            return;
+        };
+        let wanted = self.feed_filter();
+        if followed.covers(&wanted) {
+            return;
+        }
+        tracing::debug!(since = %self.last_seq, "following the hub with a new filter");
+        self.followed = Some(wanted.clone());
+        self.actions.push_back(HubAction::FollowChanges {
+            since: self.last_seq.clone(),
+            filter: wanted,
+        });
+    }
+
     /// Issues whatever can go out now.
     fn pump(&mut self, _now: Instant) {
         if !self.ready {
             return;
         }
+        // Before any write that makes a new id of ours known (a share, an offer).
+        self.refollow();
         let mut puts = Vec::new();
         let mut finished = Vec::new();
         for (id, s) in self.shares.iter_mut() {
@@ -1070,8 +1118,12 @@ impl Hub {
         let result = match purpose.clone() {
             Purpose::Info => resp.into_info().map(|info| {
                 self.ready = true;
+                let filter = self.feed_filter();
+                self.followed = Some(filter.clone());
+                self.last_seq = info.update_seq.clone();
                 self.actions.push_back(HubAction::FollowChanges {
                     since: info.update_seq.clone(),
+                    filter,
                 });
                 self.events.push_back(HubEvent::Ready {
                     since: info.update_seq,

@@ -329,7 +329,7 @@ impl NodeSim {
                     let r = self.hub.execute(request);
                     self.node(i).handle_hub_response(now, id, r);
                 }
-                HubAction::FollowChanges { since } => {
+                HubAction::FollowChanges { since, .. } => {
                     let c = self.hub.follow(&since);
                     self.nodes[i].cursor = Some(c);
                 }

@@ -289,7 +289,7 @@ impl Peer {
                     let r = hub.execute(request);
                     self.node.handle_hub_response(Instant::now(), id, r);
                 }
-                HubAction::FollowChanges { since } => self.cursor = Some(hub.follow(&since)?),
+                HubAction::FollowChanges { since, .. } => self.cursor = Some(hub.follow(&since)?),
             }
         }
         if let Some(c) = self.cursor {
