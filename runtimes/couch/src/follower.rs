@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use peerpouch::hub::FeedFilter;
 use peerpouch::{ChangeRow, Seq};
 use serde_json::Value;
 use ureq::http::{self, Method};
@@ -42,6 +43,11 @@ pub struct FollowerConfig {
     pub all_docs_style: bool,
     /// Only these documents (sent as a `filter=_doc_ids` body, never without it).
     pub doc_ids: Option<Vec<String>>,
+    /// Only the rows a hub node needs (sent as a `filter=_selector` body, CouchDB 2+). A server
+    /// that refuses it (pouchdb-server 4.2.0 answers 404) or ignores it is followed whole
+    /// instead, said once at info level and reported as [`FeedEvent::Unfiltered`]. Ignored
+    /// when [`FollowerConfig::doc_ids`] is set.
+    pub filter: Option<FeedFilter>,
     /// First reconnection delay; doubled per failed attempt. Default 500 ms.
     pub initial_backoff: Duration,
     /// Longest reconnection delay. Default 30 s.
@@ -59,6 +65,7 @@ impl Default for FollowerConfig {
             include_docs: true,
             all_docs_style: true,
             doc_ids: None,
+            filter: None,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             max_line_bytes: 64 << 20,
@@ -109,6 +116,18 @@ impl FollowerConfig {
     /// ```
     pub fn doc_ids(mut self, ids: Vec<String>) -> Self {
         self.doc_ids = Some(ids);
+        self
+    }
+
+    /// Sets [`FollowerConfig::filter`].
+    ///
+    /// ```
+    /// use peerpouch::hub::FeedFilter;
+    /// let c = peerpouch_couch::FollowerConfig::default().filter(FeedFilter::new(["peer-1".to_string()]));
+    /// assert!(c.filter.is_some());
+    /// ```
+    pub fn filter(mut self, filter: FeedFilter) -> Self {
+        self.filter = Some(filter);
         self
     }
 
@@ -177,6 +196,13 @@ pub enum FeedEvent {
         /// The wait before the next attempt.
         delay: Duration,
     },
+    /// The server cannot apply [`FollowerConfig::filter`] (it refused the `_selector` filter,
+    /// or sent a row the filter does not pass): the follower now reads the whole feed, for the
+    /// rest of its life.
+    Unfiltered {
+        /// What the server did.
+        reason: String,
+    },
     /// A line that is not a change row was skipped.
     Malformed {
         /// Its first bytes (at most 200), as text.
@@ -215,7 +241,8 @@ impl Shared {
 /// Follows a database's continuous `_changes` feed on its own thread and agent.
 ///
 /// Requests `GET /db/_changes?feed=continuous&heartbeat=MS&since=SEQ&include_docs=true&style=all_docs`
-/// (`POST` with `filter=_doc_ids` and a body when [`FollowerConfig::doc_ids`] is set), reads it
+/// (`POST` with `filter=_doc_ids` and a body when [`FollowerConfig::doc_ids`] is set, with
+/// `filter=_selector` when [`FollowerConfig::filter`] is), reads it
 /// line by line and sends [`FeedEvent`]s through a `std::sync::mpsc` channel: rows batched per
 /// read, malformed lines (skipped, never fatal), and reconnections with exponential backoff
 /// from the last delivered sequence. A connection silent for three heartbeats is given up.
@@ -291,6 +318,7 @@ impl ChangesFollower {
             client_config: client_config.clone(),
             since: config.since.clone(),
             end_seq: None,
+            filtering: config.filter.is_some() && config.doc_ids.is_none(),
             config,
             shared: shared.clone(),
             events,
@@ -321,6 +349,23 @@ impl ChangesFollower {
     /// ```
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops the feed without waiting for its thread: it sends nothing more and ends by
+    /// itself within about one heartbeat. What a driver that replaces its feed calls, so as
+    /// not to block.
+    ///
+    /// ```no_run
+    /// # use peerpouch_couch::*;
+    /// # let client = CouchClient::new("http://127.0.0.1:5984/db")?;
+    /// let (follower, _rx) = ChangesFollower::start(&client, FollowerConfig::default())?;
+    /// follower.stop_in_background();
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn stop_in_background(mut self) {
+        *self.shared.lock() = true;
+        self.shared.wake.notify_all();
+        drop(self.thread.take());
     }
 
     /// Stops the feed and waits for its thread (about one heartbeat at most while the server
@@ -414,6 +459,8 @@ struct Worker {
     since: Seq,
     /// The `last_seq` of a line that ended the feed, applied after the batch before it.
     end_seq: Option<Seq>,
+    /// Whether requests carry [`FollowerConfig::filter`] (until the server shows it cannot).
+    filtering: bool,
     shared: Arc<Shared>,
     events: Sender<FeedEvent>,
 }
@@ -463,6 +510,8 @@ impl Worker {
         if self.config.doc_ids.is_some() {
             // Always with the doc_ids body (pouchdb-server crashes without it).
             q.push("filter", "_doc_ids");
+        } else if self.filtering {
+            q.push("filter", "_selector");
         }
         format!("/_changes{}", q.as_str())
     }
@@ -479,10 +528,14 @@ impl Worker {
             error,
             progressed: false,
         };
-        let sent = match &self.config.doc_ids {
-            Some(ids) => {
-                let body =
-                    serde_json::to_vec(&serde_json::json!({ "doc_ids": ids })).unwrap_or_default();
+        let body = match (&self.config.doc_ids, &self.config.filter) {
+            (Some(ids), _) => Some(serde_json::json!({ "doc_ids": ids })),
+            (None, Some(f)) if self.filtering => Some(f.to_selector_body()),
+            _ => None,
+        };
+        let sent = match body {
+            Some(body) => {
+                let body = serde_json::to_vec(&body).unwrap_or_default();
                 b.method(Method::POST)
                     .header("Content-Type", "application/json")
                     .body(body)
@@ -504,6 +557,18 @@ impl Worker {
             use std::io::Read;
             let mut body = Vec::new();
             let _ = reader.take(64 * 1024).read_to_end(&mut body);
+            // Servers without `_selector` (CouchDB 1, pouchdb-server 4.2.0: 404 "missing")
+            // refuse it; auth, rate and availability problems are not that.
+            if self.filtering && matches!(status, 400 | 404 | 405 | 500 | 501) {
+                let reason = format!(
+                    "the server refused filter=_selector: HTTP {status} {}",
+                    prefix(&body, 200)
+                );
+                return match self.unfiltered(reason) {
+                    true => Outcome::Ended,
+                    false => Outcome::Quit,
+                };
+            }
             return failed(status_error(status, &body));
         }
         tracing::debug!(url = %self.url.redacted(), since = %self.since, "changes feed connected");
@@ -629,7 +694,16 @@ impl Worker {
             }
         }
         match serde_json::from_value::<ChangeRow>(v) {
-            Ok(row) => batch.push(row),
+            Ok(row) => {
+                let passes = self.config.filter.as_ref().is_none_or(|f| f.matches(&row));
+                if self.filtering && !passes {
+                    let reason = format!("the server ignores filter=_selector (sent {})", row.id);
+                    if !self.unfiltered(reason) {
+                        return Err(());
+                    }
+                }
+                batch.push(row)
+            }
             Err(e) => {
                 if !self.malformed(text, format!("not a change row: {e}")) {
                     return Err(());
@@ -637,6 +711,13 @@ impl Worker {
             }
         }
         Ok(None)
+    }
+
+    /// Follows the whole feed from now on; `false` when nobody listens any more.
+    fn unfiltered(&mut self, reason: String) -> bool {
+        self.filtering = false;
+        tracing::info!(url = %self.url.redacted(), %reason, "the hub cannot filter its changes feed; following all of it (every node's signals are read, and ignored)");
+        self.events.send(FeedEvent::Unfiltered { reason }).is_ok()
     }
 
     /// Reports a skipped line; `false` when nobody listens any more.

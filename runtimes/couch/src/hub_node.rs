@@ -12,6 +12,11 @@ use crate::{ChangesFollower, CouchClient, Error, FeedEvent, FollowerConfig};
 /// [`CouchClient`], follows the hub's changes feed with a [`ChangesFollower`] (on its own
 /// thread) and fires its timers on the real clock.
 ///
+/// The feed is filtered to what the machine needs ([`peerpouch::hub::FeedFilter`]) where the
+/// server can (`filter=_selector`, CouchDB 2+); on a server that cannot (pouchdb-server
+/// 4.2.0) it is the whole feed, said once at info level, and kept as it is when the machine
+/// asks for a new filter.
+///
 /// Commands go to the machine through [`HubNode::command`]; [`HubNode::step`] does the IO and
 /// returns the events.
 ///
@@ -34,6 +39,8 @@ pub struct HubNode {
     follower: Option<ChangesFollower>,
     feed: Option<Receiver<FeedEvent>>,
     heartbeat: Duration,
+    /// The server cannot filter the feed (found out by a follower).
+    unfiltered: bool,
 }
 
 impl HubNode {
@@ -55,6 +62,7 @@ impl HubNode {
             follower: None,
             feed: None,
             heartbeat: Duration::from_secs(10),
+            unfiltered: false,
         })
     }
 
@@ -67,6 +75,11 @@ impl HubNode {
     /// Gives a command to the machine at the current time.
     pub fn command<T>(&mut self, f: impl FnOnce(&mut Hub, Instant) -> T) -> T {
         f(&mut self.hub, Instant::now())
+    }
+
+    /// Whether the hub was found unable to filter its changes feed (the whole feed is read).
+    pub fn is_unfiltered(&self) -> bool {
+        self.unfiltered
     }
 
     /// The machine (for inspection: diagnostics, readiness).
@@ -104,6 +117,7 @@ impl HubNode {
             for ev in got {
                 match ev {
                     FeedEvent::Rows(rows) => self.hub.handle_feed(Instant::now(), rows),
+                    FeedEvent::Unfiltered { .. } => self.unfiltered = true,
                     FeedEvent::Reconnecting { error, attempt, .. } => {
                         tracing::debug!(%error, attempt, "hub changes feed reconnecting");
                     }
@@ -161,12 +175,21 @@ impl HubNode {
                         // The id comes from this machine: never unknown.
                         let _ = self.hub.handle_response(Instant::now(), id, result);
                     }
-                    HubAction::FollowChanges { since } => {
+                    HubAction::FollowChanges { since, filter } => {
+                        if self.unfiltered && self.follower.is_some() {
+                            // The whole feed already brings the new id's signals.
+                            continue;
+                        }
                         let config = FollowerConfig::default()
                             .since(since)
-                            .heartbeat(self.heartbeat);
+                            .heartbeat(self.heartbeat)
+                            .filter(filter);
                         let (f, rx) = ChangesFollower::start(&self.client, config)?;
-                        self.follower = Some(f);
+                        // Rows of the old feed still queued go with it: the new one brings
+                        // them again from the machine's last row.
+                        if let Some(old) = self.follower.replace(f) {
+                            old.stop_in_background();
+                        }
                         self.feed = Some(rx);
                     }
                 }

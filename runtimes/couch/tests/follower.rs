@@ -275,3 +275,99 @@ fn oversized_lines_and_silent_connections_are_given_up() {
     }
     follower.stop();
 }
+
+#[test]
+fn a_selector_filter_the_server_refuses_falls_back_to_the_whole_feed() {
+    use peerpouch::hub::FeedFilter;
+    // pouchdb-server 4.2.0 answers filter=_selector with 404: the follower says so and reads
+    // everything instead, foreign signals included, and the server keeps serving.
+    let mut db = TestDb::new("follow_selector");
+    let since = db.client.info().unwrap().update_seq;
+    let config = FollowerConfig::default()
+        .since(since)
+        .heartbeat(Duration::from_millis(250))
+        .filter(FeedFilter::new(["peer-me".to_string()]));
+    let (follower, rx) = ChangesFollower::start(&db.client, config).unwrap();
+    match next(&rx) {
+        FeedEvent::Unfiltered { reason } => assert!(reason.contains("404"), "{reason}"),
+        other => panic!("expected the fallback first, got {other:?}"),
+    }
+    wait_connected(&rx);
+    db.client
+        .put(
+            json!({"_id": "p-signal-x", "type": "com.stemstorage.peerpouch.signal",
+            "sender": "peer-a", "recipient": "share-b", "data": {"candidate": null}}),
+        )
+        .unwrap();
+    db.client
+        .put(
+            json!({"_id": "s-signal-y", "type": "com.stemstorage.peerpouch.signal",
+            "sender": "share-b", "recipient": "peer-me", "data": {"candidate": null}}),
+        )
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        match next(&rx) {
+            FeedEvent::Rows(rows) => ids.extend(rows.into_iter().map(|r| r.id)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ids, ["p-signal-x", "s-signal-y"]);
+    follower.stop();
+    assert!(db.client.info().is_ok(), "the hub still answers");
+}
+
+#[test]
+fn a_selector_filter_the_server_ignores_is_noticed() {
+    use peerpouch::hub::FeedFilter;
+    // A server that answers 200 but sends rows the filter does not pass: reported once, the
+    // rows are still delivered (the reader ignores what is not its business).
+    let body = concat!(
+        "{\"seq\":1,\"id\":\"p-signal-x\",\"changes\":[{\"rev\":\"1-a\"}],\"doc\":{\"_id\":\"p-signal-x\",\"recipient\":\"share-b\"}}\n",
+        "{\"seq\":2,\"id\":\"p-signal-z\",\"changes\":[{\"rev\":\"1-a\"}],\"doc\":{\"_id\":\"p-signal-z\",\"recipient\":\"share-c\"}}\n",
+    );
+    let server = FakeServer::start(move |req, conn| {
+        start_chunked(conn);
+        if req.target.contains("since=0&") {
+            let _ = chunk(conn, body.as_bytes());
+        }
+        while chunk(conn, b"\n").is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let client = CouchClient::new(&format!("{}/db", server.base)).unwrap();
+    let config = FollowerConfig::default()
+        .heartbeat(Duration::from_millis(250))
+        .filter(FeedFilter::new(["peer-me".to_string()]));
+    let (follower, rx) = ChangesFollower::start(&client, config).unwrap();
+    wait_connected(&rx);
+    let mut unfiltered = 0;
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        match next(&rx) {
+            FeedEvent::Unfiltered { reason } => {
+                assert!(reason.contains("ignores"), "{reason}");
+                unfiltered += 1;
+            }
+            FeedEvent::Rows(rows) => ids.extend(rows.into_iter().map(|r| r.id)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ids, ["p-signal-x", "p-signal-z"]);
+    assert_eq!(unfiltered, 1);
+    follower.stop();
+    // What a CouchDB 2+ server is asked for.
+    let req = &server.requests()[0];
+    assert_eq!(req.method, "POST");
+    assert!(req.target.contains("filter=_selector"), "{}", req.target);
+    assert!(req.target.contains("include_docs=true"), "{}", req.target);
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(
+        body,
+        json!({"selector": {"$or": [
+            {"type": "com.stemstorage.peerpouch.share"},
+            {"recipient": {"$in": ["peer-me"]}},
+            {"_deleted": true, "_id": {"$regex": "^share-"}},
+        ]}})
+    );
+}

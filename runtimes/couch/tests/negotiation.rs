@@ -314,3 +314,77 @@ fn garbage_on_the_real_hub_is_tolerated() {
         has(&ev[0], |e| matches!(e, HubEvent::PeerRequested { .. }))
     });
 }
+
+/// Steps the nodes until `done` holds for them, or fails.
+fn step_until(nodes: &mut [&mut HubNode], done: impl Fn(&[&mut HubNode]) -> bool) {
+    let end = Instant::now() + WITHIN;
+    while !done(nodes) {
+        assert!(
+            Instant::now() < end,
+            "condition not reached within {WITHIN:?}"
+        );
+        for n in nodes.iter_mut() {
+            n.step(Duration::from_millis(20)).expect("step");
+        }
+    }
+}
+
+#[test]
+fn a_bystander_on_a_hub_without_selector_reads_the_whole_feed_and_ignores_foreign_signals() {
+    // pouchdb-server 4.2.0 has no `_selector` filter: every node falls back to the whole feed
+    // (and says so), the connection still forms, and the bystander keeps to its own business.
+    let db = TestDb::new("neg_fallback");
+    let mut s = node(&db, 21, HubConfig::default());
+    let mut j = node(&db, 22, HubConfig::default());
+    let mut b = node(&db, 23, HubConfig::default());
+    step_until(&mut [&mut s, &mut j, &mut b], |n| {
+        n.iter().all(|n| n.hub().is_ready() && n.is_unfiltered())
+    });
+    let share = s.command(|h, now| h.share(now, ShareOptions::default()));
+    run(&mut [&mut s], |ev| {
+        has(&ev[0], |e| matches!(e, HubEvent::ShareCreated { .. }))
+    });
+    let peer = j.command(|h, now| h.open(now, &share, json!({}))).unwrap();
+    j.command(|h, now| h.send_signal(now, &share, &peer, SignalData::Offer("o".into())))
+        .unwrap();
+    j.step(Duration::ZERO).unwrap();
+    assert_eq!(signal_docs(&db).len(), 1, "the offer is on the hub");
+    // The sharer has not read it yet, so the bystander's whole feed brings it.
+    step_until(&mut [&mut b], |n| {
+        n[0].hub().diagnostics().foreign_signals == 1
+    });
+    let ev = run(&mut [&mut s, &mut j, &mut b], |ev| {
+        has(&ev[0], |e| matches!(e, HubEvent::PeerRequested { .. }))
+    });
+    assert!(
+        ev[2].is_empty(),
+        "the bystander reports nothing: {:?}",
+        ev[2]
+    );
+    s.command(|h, now| {
+        h.accept(now, &share, &peer)?;
+        h.send_signal(now, &share, &peer, SignalData::Answer("a".into()))
+    })
+    .unwrap();
+    let ev = run(&mut [&mut s, &mut j, &mut b], |ev| {
+        has(&ev[1], |e| matches!(e, HubEvent::Signal { .. }))
+    });
+    assert!(ev[1].contains(&HubEvent::Signal {
+        share: share.clone(),
+        peer: peer.clone(),
+        data: SignalData::Answer("a".into())
+    }));
+    run(&mut [&mut s, &mut j, &mut b], |_| {
+        signal_docs(&db).is_empty()
+    });
+    assert!(
+        !has(&ev[2], |e| matches!(
+            e,
+            HubEvent::Signal { .. } | HubEvent::PeerRequested { .. }
+        )),
+        "{:?}",
+        ev[2]
+    );
+    assert_eq!(b.hub().diagnostics().signals_consumed, 0);
+    assert!(b.hub().diagnostics().foreign_signals >= 1);
+}
