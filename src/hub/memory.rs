@@ -17,7 +17,8 @@ use crate::store::{Database, MemoryStore};
 #[derive(Debug)]
 pub struct MemoryHub {
     db: MemoryStore,
-    followers: Vec<Cursor>,
+    followers: BTreeMap<usize, Cursor>,
+    next_follower: usize,
     /// Feed cursor of each machine [`MemoryHub::settle`] has run, by instance id.
     cursors: BTreeMap<u64, usize>,
     /// Feed rows given to each machine by [`MemoryHub::settle`], by instance id.
@@ -41,7 +42,8 @@ impl MemoryHub {
     pub fn new() -> MemoryHub {
         MemoryHub {
             db: MemoryStore::new("hub"),
-            followers: Vec::new(),
+            followers: BTreeMap::new(),
+            next_follower: 0,
             cursors: BTreeMap::new(),
             read: BTreeMap::new(),
         }
@@ -68,11 +70,21 @@ impl MemoryHub {
     /// Starts a changes-feed cursor after `since` that yields only the rows `filter` passes
     /// (all of them with `None`); returns its handle.
     pub fn follow_filtered(&mut self, since: &Seq, filter: Option<FeedFilter>) -> usize {
-        self.followers.push(Cursor {
-            since: since.as_u64().unwrap_or(0),
-            filter,
-        });
-        self.followers.len() - 1
+        let handle = self.next_follower;
+        self.next_follower += 1;
+        self.followers.insert(
+            handle,
+            Cursor {
+                since: since.as_u64().unwrap_or(0),
+                filter,
+            },
+        );
+        handle
+    }
+
+    /// Ends a cursor (a follower that asked for a new feed); its handle yields nothing more.
+    pub fn unfollow(&mut self, follower: usize) {
+        self.followers.remove(&follower);
     }
 
     /// How many feed rows (each with its document) [`MemoryHub::settle`] gave `hub` so far:
@@ -83,7 +95,7 @@ impl MemoryHub {
 
     /// The rows (with documents) the follower has not seen yet.
     pub fn poll_feed(&mut self, follower: usize) -> Vec<ChangeRow> {
-        let Some(since) = self.followers.get(follower).map(|c| c.since) else {
+        let Some(since) = self.followers.get(&follower).map(|c| c.since) else {
             return Vec::new();
         };
         if since >= self.db.update_seq() {
@@ -102,7 +114,9 @@ impl MemoryHub {
                 last_seq: Seq::from(since),
                 pending: None,
             });
-        let cursor = &mut self.followers[follower];
+        let Some(cursor) = self.followers.get_mut(&follower) else {
+            return Vec::new();
+        };
         cursor.since = r.last_seq.as_u64().unwrap_or(since);
         let mut rows = r.results;
         if let Some(filter) = &cursor.filter {
@@ -129,7 +143,9 @@ impl MemoryHub {
                         HubAction::FollowChanges { since, filter } => {
                             // Replaces the machine's previous cursor, which is dropped.
                             let c = self.follow_filtered(&since, Some(filter));
-                            self.cursors.insert(hub.instance_id(), c);
+                            if let Some(old) = self.cursors.insert(hub.instance_id(), c) {
+                                self.unfollow(old);
+                            }
                         }
                     }
                 }

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use peerpouch::hub::{HubAction, HubEvent, MemoryHub, ShareOptions};
+use peerpouch::hub::{FeedFilter, HubAction, HubEvent, MemoryHub, ShareOptions};
 use peerpouch::node::*;
 use peerpouch::replicate::{Progress, ReplicationEvent};
 use peerpouch::*;
@@ -54,12 +54,15 @@ pub trait HubBackend {
     /// The hub's answer, or why it could not be reached.
     fn execute(&mut self, request: Request) -> Result<Response, DbError>;
 
-    /// Starts following the changes feed from `since`; returns a cursor for
-    /// [`HubBackend::poll_feed`].
+    /// Starts following the changes feed from `since`, only the rows `filter` passes where
+    /// the hub can filter; returns a cursor for [`HubBackend::poll_feed`].
     ///
     /// # Errors
     /// When the feed cannot be started.
-    fn follow(&mut self, since: &Seq) -> Result<usize, DriveError>;
+    fn follow(&mut self, since: &Seq, filter: FeedFilter) -> Result<usize, DriveError>;
+
+    /// Ends the feed `cursor` (replaced by a new one).
+    fn unfollow(&mut self, cursor: usize);
 
     /// Rows of the feed `cursor` that arrived since the last call (without waiting).
     ///
@@ -73,8 +76,12 @@ impl HubBackend for MemoryHub {
         MemoryHub::execute(self, request)
     }
 
-    fn follow(&mut self, since: &Seq) -> Result<usize, DriveError> {
-        Ok(MemoryHub::follow(self, since))
+    fn follow(&mut self, since: &Seq, filter: FeedFilter) -> Result<usize, DriveError> {
+        Ok(MemoryHub::follow_filtered(self, since, Some(filter)))
+    }
+
+    fn unfollow(&mut self, cursor: usize) {
+        MemoryHub::unfollow(self, cursor)
     }
 
     fn poll_feed(&mut self, cursor: usize) -> Result<Vec<ChangeRow>, DriveError> {
@@ -86,8 +93,10 @@ impl HubBackend for MemoryHub {
 /// follower is a [`ChangesFollower`] thread whose rows are picked up without waiting.
 pub struct CouchHub {
     client: CouchClient,
-    feeds: Vec<(ChangesFollower, Receiver<FeedEvent>)>,
+    feeds: Vec<Option<(ChangesFollower, Receiver<FeedEvent>)>>,
     heartbeat: Duration,
+    /// The hub cannot filter its feed: later feeds do not ask.
+    unfiltered: bool,
 }
 
 impl std::fmt::Debug for CouchHub {
@@ -113,6 +122,7 @@ impl CouchHub {
             client,
             feeds: Vec::new(),
             heartbeat: Duration::from_secs(1),
+            unfiltered: false,
         })
     }
 
@@ -127,18 +137,27 @@ impl HubBackend for CouchHub {
         self.client.execute(request)
     }
 
-    fn follow(&mut self, since: &Seq) -> Result<usize, DriveError> {
-        let config = FollowerConfig::default()
+    fn follow(&mut self, since: &Seq, filter: FeedFilter) -> Result<usize, DriveError> {
+        let mut config = FollowerConfig::default()
             .since(since.clone())
             .heartbeat(self.heartbeat);
+        if !self.unfiltered {
+            config = config.filter(filter);
+        }
         let feed = ChangesFollower::start(&self.client, config)
             .map_err(|e| DriveError::Hub(e.to_string()))?;
-        self.feeds.push(feed);
+        self.feeds.push(Some(feed));
         Ok(self.feeds.len() - 1)
     }
 
+    fn unfollow(&mut self, cursor: usize) {
+        if let Some((f, _)) = self.feeds.get_mut(cursor).and_then(Option::take) {
+            f.stop_in_background();
+        }
+    }
+
     fn poll_feed(&mut self, cursor: usize) -> Result<Vec<ChangeRow>, DriveError> {
-        let Some((_, rx)) = self.feeds.get(cursor) else {
+        let Some(Some((_, rx))) = self.feeds.get(cursor) else {
             return Ok(Vec::new());
         };
         let mut rows = Vec::new();
@@ -151,6 +170,7 @@ impl HubBackend for CouchHub {
                 Ok(FeedEvent::Malformed { error, .. }) => {
                     tracing::debug!(%error, "malformed hub changes line skipped");
                 }
+                Ok(FeedEvent::Unfiltered { .. }) => self.unfiltered = true,
                 Ok(_) => {}
                 Err(TryRecvError::Empty) => return Ok(rows),
                 Err(TryRecvError::Disconnected) => {
@@ -163,7 +183,7 @@ impl HubBackend for CouchHub {
 
 impl Drop for CouchHub {
     fn drop(&mut self) {
-        for (f, _) in self.feeds.drain(..) {
+        for (f, _) in self.feeds.drain(..).flatten() {
             f.stop();
         }
     }
@@ -289,7 +309,12 @@ impl Peer {
                     let r = hub.execute(request);
                     self.node.handle_hub_response(Instant::now(), id, r);
                 }
-                HubAction::FollowChanges { since, .. } => self.cursor = Some(hub.follow(&since)?),
+                HubAction::FollowChanges { since, filter } => {
+                    let c = hub.follow(&since, filter)?;
+                    if let Some(old) = self.cursor.replace(c) {
+                        hub.unfollow(old);
+                    }
+                }
             }
         }
         if let Some(c) = self.cursor {

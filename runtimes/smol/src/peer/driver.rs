@@ -157,7 +157,8 @@ enum Done {
         wrote: bool,
         result: Result<Response, DbError>,
     },
-    Feed(FeedEvent),
+    /// An event of the feed follower of this generation.
+    Feed(u64, FeedEvent),
     Verdict {
         link: LinkId,
         verdict: Verdict,
@@ -203,6 +204,10 @@ enum HubBackend {
     Couch {
         client: Box<CouchClient>,
         follower: Option<ChangesFollower>,
+        /// Numbers the followers: rows of a replaced one are dropped.
+        generation: u64,
+        /// The hub cannot filter its feed: one whole feed serves every filter.
+        unfiltered: bool,
     },
 }
 
@@ -262,6 +267,8 @@ impl Driver {
             super::HubSpec::Couch(url) => HubBackend::Couch {
                 client: Box::new(CouchClient::with_config(&url, http).map_err(PeerError::Hub)?),
                 follower: None,
+                generation: 0,
+                unfiltered: false,
             },
         };
         // Bounded by the work in flight: one answer per hub or HTTP request, feed batch, verdict.
@@ -556,8 +563,10 @@ impl Driver {
                 let result = hub.execute(request);
                 self.node.handle_hub_response(Instant::now(), id, result);
             }
-            (HubBackend::InProcess { hub, cursor }, HubAction::FollowChanges { since }) => {
-                *cursor = Some(hub.follow(&since));
+            (HubBackend::InProcess { hub, cursor }, HubAction::FollowChanges { since, filter }) => {
+                if let Some(old) = cursor.replace(hub.follow(&since, filter)) {
+                    hub.unfollow(old);
+                }
             }
             (HubBackend::Couch { client, .. }, HubAction::Request { id, request }) => {
                 let mut client = (**client).clone();
@@ -568,19 +577,38 @@ impl Driver {
                 })
                 .detach();
             }
-            (HubBackend::Couch { client, follower }, HubAction::FollowChanges { since }) => {
+            (
+                HubBackend::Couch {
+                    client,
+                    follower,
+                    generation,
+                    unfiltered,
+                },
+                HubAction::FollowChanges { since, filter },
+            ) => {
+                if *unfiltered && follower.is_some() {
+                    // The whole feed already brings the new id's signals.
+                    return;
+                }
                 let (tx, rx) = std::sync::mpsc::channel();
                 let config = FollowerConfig::default()
                     .since(since)
-                    .heartbeat(Duration::from_secs(10));
+                    .heartbeat(Duration::from_secs(10))
+                    .filter(filter);
                 match ChangesFollower::start_with_sender(client, config, tx) {
                     Ok(f) => {
-                        *follower = Some(f);
+                        // Rows of the old feed still on their way are dropped (another
+                        // generation): the new feed brings them again from the machine's last row.
+                        if let Some(old) = follower.replace(f) {
+                            old.stop_in_background();
+                        }
+                        *generation += 1;
+                        let feed_gen = *generation;
                         let done = self.done_tx.clone();
                         // The follower speaks std channels; forward onto ours.
                         smol::unblock(move || {
                             for ev in rx {
-                                if done.send_blocking(Done::Feed(ev)).is_err() {
+                                if done.send_blocking(Done::Feed(feed_gen, ev)).is_err() {
                                     break;
                                 }
                             }
@@ -692,11 +720,27 @@ impl Driver {
                 wrote,
                 result,
             } => self.store_done(origin, &db, wrote, result),
-            Done::Feed(FeedEvent::Rows(rows)) => self.node.handle_feed(now, rows),
-            Done::Feed(FeedEvent::Reconnecting { error, attempt, .. }) => {
-                tracing::debug!(%error, attempt, "hub changes feed reconnecting");
+            Done::Feed(feed_gen, ev) => {
+                let HubBackend::Couch {
+                    generation,
+                    unfiltered,
+                    ..
+                } = &mut self.hub
+                else {
+                    return;
+                };
+                if feed_gen != *generation {
+                    return;
+                }
+                match ev {
+                    FeedEvent::Rows(rows) => self.node.handle_feed(now, rows),
+                    FeedEvent::Reconnecting { error, attempt, .. } => {
+                        tracing::debug!(%error, attempt, "hub changes feed reconnecting");
+                    }
+                    FeedEvent::Unfiltered { .. } => *unfiltered = true,
+                    _ => {}
+                }
             }
-            Done::Feed(_) => {}
             Done::Stream(StreamEvent::Data { server, bytes }) => {
                 self.bytes_received = self.bytes_received.saturating_add(bytes.len() as u64);
                 self.node.handle_stream_data(now, server, &bytes)

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use event_listener::{Event, EventListener};
-use peerpouch::hub::MemoryHub;
+use peerpouch::hub::{FeedFilter, MemoryHub};
 use peerpouch::{ChangeRow, DbError, Request, Response, Seq};
 
 /// Which hub a [`PeerNode`](super::PeerNode) meets its peers on.
@@ -80,8 +80,13 @@ impl InProcessHub {
         result
     }
 
-    pub(crate) fn follow(&self, since: &Seq) -> usize {
-        self.lock().follow(since)
+    /// A cursor that yields only what `filter` passes, as a CouchDB 2+ hub would.
+    pub(crate) fn follow(&self, since: &Seq, filter: FeedFilter) -> usize {
+        self.lock().follow_filtered(since, Some(filter))
+    }
+
+    pub(crate) fn unfollow(&self, cursor: usize) {
+        self.lock().unfollow(cursor)
     }
 
     pub(crate) fn poll_feed(&self, cursor: usize) -> Vec<ChangeRow> {
