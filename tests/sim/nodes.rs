@@ -329,9 +329,12 @@ impl NodeSim {
                     let r = self.hub.execute(request);
                     self.node(i).handle_hub_response(now, id, r);
                 }
-                HubAction::FollowChanges { since, .. } => {
-                    let c = self.hub.follow(&since);
-                    self.nodes[i].cursor = Some(c);
+                HubAction::FollowChanges { since, filter } => {
+                    // Filtered as a CouchDB 2+ hub does; a new feed replaces the old one.
+                    let c = self.hub.follow_filtered(&since, Some(filter));
+                    if let Some(old) = self.nodes[i].cursor.replace(c) {
+                        self.hub.unfollow(old);
+                    }
                 }
             }
         }
