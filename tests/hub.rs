@@ -1036,3 +1036,34 @@ fn a_new_id_is_followed_from_the_last_row_seen_before_it_is_known() {
     }
     assert_eq!(w.nodes[1].poll_action(), None);
 }
+
+#[test]
+fn a_new_feed_starts_after_the_rows_given_before_it_was_polled() {
+    // A driver may hand the old feed's rows in between the command and executing the action:
+    // the new feed must not bring them again.
+    let mut w = World::new(2);
+    let share = share_named(&mut w, 0, "s");
+    let now = w.now;
+    let before = w.hub.db().update_seq();
+    let _peer = w.nodes[1].open(now, &share, json!({})).unwrap();
+    w.hub
+        .db()
+        .put(json!({"_id": "share-later", "type": "com.stemstorage.peerpouch.share"}))
+        .unwrap();
+    let rows: Vec<ChangeRow> = w
+        .hub
+        .db()
+        .changes(ChangesRequest {
+            since: Seq::from(before),
+            include_docs: true,
+            ..ChangesRequest::default()
+        })
+        .unwrap()
+        .results;
+    assert_eq!(rows.len(), 1);
+    w.nodes[1].handle_feed(now, rows);
+    match w.nodes[1].poll_action() {
+        Some(HubAction::FollowChanges { since, .. }) => assert_eq!(since, Seq::from(before + 1)),
+        other => panic!("{other:?}"),
+    }
+}

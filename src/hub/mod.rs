@@ -123,10 +123,10 @@ pub enum HubAction {
     /// give the rows to [`Hub::handle_feed`] as they come; reconnect from the last row on
     /// errors. Issued when the machine is ready, and again whenever the node has a new id that
     /// `filter` must let through (a share, a connection it opens): then `since` is the
-    /// sequence of the last row the machine was given, and the new feed *replaces* the old
-    /// one (rows of the old feed not yet given must be dropped, the new feed brings them
-    /// again). It is issued before any request that makes the new id known, so no signal
-    /// addressed to it can be missed.
+    /// sequence of the last row the machine was given before this action was polled, and the
+    /// new feed *replaces* the old one (rows of the old feed not yet given must be dropped,
+    /// the new feed brings them again). It is issued before any request that makes the new id
+    /// known, so no signal addressed to it can be missed.
     FollowChanges {
         /// Start after this sequence.
         since: Seq,
@@ -726,7 +726,12 @@ impl Hub {
 
     /// The next action.
     pub fn poll_action(&mut self) -> Option<HubAction> {
-        self.actions.pop_front()
+        let mut action = self.actions.pop_front()?;
+        if let HubAction::FollowChanges { since, .. } = &mut action {
+            // Rows given between the asking and now are not to come again.
+            *since = self.last_seq.clone();
+        }
+        Some(action)
     }
 
     /// The next event.
