@@ -162,3 +162,35 @@ fn relayed_links_route_through_the_map_too() {
     eprintln!("connecting: {connected:?}\nserving: {serving:?}");
     assert_routed_by_map(connected, serving, LINKS);
 }
+
+#[test]
+fn a_joiner_restarted_on_the_same_address_is_routed_to_its_new_link() {
+    const LINKS: usize = 5;
+    let mut s = NodeSim::new(29, NetConfig::default());
+    s.trace_calls = false;
+    for i in 0..=LINKS {
+        s.add_node(&format!("n{i}"));
+    }
+    let mut links = crowd_connects(&mut s, LINKS);
+    let share = links[0].0.clone();
+    // Joiner 3's process dies and a new one binds the same address and port: the sharer's
+    // map still names the old link for that address, whose session would accept it.
+    s.crash(3);
+    s.restart(3);
+    let now = s.now;
+    links[2] = s
+        .node(3)
+        .open(now, &share, json!({"name": "joiner 3 again"}), None)
+        .unwrap();
+    assert!(
+        s.run_until(Duration::from_secs(30), |s| s.node_ready_links(3) == 1),
+        "the restarted joiner did not get a link\n{}",
+        s.trace()
+    );
+    let sharer_links = s.node(0).links().len();
+    assert_eq!(sharer_links, LINKS + 1, "the old link is still there");
+    let connected = s.node(0).dispatch_stats();
+    crowd_pulls(&mut s, &links);
+    let serving = delta(connected, s.node(0).dispatch_stats());
+    assert_routed_by_map(connected, serving, LINKS + 1);
+}
