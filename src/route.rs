@@ -52,6 +52,11 @@ use crate::reach::stun::ice_local_ufrag;
 #[allow(clippy::disallowed_types)]
 type LookupMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 
+/// Address pairs remembered at most: a peer that knows its link's ICE password can make checks
+/// come from many ports; past this, new pairs are still routed (by asking every session), just
+/// not remembered.
+pub const MAX_PAIRS: usize = 16_384;
+
 /// How datagrams were routed so far (diagnostics; see the [module docs](self)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -68,6 +73,8 @@ pub struct DispatchStats {
     pub ambiguous: u64,
     /// Datagrams no session accepted.
     pub unclaimed: u64,
+    /// Routes (ufrags and address pairs) remembered now; 0 once every link is forgotten.
+    pub routes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -103,7 +110,10 @@ impl<K: Ord + Clone> Router<K> {
 
     /// Counters of what [`Router::dispatch`] did.
     pub fn stats(&self) -> DispatchStats {
-        self.stats
+        DispatchStats {
+            routes: (self.pairs.len() + self.ufrags.len()) as u64,
+            ..self.stats
+        }
     }
 
     /// Routes checks carrying our `ufrag` to link `key` (of rank `rank`: newer links higher).
@@ -188,13 +198,7 @@ impl<K: Ord + Clone> Router<K> {
         };
         let key = key.clone();
         // The newest accepting link is today's owner of this pair (and of this ufrag).
-        self.pairs.insert(
-            (destination, source),
-            Route {
-                key: key.clone(),
-                rank: r,
-            },
-        );
+        self.insert_pair((destination, source), key.clone(), r);
         if let Some(u) = ufrag {
             if !self.has_ufrag(&key, u) {
                 self.ufrags.insert(
@@ -224,13 +228,13 @@ impl<K: Ord + Clone> Router<K> {
             .get(&pair)
             .is_some_and(|r| r.key == *key || (r.rank > rank && links.contains_key(&r.key)));
         if !keep {
-            self.pairs.insert(
-                pair,
-                Route {
-                    key: key.clone(),
-                    rank,
-                },
-            );
+            self.insert_pair(pair, key.clone(), rank);
+        }
+    }
+
+    fn insert_pair(&mut self, pair: (SocketAddr, SocketAddr), key: K, rank: u64) {
+        if self.pairs.len() < MAX_PAIRS || self.pairs.contains_key(&pair) {
+            self.pairs.insert(pair, Route { key, rank });
         }
     }
 }
@@ -351,8 +355,10 @@ mod tests {
         );
         assert_eq!(r.stats().fallbacks, 2);
         assert_eq!(r.stats().offered, 2 + 3 + 1);
+        assert_eq!(r.stats().routes, 1);
         r.forget(&2);
         links.remove(&2);
+        assert_eq!(r.stats().routes, 0);
         assert_eq!(
             r.dispatch(from, local, d, &links, |f| f.rank, accepts(from, d)),
             None
@@ -401,5 +407,36 @@ mod tests {
             r.dispatch(from, local, d, &links, |f| f.rank, accepts(from, d)),
             Some(2)
         );
+    }
+
+    #[test]
+    fn remembered_pairs_are_bounded_and_routing_goes_on_past_the_bound() {
+        let local = addr("10.0.0.9:4000");
+        let links = BTreeMap::from([(1u64, ()), (2u64, ())]);
+        let mut r = Router::new();
+        let d = b"\x17data".as_slice();
+        let from = |i: usize| {
+            SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1000 + (i >> 16) as u16))
+        };
+        for i in 0..MAX_PAIRS + 10 {
+            assert_eq!(
+                r.dispatch(from(i), local, d, &links, |_| 0, |_| true),
+                Some(2)
+            );
+        }
+        assert_eq!(r.pairs.len(), MAX_PAIRS);
+        let before = r.stats();
+        // A remembered pair still goes straight to its link; one past the bound asks everyone.
+        assert_eq!(
+            r.dispatch(from(0), local, d, &links, |_| 0, |_| true),
+            Some(2)
+        );
+        assert_eq!(
+            r.dispatch(from(MAX_PAIRS + 5), local, d, &links, |_| 0, |_| true),
+            Some(2)
+        );
+        let after = r.stats();
+        assert_eq!(after.offered - before.offered, 1 + 2);
+        assert_eq!(after.fallbacks - before.fallbacks, 1);
     }
 }

@@ -94,6 +94,7 @@ fn delta(a: DispatchStats, b: DispatchStats) -> DispatchStats {
     d.fallbacks = b.fallbacks - a.fallbacks;
     d.ambiguous = b.ambiguous - a.ambiguous;
     d.unclaimed = b.unclaimed - a.unclaimed;
+    d.routes = b.routes;
     d
 }
 
@@ -132,6 +133,23 @@ fn fifty_links_on_one_sharer_each_datagram_offered_to_one_session() {
     assert_routed_by_map(connected, serving, LINKS);
     // Asking every session for every datagram would have cost ~LINKS times as many offers.
     assert!(served.offered < 2 * served.datagrams, "{served:?}");
+    // Every joiner leaves: the sharer forgets each link and every route to it.
+    assert!(served.routes >= LINKS as u64, "{served:?}");
+    let now = s.now;
+    for (j, link) in links.iter().enumerate() {
+        s.node(j + 1).close(now, link);
+    }
+    assert!(
+        s.run_until(Duration::from_secs(60), |s| s.nodes[0]
+            .node
+            .as_ref()
+            .is_some_and(
+                |n| n.links().is_empty() && n.dispatch_stats().routes == 0
+            )),
+        "links or routes left: {:?} {:?}",
+        s.node(0).links().len(),
+        s.node(0).dispatch_stats()
+    );
 }
 
 #[test]
