@@ -439,4 +439,30 @@ mod tests {
         assert_eq!(after.offered - before.offered, 1 + 2);
         assert_eq!(after.fallbacks - before.fallbacks, 1);
     }
+
+    proptest::proptest! {
+        /// The ufrag peek walks attributes of any bytes from the network without panicking,
+        /// and finds what the decoder finds.
+        #[test]
+        fn the_ufrag_peek_takes_any_bytes(
+            user in "[a-z0-9:]{0,20}",
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        ) {
+            let mut b = vec![0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+            b.extend_from_slice(&[3; 12]);
+            // A USERNAME first (padded to 4 bytes), then anything.
+            b.extend_from_slice(&[0, 6, 0, user.len() as u8]);
+            b.extend_from_slice(user.as_bytes());
+            b.resize(b.len() + (4 - user.len() % 4) % 4, 0);
+            b.extend_from_slice(&body);
+            let len = (b.len() - 20) as u16;
+            b[2..4].copy_from_slice(&len.to_be_bytes());
+            let peeked = ice_local_ufrag(&b);
+            if let Ok(m) = Message::decode(&b) {
+                let decoded = m.username().and_then(|u| u.split_once(':')).map(|(l, _)| l);
+                proptest::prop_assert_eq!(peeked, decoded);
+            }
+            let _ = ice_local_ufrag(&body);
+        }
+    }
 }
