@@ -80,6 +80,7 @@ pub mod replicate;
 mod retry;
 mod rev;
 pub mod revtree;
+pub mod route;
 pub mod rpc;
 pub mod session;
 pub mod store;

@@ -39,6 +39,7 @@ use crate::reach::{
     ClientConfig as IceClientConfig, IceTransportPolicy, ResolvedIceServer, Transport,
 };
 use crate::replicate::{Endpoint, ReplicationEvent, Replicator, ReplicatorConfig, RequestId};
+use crate::route::{DispatchStats, Router};
 use crate::rpc::{
     CallId, ClientConfig, ClientEvent, RpcClient, RpcError, RpcServer, ServerConfig, ServerEvent,
 };
@@ -309,6 +310,8 @@ pub struct Node {
     /// Identities of local databases, sent in the hello of links to their shares.
     db_uuids: BTreeMap<DbId, String>,
     links: BTreeMap<LinkId, Link>,
+    /// Which link each received datagram belongs to (ICE ufrag, address pair).
+    router: Router<LinkId>,
     reps: BTreeMap<ReplicationId, Rep>,
     next_rep: ReplicationId,
     store_out: VecDeque<StoreRequest>,
@@ -360,6 +363,7 @@ impl Node {
             shares: BTreeMap::new(),
             db_uuids: BTreeMap::new(),
             links: BTreeMap::new(),
+            router: Router::new(),
             reps: BTreeMap::new(),
             next_rep: 1,
             store_out: VecDeque::new(),
@@ -695,6 +699,19 @@ impl Node {
         self.pump(now);
     }
 
+    /// How received datagrams were routed to links so far: how many, and how many sessions
+    /// each was offered to (see [`crate::route`]).
+    ///
+    /// ```
+    /// # use peerpouch::node::{Node, NodeConfig};
+    /// # let node = Node::new(NodeConfig::default(), 1, std::time::Instant::now(), 0);
+    /// let s = node.dispatch_stats();
+    /// assert_eq!(s.offered - s.offered_to_one, 0); // no datagram asked several sessions yet
+    /// ```
+    pub fn dispatch_stats(&self) -> DispatchStats {
+        self.router.stats()
+    }
+
     /// Where each ICE server stands (for the user: which answered, which failed and why).
     pub fn ice_servers(&self) -> Vec<crate::reach::gather::ServerReport> {
         self.gatherer.reports()
@@ -708,13 +725,16 @@ impl Node {
         destination: SocketAddr,
         contents: &[u8],
     ) {
-        // The newest accepting session wins (a peer that restarted on the same address).
-        let target = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.session.accepts(source, destination, contents))
-            .max_by_key(|(_, l)| l.created)
-            .map(|(k, _)| k.clone());
+        // By the maps, else the newest accepting session (a peer that restarted on the same
+        // address): see `crate::route`.
+        let target = self.router.dispatch(
+            source,
+            destination,
+            contents,
+            &self.links,
+            |l| l.created,
+            |l| l.session.accepts(source, destination, contents),
+        );
         if let Some(k) = target {
             if let Some(l) = self.links.get_mut(&k) {
                 l.session
@@ -900,6 +920,8 @@ impl Node {
         // The first link starts the ICE servers; later ones get what they found.
         self.gatherer.start(now, &self.addrs);
         self.links_created += 1;
+        self.router
+            .register_ufrag(link.clone(), session.ice_ufrag(), self.links_created);
         self.links.insert(
             link,
             Link {
@@ -994,8 +1016,13 @@ impl Node {
             }
         }
         // Forget links that are closed and drained.
-        self.links.retain(|_, l| {
-            !(l.closed && l.session.is_closed() && l.session.poll_timeout().is_none())
+        let router = &mut self.router;
+        self.links.retain(|k, l| {
+            let gone = l.closed && l.session.is_closed() && l.session.poll_timeout().is_none();
+            if gone {
+                router.forget(k);
+            }
+            !gone
         });
         // No link and no share left: give the TURN allocations back once nothing needed them
         // for a while (a new allocation right after releasing the old one on the same address
@@ -1254,6 +1281,11 @@ impl Node {
             let Some(l) = self.links.get_mut(k) else {
                 return false;
             };
+            // A new handshake draws new ICE credentials: its checks route by the new ufrag.
+            if !self.router.has_ufrag(k, l.session.ice_ufrag()) {
+                self.router
+                    .register_ufrag(k.clone(), l.session.ice_ufrag(), l.created);
+            }
             while let Some(s) = l.session.poll_signal() {
                 signals.push(s);
             }

@@ -924,6 +924,13 @@ impl Session {
         }
     }
 
+    /// Our ICE username fragment in the current handshake (a new handshake draws a new one):
+    /// the first half of the USERNAME in the peer's connectivity checks, by which a runtime
+    /// serving many sessions on one socket routes them ([`crate::route::Router`]).
+    pub fn ice_ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
     /// Whether a datagram from `source` to `destination` belongs to this session (for runtimes
     /// that serve many sessions on one socket): a STUN message with its credentials, or anything
     /// from an address of the peer (a candidate it sent, or the pair ICE selected).

@@ -1035,6 +1035,39 @@ pub fn transaction_id(bytes: &[u8]) -> Option<TransactionId> {
     Some(tid)
 }
 
+/// The local ufrag of an ICE connectivity check: the part of the USERNAME attribute before
+/// `:` (`RFRAG:LFRAG`, where RFRAG is the receiver's, RFC 8445 §7.2.2), found without decoding
+/// or allocating. `None` for anything that is not a well-formed STUN message with a USERNAME
+/// holding a `:` (DTLS, SCTP, answers, garbage).
+///
+/// ```
+/// use peerpouch::reach::stun::{ice_local_ufrag, Attribute, Class, Message, Method};
+/// let m = Message::new(Method::BINDING, Class::Request, [1; 12])
+///     .with(Attribute::Username("ours:theirs".into()));
+/// assert_eq!(ice_local_ufrag(&m.encode().unwrap()), Some("ours"));
+/// assert_eq!(ice_local_ufrag(b"\x16\xfe\xfd DTLS record......"), None);
+/// ```
+pub fn ice_local_ufrag(bytes: &[u8]) -> Option<&str> {
+    transaction_id(bytes)?;
+    let declared = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
+    if declared + HEADER_LEN != bytes.len() || declared % 4 != 0 {
+        return None;
+    }
+    let mut rest = &bytes[HEADER_LEN..];
+    for _ in 0..MAX_ATTRIBUTES {
+        if rest.is_empty() {
+            return None;
+        }
+        let (kind, value, next) = split_attribute(rest).ok()?;
+        if kind == attr::USERNAME {
+            let colon = value.iter().position(|b| *b == b':')?;
+            return std::str::from_utf8(&value[..colon]).ok();
+        }
+        rest = next;
+    }
+    None
+}
+
 /// The long-term credential key: MD5(username ":" realm ":" password) (RFC 8489 §9.2.2).
 /// The password is used as given (no OpaqueString preparation: ASCII passwords are unchanged
 /// by it, and coturn does not apply it either).

@@ -16,6 +16,7 @@ use async_io::{Async, Timer};
 use event_listener::Event;
 use futures_lite::future;
 use peerpouch::hub::SignalData;
+use peerpouch::route::Router;
 use peerpouch::session::{
     CloseReason, Session, SessionConfig, SessionError, SessionEvent, SessionRole,
 };
@@ -172,6 +173,12 @@ pub struct EndpointStats {
     /// Received datagrams more than one link accepted: two links to the same remote socket
     /// cannot be told apart by address once DTLS runs (see [`LinkEndpoint`]).
     pub ambiguous: u64,
+    /// Links asked whether a received datagram is theirs, summed over the datagrams: one each
+    /// once a pair is known (routed by ICE ufrag and address pair, [`peerpouch::route`]).
+    pub offered: u64,
+    /// Received datagrams no route knew, for which every link was asked (the first packets of
+    /// a new candidate pair, strays).
+    pub fallbacks: u64,
     /// Sends the OS refused (unreachable candidates, mostly).
     pub send_errors: u64,
 }
@@ -183,6 +190,8 @@ struct Counters {
     stun_consumed: AtomicU64,
     unmatched: AtomicU64,
     ambiguous: AtomicU64,
+    offered: AtomicU64,
+    fallbacks: AtomicU64,
     send_errors: AtomicU64,
 }
 
@@ -238,8 +247,10 @@ pub(crate) enum Command {
 /// One UDP socket serving many WebRTC links, driven by an async task.
 ///
 /// Incoming datagrams are routed to the link whose session accepts them
-/// ([`Session::accepts`]: STUN by ICE username, the rest by the peer's address); answers from
-/// STUN servers are consumed here. Because DTLS traffic is routed by the peer's address, two
+/// ([`Session::accepts`]: STUN by ICE username, the rest by the peer's address) in constant
+/// time: a [`Router`] maps ICE ufrags and address pairs to links, and every link is asked only
+/// for the first packets of a new pair ([`EndpointStats::offered`],
+/// [`EndpointStats::fallbacks`]); answers from STUN servers are consumed here. Because DTLS traffic is routed by the peer's address, two
 /// links between the *same two sockets* cannot be told apart: give each peer endpoint one link
 /// to a given remote endpoint, or use one endpoint per link for such pairs
 /// ([`EndpointStats::ambiguous`] counts datagrams that hit this).
@@ -397,7 +408,7 @@ impl LinkEndpoint {
             shutting_down: false,
             links: BTreeMap::new(),
             dirty: BTreeSet::new(),
-            route: None,
+            router: Router::new(),
             stun,
             srflx: Vec::new(),
             buf: vec![0u8; 65536],
@@ -609,6 +620,8 @@ impl LinkEndpoint {
             stun_consumed: get(&c.stun_consumed),
             unmatched: get(&c.unmatched),
             ambiguous: get(&c.ambiguous),
+            offered: get(&c.offered),
+            fallbacks: get(&c.fallbacks),
             send_errors: get(&c.send_errors),
         }
     }
@@ -699,8 +712,8 @@ struct Driver {
     links: BTreeMap<LinkId, LinkEntry>,
     /// Links whose session took an input and must be drained.
     dirty: BTreeSet<LinkId>,
-    /// Last (peer address, link) a non-STUN datagram went to: the common case costs one check.
-    route: Option<(SocketAddr, LinkId)>,
+    /// Which link each received datagram belongs to (ICE ufrag, address pair).
+    router: Router<LinkId>,
     stun: StunClient,
     /// Server-reflexive (mapped, base) pairs learnt so far, for links created later.
     srflx: Vec<(SocketAddr, SocketAddr)>,
@@ -830,6 +843,8 @@ impl Driver {
                     entry.session.close(now);
                 }
                 self.dirty.insert(entry.id);
+                self.router
+                    .register_ufrag(entry.id, entry.session.ice_ufrag(), entry.id.0);
                 self.links.insert(entry.id, entry);
             }
             Command::Signal { id, signal, reply } => {
@@ -913,32 +928,25 @@ impl Driver {
             }
         }
         let destination = self.addrs.destination_for(from);
-        // RFC 7983 §7: first byte 0..=3 is STUN, routed by ICE username, never by the cache.
-        let is_stun = bytes.first().is_some_and(|b| *b < 4);
-        if !is_stun {
-            if let Some((addr, id)) = self.route {
-                if addr == from {
-                    if let Some(l) = self.links.get_mut(&id) {
-                        if l.session.accepts(from, destination, bytes) {
-                            l.session.handle_datagram(now, from, destination, bytes);
-                            self.dirty.insert(id);
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        let mut found = None;
-        let mut matches = 0u32;
-        for (id, l) in &self.links {
-            if l.session.accepts(from, destination, bytes) {
-                matches += 1;
-                // The newest link wins: a peer that restarted on the same address replaces its
-                // old, dead link (which then times out).
-                found = Some(*id);
-            }
-        }
-        if matches > 1 {
+        let before = self.router.stats();
+        // The newest accepting link wins a fallback: a peer that restarted on the same address
+        // replaces its old, dead link (which then times out).
+        let found = self.router.dispatch(
+            from,
+            destination,
+            bytes,
+            &self.links,
+            |l| l.id.0,
+            |l| l.session.accepts(from, destination, bytes),
+        );
+        let after = self.router.stats();
+        counters
+            .offered
+            .fetch_add(after.offered - before.offered, Ordering::Relaxed);
+        counters
+            .fallbacks
+            .fetch_add(after.fallbacks - before.fallbacks, Ordering::Relaxed);
+        if after.ambiguous > before.ambiguous {
             bump(&counters.ambiguous);
             if !self.warned_ambiguous {
                 self.warned_ambiguous = true;
@@ -949,12 +957,6 @@ impl Driver {
             Some((id, l)) => {
                 l.session.handle_datagram(now, from, destination, bytes);
                 self.dirty.insert(id);
-                if !is_stun {
-                    self.route = Some((from, id));
-                } else if self.route.is_some_and(|(a, r)| a == from && r != id) {
-                    // ICE checks for another link from this address: the cached route is stale.
-                    self.route = None;
-                }
             }
             None => {
                 bump(&counters.unmatched);
@@ -989,9 +991,11 @@ impl Driver {
             drain_link(&self.socket, &self.shared, link, now).await;
             if link.closed {
                 self.links.remove(&id);
-                if self.route.is_some_and(|(_, r)| r == id) {
-                    self.route = None;
-                }
+                self.router.forget(&id);
+            } else if !self.router.has_ufrag(&id, link.session.ice_ufrag()) {
+                // A new handshake drew new ICE credentials.
+                self.router
+                    .register_ufrag(id, link.session.ice_ufrag(), id.0);
             }
         }
     }

@@ -51,6 +51,7 @@ fn one_socket_serves_several_links_in_both_roles() {
         for l in local.iter().chain(&remote) {
             l.opened().await.unwrap();
         }
+        let connected = hub_side.stats();
         assert_eq!(
             local
                 .iter()
@@ -79,6 +80,14 @@ fn one_socket_serves_several_links_in_both_roles() {
         let stats = hub_side.stats();
         assert_eq!(stats.ambiguous, 0, "{stats:?}");
         assert!(stats.datagrams_in > 1000, "{stats:?}");
+        // Once the pairs are known, each datagram is offered to one link, not to all four.
+        let (datagrams, offered) = (
+            stats.datagrams_in - connected.datagrams_in,
+            stats.offered - connected.offered,
+        );
+        assert_eq!(offered, datagrams, "{connected:?} then {stats:?}");
+        assert_eq!(stats.fallbacks, connected.fallbacks, "{stats:?}");
+        assert!(stats.offered < 2 * stats.datagrams_in, "{stats:?}");
 
         // Closing the shared endpoint says goodbye on every link.
         hub_side.close().await;
