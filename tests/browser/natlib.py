@@ -357,13 +357,26 @@ def check(args, observed):
         + f" (chromium {lt} <-> {rt}, sharer {rp.get('local')} <-> {rp.get('remote')})"
     )
 
-    # The calls went over that pair: it did not change, and it carried the attachment.
+    # The calls went over that pair and it carried the attachment. Chromium may move to another
+    # pair of the same kind while they run (seen once under a loaded CI machine: from its prflx
+    # to the sharer's relay, over to its own relay to the sharer's srflx): that is ICE doing its
+    # job, so a change is accepted when the new pair is as relayed as the expected path, and the
+    # data is checked by the calls below either way.
     after = res.get("path_after") or {}
-    need(addr_of(after.get("local")) == addr_of(loc) and addr_of(after.get("remote")) == addr_of(rem),
-         f"the selected pair changed during the calls: {json.dumps(path)[:200]} -> {json.dumps(after)[:200]}")
-    need((after.get("bytesReceived") or 0) >= expect["att_length"],
-         f"the selected pair received {after.get('bytesReceived')} B, less than the {expect['att_length']} B attachment")
-    observed.append(f"the pair carried {after.get('bytesReceived')} B to the page and {after.get('bytesSent')} B from it")
+    same = addr_of(after.get("local")) == addr_of(loc) and addr_of(after.get("remote")) == addr_of(rem)
+    if same:
+        need((after.get("bytesReceived") or 0) >= expect["att_length"],
+             f"the selected pair received {after.get('bytesReceived')} B, less than the {expect['att_length']} B attachment")
+        observed.append(f"the pair carried {after.get('bytesReceived')} B to the page and {after.get('bytesSent')} B from it")
+    else:
+        alt, art = (after.get("local") or {}).get("type"), (after.get("remote") or {}).get("type")
+        now_relayed = alt == "relay" or art == "relay"
+        need(now_relayed or not expect.get("relayed"),
+             f"the selected pair changed during the calls to one that is not relayed: {json.dumps(path)[:200]} -> {json.dumps(after)[:200]}")
+        if expect.get("relay_both"):
+            need(alt == "relay", f"relay-only, but chromium moved to a {alt} local candidate")
+        observed.append(f"chromium moved to another pair during the calls: {lt} <-> {rt} -> {alt} <-> {art} "
+                        f"(still relayed: {now_relayed}); the calls' data is checked below")
 
     # The calls.
     info = res.get("info") or {}
