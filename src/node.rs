@@ -450,7 +450,8 @@ impl Node {
         }
     }
 
-    /// Shares local database `db` on the hub; returns the share id.
+    /// Shares local database `db` on the hub; returns the share id. The share document carries
+    /// our certificate fingerprint ([`Node::fingerprint`]) unless `options` names one.
     pub fn share(
         &mut self,
         now: Instant,
@@ -459,6 +460,11 @@ impl Node {
         access: ShareAccess,
     ) -> String {
         let read_only = options.read_only;
+        let mut options = options;
+        // Published with the share, so people can tell who shares before they open it.
+        if options.fingerprint.is_none() {
+            options.fingerprint = self.fingerprint();
+        }
         let id = self.hub.share(now, options);
         self.shares.insert(
             id.clone(),

@@ -542,15 +542,20 @@ fn share_json(s: &ShareInfo) -> Value {
         "info": s.info,
         "read_only": s.read_only,
         "expires_at": s.expires_at,
+        "fingerprint": s.fingerprint,
     })
 }
 
 fn share_line(s: &ShareInfo) -> String {
     format!(
-        "{}  {}{}{}",
+        "{}  {}{}{}{}",
         s.id,
         s.name.as_deref().unwrap_or("-"),
         if s.read_only { "  (read-only)" } else { "" },
+        s.fingerprint
+            .as_deref()
+            .map(|f| format!("  {f}"))
+            .unwrap_or_default(),
         if s.info.is_null() {
             String::new()
         } else {

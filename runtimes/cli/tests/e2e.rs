@@ -815,6 +815,15 @@ fn a_sharer_remembers_a_peer_it_always_allows() {
     let shared = sharer.expect("the shared event", |v| v["event"] == "shared");
     let sharer_fp = shared["fingerprint"].as_str().unwrap().to_string();
     assert!(sharer_fp.starts_with("sha-256 "), "{shared}");
+    // The share document publishes it: a listing shows who shares before anyone opens it.
+    let listed = ok_json(&["shares", "--hub", &hub, "--json"], None).remove(0);
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(mine["fingerprint"], sharer_fp.as_str(), "{listed}");
     let (code, lines) = pull_as(&hub, &name, &bob, &dir.db("b1.db"));
     assert_eq!(code, Some(0), "{lines:?}");
     // The joiner names the sharer's certificate, the sharer the joiner's: the same on both sides.
