@@ -87,6 +87,10 @@ pub struct ShareAccess {
     pub key: Option<Vec<u8>>,
     /// Ask the app ([`NodeEvent::PeerRequested`]) instead of accepting every peer.
     pub ask: bool,
+    /// Peers this share serves at once at most (links connecting, open or awaiting a
+    /// person's answer); one more is refused with a reason that says so. `None`: only the
+    /// node's [`NodeConfig::max_links`] bounds them.
+    pub max_links: Option<usize>,
 }
 
 /// Tuning of a node.
@@ -111,6 +115,11 @@ pub struct NodeConfig {
     /// [`IceTransportPolicy::Relay`] offers peers relayed candidates only, as a browser's
     /// `iceTransportPolicy: "relay"`.
     pub ice_transport_policy: IceTransportPolicy,
+    /// Links the node keeps at once at most, to its shares and to others' (connecting, open,
+    /// or awaiting a person's answer): a peer asking beyond it is refused with a reason that
+    /// says so (and opening one more share fails with [`NodeError::TooManyLinks`]). Each link
+    /// holds its session's buffers and its RPC window, so this bounds the node's memory.
+    pub max_links: usize,
 }
 
 impl Default for NodeConfig {
@@ -123,9 +132,13 @@ impl Default for NodeConfig {
             rpc_compress: true,
             ice_servers: Vec::new(),
             ice_transport_policy: IceTransportPolicy::All,
+            max_links: DEFAULT_MAX_LINKS,
         }
     }
 }
+
+/// [`NodeConfig::max_links`]'s default: a classroom or a team, with room to spare.
+pub const DEFAULT_MAX_LINKS: usize = 512;
 
 /// What a node reports.
 #[derive(Clone, Debug, PartialEq)]
@@ -240,6 +253,12 @@ pub enum NodeError {
         "invalid database uuid {0:?}: use 1 to 128 visible ASCII characters, such as 32 hex digits"
     )]
     InvalidDbUuid(String),
+    /// [`Node::open`] with [`NodeConfig::max_links`] links already kept: close one first, or
+    /// raise the limit.
+    #[error(
+        "this node keeps {0} links, its limit (max_links): close one first or raise the limit"
+    )]
+    TooManyLinks(usize),
 }
 
 struct OwnShare {
@@ -521,6 +540,9 @@ impl Node {
         info: Value,
         key: Option<Vec<u8>>,
     ) -> Result<LinkId, NodeError> {
+        if self.links_kept(None, None) >= self.config.max_links {
+            return Err(NodeError::TooManyLinks(self.config.max_links));
+        }
         let peer = self.hub.open(now, share, info)?;
         let link = (share.to_string(), peer);
         self.add_link(now, link.clone(), SessionRole::Offerer, None, key);
@@ -893,6 +915,40 @@ impl Node {
         Ok(())
     }
 
+    /// Links kept now: connecting or open (not yet closed), and peers waiting for an answer
+    /// (`but` not counted: the one asking now), all of them or `share`'s only.
+    fn links_kept(&self, share: Option<&str>, but: Option<&LinkId>) -> usize {
+        let of = |s: &str| share.is_none_or(|share| s == share);
+        let links = self
+            .links
+            .iter()
+            .filter(|(k, l)| !l.closed && of(&k.0))
+            .count();
+        let waiting = self
+            .hub
+            .pending_peers()
+            .filter(|(s, p)| of(s) && but.is_none_or(|b| (b.0.as_str(), b.1.as_str()) != (*s, *p)))
+            .count();
+        links + waiting
+    }
+
+    /// Why `link`, a peer asking for one of our shares, would be one too many, if it would.
+    fn full(&self, link: &LinkId) -> Option<String> {
+        let kept = self.links_kept(None, Some(link));
+        if kept >= self.config.max_links {
+            return Some(format!(
+                "the sharer keeps {kept} links, its limit (max_links): try again later"
+            ));
+        }
+        let max = self.shares.get(&link.0)?.access.max_links?;
+        let serving = self.links_kept(Some(&link.0), Some(link));
+        (serving >= max).then(|| {
+            format!(
+                "the share is full: it serves {serving} peers, its limit (max_links): try again later"
+            )
+        })
+    }
+
     /// A new link with its session (offering our host candidates); its RPC starts when the
     /// channel opens.
     fn add_link(
@@ -1164,7 +1220,12 @@ impl Node {
                 HubEvent::PeerRequested { share, peer, info } => {
                     let link = (share.clone(), peer);
                     let ask = self.shares.get(&share).is_some_and(|s| s.access.ask);
-                    if ask {
+                    if let Some(full) = self.full(&link) {
+                        tracing::info!(share = %link.0, peer = %link.1, "{full}: refused");
+                        if let Err(e) = self.hub.refuse(now, &link.0, &link.1, Some(full)) {
+                            tracing::debug!(error = %e, "could not refuse a peer");
+                        }
+                    } else if ask {
                         // The peer learns that a person decides, and waits for it; the person
                         // is asked once its offer (and so its fingerprint) is in: below.
                         if let Err(e) = self.hub.defer(now, &link.0, &link.1) {

@@ -304,6 +304,7 @@ fn a_browser_opens_a_share_of_a_rust_node() {
         ShareAccess {
             key: Some(key.as_bytes().to_vec()),
             ask: false,
+            max_links: None,
         },
     );
     let mut b = Browser::start();
