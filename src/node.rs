@@ -1432,8 +1432,13 @@ impl Node {
                         {
                             no_path = true;
                         }
+                        let stall = self.config.session.send_stall_timeout;
                         closed.get_or_insert(match reason {
                             CloseReason::Failed(f) => format!("failed: {f}"),
+                            CloseReason::PeerNotReading => format!(
+                                "the peer took none of our data for {stall:?} (it stopped \
+                                 reading, or the path drops large packets): cut off"
+                            ),
                             r => format!("{r:?}"),
                         });
                     }
