@@ -1,6 +1,7 @@
 // What the page does for the Rust test (runtimes/cli/tests/browser.rs), called by drive.mjs.
 // Each scenario returns plain JSON the test asserts on; progress goes out through report().
 import * as pp from './peerpouch.js';
+import PeerPouch from '../../runtimes/pouchdb/index.js';
 
 const report = (ev) => window.__report?.(JSON.stringify(ev));
 const log = (...a) => report({ event: 'log', msg: a.map(String).join(' ') });
@@ -120,4 +121,189 @@ export async function serve(p) {
 export async function unshare() {
   await window.__share.unshare();
   return { ok: true };
+}
+
+// ---------------------------------------------------------------------------------------------
+// PouchDB with the peerpouch package (runtimes/pouchdb): page.html loads PouchDB's browser
+// build (window.PouchDB, from npm) and the plugin is installed once.
+
+const PouchDB = window.PouchDB;
+if (PouchDB) PouchDB.plugin(PeerPouch);
+const pouchFailure = (e) => ({ status: e.status, name: e.name, message: e.message, error: e.error, reason: e.reason });
+const byRev = (a, b) => (a.rev < b.rev ? -1 : a.rev > b.rev ? 1 : 0);
+
+/**
+ * Every leaf of every id as `{rev, deleted, revisions}` (from `get(id, {revs: true, open_revs:
+ * 'all'})`), sorted by rev, and the winner (`allDocs` with keys: rev and deleted) with its
+ * `_conflicts`: what the Rust side compares with its own store's answers.
+ */
+export async function pouchTrees(db, ids) {
+  const out = {};
+  const winners = await db.allDocs({ keys: ids });
+  for (const [i, id] of ids.entries()) {
+    const leaves = await db.get(id, { revs: true, open_revs: 'all' });
+    const w = winners.rows[i];
+    let conflicts = [];
+    if (w.value && !w.value.deleted) conflicts = (await db.get(id, { conflicts: true }))._conflicts ?? [];
+    out[id] = {
+      leaves: leaves
+        .map((l) => (l.ok ? { rev: l.ok._rev, deleted: !!l.ok._deleted, revisions: l.ok._revisions } : { rev: l.missing, missing: true }))
+        .sort(byRev),
+      winner: w.value ? { rev: w.value.rev, deleted: !!w.value.deleted } : null,
+      conflicts: [...conflicts].sort(),
+    };
+  }
+  return out;
+}
+
+const shareName = (p) => `peer+${p.hub}#${p.share}`;
+
+/**
+ * Opens a Rust node's share with the `peerpouch` adapter and replicates it into IndexedDB with
+ * PouchDB's own replicator; then runs the adapter's other methods against it.
+ * p: {hub, share, key, ids (documents whose trees are compared), attachment: {id, name}}.
+ */
+export async function pouchPull(p) {
+  const remote = new PouchDB(shareName(p), { key: p.key, info: { app: 'chromium-pouchdb' } });
+  const local = new PouchDB(`pull-${Date.now()}`);
+  window.__remote = remote;
+  window.__local = local;
+  const res = { remote_adapter: remote.adapter, local_adapter: local.adapter };
+  const t0 = performance.now();
+  const rep = await PouchDB.replicate(remote, local);
+  res.ms = performance.now() - t0;
+  res.replicate = { ok: rep.ok, docs_read: rep.docs_read, docs_written: rep.docs_written, doc_write_failures: rep.doc_write_failures, errors: rep.errors.map(String) };
+  res.local_info = await local.info();
+  res.local_ids = (await local.allDocs()).rows.map((r) => r.id);
+  res.local_trees = await pouchTrees(local, p.ids);
+  res.remote_trees = await pouchTrees(remote, p.ids);
+  const blob = await local.getAttachment(p.attachment.id, p.attachment.name);
+  const data = new Uint8Array(await blob.arrayBuffer());
+  res.attachment = { length: data.length, type: blob.type, sha256: await pp.sha256Hex(data) };
+  res.remote_info = await remote.info();
+  res.remote_id = await remote.id();
+  res.local_doc = await remote.get('_local/note');
+  res.put_local = await remote.put({ _id: '_local/from-page', by: 'chromium' });
+  res.all_docs = await remote.allDocs({ startkey: 'doc-001', limit: 2, include_docs: true });
+  res.all_docs_keys = await remote.allDocs({ keys: ['doc-000', 'no-such-doc'] });
+  res.changes = await remote.changes({ since: 0, limit: 3, style: 'all_docs' });
+  res.revs_diff = await remote.revsDiff({ 'doc-000': [res.all_docs_keys.rows[0].value.rev, '9-nope'] });
+  res.bulk_get = await remote.bulkGet({ docs: [{ id: 'doc-000' }], revs: true });
+  res.missing = await remote.get('no-such-doc').then((d) => ({ unexpected: d }), pouchFailure);
+  res.docs_with_attachment = await remote.get(p.attachment.id, { attachments: true, binary: true }).then((d) => {
+    const a = d._attachments[p.attachment.name];
+    return { is_blob: a.data instanceof Blob, size: a.data.size };
+  });
+  return res;
+}
+
+/**
+ * While apart from the node (which edits too): edits in IndexedDB, then `local.sync(remote)`
+ * (both directions, PouchDB's replicator), and the trees of both sides through their own APIs.
+ */
+export async function pouchEditAndSync(p) {
+  const local = window.__local;
+  const remote = window.__remote;
+  const one = await local.get('doc-001');
+  await local.put({ ...one, text: 'edited in the browser' });
+  const two = await local.get('doc-002');
+  await local.put({ ...two, text: 'the browser says' });
+  const three = await local.get('doc-003');
+  await local.remove(three);
+  await local.put({
+    _id: 'from-page',
+    text: 'written in IndexedDB',
+    _attachments: { 'note.txt': { content_type: 'text/plain', data: new Blob(['hello from the page'], { type: 'text/plain' }) } },
+  });
+  const sync = await local.sync(remote);
+  return {
+    push: { ok: sync.push.ok, docs_written: sync.push.docs_written, errors: sync.push.errors.map(String) },
+    pull: { ok: sync.pull.ok, docs_written: sync.pull.docs_written, errors: sync.pull.errors.map(String) },
+    local_trees: await pouchTrees(local, p.ids),
+    remote_trees: await pouchTrees(remote, p.ids),
+  };
+}
+
+/**
+ * What a share refuses: a wrong key, writes to a read-only share (PouchDB's 403 shape; `_local`
+ * documents still go), and `destroy()` closes the link without destroying anything.
+ * p: {hub, share, key, readOnlyShare}.
+ */
+export async function pouchRefusals(p) {
+  const res = {};
+  const wrong = new PouchDB(shareName(p), { key: 'not the key' });
+  res.wrong_key = await wrong.info().then((i) => ({ unexpected: i }), pouchFailure);
+  const ro = new PouchDB(shareName({ ...p, share: p.readOnlyShare }), { key: p.key });
+  res.read_only_bulk = await ro.bulkDocs([{ _id: 'nope' }]).then((r) => ({ unexpected: r }), pouchFailure);
+  res.read_only_put = await ro.put({ _id: 'nope' }).then((r) => ({ unexpected: r }), pouchFailure);
+  res.read_only_local = await ro.put({ _id: '_local/checkpoint', seq: 1 }).then((r) => r.ok, pouchFailure);
+  res.read_only_info = await ro.info();
+  const remote = new PouchDB(shareName(p), { key: p.key });
+  const before = await remote.info();
+  res.destroy = await remote.destroy();
+  const again = new PouchDB(shareName(p), { key: p.key });
+  const after = await again.info();
+  res.doc_count = { before: before.doc_count, after: after.doc_count };
+  await again.close();
+  await ro.close();
+  return res;
+}
+
+/**
+ * The page shares an IndexedDB PouchDB on the hub (`hub.shareDatabase`): documents, a conflict,
+ * a deletion, an attachment. Peers whose info says `intruder` are refused in `onRemote`.
+ * p: {hub, key, docs}.
+ */
+export async function pouchShare(p) {
+  const db = new PouchDB(`shared-${Date.now()}`);
+  const docs = [];
+  for (let i = 0; i < p.docs; i++) docs.push({ _id: `page-${String(i).padStart(3, '0')}`, i, from: 'chromium' });
+  docs.push({ _id: 'gone', text: 'deleted later' });
+  docs.push({ _id: 'with-att', _attachments: { 'a.bin': { content_type: 'application/octet-stream', data: new Blob([pattern(5, 100000)]) } } });
+  await db.bulkDocs(docs);
+  await db.remove(await db.get('gone'));
+  // A conflict, as a replication from elsewhere would bring it.
+  await db.bulkDocs([{ _id: 'page-001', _rev: '1-ffffffffffffffffffffffffffffffff', i: -1, _revisions: { start: 1, ids: ['ffffffffffffffffffffffffffffffff'] } }], { new_edits: false });
+  const hub = new PouchDB(p.hub);
+  window.__shared = db;
+  window.__hub = hub;
+  const remotes = [];
+  const handle = await hub.shareDatabase(db, {
+    name: 'browser-share',
+    key: p.key,
+    info: { app: 'chromium' },
+    onRemote(evt) {
+      remotes.push(evt.info);
+      report({ event: 'remote', info: evt.info });
+      if (evt.info?.app === 'intruder') evt.preventDefault();
+    },
+    log,
+  });
+  window.__remotes = remotes;
+  const listed = await hub.getSharedDatabases();
+  return { share: handle.id, dbname: handle.dbname, name: handle.name, listed_own: listed.some((s) => s.id === handle.id), ids: [...docs.map((d) => d._id)] };
+}
+
+/** The trees of the page's shared database, and the peers `onRemote` saw. p: {ids}. */
+export async function pouchSharedTrees(p) {
+  return { trees: await pouchTrees(window.__shared, p.ids), remotes: window.__remotes, info: await window.__shared.info() };
+}
+
+/** Edits in the page's shared database (for the CLI to pull back). */
+export async function pouchSharedEdit() {
+  const d = await window.__shared.get('page-002');
+  const r = await window.__shared.put({ ...d, text: 'edited after the push' });
+  return { rev: r.rev };
+}
+
+/** Stops sharing the page's database: its share document goes. */
+export async function pouchUnshare() {
+  await window.__hub.unshareDatabase(window.__shared);
+  return { ok: true };
+}
+
+/** The hub's shares as another page lists them (`getSharedDatabases`). p: {hub}. */
+export async function pouchListShares(p) {
+  const hub = new PouchDB(p.hub);
+  return hub.getSharedDatabases();
 }
