@@ -1033,3 +1033,155 @@ fn pouchdb_replicates_with_a_rust_share() {
     );
     w.hub.client().delete_db().unwrap();
 }
+
+/// The `peerpouch` CLI, as a person runs it (loopback only; identity in the build's
+/// temporary directory): runs to its end, which must be a success; its JSON lines.
+fn cli(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_peerpouch"))
+        .args(args)
+        .env("PEERPOUCH_BIND", "127.0.0.1:0")
+        .env(
+            "XDG_CONFIG_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-test-config"),
+        )
+        .env_remove("PEERPOUCH_IDENTITY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the peerpouch binary runs");
+    assert!(
+        out.status.success(),
+        "peerpouch {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs Chromium and a loopback-only network namespace: bash tests/browser/run.sh"]
+fn the_rust_cli_replicates_with_a_pouchdb_share() {
+    let hub = harness();
+    let url = hub_db(&hub, "pouchshare");
+    let mut w = World::with_hub(
+        CouchHub::connect(&url).unwrap(),
+        vec![Peer::with_config(4, NodeConfig::default()).unwrap()],
+    )
+    .unwrap();
+    let mut b = Browser::start();
+    browser_call(
+        &mut w,
+        &mut b,
+        json!({"cmd": "open_page", "page": "s"}),
+        Duration::from_secs(30),
+    );
+    // The page shares an IndexedDB PouchDB: 50 documents, a conflict, a deletion, an attachment.
+    let key = "browser key";
+    let shared = page(
+        &mut w,
+        &mut b,
+        "s",
+        "pouchShare",
+        json!({"hub": url, "key": key, "docs": 50}),
+    );
+    let share = shared["share"].as_str().unwrap().to_string();
+    assert_eq!(shared["dbname"], format!("peer+{url}#{share}"));
+    assert_eq!(
+        shared["listed_own"], false,
+        "a page does not list its own shares"
+    );
+    let listed = page(&mut w, &mut b, "s", "pouchListShares", json!({"hub": url}));
+    tracing::info!("listed: {listed}");
+    let ids: Vec<String> = shared["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+
+    // onRemote refuses a peer whose info says "intruder": the node hears the refusal.
+    let bad = w.peers[0]
+        .node
+        .open(
+            Instant::now(),
+            &share,
+            json!({"app": "intruder"}),
+            Some(key.as_bytes().to_vec()),
+        )
+        .unwrap();
+    drive(
+        &mut w,
+        &mut b,
+        "the refusal",
+        Duration::from_secs(30),
+        |w, _| {
+            w.peers[0]
+                .events
+                .iter()
+                .any(|e| matches!(e, NodeEvent::Refused { link, .. } if *link == bad))
+                .then_some(())
+        },
+    );
+    assert!(!w.peers[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, NodeEvent::LinkReady { link: l, .. } if *l == bad)));
+
+    // The CLI pulls the page's database into a SQLite file.
+    let dir = std::env::temp_dir().join(format!("pp-browser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pulled.db");
+    let file_s = file.to_str().unwrap();
+    let peer_url = format!("peer+{url}#{share}");
+    let out = cli(&["replicate", &peer_url, file_s, "--key", key, "--json"]);
+    tracing::info!("pull: {out:?}");
+    let mut store = peerpouch_sqlite::SqliteStore::open(&file).unwrap();
+    let page_trees = page(&mut w, &mut b, "s", "pouchSharedTrees", json!({"ids": ids}));
+    let want = trees(&mut store, &ids);
+    assert_eq!(want["page-001"]["leaves"].as_array().unwrap().len(), 2);
+    assert_eq!(want["gone"]["winner"]["deleted"], true);
+    same_trees("the CLI's pull", &page_trees["trees"], &want);
+    let att = store.get_attachment("with-att", "a.bin").unwrap();
+    assert_eq!(att.data, pattern(5, 100_000));
+    let remotes = page_trees["remotes"].as_array().unwrap();
+    assert!(
+        remotes.iter().any(|i| i["app"] == "intruder"),
+        "{remotes:?}"
+    );
+
+    // Both edit page-002 while apart; the CLI adds a document; push, then pull again.
+    let two = store.get("page-002").unwrap();
+    for r in store
+        .bulk_docs(
+            vec![
+                json!({"_id": "page-002", "_rev": two["_rev"], "text": "the CLI says"}),
+                json!({"_id": "from-cli", "by": "peerpouch"}),
+            ],
+            true,
+        )
+        .unwrap()
+    {
+        r.result.unwrap();
+    }
+    drop(store);
+    page(&mut w, &mut b, "s", "pouchSharedEdit", json!({}));
+    cli(&["replicate", file_s, &peer_url, "--key", key, "--json"]);
+    cli(&["replicate", &peer_url, file_s, "--key", key, "--json"]);
+    let mut ids = ids;
+    ids.push("from-cli".into());
+    let mut store = peerpouch_sqlite::SqliteStore::open(&file).unwrap();
+    let want = trees(&mut store, &ids);
+    assert_eq!(want["page-002"]["conflicts"].as_array().unwrap().len(), 1);
+    let page_trees = page(&mut w, &mut b, "s", "pouchSharedTrees", json!({"ids": ids}));
+    same_trees("after push and pull", &page_trees["trees"], &want);
+    drop(store);
+
+    // Unsharing deletes the share document.
+    page(&mut w, &mut b, "s", "pouchUnshare", json!({}));
+    let gone = w.hub.client().clone().get(&share);
+    assert!(matches!(gone, Err(DbError::NotFound(_))), "{gone:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    w.hub.client().delete_db().unwrap();
+}
