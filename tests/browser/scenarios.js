@@ -307,3 +307,35 @@ export async function pouchListShares(p) {
   const hub = new PouchDB(p.hub);
   return hub.getSharedDatabases();
 }
+
+/**
+ * Live: `local.sync(remote, {live: true, retry: true})` with a share opened by its name (so a
+ * restarted sharer, with a new share id, is found again). Every document pulled is reported
+ * (`live-pulled`), and the state changes (`live-paused`, `live-active`, `live-error`).
+ * p: {hub, name, key}.
+ */
+export async function pouchLiveStart(p) {
+  const local = new PouchDB(`live-${Date.now()}`);
+  const remote = new PouchDB(`peer+${p.hub}#${p.name}`, { key: p.key });
+  const pulled = [];
+  const sync = local.sync(remote, { live: true, retry: true, back_off_function: (d) => (d === 0 ? 250 : Math.min(d * 2, 2000)) });
+  sync.on('change', (info) => {
+    if (info.direction !== 'pull') return;
+    for (const d of info.change.docs) {
+      pulled.push(d._id);
+      report({ event: 'live-pulled', id: d._id, rev: d._rev });
+    }
+  });
+  sync.on('paused', (err) => report({ event: 'live-paused', err: err ? String(err) : null }));
+  sync.on('active', () => report({ event: 'live-active' }));
+  sync.on('error', (e) => report({ event: 'live-error', err: String(e) }));
+  window.__live = { local, remote, sync, pulled };
+  return { ok: true };
+}
+
+/** Stops the live sync; what it pulled, and the local database's documents. */
+export async function pouchLiveStop() {
+  const { local, sync, pulled } = window.__live;
+  sync.cancel();
+  return { pulled, ids: (await local.allDocs()).rows.map((r) => r.id) };
+}

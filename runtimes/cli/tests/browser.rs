@@ -1185,3 +1185,147 @@ fn the_rust_cli_replicates_with_a_pouchdb_share() {
     let _ = std::fs::remove_dir_all(&dir);
     w.hub.client().delete_db().unwrap();
 }
+
+/// The ids the page reported pulled (`live-pulled` events) from event `from` on.
+fn live_pulled(b: &Browser, from: usize) -> Vec<String> {
+    b.events[from..]
+        .iter()
+        .filter(|e| e["event"] == "live-pulled")
+        .filter_map(|e| e["id"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs Chromium and a loopback-only network namespace: bash tests/browser/run.sh"]
+fn live_pouchdb_sync_resumes_after_the_rust_node_restarts() {
+    let hub = harness();
+    let url = hub_db(&hub, "live");
+    let mut w = World::with_hub(
+        CouchHub::connect(&url).unwrap(),
+        vec![Peer::with_config(5, NodeConfig::default()).unwrap()],
+    )
+    .unwrap();
+    let seed: Vec<Value> = (0..200)
+        .map(|i| json!({"_id": format!("seed-{i:03}"), "i": i}))
+        .collect();
+    w.peers[0].write("livedb", seed).unwrap();
+    let key = "live key";
+    let share_it = |w: &mut World<CouchHub>| {
+        w.peers[0].node.share(
+            Instant::now(),
+            "livedb".into(),
+            ShareOptions {
+                name: Some("livedb".into()),
+                ..ShareOptions::default()
+            },
+            ShareAccess {
+                key: Some(key.as_bytes().to_vec()),
+                ask: false,
+            },
+        )
+    };
+    let first = share_it(&mut w);
+    let mut b = Browser::start();
+    drive(
+        &mut w,
+        &mut b,
+        "the share document",
+        Duration::from_secs(10),
+        |w, _| {
+            w.peers[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Hub(HubEvent::ShareCreated { share: s }) if *s == first))
+            .then_some(())
+        },
+    );
+    browser_call(
+        &mut w,
+        &mut b,
+        json!({"cmd": "open_page", "page": "l"}),
+        Duration::from_secs(30),
+    );
+    page(
+        &mut w,
+        &mut b,
+        "l",
+        "pouchLiveStart",
+        json!({"hub": url, "name": "livedb", "key": key}),
+    );
+    drive(
+        &mut w,
+        &mut b,
+        "the first pull",
+        Duration::from_secs(60),
+        |_, b| (live_pulled(b, 0).len() >= 200).then_some(()),
+    );
+    // The node writes; the live sync brings it.
+    w.peers[0]
+        .write("livedb", vec![json!({"_id": "live-1", "by": "the node"})])
+        .unwrap();
+    drive(
+        &mut w,
+        &mut b,
+        "live-1 in the page",
+        Duration::from_secs(30),
+        |_, b| {
+            live_pulled(b, 0)
+                .contains(&"live-1".to_string())
+                .then_some(())
+        },
+    );
+
+    // The node restarts: it unshares, goes, and a new node shares the same database (a new
+    // share id) and writes. The page's sync retries, finds the share by its name again, and
+    // resumes from its checkpoint: it pulls the new document and nothing it had.
+    w.peers[0].node.unshare(Instant::now(), &first).unwrap();
+    drive(
+        &mut w,
+        &mut b,
+        "the unshare",
+        Duration::from_secs(10),
+        |w, _| {
+            matches!(
+                w.hub.client().clone().get(&first),
+                Err(DbError::NotFound(_))
+            )
+            .then_some(())
+        },
+    );
+    let store = w.peers[0].stores.remove("livedb").unwrap();
+    w.peers[0] = Peer::with_config(6, NodeConfig::default()).unwrap();
+    w.peers[0].stores.insert("livedb".into(), store);
+    let mark = b.events.len();
+    let second = share_it(&mut w);
+    assert_ne!(first, second);
+    w.peers[0]
+        .write(
+            "livedb",
+            vec![json!({"_id": "live-2", "by": "the restarted node"})],
+        )
+        .unwrap();
+    let t0 = Instant::now();
+    drive(
+        &mut w,
+        &mut b,
+        "live-2 in the page",
+        Duration::from_secs(60),
+        |_, b| {
+            live_pulled(b, mark)
+                .contains(&"live-2".to_string())
+                .then_some(())
+        },
+    );
+    println!(
+        "figure: pouchdb_live_sync_resumed_s = {:.2} s (from the new share until the page had its new document)",
+        t0.elapsed().as_secs_f64()
+    );
+    let stopped = page(&mut w, &mut b, "l", "pouchLiveStop", json!({}));
+    assert_eq!(
+        live_pulled(&b, mark),
+        ["live-2"],
+        "after the restart the sync pulled only what was new"
+    );
+    assert_eq!(stopped["ids"].as_array().unwrap().len(), 202);
+    w.hub.client().delete_db().unwrap();
+}

@@ -420,9 +420,12 @@ export default function PeerPouch(PouchDB) {
   async function shareIdByName(hubDb, name) {
     const now = Date.now();
     const r = await hubDb.allDocs({ include_docs: true, startkey: 'share-', endkey: 'share-\uffff' });
-    const doc = r.rows.map((x) => x.doc).find((d) => d?.type === SHARE_TYPE && d.name === name && live(d, now));
-    if (!doc) throw new map.PouchError(404, 'not_found', `no share named ${name} on the hub`);
-    return doc._id;
+    // The newest of that name: a sharer that restarted (a new share id) beside its old,
+    // not yet expired document.
+    const docs = r.rows.map((x) => x.doc).filter((d) => d?.type === SHARE_TYPE && d.name === name && live(d, now));
+    if (!docs.length) throw new map.PouchError(404, 'not_found', `no share named ${name} on the hub`);
+    docs.sort((a, b) => (b.expires_at ?? 0) - (a.expires_at ?? 0));
+    return docs[0]._id;
   }
 
   function shareOf(hub, doc) {
