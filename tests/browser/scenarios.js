@@ -339,3 +339,19 @@ export async function pouchLiveStop() {
   sync.cancel();
   return { pulled, ids: (await local.allDocs()).rows.map((r) => r.id) };
 }
+
+/**
+ * One timed pull for the bench: `PouchDB.replicate(source, fresh IndexedDB)`, where source is a
+ * share's name (the adapter) or a CouchDB URL (PouchDB's HTTP adapter). p: {source, key}.
+ */
+export async function pouchTimedPull(p) {
+  const source = new PouchDB(p.source, p.key ? { key: p.key } : {});
+  const local = new PouchDB(`bench-${Date.now()}-${Math.random().toString(16).slice(2)}`);
+  const t0 = performance.now();
+  const r = await PouchDB.replicate(source, local);
+  const ms = performance.now() - t0;
+  const info = await local.info();
+  await local.destroy();
+  await source.close();
+  return { ms, docs_written: r.docs_written, ok: r.ok, doc_count: info.doc_count };
+}

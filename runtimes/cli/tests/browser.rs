@@ -1329,3 +1329,104 @@ fn live_pouchdb_sync_resumes_after_the_rust_node_restarts() {
     assert_eq!(stopped["ids"].as_array().unwrap().len(), 202);
     w.hub.client().delete_db().unwrap();
 }
+
+/// `figure: pouchdb_adapter_pull_docs_per_s` against `pouchdb_http_pull_docs_per_s`: 10,000
+/// documents into a fresh IndexedDB with `PouchDB.replicate`, from a Rust share through the
+/// adapter and from pouchdb-server over HTTP (the same documents, the same page, the same
+/// machine), alternated, three runs each; the medians. Runs only with
+/// `PEERPOUCH_BROWSER_BENCH=1` (`PEERPOUCH_BROWSER_BENCH=1 bash tests/browser/run.sh
+/// bench_pouchdb_pull`).
+#[test]
+#[ignore = "needs Chromium and a loopback-only network namespace: bash tests/browser/run.sh"]
+fn bench_pouchdb_pull() {
+    let hub = harness();
+    if std::env::var("PEERPOUCH_BROWSER_BENCH").as_deref() != Ok("1") {
+        println!("bench_pouchdb_pull: skipped (PEERPOUCH_BROWSER_BENCH=1 runs it)");
+        return;
+    }
+    const DOCS: usize = 10_000;
+    let url = hub_db(&hub, "bench");
+    let http_url = hub_db(&hub, "bench_http");
+    let mut w = World::with_hub(
+        CouchHub::connect(&url).unwrap(),
+        vec![Peer::with_config(7, NodeConfig::default()).unwrap()],
+    )
+    .unwrap();
+    let docs: Vec<Value> = (0..DOCS)
+        .map(|i| json!({"_id": format!("doc-{i:05}"), "i": i, "text": format!("document number {i} of the bench"), "tags": ["a", "b", "c"]}))
+        .collect();
+    w.peers[0].write("bench", docs.clone()).unwrap();
+    let http = CouchHub::connect(&http_url).unwrap();
+    let mut c = http.client().clone();
+    for chunk in docs.chunks(1000) {
+        c.execute(Request::BulkDocs(BulkDocsRequest {
+            docs: chunk.to_vec(),
+            new_edits: true,
+        }))
+        .unwrap();
+    }
+    let key = "bench key";
+    let share = w.peers[0].node.share(
+        Instant::now(),
+        "bench".into(),
+        ShareOptions {
+            name: Some("bench".into()),
+            ..ShareOptions::default()
+        },
+        ShareAccess {
+            key: Some(key.as_bytes().to_vec()),
+            ask: false,
+        },
+    );
+    let mut b = Browser::start();
+    drive(
+        &mut w,
+        &mut b,
+        "the share document",
+        Duration::from_secs(10),
+        |w, _| {
+            w.peers[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Hub(HubEvent::ShareCreated { share: s }) if *s == share))
+            .then_some(())
+        },
+    );
+    browser_call(
+        &mut w,
+        &mut b,
+        json!({"cmd": "open_page", "page": "bench"}),
+        Duration::from_secs(30),
+    );
+    let peer_source = format!("peer+{url}#{share}");
+    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..3 {
+        for (name, source, k) in [
+            ("http", http_url.as_str(), None),
+            ("adapter", peer_source.as_str(), Some(key)),
+        ] {
+            let r = page(
+                &mut w,
+                &mut b,
+                "bench",
+                "pouchTimedPull",
+                json!({"source": source, "key": k}),
+            );
+            assert_eq!(r["ok"], true, "{r}");
+            assert_eq!(r["doc_count"], DOCS, "{r}");
+            let rate = DOCS as f64 / (r["ms"].as_f64().unwrap() / 1000.0);
+            tracing::info!(name, rate, "pull");
+            rates.entry(name).or_default().push(rate);
+        }
+    }
+    for (name, mut v) in rates {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "figure: pouchdb_{name}_pull_docs_per_s = {:.0} docs/s (median of {:?}; {DOCS} documents into IndexedDB with PouchDB.replicate)",
+            v[v.len() / 2],
+            v.iter().map(|x| x.round()).collect::<Vec<_>>()
+        );
+    }
+    http.client().delete_db().unwrap();
+    w.hub.client().delete_db().unwrap();
+}
