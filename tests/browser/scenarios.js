@@ -355,3 +355,213 @@ export async function pouchTimedPull(p) {
   await source.close();
   return { ms, docs_written: r.docs_written, ok: r.ok, doc_count: info.doc_count };
 }
+
+// ---------------------------------------------------------------------------------------------
+// Conformance: the adapter (a Rust share) and PouchDB's HTTP adapter (pouchdb-server) driven
+// side by side with the same seeded sequence of PouchDB calls; their answers must agree.
+
+/** A seeded generator (mulberry32): the same sequence of calls on every run. */
+function rng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * An answer with what may differ taken out: a revision made by a new edit keeps its position
+ * only (each implementation hashes new edits its own way; revisions given with new_edits:false
+ * are kept whole), sequence numbers go (each database numbers its own feed), errors keep their
+ * status and name, and `_local` revisions their form `0-N`.
+ */
+function normalize(x, given) {
+  const rev = (r) => {
+    if (typeof r !== 'string') return r;
+    const m = /^(\d+)-(.*)$/.exec(r);
+    if (!m) return r;
+    return given.has(r) ? r : `${m[1]}-*`;
+  };
+  const walk = (v, key) => {
+    if (Array.isArray(v)) {
+      const out = v.map((e) => walk(e, key));
+      if (key === 'changes') return out.sort((u, v) => (u.rev < v.rev ? -1 : u.rev > v.rev ? 1 : 0));
+      return key === '_conflicts' || key === 'missing' ? out.sort() : out;
+    }
+    if (v && typeof v === 'object') {
+      const o = {};
+      for (const k of Object.keys(v).sort()) {
+        // Documented differences (tests/browser/README.md): `offset` (peerpouch counts the
+        // rows before the first one, as CouchDB does; PouchDB gives `skip`), and revs_diff's
+        // `possible_ancestors` (CouchDB's and peerpouch's; PouchDB has none).
+        // `_deleted_conflicts` likewise (PouchDB ignores the option), and a `doc: null` that
+        // PouchDB adds to deleted rows of allDocs with keys even without include_docs.
+        if (k === 'doc' && v[k] === null) continue;
+        if (['offset', 'possible_ancestors', '_deleted_conflicts', 'seq', 'last_seq', 'update_seq', 'host', 'adapter', 'db_name', 'db_uuid', 'stack', 'docId', 'message', 'reason', 'instance_start_time', 'purge_seq', 'sizes', 'compact_running', 'disk_format_version', 'data_size', 'disk_size', 'other', 'committed_update_seq', 'backend_adapter', 'auto_compaction', 'pending'].includes(k)) continue;
+        o[k] = walk(v[k], k);
+      }
+      if (o.ids && typeof o.start === 'number' && key === '_revisions') {
+        // A history: given ids stay, new-edit hashes become '*'.
+        o.ids = o.ids.map((id, i) => (given.has(`${o.start - i}-${id}`) ? id : '*'));
+      }
+      return o;
+    }
+    if (['rev', '_rev'].includes(key)) return rev(v);
+    if (key === undefined || key === 'value' || typeof v !== 'string') return v;
+    return /^\d+-[0-9a-f]{32}$/.test(v) ? rev(v) : v;
+  };
+  return walk(x);
+}
+
+const leafRev = (l) => l.ok?._rev ?? l.missing;
+const settle = (p) =>
+  p.then(
+    (r) => ({ ok: r }),
+    (e) => ({ err: { status: e.status, name: e.name } }),
+  );
+
+/**
+ * Runs `p.ops` seeded calls on both databases and compares each pair of answers.
+ * p: {adapter: dbname, key, http: URL, seed, ops}. Returns {ops, by_kind, mismatches (the
+ * first 20: kind, call, both answers)}.
+ */
+export async function pouchConformance(p) {
+  const a = new PouchDB(p.adapter, { key: p.key });
+  const h = new PouchDB(p.http);
+  const rand = rng(p.seed);
+  const pick = (arr) => arr[Math.floor(rand() * arr.length)];
+  const given = new Set();
+  const newIds = Array.from({ length: 40 }, (_, i) => `n-${String(i).padStart(2, '0')}`);
+  const repIds = Array.from({ length: 20 }, (_, i) => `r-${String(i).padStart(2, '0')}`);
+  const localIds = ['_local/a', '_local/b', '_local/c'];
+  const repTips = new Map(); // r- id -> [{pos, ids}] branches given so far
+  const hex = () => Array.from({ length: 32 }, () => Math.floor(rand() * 16).toString(16)).join('');
+  const mismatches = [];
+  const byKind = {};
+  // Each side's own current revisions (new edits differ in hash).
+  const revs = [new Map(), new Map()];
+  const both = async (kind, call, f) => {
+    byKind[kind] = (byKind[kind] ?? 0) + 1;
+    const [ra, rh] = [await settle(f(a, 0)), await settle(f(h, 1))];
+    const [na, nh] = [normalize(ra, given), normalize(rh, given)];
+    if (JSON.stringify(na) !== JSON.stringify(nh) && mismatches.length < 20) mismatches.push({ kind, call, adapter: na, http: nh });
+    return [ra, rh];
+  };
+  const remember = (side, id, r) => {
+    if (r.ok?.rev) revs[side].set(id, r.ok.rev);
+  };
+  for (let n = 0; n < p.ops; n++) {
+    const x = rand();
+    if (x < 0.22) {
+      // put: a new document or an update of one (each side with its own current rev)
+      const id = pick(newIds);
+      const body = { v: Math.floor(rand() * 1000), tag: pick(['x', 'y', 'z']) };
+      const withAtt = rand() < 0.15;
+      const att = withAtt ? { 'f.txt': { content_type: 'text/plain', data: btoa(`attachment ${Math.floor(rand() * 100)}`) } } : undefined;
+      await both('put', { id, body, att: !!att }, async (db, side) => {
+        const doc = { _id: id, ...body };
+        if (revs[side].has(id)) doc._rev = revs[side].get(id);
+        if (att) doc._attachments = att;
+        const r = await db.put(doc);
+        remember(side, id, { ok: r });
+        return r;
+      });
+    } else if (x < 0.3) {
+      // a stale put: conflict (409) on both
+      const id = pick(newIds);
+      await both('stale put', { id }, (db, side) => (revs[side].has(id) ? db.put({ _id: id, _rev: `1-${'0'.repeat(32)}` }) : db.get(id)));
+    } else if (x < 0.36) {
+      const id = pick(newIds);
+      await both('remove', { id }, async (db, side) => {
+        if (!revs[side].has(id)) return db.get(id);
+        const r = await db.remove(id, revs[side].get(id));
+        // Deleted: the next put recreates it without a _rev. (A put with a made-up _rev on a
+        // deleted document differs: PouchDB takes it as a new branch, CouchDB and peerpouch
+        // answer 409.)
+        revs[side].delete(id);
+        return r;
+      });
+    } else if (x < 0.5) {
+      // replicated revisions: a branch given with new_edits:false (conflicts, tombstones)
+      const id = pick(repIds);
+      const branches = repTips.get(id) ?? [];
+      let ids;
+      let start;
+      let extended = null;
+      if (branches.length && rand() < 0.6) {
+        const base = pick(branches);
+        extended = base;
+        const grow = 1 + Math.floor(rand() * 2);
+        ids = [...Array.from({ length: grow }, hex), ...base.ids];
+        start = base.pos + grow;
+      } else {
+        start = 1 + Math.floor(rand() * 3);
+        ids = Array.from({ length: start }, hex);
+      }
+      ids.forEach((h2, i) => given.add(`${start - i}-${h2}`));
+      // A grown branch's old tip is no longer a leaf: peerpouch keeps leaf bodies only
+      // (documented), so only leaves are asked for by revision.
+      if (extended) branches.splice(branches.indexOf(extended), 1);
+      branches.push({ pos: start, ids });
+      repTips.set(id, branches);
+      const doc = { _id: id, _rev: `${start}-${ids[0]}`, _revisions: { start, ids }, w: Math.floor(rand() * 100) };
+      if (rand() < 0.15) doc._deleted = true;
+      await both('bulkDocs new_edits:false', { id, rev: doc._rev }, (db) => db.bulkDocs([doc], { new_edits: false }));
+    } else if (x < 0.62) {
+      const id = pick(rand() < 0.5 ? repIds : newIds);
+      const opts = pick([{}, { revs: true }, { conflicts: true }, { revs: true, open_revs: 'all' }, { attachments: true }, { deleted_conflicts: true }]);
+      await both('get', { id, opts }, (db) => db.get(id, opts).then((r) => (Array.isArray(r) ? [...r].sort((u, v) => (leafRev(u) < leafRev(v) ? -1 : 1)) : r)));
+    } else if (x < 0.68) {
+      const id = pick(localIds);
+      const op = rand();
+      await both('_local', { id, op }, async (db) => {
+        const cur = await db.get(id).catch(() => null);
+        if (op < 0.5) return db.put({ ...(cur ?? { _id: id }), n: Math.floor(op * 100) });
+        if (op < 0.7 && cur) return db.remove(cur);
+        return db.get(id);
+      });
+    } else if (x < 0.82) {
+      const lo = pick([...newIds, ...repIds]);
+      const opts = pick([
+        {},
+        { include_docs: true },
+        { startkey: lo, limit: 5 },
+        { startkey: lo, endkey: 'r-10', inclusive_end: false },
+        { descending: true, limit: 7, skip: 2 },
+        { keys: [lo, 'nope', 'n-01'] },
+        { include_docs: true, conflicts: true, startkey: 'r-' },
+        { key: lo },
+      ]);
+      // A range whose start is past its end: CouchDB and peerpouch answer 400, PouchDB no
+      // rows (documented); compared as "nothing".
+      const reversed = opts.startkey !== undefined && opts.endkey !== undefined && opts.startkey > opts.endkey;
+      await both('allDocs', { opts }, (db) => (reversed ? db.allDocs(opts).then((r) => r.rows.length, (e) => (e.status === 400 ? 0 : Promise.reject(e))) : db.allDocs(opts)));
+    } else if (x < 0.92) {
+      const opts = pick([{ style: 'all_docs' }, { include_docs: true }, { limit: 5 }, { doc_ids: [pick(newIds), pick(repIds)] }, { style: 'all_docs', conflicts: true, include_docs: true }]);
+      await both('changes', { opts }, (db) =>
+        db.changes(opts).then((r) => ({ results: [...r.results].sort((u, v) => (u.id < v.id ? -1 : u.id > v.id ? 1 : 0)) })),
+      );
+    } else if (x < 0.96) {
+      const id = pick(repIds);
+      const known = (repTips.get(id) ?? []).map((b) => `${b.pos}-${b.ids[0]}`);
+      const q = { [id]: [...known.slice(0, 2), `9-${hex()}`] };
+      given.add(q[id][q[id].length - 1]);
+      await both('revsDiff', { q }, (db) => db.revsDiff(q));
+    } else {
+      const id = pick(repIds);
+      const known = (repTips.get(id) ?? []).map((b) => `${b.pos}-${b.ids[0]}`);
+      const docs = known.length ? [{ id, rev: known[0] }, { id: 'nope' }] : [{ id }];
+      // Found or not: how a server words a missing document differs (pouchdb-server 4.2.0's
+      // answer carries no error fields), so only the found ones are compared whole.
+      await both('bulkGet', { docs }, (db) =>
+        db.bulkGet({ docs, revs: true }).then((r) => ({ results: r.results.map((x) => ({ id: x.id, docs: x.docs.map((d) => (d.ok ? { ok: d.ok } : { missing: true })) })) })),
+      );
+    }
+  }
+  await a.close();
+  await h.close();
+  return { ops: p.ops, by_kind: byKind, mismatches };
+}

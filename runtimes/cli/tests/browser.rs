@@ -1430,3 +1430,77 @@ fn bench_pouchdb_pull() {
     http.client().delete_db().unwrap();
     w.hub.client().delete_db().unwrap();
 }
+
+/// The adapter against pouchdb-server's HTTP database: the same seeded sequence of PouchDB
+/// calls on both (`pouchConformance` in `scenarios.js`), every answer compared (revision
+/// positions always, revision ids where they were given with `new_edits: false`).
+#[test]
+#[ignore = "needs Chromium and a loopback-only network namespace: bash tests/browser/run.sh"]
+fn pouchdb_conformance_adapter_against_pouchdb_server() {
+    let hub = harness();
+    let url = hub_db(&hub, "conf");
+    let http_url = hub_db(&hub, "conf_http");
+    let http = CouchHub::connect(&http_url).unwrap();
+    let mut w = World::with_hub(
+        CouchHub::connect(&url).unwrap(),
+        vec![Peer::with_config(8, NodeConfig::default()).unwrap()],
+    )
+    .unwrap();
+    w.peers[0].store("conf");
+    let key = "conformance";
+    let share = w.peers[0].node.share(
+        Instant::now(),
+        "conf".into(),
+        ShareOptions {
+            name: Some("conf".into()),
+            ..ShareOptions::default()
+        },
+        ShareAccess {
+            key: Some(key.as_bytes().to_vec()),
+            ask: false,
+        },
+    );
+    let mut b = Browser::start();
+    drive(
+        &mut w,
+        &mut b,
+        "the share document",
+        Duration::from_secs(10),
+        |w, _| {
+            w.peers[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Hub(HubEvent::ShareCreated { share: s }) if *s == share))
+            .then_some(())
+        },
+    );
+    browser_call(
+        &mut w,
+        &mut b,
+        json!({"cmd": "open_page", "page": "c"}),
+        Duration::from_secs(30),
+    );
+    let ops = 3000;
+    let res = page(
+        &mut w,
+        &mut b,
+        "c",
+        "pouchConformance",
+        json!({"adapter": format!("peer+{url}#{share}"), "key": key, "http": http_url,
+               "seed": 20261207, "ops": ops}),
+    );
+    println!("conformance: {}", res["by_kind"]);
+    assert_eq!(res["ops"], ops);
+    let mismatches = res["mismatches"].as_array().unwrap();
+    for m in mismatches {
+        println!("mismatch: {m}");
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} answers differ; the first:\n{}",
+        mismatches.len(),
+        serde_json::to_string_pretty(&mismatches[..mismatches.len().min(5)]).unwrap()
+    );
+    http.client().delete_db().unwrap();
+    w.hub.client().delete_db().unwrap();
+}

@@ -55,10 +55,27 @@ export function getRequest(id, opts = {}) {
   return setIf({ op: 'get', id }, opts, ['rev', 'revs', 'conflicts', 'deleted_conflicts', 'attachments', 'atts_since', 'latest']);
 }
 
-/** The answer to {@link getRequest} as `db.get` gives it: a document, or the `open_revs` list. */
+/**
+ * The answer to {@link getRequest} as `db.get` gives it: a document, or the `open_revs` list.
+ * Inlined attachments lose `length` and `stub`, as PouchDB's HTTP adapter gives them.
+ */
 export function getResponse(res) {
-  if (res?.result === 'open_revs') return res.revs;
-  return res?.doc;
+  if (res?.result === 'open_revs') {
+    for (const r of res.revs) if (r.ok) inlined(r.ok);
+    return res.revs;
+  }
+  return inlined(res?.doc);
+}
+
+/** Drops `length` and `stub` from attachments whose data is inline. */
+export function inlined(doc) {
+  for (const att of Object.values(doc?._attachments ?? {})) {
+    if (att && att.data !== undefined) {
+      delete att.length;
+      delete att.stub;
+    }
+  }
+  return doc;
 }
 
 /**
@@ -70,9 +87,14 @@ export function allDocsRequest(opts = {}) {
   const start = opts.startkey ?? opts.start_key;
   const end = opts.endkey ?? opts.end_key;
   if (opts.keys !== undefined) req.keys = opts.keys;
-  else if (opts.key !== undefined) req.keys = [opts.key];
-  if (start !== undefined) req.start_key = start;
-  if (end !== undefined) req.end_key = end;
+  if (opts.key !== undefined) {
+    // `key` is a range of one (deleted documents are not listed), not `keys: [key]`.
+    req.start_key = opts.key;
+    req.end_key = opts.key;
+  } else {
+    if (start !== undefined) req.start_key = start;
+    if (end !== undefined) req.end_key = end;
+  }
   if (opts.inclusive_end === false) req.inclusive_end = false;
   if (typeof opts.limit === 'number') req.limit = opts.limit;
   if (typeof opts.skip === 'number' && opts.skip > 0) req.skip = opts.skip;
@@ -139,6 +161,7 @@ export function bulkGetRequest(opts = {}) {
   return setIf({ op: 'bulk_get', docs }, opts, ['revs', 'attachments', 'latest']);
 }
 export function bulkGetResponse(res) {
+  for (const r of res.results) for (const d of r.docs) if (d.ok) inlined(d.ok);
   return { results: res.results };
 }
 

@@ -27,6 +27,11 @@ test('get: options, open_revs and _local documents', () => {
   assert.deepEqual(map.getResponse({ result: 'doc', doc: { _id: 'a' } }), { _id: 'a' });
   const revs = [{ ok: { _id: 'a', _rev: '1-a' } }, { missing: '2-b' }];
   assert.deepEqual(map.getResponse({ result: 'open_revs', revs }), revs);
+  const withData = { _id: 'a', _attachments: { f: { content_type: 't', data: 'aGk=', length: 2, digest: 'md5-x', revpos: 1 }, s: { stub: true, length: 3 } } };
+  assert.deepEqual(map.getResponse({ result: 'doc', doc: withData })._attachments, {
+    f: { content_type: 't', data: 'aGk=', digest: 'md5-x', revpos: 1 },
+    s: { stub: true, length: 3 },
+  });
 });
 
 test('allDocs: both spellings of the keys, key, keys, paging', () => {
@@ -42,7 +47,7 @@ test('allDocs: both spellings of the keys, key, keys, paging', () => {
     include_docs: true,
   });
   assert.deepEqual(map.allDocsRequest({ start_key: 'a', end_key: 'b', inclusive_end: true, skip: 0 }), { op: 'all_docs', start_key: 'a', end_key: 'b' });
-  assert.deepEqual(map.allDocsRequest({ key: 'k' }), { op: 'all_docs', keys: ['k'] });
+  assert.deepEqual(map.allDocsRequest({ key: 'k' }), { op: 'all_docs', start_key: 'k', end_key: 'k' });
   assert.deepEqual(map.allDocsRequest({ keys: ['x', 'y'], conflicts: true }), { op: 'all_docs', keys: ['x', 'y'], conflicts: true });
   assert.deepEqual(map.allDocsResponse({ result: 'all_docs', total_rows: 1, offset: 0, rows: [] }), { total_rows: 1, offset: 0, rows: [] });
 });
