@@ -1504,3 +1504,208 @@ fn pouchdb_conformance_adapter_against_pouchdb_server() {
     http.client().delete_db().unwrap();
     w.hub.client().delete_db().unwrap();
 }
+
+/// `peerpouch share` of a SQLite file, running until [`CliShare::stop`].
+struct CliShare {
+    child: Child,
+    share: String,
+}
+
+impl CliShare {
+    fn start(hub: &str, file: &std::path::Path, name: &str, key: &str) -> CliShare {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peerpouch"))
+            .args([
+                "share",
+                "--hub",
+                hub,
+                "--db",
+                file.to_str().unwrap(),
+                "--name",
+                name,
+            ])
+            .args(["--key", key, "--json"])
+            .env("PEERPOUCH_BIND", "127.0.0.1:0")
+            .env(
+                "XDG_CONFIG_HOME",
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-test-config"),
+            )
+            .env_remove("PEERPOUCH_IDENTITY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the peerpouch binary runs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let share = loop {
+            let v = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("`peerpouch share` says it shared within 30 s");
+            if v["event"] == "shared" {
+                break v["share"].as_str().unwrap().to_string();
+            }
+        };
+        // The rest of its output is not needed; the thread drains it.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        CliShare { child, share }
+    }
+
+    /// Ctrl-C: the share document goes, the file is closed whole.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "peerpouch share ended with {status}");
+    }
+}
+
+#[test]
+#[ignore = "needs Chromium and a loopback-only network namespace: bash tests/browser/run.sh"]
+fn pouchdb_syncs_with_a_sqlite_file_the_cli_shares() {
+    let hub = harness();
+    let url = hub_db(&hub, "cli_sqlite");
+    // The page talks to the CLI; the World only carries the hub client here.
+    let mut w = World::with_hub(CouchHub::connect(&url).unwrap(), vec![]).unwrap();
+    let dir = std::env::temp_dir().join(format!("pp-browser-sqlite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("notes.db");
+
+    // 1,000 documents, a conflict, a deletion, a `_local` document, a 16 MiB attachment.
+    let large = pattern(13, ATTACHMENT_16M);
+    {
+        let mut db = peerpouch_sqlite::SqliteStore::open(&file).unwrap();
+        let docs: Vec<Value> = (0..1000)
+            .map(|i| json!({"_id": format!("doc-{i:03}"), "i": i}))
+            .collect();
+        for r in db.bulk_docs(docs, true).unwrap() {
+            r.result.unwrap();
+        }
+        let inline = serde_json::to_value(AttachmentData {
+            content_type: "application/octet-stream".into(),
+            digest: String::new(),
+            data: large.clone().into(),
+        })
+        .unwrap();
+        let five = revisions(2, 9);
+        let six = db.get("doc-006").unwrap()["_rev"].clone();
+        for (docs, new_edits) in [
+            (
+                vec![json!({"_id": "big", "_attachments": {"blob.bin": {
+                "content_type": "application/octet-stream", "data": inline["data"]}}})],
+                true,
+            ),
+            (
+                vec![
+                    json!({"_id": "doc-005", "_rev": format!("2-{}", five["ids"][0].as_str().unwrap()),
+                "_revisions": five, "branch": "other"}),
+                ],
+                false,
+            ),
+            (
+                vec![json!({"_id": "doc-006", "_rev": six, "_deleted": true})],
+                true,
+            ),
+        ] {
+            for r in db.bulk_docs(docs, new_edits).unwrap() {
+                r.result.unwrap();
+            }
+        }
+        db.execute(Request::PutLocal(PutLocalRequest {
+            id: "_local/note".into(),
+            doc: json!({"text": "a local note"}).as_object().unwrap().clone(),
+        }))
+        .unwrap();
+    }
+    let key = "file key";
+    let sharer = CliShare::start(&url, &file, "notes", key);
+    let mut b = Browser::start();
+    browser_call(
+        &mut w,
+        &mut b,
+        json!({"cmd": "open_page", "page": "f"}),
+        Duration::from_secs(30),
+    );
+    let mut ids: Vec<String> = (0..8).map(|i| format!("doc-{i:03}")).collect();
+    ids.push("big".into());
+    // By name: the share is found again after the CLI restarts.
+    let res = page(
+        &mut w,
+        &mut b,
+        "f",
+        "pouchPull",
+        json!({"hub": url, "share": "notes", "key": key, "ids": ids,
+               "attachment": {"id": "big", "name": "blob.bin"}}),
+    );
+    assert_eq!(res["replicate"]["ok"], true, "{}", res["replicate"]);
+    assert_eq!(res["local_adapter"], "idb");
+    assert_eq!(res["attachment"]["sha256"], sha256_hex(&large));
+    assert_eq!(res["local_doc"]["text"], "a local note");
+    sharer.stop();
+    let want = {
+        let mut db = peerpouch_sqlite::SqliteStore::open(&file).unwrap();
+        assert_eq!(
+            db.execute(Request::GetLocal(LocalRequest {
+                id: "_local/from-page".into()
+            }))
+            .unwrap()
+            .into_doc_body()
+            .unwrap()
+            .doc["by"],
+            "chromium"
+        );
+        trees(&mut db, &ids)
+    };
+    same_trees("IndexedDB after the pull", &res["local_trees"], &want);
+    same_trees(
+        "the CLI's share through the adapter",
+        &res["remote_trees"],
+        &want,
+    );
+
+    // Apart (the sharer is down): the file is edited, so is IndexedDB; then the share is back
+    // (a new share id, the same name) and the page syncs.
+    {
+        let mut db = peerpouch_sqlite::SqliteStore::open(&file).unwrap();
+        let two = db.get("doc-002").unwrap();
+        for r in db
+            .bulk_docs(
+                vec![json!({"_id": "doc-002", "_rev": two["_rev"], "text": "the file says"})],
+                true,
+            )
+            .unwrap()
+        {
+            r.result.unwrap();
+        }
+    }
+    let sharer = CliShare::start(&url, &file, "notes", key);
+    assert!(sharer.share.starts_with("share-"));
+    ids.push("from-page".into());
+    let res = page(&mut w, &mut b, "f", "pouchEditAndSync", json!({"ids": ids}));
+    assert_eq!(res["push"]["ok"], true, "{res}");
+    assert_eq!(res["pull"]["ok"], true, "{res}");
+    sharer.stop();
+    let mut db = peerpouch_sqlite::SqliteStore::open(&file).unwrap();
+    let want = trees(&mut db, &ids);
+    assert_eq!(want["doc-002"]["conflicts"].as_array().unwrap().len(), 1);
+    same_trees("IndexedDB after sync", &res["local_trees"], &want);
+    same_trees("the file after sync", &res["remote_trees"], &want);
+    assert_eq!(
+        &db.get_attachment("from-page", "note.txt").unwrap().data[..],
+        b"hello from the page"
+    );
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+    w.hub.client().delete_db().unwrap();
+}
