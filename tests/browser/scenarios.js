@@ -565,3 +565,11 @@ export async function pouchConformance(p) {
   await h.close();
   return { ops: p.ops, by_kind: byKind, mismatches };
 }
+
+/** Watches the hub's shares (`getSharedDatabases({onChange})`): each change is reported. p: {hub}. */
+export async function pouchWatchShares(p) {
+  const hub = new PouchDB(p.hub);
+  const listed = await hub.getSharedDatabases({ onChange: (share) => report({ event: 'share-change', share }) });
+  window.__watch = listed;
+  return listed;
+}

@@ -1092,8 +1092,63 @@ fn the_rust_cli_replicates_with_a_pouchdb_share() {
         shared["listed_own"], false,
         "a page does not list its own shares"
     );
+
+    // getSharedDatabases({onChange}): a node's share comes and goes.
+    let listed = page(&mut w, &mut b, "s", "pouchWatchShares", json!({"hub": url}));
+    assert_eq!(listed, json!([]), "the page's own share is not listed");
+    let rust_share = w.peers[0].node.share(
+        Instant::now(),
+        "rust-side".into(),
+        ShareOptions {
+            name: Some("rust-side".into()),
+            info: json!({"from": "rust"}),
+            ..ShareOptions::default()
+        },
+        ShareAccess {
+            key: None,
+            ask: false,
+        },
+    );
+    let change = |b: &Browser, deleted: bool| {
+        b.events
+            .iter()
+            .find(|e| {
+                e["event"] == "share-change"
+                    && e["share"]["id"] == rust_share.as_str()
+                    && e["share"]["_deleted"].as_bool().unwrap_or(false) == deleted
+            })
+            .map(|e| e["share"].clone())
+    };
+    let added = drive(
+        &mut w,
+        &mut b,
+        "the share seen by onChange",
+        Duration::from_secs(30),
+        |_, b| change(b, false),
+    );
+    assert_eq!(added["name"], "rust-side");
+    assert_eq!(added["info"]["from"], "rust");
+    assert_eq!(added["dbname"], format!("peer+{url}#{rust_share}"));
     let listed = page(&mut w, &mut b, "s", "pouchListShares", json!({"hub": url}));
-    tracing::info!("listed: {listed}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == rust_share.as_str()),
+        "{listed}"
+    );
+    w.peers[0]
+        .node
+        .unshare(Instant::now(), &rust_share)
+        .unwrap();
+    drive(
+        &mut w,
+        &mut b,
+        "the removal seen by onChange",
+        Duration::from_secs(30),
+        |_, b| change(b, true),
+    );
     let ids: Vec<String> = shared["ids"]
         .as_array()
         .unwrap()
