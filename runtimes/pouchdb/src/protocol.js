@@ -753,8 +753,10 @@ export function onlyLocal(req) {
   return false;
 }
 const WRITES = new Set(['bulk_docs', 'put_local', 'delete_local']);
+/** Bytes queued for a peer past which its live subscriptions end. */
+export const SUBSCRIPTION_QUEUE_LIMIT = 8 * 1024 * 1024;
 
-class ServerLink extends Link {
+export class ServerLink extends Link {
   constructor(share, db, opts) {
     super(opts);
     Object.assign(this, { share, db, isReady: false, served: 0, open: new Set(), subs: new Map() });
@@ -850,7 +852,18 @@ class ServerLink extends Link {
     const stop = this.db.subscribe(
       req,
       (batch) => {
-        if (!this.closed && this.open.has(id)) this.queueJson(KIND.item, id, batch);
+        if (this.closed || !this.open.has(id)) return;
+        // A subscriber that does not read while the database keeps changing would grow the
+        // queue without end: past the limit its subscription ends (503), and it may subscribe
+        // again from its last sequence.
+        if (this.outBytes > SUBSCRIPTION_QUEUE_LIMIT) {
+          this.subs.get(id)?.();
+          this.subs.delete(id);
+          this.open.delete(id);
+          this.queueJson(KIND.end, id, { error: { status: 503, error: 'unavailable', reason: 'the subscriber reads too slowly' } });
+          return;
+        }
+        this.queueJson(KIND.item, id, batch);
       },
       (err) => {
         if (this.closed || !this.open.delete(id)) return;

@@ -69,3 +69,35 @@ test('numbered signals are applied in order, unnumbered ones at once', async () 
   assert.deepEqual(applied, [{ type: 'pending' }, { type: 'answer', sdp: 'v=0' }, { candidate: null }]);
   assert.deepEqual(removed, ['s-signal-2', 's-signal-p', 's-signal-1']);
 });
+
+test('a live subscription whose reader does not keep up ends (503) instead of growing the queue', async () => {
+  const { ServerLink, SUBSCRIPTION_QUEUE_LIMIT } = await import('../src/protocol.js');
+  // No WebRTC in Node.js: a stand-in connection; frames stay queued (no channel drains them).
+  globalThis.RTCPeerConnection ??= class {
+    close() {}
+  };
+  let deliver;
+  let stopped = 0;
+  const db = {
+    execute: async () => ({ result: 'info' }),
+    subscribe(_req, onBatch) {
+      deliver = onBatch;
+      return () => stopped++;
+    },
+  };
+  const link = new ServerLink('share-x', db, { frame: 16384 });
+  link.isReady = true;
+  const request = new TextEncoder().encode(JSON.stringify({ subscribe: { since: 0 } }));
+  link.onMessage({ kind: 2, id: 5, payload: request });
+  const row = { id: 'd', seq: 1, changes: [{ rev: '1-a' }], doc: { _id: 'd', text: 'x'.repeat(100000) } };
+  const batches = Math.ceil(SUBSCRIPTION_QUEUE_LIMIT / 100000) + 5;
+  for (let i = 0; i < batches; i++) deliver({ results: [row], last_seq: i + 1 });
+  assert.equal(stopped, 1, 'the subscription was stopped');
+  assert.ok(link.outBytes < SUBSCRIPTION_QUEUE_LIMIT + 200000, `queued ${link.outBytes} bytes`);
+  const frames = link.out.find(([id]) => id === 5)[1];
+  const last = frames[frames.length - 1];
+  assert.equal(last[0], 5, 'the last frame of the call is a stream end');
+  const end = JSON.parse(new TextDecoder().decode(last.subarray(6)));
+  assert.equal(end.error.status, 503);
+  link.shut('test over');
+});
