@@ -1004,10 +1004,11 @@ fn pouchdb_replicates_with_a_rust_share() {
         "pouchRefusals",
         json!({"hub": url, "share": share, "key": key, "readOnlyShare": ro_share}),
     );
-    // A wrong key gets nothing served. The node queues a goodbye 403 and closes the session at
-    // once, and the goodbye does not reach Chromium (nor does the close), so the page learns it
-    // from its hello timeout (503); a goodbye that arrives gives 403.
+    // A wrong key gets nothing served: the node's goodbye gives PouchDB's 403. The node sends
+    // the goodbye and closes the session in the same turn; once (of 6 runs) neither reached
+    // Chromium and the page learnt it from its 10 s hello timeout (503), which is accepted.
     let wrong = &res["wrong_key"];
+    println!("a wrong key got: {wrong}");
     assert!(
         (wrong["status"] == 403 && wrong["name"] == "forbidden")
             || (wrong["status"] == 503 && wrong["reason"].as_str().unwrap().contains("hello")),
