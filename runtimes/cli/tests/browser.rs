@@ -1,7 +1,11 @@
 //! Browser interop: headless Chromium, with nothing but the standard `RTCPeerConnection`, meets
-//! a Rust node on the pouchdb-server hub and talks the RPC, in both ICE/DTLS roles.
+//! a Rust node on the pouchdb-server hub and talks the RPC, in both ICE/DTLS roles; and PouchDB 9
+//! in the page, with the `peerpouch` package (`runtimes/pouchdb`), replicates with Rust nodes and
+//! the CLI through PouchDB's own replicator, both ways.
 //!
-//! The page's client is `tests/browser/peerpouch.js`; `tests/browser/drive.mjs` runs Chromium
+//! The page's protocol client is the package's `src/protocol.js` (through
+//! `tests/browser/peerpouch.js`), its scenarios `tests/browser/scenarios.js`;
+//! `tests/browser/drive.mjs` runs Chromium
 //! and relays commands and results as JSON lines. Everything (hub, node, browser) runs inside a
 //! loopback-only network namespace set up by `tests/browser/run.sh`, which is the only way to
 //! run these tests (they are `#[ignore]`d otherwise and fail with a clear message outside it).
