@@ -915,6 +915,12 @@ impl Node {
         Ok(())
     }
 
+    /// Links kept now, to our shares and to others' (connecting or open, and peers waiting
+    /// for an answer): what [`NodeConfig::max_links`] bounds.
+    pub fn link_count(&self) -> usize {
+        self.links_kept(None, None)
+    }
+
     /// Links kept now: connecting or open (not yet closed), and peers waiting for an answer
     /// (`but` not counted: the one asking now), all of them or `share`'s only.
     fn links_kept(&self, share: Option<&str>, but: Option<&LinkId>) -> usize {

@@ -309,3 +309,68 @@ fn a_large_download_on_one_link_does_not_hold_up_small_calls_on_another() {
         max(&alone)
     );
 }
+
+#[test]
+fn a_hundred_peers_asking_at_once_all_wait_their_turn_and_get_in() {
+    const CROWD: usize = 100;
+    let mut s = NodeSim::new(35, NetConfig::default());
+    s.trace_calls = false;
+    s.add_node("sharer");
+    for i in 1..=CROWD {
+        s.add_node(&format!("j{i}"));
+    }
+    let share = share(
+        &mut s,
+        ShareAccess {
+            ask: true,
+            ..Default::default()
+        },
+    );
+    // The join storm: everyone asks within the same second.
+    let links: Vec<LinkId> = (1..=CROWD)
+        .map(|i| {
+            s.run_for(Duration::from_millis(10));
+            open(&mut s, i, &share)
+        })
+        .collect();
+    // The person at the sharer answers one request every 800 ms, in the order they came: the
+    // last one waits 80 s, past the connect timeout (30 s), within the approval timeout.
+    let mut answered = 0;
+    while answered < CROWD {
+        let asked: Vec<LinkId> = s.nodes[0]
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                NodeEvent::PeerRequested { link, .. } => Some(link.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(link) = asked.get(answered) {
+            let now = s.now;
+            s.node(0).accept(now, link).unwrap();
+            answered += 1;
+        }
+        s.run_for(Duration::from_millis(800));
+    }
+    assert!(
+        s.run_until(Duration::from_secs(60), |s| (1..=CROWD).all(|i| ready(
+            s,
+            i,
+            &links[i - 1]
+        ))),
+        "every peer that waited got in"
+    );
+    assert_eq!(s.node_ready_links(0), CROWD);
+    for i in 1..=CROWD {
+        assert!(
+            !s.nodes[i].events.iter().any(|(_, e)| matches!(
+                e,
+                NodeEvent::NotAccepted { .. }
+                    | NodeEvent::NotAnswering { .. }
+                    | NodeEvent::LinkClosed { .. }
+            )),
+            "joiner {i} gave up"
+        );
+    }
+    assert!(s.elapsed() > Duration::from_secs(80));
+}

@@ -121,9 +121,12 @@ impl MemoryStore {
     ///
     /// Without it the identity derives from the name and the id seed
     /// ([`MemoryStore::with_id_seed`]): a driver that seeds from the OS gets a fresh identity
-    /// per store, tests get a fixed one. Stores of one name and seed then share an identity;
-    /// that is safe (a checkpoint counts only when both databases hold it), it only loses the
-    /// resuming that a real identity gives.
+    /// per store, tests get a fixed one. Stores of one name and seed then share an identity,
+    /// and so do their replications' checkpoint documents: that is safe (a checkpoint counts
+    /// only when both databases hold it, and one lost to another writer is skipped, not
+    /// fatal), but many peers each pulling one share into `MemoryStore::new("notes")` take
+    /// turns overwriting one checkpoint on the sharer and lose the resuming that a real
+    /// identity gives. Give each its own.
     ///
     /// ```
     /// use peerpouch::{Database, MemoryStore};

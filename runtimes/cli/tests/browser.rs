@@ -840,6 +840,7 @@ fn pouchdb_replicates_with_a_rust_share() {
     let access = || ShareAccess {
         key: Some(key.as_bytes().to_vec()),
         ask: false,
+        max_links: None,
     };
     let share = w.peers[0].node.share(
         Instant::now(),
@@ -1113,6 +1114,7 @@ fn the_rust_cli_replicates_with_a_pouchdb_share() {
         ShareAccess {
             key: None,
             ask: false,
+            max_links: None,
         },
     );
     let change = |b: &Browser, deleted: bool| {
@@ -1282,6 +1284,7 @@ fn live_pouchdb_sync_resumes_after_the_rust_node_restarts() {
             ShareAccess {
                 key: Some(key.as_bytes().to_vec()),
                 ask: false,
+                max_links: None,
             },
         )
     };
@@ -1437,6 +1440,7 @@ fn bench_pouchdb_pull() {
         ShareAccess {
             key: Some(key.as_bytes().to_vec()),
             ask: false,
+            max_links: None,
         },
     );
     let mut b = Browser::start();
@@ -1519,6 +1523,7 @@ fn pouchdb_conformance_adapter_against_pouchdb_server() {
         ShareAccess {
             key: Some(key.as_bytes().to_vec()),
             ask: false,
+            max_links: None,
         },
     );
     let mut b = Browser::start();

@@ -828,6 +828,7 @@ impl Driver {
                     remote_subscriptions: self.subs.len(),
                     waiting_longpolls: self.parked.len(),
                     replications: self.reps.len(),
+                    links: self.node.link_count(),
                     bytes_received: self.bytes_received,
                     bytes_sent: self.bytes_sent,
                 });

@@ -923,6 +923,9 @@ pub struct PeerStats {
     pub waiting_longpolls: usize,
     /// Replications running.
     pub replications: usize,
+    /// Links kept: to our shares and to others', connecting or open, and peers waiting for an
+    /// answer (what [`NodeConfig::max_links`](peerpouch::node::NodeConfig::max_links) bounds).
+    pub links: usize,
     /// Bytes this node received from the network since it started: its links' datagrams
     /// (DTLS, SCTP, STUN) and what TURN servers sent over TCP. What a transfer moves, for
     /// progress on large attachments, whose documents count only once they are whole.
