@@ -788,6 +788,14 @@ impl Node {
         self.pump(now);
     }
 
+    /// Whether the node still waits for the result of store request `id`: not once the link
+    /// or the replication that asked is gone. A runtime that holds requests back (a longpoll
+    /// waiting for a change) drops those the node no longer waits for, so a crowd of live
+    /// followers that left leaves nothing behind.
+    pub fn awaits_store_result(&self, id: StoreRequestId) -> bool {
+        self.store_for.contains_key(&id)
+    }
+
     /// Feeds the result of a store request.
     pub fn handle_store_result(
         &mut self,
@@ -1020,6 +1028,10 @@ impl Node {
             None => {}
         }
         self.hub.close(now, &link.0, &link.1);
+        // Its store requests' results have no one to go to (a runtime drops the longpolls it
+        // holds back for them: [`Node::awaits_store_result`]).
+        self.store_for
+            .retain(|_, (l, w)| !(l == link && matches!(w, StoreFor::Server(_))));
         self.fail_replications_on(link, &reason);
         self.events.push_back(NodeEvent::LinkClosed {
             link: link.clone(),
@@ -1689,6 +1701,8 @@ impl Node {
                     .push_back(NodeEvent::Replication { id, event: e });
                 if done {
                     self.reps.remove(&id);
+                    self.store_for
+                        .retain(|_, (_, w)| !matches!(w, StoreFor::Replication(r, _) if *r == id));
                 }
             }
         }

@@ -138,7 +138,10 @@ fn contender_sharer(hub: &str) {
                     // SAFETY: malloc_trim has no preconditions.
                     unsafe { libc::malloc_trim(0) };
                     say(
-                        json!({"links": stats.links, "rss_kib": rss, "trimmed_rss_kib": rss_kib()}),
+                        json!({"links": stats.links, "rss_kib": rss, "trimmed_rss_kib": rss_kib(),
+                               "longpolls": stats.waiting_longpolls,
+                               "subscriptions": stats.remote_subscriptions,
+                               "replications": stats.replications}),
                     );
                 }
                 _ => break,
@@ -361,7 +364,11 @@ fn list_shares_ms(hub: &Hub, n: usize) -> f64 {
         let t = Instant::now();
         let listed = node.shares().await.expect("list the shares");
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        assert!(listed.len() >= n, "every share listed: {} of {n}", listed.len());
+        assert!(
+            listed.len() >= n,
+            "every share listed: {} of {n}",
+            listed.len()
+        );
         // Still serving: another node opens one of its shares and reads from it.
         let other = PeerNode::start_with(config(&url)).expect("another node");
         let remote = other
@@ -504,6 +511,7 @@ fn main() {
         "the sharer to notice the crowd left",
     );
     let notice_s = t_leave.elapsed().as_secs_f64();
+    eprintln!("the sharer once the crowd left: {left}");
     let rss_after = left["rss_kib"].as_u64().unwrap();
     let trimmed_after = left["trimmed_rss_kib"].as_u64().unwrap();
     sharer.tell("quit");

@@ -693,10 +693,14 @@ impl Driver {
         }
     }
 
-    /// Drops parked longpolls whose caller is gone (a dropped local [`super::Subscription`]).
+    /// Drops parked longpolls whose caller is gone: a dropped local [`super::Subscription`], a
+    /// closed link's server or an ended replication (the node no longer waits for them).
     fn forget_closed(&mut self) {
-        self.parked
-            .retain(|(_, _, o)| !matches!(o, Origin::App(r) if r.is_closed()));
+        let node = &self.node;
+        self.parked.retain(|(_, _, o)| match o {
+            Origin::App(r) => !r.is_closed(),
+            Origin::Node(id) => node.awaits_store_result(*id),
+        });
     }
 
     fn db_changed(&mut self, db: &str) {
@@ -965,6 +969,8 @@ impl Driver {
             }
             NodeEvent::LinkClosed { link, reason } => {
                 tracing::info!(share = %link.0, peer = %link.1, %reason, "link closed");
+                // Its server's longpolls wait for no one now.
+                self.forget_closed();
                 self.link_event(LinkEvent::Closed {
                     share: link.0.clone(),
                     peer: link.1.clone(),
@@ -1052,6 +1058,8 @@ impl Driver {
                 }
                 if last {
                     self.reps.remove(&id);
+                    // Its longpolls on local databases wait for no one now.
+                    self.forget_closed();
                 }
             }
             other => tracing::debug!(event = ?other, "node event"),
