@@ -354,7 +354,7 @@ fn list_shares_ms(hub: &Hub, n: usize) -> f64 {
         let node = PeerNode::start_with(config(&url)).expect("a node");
         let mut own = Vec::new();
         for i in 0..OWN_SHARES {
-            let mut store = MemoryStore::new(&format!("own{i}"));
+            let mut store = MemoryStore::new(format!("own{i}"));
             store
                 .bulk_docs(vec![json!({"_id": "hello", "i": i})], true)
                 .expect("a document");
