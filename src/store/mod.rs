@@ -1,8 +1,14 @@
-//! Databases: the [`Database`] trait and the in-memory [`MemoryStore`].
+//! Databases: the [`Database`] trait, the [`Storage`] interface that engines implement, the
+//! CouchDB semantics written once over it ([`execute`]), and the in-memory engine
+//! [`MemoryStore`].
 
 mod memory;
+mod semantics;
+mod storage;
 
-pub use memory::{MemoryStore, StoredBody, DEFAULT_REVS_LIMIT};
+pub use memory::{MemoryStore, DEFAULT_REVS_LIMIT};
+pub use semantics::{execute, tree_shapes};
+pub use storage::{Batch, BlobInfo, Counters, Storage, StoredBody, StoredDoc, Visit};
 
 use serde_json::Value;
 
