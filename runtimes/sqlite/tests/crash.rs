@@ -318,7 +318,7 @@ fn check(path: &Path, acked: &Acked) -> BTreeSet<(String, Rev)> {
         }
     }
     // Attachment rows are exactly the digests in use, each once.
-    let blobs = db.memory().attachment_blobs() as i64;
+    let blobs = db.attachment_blobs().unwrap() as i64;
     drop(db);
     let conn = rusqlite::Connection::open(path).unwrap();
     let rows: i64 = conn

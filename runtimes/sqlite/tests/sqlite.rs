@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use peerpouch::{
-    ChangesRequest, ChangesStyle, Database, DbError, GetRequest, OpenRevsRequest, Seq,
+    AllDocsRequest, ChangesRequest, ChangesStyle, Database, DbError, GetRequest, OpenRevsRequest,
+    Seq,
 };
 use peerpouch_sqlite::{
     Durability, OpenError, OpenOptions, SqliteStore, APPLICATION_ID, FORMAT_VERSION,
@@ -245,7 +246,7 @@ fn attachments_are_stored_once_per_digest() {
     let mut db = SqliteStore::open(&path).unwrap();
     db.put(json!({"_id": "b", "_rev": rb.to_string(), "_deleted": true}))
         .unwrap();
-    assert_eq!(db.memory().attachment_blobs(), 0);
+    assert_eq!(db.attachment_blobs().unwrap(), 0);
     drop(db);
     assert_eq!(
         rows(&path, "attachments"),
@@ -290,7 +291,7 @@ fn a_failed_write_leaves_nothing_behind() {
         assert_eq!(db.info().unwrap(), before);
         assert_eq!(db.get("a"), Err(DbError::NotFound("missing".into())));
         assert_eq!(db.get_local("l").unwrap()["v"], 1);
-        assert_eq!(db.memory().attachment_blobs(), 1);
+        assert_eq!(db.attachment_blobs().unwrap(), 1);
     };
     check(&mut db);
     drop(db);
@@ -328,9 +329,16 @@ fn a_damaged_tree_is_reported_not_served() {
             [],
         )
         .unwrap();
-    let err = SqliteStore::open(&path).unwrap_err();
-    assert!(matches!(err, OpenError::Damaged { .. }), "{err:?}");
-    assert!(err.to_string().contains("\"a\""), "{err}");
+    // Opening reads nothing of the documents: the damage is reported by the request that
+    // meets it, as a typed error, and the rest of the file is still served.
+    let mut db = SqliteStore::open(&path).unwrap();
+    let err = db.get("a").unwrap_err();
+    assert_eq!((err.status(), err.error()), (500, "damaged"), "{err}");
+    assert!(err.reason().contains("\"a\""), "{err}");
+    let err = db.all_docs(AllDocsRequest::default()).unwrap_err();
+    assert_eq!(err.error(), "damaged");
+    db.put(json!({"_id": "b"})).unwrap();
+    assert_eq!(db.get("b").unwrap()["_id"], "b");
 }
 
 #[test]
@@ -406,9 +414,9 @@ fn a_file_without_an_identity_gets_one_on_open() {
     assert_eq!(db.get("a").unwrap()["_rev"], rev.to_string());
     drop(db);
     assert_eq!(meta_uuid(&path).as_deref(), Some("from-options"));
-    // Still format version 1: an older build opens it as before and ignores the key.
+    // The identity needs no format version of its own: an older build of the same version
+    // opens such a file as before and ignores the key.
     assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
-    assert_eq!(FORMAT_VERSION, 1);
     // Without options, a random one; kept from then on.
     Connection::open(&path)
         .unwrap()
@@ -442,4 +450,103 @@ fn a_bad_identity_is_refused() {
         Err(OpenError::Damaged { detail, .. }) => assert!(detail.contains("uuid"), "{detail}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A copy of `tests/fixtures/format1.db`: a file written by the format-1 store (the one that
+/// loaded the whole file on open), by the CLI: documents `a` and `b` sharing an attachment, `b`
+/// with a second one, `c` deleted, `d` edited so its attachment was freed, `e` with a conflict
+/// from a replication, one generated id, and two replication checkpoints as `_local` documents.
+fn format1_copy() -> (tempfile::TempDir, PathBuf) {
+    let (dir, path) = temp();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1.db"),
+        &path,
+    )
+    .unwrap();
+    (dir, path)
+}
+
+#[test]
+fn a_format_1_file_is_migrated_on_open() {
+    let (_dir, path) = format1_copy();
+    assert_eq!(header(&path), (APPLICATION_ID, 1));
+    drop(SqliteStore::open(&path).unwrap());
+    assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
+    let mut db = SqliteStore::open(&path).unwrap();
+    let info = db.info().unwrap();
+    assert_eq!(
+        (info.db_name.as_str(), info.doc_count, info.doc_del_count),
+        ("a", 5, 1)
+    );
+    assert_eq!(info.update_seq, Seq::from(10));
+    assert_eq!(
+        info.db_uuid.as_deref(),
+        Some("85a6f8bc1067153ae6fd9604b34504e7")
+    );
+    // The conflict, the tombstone and the attachments are as they were.
+    let mut g = GetRequest::new("e");
+    g.conflicts = true;
+    let e = db.get_with(g).unwrap();
+    assert_eq!(e["_rev"], "2-87647bdf9f082db0a4c7e7c2f2b8c32b");
+    assert_eq!(
+        e["_conflicts"],
+        json!(["2-6f0739f89ec298bf5de971d7812e2b42"])
+    );
+    assert_eq!(db.get("c"), Err(DbError::NotFound("deleted".into())));
+    assert_eq!(&db.get_attachment("a", "x").unwrap().data[..], b"hello");
+    assert_eq!(&db.get_attachment("b", "z").unwrap().data[..], b"world");
+    assert_eq!(db.attachment_blobs().unwrap(), 2);
+    let changes = db.changes(ChangesRequest::default()).unwrap();
+    let seqs: Vec<(String, u64)> = changes
+        .results
+        .iter()
+        .map(|r| (r.id.clone(), r.seq.as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        seqs,
+        [
+            ("a".to_string(), 1),
+            ("b".into(), 2),
+            ("c".into(), 4),
+            ("5730c7bc8e29b20b52ca192561ad999a".into(), 7),
+            ("d".into(), 9),
+            ("e".into(), 10)
+        ]
+    );
+    let cp = db.get_local("7634192055a5bdb3989be573c95250cb").unwrap();
+    assert_eq!(cp["source_last_seq"], 7);
+    // Writing goes on from where the file was: sequences, generated ids, reference counts.
+    let generated = db.put(json!({"v": "second"})).unwrap();
+    assert_eq!(db.info().unwrap().update_seq, Seq::from(11));
+    assert_eq!(db.ids_generated().unwrap(), 2);
+    let a = db.get("a").unwrap();
+    db.put(json!({"_id": "a", "_rev": a["_rev"], "_deleted": true}))
+        .unwrap();
+    assert_eq!(db.attachment_blobs().unwrap(), 2, "b still uses hello");
+    let b = db.get("b").unwrap();
+    db.put(json!({"_id": "b", "_rev": b["_rev"], "_deleted": true}))
+        .unwrap();
+    assert_eq!(db.attachment_blobs().unwrap(), 0);
+    drop(db);
+    let mut db = SqliteStore::open(&path).unwrap();
+    assert_eq!(db.info().unwrap().doc_count, 4);
+    assert_eq!(generated.pos, 1);
+}
+
+#[test]
+fn a_format_1_file_that_cannot_migrate_is_left_untouched() {
+    let (_dir, path) = format1_copy();
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE docs SET tree = CAST('[{\"r\":\"1-x\",\"p\":0}]' AS BLOB) WHERE id = 'd'",
+            [],
+        )
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, OpenError::Damaged { .. }), "{err:?}");
+    assert!(err.to_string().contains("\"d\""), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "byte for byte");
+    assert_eq!(header(&path), (APPLICATION_ID, 1));
 }
