@@ -40,6 +40,21 @@ pub trait Database {
     /// [`BulkDocsResponse`] instead.
     fn execute(&mut self, request: Request) -> Result<Response, DbError>;
 
+    /// Whether someone else (another process with the same file open) changed the database
+    /// since the last call. Drivers ask it while longpoll changes requests wait, so they see
+    /// writes they did not make; a database only this object writes answers `false` (the
+    /// default).
+    ///
+    /// ```
+    /// use peerpouch::{Database, MemoryStore};
+    ///
+    /// let mut db = MemoryStore::new("notes");
+    /// assert!(!db.changed_elsewhere());
+    /// ```
+    fn changed_elsewhere(&mut self) -> bool {
+        false
+    }
+
     /// Database information.
     ///
     /// # Errors

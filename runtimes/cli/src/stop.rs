@@ -50,6 +50,12 @@ impl Database for LocalDb {
             )),
         }
     }
+
+    fn changed_elsewhere(&mut self) -> bool {
+        lock(&self.store)
+            .as_mut()
+            .is_some_and(|s| s.changed_elsewhere())
+    }
 }
 
 /// A lock that a panic elsewhere does not poison for good: the store inside stays consistent

@@ -1217,3 +1217,29 @@ fn a_pull_from_a_peer_reports_the_bytes_it_moved() {
     let out = run(&["replicate", &b, &dir.db("d.db")], None);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("received"));
 }
+
+#[test]
+fn a_write_by_another_process_into_a_shared_file_reaches_a_live_puller() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, c) = (dir.db("a.db"), dir.db("c.db"));
+    seed(&a, 20);
+    let name = unique("shared-file");
+    let _sharer = share(&hub, &a, &name, &[], None);
+    let peer = format!("peer+{hub}#{name}");
+    let live = Running::start(&["replicate", &peer, &c, "--live", "--json"], None);
+    live.expect("20 docs written", |v| v["docs_written"] == 20);
+
+    // Another process writes straight into the file the sharer has open: no lock stops it,
+    // and the sharer's live changes feed sees the write without any write of its own.
+    let started = std::time::Instant::now();
+    ok_json(&["docs", &a, "put", r#"{"_id": "direct", "v": 9}"#], None);
+    live.expect("the direct write", |v| v["docs_written"] == 21);
+    eprintln!(
+        "a write by another process reached the live puller in {:?} (put command included)",
+        started.elapsed()
+    );
+    let (ok, _) = live.interrupt();
+    assert!(ok);
+    assert_eq!(ok_json(&["docs", &c, "get", "direct"], None)[0]["v"], 9);
+}

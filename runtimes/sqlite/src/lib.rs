@@ -24,8 +24,13 @@
 //!
 //! The file format (tables, version, migrations) is described in the crate's `README.md`.
 //!
-//! One process opens a file at a time: the store holds SQLite's exclusive lock while it is open,
-//! and a second [`SqliteStore::open`] of the same file fails with [`OpenError::Locked`].
+//! ## Several processes, one file
+//! Any number of stores, in any number of processes, open the same file: it is in WAL mode
+//! with SQLite's normal locking, so readers never wait and writers take turns (a store waits up
+//! to [`LOCK_WAIT`] for the write lock, then answers [`DbError::Unavailable`]). Every request
+//! reads the file's current state, so one store sees another's writes on its next request;
+//! [`Database::changed_elsewhere`] tells a driver that waiting longpoll changes requests have
+//! something new (the smol runtime asks every 50 ms while any wait).
 //!
 //! ```
 //! use peerpouch::Database;
@@ -60,9 +65,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 pub use format::{APPLICATION_ID, FORMAT_VERSION};
 
-/// How long opening waits for another holder of the file's lock before answering
-/// [`OpenError::Locked`].
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long opening, and each request, waits for another process holding the file's write
+/// lock (SQLite retries with growing pauses) before answering [`OpenError::Locked`] or
+/// [`DbError::Unavailable`].
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How much a committed write survives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,6 +108,7 @@ pub struct OpenOptions {
     durability: Durability,
     uuid: Option<String>,
     cache_bytes: Option<usize>,
+    lock_wait: Option<std::time::Duration>,
 }
 
 impl OpenOptions {
@@ -144,6 +151,13 @@ impl OpenOptions {
     /// memory is this plus what one request carries.
     pub fn cache_bytes(mut self, bytes: usize) -> OpenOptions {
         self.cache_bytes = Some(bytes);
+        self
+    }
+
+    /// How long a request waits for another process's write lock before answering
+    /// [`DbError::Unavailable`] (default [`LOCK_WAIT`], 5 s).
+    pub fn lock_wait(mut self, wait: std::time::Duration) -> OpenOptions {
+        self.lock_wait = Some(wait);
         self
     }
 
@@ -272,6 +286,8 @@ pub struct SqliteStore {
     uuid: String,
     /// Whether this store has a transaction open on the connection.
     in_tx: bool,
+    /// `PRAGMA data_version` when [`Database::changed_elsewhere`] last looked.
+    data_version: Option<i64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -347,10 +363,8 @@ impl SqliteStore {
         )
         .map_err(err)?;
         conn.busy_timeout(LOCK_WAIT).map_err(err)?;
-        // Exclusive locking before WAL: the file is ours alone while open, and SQLite keeps the
-        // WAL index in process memory instead of a shared-memory file.
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-            .map_err(err)?;
+        // Normal (shared) locking in WAL mode: any number of processes open the file, readers
+        // never wait, and writers take turns, one transaction at a time.
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(err)?;
@@ -399,6 +413,8 @@ impl SqliteStore {
         format::ensure_uuid(&tx, || options.uuid.clone().unwrap_or_else(random_uuid))
             .map_err(err)?;
         tx.commit().map_err(err)?;
+        conn.busy_timeout(options.lock_wait.unwrap_or(LOCK_WAIT))
+            .map_err(err)?;
         let fixed = format::Fixed::read(&conn).map_err(|e| match e {
             format::FormatError::Sqlite(e) => err(e),
             format::FormatError::Damaged(detail) => OpenError::Damaged {
@@ -414,6 +430,7 @@ impl SqliteStore {
             revs_limit: fixed.revs_limit,
             uuid: fixed.uuid,
             in_tx: false,
+            data_version: None,
         })
     }
 
@@ -748,6 +765,7 @@ impl Storage for SqliteStore {
     }
 
     fn begin_read(&mut self) -> Result<(), DbError> {
+        self.note_data_version();
         self.exec("BEGIN DEFERRED")?;
         self.in_tx = true;
         Ok(())
@@ -758,6 +776,7 @@ impl Storage for SqliteStore {
     }
 
     fn begin_write(&mut self) -> Result<(), DbError> {
+        self.note_data_version();
         self.exec("BEGIN IMMEDIATE")?;
         self.in_tx = true;
         Ok(())
@@ -793,6 +812,28 @@ impl Storage for SqliteStore {
 }
 
 impl SqliteStore {
+    fn read_data_version(&self) -> Option<i64> {
+        match self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+        {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "data_version unreadable");
+                None
+            }
+        }
+    }
+
+    /// Notes the file's version before a request reads it: a write by another process after
+    /// this point makes [`Database::changed_elsewhere`] answer `true` (one before it may too,
+    /// which only costs a longpoll that finds nothing new).
+    fn note_data_version(&mut self) {
+        if let Some(v) = self.read_data_version() {
+            self.data_version = Some(v);
+        }
+    }
+
     /// Ends the open transaction, if any, with `sql` (`COMMIT` or `ROLLBACK`).
     fn finish(&mut self, sql: &str) {
         if !self.in_tx {
@@ -812,6 +853,17 @@ impl SqliteStore {
 impl Database for SqliteStore {
     fn execute(&mut self, request: Request) -> Result<Response, DbError> {
         peerpouch::store::execute(self, request)
+    }
+
+    /// Whether another connection (another process, or another store on the same file)
+    /// committed a write since this store's last request or the last call: SQLite's `PRAGMA
+    /// data_version`, a read of the shared WAL index, no disk access.
+    fn changed_elsewhere(&mut self) -> bool {
+        let Some(now) = self.read_data_version() else {
+            return false;
+        };
+        let before = self.data_version.replace(now);
+        before.is_some_and(|b| b != now)
     }
 }
 
@@ -837,6 +889,12 @@ fn id_range(col: &str, lo: &Bound<String>, hi: &Bound<String>) -> (String, Vec<S
 
 fn sql_error(path: &Path, e: rusqlite::Error) -> DbError {
     match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            DbError::Unavailable(format!(
+                "{} is busy: another process held its write lock too long ({e}); retry",
+                path.display(),
+            ))
+        }
         Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
             damaged(&format!(
                 "{} is damaged ({e}); restore it from a replica or a backup",

@@ -307,13 +307,93 @@ fn a_failed_write_leaves_nothing_behind() {
 }
 
 #[test]
-fn a_file_is_open_in_one_store_at_a_time() {
+fn stores_share_one_file() {
     let (_dir, path) = temp();
-    let db = SqliteStore::open(&path).unwrap();
-    let err = SqliteStore::open(&path).unwrap_err();
-    assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
-    drop(db);
-    SqliteStore::open(&path).unwrap();
+    let mut a = SqliteStore::open(&path).unwrap();
+    let mut b = SqliteStore::open(&path).unwrap();
+    assert_eq!(a.uuid(), b.uuid());
+    b.info().unwrap();
+    assert!(!b.changed_elsewhere(), "nothing written yet");
+    let rev = a.put(json!({"_id": "x", "by": "a"})).unwrap();
+    assert!(
+        !a.changed_elsewhere(),
+        "a store's own writes are not news to it"
+    );
+    assert!(b.changed_elsewhere(), "b learns that a wrote");
+    assert!(!b.changed_elsewhere(), "once");
+    assert_eq!(b.get("x").unwrap()["_rev"], rev.to_string());
+    // Writes from either side take the next sequence of the one file.
+    b.put(json!({"_id": "y", "by": "b"})).unwrap();
+    assert!(a.changed_elsewhere());
+    let seqs: Vec<u64> = a
+        .changes(ChangesRequest::default())
+        .unwrap()
+        .results
+        .iter()
+        .map(|r| r.seq.as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+    // An edit against a revision the other side replaced is a conflict, as in one store.
+    b.put(json!({"_id": "x", "_rev": rev.to_string(), "by": "b"}))
+        .unwrap();
+    assert_eq!(
+        a.put(json!({"_id": "x", "_rev": rev.to_string(), "by": "a"})),
+        Err(DbError::Conflict)
+    );
+    assert_eq!(a.info().unwrap(), b.info().unwrap());
+}
+
+#[test]
+fn concurrent_writers_lose_nothing_and_never_share_a_sequence() {
+    let (_dir, path) = temp();
+    drop(SqliteStore::open(&path).unwrap());
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut db = SqliteStore::open(&path).unwrap();
+                for i in 0..100 {
+                    let docs = vec![json!({"_id": format!("w{w}-{i}")}), json!({"w": w})];
+                    for r in db.bulk_docs(docs, true).unwrap() {
+                        r.result.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let mut db = SqliteStore::open(&path).unwrap();
+    let info = db.info().unwrap();
+    assert_eq!(info.doc_count, 600, "every acknowledged write is there");
+    assert_eq!(info.update_seq, Seq::from(600));
+    let changes = db.changes(ChangesRequest::default()).unwrap();
+    let seqs: std::collections::BTreeSet<u64> = changes
+        .results
+        .iter()
+        .map(|r| r.seq.as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 600, "one sequence per document");
+    assert_eq!(db.ids_generated().unwrap(), 300, "no generated id twice");
+}
+
+#[test]
+fn a_write_lock_held_too_long_is_a_typed_error() {
+    let (_dir, path) = temp();
+    let options = OpenOptions::new().lock_wait(std::time::Duration::from_millis(100));
+    let mut db = SqliteStore::open_with(&path, options).unwrap();
+    db.put(json!({"_id": "a"})).unwrap();
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = db.put(json!({"_id": "b"})).unwrap_err();
+    assert!(matches!(err, DbError::Unavailable(_)), "{err:?}");
+    assert!(err.is_transient());
+    // Reads go on meanwhile, and the write goes through once the lock is free.
+    assert_eq!(db.get("a").unwrap()["_id"], "a");
+    other.execute_batch("ROLLBACK").unwrap();
+    db.put(json!({"_id": "b"})).unwrap();
+    assert_eq!(db.info().unwrap().doc_count, 2);
 }
 
 #[test]
@@ -470,9 +550,8 @@ fn format1_copy() -> (tempfile::TempDir, PathBuf) {
 fn a_format_1_file_is_migrated_on_open() {
     let (_dir, path) = format1_copy();
     assert_eq!(header(&path), (APPLICATION_ID, 1));
-    drop(SqliteStore::open(&path).unwrap());
-    assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
     let mut db = SqliteStore::open(&path).unwrap();
+    assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
     let info = db.info().unwrap();
     assert_eq!(
         (info.db_name.as_str(), info.doc_count, info.doc_del_count),
