@@ -419,6 +419,10 @@ fn a_damaged_tree_is_reported_not_served() {
     assert_eq!(err.error(), "damaged");
     db.put(json!({"_id": "b"})).unwrap();
     assert_eq!(db.get("b").unwrap()["_id"], "b");
+    // A whole-file check names it.
+    let problems = db.check().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("\"a\""), "{problems:?}");
 }
 
 #[test]
