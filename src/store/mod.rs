@@ -7,7 +7,7 @@ mod semantics;
 mod storage;
 
 pub use memory::{MemoryStore, DEFAULT_REVS_LIMIT};
-pub use semantics::{execute, tree_shapes};
+pub use semantics::{execute, tree_shapes, TreeShapes};
 pub use storage::{Batch, BlobInfo, Counters, Storage, StoredBody, StoredDoc, Visit};
 
 use serde_json::Value;

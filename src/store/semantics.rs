@@ -16,6 +16,9 @@ use crate::ops::*;
 use crate::rev::{edit_hash, md5_hex, Rev};
 use crate::revtree::{Merge, RevTree};
 
+/// Every document's revision tree shape: id to `(rev, parent, deleted leaf)` sets.
+pub type TreeShapes = BTreeMap<String, BTreeSet<(Rev, Option<Rev>, bool)>>;
+
 /// A successful write: id, new revision, and bodies compacted away by it.
 type Written = (String, Rev, Vec<Arc<StoredBody>>);
 
@@ -1105,9 +1108,7 @@ fn get_local_impl<S: Storage + ?Sized>(s: &S, id: &str) -> Result<Doc, DbError> 
 ///
 /// # Errors
 /// The engine's failure.
-pub fn tree_shapes<S: Storage + ?Sized>(
-    s: &S,
-) -> Result<BTreeMap<String, BTreeSet<(Rev, Option<Rev>, bool)>>, DbError> {
+pub fn tree_shapes<S: Storage + ?Sized>(s: &S) -> Result<TreeShapes, DbError> {
     let mut out = BTreeMap::new();
     s.scan_ids(Bound::Unbounded, Bound::Unbounded, false, &mut |id, e| {
         out.insert(id.to_string(), e.tree.shape());

@@ -54,12 +54,13 @@
 mod format;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use peerpouch::store::{Batch, BlobInfo, Counters, Storage, StoredDoc, Visit, DEFAULT_REVS_LIMIT};
-use peerpouch::{Bytes, Database, DbError, Doc, Request, Response, Rev};
+use peerpouch::store::{
+    Batch, BlobInfo, Counters, Storage, StoredDoc, TreeShapes, Visit, DEFAULT_REVS_LIMIT,
+};
+use peerpouch::{Bytes, Database, DbError, Doc, Request, Response};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
@@ -476,9 +477,7 @@ impl SqliteStore {
     ///
     /// # Errors
     /// A storage error when the file cannot be read.
-    pub fn tree_shapes(
-        &self,
-    ) -> Result<BTreeMap<String, BTreeSet<(Rev, Option<Rev>, bool)>>, DbError> {
+    pub fn tree_shapes(&self) -> Result<TreeShapes, DbError> {
         peerpouch::store::tree_shapes(self)
     }
 
