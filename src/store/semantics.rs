@@ -183,9 +183,10 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
 
     fn count(&mut self, before: Option<bool>, after: bool) {
         let c: &mut Counters = &mut self.batch.counters;
+        // Saturating: counters read from a damaged file must not panic the store.
         match before {
-            Some(true) => c.del_count -= 1,
-            Some(false) => c.doc_count -= 1,
+            Some(true) => c.del_count = c.del_count.saturating_sub(1),
+            Some(false) => c.doc_count = c.doc_count.saturating_sub(1),
             None => {}
         }
         if after {
