@@ -285,6 +285,7 @@ impl Storage for MemoryStore {
         lo: Bound<&str>,
         hi: Bound<&str>,
         descending: bool,
+        _bodies: bool,
         visit: &mut Visit<'_>,
     ) -> Result<(), DbError> {
         let range = self.docs.range::<str, _>((lo, hi));
@@ -316,6 +317,7 @@ impl Storage for MemoryStore {
         &self,
         since: u64,
         descending: bool,
+        _bodies: bool,
         visit: &mut Visit<'_>,
     ) -> Result<(), DbError> {
         let range = self

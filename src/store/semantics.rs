@@ -844,16 +844,22 @@ fn all_docs_impl<S: Storage + ?Sized>(
     };
     if limit > 0 {
         let mut skip = req.skip;
-        s.scan_ids(lo_b, hi_b, req.descending, &mut |id, e| {
-            if let Some(row) = row_for(id, e, false) {
-                if skip > 0 {
-                    skip -= 1;
-                } else {
-                    rows.push(row);
+        s.scan_ids(
+            lo_b,
+            hi_b,
+            req.descending,
+            req.include_docs,
+            &mut |id, e| {
+                if let Some(row) = row_for(id, e, false) {
+                    if skip > 0 {
+                        skip -= 1;
+                    } else {
+                        rows.push(row);
+                    }
                 }
-            }
-            Ok(rows.len() < limit)
-        })?;
+                Ok(rows.len() < limit)
+            },
+        )?;
     }
     Ok(AllDocsResponse {
         total_rows,
@@ -936,7 +942,7 @@ fn changes_impl<S: Storage + ?Sized>(
         }
         None => {
             if limit > 0 {
-                s.scan_seqs(since, req.descending, &mut |id, e| {
+                s.scan_seqs(since, req.descending, req.include_docs, &mut |id, e| {
                     results.push(row(id, e)?);
                     last = Some(e.seq);
                     Ok(results.len() < limit)
@@ -1111,9 +1117,15 @@ fn get_local_impl<S: Storage + ?Sized>(s: &S, id: &str) -> Result<Doc, DbError> 
 /// The engine's failure.
 pub fn tree_shapes<S: Storage + ?Sized>(s: &S) -> Result<TreeShapes, DbError> {
     let mut out = BTreeMap::new();
-    s.scan_ids(Bound::Unbounded, Bound::Unbounded, false, &mut |id, e| {
-        out.insert(id.to_string(), e.tree.shape());
-        Ok(true)
-    })?;
+    s.scan_ids(
+        Bound::Unbounded,
+        Bound::Unbounded,
+        false,
+        false,
+        &mut |id, e| {
+            out.insert(id.to_string(), e.tree.shape());
+            Ok(true)
+        },
+    )?;
     Ok(out)
 }

@@ -135,7 +135,9 @@ pub trait Storage {
     fn doc(&self, id: &str) -> Result<Option<Cow<'_, StoredDoc>>, DbError>;
 
     /// Visits the documents whose ids are within `(lo, hi)`, in id order (reversed when
-    /// `descending`), until `visit` says stop.
+    /// `descending`), until `visit` says stop. Without `bodies` the visited trees may lack
+    /// their leaves' bodies (an engine may then skip decoding them); revisions, parents and
+    /// deletions are always there.
     ///
     /// # Errors
     /// The engine's failure, or the error `visit` returned.
@@ -144,6 +146,7 @@ pub trait Storage {
         lo: Bound<&str>,
         hi: Bound<&str>,
         descending: bool,
+        bodies: bool,
         visit: &mut Visit<'_>,
     ) -> Result<(), DbError>;
 
@@ -154,12 +157,17 @@ pub trait Storage {
     fn count_live(&self, lo: Bound<&str>, hi: Bound<&str>) -> Result<u64, DbError>;
 
     /// Visits the documents whose sequence is above `since`, in sequence order (reversed when
-    /// `descending`), until `visit` says stop.
+    /// `descending`), until `visit` says stop; `bodies` as in [`Storage::scan_ids`].
     ///
     /// # Errors
     /// The engine's failure, or the error `visit` returned.
-    fn scan_seqs(&self, since: u64, descending: bool, visit: &mut Visit<'_>)
-        -> Result<(), DbError>;
+    fn scan_seqs(
+        &self,
+        since: u64,
+        descending: bool,
+        bodies: bool,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), DbError>;
 
     /// What is known of the bytes of `digest`, if held.
     ///

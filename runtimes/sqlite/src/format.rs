@@ -230,6 +230,34 @@ pub(crate) fn encode_tree(tree: &RevTree<Arc<StoredBody>>, out: &mut Vec<u8>) {
     serde_json::to_writer(out, &nodes).expect("JSON into memory");
 }
 
+#[derive(Deserialize)]
+struct RevShapeIn {
+    r: Rev,
+    #[serde(default)]
+    p: Option<usize>,
+    #[serde(default)]
+    d: bool,
+    // The body is read over, not built.
+    #[serde(default, rename = "b")]
+    _b: Option<serde::de::IgnoredAny>,
+}
+
+/// Decodes `docs.tree` without the leaves' bodies: revisions, parents and deletions only.
+pub(crate) fn decode_shape(bytes: &[u8]) -> Result<RevTree<Arc<StoredBody>>, String> {
+    let nodes: Vec<RevShapeIn> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    RevTree::from_flat(
+        nodes
+            .into_iter()
+            .map(|n| FlatRev {
+                rev: n.r,
+                parent: n.p,
+                deleted: n.d,
+                body: None,
+            })
+            .collect(),
+    )
+}
+
 /// Decodes `docs.tree`.
 pub(crate) fn decode_tree(bytes: &[u8]) -> Result<RevTree<Arc<StoredBody>>, String> {
     let nodes: Vec<RevIn> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;

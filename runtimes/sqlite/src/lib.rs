@@ -517,6 +517,30 @@ impl SqliteStore {
         Ok(problems)
     }
 
+    /// A scanned row: the whole tree, or without `bodies` its shape alone (the bodies' JSON
+    /// is skipped over, not built).
+    fn read_scanned(
+        &self,
+        id: &str,
+        seq: i64,
+        tree: &[u8],
+        bodies: bool,
+    ) -> Result<StoredDoc, DbError> {
+        if bodies {
+            return self.read_doc(id, seq, tree);
+        }
+        let tree = format::decode_shape(tree).map_err(|e| {
+            damaged(&format!(
+                "document {id:?} in {} does not decode ({e}); restore it from a replica",
+                self.path.display()
+            ))
+        })?;
+        Ok(StoredDoc {
+            seq: seq as u64,
+            tree,
+        })
+    }
+
     fn read_doc(&self, id: &str, seq: i64, tree: &[u8]) -> Result<StoredDoc, DbError> {
         let tree = format::decode_tree(tree).map_err(|e| {
             damaged(&format!(
@@ -639,6 +663,7 @@ impl Storage for SqliteStore {
         lo: Bound<&str>,
         hi: Bound<&str>,
         descending: bool,
+        bodies: bool,
         visit: &mut Visit<'_>,
     ) -> Result<(), DbError> {
         let mut lo: Bound<String> = lo.map(str::to_string);
@@ -664,7 +689,7 @@ impl Storage for SqliteStore {
             let full = page.len() == SCAN_PAGE;
             let mut last = None;
             for (id, seq, tree) in page {
-                let doc = self.read_doc(&id, seq, &tree)?;
+                let doc = self.read_scanned(&id, seq, &tree, bodies)?;
                 if !visit(&id, &doc)? {
                     return Ok(());
                 }
@@ -701,6 +726,7 @@ impl Storage for SqliteStore {
         &self,
         since: u64,
         descending: bool,
+        bodies: bool,
         visit: &mut Visit<'_>,
     ) -> Result<(), DbError> {
         let since = i64::try_from(since).unwrap_or(i64::MAX);
@@ -725,7 +751,7 @@ impl Storage for SqliteStore {
             let full = page.len() == SCAN_PAGE;
             let mut last = None;
             for (id, seq, tree) in page {
-                let doc = self.read_doc(&id, seq, &tree)?;
+                let doc = self.read_scanned(&id, seq, &tree, bodies)?;
                 if !visit(&id, &doc)? {
                     return Ok(());
                 }
