@@ -495,26 +495,41 @@ impl SqliteStore {
     /// # Errors
     /// A storage error when the file cannot be read at all.
     pub fn check(&self) -> Result<Vec<String>, DbError> {
-        let err = |e| sql_error(&self.path, e);
-        let mut problems: Vec<String> = self
+        let mut problems = Vec::new();
+        let integrity: rusqlite::Result<Vec<String>> = self
             .conn
             .prepare("PRAGMA integrity_check")
-            .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
-            .map_err(err)?;
-        problems.retain(|p| p != "ok");
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, tree FROM docs")
-            .map_err(err)?;
-        let mut rows = stmt.query([]).map_err(err)?;
-        while let Some(r) = rows.next().map_err(err)? {
-            let id: String = r.get(0).map_err(err)?;
-            let tree: Vec<u8> = r.get(1).map_err(err)?;
-            if let Err(e) = format::decode_tree(&tree) {
-                problems.push(format!("document {id:?}: {e}"));
+            .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect());
+        match integrity {
+            Ok(lines) => problems.extend(lines.into_iter().filter(|l| l != "ok")),
+            Err(e) => problems.push(self.corrupt_or(e)?),
+        }
+        let scan = (|| -> rusqlite::Result<()> {
+            let mut stmt = self.conn.prepare("SELECT id, tree FROM docs")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                let tree: Vec<u8> = r.get(1)?;
+                if let Err(e) = format::decode_tree(&tree) {
+                    problems.push(format!("document {id:?}: {e}"));
+                }
             }
+            Ok(())
+        })();
+        if let Err(e) = scan {
+            problems.push(self.corrupt_or(e)?);
         }
         Ok(problems)
+    }
+
+    /// Damage SQLite met, as a problem to report; any other failure as the error.
+    fn corrupt_or(&self, e: rusqlite::Error) -> Result<String, DbError> {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                Ok(format!("SQLite: {e}"))
+            }
+            _ => Err(self.sql_error(e)),
+        }
     }
 
     /// A scanned row: the whole tree, or without `bodies` its shape alone (the bodies' JSON

@@ -633,3 +633,49 @@ fn a_format_1_file_that_cannot_migrate_is_left_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), before, "byte for byte");
     assert_eq!(header(&path), (APPLICATION_ID, 1));
 }
+
+#[test]
+fn corrupted_pages_are_typed_errors_on_the_requests_that_meet_them() {
+    let (_dir, path) = temp();
+    let mut db = SqliteStore::open(&path).unwrap();
+    let docs: Vec<_> = (0..400)
+        .map(|i| json!({"_id": format!("doc-{i:04}"), "text": "x".repeat(300)}))
+        .collect();
+    for r in db.bulk_docs(docs, true).unwrap() {
+        r.result.unwrap();
+    }
+    drop(db);
+    // Overwrite pages in the middle of the file (not the header page): table and index pages.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = 4096;
+    assert!(bytes.len() > 20 * page, "{} bytes", bytes.len());
+    for p in [5, 9, 14] {
+        for (i, b) in bytes[p * page..(p + 1) * page].iter_mut().enumerate() {
+            *b = (i * 131 % 251) as u8;
+        }
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let mut db = SqliteStore::open(&path).unwrap();
+    let mut failures = 0;
+    let mut check = |r: Result<(), DbError>| {
+        if let Err(e) = r {
+            assert_eq!(e.status(), 500, "{e}");
+            assert!(matches!(e.error(), "damaged" | "storage_error"), "{e}");
+            failures += 1;
+        }
+    };
+    check(db.all_docs(AllDocsRequest::default()).map(|_| ()));
+    check(db.changes(ChangesRequest::default()).map(|_| ()));
+    for i in 0..400 {
+        check(
+            db.get(&format!("doc-{i:04}"))
+                .map(|_| ())
+                .or_else(|e| match e {
+                    DbError::NotFound(_) => Ok(()),
+                    e => Err(e),
+                }),
+        );
+    }
+    assert!(failures > 0, "the damage was met");
+    assert!(!db.check().unwrap().is_empty(), "and the check reports it");
+}
