@@ -1253,6 +1253,17 @@ pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
             let info = existing()?.info()?;
             print_json(&serde_json::to_value(&info).map_err(|e| CliError::Failed(e.to_string()))?);
         }
+        DocsOp::Check => {
+            let problems = existing()?.check()?;
+            print_json(&json!({"ok": problems.is_empty(), "problems": problems}));
+            if !problems.is_empty() {
+                return Err(CliError::Failed(format!(
+                    "{} is damaged: {} problems found; restore it from a replica or a backup",
+                    path.display(),
+                    problems.len()
+                )));
+            }
+        }
     }
     Ok(())
 }

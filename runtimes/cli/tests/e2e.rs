@@ -1317,3 +1317,29 @@ fn a_crowd_of_live_followers_leaves_by_ctrl_c_and_kill_and_the_sharer_serves_the
         assert_eq!(ok_json(&["docs", c, "get", "after"], None)[0]["v"], 9);
     }
 }
+
+#[test]
+fn a_write_by_another_process_into_a_shared_file_reaches_a_live_puller() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, c) = (dir.db("a.db"), dir.db("c.db"));
+    seed(&a, 20);
+    let name = unique("shared-file");
+    let _sharer = share(&hub, &a, &name, &[], None);
+    let peer = format!("peer+{hub}#{name}");
+    let live = Running::start(&["replicate", &peer, &c, "--live", "--json"], None);
+    live.expect("20 docs written", |v| v["docs_written"] == 20);
+
+    // Another process writes straight into the file the sharer has open: no lock stops it,
+    // and the sharer's live changes feed sees the write without any write of its own.
+    let started = std::time::Instant::now();
+    ok_json(&["docs", &a, "put", r#"{"_id": "direct", "v": 9}"#], None);
+    live.expect("the direct write", |v| v["docs_written"] == 21);
+    eprintln!(
+        "a write by another process reached the live puller in {:?} (put command included)",
+        started.elapsed()
+    );
+    let (ok, _) = live.interrupt();
+    assert!(ok);
+    assert_eq!(ok_json(&["docs", &c, "get", "direct"], None)[0]["v"], 9);
+}

@@ -35,6 +35,9 @@ pub(crate) const WATCH_BACKLOG: usize = 1024;
 pub(crate) const COMMAND_BACKLOG: usize = 1024;
 /// Datagrams read per wake-up before the driver looks at its other inputs.
 const RECV_BATCH: usize = 64;
+/// How often a database with longpoll changes requests waiting is asked whether another
+/// process wrote it ([`Database::changed_elsewhere`]); never while none wait.
+const EXTERNAL_WRITES_POLL: Duration = Duration::from_millis(50);
 /// Requests to local stores answered per round of [`Driver::drain`] before the rest of the
 /// node's output (events, datagrams) and the caller's commands get their turn.
 const STORE_REQUESTS_PER_ROUND: usize = 16;
@@ -226,6 +229,8 @@ pub(crate) struct Driver {
     dbs: BTreeMap<String, Slot>,
     /// Longpoll changes requests with nothing to say yet, by database.
     parked: Vec<(String, Request, Origin)>,
+    /// When the databases of `parked` are next asked about other processes' writes.
+    external_check: Option<Instant>,
     list_waiters: Vec<Reply<Result<Vec<ShareInfo>, PeerError>>>,
     watchers: Vec<Watcher>,
     share_waiters: BTreeMap<String, Reply<Result<String, PeerError>>>,
@@ -298,6 +303,7 @@ impl Driver {
             done_rx,
             dbs: BTreeMap::new(),
             parked: Vec::new(),
+            external_check: None,
             list_waiters: Vec::new(),
             watchers: Vec::new(),
             share_waiters: BTreeMap::new(),
@@ -351,6 +357,7 @@ impl Driver {
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 self.node.handle_timeout(now);
             }
+            self.check_external_writes(now);
             self.drain().await;
             if self.finished() {
                 break;
@@ -359,10 +366,16 @@ impl Driver {
             // shortly (nothing else wakes the driver when a stream task takes them).
             let flushing = (self.shutdown.is_some() && self.streams.queued() > 0)
                 .then(|| Instant::now() + Duration::from_millis(10));
+            if self.parked.is_empty() {
+                self.external_check = None;
+            } else if self.external_check.is_none() {
+                self.external_check = Some(Instant::now() + EXTERNAL_WRITES_POLL);
+            }
             let deadline = [
                 self.node.poll_timeout(),
                 self.shutdown.as_ref().map(|s| s.0),
                 flushing,
+                self.external_check,
             ]
             .into_iter()
             .flatten()
@@ -690,6 +703,26 @@ impl Driver {
         }
         if changed {
             self.db_changed(db);
+        }
+    }
+
+    /// Wakes the longpolls of databases another process wrote (a SQLite file shared with a
+    /// `peerpouch docs … put`), when the check is due.
+    fn check_external_writes(&mut self, now: Instant) {
+        if self.parked.is_empty() || self.external_check.is_some_and(|t| t > now) {
+            return;
+        }
+        self.external_check = Some(now + EXTERNAL_WRITES_POLL);
+        let dbs: BTreeSet<String> = self.parked.iter().map(|(d, _, _)| d.clone()).collect();
+        for db in dbs {
+            let changed = match self.dbs.get_mut(&db) {
+                Some(Slot::Inline(s)) => s.changed_elsewhere(),
+                _ => false,
+            };
+            if changed {
+                tracing::debug!(db, "written by another process");
+                self.db_changed(&db);
+            }
         }
     }
 
