@@ -951,15 +951,14 @@ impl Node {
         let kept = self.links_kept(None, Some(link));
         if kept >= self.config.max_links {
             return Some(format!(
-                "the sharer keeps {kept} links, its limit (max_links): try again later"
+                "the sharer is at its limit of {} links (max_links): try again later",
+                self.config.max_links
             ));
         }
         let max = self.shares.get(&link.0)?.access.max_links?;
         let serving = self.links_kept(Some(&link.0), Some(link));
         (serving >= max).then(|| {
-            format!(
-                "the share is full: it serves {serving} peers, its limit (max_links): try again later"
-            )
+            format!("the share is full ({serving} of {max} peers, max_links): try again later")
         })
     }
 

@@ -78,7 +78,10 @@ fn a_full_share_refuses_one_more_peer_with_a_reason_and_takes_it_once_a_place_is
         s.trace()
     );
     let reason = refused(&s, 3, &third).unwrap();
-    assert!(reason.contains("the share is full"), "{reason}");
+    assert!(
+        reason.contains("the share is full (2 of 2 peers"),
+        "{reason}"
+    );
     assert!(reason.contains("max_links"), "{reason}");
     assert!(!ready(&s, 3, &third));
     // The refusal came quickly: the answer timeout (5 s) did not have to run out.
@@ -125,7 +128,10 @@ fn a_node_at_its_link_limit_refuses_peers_of_every_share_and_opens_no_more() {
         s.trace()
     );
     let reason = refused(&s, 2, &second).unwrap();
-    assert!(reason.contains("the sharer keeps 1 links"), "{reason}");
+    assert!(
+        reason.contains("the sharer is at its limit of 1 links"),
+        "{reason}"
+    );
     // The full node cannot open a link of its own either.
     let now = s.now;
     let err = s

@@ -1343,3 +1343,32 @@ fn a_write_by_another_process_into_a_shared_file_reaches_a_live_puller() {
     assert!(ok);
     assert_eq!(ok_json(&["docs", &c, "get", "direct"], None)[0]["v"], 9);
 }
+
+#[test]
+fn a_full_share_tells_one_more_peer_so() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let a = dir.db("a.db");
+    seed(&a, 3);
+    let name = unique("full");
+    let sharer = share(&hub, &a, &name, &["--max-links", "1"], None);
+    let peer = format!("peer+{hub}#{name}");
+    let first = Running::start(
+        &["replicate", &peer, &dir.db("c1.db"), "--live", "--json"],
+        None,
+    );
+    first.expect("the first peer's copy", |v| v["docs_written"] == 3);
+    let out = run(&["replicate", &peer, &dir.db("c2.db")], None);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the share is full (1 of 1 peers, max_links)"),
+        "{said}"
+    );
+    // The first one leaves: there is room again.
+    let (ok, _) = first.interrupt();
+    assert!(ok);
+    sharer.expect("the first peer gone", |v| v["event"] == "peer_closed");
+    let second = pull(&peer, &dir.db("c2.db"));
+    assert_eq!(second["docs_written"], 3);
+}
