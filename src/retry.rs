@@ -74,6 +74,11 @@ impl<T> RetryQueue<T> {
         due.into_iter().map(|(_, _, t)| t).collect()
     }
 
+    /// The items waiting, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter().map(|(_, _, t)| t)
+    }
+
     pub fn clear(&mut self) {
         self.items.clear();
     }

@@ -1067,3 +1067,68 @@ fn a_new_feed_starts_after_the_rows_given_before_it_was_polled() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A joiner that read the sharer's answer owes the hub its delete until the hub confirms it:
+/// drivers wait for that (briefly) before they stop, so no consumed signal is left behind.
+#[test]
+fn consumed_signals_are_pending_deletes_until_the_hub_confirms_them() {
+    let now = epoch();
+    let mut hubm = MemoryHub::new();
+    let mut joiner = hub(7);
+    // The hub's info: the machine is ready.
+    while let Some(a) = joiner.poll_action() {
+        if let HubAction::Request { id, request } = a {
+            joiner
+                .handle_response(now, id, hubm.execute(request))
+                .unwrap();
+        }
+    }
+    let share = "share-0123456789abcdef";
+    let peer = joiner.open(now, share, Value::Null).unwrap();
+    while joiner.poll_action().is_some() {}
+    assert!(!joiner.has_pending_deletes());
+    let answer = json!({
+        "_id": "s-signal-42", "_rev": "1-abc", "type": "com.stemstorage.peerpouch.signal",
+        "sender": share, "recipient": peer, "n": 0,
+        "data": {"type": "answer", "sdp": "v=0"},
+    });
+    joiner.handle_feed(
+        now,
+        vec![ChangeRow {
+            id: "s-signal-42".into(),
+            seq: Seq::from(5),
+            changes: vec![],
+            deleted: false,
+            doc: Some(answer),
+        }],
+    );
+    assert!(joiner.has_pending_deletes(), "the delete is queued");
+    let Some(HubAction::Request { id, request }) = joiner.poll_action() else {
+        panic!("the delete goes out at once");
+    };
+    assert!(
+        matches!(&request, Request::BulkDocs(b) if b.docs[0]["_deleted"] == true),
+        "{request:?}"
+    );
+    assert!(joiner.has_pending_deletes(), "the delete is on its way");
+    joiner
+        .handle_response(now, id, Err(DbError::Unavailable("busy".into())))
+        .unwrap();
+    assert!(
+        joiner.has_pending_deletes(),
+        "the delete waits for its retry"
+    );
+    let due = joiner.poll_timeout().expect("a retry is due");
+    joiner.handle_timeout(due);
+    let Some(HubAction::Request { id, .. }) = joiner.poll_action() else {
+        panic!("the delete is retried");
+    };
+    joiner
+        .handle_response(
+            due,
+            id,
+            Ok(Response::BulkDocs(BulkDocsResponse { results: vec![] })),
+        )
+        .unwrap();
+    assert!(!joiner.has_pending_deletes(), "the hub confirmed it");
+}

@@ -474,6 +474,26 @@ impl Hub {
         h
     }
 
+    /// Whether deletes of documents this machine consumed (signals read, stale documents) are
+    /// queued, on their way to the hub or waiting for a retry. A driver that stops keeps
+    /// feeding hub answers, with a short deadline, until this is `false`: a process that ends
+    /// normally leaves none of the signals it read behind.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use peerpouch::hub::{Hub, HubConfig};
+    ///
+    /// let hub = Hub::new(HubConfig::default(), 1, Instant::now(), 1_700_000_000_000);
+    /// assert!(!hub.has_pending_deletes());
+    /// ```
+    pub fn has_pending_deletes(&self) -> bool {
+        let deleting = |s: &Sent| s.purpose == Purpose::DeleteDocs;
+        !self.deletes.is_empty()
+            || self.inflight.values().any(deleting)
+            || self.pending_retry.iter().any(deleting)
+            || self.retries.iter().any(deleting)
+    }
+
     /// A number identifying this machine (drawn from its seed), for drivers that keep
     /// per-machine state such as a changes-feed cursor.
     pub fn instance_id(&self) -> u64 {

@@ -467,7 +467,8 @@ impl Driver {
             Some((deadline, _)) => {
                 (self.unshare_waiters.is_empty()
                     && self.node.links().is_empty()
-                    && self.streams.queued() == 0)
+                    && self.streams.queued() == 0
+                    && !self.node.hub().has_pending_deletes())
                     || Instant::now() >= *deadline
             }
             None => false,
