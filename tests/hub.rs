@@ -1132,3 +1132,58 @@ fn consumed_signals_are_pending_deletes_until_the_hub_confirms_them() {
         .unwrap();
     assert!(!joiner.has_pending_deletes(), "the hub confirmed it");
 }
+
+/// A writer of the hub can number its signals anywhere up to `u64::MAX`: a run that ends
+/// there is delivered in order, and the machine neither overflows nor takes more after it.
+#[test]
+fn signal_numbers_at_the_end_of_u64_neither_overflow_nor_repeat() {
+    let mut w = World::new(1);
+    let share = share_named(&mut w, 0, "edge");
+    let held = HubConfig::default().max_buffered_signals as u64;
+    let signal = |k: u64, n: u64| {
+        json!({"_id": format!("p-signal-edge-{k:03}"), "type": "com.stemstorage.peerpouch.signal",
+            "sender": "peer-edge", "recipient": share, "n": n,
+            "data": {"candidate": {"candidate": format!("candidate:{k} 1 udp 1 127.0.0.1 {} typ host", 1000 + k), "sdpMid": "0"}}})
+    };
+    // The first asks for the connection (its number leaves a gap at 0, so it is held).
+    w.hub.db().put(signal(0, u64::MAX - held - 1)).unwrap();
+    let ev = w.settle();
+    assert!(
+        ev[0]
+            .iter()
+            .any(|e| matches!(e, HubEvent::PeerRequested { peer, .. } if peer == "peer-edge")),
+        "{ev:?}"
+    );
+    let now = w.now;
+    w.nodes[0].accept(now, &share, "peer-edge").unwrap();
+    assert!(signals(&w.settle()[0]).is_empty(), "held behind the gap");
+    // More than the machine holds: it moves past the gap and drains to the last number.
+    for k in 1..=held + 1 {
+        w.hub.db().put(signal(k, u64::MAX - held - 1 + k)).unwrap();
+    }
+    let got = signals(&w.settle()[0]);
+    let ports: Vec<u64> = got
+        .iter()
+        .map(|s| match s {
+            SignalData::Candidate(Some(c)) => {
+                c.candidate.rsplit(' ').nth(2).unwrap().parse().unwrap()
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        (1000..=1000 + held + 1).collect::<Vec<u64>>(),
+        "each once, in order"
+    );
+    // The last number again is a duplicate, not a new signal.
+    w.hub
+        .db()
+        .put(
+            json!({"_id": "p-signal-edge-again", "type": "com.stemstorage.peerpouch.signal",
+        "sender": "peer-edge", "recipient": share, "n": u64::MAX, "data": {"candidate": null}}),
+        )
+        .unwrap();
+    assert!(signals(&w.settle()[0]).is_empty());
+    assert!(w.docs_with_prefix("p-signal-").is_empty(), "all consumed");
+}

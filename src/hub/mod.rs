@@ -357,6 +357,8 @@ struct Conn {
     info: Value,
     next_out: u64,
     next_in: u64,
+    /// Signal `u64::MAX` was delivered: later numbered signals are duplicates.
+    numbers_spent: bool,
     held: BTreeMap<u64, SignalData>,
     buffered: Vec<SignalData>,
     refused_at: Option<Instant>,
@@ -1574,6 +1576,7 @@ impl Conn {
             info,
             next_out: 0,
             next_in: 0,
+            numbers_spent: false,
             held: BTreeMap::new(),
             buffered: Vec::new(),
             refused_at: None,
@@ -1592,7 +1595,7 @@ impl Conn {
         let Some(n) = n else {
             return vec![data];
         };
-        if n < self.next_in || self.held.contains_key(&n) {
+        if self.numbers_spent || n < self.next_in || self.held.contains_key(&n) {
             diag.signals_dropped += 1;
             return Vec::new();
         }
@@ -1606,7 +1609,14 @@ impl Conn {
         let mut out = Vec::new();
         while let Some(d) = self.held.remove(&self.next_in) {
             out.push(d);
-            self.next_in += 1;
+            match self.next_in.checked_add(1) {
+                Some(next) => self.next_in = next,
+                None => {
+                    // `u64::MAX` came (only a hostile writer gets there): nothing follows it.
+                    self.numbers_spent = true;
+                    break;
+                }
+            }
         }
         out
     }
