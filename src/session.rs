@@ -50,9 +50,9 @@ use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceCreds, Input, Output, Rtc, RtcConfig};
 
-use crate::hub::{IceCandidate, SignalData};
 use crate::rand::SeededRng;
 use crate::reach::Transport;
+use crate::signal::{IceCandidate, SignalData};
 
 /// Label of the application data channel.
 pub const DATA_LABEL: &str = "peerpouch";

@@ -45,8 +45,8 @@ use serde_json::{json, Value};
 use crate::error::DbError;
 use crate::ops::*;
 use crate::rand::SeededRng;
-use crate::replicate::RequestId;
-use crate::retry::{RetryPolicy, RetryQueue};
+pub use crate::retry::RequestId;
+use crate::retry::{Ledger, RetryPolicy};
 
 /// Tuning of the negotiation machine.
 #[derive(Clone, Debug, PartialEq)]
@@ -408,12 +408,10 @@ pub struct Hub {
     start: Instant,
     wall_at_start: u64,
     ready: bool,
-    next_id: u64,
     actions: VecDeque<HubAction>,
     events: VecDeque<HubEvent>,
-    inflight: BTreeMap<u64, Sent>,
-    pending_retry: Vec<Sent>,
-    retries: RetryQueue<Sent>,
+    /// Requests in flight and waiting for a retry.
+    requests: Ledger<Sent>,
     shares: BTreeMap<String, OwnShare>,
     conns: BTreeMap<(String, String), Conn>,
     known: BTreeMap<String, ShareInfo>,
@@ -449,12 +447,9 @@ impl Hub {
             start: now,
             wall_at_start: wall_clock_ms,
             ready: false,
-            next_id: 0,
             actions: VecDeque::new(),
             events: VecDeque::new(),
-            inflight: BTreeMap::new(),
-            pending_retry: Vec::new(),
-            retries: RetryQueue::default(),
+            requests: Ledger::default(),
             shares: BTreeMap::new(),
             conns: BTreeMap::new(),
             known: BTreeMap::new(),
@@ -489,11 +484,7 @@ impl Hub {
     /// assert!(!hub.has_pending_deletes());
     /// ```
     pub fn has_pending_deletes(&self) -> bool {
-        let deleting = |s: &Sent| s.purpose == Purpose::DeleteDocs;
-        !self.deletes.is_empty()
-            || self.inflight.values().any(deleting)
-            || self.pending_retry.iter().any(deleting)
-            || self.retries.iter().any(deleting)
+        !self.deletes.is_empty() || self.requests.any(|s| s.purpose == Purpose::DeleteDocs)
     }
 
     /// A number identifying this machine (drawn from its seed), for drivers that keep
@@ -764,7 +755,7 @@ impl Hub {
     /// When [`Hub::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = [
-            self.retries.next_due(),
+            self.requests.next_due(),
             self.next_cleanup,
             self.shares
                 .values()
@@ -788,7 +779,7 @@ impl Hub {
         .min();
         if !self.ready {
             // Nothing is due before the hub answers, except retries.
-            t = self.retries.next_due();
+            t = self.requests.next_due();
         }
         t
     }
@@ -796,7 +787,7 @@ impl Hub {
     /// Runs what is due at `now`: retries, share refreshes, expiry, cleanup. Harmless early.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.schedule_retries(now);
-        for s in self.retries.take_due(now) {
+        for s in self.requests.take_due(now) {
             self.send(s.purpose, s.request, s.attempt);
         }
         if !self.ready {
@@ -854,17 +845,18 @@ impl Hub {
         id: RequestId,
         result: Result<Response, DbError>,
     ) -> Result<(), HubError> {
-        if id.0 >= self.next_id {
-            return Err(HubError::UnknownRequest(id));
-        }
-        let Some(sent) = self.inflight.remove(&id.0) else {
+        let Some(sent) = self
+            .requests
+            .answer(id)
+            .map_err(|_| HubError::UnknownRequest(id))?
+        else {
             return Ok(());
         };
         match result {
             Ok(resp) => self.on_ok(now, sent.purpose, resp),
             Err(e) if e.is_transient() && sent.attempt < self.config.retry.max_retries => {
                 tracing::debug!(op = sent.request.name(), error = %e, "hub request will be retried");
-                self.pending_retry.push(Sent {
+                self.requests.retry_later(Sent {
                     attempt: sent.attempt + 1,
                     ..sent
                 });
@@ -886,27 +878,17 @@ impl Hub {
     }
 
     fn send(&mut self, purpose: Purpose, request: Request, attempt: u32) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.actions.push_back(HubAction::Request {
-            id: RequestId(id),
+        let id = self.requests.issue(Sent {
+            purpose,
             request: request.clone(),
+            attempt,
         });
-        self.inflight.insert(
-            id,
-            Sent {
-                purpose,
-                request,
-                attempt,
-            },
-        );
+        self.actions.push_back(HubAction::Request { id, request });
     }
 
     fn schedule_retries(&mut self, now: Instant) {
-        for s in std::mem::take(&mut self.pending_retry) {
-            let due = now + self.config.retry.delay(s.attempt);
-            self.retries.push(due, s);
-        }
+        let policy = self.config.retry;
+        self.requests.schedule(now, |s| policy.delay(s.attempt));
     }
 
     /// When a connection we opened gives up on the sharer, and whether that is for want of an
@@ -1327,7 +1309,7 @@ impl Hub {
             Purpose::Info => {
                 // Without the hub's sequence nothing can start: keep trying, slowly.
                 let attempt = self.config.retry.max_retries;
-                self.pending_retry.push(Sent {
+                self.requests.retry_later(Sent {
                     purpose: Purpose::Info,
                     request: Request::Info,
                     attempt,
