@@ -29,6 +29,7 @@
 //! shares and signals older than [`HubConfig::signal_max_age`]. Documents that are malformed or
 //! oversized are counted ([`HubDiagnostics`]), reported ([`HubEvent::Malformed`]) and skipped.
 
+mod directory;
 mod docs;
 mod filter;
 mod memory;
@@ -42,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use self::directory::Directory;
 use crate::error::DbError;
 use crate::ops::*;
 use crate::rand::SeededRng;
@@ -414,10 +416,8 @@ pub struct Hub {
     requests: Ledger<Sent>,
     shares: BTreeMap<String, OwnShare>,
     conns: BTreeMap<(String, String), Conn>,
-    known: BTreeMap<String, ShareInfo>,
-    watching: bool,
-    list_requested: bool,
-    list_inflight: bool,
+    /// Others' shares.
+    directory: Directory,
     outbox: Vec<Value>,
     /// Connections with signals in `outbox`, then in the write in flight.
     outbox_conns: Vec<(String, String)>,
@@ -452,10 +452,7 @@ impl Hub {
             requests: Ledger::default(),
             shares: BTreeMap::new(),
             conns: BTreeMap::new(),
-            known: BTreeMap::new(),
-            watching: false,
-            list_requested: false,
-            list_inflight: false,
+            directory: Directory::default(),
             outbox: Vec::new(),
             outbox_conns: Vec::new(),
             inflight_conns: Vec::new(),
@@ -585,17 +582,15 @@ impl Hub {
 
     /// Lists the live shares of others: [`HubEvent::SharesListed`] follows.
     pub fn list(&mut self, now: Instant) {
-        self.list_requested = true;
+        self.directory.request_list();
         self.pump(now);
     }
 
     /// Starts or stops reporting shares as they appear and go ([`HubEvent::ShareAdded`],
     /// [`HubEvent::ShareRemoved`]). Starting also lists the current ones.
     pub fn watch(&mut self, now: Instant, on: bool) {
-        self.watching = on;
-        if on {
-            self.list(now);
-        }
+        self.directory.watch(on);
+        self.pump(now);
     }
 
     /// Starts connecting to `share`: returns our new peer id. Signals for the session then go
@@ -762,12 +757,8 @@ impl Hub {
                 .filter(|s| !s.deleting)
                 .map(|s| s.next_refresh)
                 .min(),
-            self.known
-                .values()
-                .filter_map(|s| s.expires_at)
-                .min()
-                // Expired once the wall clock passes it; u64::MAX never is.
-                .and_then(|ms| ms.checked_add(1))
+            self.directory
+                .next_expiry()
                 .and_then(|ms| self.instant_of_wall(ms)),
             self.conns
                 .values()
@@ -802,21 +793,7 @@ impl Hub {
                 s.needs_write = true;
             }
         }
-        let expired: Vec<String> = self
-            .known
-            .values()
-            .filter(|s| s.expires_at.is_some_and(|e| e < wall))
-            .map(|s| s.id.clone())
-            .collect();
-        for id in expired {
-            self.known.remove(&id);
-            if self.watching {
-                self.events.push_back(HubEvent::ShareRemoved {
-                    share: id,
-                    reason: RemovedReason::Expired,
-                });
-            }
-        }
+        self.directory.expire(wall, &mut self.events);
         if self.next_cleanup.is_some_and(|t| t <= now) {
             if self.shares.is_empty() {
                 self.next_cleanup = None;
@@ -1096,9 +1073,7 @@ impl Hub {
                 0,
             );
         }
-        if self.list_requested && !self.list_inflight {
-            self.list_requested = false;
-            self.list_inflight = true;
+        if self.directory.take_list_request() {
             self.send(
                 Purpose::List,
                 Request::AllDocs(prefix_range(SHARE_PREFIX)),
@@ -1190,28 +1165,21 @@ impl Hub {
             }),
             Purpose::DeleteDocs => resp.into_bulk_docs().map(|_| ()),
             Purpose::List => resp.into_all_docs().map(|r| {
-                self.list_inflight = false;
-                let wall = self.wall_ms(now);
                 let mut shares = Vec::new();
                 for row in r.rows {
                     let Some(Value::Object(doc)) = row.doc else {
                         continue;
                     };
                     match parse_hub_doc(&doc, &self.config.limits) {
-                        Ok(HubDoc::Share(info, _)) => {
-                            if self.shares.contains_key(&info.id)
-                                || info.expires_at.is_some_and(|e| e < wall)
-                            {
-                                continue;
-                            }
-                            self.known.insert(info.id.clone(), info.clone());
-                            shares.push(info);
+                        Ok(HubDoc::Share(info, _)) if !self.shares.contains_key(&info.id) => {
+                            shares.push(info)
                         }
                         Ok(_) => {}
                         Err(error) => self.malformed(row.key, error),
                     }
                 }
-                self.events.push_back(HubEvent::SharesListed(shares));
+                let wall = self.wall_ms(now);
+                self.directory.on_listed(shares, wall, &mut self.events);
             }),
             Purpose::Cleanup => resp.into_all_docs().map(|r| {
                 self.cleanup_inflight = false;
@@ -1357,7 +1325,7 @@ impl Hub {
                 });
             }
             Purpose::List => {
-                self.list_inflight = false;
+                self.directory.list_failed();
                 self.events
                     .push_back(HubEvent::RequestFailed { op: "list", error });
             }
@@ -1394,11 +1362,8 @@ impl Hub {
                         s.rev = None;
                         s.needs_write = true;
                     }
-                } else if self.known.remove(&row.id).is_some() && self.watching {
-                    self.events.push_back(HubEvent::ShareRemoved {
-                        share: row.id,
-                        reason: RemovedReason::Deleted,
-                    });
+                } else {
+                    self.directory.on_deleted(row.id, &mut self.events);
                 }
             }
             return;
@@ -1424,19 +1389,8 @@ impl Hub {
                 if self.shares.contains_key(&info.id) {
                     return;
                 }
-                if info.expires_at.is_some_and(|e| e < self.wall_ms(now)) {
-                    if self.known.remove(&info.id).is_some() && self.watching {
-                        self.events.push_back(HubEvent::ShareRemoved {
-                            share: info.id,
-                            reason: RemovedReason::Expired,
-                        });
-                    }
-                    return;
-                }
-                let new = self.known.insert(info.id.clone(), info.clone()).is_none();
-                if new && self.watching {
-                    self.events.push_back(HubEvent::ShareAdded(info));
-                }
+                let wall = self.wall_ms(now);
+                self.directory.on_share(info, wall, &mut self.events);
             }
             Ok(HubDoc::Signal(sig)) => self.on_signal(now, sig),
             Ok(HubDoc::Other) => {}
