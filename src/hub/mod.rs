@@ -29,6 +29,7 @@
 //! shares and signals older than [`HubConfig::signal_max_age`]. Documents that are malformed or
 //! oversized are counted ([`HubDiagnostics`]), reported ([`HubEvent::Malformed`]) and skipped.
 
+mod cleanup;
 mod directory;
 mod docs;
 mod filter;
@@ -43,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use self::cleanup::{Cleanup, Staleness};
 use self::directory::Directory;
 use crate::error::DbError;
 use crate::ops::*;
@@ -423,9 +425,8 @@ pub struct Hub {
     outbox_conns: Vec<(String, String)>,
     inflight_conns: Vec<(String, String)>,
     signals_inflight: bool,
-    deletes: Vec<Value>,
-    next_cleanup: Option<Instant>,
-    cleanup_inflight: bool,
+    /// Deletes of what was consumed, and sweeps for what is stale.
+    cleanup: Cleanup,
     diag: HubDiagnostics,
     /// The sequence of the last feed row handled (where a new feed starts).
     last_seq: Seq,
@@ -457,9 +458,7 @@ impl Hub {
             outbox_conns: Vec::new(),
             inflight_conns: Vec::new(),
             signals_inflight: false,
-            deletes: Vec::new(),
-            next_cleanup: None,
-            cleanup_inflight: false,
+            cleanup: Cleanup::default(),
             diag: HubDiagnostics::default(),
             last_seq: Seq::zero(),
             followed: None,
@@ -481,7 +480,7 @@ impl Hub {
     /// assert!(!hub.has_pending_deletes());
     /// ```
     pub fn has_pending_deletes(&self) -> bool {
-        !self.deletes.is_empty() || self.requests.any(|s| s.purpose == Purpose::DeleteDocs)
+        self.cleanup.has_queued() || self.requests.any(|s| s.purpose == Purpose::DeleteDocs)
     }
 
     /// A number identifying this machine (drawn from its seed), for drivers that keep
@@ -541,9 +540,7 @@ impl Hub {
                 next_refresh: now + self.config.refresh_interval,
             },
         );
-        if self.next_cleanup.is_none() {
-            self.next_cleanup = Some(now);
-        }
+        self.cleanup.sharing(now);
         self.pump(now);
         id
     }
@@ -751,7 +748,7 @@ impl Hub {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = [
             self.requests.next_due(),
-            self.next_cleanup,
+            self.cleanup.next_due(),
             self.shares
                 .values()
                 .filter(|s| !s.deleting)
@@ -794,13 +791,12 @@ impl Hub {
             }
         }
         self.directory.expire(wall, &mut self.events);
-        if self.next_cleanup.is_some_and(|t| t <= now) {
-            if self.shares.is_empty() {
-                self.next_cleanup = None;
-            } else {
-                self.next_cleanup = Some(now + self.config.cleanup_interval);
-                self.start_cleanup(now);
-            }
+        let sharing = !self.shares.is_empty();
+        if let Some(sweep) = self
+            .cleanup
+            .take_sweep(now, sharing, self.config.cleanup_interval)
+        {
+            self.send(Purpose::Cleanup, sweep, 0);
         }
         self.join_timeouts(now);
         // Forget refused peers once their signals can no longer be around.
@@ -1062,16 +1058,8 @@ impl Hub {
                 0,
             );
         }
-        if !self.deletes.is_empty() {
-            let docs = std::mem::take(&mut self.deletes);
-            self.send(
-                Purpose::DeleteDocs,
-                Request::BulkDocs(BulkDocsRequest {
-                    docs,
-                    new_edits: true,
-                }),
-                0,
-            );
+        if let Some(deletes) = self.cleanup.take_deletes() {
+            self.send(Purpose::DeleteDocs, deletes, 0);
         }
         if self.directory.take_list_request() {
             self.send(
@@ -1080,21 +1068,6 @@ impl Hub {
                 0,
             );
         }
-    }
-
-    fn start_cleanup(&mut self, _now: Instant) {
-        if self.cleanup_inflight {
-            return;
-        }
-        self.cleanup_inflight = true;
-        // Signals and shares, in one range: "p-signal-" < "s-signal-" < "share-".
-        let req = AllDocsRequest {
-            start_key: Some(PEER_SIGNAL_PREFIX.into()),
-            end_key: Some(format!("{SHARE_PREFIX}\u{fff0}")),
-            include_docs: true,
-            ..AllDocsRequest::default()
-        };
-        self.send(Purpose::Cleanup, Request::AllDocs(req), 0);
     }
 
     fn on_ok(&mut self, now: Instant, purpose: Purpose, resp: Response) {
@@ -1182,34 +1155,21 @@ impl Hub {
                 self.directory.on_listed(shares, wall, &mut self.events);
             }),
             Purpose::Cleanup => resp.into_all_docs().map(|r| {
-                self.cleanup_inflight = false;
-                let wall = self.wall_ms(now);
-                let grace = self.config.share_ttl.as_millis() as u64;
-                let max_age = self.config.signal_max_age.as_millis() as u64;
-                for row in r.rows {
-                    let Some(Value::Object(doc)) = row.doc else {
-                        continue;
-                    };
-                    let stale = match parse_hub_doc(&doc, &self.config.limits) {
-                        Ok(HubDoc::Share(info, _)) => {
-                            !self.shares.contains_key(&info.id)
-                                && info
-                                    .expires_at
-                                    .is_some_and(|e| e.saturating_add(grace) < wall)
-                        }
-                        Ok(HubDoc::Signal(s)) => s
-                            .created_at
-                            .is_some_and(|c| c.saturating_add(max_age) < wall),
-                        _ => false,
-                    };
-                    if stale {
-                        if let Some(rev) = doc.get("_rev") {
-                            self.diag.stale_deleted += 1;
-                            self.deletes
-                                .push(json!({"_id": row.key, "_rev": rev, "_deleted": true}));
-                        }
-                    }
-                }
+                let rule = Staleness {
+                    limits: &self.config.limits,
+                    wall: self.wall_ms(now),
+                    share_grace_ms: self.config.share_ttl.as_millis() as u64,
+                    signal_max_age_ms: self.config.signal_max_age.as_millis() as u64,
+                };
+                let docs = r.rows.into_iter().filter_map(|row| match row.doc {
+                    Some(Value::Object(doc)) => Some(doc),
+                    _ => None,
+                });
+                let shares = &self.shares;
+                let stale = self
+                    .cleanup
+                    .on_swept(docs, &rule, |id| shares.contains_key(id));
+                self.diag.stale_deleted += stale;
             }),
         };
         if let Err(error) = result {
@@ -1330,7 +1290,7 @@ impl Hub {
                     .push_back(HubEvent::RequestFailed { op: "list", error });
             }
             Purpose::Cleanup => {
-                self.cleanup_inflight = false;
+                self.cleanup.sweep_failed();
                 self.events.push_back(HubEvent::RequestFailed {
                     op: "cleanup",
                     error,
@@ -1346,11 +1306,7 @@ impl Hub {
     }
 
     fn delete_doc(&mut self, id: &str, rev: &str) {
-        if rev.is_empty() {
-            return;
-        }
-        self.deletes
-            .push(json!({"_id": id, "_rev": rev, "_deleted": true}));
+        self.cleanup.delete(id, rev);
     }
 
     fn on_row(&mut self, now: Instant, row: ChangeRow) {
