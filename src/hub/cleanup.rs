@@ -53,7 +53,7 @@ impl Cleanup {
         sharing: bool,
         interval: Duration,
     ) -> Option<Request> {
-        if !self.next_sweep.is_some_and(|t| t <= now) {
+        if self.next_sweep.is_none_or(|t| t > now) {
             return None;
         }
         if !sharing {

@@ -93,7 +93,7 @@ impl Directory {
         self.list_inflight = false;
         let live: Vec<ShareInfo> = shares
             .into_iter()
-            .filter(|s| !s.expires_at.is_some_and(|e| e < wall))
+            .filter(|s| s.expires_at.is_none_or(|e| e >= wall))
             .collect();
         for s in &live {
             self.known.insert(s.id.clone(), s.clone());

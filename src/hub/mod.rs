@@ -30,6 +30,7 @@
 //! oversized are counted ([`HubDiagnostics`]), reported ([`HubEvent::Malformed`]) and skipped.
 
 mod cleanup;
+mod conn;
 mod directory;
 mod docs;
 mod filter;
@@ -45,6 +46,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use self::cleanup::{Cleanup, Staleness};
+use self::conn::{Conn, ConnState, JoinPhase, Role};
 use self::directory::Directory;
 use crate::error::DbError;
 use crate::ops::*;
@@ -326,46 +328,6 @@ struct OwnShare {
     write_inflight: bool,
     deleting: bool,
     next_refresh: Instant,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    Sharer,
-    Joiner,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum ConnState {
-    Pending,
-    Open,
-    Refused,
-}
-
-/// Where a connection we opened stands with the sharer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum JoinPhase {
-    /// Our offer went out; since when it is on the hub (`None`: not confirmed yet).
-    Offered(Option<Instant>),
-    /// The sharer asks a person, since then.
-    AwaitingApproval(Instant),
-    /// The sharer answered (or refused): the session's own timeouts bound the rest.
-    Answered,
-}
-
-#[derive(Debug)]
-struct Conn {
-    role: Role,
-    state: ConnState,
-    /// Joiners only.
-    phase: JoinPhase,
-    info: Value,
-    next_out: u64,
-    next_in: u64,
-    /// Signal `u64::MAX` was delivered: later numbered signals are duplicates.
-    numbers_spent: bool,
-    held: BTreeMap<u64, SignalData>,
-    buffered: Vec<SignalData>,
-    refused_at: Option<Instant>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -1456,61 +1418,6 @@ impl Hub {
                 }),
             }
         }
-    }
-}
-
-impl Conn {
-    fn new(role: Role, state: ConnState, info: Value) -> Conn {
-        Conn {
-            role,
-            state,
-            phase: JoinPhase::Offered(None),
-            info,
-            next_out: 0,
-            next_in: 0,
-            numbers_spent: false,
-            held: BTreeMap::new(),
-            buffered: Vec::new(),
-            refused_at: None,
-        }
-    }
-
-    /// Puts numbered signals back in the order they were sent (the hub may show concurrent
-    /// writes in another order); unnumbered ones (from other implementations) pass as they come.
-    fn intake(
-        &mut self,
-        n: Option<u64>,
-        data: SignalData,
-        max_held: usize,
-        diag: &mut HubDiagnostics,
-    ) -> Vec<SignalData> {
-        let Some(n) = n else {
-            return vec![data];
-        };
-        if self.numbers_spent || n < self.next_in || self.held.contains_key(&n) {
-            diag.signals_dropped += 1;
-            return Vec::new();
-        }
-        self.held.insert(n, data);
-        if self.held.len() > max_held {
-            // A gap that never fills (a lost write): move past it rather than hold forever.
-            if let Some((&first, _)) = self.held.iter().next() {
-                self.next_in = first;
-            }
-        }
-        let mut out = Vec::new();
-        while let Some(d) = self.held.remove(&self.next_in) {
-            out.push(d);
-            match self.next_in.checked_add(1) {
-                Some(next) => self.next_in = next,
-                None => {
-                    // `u64::MAX` came (only a hostile writer gets there): nothing follows it.
-                    self.numbers_spent = true;
-                    break;
-                }
-            }
-        }
-        out
     }
 }
 
