@@ -35,6 +35,7 @@ mod directory;
 mod docs;
 mod filter;
 mod memory;
+mod shares;
 
 pub use docs::*;
 pub use filter::FeedFilter;
@@ -48,6 +49,7 @@ use serde_json::{json, Value};
 use self::cleanup::{Cleanup, Staleness};
 use self::conn::{Conn, ConnState, JoinPhase, Role};
 use self::directory::Directory;
+use self::shares::OwnShares;
 use crate::error::DbError;
 use crate::ops::*;
 use crate::rand::SeededRng;
@@ -319,17 +321,6 @@ pub struct HubDiagnostics {
     pub stale_deleted: u64,
 }
 
-#[derive(Debug)]
-struct OwnShare {
-    info: ShareInfo,
-    rev: Option<String>,
-    created: bool,
-    needs_write: bool,
-    write_inflight: bool,
-    deleting: bool,
-    next_refresh: Instant,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 enum Purpose {
     Info,
@@ -378,7 +369,8 @@ pub struct Hub {
     events: VecDeque<HubEvent>,
     /// Requests in flight and waiting for a retry.
     requests: Ledger<Sent>,
-    shares: BTreeMap<String, OwnShare>,
+    /// Our own shares' documents.
+    shares: OwnShares,
     conns: BTreeMap<(String, String), Conn>,
     /// Others' shares.
     directory: Directory,
@@ -413,7 +405,7 @@ impl Hub {
             actions: VecDeque::new(),
             events: VecDeque::new(),
             requests: Ledger::default(),
-            shares: BTreeMap::new(),
+            shares: OwnShares::default(),
             conns: BTreeMap::new(),
             directory: Directory::default(),
             outbox: Vec::new(),
@@ -482,26 +474,16 @@ impl Hub {
         let expires_at = self
             .wall_ms(now)
             .saturating_add(self.config.share_ttl.as_millis() as u64);
-        self.shares.insert(
-            id.clone(),
-            OwnShare {
-                info: ShareInfo {
-                    id: id.clone(),
-                    name: options.name,
-                    info: options.info,
-                    protocol: Some(PROTOCOL_VERSION),
-                    expires_at: Some(expires_at),
-                    read_only: options.read_only,
-                    fingerprint: options.fingerprint,
-                },
-                rev: None,
-                created: false,
-                needs_write: true,
-                write_inflight: false,
-                deleting: false,
-                next_refresh: now + self.config.refresh_interval,
-            },
-        );
+        let info = ShareInfo {
+            id: id.clone(),
+            name: options.name,
+            info: options.info,
+            protocol: Some(PROTOCOL_VERSION),
+            expires_at: Some(expires_at),
+            read_only: options.read_only,
+            fingerprint: options.fingerprint,
+        };
+        self.shares.add(now, info, self.config.refresh_interval);
         self.cleanup.sharing(now);
         self.pump(now);
         id
@@ -513,13 +495,9 @@ impl Hub {
     /// # Errors
     /// [`HubError::NotShared`] if this node does not share `share` (or already unshared it).
     pub fn unshare(&mut self, now: Instant, share: &str) -> Result<(), HubError> {
-        let s = self
-            .shares
-            .get_mut(share)
-            .filter(|s| !s.deleting)
-            .ok_or_else(|| HubError::NotShared(share.to_string()))?;
-        s.deleting = true;
-        s.needs_write = false;
+        if !self.shares.unshare(share) {
+            return Err(HubError::NotShared(share.to_string()));
+        }
         let peers: Vec<String> = self
             .conns
             .keys()
@@ -711,11 +689,7 @@ impl Hub {
         let mut t = [
             self.requests.next_due(),
             self.cleanup.next_due(),
-            self.shares
-                .values()
-                .filter(|s| !s.deleting)
-                .map(|s| s.next_refresh)
-                .min(),
+            self.shares.next_refresh(),
             self.directory
                 .next_expiry()
                 .and_then(|ms| self.instant_of_wall(ms)),
@@ -743,15 +717,13 @@ impl Hub {
         if !self.ready {
             return;
         }
-        let ttl = self.config.share_ttl.as_millis() as u64;
         let wall = self.wall_ms(now);
-        for s in self.shares.values_mut() {
-            if !s.deleting && s.next_refresh <= now {
-                s.next_refresh = now + self.config.refresh_interval;
-                s.info.expires_at = Some(wall.saturating_add(ttl));
-                s.needs_write = true;
-            }
-        }
+        self.shares.refresh(
+            now,
+            wall,
+            self.config.share_ttl,
+            self.config.refresh_interval,
+        );
         self.directory.expire(wall, &mut self.events);
         let sharing = !self.shares.is_empty();
         if let Some(sweep) = self
@@ -937,7 +909,7 @@ impl Hub {
             .iter()
             .filter(|(_, c)| c.role == Role::Joiner)
             .map(|((_, peer), _)| peer.clone());
-        FeedFilter::new(self.shares.keys().cloned().chain(joined))
+        FeedFilter::new(self.shares.ids().cloned().chain(joined))
     }
 
     /// Asks for a new feed when the followed one would miss signals to an id of ours. Ids that
@@ -966,46 +938,8 @@ impl Hub {
         }
         // Before any write that makes a new id of ours known (a share, an offer).
         self.refollow();
-        let mut puts = Vec::new();
-        let mut finished = Vec::new();
-        for (id, s) in self.shares.iter_mut() {
-            if s.write_inflight {
-                continue;
-            }
-            if s.deleting {
-                match &s.rev {
-                    Some(rev) => {
-                        s.write_inflight = true;
-                        puts.push((
-                            Purpose::DeleteShare(id.clone()),
-                            json!({"_id": id, "_rev": rev, "_deleted": true}),
-                        ));
-                    }
-                    None => finished.push(id.clone()),
-                }
-            } else if s.needs_write {
-                s.needs_write = false;
-                s.write_inflight = true;
-                let mut doc = share_doc(&s.info);
-                if let Some(rev) = &s.rev {
-                    doc["_rev"] = json!(rev);
-                }
-                puts.push((Purpose::PutShare(id.clone()), doc));
-            }
-        }
-        for (purpose, doc) in puts {
-            self.send(
-                purpose,
-                Request::BulkDocs(BulkDocsRequest {
-                    docs: vec![doc],
-                    new_edits: true,
-                }),
-                0,
-            );
-        }
-        for id in finished {
-            self.shares.remove(&id);
-            self.events.push_back(HubEvent::Unshared { share: id });
+        for (purpose, request) in self.shares.take_writes(&mut self.events) {
+            self.send(purpose, request, 0);
         }
         if !self.outbox.is_empty() && !self.signals_inflight {
             self.signals_inflight = true;
@@ -1055,28 +989,21 @@ impl Hub {
                     .next()
                     .map(|d| d.result)
                     .unwrap_or_else(|| Err(DbError::BadResponse("empty bulk_docs".into())));
-                self.share_written(now, &id, result);
-            }),
-            Purpose::GetShareRev(id) => resp.into_doc_body().map(|d| {
-                if let Some(s) = self.shares.get_mut(&id) {
-                    s.rev = d.doc.get("_rev").and_then(Value::as_str).map(String::from);
-                    s.write_inflight = false;
-                    s.needs_write = !s.deleting;
+                if let Some((purpose, request)) =
+                    self.shares.on_written(&id, result, &mut self.events)
+                {
+                    self.send(purpose, request, 0);
                 }
             }),
+            Purpose::GetShareRev(id) => resp
+                .into_doc_body()
+                .map(|d| self.shares.on_rev(&id, &d.doc)),
             Purpose::DeleteShare(id) => resp.into_bulk_docs().map(|r| {
-                match r.results.into_iter().next().map(|d| d.result) {
-                    Some(Err(DbError::Conflict)) => {
-                        self.send(
-                            Purpose::GetShareRev(id.clone()),
-                            Request::Get(GetRequest::new(id)),
-                            0,
-                        );
-                    }
-                    _ => {
-                        self.shares.remove(&id);
-                        self.events.push_back(HubEvent::Unshared { share: id });
-                    }
+                let result = r.results.into_iter().next().map(|d| d.result);
+                if let Some((purpose, request)) =
+                    self.shares.on_deleted(&id, result, &mut self.events)
+                {
+                    self.send(purpose, request, 0);
                 }
             }),
             Purpose::WriteSignals => resp.into_bulk_docs().map(|r| {
@@ -1106,7 +1033,7 @@ impl Hub {
                         continue;
                     };
                     match parse_hub_doc(&doc, &self.config.limits) {
-                        Ok(HubDoc::Share(info, _)) if !self.shares.contains_key(&info.id) => {
+                        Ok(HubDoc::Share(info, _)) if !self.shares.contains(&info.id) => {
                             shares.push(info)
                         }
                         Ok(_) => {}
@@ -1128,9 +1055,7 @@ impl Hub {
                     _ => None,
                 });
                 let shares = &self.shares;
-                let stale = self
-                    .cleanup
-                    .on_swept(docs, &rule, |id| shares.contains_key(id));
+                let stale = self.cleanup.on_swept(docs, &rule, |id| shares.contains(id));
                 self.diag.stale_deleted += stale;
             }),
         };
@@ -1148,53 +1073,7 @@ impl Hub {
         }
     }
 
-    fn share_written(&mut self, now: Instant, id: &str, result: Result<crate::Rev, DbError>) {
-        let Some(s) = self.shares.get_mut(id) else {
-            return;
-        };
-        s.write_inflight = false;
-        match result {
-            Ok(rev) => {
-                s.rev = Some(rev.to_string());
-                if !s.created {
-                    s.created = true;
-                    self.events
-                        .push_back(HubEvent::ShareCreated { share: id.into() });
-                }
-            }
-            Err(DbError::Conflict) => {
-                // Our idea of the revision is stale (a retried write landed): fetch it.
-                s.write_inflight = true;
-                self.send(
-                    Purpose::GetShareRev(id.into()),
-                    Request::Get(GetRequest::new(id)),
-                    0,
-                );
-            }
-            Err(error) => self.share_failed(now, id, error),
-        }
-    }
-
-    fn share_failed(&mut self, _now: Instant, id: &str, error: DbError) {
-        let created = self.shares.get(id).is_some_and(|s| s.created);
-        if created {
-            if let Some(s) = self.shares.get_mut(id) {
-                s.write_inflight = false;
-            }
-            self.events.push_back(HubEvent::RequestFailed {
-                op: "refresh_share",
-                error,
-            });
-        } else {
-            self.shares.remove(id);
-            self.events.push_back(HubEvent::ShareFailed {
-                share: id.into(),
-                error,
-            });
-        }
-    }
-
-    fn on_err(&mut self, now: Instant, sent: Sent, error: DbError) {
+    fn on_err(&mut self, _now: Instant, sent: Sent, error: DbError) {
         match sent.purpose {
             Purpose::Info => {
                 // Without the hub's sequence nothing can start: keep trying, slowly.
@@ -1207,30 +1086,9 @@ impl Hub {
                 self.events
                     .push_back(HubEvent::RequestFailed { op: "info", error });
             }
-            Purpose::PutShare(id) => self.share_failed(now, &id, error),
-            Purpose::GetShareRev(id) => {
-                if let Some(s) = self.shares.get_mut(&id) {
-                    s.write_inflight = false;
-                    if matches!(error, DbError::NotFound(_)) {
-                        // Gone (deleted by someone): recreate it, or we are done deleting.
-                        s.rev = None;
-                        s.needs_write = !s.deleting;
-                    } else {
-                        self.events.push_back(HubEvent::RequestFailed {
-                            op: "get_share",
-                            error,
-                        });
-                    }
-                }
-            }
-            Purpose::DeleteShare(id) => {
-                self.shares.remove(&id);
-                self.events.push_back(HubEvent::RequestFailed {
-                    op: "delete_share",
-                    error,
-                });
-                self.events.push_back(HubEvent::Unshared { share: id });
-            }
+            Purpose::PutShare(id) => self.shares.write_failed(&id, error, &mut self.events),
+            Purpose::GetShareRev(id) => self.shares.rev_failed(&id, error, &mut self.events),
+            Purpose::DeleteShare(id) => self.shares.delete_failed(&id, error, &mut self.events),
             Purpose::WriteSignals => {
                 // Not on the hub: no answer deadline (the session's connect timeout bounds it).
                 self.signals_inflight = false;
@@ -1273,16 +1131,8 @@ impl Hub {
 
     fn on_row(&mut self, now: Instant, row: ChangeRow) {
         if row.deleted {
-            if row.id.starts_with(SHARE_PREFIX) {
-                if let Some(s) = self.shares.get_mut(&row.id) {
-                    if !s.deleting && !s.write_inflight {
-                        // Someone deleted our share: put it back.
-                        s.rev = None;
-                        s.needs_write = true;
-                    }
-                } else {
-                    self.directory.on_deleted(row.id, &mut self.events);
-                }
+            if row.id.starts_with(SHARE_PREFIX) && !self.shares.on_removed(&row.id) {
+                self.directory.on_deleted(row.id, &mut self.events);
             }
             return;
         }
@@ -1304,7 +1154,7 @@ impl Hub {
                 self.malformed(row.id, error);
             }
             Ok(HubDoc::Share(info, _)) => {
-                if self.shares.contains_key(&info.id) {
+                if self.shares.contains(&info.id) {
                     return;
                 }
                 let wall = self.wall_ms(now);
@@ -1316,13 +1166,11 @@ impl Hub {
     }
 
     fn is_ours(&self, recipient: &str) -> bool {
-        self.shares.contains_key(recipient) || self.conns.keys().any(|(_, p)| p == recipient)
+        self.shares.contains(recipient) || self.conns.keys().any(|(_, p)| p == recipient)
     }
 
     fn on_signal(&mut self, now: Instant, sig: SignalDoc) {
-        let key = if self.shares.get(&sig.recipient).is_some_and(|s| !s.deleting)
-            && sig.sender.starts_with(PEER_PREFIX)
-        {
+        let key = if self.shares.is_live(&sig.recipient) && sig.sender.starts_with(PEER_PREFIX) {
             (sig.recipient.clone(), sig.sender.clone())
         } else if sig.recipient.starts_with(PEER_PREFIX)
             && self
@@ -1332,7 +1180,7 @@ impl Hub {
         {
             (sig.sender.clone(), sig.recipient.clone())
         } else {
-            if sig.recipient.starts_with(SHARE_PREFIX) && self.shares.contains_key(&sig.recipient) {
+            if sig.recipient.starts_with(SHARE_PREFIX) && self.shares.contains(&sig.recipient) {
                 // To a share we are unsharing: consume it so it does not linger.
                 self.delete_doc(&sig.id, &sig.rev);
             }
