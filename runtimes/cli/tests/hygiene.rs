@@ -140,8 +140,8 @@ fn concurrent_joiners_and_the_sharer_leave_no_signal_behind() {
         );
         let summary: Value = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .last()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
             .expect("a summary line");
         assert_eq!(summary["docs_written"], 20, "{dst}: {summary}");
     }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use async_io::Timer;
@@ -245,13 +245,6 @@ pub(crate) struct Driver {
     /// for [`PeerStats`].
     bytes_received: u64,
     bytes_sent: u64,
-}
-
-pub(crate) fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Driver {
