@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{HubDiagnostics, SignalData};
+use std::collections::VecDeque;
+
+use super::{HubConfig, HubDiagnostics, HubEvent, SignalData};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Role {
@@ -65,9 +67,90 @@ impl Conn {
         }
     }
 
+    /// When a connection we opened gives up on the sharer, and whether that is for want of an
+    /// approval (else of any answer).
+    pub fn join_deadline(&self, config: &HubConfig) -> Option<(Instant, bool)> {
+        if self.role != Role::Joiner {
+            return None;
+        }
+        match self.phase {
+            JoinPhase::Offered(Some(t)) => Some((t + config.answer_timeout, false)),
+            JoinPhase::AwaitingApproval(t) => Some((t + config.approval_timeout, true)),
+            JoinPhase::Offered(None) | JoinPhase::Answered => None,
+        }
+    }
+
+    /// Takes a signal of the other side (`n` its number, if numbered) for the connection
+    /// `(share, peer)`: what comes in order moves the join along and goes out as events (to
+    /// the session, or the refusal); a sharer holds a pending peer's signals until it is
+    /// accepted (at most `max_buffered`); a refused connection drops them.
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        (share, peer): (&str, &str),
+        (n, data): (Option<u64>, SignalData),
+        max_buffered: usize,
+        events: &mut VecDeque<HubEvent>,
+        diag: &mut HubDiagnostics,
+    ) {
+        let key = (share.to_string(), peer.to_string());
+        for data in self.intake(n, data, max_buffered, diag) {
+            if self.role == Role::Joiner {
+                let pending = data == SignalData::Pending;
+                match (self.phase, pending) {
+                    (JoinPhase::Offered(_), true) => {
+                        self.phase = JoinPhase::AwaitingApproval(now);
+                        events.push_back(HubEvent::AwaitingApproval {
+                            share: key.0.clone(),
+                            peer: key.1.clone(),
+                        });
+                    }
+                    (JoinPhase::Offered(_), false) => self.phase = JoinPhase::Answered,
+                    (JoinPhase::AwaitingApproval(_), false) => {
+                        self.phase = JoinPhase::Answered;
+                        if !matches!(data, SignalData::Refuse(_)) {
+                            events.push_back(HubEvent::Accepted {
+                                share: key.0.clone(),
+                                peer: key.1.clone(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+                if pending {
+                    continue;
+                }
+            }
+            match (self.role, &self.state, data) {
+                (_, ConnState::Refused, _) => diag.signals_dropped += 1,
+                (Role::Sharer, _, SignalData::Pending) => diag.signals_dropped += 1,
+                (Role::Sharer, ConnState::Pending, data) => {
+                    if self.buffered.len() >= max_buffered {
+                        diag.signals_dropped += 1;
+                    } else {
+                        self.buffered.push(data);
+                    }
+                }
+                (Role::Joiner, _, SignalData::Refuse(reason)) => {
+                    self.state = ConnState::Refused;
+                    events.push_back(HubEvent::Refused {
+                        share: key.0.clone(),
+                        peer: key.1.clone(),
+                        reason,
+                    });
+                }
+                (_, _, data) => events.push_back(HubEvent::Signal {
+                    share: key.0.clone(),
+                    peer: key.1.clone(),
+                    data,
+                }),
+            }
+        }
+    }
+
     /// Puts numbered signals back in the order they were sent (the hub may show concurrent
     /// writes in another order); unnumbered ones (from other implementations) pass as they come.
-    pub fn intake(
+    fn intake(
         &mut self,
         n: Option<u64>,
         data: SignalData,

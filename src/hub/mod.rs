@@ -695,7 +695,7 @@ impl Hub {
                 .and_then(|ms| self.instant_of_wall(ms)),
             self.conns
                 .values()
-                .filter_map(|c| self.join_deadline(c).map(|(at, _)| at))
+                .filter_map(|c| c.join_deadline(&self.config).map(|(at, _)| at))
                 .min(),
         ]
         .into_iter()
@@ -798,26 +798,13 @@ impl Hub {
         self.requests.schedule(now, |s| policy.delay(s.attempt));
     }
 
-    /// When a connection we opened gives up on the sharer, and whether that is for want of an
-    /// approval (else of any answer).
-    fn join_deadline(&self, c: &Conn) -> Option<(Instant, bool)> {
-        if c.role != Role::Joiner {
-            return None;
-        }
-        match c.phase {
-            JoinPhase::Offered(Some(t)) => Some((t + self.config.answer_timeout, false)),
-            JoinPhase::AwaitingApproval(t) => Some((t + self.config.approval_timeout, true)),
-            JoinPhase::Offered(None) | JoinPhase::Answered => None,
-        }
-    }
-
     /// Gives up on the sharers whose answer or approval is overdue.
     fn join_timeouts(&mut self, now: Instant) {
         let due: Vec<((String, String), bool, Duration)> = self
             .conns
             .iter()
             .filter_map(|(k, c)| {
-                let (at, approval) = self.join_deadline(c)?;
+                let (at, approval) = c.join_deadline(&self.config)?;
                 let waited = match approval {
                     true => self.config.approval_timeout,
                     false => self.config.answer_timeout,
@@ -1213,59 +1200,14 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        let in_order = c.intake(sig.n, sig.data, max_buffered, &mut self.diag);
-        for data in in_order {
-            if c.role == Role::Joiner {
-                let pending = data == SignalData::Pending;
-                match (c.phase, pending) {
-                    (JoinPhase::Offered(_), true) => {
-                        c.phase = JoinPhase::AwaitingApproval(now);
-                        self.events.push_back(HubEvent::AwaitingApproval {
-                            share: key.0.clone(),
-                            peer: key.1.clone(),
-                        });
-                    }
-                    (JoinPhase::Offered(_), false) => c.phase = JoinPhase::Answered,
-                    (JoinPhase::AwaitingApproval(_), false) => {
-                        c.phase = JoinPhase::Answered;
-                        if !matches!(data, SignalData::Refuse(_)) {
-                            self.events.push_back(HubEvent::Accepted {
-                                share: key.0.clone(),
-                                peer: key.1.clone(),
-                            });
-                        }
-                    }
-                    _ => {}
-                }
-                if pending {
-                    continue;
-                }
-            }
-            match (c.role, &c.state, data) {
-                (_, ConnState::Refused, _) => self.diag.signals_dropped += 1,
-                (Role::Sharer, _, SignalData::Pending) => self.diag.signals_dropped += 1,
-                (Role::Sharer, ConnState::Pending, data) => {
-                    if c.buffered.len() >= max_buffered {
-                        self.diag.signals_dropped += 1;
-                    } else {
-                        c.buffered.push(data);
-                    }
-                }
-                (Role::Joiner, _, SignalData::Refuse(reason)) => {
-                    c.state = ConnState::Refused;
-                    self.events.push_back(HubEvent::Refused {
-                        share: key.0.clone(),
-                        peer: key.1.clone(),
-                        reason,
-                    });
-                }
-                (_, _, data) => self.events.push_back(HubEvent::Signal {
-                    share: key.0.clone(),
-                    peer: key.1.clone(),
-                    data,
-                }),
-            }
-        }
+        c.receive(
+            now,
+            (&key.0, &key.1),
+            (sig.n, sig.data),
+            max_buffered,
+            &mut self.events,
+            &mut self.diag,
+        );
     }
 }
 
