@@ -10,6 +10,7 @@ use serde_json::Value;
 use std::collections::VecDeque;
 
 use super::{HubConfig, HubDiagnostics, HubEvent, SignalData};
+use crate::ops::{BulkDocsRequest, Request};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Role {
@@ -184,5 +185,51 @@ impl Conn {
             }
         }
         out
+    }
+}
+
+/// Signals waiting to be written, in one `_bulk_docs` at a time (the hub may show concurrent
+/// writes in another order; one write at a time keeps ours in order).
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    docs: Vec<Value>,
+    /// Connections with signals in `docs`, then in the write in flight.
+    conns: Vec<(String, String)>,
+    inflight_conns: Vec<(String, String)>,
+    inflight: bool,
+}
+
+impl Outbox {
+    /// Queues the signal document `doc` of connection `key`.
+    pub fn push(&mut self, key: (String, String), doc: Value) {
+        self.docs.push(doc);
+        if !self.conns.contains(&key) {
+            self.conns.push(key);
+        }
+    }
+
+    /// The write to send now, if signals wait and none is in flight.
+    pub fn take_write(&mut self) -> Option<Request> {
+        if self.docs.is_empty() || self.inflight {
+            return None;
+        }
+        self.inflight = true;
+        self.inflight_conns = std::mem::take(&mut self.conns);
+        Some(Request::BulkDocs(BulkDocsRequest {
+            docs: std::mem::take(&mut self.docs),
+            new_edits: true,
+        }))
+    }
+
+    /// The write in flight landed: the connections whose signals it held.
+    pub fn written(&mut self) -> Vec<(String, String)> {
+        self.inflight = false;
+        std::mem::take(&mut self.inflight_conns)
+    }
+
+    /// The write in flight failed for good.
+    pub fn failed(&mut self) {
+        self.inflight = false;
+        self.inflight_conns.clear();
     }
 }

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use self::cleanup::{Cleanup, Staleness};
-use self::conn::{Conn, ConnState, JoinPhase, Role};
+use self::conn::{Conn, ConnState, JoinPhase, Outbox, Role};
 use self::directory::Directory;
 use self::shares::OwnShares;
 use crate::error::DbError;
@@ -374,11 +374,8 @@ pub struct Hub {
     conns: BTreeMap<(String, String), Conn>,
     /// Others' shares.
     directory: Directory,
-    outbox: Vec<Value>,
-    /// Connections with signals in `outbox`, then in the write in flight.
-    outbox_conns: Vec<(String, String)>,
-    inflight_conns: Vec<(String, String)>,
-    signals_inflight: bool,
+    /// Our signals on their way to the hub.
+    outbox: Outbox,
     /// Deletes of what was consumed, and sweeps for what is stale.
     cleanup: Cleanup,
     diag: HubDiagnostics,
@@ -408,10 +405,7 @@ impl Hub {
             shares: OwnShares::default(),
             conns: BTreeMap::new(),
             directory: Directory::default(),
-            outbox: Vec::new(),
-            outbox_conns: Vec::new(),
-            inflight_conns: Vec::new(),
-            signals_inflight: false,
+            outbox: Outbox::default(),
             cleanup: Cleanup::default(),
             diag: HubDiagnostics::default(),
             last_seq: Seq::zero(),
@@ -883,10 +877,7 @@ impl Hub {
         if let Some(n) = n {
             doc["n"] = json!(n);
         }
-        self.outbox.push(doc);
-        if !self.outbox_conns.contains(&key) {
-            self.outbox_conns.push(key);
-        }
+        self.outbox.push(key, doc);
     }
 
     /// The filter the feed needs now: our shares and the connections we opened.
@@ -928,18 +919,8 @@ impl Hub {
         for (purpose, request) in self.shares.take_writes(&mut self.events) {
             self.send(purpose, request, 0);
         }
-        if !self.outbox.is_empty() && !self.signals_inflight {
-            self.signals_inflight = true;
-            let docs = std::mem::take(&mut self.outbox);
-            self.inflight_conns = std::mem::take(&mut self.outbox_conns);
-            self.send(
-                Purpose::WriteSignals,
-                Request::BulkDocs(BulkDocsRequest {
-                    docs,
-                    new_edits: true,
-                }),
-                0,
-            );
+        if let Some(write) = self.outbox.take_write() {
+            self.send(Purpose::WriteSignals, write, 0);
         }
         if let Some(deletes) = self.cleanup.take_deletes() {
             self.send(Purpose::DeleteDocs, deletes, 0);
@@ -994,9 +975,8 @@ impl Hub {
                 }
             }),
             Purpose::WriteSignals => resp.into_bulk_docs().map(|r| {
-                self.signals_inflight = false;
                 // Our offers are on the hub: the sharers' answer deadlines start now.
-                for key in std::mem::take(&mut self.inflight_conns) {
+                for key in self.outbox.written() {
                     if let Some(c) = self.conns.get_mut(&key) {
                         if c.phase == JoinPhase::Offered(None) {
                             c.phase = JoinPhase::Offered(Some(now));
@@ -1078,8 +1058,7 @@ impl Hub {
             Purpose::DeleteShare(id) => self.shares.delete_failed(&id, error, &mut self.events),
             Purpose::WriteSignals => {
                 // Not on the hub: no answer deadline (the session's connect timeout bounds it).
-                self.signals_inflight = false;
-                self.inflight_conns.clear();
+                self.outbox.failed();
                 self.events.push_back(HubEvent::RequestFailed {
                     op: "write_signals",
                     error,
