@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use peerpouch::hub::{HubAction, HubEvent, MemoryHub, ShareOptions, SIGNAL_TYPE};
-use peerpouch::node::{DbRef, LinkId, Node, NodeConfig, NodeEvent, ReplicationId, ShareAccess, StoreRequest};
+use peerpouch::node::{
+    DbRef, LinkId, Node, NodeConfig, NodeEvent, ReplicationId, ShareAccess, StoreRequest,
+};
 use peerpouch::replicate::ReplicationEvent;
 use peerpouch::rpc::CallId;
 use peerpouch::session::Transmit;
@@ -50,24 +52,72 @@ enum Op {
     Advance(u16),
     /// Run every node and the network until nothing is due within `ms`.
     Run(u16),
-    Share { node: bool },
-    Unshare { node: bool },
-    Open { node: bool, right_key: bool },
-    Accept { node: bool, which: u8 },
-    Refuse { node: bool, which: u8, reason: bool },
-    Call { node: bool, which: u8, kind: u8 },
-    Subscribe { node: bool, which: u8 },
-    Cancel { node: bool, which: u8 },
-    Replicate { node: bool, which: u8, push: bool },
-    CancelReplication { node: bool, which: u8 },
-    Close { node: bool, which: u8 },
+    Share {
+        node: bool,
+    },
+    Unshare {
+        node: bool,
+    },
+    Open {
+        node: bool,
+        right_key: bool,
+    },
+    Accept {
+        node: bool,
+        which: u8,
+    },
+    Refuse {
+        node: bool,
+        which: u8,
+        reason: bool,
+    },
+    Call {
+        node: bool,
+        which: u8,
+        kind: u8,
+    },
+    Subscribe {
+        node: bool,
+        which: u8,
+    },
+    Cancel {
+        node: bool,
+        which: u8,
+    },
+    Replicate {
+        node: bool,
+        which: u8,
+        push: bool,
+    },
+    CancelReplication {
+        node: bool,
+        which: u8,
+    },
+    Close {
+        node: bool,
+        which: u8,
+    },
     /// Deliver the n-th datagram in flight, maybe damaged or twice.
-    Deliver { which: u16, flip: Option<(u16, u8)>, twice: bool },
-    Drop { which: u16 },
+    Deliver {
+        which: u16,
+        flip: Option<(u16, u8)>,
+        twice: bool,
+    },
+    Drop {
+        which: u16,
+    },
     /// Raw bytes from the other node's address.
-    Raw { node: bool, bytes: Vec<u8> },
+    Raw {
+        node: bool,
+        bytes: Vec<u8>,
+    },
     /// Someone writes a signal on the hub to one of the known ids.
-    Signal { to: u8, from: u8, data: u8, n: Option<u64> },
+    Signal {
+        to: u8,
+        from: u8,
+        data: u8,
+        n: Option<u64>,
+    },
     /// The next `n` hub requests fail.
     FailHub(u8),
     /// Store requests: the next `n` wait instead of being answered; or fail.
@@ -75,7 +125,10 @@ enum Op {
     FailStore(u8),
     /// Answer the held store requests.
     ReleaseStore,
-    Write { node: bool, id: u8 },
+    Write {
+        node: bool,
+        id: u8,
+    },
 }
 
 struct Side {
@@ -165,7 +218,10 @@ impl World {
         let mut burst = 0;
         let count = |burst: &mut usize| {
             *burst += 1;
-            assert!(*burst <= MAX_BURST, "more than {MAX_BURST} outputs in one drain");
+            assert!(
+                *burst <= MAX_BURST,
+                "more than {MAX_BURST} outputs in one drain"
+            );
         };
         while let Some(a) = self.sides[i].node.poll_hub_action() {
             count(&mut burst);
@@ -249,7 +305,10 @@ impl World {
                 ReplicationEvent::Completed(_)
                 | ReplicationEvent::Failed { .. }
                 | ReplicationEvent::Cancelled(_) => {
-                    assert!(s.reps.remove(&id), "replication {id} ended twice or never began");
+                    assert!(
+                        s.reps.remove(&id),
+                        "replication {id} ended twice or never began"
+                    );
                 }
                 _ => {}
             },
@@ -288,7 +347,11 @@ impl World {
 
     fn timeouts(&mut self) {
         for i in 0..2 {
-            if self.sides[i].node.poll_timeout().is_some_and(|t| t <= self.now) {
+            if self.sides[i]
+                .node
+                .poll_timeout()
+                .is_some_and(|t| t <= self.now)
+            {
                 self.sides[i].node.handle_timeout(self.now);
                 self.settle();
             }
@@ -300,7 +363,10 @@ impl World {
                         // Due again at once (new work came from the other node): fire once more.
                         self.sides[i].node.handle_timeout(self.now);
                         self.settle();
-                        self.sides[i].node.poll_timeout().is_none_or(|t| t > self.now)
+                        self.sides[i]
+                            .node
+                            .poll_timeout()
+                            .is_none_or(|t| t > self.now)
                     },
                     "a deadline at or before now is left after handle_timeout"
                 );
@@ -316,7 +382,11 @@ impl World {
                 self.deliver(t, None);
                 self.settle();
             }
-            let next = self.sides.iter().filter_map(|s| s.node.poll_timeout()).min();
+            let next = self
+                .sides
+                .iter()
+                .filter_map(|s| s.node.poll_timeout())
+                .min();
             match next {
                 Some(t) if t <= end => {
                     self.now = self.now.max(t);
@@ -357,12 +427,10 @@ impl World {
                     key: self.key.clone(),
                     ask: self.ask,
                 };
-                let id = self.sides[i].node.share(
-                    now,
-                    "db".into(),
-                    ShareOptions::default(),
-                    access,
-                );
+                let id =
+                    self.sides[i]
+                        .node
+                        .share(now, "db".into(), ShareOptions::default(), access);
                 self.sides[i].shares.push(id);
             }
             Op::Unshare { node } => {
@@ -375,7 +443,11 @@ impl World {
                 let i = usize::from(*node);
                 let other = &self.sides[1 - i].shares;
                 if let Some(share) = other.last().cloned() {
-                    let key = if *right_key { self.key.clone() } else { Some(b"wrong".to_vec()) };
+                    let key = if *right_key {
+                        self.key.clone()
+                    } else {
+                        Some(b"wrong".to_vec())
+                    };
                     if let Ok(l) = self.sides[i].node.open(now, &share, json!({}), key) {
                         self.sides[i].opened.push(l);
                     }
@@ -387,10 +459,16 @@ impl World {
                     let _ = self.sides[i].node.accept(now, &l);
                 }
             }
-            Op::Refuse { node, which, reason } => {
+            Op::Refuse {
+                node,
+                which,
+                reason,
+            } => {
                 let i = usize::from(*node);
                 if let Some(l) = pick(&self.sides[i].requested, *which) {
-                    let _ = self.sides[i].node.refuse(now, &l, reason.then(|| "no".into()));
+                    let _ = self.sides[i]
+                        .node
+                        .refuse(now, &l, reason.then(|| "no".into()));
                 }
             }
             Op::Call { node, which, kind } => {
@@ -432,8 +510,17 @@ impl World {
                 let i = usize::from(*node);
                 if let Some(l) = pick(&self.sides[i].opened, *which) {
                     let (local, remote) = (DbRef::Local("db".into()), DbRef::Remote(l));
-                    let (source, target) = if *push { (local, remote) } else { (remote, local) };
-                    let id = self.sides[i].node.replicate(now, source, target, ReplicatorConfig::new("a", "b"));
+                    let (source, target) = if *push {
+                        (local, remote)
+                    } else {
+                        (remote, local)
+                    };
+                    let id = self.sides[i].node.replicate(
+                        now,
+                        source,
+                        target,
+                        ReplicatorConfig::new("a", "b"),
+                    );
                     self.sides[i].reps.insert(id);
                 }
             }
@@ -483,18 +570,29 @@ impl World {
                 let mut ids: Vec<String> = Vec::new();
                 for s in &self.sides {
                     ids.extend(s.shares.iter().cloned());
-                    ids.extend(s.opened.iter().chain(&s.requested).map(|l| format!("{l:?}")));
+                    ids.extend(
+                        s.opened
+                            .iter()
+                            .chain(&s.requested)
+                            .map(|l| format!("{l:?}")),
+                    );
                 }
                 ids.push("peer-0123456789abcdef0123456789abcdef".into());
                 let pick_id = |i: u8| {
                     let id = pick(&ids, i).unwrap_or_default();
                     // Link ids print as their (share, peer) pair: take the peer.
-                    id.rsplit('"').nth(1).map(String::from).filter(|p| p.starts_with("peer-")).unwrap_or(id)
+                    id.rsplit('"')
+                        .nth(1)
+                        .map(String::from)
+                        .filter(|p| p.starts_with("peer-"))
+                        .unwrap_or(id)
                 };
                 let data = match data % 6 {
                     0 => json!({"type": "offer", "sdp": "v=0\r\n"}),
                     1 => json!({"type": "answer", "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"}),
-                    2 => json!({"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.10 7000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}}),
+                    2 => {
+                        json!({"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.10 7000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}})
+                    }
                     3 => json!({"candidate": null}),
                     4 => json!({"type": "refuse", "reason": "no"}),
                     _ => json!({"type": "pending"}),
@@ -532,7 +630,12 @@ fuzz_target!(|input: Input| {
     w.fail_hub = 0;
     w.release_store();
     for i in 0..2 {
-        let links: Vec<LinkId> = w.sides[i].node.links().into_iter().map(|(l, _)| l).collect();
+        let links: Vec<LinkId> = w.sides[i]
+            .node
+            .links()
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
         for l in links {
             let now = w.now;
             w.sides[i].node.close(now, &l);
@@ -547,8 +650,20 @@ fuzz_target!(|input: Input| {
     w.run(Duration::from_secs(600));
     w.release_store();
     for (i, s) in w.sides.iter().enumerate() {
-        assert!(s.calls.is_empty(), "node {i}: calls never answered: {:?}", s.calls.keys().collect::<Vec<_>>());
-        assert!(s.reps.is_empty(), "node {i}: replications never ended: {:?}", s.reps);
-        assert!(s.node.links().is_empty(), "node {i}: links left open: {:?}", s.node.links());
+        assert!(
+            s.calls.is_empty(),
+            "node {i}: calls never answered: {:?}",
+            s.calls.keys().collect::<Vec<_>>()
+        );
+        assert!(
+            s.reps.is_empty(),
+            "node {i}: replications never ended: {:?}",
+            s.reps
+        );
+        assert!(
+            s.node.links().is_empty(),
+            "node {i}: links left open: {:?}",
+            s.node.links()
+        );
     }
 });
