@@ -5,11 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use std::collections::VecDeque;
 
-use super::{HubConfig, HubDiagnostics, HubEvent, SignalData};
+use super::{
+    HubConfig, HubDiagnostics, HubError, HubEvent, SignalData, PEER_SIGNAL_PREFIX,
+    SHARER_SIGNAL_PREFIX, SIGNAL_TYPE,
+};
 use crate::ops::{BulkDocsRequest, Request};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +69,91 @@ impl Conn {
             buffered: Vec::new(),
             refused_at: None,
         }
+    }
+
+    /// Sharer: lets the pending peer in; the signals it sent so far, to pass on.
+    ///
+    /// # Errors
+    /// [`HubError::InvalidState`] unless the peer is pending.
+    pub fn accept(&mut self) -> Result<Vec<SignalData>, HubError> {
+        self.expect_pending("only a pending peer can be accepted")?;
+        self.state = ConnState::Open;
+        Ok(std::mem::take(&mut self.buffered))
+    }
+
+    /// Sharer: the error for a connection that is not a pending peer's.
+    ///
+    /// # Errors
+    /// [`HubError::InvalidState`] with `what` unless the peer is pending.
+    pub fn expect_pending(&self, what: &'static str) -> Result<(), HubError> {
+        match (self.role, &self.state) {
+            (Role::Sharer, ConnState::Pending) => Ok(()),
+            _ => Err(HubError::InvalidState(what)),
+        }
+    }
+
+    /// Sharer: the offer a pending peer sent, once it came.
+    pub fn pending_offer(&self) -> Option<&str> {
+        self.expect_pending("").ok()?;
+        self.buffered.iter().find_map(|d| match d {
+            SignalData::Offer(sdp) => Some(sdp.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Sharer: refuses the peer at `now`; how many of its held signals are dropped.
+    ///
+    /// # Errors
+    /// [`HubError::InvalidState`] for a joiner's connection.
+    pub fn refuse(&mut self, now: Instant) -> Result<u64, HubError> {
+        if self.role != Role::Sharer {
+            return Err(HubError::InvalidState("only the sharer refuses"));
+        }
+        let dropped = self.buffered.len() as u64;
+        self.buffered.clear();
+        self.state = ConnState::Refused;
+        self.refused_at = Some(now);
+        Ok(dropped)
+    }
+
+    /// The signal document carrying `data` from our side of `(share, peer)`: `id_part` makes
+    /// its id, `wall` its creation time; numbered ones take the next number.
+    pub fn signal_doc(
+        &mut self,
+        (share, peer): (&str, &str),
+        id_part: &str,
+        data: &SignalData,
+        numbered: bool,
+        wall: u64,
+    ) -> Value {
+        let (id, sender, recipient, info) = match self.role {
+            Role::Joiner => (
+                format!("{PEER_SIGNAL_PREFIX}{id_part}"),
+                peer,
+                share,
+                self.info.clone(),
+            ),
+            Role::Sharer => (
+                format!("{SHARER_SIGNAL_PREFIX}{id_part}"),
+                share,
+                peer,
+                Value::Null,
+            ),
+        };
+        let mut doc = json!({
+            "_id": id,
+            "type": SIGNAL_TYPE,
+            "sender": sender,
+            "recipient": recipient,
+            "data": data.to_json(),
+            "info": info,
+            "created_at": wall,
+        });
+        if numbered {
+            doc["n"] = json!(self.next_out);
+            self.next_out += 1;
+        }
+        doc
     }
 
     /// When a connection we opened gives up on the sharer, and whether that is for want of an

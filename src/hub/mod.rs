@@ -44,7 +44,7 @@ pub use memory::MemoryHub;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use self::cleanup::{Cleanup, Staleness};
 use self::conn::{Conn, ConnState, JoinPhase, Outbox, Role};
@@ -548,14 +548,7 @@ impl Hub {
     /// # Errors
     /// [`HubError::UnknownConnection`], or [`HubError::InvalidState`] unless the peer is pending.
     pub fn accept(&mut self, now: Instant, share: &str, peer: &str) -> Result<(), HubError> {
-        let c = self.conn_mut(share, peer)?;
-        if c.role != Role::Sharer || c.state != ConnState::Pending {
-            return Err(HubError::InvalidState(
-                "only a pending peer can be accepted",
-            ));
-        }
-        c.state = ConnState::Open;
-        let buffered = std::mem::take(&mut c.buffered);
+        let buffered = self.conn_mut(share, peer)?.accept()?;
         for data in buffered {
             self.events.push_back(HubEvent::Signal {
                 share: share.into(),
@@ -570,14 +563,9 @@ impl Hub {
     /// Sharer: the SDP of the offer a pending peer sent (held until [`Hub::accept`]), once it
     /// has arrived: what the app reads the peer's certificate fingerprint from before deciding.
     pub fn pending_offer(&self, share: &str, peer: &str) -> Option<&str> {
-        let c = self.conns.get(&(share.to_string(), peer.to_string()))?;
-        if c.role != Role::Sharer || c.state != ConnState::Pending {
-            return None;
-        }
-        c.buffered.iter().find_map(|d| match d {
-            SignalData::Offer(sdp) => Some(sdp.as_str()),
-            _ => None,
-        })
+        self.conns
+            .get(&(share.to_string(), peer.to_string()))?
+            .pending_offer()
     }
 
     /// Sharer: whether a peer is waiting for [`Hub::accept`] or [`Hub::refuse`].
@@ -595,12 +583,8 @@ impl Hub {
     /// # Errors
     /// [`HubError::UnknownConnection`], or [`HubError::InvalidState`] unless the peer is pending.
     pub fn defer(&mut self, now: Instant, share: &str, peer: &str) -> Result<(), HubError> {
-        let c = self.conn_mut(share, peer)?;
-        if c.role != Role::Sharer || c.state != ConnState::Pending {
-            return Err(HubError::InvalidState(
-                "only a pending peer can be deferred",
-            ));
-        }
+        self.conn_mut(share, peer)?
+            .expect_pending("only a pending peer can be deferred")?;
         // Unnumbered: a peer that does not know it skips it without a gap in our numbering.
         self.queue_signal(now, share, peer, SignalData::Pending, false);
         self.pump(now);
@@ -619,14 +603,7 @@ impl Hub {
         peer: &str,
         reason: Option<String>,
     ) -> Result<(), HubError> {
-        let c = self.conn_mut(share, peer)?;
-        if c.role != Role::Sharer {
-            return Err(HubError::InvalidState("only the sharer refuses"));
-        }
-        let dropped = c.buffered.len() as u64;
-        c.buffered.clear();
-        c.state = ConnState::Refused;
-        c.refused_at = Some(now);
+        let dropped = self.conn_mut(share, peer)?.refuse(now)?;
         self.diag.signals_dropped += dropped;
         if reason.is_some() {
             self.queue_signal(now, share, peer, SignalData::Refuse(reason), true);
@@ -847,36 +824,7 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        let n = numbered.then(|| {
-            c.next_out += 1;
-            c.next_out - 1
-        });
-        let (id, sender, recipient, info) = match c.role {
-            Role::Joiner => (
-                format!("{PEER_SIGNAL_PREFIX}{id_part}"),
-                peer,
-                share,
-                c.info.clone(),
-            ),
-            Role::Sharer => (
-                format!("{SHARER_SIGNAL_PREFIX}{id_part}"),
-                share,
-                peer,
-                Value::Null,
-            ),
-        };
-        let mut doc = json!({
-            "_id": id,
-            "type": SIGNAL_TYPE,
-            "sender": sender,
-            "recipient": recipient,
-            "data": data.to_json(),
-            "info": info,
-            "created_at": wall,
-        });
-        if let Some(n) = n {
-            doc["n"] = json!(n);
-        }
+        let doc = c.signal_doc((share, peer), &id_part, &data, numbered, wall);
         self.outbox.push(key, doc);
     }
 
