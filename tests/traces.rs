@@ -236,6 +236,7 @@ fn a_refusal() {
 #[test]
 fn a_one_shot_replication_with_a_conflict() {
     let (mut s, share) = pair(ShareAccess::default());
+    s.trace_store = true;
     s.write(
         0,
         "db",
