@@ -368,7 +368,10 @@ impl World {
                             .poll_timeout()
                             .is_none_or(|t| t > self.now)
                     },
-                    "a deadline at or before now is left after handle_timeout"
+                    "node {i}: a deadline at or before now is left after handle_timeout: {:?} behind; the hub's: {:?}; links: {:?}",
+                    self.sides[i].node.poll_timeout().map(|t| self.now.saturating_duration_since(t)),
+                    self.sides[i].node.hub().poll_timeout().map(|t| self.now.saturating_duration_since(t)),
+                    self.sides[i].node.links(),
                 );
             }
         }
