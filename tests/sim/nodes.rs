@@ -270,7 +270,7 @@ impl NodeSim {
             self.log(i, line);
         }
         if self.trace_store {
-            let line = format!("  request {}", compact(&req.request));
+            let line = format!("  request {}", compact(serde_json::to_string(&req.request)));
             self.log(i, line);
         }
         let store = self.nodes[i]
@@ -282,7 +282,7 @@ impl NodeSim {
         let changed = store.update_seq() != before;
         if self.trace_store {
             let line = match &result {
-                Ok(r) => format!("  answer  {}", compact(r)),
+                Ok(r) => format!("  answer  {}", compact(serde_json::to_string(r))),
                 Err(e) => format!("  answer  error {} {}", e.status(), e.error()),
             };
             self.log(i, line);
@@ -629,9 +629,9 @@ fn short_hub(h: &peerpouch::hub::HubEvent) -> String {
     }
 }
 
-/// `value` as one line of JSON, cut at 400 characters.
-fn compact(value: &impl serde::Serialize) -> String {
-    let s = serde_json::to_string(value).unwrap_or_else(|e| format!("<{e}>"));
+/// One line of JSON (from `serde_json::to_string`), cut at 400 characters.
+fn compact(json: serde_json::Result<String>) -> String {
+    let s = json.unwrap_or_else(|e| format!("<{e}>"));
     match s.char_indices().nth(400) {
         Some((at, _)) => format!("{}…", &s[..at]),
         None => s,
