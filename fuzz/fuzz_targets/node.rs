@@ -289,9 +289,13 @@ impl World {
             }
             NodeEvent::LinkClosed { link, .. } => {
                 s.ready.remove(&link);
+                // A subscription ends with its link: the node reports no end of its own (it
+                // drops the RPC client's `StreamEnded`), so only plain calls must each get a
+                // `CallResult`.
+                s.calls.retain(|(l, _), subscription| !(*l == link && *subscription));
             }
             NodeEvent::CallResult { link, call, .. } => {
-                // A subscription ends with its result too; a second result is a bug.
+                // One result per call; a second one is a bug.
                 let known = s.calls.remove(&(link.clone(), call));
                 assert!(known.is_some(), "a result for no call: {link:?} {call:?}");
             }
