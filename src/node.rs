@@ -87,6 +87,10 @@ pub struct ShareAccess {
     pub key: Option<Vec<u8>>,
     /// Ask the app ([`NodeEvent::PeerRequested`]) instead of accepting every peer.
     pub ask: bool,
+    /// Peers this share serves at once at most (links connecting, open or awaiting a
+    /// person's answer); one more is refused with a reason that says so. `None`: only the
+    /// node's [`NodeConfig::max_links`] bounds them.
+    pub max_links: Option<usize>,
 }
 
 /// Tuning of a node.
@@ -111,6 +115,11 @@ pub struct NodeConfig {
     /// [`IceTransportPolicy::Relay`] offers peers relayed candidates only, as a browser's
     /// `iceTransportPolicy: "relay"`.
     pub ice_transport_policy: IceTransportPolicy,
+    /// Links the node keeps at once at most, to its shares and to others' (connecting, open,
+    /// or awaiting a person's answer): a peer asking beyond it is refused with a reason that
+    /// says so (and opening one more share fails with [`NodeError::TooManyLinks`]). Each link
+    /// holds its session's buffers and its RPC window, so this bounds the node's memory.
+    pub max_links: usize,
 }
 
 impl Default for NodeConfig {
@@ -123,9 +132,13 @@ impl Default for NodeConfig {
             rpc_compress: true,
             ice_servers: Vec::new(),
             ice_transport_policy: IceTransportPolicy::All,
+            max_links: DEFAULT_MAX_LINKS,
         }
     }
 }
+
+/// [`NodeConfig::max_links`]'s default: a classroom or a team, with room to spare.
+pub const DEFAULT_MAX_LINKS: usize = 512;
 
 /// What a node reports.
 #[derive(Clone, Debug, PartialEq)]
@@ -240,6 +253,12 @@ pub enum NodeError {
         "invalid database uuid {0:?}: use 1 to 128 visible ASCII characters, such as 32 hex digits"
     )]
     InvalidDbUuid(String),
+    /// [`Node::open`] with [`NodeConfig::max_links`] links already kept: close one first, or
+    /// raise the limit.
+    #[error(
+        "this node keeps {0} links, its limit (max_links): close one first or raise the limit"
+    )]
+    TooManyLinks(usize),
 }
 
 struct OwnShare {
@@ -521,6 +540,9 @@ impl Node {
         info: Value,
         key: Option<Vec<u8>>,
     ) -> Result<LinkId, NodeError> {
+        if self.links_kept(None, None) >= self.config.max_links {
+            return Err(NodeError::TooManyLinks(self.config.max_links));
+        }
         let peer = self.hub.open(now, share, info)?;
         let link = (share.to_string(), peer);
         self.add_link(now, link.clone(), SessionRole::Offerer, None, key);
@@ -766,6 +788,14 @@ impl Node {
         self.pump(now);
     }
 
+    /// Whether the node still waits for the result of store request `id`: not once the link
+    /// or the replication that asked is gone. A runtime that holds requests back (a longpoll
+    /// waiting for a change) drops those the node no longer waits for, so a crowd of live
+    /// followers that left leaves nothing behind.
+    pub fn awaits_store_result(&self, id: StoreRequestId) -> bool {
+        self.store_for.contains_key(&id)
+    }
+
     /// Feeds the result of a store request.
     pub fn handle_store_result(
         &mut self,
@@ -893,6 +923,46 @@ impl Node {
         Ok(())
     }
 
+    /// Links kept now, to our shares and to others' (connecting or open, and peers waiting
+    /// for an answer): what [`NodeConfig::max_links`] bounds.
+    pub fn link_count(&self) -> usize {
+        self.links_kept(None, None)
+    }
+
+    /// Links kept now: connecting or open (not yet closed), and peers waiting for an answer
+    /// (`but` not counted: the one asking now), all of them or `share`'s only.
+    fn links_kept(&self, share: Option<&str>, but: Option<&LinkId>) -> usize {
+        let of = |s: &str| share.is_none_or(|share| s == share);
+        let links = self
+            .links
+            .iter()
+            .filter(|(k, l)| !l.closed && of(&k.0))
+            .count();
+        let waiting = self
+            .hub
+            .pending_peers()
+            .filter(|(s, p)| of(s) && but.is_none_or(|b| (b.0.as_str(), b.1.as_str()) != (*s, *p)))
+            .count();
+        links + waiting
+    }
+
+    /// Why `link`, a peer asking for one of our shares, would be one too many, if it would.
+    fn full(&self, link: &LinkId) -> Option<String> {
+        let kept = self.links_kept(None, Some(link));
+        if kept >= self.config.max_links {
+            return Some(format!(
+                "the sharer keeps {kept} links, its limit (max_links): try again later"
+            ));
+        }
+        let max = self.shares.get(&link.0)?.access.max_links?;
+        let serving = self.links_kept(Some(&link.0), Some(link));
+        (serving >= max).then(|| {
+            format!(
+                "the share is full: it serves {serving} peers, its limit (max_links): try again later"
+            )
+        })
+    }
+
     /// A new link with its session (offering our host candidates); its RPC starts when the
     /// channel opens.
     fn add_link(
@@ -958,6 +1028,10 @@ impl Node {
             None => {}
         }
         self.hub.close(now, &link.0, &link.1);
+        // Its store requests' results have no one to go to (a runtime drops the longpolls it
+        // holds back for them: [`Node::awaits_store_result`]).
+        self.store_for
+            .retain(|_, (l, w)| !(l == link && matches!(w, StoreFor::Server(_))));
         self.fail_replications_on(link, &reason);
         self.events.push_back(NodeEvent::LinkClosed {
             link: link.clone(),
@@ -1164,7 +1238,12 @@ impl Node {
                 HubEvent::PeerRequested { share, peer, info } => {
                     let link = (share.clone(), peer);
                     let ask = self.shares.get(&share).is_some_and(|s| s.access.ask);
-                    if ask {
+                    if let Some(full) = self.full(&link) {
+                        tracing::info!(share = %link.0, peer = %link.1, "{full}: refused");
+                        if let Err(e) = self.hub.refuse(now, &link.0, &link.1, Some(full)) {
+                            tracing::debug!(error = %e, "could not refuse a peer");
+                        }
+                    } else if ask {
                         // The peer learns that a person decides, and waits for it; the person
                         // is asked once its offer (and so its fingerprint) is in: below.
                         if let Err(e) = self.hub.defer(now, &link.0, &link.1) {
@@ -1371,8 +1450,13 @@ impl Node {
                         {
                             no_path = true;
                         }
+                        let stall = self.config.session.send_stall_timeout;
                         closed.get_or_insert(match reason {
                             CloseReason::Failed(f) => format!("failed: {f}"),
+                            CloseReason::PeerNotReading => format!(
+                                "the peer took none of our data for {stall:?} (it stopped \
+                                 reading, or the path drops large packets): cut off"
+                            ),
                             r => format!("{r:?}"),
                         });
                     }
@@ -1617,6 +1701,8 @@ impl Node {
                     .push_back(NodeEvent::Replication { id, event: e });
                 if done {
                     self.reps.remove(&id);
+                    self.store_for
+                        .retain(|_, (_, w)| !matches!(w, StoreFor::Replication(r, _) if *r == id));
                 }
             }
         }

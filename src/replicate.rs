@@ -344,6 +344,8 @@ pub struct Replicator {
     checkpoint_issued: Seq,
     checkpoint_doc: Doc,
     log_conflicts: u32,
+    /// One side's write of the current checkpoint lost to other writers: it does not count.
+    checkpoint_lost: bool,
     source_log_disabled: bool,
     history: Vec<Value>,
     since: Seq,
@@ -388,6 +390,7 @@ impl Replicator {
             checkpoint_issued: Seq::zero(),
             checkpoint_doc: Doc::new(),
             log_conflicts: 0,
+            checkpoint_lost: false,
             source_log_disabled: false,
             history: Vec::new(),
             since: Seq::zero(),
@@ -615,6 +618,18 @@ impl Replicator {
                     Request::GetLocal(LocalRequest { id }),
                     0,
                 );
+            }
+            (Purpose::WriteLog(e), DbError::Conflict) => {
+                // Others keep writing the same log (replications of one id from several
+                // places: stores that share an identity): this checkpoint is skipped, not the
+                // replication; the next one tries again.
+                tracing::warn!(
+                    endpoint = ?e,
+                    "checkpoint lost to other writers of the same replication log {} times: skipped",
+                    self.log_conflicts
+                );
+                self.checkpoint_lost = true;
+                self.log_written(e);
             }
             (
                 Purpose::WriteLog(Endpoint::Source),
@@ -913,6 +928,7 @@ impl Replicator {
         self.checkpoint_issued = seq.clone();
         self.checkpoint_writing = Some(seq);
         self.log_conflicts = 0;
+        self.checkpoint_lost = false;
         for e in [Endpoint::Source, Endpoint::Target] {
             if e == Endpoint::Source && self.source_log_disabled {
                 continue;
@@ -943,8 +959,11 @@ impl Replicator {
             return;
         }
         if let Some(seq) = self.checkpoint_writing.take() {
-            self.progress.checkpointed_seq = seq;
-            self.progress.checkpoints += 1;
+            // A checkpoint counts once both sides hold it.
+            if !self.checkpoint_lost {
+                self.progress.checkpointed_seq = seq;
+                self.progress.checkpoints += 1;
+            }
         }
     }
 }

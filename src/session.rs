@@ -96,6 +96,11 @@ pub struct SessionConfig {
     pub loss_probe_interval: Option<Duration>,
     /// Close when nothing was received for this long (after the channel opened).
     pub idle_timeout: Duration,
+    /// Close when data sent on the channel stays unacknowledged, none of it acknowledged,
+    /// for this long ([`CloseReason::PeerNotReading`]): a peer that keeps its heartbeats
+    /// going but takes none of our data (an MTU black hole on the path, a peer that stopped
+    /// reading) would otherwise hold the queued answers for as long as it stays.
+    pub send_stall_timeout: Duration,
     /// Give up if the channel has not opened after this long (counted again from the answer
     /// when the offer waited for a person's approval: [`Session::pause_connect_timeout`],
     /// [`Session::restart_connect_timeout`]). DTLS retries each handshake flight long enough
@@ -168,6 +173,7 @@ impl Default for SessionConfig {
             heartbeat_interval: Duration::from_secs(1),
             loss_probe_interval: Some(Duration::from_millis(100)),
             idle_timeout: Duration::from_secs(10),
+            send_stall_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(30),
             ice_restart_after: Some(Duration::from_secs(4)),
             max_ice_restarts: 3,
@@ -187,6 +193,7 @@ impl std::fmt::Debug for SessionConfig {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("loss_probe_interval", &self.loss_probe_interval)
             .field("idle_timeout", &self.idle_timeout)
+            .field("send_stall_timeout", &self.send_stall_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("ice_restart_after", &self.ice_restart_after)
             .field("max_handshakes", &self.max_handshakes)
@@ -317,6 +324,9 @@ pub enum CloseReason {
     Remote,
     /// Nothing was received for [`SessionConfig::idle_timeout`].
     IdleTimeout,
+    /// Data we sent stayed unacknowledged for [`SessionConfig::send_stall_timeout`] while
+    /// the peer was otherwise alive: it took none of it.
+    PeerNotReading,
     /// The channel did not open within [`SessionConfig::connect_timeout`].
     ConnectTimeout,
     /// The WebRTC stack failed.
@@ -439,6 +449,10 @@ pub struct Session {
     connect_deadline: Option<Instant>,
     last_recv: Instant,
     last_sent: Instant,
+    /// The channel's queued bytes when last looked at, and when the queue last shrank (or
+    /// was empty): [`SessionConfig::send_stall_timeout`] counts from there.
+    last_buffered: usize,
+    send_progress: Instant,
     /// Tail-loss probes still to send, should the data sent last stay unacknowledged: set by
     /// every message sent, spent by probes, cleared once everything is acknowledged.
     probes_left: u32,
@@ -512,6 +526,8 @@ impl Session {
             connect_deadline,
             last_recv: now,
             last_sent: now,
+            last_buffered: 0,
+            send_progress: now,
             probes_left: 0,
             restarts: 0,
             restart_started: None,
@@ -1012,7 +1028,12 @@ impl Session {
             return Ok(false);
         }
         let ok = ch.write(binary, data).map_err(rtc_err)?;
+        // Less queued than after the last write: the peer acknowledged some.
+        if queued == 0 || queued < self.last_buffered {
+            self.send_progress = now;
+        }
         if ok {
+            self.last_buffered = queued + data.len();
             self.last_sent = now;
             self.probes_left = MAX_LOSS_PROBES;
         }
@@ -1118,6 +1139,17 @@ impl Session {
         Some(self.dtls_connected? + self.config.connect_timeout / 3)
     }
 
+    /// Whether data has waited unacknowledged, none of it taken, for the stall timeout. Looked
+    /// at on every timer (heartbeats keep them coming at least once a heartbeat interval).
+    fn send_stalled(&mut self, now: Instant) -> bool {
+        let queued = self.buffered_amount();
+        if queued == 0 || queued < self.last_buffered {
+            self.send_progress = now;
+        }
+        self.last_buffered = queued;
+        queued > 0 && now >= self.send_progress + self.config.send_stall_timeout
+    }
+
     /// When to send a tail-loss probe ([`SessionConfig::loss_probe_interval`]).
     fn probe_deadline(&self) -> Option<Instant> {
         let every = self.config.loss_probe_interval?;
@@ -1144,6 +1176,7 @@ impl Session {
         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
             tracing::debug!(error = %e, "str0m timeout");
         }
+        let stalled = self.state == State::Open && self.send_stalled(now);
         match self.state {
             State::Connecting if self.connect_deadline.is_some_and(|d| now >= d) => {
                 self.shut(now, CloseReason::ConnectTimeout);
@@ -1157,6 +1190,9 @@ impl Session {
             }
             State::Open if now >= self.last_recv + self.config.idle_timeout => {
                 self.shut(now, CloseReason::IdleTimeout);
+            }
+            State::Open if stalled => {
+                self.shut(now, CloseReason::PeerNotReading);
             }
             State::Closed
                 if self.rtc.is_alive()

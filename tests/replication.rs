@@ -576,3 +576,29 @@ fn a_tombstone_and_a_stubbed_sibling_in_one_batch_keep_the_attachment() {
     );
     assert_converged(&mut a, &mut b);
 }
+
+#[test]
+fn a_checkpoint_lost_to_other_writers_is_skipped_not_fatal() {
+    // A source whose replication log someone else keeps rewriting (replications of the same id
+    // from many peers): every write of it conflicts.
+    struct Contended(MemoryStore, u32);
+    impl Database for Contended {
+        fn execute(&mut self, request: Request) -> Result<Response, DbError> {
+            if let Request::PutLocal(_) = request {
+                self.1 += 1;
+                return Err(DbError::Conflict);
+            }
+            self.0.execute(request)
+        }
+    }
+    let mut a = Contended(MemoryStore::new("a"), 0);
+    fill(&mut a.0, 5, "d");
+    let mut b = MemoryStore::new("b");
+    let p = replicate(&mut a, &mut b, cfg("a", "b")).unwrap();
+    assert_eq!(p.docs_written, 5);
+    assert_eq!(b.info().unwrap().doc_count, 5);
+    // Tried again after each conflict (reading the log's new rev), then let go of.
+    assert!(a.1 > 1, "{} writes", a.1);
+    // The source does not hold it, so it does not count as a checkpoint.
+    assert_eq!(p.checkpoints, 0);
+}

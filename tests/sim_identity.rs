@@ -62,6 +62,7 @@ fn accepted_then_restarted(joiner_cert: Option<DtlsCert>) -> (NodeSim, LinkId, O
         ShareAccess {
             key: None,
             ask: true,
+            max_links: None,
         },
     );
     s.run_for(Duration::from_millis(1));

@@ -781,6 +781,7 @@ fn a_wrong_access_key_closes_the_joiners_link_as_forbidden() {
         ShareAccess {
             key: Some(b"right".to_vec()),
             ask: false,
+            max_links: None,
         },
     );
     s.run_for(Duration::from_millis(1));
@@ -833,6 +834,7 @@ fn a_sharer_that_asks_keeps_the_joiner_waiting_past_the_connect_timeout() {
     let ask = ShareAccess {
         key: None,
         ask: true,
+        max_links: None,
     };
     let share = s
         .node(0)

@@ -192,8 +192,8 @@ fn a_share_negotiated_on_the_hub() {
 #[test]
 fn a_refusal() {
     let (mut s, share) = pair(ShareAccess {
-        key: None,
         ask: true,
+        ..ShareAccess::default()
     });
     let now = s.now;
     s.node(1)

@@ -433,6 +433,7 @@ impl World {
                 let access = ShareAccess {
                     key: self.key.clone(),
                     ask: self.ask,
+                    ..ShareAccess::default()
                 };
                 let id =
                     self.sides[i]

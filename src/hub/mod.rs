@@ -77,7 +77,9 @@ pub struct HubConfig {
     pub signal_max_age: Duration,
     /// How often a sharer runs cleanup.
     pub cleanup_interval: Duration,
-    /// Peers waiting for accept/refuse, per node; more are dropped.
+    /// Peers waiting for accept/refuse, per node; more are dropped (a flood of requests costs
+    /// no hub writes). Above [`crate::node::DEFAULT_MAX_LINKS`], so a node's own limit, which
+    /// refuses with a reason, is what a crowd meets first.
     pub max_pending_peers: usize,
     /// Signals held for a peer that is not yet accepted.
     pub max_buffered_signals: usize,
@@ -96,7 +98,7 @@ impl Default for HubConfig {
             approval_timeout: Duration::from_secs(120),
             signal_max_age: Duration::from_secs(300),
             cleanup_interval: Duration::from_secs(60),
-            max_pending_peers: 64,
+            max_pending_peers: 1024,
             max_buffered_signals: 64,
             limits: HubLimits::default(),
             retry: RetryPolicy::default(),
@@ -573,6 +575,14 @@ impl Hub {
         self.conns
             .get(&(share.to_string(), peer.to_string()))
             .is_some_and(|c| c.role == Role::Sharer && c.state == ConnState::Pending)
+    }
+
+    /// Sharer: the peers waiting for [`Hub::accept`] or [`Hub::refuse`], as (share, peer).
+    pub fn pending_peers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.role == Role::Sharer && c.state == ConnState::Pending)
+            .map(|(k, _)| (k.0.as_str(), k.1.as_str()))
     }
 
     /// Sharer: tells a requesting peer that its request arrived and a decision is coming (a

@@ -1,8 +1,14 @@
-//! Databases: the [`Database`] trait and the in-memory [`MemoryStore`].
+//! Databases: the [`Database`] trait, the [`Storage`] interface that engines implement, the
+//! CouchDB semantics written once over it ([`execute`]), and the in-memory engine
+//! [`MemoryStore`].
 
 mod memory;
+mod semantics;
+mod storage;
 
-pub use memory::{MemoryStore, StoredBody, DEFAULT_REVS_LIMIT};
+pub use memory::{MemoryStore, DEFAULT_REVS_LIMIT};
+pub use semantics::{execute, tree_shapes, TreeShapes};
+pub use storage::{Batch, BlobInfo, Counters, Storage, StoredBody, StoredDoc, Visit};
 
 use serde_json::Value;
 
@@ -33,6 +39,21 @@ pub trait Database {
     /// The CouchDB-shaped error the operation ends with; per-document write errors are in the
     /// [`BulkDocsResponse`] instead.
     fn execute(&mut self, request: Request) -> Result<Response, DbError>;
+
+    /// Whether someone else (another process with the same file open) changed the database
+    /// since the last call. Drivers ask it while longpoll changes requests wait, so they see
+    /// writes they did not make; a database only this object writes answers `false` (the
+    /// default).
+    ///
+    /// ```
+    /// use peerpouch::{Database, MemoryStore};
+    ///
+    /// let mut db = MemoryStore::new("notes");
+    /// assert!(!db.changed_elsewhere());
+    /// ```
+    fn changed_elsewhere(&mut self) -> bool {
+        false
+    }
 
     /// Database information.
     ///

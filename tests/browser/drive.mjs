@@ -1,6 +1,7 @@
 // Drives headless Chromium for the Rust browser test (runtimes/cli/tests/browser.rs).
 //
-// Serves this directory on http://127.0.0.1:<free port, or $PEERPOUCH_DRIVE_PORT>/ (a secure
+// Serves the page, the package (runtimes/pouchdb) and PouchDB's browser build on
+// http://127.0.0.1:<free port, or $PEERPOUCH_DRIVE_PORT>/ (a secure
 // context, so Chromium offers a plain 127.0.0.1 host candidate), launches /usr/bin/chromium through playwright-core's
 // DevTools client (no browser download) with a fresh profile, and takes commands as JSON lines
 // on stdin, answering on stdout:
@@ -26,15 +27,26 @@ const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 const log = (...a) => process.stderr.write(`[drive] ${a.join(' ')}\n`);
 
 const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript' };
-const files = new Set(['page.html', 'peerpouch.js', 'scenarios.js']);
+const files = new Map(['page.html', 'peerpouch.js', 'scenarios.js'].map((f) => [f, path.join(here, f)]));
+// PouchDB's browser build (npm, pinned in package-lock.json), loaded by page.html as a script.
+files.set('vendor/pouchdb.js', path.join(here, 'node_modules/pouchdb/dist/pouchdb.js'));
+// The package under test: runtimes/pouchdb/*.js and src/*.js, at the path the page's relative
+// imports resolve to.
+const pkg = path.join(here, '../../runtimes/pouchdb');
+for (const dir of ['', 'src/']) {
+  for (const f of fs.readdirSync(path.join(pkg, dir))) {
+    if (f.endsWith('.js')) files.set(`runtimes/pouchdb/${dir}${f}`, path.join(pkg, dir, f));
+  }
+}
 const server = http.createServer((req, res) => {
   const name = new URL(req.url, 'http://x').pathname.slice(1);
-  if (!files.has(name)) {
+  const file = files.get(name);
+  if (!file) {
     res.writeHead(404).end();
     return;
   }
   res.writeHead(200, { 'content-type': types[path.extname(name)], 'cache-control': 'no-store' });
-  fs.createReadStream(path.join(here, name)).pipe(res);
+  fs.createReadStream(file).pipe(res);
 });
 // PEERPOUCH_DRIVE_PORT fixes the port (the page's origin), e.g. for a hub whose CORS allows
 // exactly that origin; default: any free port.
@@ -82,7 +94,17 @@ async function handle(msg) {
     case 'call': {
       const page = pages.get(msg.page);
       if (!page) throw new Error(`no page ${msg.page}`);
-      return page.evaluate(([fn, args]) => window.scenarios[fn](args), [msg.fn, msg.args ?? {}]);
+      // The page's stack, not only its message, comes back on failure.
+      return page.evaluate(
+        async ([fn, args]) => {
+          try {
+            return await window.scenarios[fn](args);
+          } catch (e) {
+            throw new Error(`${e?.stack ?? e} ${e && typeof e === 'object' ? JSON.stringify(e) : ''}`);
+          }
+        },
+        [msg.fn, msg.args ?? {}],
+      );
     }
     case 'close_page': {
       const page = pages.get(msg.page);

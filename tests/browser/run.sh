@@ -35,10 +35,16 @@ if [ "${1:-}" != "--inside" ]; then
     done
     if [ ! -d tests/browser/node_modules/playwright-core ] \
         || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
-        say "installing playwright-core (npm ci in tests/browser; it downloads no browser)"
+        say "installing playwright-core and PouchDB (npm ci in tests/browser; it downloads no browser)"
         (cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund >&2)
     fi
-    node tests/browser/unit.mjs
+    if [ ! -d runtimes/pouchdb/node_modules/pouchdb-core ] \
+        || [ runtimes/pouchdb/package-lock.json -nt runtimes/pouchdb/node_modules/.package-lock.json ]; then
+        say "installing the package's test dependencies (npm ci in runtimes/pouchdb)"
+        (cd runtimes/pouchdb && npm ci --ignore-scripts --no-audit --no-fund >&2)
+    fi
+    # The package's unit tests (framing, proofs, option mapping, serving PouchDB).
+    (cd runtimes/pouchdb && node --test test/ >&2)
     # shellcheck source=../../.ci/hub.sh
     source .ci/hub.sh
     hub_install
@@ -62,7 +68,8 @@ hub_start
 # real hub that browsers use would.
 for kv in 'httpd/enable_cors="true"' 'cors/origins="*"' \
     'cors/methods="GET, PUT, POST, HEAD, DELETE"' \
-    'cors/headers="accept, authorization, content-type, origin, referer"'; do
+    'cors/headers="accept, authorization, content-type, origin, referer"' \
+    'cors/credentials="true"'; do
     curl -fsS -X PUT "$PEERPOUCH_TEST_HUB/_config/${kv%%=*}" \
         -H 'content-type: application/json' -d "${kv#*=}" >/dev/null
 done

@@ -18,6 +18,10 @@ pub struct NetConfig {
     pub duplicate: f64,
     /// Datagrams larger than this are dropped.
     pub mtu: usize,
+    /// Each sender's uplink, in bits per second: its datagrams leave one after another, each
+    /// taking its size over this rate (a FIFO, as a home uplink), before the latency. `None`:
+    /// no limit (every datagram leaves when sent).
+    pub uplink_bits_per_s: Option<u64>,
 }
 
 impl Default for NetConfig {
@@ -28,6 +32,7 @@ impl Default for NetConfig {
             loss: 0.0,
             duplicate: 0.0,
             mtu: 1500,
+            uplink_bits_per_s: None,
         }
     }
 }
@@ -177,6 +182,8 @@ pub struct VirtualNet {
     pub dropped: u64,
     /// A test's rule, asked about every datagram sent.
     pub filter: Option<Filter>,
+    /// When each sender's uplink is free again ([`NetConfig::uplink_bits_per_s`]).
+    uplink_free: BTreeMap<SocketAddr, Instant>,
 }
 
 impl VirtualNet {
@@ -193,6 +200,7 @@ impl VirtualNet {
             delivered: 0,
             dropped: 0,
             filter: None,
+            uplink_free: BTreeMap::new(),
         }
     }
 
@@ -294,6 +302,21 @@ impl VirtualNet {
         } else {
             1
         };
+        // The sender's uplink: the datagram leaves once those before it have.
+        let departs = match self.config.uplink_bits_per_s {
+            Some(bps) => {
+                let free = self
+                    .uplink_free
+                    .get(&t.source)
+                    .copied()
+                    .unwrap_or(now)
+                    .max(now);
+                let wire = Duration::from_nanos(t.contents.len() as u64 * 8 * 1_000_000_000 / bps);
+                self.uplink_free.insert(t.source, free + wire);
+                free + wire
+            }
+            None => now,
+        };
         for _ in 0..copies {
             let jitter = if self.config.jitter.is_zero() {
                 Duration::ZERO
@@ -302,7 +325,7 @@ impl VirtualNet {
             };
             self.seq += 1;
             self.queue.insert(
-                (now + self.config.latency + jitter, self.seq),
+                (departs + self.config.latency + jitter, self.seq),
                 Packet {
                     from: t.source,
                     to: t.destination,

@@ -173,6 +173,13 @@ impl NodeSim {
         self.push_node(name, addr, None)
     }
 
+    /// A node with its own configuration (on the sim's default network).
+    pub fn add_node_with(&mut self, name: &str, config: NodeConfig) -> usize {
+        let i = self.nodes.len();
+        let addr: SocketAddr = format!("127.0.1.{}:{}", 10 + i, 6000 + i).parse().unwrap();
+        self.push_node(name, addr, Some(config))
+    }
+
     fn push_node(&mut self, name: &str, addr: SocketAddr, config: Option<NodeConfig>) -> usize {
         let i = self.nodes.len();
         self.nodes.push(SimNode {

@@ -377,6 +377,10 @@ pub struct ShareArgs {
     /// Refuse writes from peers.
     #[arg(long)]
     pub read_only: bool,
+    /// Serve at most N peers at once; one more is told the share is full (the node's own
+    /// limit, 512 links, applies too).
+    #[arg(long, value_name = "N")]
+    pub max_links: Option<usize>,
     /// Ask on the terminal before accepting each peer not on the allow list (answers: y, n,
     /// or a to always allow its fingerprint).
     #[arg(long)]
@@ -428,6 +432,9 @@ pub fn share(args: ShareArgs) -> Result<(), CliError> {
             }
             if let Some(k) = &args.key {
                 config = config.key(k.as_bytes().to_vec());
+            }
+            if let Some(n) = args.max_links {
+                config = config.max_links(n);
             }
             if allow.decides() {
                 let (allow, json_out) = (allow.clone(), args.json);
@@ -1245,6 +1252,17 @@ pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
         DocsOp::Info => {
             let info = existing()?.info()?;
             print_json(&serde_json::to_value(&info).map_err(|e| CliError::Failed(e.to_string()))?);
+        }
+        DocsOp::Check => {
+            let problems = existing()?.check()?;
+            print_json(&json!({"ok": problems.is_empty(), "problems": problems}));
+            if !problems.is_empty() {
+                return Err(CliError::Failed(format!(
+                    "{} is damaged: {} problems found; restore it from a replica or a backup",
+                    path.display(),
+                    problems.len()
+                )));
+            }
         }
     }
     Ok(())

@@ -102,6 +102,8 @@ enum DocsOp {
     },
     /// Print database information (doc count, update sequence).
     Info,
+    /// Check the whole file (SQLite's integrity check, every revision tree); exit 1 on damage.
+    Check,
 }
 
 /// What the log shows at each `-v`. Without one, nothing: a person sees the CLI's own lines

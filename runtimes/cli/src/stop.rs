@@ -50,6 +50,27 @@ impl Database for LocalDb {
             )),
         }
     }
+
+    fn changed_elsewhere(&mut self) -> bool {
+        lock(&self.store)
+            .as_mut()
+            .is_some_and(|s| s.changed_elsewhere())
+    }
+}
+
+impl LocalDb {
+    /// The problems [`SqliteStore::check`] finds in the file (none: it is sound).
+    ///
+    /// # Errors
+    /// [`DbError::Unavailable`] once the file is closed; a storage error when it cannot be read.
+    pub fn check(&self) -> Result<Vec<String>, DbError> {
+        match lock(&self.store).as_ref() {
+            Some(store) => store.check(),
+            None => Err(DbError::Unavailable(
+                "the database file is closed: peerpouch is stopping".into(),
+            )),
+        }
+    }
 }
 
 /// A lock that a panic elsewhere does not poison for good: the store inside stays consistent

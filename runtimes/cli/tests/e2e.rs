@@ -1217,3 +1217,129 @@ fn a_pull_from_a_peer_reports_the_bytes_it_moved() {
     let out = run(&["replicate", &b, &dir.db("d.db")], None);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("received"));
 }
+
+/// The documents of the hub database at `hub` whose `type` is `kind`.
+fn hub_docs_of_type(hub: &str, kind: &str) -> Vec<Value> {
+    let mut client = peerpouch_couch::CouchClient::new(hub).unwrap();
+    let all = peerpouch::Database::all_docs(
+        &mut client,
+        peerpouch::AllDocsRequest {
+            include_docs: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    all.rows
+        .into_iter()
+        .filter_map(|r| r.doc)
+        .filter(|d| d["type"] == kind)
+        .collect()
+}
+
+#[test]
+fn a_crowd_of_live_followers_leaves_by_ctrl_c_and_kill_and_the_sharer_serves_the_rest() {
+    const CROWD: usize = 12;
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let a = dir.db("a.db");
+    seed(&a, 200);
+    let name = unique("crowd");
+    let sharer = share(&hub, &a, &name, &[], None);
+    let peer = format!("peer+{hub}#{name}");
+    let copies: Vec<String> = (0..CROWD).map(|i| dir.db(&format!("c{i}.db"))).collect();
+    let followers: Vec<Running> = copies
+        .iter()
+        .map(|c| Running::start(&["replicate", &peer, c, "--live", "--json"], None))
+        .collect();
+    for f in &followers {
+        f.expect("the 200 docs, checkpointed", |v| {
+            v["docs_written"] == 200 && v["checkpointed_seq"] == v["last_seq"]
+        });
+    }
+    for _ in 0..CROWD {
+        sharer.expect("a follower's link", |v| v["event"] == "link_ready");
+    }
+
+    // A third leave by Ctrl-C, a third are killed, a third stay.
+    let mut followers = followers.into_iter();
+    let left = std::time::Instant::now();
+    for f in followers.by_ref().take(CROWD / 3) {
+        let (ok, rest) = f.interrupt();
+        assert!(ok, "{rest:?}");
+        assert_eq!(rest.last().unwrap()["event"], "completed");
+    }
+    for mut f in followers.by_ref().take(CROWD / 3) {
+        f.child.kill().unwrap();
+        f.child.wait().unwrap();
+    }
+    let staying: Vec<Running> = followers.collect();
+    assert_eq!(staying.len(), CROWD - 2 * (CROWD / 3));
+    // The sharer notices every one of them: a goodbye at once, the killed ones by its idle
+    // timeout (10 s).
+    for _ in 0..2 * (CROWD / 3) {
+        sharer.expect("a follower gone", |v| v["event"] == "peer_closed");
+    }
+    let noticed = left.elapsed();
+    assert!(
+        noticed < Duration::from_secs(30),
+        "the sharer took {noticed:?} to notice"
+    );
+
+    // It keeps serving the rest: a document pushed to the share by another peer reaches every
+    // follower still there.
+    let extra = dir.db("extra.db");
+    ok_json(
+        &["docs", &extra, "put", r#"{"_id": "after", "v": 9}"#],
+        None,
+    );
+    let pushed = ok_json(&["replicate", &extra, &peer, "--json"], None);
+    assert_eq!(pushed.last().unwrap()["docs_written"], 1, "{pushed:?}");
+    for f in &staying {
+        f.expect("the pushed doc", |v| v["docs_written"] == 201);
+    }
+
+    // Nothing of the crowd's signalling is left on the hub; the share is the sharer's only
+    // document there.
+    assert_eq!(
+        hub_docs_of_type(&hub, "com.stemstorage.peerpouch.signal"),
+        Vec::<Value>::new()
+    );
+    let shares = hub_docs_of_type(&hub, "com.stemstorage.peerpouch.share");
+    assert_eq!(shares.len(), 1, "{shares:?}");
+    assert_eq!(shares[0]["name"], name.as_str());
+    for f in staying {
+        let (ok, _) = f.interrupt();
+        assert!(ok);
+    }
+    let (ok, _) = sharer.interrupt();
+    assert!(ok);
+    for c in copies.iter().skip(2 * (CROWD / 3)) {
+        assert_eq!(ok_json(&["docs", c, "get", "after"], None)[0]["v"], 9);
+    }
+}
+
+#[test]
+fn a_write_by_another_process_into_a_shared_file_reaches_a_live_puller() {
+    let dir = Dir::new();
+    let hub = format!("{}/{}", hub_base(), unique("e2e-hub"));
+    let (a, c) = (dir.db("a.db"), dir.db("c.db"));
+    seed(&a, 20);
+    let name = unique("shared-file");
+    let _sharer = share(&hub, &a, &name, &[], None);
+    let peer = format!("peer+{hub}#{name}");
+    let live = Running::start(&["replicate", &peer, &c, "--live", "--json"], None);
+    live.expect("20 docs written", |v| v["docs_written"] == 20);
+
+    // Another process writes straight into the file the sharer has open: no lock stops it,
+    // and the sharer's live changes feed sees the write without any write of its own.
+    let started = std::time::Instant::now();
+    ok_json(&["docs", &a, "put", r#"{"_id": "direct", "v": 9}"#], None);
+    live.expect("the direct write", |v| v["docs_written"] == 21);
+    eprintln!(
+        "a write by another process reached the live puller in {:?} (put command included)",
+        started.elapsed()
+    );
+    let (ok, _) = live.interrupt();
+    assert!(ok);
+    assert_eq!(ok_json(&["docs", &c, "get", "direct"], None)[0]["v"], 9);
+}

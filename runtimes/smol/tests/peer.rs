@@ -568,6 +568,50 @@ fn dropped_local_subscriptions_are_forgotten_at_once() {
     });
 }
 
+/// A live follower that goes leaves nothing on the sharer: the longpoll its link's server had
+/// parked on the shared database is dropped with the link, not kept until the next change.
+#[test]
+fn a_follower_that_left_leaves_no_waiting_longpoll_on_the_sharer() {
+    let (alice, bob) = pair();
+    within(30, "the follower's leaving", async {
+        let (_db, _share, remote) = share_and_open(
+            &alice,
+            &bob,
+            "followed",
+            5,
+            ShareConfig::new().name("followed"),
+        )
+        .await;
+        let copy = bob.add_db("copy", MemoryStore::new("copy")).await.unwrap();
+        let mut rep = bob
+            .replicate(&remote, &copy, ReplicateOptions::live())
+            .await
+            .unwrap();
+        loop {
+            if let Some(ReplicationEvent::CaughtUp(p)) = rep.next_event().await {
+                if p.docs_written == 5 {
+                    break;
+                }
+            }
+        }
+        let stats = || async { alice.stats().await.unwrap() };
+        // The follower's changes request waits on the sharer's database.
+        while stats().await.waiting_longpolls != 1 {
+            smol::future::yield_now().await;
+        }
+        assert_eq!(stats().await.links, 1);
+        bob.shutdown().await;
+        // The sharer sees the link go (the goodbye), and with it the waiting request (on a
+        // database that never changes again: `within` fails the test if it stays).
+        while stats().await.links != 0 {
+            smol::future::yield_now().await;
+        }
+        while stats().await.waiting_longpolls != 0 {
+            smol::future::yield_now().await;
+        }
+    });
+}
+
 #[test]
 fn a_stopped_node_gives_typed_errors() {
     let (alice, _bob) = pair();

@@ -10,8 +10,16 @@
 //! `PEERPOUCH_BENCH_CHILD` set): each fills a source store and replicates it to a target, then
 //! reports its own `VmHWM`, so each figure is one process's peak and nothing else's.
 //!
+//! A second part builds one big file (`PEERPOUCH_BENCH_BIG_DOCS`, default 1,000,000 documents
+//! of ~1 KiB) and measures opening it (`sqlite_open_ms`) and reading random documents from it
+//! (`sqlite_get_p50_us`, second pass over the ids, so the OS page cache is warm), each beside
+//! raw SQLite doing the least the same job needs on the same file (open plus one query;
+//! `SELECT tree FROM docs WHERE id = ?`). Bulk inserts are paired with raw SQLite inserting the
+//! same `(id, json)` rows into a two-column table in the same batches (one transaction each).
+//!
 //! The headline lines start with `figure:` (and `ratio:`); the rest is context.
 
+use std::hint::black_box;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,6 +46,132 @@ fn fill(db: &mut dyn Database) {
         let batch: Vec<Value> = (start..start + BATCH).map(make_doc).collect();
         insert_all(db, &batch);
     }
+}
+
+/// Raw SQLite inserting `(id, json)` rows in batches of [`BATCH`], one transaction each, in
+/// the store's own settings (WAL, `synchronous=NORMAL`): the floor a store over SQLite pays.
+fn raw_insert(path: &Path, docs: &[Value]) -> Duration {
+    let mut conn = rusqlite::Connection::open(path).expect("raw open");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("wal");
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .expect("sync");
+    conn.pragma_update(None, "wal_autocheckpoint", 10_000)
+        .expect("checkpoint");
+    conn.execute_batch("CREATE TABLE raw (id TEXT PRIMARY KEY, json TEXT NOT NULL) STRICT")
+        .expect("table");
+    let t = Instant::now();
+    for chunk in docs.chunks(BATCH) {
+        let tx = conn.transaction().expect("tx");
+        {
+            let mut put = tx
+                .prepare_cached("INSERT INTO raw (id, json) VALUES (?1, ?2)")
+                .expect("prepare");
+            for d in chunk {
+                let id = d["_id"].as_str().expect("id");
+                put.execute((id, serde_json::to_string(d).expect("json")))
+                    .expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    t.elapsed()
+}
+
+/// Fills a big file for the open and get figures, batch by batch.
+fn fill_big(path: &Path, n: usize) {
+    let mut db = sqlite(path, "big");
+    for start in (0..n).step_by(BATCH) {
+        let batch: Vec<Value> = (start..(start + BATCH).min(n)).map(make_doc).collect();
+        insert_all(&mut db, &batch);
+    }
+}
+
+fn percentile_us(mut xs: Vec<Duration>, p: f64) -> f64 {
+    xs.sort();
+    xs[((xs.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
+}
+
+/// Opening and random reads on a big file, beside raw SQLite on the same file.
+fn big_file(dir: &Path) {
+    let n: usize = std::env::var("PEERPOUCH_BENCH_BIG_DOCS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let path = dir.join("big.db");
+    let t = Instant::now();
+    fill_big(&path, n);
+    let fill_s = t.elapsed().as_secs_f64();
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0);
+    println!("context: big file of {n} docs, {size:.0} MiB, filled in {fill_s:.1} s");
+    let (mut open_ms, mut raw_open_ms) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut db = sqlite(&path, "big");
+        let info = db.info().expect("info");
+        open_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(info.doc_count, n as u64);
+        drop(db);
+        let t = Instant::now();
+        let conn = rusqlite::Connection::open(&path).expect("raw open");
+        let seq: i64 = conn
+            .query_row("SELECT max(seq) FROM docs", [], |r| r.get(0))
+            .expect("max");
+        raw_open_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(seq, n as i64);
+    }
+    // Random ids from a fixed sequence (splitmix64), read twice: the second pass is measured.
+    let mut state = 0x5eed_u64;
+    let ids: Vec<String> = (0..20_000)
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            format!("doc-{:06}", (z ^ (z >> 31)) % n as u64)
+        })
+        .collect();
+    let mut db = sqlite(&path, "big");
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    let mut raw = conn
+        .prepare("SELECT tree FROM docs WHERE id = ?1")
+        .expect("prepare");
+    let (mut gets, mut raw_gets) = (Vec::new(), Vec::new());
+    for pass in 0..2 {
+        for id in &ids {
+            let t = Instant::now();
+            let doc = db.get(id).expect("get");
+            let d = t.elapsed();
+            black_box(&doc);
+            let t = Instant::now();
+            let tree: Vec<u8> = raw.query_row([id], |r| r.get(0)).expect("raw get");
+            let r = t.elapsed();
+            black_box(&tree);
+            if pass == 1 {
+                gets.push(d);
+                raw_gets.push(r);
+            }
+        }
+    }
+    let (open, raw_open) = (median(open_ms.clone()), median(raw_open_ms.clone()));
+    println!(
+        "runs: open ms: store [{}], raw [{}]",
+        fmt_runs(&open_ms),
+        fmt_runs(&raw_open_ms)
+    );
+    println!(
+        "context: get p90 {:.1} us, p99 {:.1} us (raw p99 {:.1} us)",
+        percentile_us(gets.clone(), 0.9),
+        percentile_us(gets.clone(), 0.99),
+        percentile_us(raw_gets.clone(), 0.99)
+    );
+    let (get, raw_get) = (percentile_us(gets, 0.5), percentile_us(raw_gets, 0.5));
+    println!("baseline: raw_sqlite_open_ms = {raw_open:.2} ms");
+    println!("figure: sqlite_open_ms = {open:.2} ms");
+    println!("baseline: raw_sqlite_get_p50_us = {raw_get:.1} us");
+    println!("figure: sqlite_get_p50_us = {get:.1} us");
+    println!("ratio: sqlite_open_vs_raw = {:.2}", open / raw_open);
+    println!("ratio: sqlite_get_vs_raw = {:.2}", get / raw_get);
 }
 
 fn check_inserted(db: &mut dyn Database, docs: &[Value]) {
@@ -149,6 +283,7 @@ fn main() {
     let docs: Vec<Value> = (0..DOCS).map(make_doc).collect();
 
     let mut insert = Pairs::default();
+    let mut raw_insert_runs = Pairs::default();
     let mut changes = Pairs::default();
     let mut replication = Pairs::default();
     let mut file_mib = 0.0;
@@ -167,6 +302,11 @@ fn main() {
         let s = per_s(DOCS, t.elapsed());
         check_inserted(&mut sql, &docs);
         insert.push(m, s);
+        let raw = per_s(
+            DOCS,
+            raw_insert(&dir.path().join(format!("raw-{run}.db")), &docs),
+        );
+        raw_insert_runs.push(raw, s);
 
         // Changes scan.
         let t = Instant::now();
@@ -177,7 +317,7 @@ fn main() {
         let s = per_s(DOCS, t.elapsed());
         changes.push(m, s);
 
-        // Reopening the 100k-document file (context: the whole file is read at open).
+        // Reopening the 100k-document file (it reads a few fixed values, whatever the size).
         drop(sql);
         let wal = format!("{}-wal", path.display());
         file_mib = (std::fs::metadata(&path).map_or(0, |m| m.len())
@@ -203,11 +343,19 @@ fn main() {
     let (sql_child_rate, sql_peak) = run_child("sqlite");
 
     insert.print("bulk_insert docs/s");
+    println!(
+        "runs: bulk_insert docs/s: raw sqlite (id, json) rows [{}]",
+        fmt_runs(&raw_insert_runs.memory)
+    );
     changes.print("changes rows/s");
     replication.print("replication docs/s");
     println!(
-        "context: the 100k-doc file is {file_mib:.1} MiB; reopening it (loading every document) takes [{}] s",
-        open_s.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ")
+        "context: the 100k-doc file is {file_mib:.1} MiB; reopening it takes [{}] ms",
+        open_s
+            .iter()
+            .map(|s| format!("{:.2}", s * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "context: replication in the peak-memory children: memory {mem_child_rate:.0} docs/s, sqlite {sql_child_rate:.0} docs/s"
@@ -237,5 +385,14 @@ fn main() {
         "ratio: sqlite_replication_peak_rss_vs_memory = {:.3}",
         sql_peak as f64 / mem_peak as f64
     );
+    println!(
+        "baseline: raw_sqlite_insert_rows_per_s = {:.0} rows/s",
+        median(raw_insert_runs.memory.clone())
+    );
+    println!(
+        "ratio: sqlite_bulk_insert_vs_raw_sqlite = {:.3}",
+        raw_insert_runs.ratio()
+    );
+    big_file(dir.path());
     println!("total bench time: {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use peerpouch::doc::AttMeta;
 use peerpouch::revtree::{FlatRev, RevTree};
+use peerpouch::store::Counters;
 use peerpouch::store::StoredBody;
 use peerpouch::{Doc, Rev};
 use rusqlite::{Connection, OptionalExtension, Transaction};
@@ -20,7 +21,7 @@ pub const APPLICATION_ID: i32 = 0x7070_6368;
 
 /// The format version this build writes; files at a lower version are migrated forward when
 /// opened, files at a higher one are refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What is at a path before we touch it.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,7 +108,11 @@ pub(crate) struct Creation<'a> {
 /// Each step is the change from one version to the next and never edits an earlier step: a
 /// file at any older version runs the steps after it in order. Version 0 is a file with
 /// nothing in it.
-pub(crate) fn migrate(tx: &Transaction<'_>, from: u32, new: &Creation<'_>) -> rusqlite::Result<()> {
+pub(crate) fn migrate(
+    tx: &Transaction<'_>,
+    from: u32,
+    new: &Creation<'_>,
+) -> Result<(), FormatError> {
     if from < 1 {
         tx.execute_batch(
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY NOT NULL) STRICT;
@@ -125,7 +130,10 @@ pub(crate) fn migrate(tx: &Transaction<'_>, from: u32, new: &Creation<'_>) -> ru
         put.execute(("revs_limit", new.revs_limit as i64))?;
         put.execute(("ids_generated", 0i64))?;
     }
-    // A future version 2 adds `if from < 2 { ... }` here.
+    if from < 2 {
+        migrate_to_2(tx)?;
+    }
+    // A future version 3 adds `if from < 3 { ... }` here.
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     Ok(())
@@ -222,6 +230,34 @@ pub(crate) fn encode_tree(tree: &RevTree<Arc<StoredBody>>, out: &mut Vec<u8>) {
     serde_json::to_writer(out, &nodes).expect("JSON into memory");
 }
 
+#[derive(Deserialize)]
+struct RevShapeIn {
+    r: Rev,
+    #[serde(default)]
+    p: Option<usize>,
+    #[serde(default)]
+    d: bool,
+    // The body is read over, not built.
+    #[serde(default, rename = "b")]
+    _b: Option<serde::de::IgnoredAny>,
+}
+
+/// Decodes `docs.tree` without the leaves' bodies: revisions, parents and deletions only.
+pub(crate) fn decode_shape(bytes: &[u8]) -> Result<RevTree<Arc<StoredBody>>, String> {
+    let nodes: Vec<RevShapeIn> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    RevTree::from_flat(
+        nodes
+            .into_iter()
+            .map(|n| FlatRev {
+                rev: n.r,
+                parent: n.p,
+                deleted: n.d,
+                body: None,
+            })
+            .collect(),
+    )
+}
+
 /// Decodes `docs.tree`.
 pub(crate) fn decode_tree(bytes: &[u8]) -> Result<RevTree<Arc<StoredBody>>, String> {
     let nodes: Vec<RevIn> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
@@ -241,4 +277,134 @@ pub(crate) fn decode_tree(bytes: &[u8]) -> Result<RevTree<Arc<StoredBody>>, Stri
             })
             .collect(),
     )
+}
+
+/// Version 1 to 2: the store serves from the file instead of loading it, so what loading
+/// computed is kept: each document's winner-is-deleted flag (`docs.deleted`, for counts of
+/// live documents in a range), each attachment's reference count (`attachments.refs`), and the
+/// counters (`meta` keys `update_seq`, `doc_count`, `del_count`). Bytes no document refers to
+/// (which loading ignored) are deleted. A damaged tree fails the migration, which then changes
+/// nothing.
+fn migrate_to_2(tx: &Transaction<'_>) -> Result<(), FormatError> {
+    tx.execute_batch(
+        "ALTER TABLE docs ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE attachments ADD COLUMN refs INTEGER NOT NULL DEFAULT 0;",
+    )?;
+    let mut counters = Counters {
+        ids_generated: meta::<i64>(tx, "ids_generated")?.unwrap_or(0) as u64,
+        ..Counters::default()
+    };
+    let mut refs: BTreeMap<String, i64> = BTreeMap::new();
+    {
+        let mut docs = tx.prepare("SELECT id, seq, tree FROM docs")?;
+        let mut set_deleted = tx.prepare("UPDATE docs SET deleted = 1 WHERE seq = ?1")?;
+        let mut rows = docs.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            let seq: i64 = r.get(1)?;
+            let bytes: Vec<u8> = r.get(2)?;
+            let tree = decode_tree(&bytes)
+                .map_err(|e| FormatError::Damaged(format!("document {id:?}: {e}")))?;
+            for body in tree.bodies() {
+                for m in body.atts.values() {
+                    *refs.entry(m.digest.clone()).or_insert(0) += 1;
+                }
+            }
+            counters.update_seq = counters.update_seq.max(seq as u64);
+            if tree.is_deleted(tree.winner()) {
+                counters.del_count += 1;
+                set_deleted.execute([seq])?;
+            } else {
+                counters.doc_count += 1;
+            }
+        }
+    }
+    {
+        let mut set_refs = tx.prepare("UPDATE attachments SET refs = ?2 WHERE digest = ?1")?;
+        for (digest, n) in &refs {
+            set_refs.execute((digest, n))?;
+        }
+    }
+    tx.execute("DELETE FROM attachments WHERE refs = 0", [])?;
+    for key in ["update_seq", "doc_count", "del_count"] {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, 0) ON CONFLICT (key) DO NOTHING",
+            [key],
+        )?;
+    }
+    Ok(write_counters(tx, &counters)?)
+}
+
+/// The counters kept in `meta`.
+pub(crate) fn read_counters(conn: &Connection) -> rusqlite::Result<Counters> {
+    let mut c = Counters::default();
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, value FROM meta
+         WHERE key IN ('update_seq', 'doc_count', 'del_count', 'ids_generated')",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let key: String = r.get(0)?;
+        let value = r.get::<_, i64>(1)? as u64;
+        match key.as_str() {
+            "update_seq" => c.update_seq = value,
+            "doc_count" => c.doc_count = value,
+            "del_count" => c.del_count = value,
+            _ => c.ids_generated = value,
+        }
+    }
+    Ok(c)
+}
+
+/// Writes the counters into `meta`.
+pub(crate) fn write_counters(conn: &Connection, c: &Counters) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
+    for (key, value) in [
+        ("update_seq", c.update_seq),
+        ("doc_count", c.doc_count),
+        ("del_count", c.del_count),
+        ("ids_generated", c.ids_generated),
+    ] {
+        stmt.execute((key, value as i64))?;
+    }
+    Ok(())
+}
+
+/// Why the fixed values of a file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FormatError {
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Damaged(String),
+}
+
+/// The values fixed when the file was made.
+pub(crate) struct Fixed {
+    pub name: String,
+    pub id_seed: u64,
+    pub revs_limit: usize,
+    pub uuid: String,
+}
+
+impl Fixed {
+    pub(crate) fn read(conn: &Connection) -> Result<Fixed, FormatError> {
+        let damaged = |what: &str| FormatError::Damaged(what.to_string());
+        let name: String = meta(conn, "name")?.ok_or_else(|| damaged("no name"))?;
+        let seed: i64 = meta(conn, "id_seed")?.ok_or_else(|| damaged("no id_seed"))?;
+        let limit: i64 = meta(conn, "revs_limit")?.ok_or_else(|| damaged("no revs_limit"))?;
+        let uuid: String = meta(conn, META_UUID)?.ok_or_else(|| damaged("no db_uuid"))?;
+        if !peerpouch::is_valid_db_uuid(&uuid) {
+            return Err(damaged("an invalid db_uuid"));
+        }
+        read_counters(conn)?;
+        Ok(Fixed {
+            name,
+            id_seed: seed as u64,
+            revs_limit: usize::try_from(limit)
+                .unwrap_or(peerpouch::store::DEFAULT_REVS_LIMIT)
+                .max(1),
+            uuid,
+        })
+    }
 }

@@ -6,12 +6,14 @@
 //! restarts and crashes.
 //!
 //! ## How
-//! The store holds a [`MemoryStore`] as its working copy and writes every change through to
-//! SQLite before it answers: each `bulk_docs` (or `_local` write) is one SQLite transaction
-//! holding the touched documents' revision trees, their new attachment bytes (once per digest),
-//! the `_local` documents and the generated-id counter. Reads are answered from memory, so they
-//! cost what the memory store's cost; the whole database is loaded when the file is opened, so
-//! memory grows with the database like the memory store's does.
+//! The CouchDB request logic is the core's, written once ([`peerpouch::store::execute`]);
+//! this crate is only a [`peerpouch::store::Storage`] engine over the file. There is no working
+//! copy: a request reads the documents it needs (by id, or in pages of [`SCAN_PAGE`] rows for
+//! `all_docs` and `changes`) inside one read transaction, and a write request's changes
+//! (revision trees, new attachment bytes once per digest with a reference count, `_local`
+//! documents, counters) are one SQLite transaction. Opening reads a few fixed values, so it
+//! costs the same for any size of database, and memory is bounded by SQLite's page cache
+//! ([`OpenOptions::cache_bytes`], 16 MiB by default) plus what one request carries.
 //!
 //! ## Durability
 //! The file is in WAL mode. A write that returned is committed: it survives the process being
@@ -22,8 +24,13 @@
 //!
 //! The file format (tables, version, migrations) is described in the crate's `README.md`.
 //!
-//! One process opens a file at a time: the store holds SQLite's exclusive lock while it is open,
-//! and a second [`SqliteStore::open`] of the same file fails with [`OpenError::Locked`].
+//! ## Several processes, one file
+//! Any number of stores, in any number of processes, open the same file: it is in WAL mode
+//! with SQLite's normal locking, so readers never wait and writers take turns (a store waits up
+//! to [`LOCK_WAIT`] for the write lock, then answers [`DbError::Unavailable`]). Every request
+//! reads the file's current state, so one store sees another's writes on its next request;
+//! [`Database::changed_elsewhere`] tells a driver that waiting longpoll changes requests have
+//! something new (the smol runtime asks every 50 ms while any wait).
 //!
 //! ```
 //! use peerpouch::Database;
@@ -46,19 +53,23 @@
 
 mod format;
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use peerpouch::doc::LOCAL_PREFIX;
-use peerpouch::store::DEFAULT_REVS_LIMIT;
-use peerpouch::{Database, DbError, MemoryStore, Request, Response};
-use rusqlite::{Connection, OpenFlags};
+use peerpouch::store::{
+    Batch, BlobInfo, Counters, Storage, StoredDoc, TreeShapes, Visit, DEFAULT_REVS_LIMIT,
+};
+use peerpouch::{Bytes, Database, DbError, Doc, Request, Response};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 pub use format::{APPLICATION_ID, FORMAT_VERSION};
 
-/// How long opening waits for another holder of the file's lock before answering
-/// [`OpenError::Locked`].
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long opening, and each request, waits for another process holding the file's write
+/// lock (SQLite retries with growing pauses) before answering [`OpenError::Locked`] or
+/// [`DbError::Unavailable`].
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How much a committed write survives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,6 +108,8 @@ pub struct OpenOptions {
     revs_limit: Option<usize>,
     durability: Durability,
     uuid: Option<String>,
+    cache_bytes: Option<usize>,
+    lock_wait: Option<std::time::Duration>,
 }
 
 impl OpenOptions {
@@ -131,6 +144,21 @@ impl OpenOptions {
     /// is reached. Tests pass a constant.
     pub fn uuid(mut self, uuid: impl Into<String>) -> OpenOptions {
         self.uuid = Some(uuid.into());
+        self
+    }
+
+    /// The most memory SQLite's page cache of this store may hold (default
+    /// [`DEFAULT_CACHE_BYTES`], 16 MiB). The store keeps no other copy of the database: its
+    /// memory is this plus what one request carries.
+    pub fn cache_bytes(mut self, bytes: usize) -> OpenOptions {
+        self.cache_bytes = Some(bytes);
+        self
+    }
+
+    /// How long a request waits for another process's write lock before answering
+    /// [`DbError::Unavailable`] (default [`LOCK_WAIT`], 5 s).
+    pub fn lock_wait(mut self, wait: std::time::Duration) -> OpenOptions {
+        self.lock_wait = Some(wait);
         self
     }
 
@@ -229,12 +257,14 @@ impl OpenError {
     }
 }
 
-/// A durable database in one SQLite file, with [`MemoryStore`]'s semantics.
+/// A durable database in one SQLite file, with [`peerpouch::MemoryStore`]'s semantics.
 ///
-/// Implements [`Database`]; reads are served from memory, each write is committed to the file
-/// in one transaction before it returns. A write the file refused (disk full, I/O error)
-/// answers [`DbError::Other`] with status 500 and `storage_error`, and the store goes back to
-/// the file's last committed state, so nothing of the failed request remains.
+/// Implements [`Database`] through the shared request logic ([`peerpouch::store::execute`])
+/// over its [`Storage`] engine, which reads and writes the file directly: no working copy.
+/// Each request reads one consistent state of the file, and each write is one SQLite
+/// transaction, committed before it returns. A write the file refused (disk full, I/O error)
+/// answers [`DbError::Other`] with status 500 and `storage_error`, and nothing of it remains;
+/// a damaged record answers status 500 and `damaged` on the request that meets it.
 ///
 /// ```
 /// use peerpouch::{Database, DbError};
@@ -249,24 +279,32 @@ impl OpenError {
 /// assert_eq!(db.info().unwrap().doc_count, 1);
 /// ```
 pub struct SqliteStore {
-    mem: MemoryStore,
     conn: Connection,
     path: PathBuf,
-    /// Set when a failed write could not even be undone by reloading: every request fails.
-    broken: Option<DbError>,
-    /// Scratch buffer for encoded trees.
-    buf: Vec<u8>,
+    name: String,
+    id_seed: u64,
+    revs_limit: usize,
+    uuid: String,
+    /// Whether this store has a transaction open on the connection.
+    in_tx: bool,
+    /// `PRAGMA data_version` when [`Database::changed_elsewhere`] last looked.
+    data_version: Option<i64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
-            .field("name", &self.mem.name())
-            .field("update_seq", &self.mem.update_seq())
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
+
+/// Rows read from the file per step of a scan: a scan holds one page, never its whole result.
+pub const SCAN_PAGE: usize = 64;
+
+/// The default bound of SQLite's page cache per open store ([`OpenOptions::cache_bytes`]).
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 
 impl SqliteStore {
     /// Opens the database at `path`, creating it if there is no file, with default options.
@@ -277,8 +315,9 @@ impl SqliteStore {
         SqliteStore::open_with(path, OpenOptions::new())
     }
 
-    /// Opens the database at `path`, creating it if there is no file, migrating an older format
-    /// forward, and loading it.
+    /// Opens the database at `path`, creating it if there is no file and migrating an older
+    /// format forward. Nothing is loaded: opening reads a few fixed values, whatever the size
+    /// of the database.
     ///
     /// # Errors
     /// [`OpenError::NotPeerpouch`] or [`OpenError::NewerFormat`] for a file this build must not
@@ -325,10 +364,8 @@ impl SqliteStore {
         )
         .map_err(err)?;
         conn.busy_timeout(LOCK_WAIT).map_err(err)?;
-        // Exclusive locking before WAL: the file is ours alone while open, and SQLite keeps the
-        // WAL index in process memory instead of a shared-memory file.
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-            .map_err(err)?;
+        // Normal (shared) locking in WAL mode: any number of processes open the file, readers
+        // never wait, and writers take turns, one transaction at a time.
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(err)?;
@@ -340,6 +377,10 @@ impl SqliteStore {
             Durability::PowerLoss => "FULL",
         };
         conn.pragma_update(None, "synchronous", sync).map_err(err)?;
+        // A negative cache_size is in KiB.
+        let cache_kib = options.cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES) / 1024;
+        conn.pragma_update(None, "cache_size", -(cache_kib.max(64) as i64))
+            .map_err(err)?;
         // Copy the WAL back into the file every ~40 MiB rather than every 4 MiB: fewer
         // checkpoints, so fewer fsyncs, for the same bytes (reads never touch the file).
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)
@@ -362,24 +403,35 @@ impl SqliteStore {
                 id_seed: options.id_seed.unwrap_or_else(random_seed),
                 revs_limit: options.revs_limit.unwrap_or(DEFAULT_REVS_LIMIT),
             };
-            format::migrate(&tx, version, &creation).map_err(err)?;
+            format::migrate(&tx, version, &creation).map_err(|e| match e {
+                format::FormatError::Damaged(detail) => OpenError::Damaged {
+                    path: path.clone(),
+                    detail,
+                },
+                format::FormatError::Sqlite(e) => err(e),
+            })?;
         }
         format::ensure_uuid(&tx, || options.uuid.clone().unwrap_or_else(random_uuid))
             .map_err(err)?;
         tx.commit().map_err(err)?;
-        let mem = load(&conn).map_err(|e| match e {
-            LoadError::Sqlite(e) => err(e),
-            LoadError::Damaged(detail) => OpenError::Damaged {
+        conn.busy_timeout(options.lock_wait.unwrap_or(LOCK_WAIT))
+            .map_err(err)?;
+        let fixed = format::Fixed::read(&conn).map_err(|e| match e {
+            format::FormatError::Sqlite(e) => err(e),
+            format::FormatError::Damaged(detail) => OpenError::Damaged {
                 path: path.clone(),
                 detail,
             },
         })?;
         Ok(SqliteStore {
-            mem,
             conn,
             path,
-            broken: None,
-            buf: Vec::new(),
+            name: fixed.name,
+            id_seed: fixed.id_seed,
+            revs_limit: fixed.revs_limit,
+            uuid: fixed.uuid,
+            in_tx: false,
+            data_version: None,
         })
     }
 
@@ -390,84 +442,438 @@ impl SqliteStore {
 
     /// The database name.
     pub fn name(&self) -> &str {
-        self.mem.name()
+        &self.name
     }
 
     /// The database's identity ([`peerpouch::DbInfo::db_uuid`]), kept in the file.
     pub fn uuid(&self) -> String {
-        self.mem.uuid()
+        self.uuid.clone()
     }
 
-    /// The newest sequence number (0 for an empty database): see
-    /// [`MemoryStore::update_seq`].
+    /// The newest sequence number (0 for an empty database, or when the file cannot be read):
+    /// see [`peerpouch::MemoryStore::update_seq`].
     pub fn update_seq(&self) -> u64 {
-        self.mem.update_seq()
+        Storage::counters(self).map_or(0, |c| c.update_seq)
     }
 
-    /// The working copy, for read-only inspection (tree shapes, attachment counts).
-    pub fn memory(&self) -> &MemoryStore {
-        &self.mem
+    /// How many ids this store has generated (the counter behind generated ids).
+    ///
+    /// # Errors
+    /// A storage error when the file cannot be read.
+    pub fn ids_generated(&self) -> Result<u64, DbError> {
+        Ok(Storage::counters(self)?.ids_generated)
     }
 
-    /// Writes a request's changes through to the file in one transaction.
-    fn write(&mut self, request: Request) -> Result<Response, DbError> {
-        // Digests the touched documents' leaves use before the write: the write may free them.
-        let mut digests = BTreeSet::new();
-        if let Request::BulkDocs(r) = &request {
-            for id in r
-                .docs
-                .iter()
-                .filter_map(|d| d.get("_id").and_then(serde_json::Value::as_str))
-            {
-                if let Some((_, tree)) = self.mem.stored_doc(id) {
-                    digests.extend(
-                        tree.bodies()
-                            .flat_map(|b| b.atts.values().map(|m| m.digest.clone())),
-                    );
+    /// Distinct attachment contents held (each digest once, however many revisions use it).
+    ///
+    /// # Errors
+    /// A storage error when the file cannot be read.
+    pub fn attachment_blobs(&self) -> Result<usize, DbError> {
+        Ok(self.blob_count()? as usize)
+    }
+
+    /// The revision tree shape of every document, for tests that compare replicas (see
+    /// [`peerpouch::MemoryStore::tree_shapes`]).
+    ///
+    /// # Errors
+    /// A storage error when the file cannot be read.
+    pub fn tree_shapes(&self) -> Result<TreeShapes, DbError> {
+        peerpouch::store::tree_shapes(self)
+    }
+
+    /// Checks the whole file: SQLite's `PRAGMA integrity_check` (pages, indexes), then that
+    /// every document's revision tree decodes. Returns the problems found; none means sound.
+    ///
+    /// ```
+    /// use peerpouch_sqlite::SqliteStore;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let db = SqliteStore::open(dir.path().join("db.sqlite")).unwrap();
+    /// assert!(db.check().unwrap().is_empty());
+    /// ```
+    ///
+    /// # Errors
+    /// A storage error when the file cannot be read at all.
+    pub fn check(&self) -> Result<Vec<String>, DbError> {
+        let mut problems = Vec::new();
+        let integrity: rusqlite::Result<Vec<String>> = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect());
+        match integrity {
+            Ok(lines) => problems.extend(lines.into_iter().filter(|l| l != "ok")),
+            Err(e) => problems.push(self.corrupt_or(e)?),
+        }
+        let scan = (|| -> rusqlite::Result<()> {
+            let mut stmt = self.conn.prepare("SELECT id, tree FROM docs")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                let tree: Vec<u8> = r.get(1)?;
+                if let Err(e) = format::decode_tree(&tree) {
+                    problems.push(format!("document {id:?}: {e}"));
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = scan {
+            problems.push(self.corrupt_or(e)?);
+        }
+        Ok(problems)
+    }
+
+    /// Damage SQLite met, as a problem to report; any other failure as the error.
+    fn corrupt_or(&self, e: rusqlite::Error) -> Result<String, DbError> {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                Ok(format!("SQLite: {e}"))
+            }
+            _ => Err(self.sql_error(e)),
+        }
+    }
+
+    /// A scanned row: the whole tree, or without `bodies` its shape alone (the bodies' JSON
+    /// is skipped over, not built).
+    fn read_scanned(
+        &self,
+        id: &str,
+        seq: i64,
+        tree: &[u8],
+        bodies: bool,
+    ) -> Result<StoredDoc, DbError> {
+        if bodies {
+            return self.read_doc(id, seq, tree);
+        }
+        let tree = format::decode_shape(tree).map_err(|e| {
+            damaged(&format!(
+                "document {id:?} in {} does not decode ({e}); restore it from a replica",
+                self.path.display()
+            ))
+        })?;
+        Ok(StoredDoc {
+            seq: seq as u64,
+            tree,
+        })
+    }
+
+    fn read_doc(&self, id: &str, seq: i64, tree: &[u8]) -> Result<StoredDoc, DbError> {
+        let tree = format::decode_tree(tree).map_err(|e| {
+            damaged(&format!(
+                "document {id:?} in {} does not decode ({e}); restore it from a replica",
+                self.path.display()
+            ))
+        })?;
+        Ok(StoredDoc {
+            seq: seq as u64,
+            tree,
+        })
+    }
+
+    fn sql_error(&self, e: rusqlite::Error) -> DbError {
+        sql_error(&self.path, e)
+    }
+
+    fn exec(&mut self, sql: &str) -> Result<(), DbError> {
+        self.conn
+            .execute_batch(sql)
+            .map_err(|e| sql_error(&self.path, e))
+    }
+
+    fn apply(&self, batch: &Batch) -> rusqlite::Result<()> {
+        let conn = &self.conn;
+        let mut buf = Vec::new();
+        {
+            let mut put_doc = conn.prepare_cached(
+                "INSERT INTO docs (id, seq, tree, deleted) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, tree = excluded.tree,
+                                               deleted = excluded.deleted",
+            )?;
+            for (id, doc) in &batch.docs {
+                format::encode_tree(&doc.tree, &mut buf);
+                let deleted = doc.tree.is_deleted(doc.tree.winner());
+                put_doc.execute((id, doc.seq as i64, &buf[..], deleted))?;
+            }
+        }
+        {
+            let mut put_blob = conn.prepare_cached(
+                "INSERT INTO attachments (digest, content_type, data, refs) VALUES (?1, ?2, ?3, 0)
+                 ON CONFLICT (digest) DO NOTHING",
+            )?;
+            for (digest, (content_type, data)) in &batch.blobs {
+                put_blob.execute((digest, content_type, &data[..]))?;
+            }
+        }
+        {
+            let mut add_refs =
+                conn.prepare_cached("UPDATE attachments SET refs = refs + ?2 WHERE digest = ?1")?;
+            let mut del_blob =
+                conn.prepare_cached("DELETE FROM attachments WHERE digest = ?1 AND refs <= 0")?;
+            for (digest, delta) in &batch.blob_refs {
+                if *delta != 0 {
+                    add_refs.execute((digest, delta))?;
+                }
+                if *delta < 0 {
+                    del_blob.execute([digest])?;
                 }
             }
         }
-        let ids_generated = self.mem.ids_generated();
-        let response = self.mem.execute(request)?;
-        let mut docs = BTreeSet::new();
-        let mut locals = BTreeSet::new();
-        match &response {
-            Response::BulkDocs(r) => {
-                for row in &r.results {
-                    if row.id.starts_with(LOCAL_PREFIX) {
-                        locals.insert(row.id.as_str());
-                    } else if row.result.is_ok() {
-                        docs.insert(row.id.as_str());
+        {
+            let mut put_local = conn.prepare_cached(
+                "INSERT INTO local_docs (id, rev, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET rev = excluded.rev, body = excluded.body",
+            )?;
+            let mut del_local = conn.prepare_cached("DELETE FROM local_docs WHERE id = ?1")?;
+            for (id, local) in &batch.locals {
+                match local {
+                    Some((rev, body)) => {
+                        let body = serde_json::to_string(body).expect("JSON into memory");
+                        put_local.execute((id, *rev as i64, body))?
+                    }
+                    None => del_local.execute([id])?,
+                };
+            }
+        }
+        format::write_counters(conn, &batch.counters)
+    }
+}
+
+impl Storage for SqliteStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn id_seed(&self) -> u64 {
+        self.id_seed
+    }
+
+    fn revs_limit(&self) -> usize {
+        self.revs_limit
+    }
+
+    fn uuid(&self) -> String {
+        self.uuid.clone()
+    }
+
+    fn counters(&self) -> Result<Counters, DbError> {
+        format::read_counters(&self.conn).map_err(|e| self.sql_error(e))
+    }
+
+    fn doc(&self, id: &str) -> Result<Option<Cow<'_, StoredDoc>>, DbError> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT seq, tree FROM docs WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.sql_error(e))?;
+        match row {
+            None => Ok(None),
+            Some((seq, tree)) => Ok(Some(Cow::Owned(self.read_doc(id, seq, &tree)?))),
+        }
+    }
+
+    fn scan_ids(
+        &self,
+        lo: Bound<&str>,
+        hi: Bound<&str>,
+        descending: bool,
+        bodies: bool,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), DbError> {
+        let mut lo: Bound<String> = lo.map(str::to_string);
+        let mut hi: Bound<String> = hi.map(str::to_string);
+        loop {
+            let (cond, mut params) = id_range("id", &lo, &hi);
+            params.push(SqlValue::Integer(SCAN_PAGE as i64));
+            let sql = format!(
+                "SELECT id, seq, tree FROM docs WHERE {cond} ORDER BY id {} LIMIT ?{}",
+                if descending { "DESC" } else { "ASC" },
+                params.len()
+            );
+            let page: Vec<(String, i64, Vec<u8>)> = self
+                .conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect()
+                })
+                .map_err(|e| self.sql_error(e))?;
+            let full = page.len() == SCAN_PAGE;
+            let mut last = None;
+            for (id, seq, tree) in page {
+                let doc = self.read_scanned(&id, seq, &tree, bodies)?;
+                if !visit(&id, &doc)? {
+                    return Ok(());
+                }
+                last = Some(id);
+            }
+            match last {
+                Some(id) if full => {
+                    if descending {
+                        hi = Bound::Excluded(id);
+                    } else {
+                        lo = Bound::Excluded(id);
                     }
                 }
+                _ => return Ok(()),
             }
-            Response::Written(w) => {
-                locals.insert(w.id.as_str());
-            }
-            _ => {}
         }
-        let persisted = persist(
-            &mut self.conn,
-            &self.mem,
-            &docs,
-            &locals,
-            digests,
-            (ids_generated != self.mem.ids_generated()).then(|| self.mem.ids_generated()),
-            &mut self.buf,
-        );
-        match persisted {
-            Ok(()) => Ok(response),
-            Err(e) => {
-                // The transaction rolled back: go back to what the file holds.
-                match load(&self.conn) {
-                    Ok(mem) => self.mem = mem,
-                    Err(reload) => {
-                        self.broken = Some(storage_error(&format!(
-                        "the store could not reload {} after a failed write ({reload}); reopen it",
+    }
+
+    fn count_live(&self, lo: Bound<&str>, hi: Bound<&str>) -> Result<u64, DbError> {
+        let (cond, params) = id_range("id", &lo.map(str::to_string), &hi.map(str::to_string));
+        let sql = format!("SELECT count(*) FROM docs WHERE deleted = 0 AND {cond}");
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_row(rusqlite::params_from_iter(params.iter()), |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .map(|n| n as u64)
+            .map_err(|e| self.sql_error(e))
+    }
+
+    fn scan_seqs(
+        &self,
+        since: u64,
+        descending: bool,
+        bodies: bool,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), DbError> {
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        // The open end of the range: rows above `lo` ascending, below `hi` descending.
+        let (mut lo, mut hi) = (since, i64::MAX);
+        loop {
+            let sql = if descending {
+                "SELECT id, seq, tree FROM docs WHERE seq > ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+            } else {
+                "SELECT id, seq, tree FROM docs WHERE seq > ?1 AND seq < ?2 ORDER BY seq ASC LIMIT ?3"
+            };
+            let page: Vec<(String, i64, Vec<u8>)> = self
+                .conn
+                .prepare_cached(sql)
+                .and_then(|mut s| {
+                    s.query_map((lo, hi, SCAN_PAGE as i64), |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect()
+                })
+                .map_err(|e| self.sql_error(e))?;
+            let full = page.len() == SCAN_PAGE;
+            let mut last = None;
+            for (id, seq, tree) in page {
+                let doc = self.read_scanned(&id, seq, &tree, bodies)?;
+                if !visit(&id, &doc)? {
+                    return Ok(());
+                }
+                last = Some(seq);
+            }
+            match last {
+                Some(seq) if full => {
+                    if descending {
+                        hi = seq;
+                    } else {
+                        lo = seq;
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn blob_info(&self, digest: &str) -> Result<Option<BlobInfo>, DbError> {
+        self.conn
+            .prepare_cached("SELECT content_type, length(data) FROM attachments WHERE digest = ?1")
+            .and_then(|mut s| {
+                s.query_row([digest], |r| {
+                    Ok(BlobInfo {
+                        content_type: r.get(0)?,
+                        length: r.get::<_, i64>(1)? as u64,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| self.sql_error(e))
+    }
+
+    fn blob(&self, digest: &str) -> Result<Option<Bytes>, DbError> {
+        self.conn
+            .prepare_cached("SELECT data FROM attachments WHERE digest = ?1")
+            .and_then(|mut s| s.query_row([digest], |r| r.get::<_, Vec<u8>>(0)).optional())
+            .map(|d| d.map(Bytes::from))
+            .map_err(|e| self.sql_error(e))
+    }
+
+    fn blob_count(&self) -> Result<u64, DbError> {
+        self.conn
+            .query_row("SELECT count(*) FROM attachments", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(|e| self.sql_error(e))
+    }
+
+    fn local(&self, id: &str) -> Result<Option<(u64, Doc)>, DbError> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT rev, body FROM local_docs WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.sql_error(e))?;
+        match row {
+            None => Ok(None),
+            Some((rev, body)) => {
+                let body = serde_json::from_str(&body).map_err(|e| {
+                    damaged(&format!(
+                        "_local document {id:?} in {} does not decode ({e})",
                         self.path.display()
-                    )))
-                    }
-                }
+                    ))
+                })?;
+                Ok(Some((rev as u64, body)))
+            }
+        }
+    }
+
+    fn begin_read(&mut self) -> Result<(), DbError> {
+        self.note_data_version();
+        self.exec("BEGIN DEFERRED")?;
+        self.in_tx = true;
+        Ok(())
+    }
+
+    fn end_read(&mut self) {
+        self.finish("COMMIT");
+    }
+
+    fn begin_write(&mut self) -> Result<(), DbError> {
+        self.note_data_version();
+        self.exec("BEGIN IMMEDIATE")?;
+        self.in_tx = true;
+        Ok(())
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<(), DbError> {
+        let before = self.counters()?;
+        if batch.is_empty() && batch.counters == before {
+            self.finish("COMMIT");
+            return Ok(());
+        }
+        let applied = self
+            .apply(&batch)
+            .and_then(|()| self.conn.execute_batch("COMMIT"));
+        match applied {
+            Ok(()) => {
+                self.in_tx = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.finish("ROLLBACK");
                 Err(storage_error(&format!(
                     "the write could not be committed to {} ({e}); nothing of it was kept",
                     self.path.display()
@@ -475,18 +881,111 @@ impl SqliteStore {
             }
         }
     }
+
+    fn rollback(&mut self) {
+        self.finish("ROLLBACK");
+    }
+}
+
+impl SqliteStore {
+    fn read_data_version(&self) -> Option<i64> {
+        match self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+        {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "data_version unreadable");
+                None
+            }
+        }
+    }
+
+    /// Notes the file's version before a request reads it: a write by another process after
+    /// this point makes [`Database::changed_elsewhere`] answer `true` (one before it may too,
+    /// which only costs a longpoll that finds nothing new).
+    fn note_data_version(&mut self) {
+        if let Some(v) = self.read_data_version() {
+            self.data_version = Some(v);
+        }
+    }
+
+    /// Ends the open transaction, if any, with `sql` (`COMMIT` or `ROLLBACK`).
+    fn finish(&mut self, sql: &str) {
+        if !self.in_tx {
+            return;
+        }
+        self.in_tx = false;
+        if let Err(e) = self.conn.execute_batch(sql) {
+            if self.conn.is_autocommit() {
+                return;
+            }
+            tracing::warn!(path = %self.path.display(), error = %e, "{sql} failed; rolling back");
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 impl Database for SqliteStore {
     fn execute(&mut self, request: Request) -> Result<Response, DbError> {
-        if let Some(e) = &self.broken {
-            return Err(e.clone());
+        peerpouch::store::execute(self, request)
+    }
+
+    /// Whether another connection (another process, or another store on the same file)
+    /// committed a write since this store's last request or the last call: SQLite's `PRAGMA
+    /// data_version`, a read of the shared WAL index, no disk access.
+    fn changed_elsewhere(&mut self) -> bool {
+        let Some(now) = self.read_data_version() else {
+            return false;
+        };
+        let before = self.data_version.replace(now);
+        before.is_some_and(|b| b != now)
+    }
+}
+
+/// A SQL condition on column `col` for the range `(lo, hi)`, with its parameters.
+fn id_range(col: &str, lo: &Bound<String>, hi: &Bound<String>) -> (String, Vec<SqlValue>) {
+    let mut cond = vec!["1".to_string()];
+    let mut params = Vec::new();
+    for (bound, incl, excl) in [(lo, ">=", ">"), (hi, "<=", "<")] {
+        match bound {
+            Bound::Included(k) => {
+                params.push(SqlValue::Text(k.clone()));
+                cond.push(format!("{col} {incl} ?{}", params.len()));
+            }
+            Bound::Excluded(k) => {
+                params.push(SqlValue::Text(k.clone()));
+                cond.push(format!("{col} {excl} ?{}", params.len()));
+            }
+            Bound::Unbounded => {}
         }
-        if request.is_write() {
-            self.write(request)
-        } else {
-            self.mem.execute(request)
+    }
+    (cond.join(" AND "), params)
+}
+
+fn sql_error(path: &Path, e: rusqlite::Error) -> DbError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            DbError::Unavailable(format!(
+                "{} is busy: another process held its write lock too long ({e}); retry",
+                path.display(),
+            ))
         }
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            damaged(&format!(
+                "{} is damaged ({e}); restore it from a replica or a backup",
+                path.display()
+            ))
+        }
+        _ => storage_error(&format!("SQLite failed on {} ({e})", path.display())),
+    }
+}
+
+fn damaged(reason: &str) -> DbError {
+    DbError::Other {
+        status: 500,
+        error: "damaged".into(),
+        reason: reason.into(),
     }
 }
 
@@ -537,126 +1036,6 @@ fn random_uuid() -> String {
         bytes[8..].copy_from_slice(&random_seed().to_le_bytes());
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// One transaction: the touched documents, `_local` documents, attachment bytes that appeared
-/// or were freed, and the generated-id counter.
-fn persist(
-    conn: &mut Connection,
-    mem: &MemoryStore,
-    docs: &BTreeSet<&str>,
-    locals: &BTreeSet<&str>,
-    mut digests: BTreeSet<String>,
-    ids_generated: Option<u64>,
-    buf: &mut Vec<u8>,
-) -> rusqlite::Result<()> {
-    if docs.is_empty() && locals.is_empty() && ids_generated.is_none() {
-        return Ok(());
-    }
-    let tx = conn.transaction()?;
-    {
-        let mut put_doc = tx.prepare_cached(
-            "INSERT INTO docs (id, seq, tree) VALUES (?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, tree = excluded.tree",
-        )?;
-        for id in docs {
-            let Some((seq, tree)) = mem.stored_doc(id) else {
-                continue;
-            };
-            digests.extend(
-                tree.bodies()
-                    .flat_map(|b| b.atts.values().map(|m| m.digest.clone())),
-            );
-            format::encode_tree(tree, buf);
-            put_doc.execute((id, seq as i64, &buf[..]))?;
-        }
-        let mut put_local = tx.prepare_cached(
-            "INSERT INTO local_docs (id, rev, body) VALUES (?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET rev = excluded.rev, body = excluded.body",
-        )?;
-        let mut del_local = tx.prepare_cached("DELETE FROM local_docs WHERE id = ?1")?;
-        for id in locals {
-            match mem.stored_local(id) {
-                Some((rev, body)) => {
-                    let body = serde_json::to_string(body).expect("JSON into memory");
-                    put_local.execute((id, rev as i64, body))?
-                }
-                None => del_local.execute([id])?,
-            };
-        }
-        let mut put_blob = tx.prepare_cached(
-            "INSERT INTO attachments (digest, content_type, data) VALUES (?1, ?2, ?3)
-             ON CONFLICT (digest) DO NOTHING",
-        )?;
-        let mut del_blob = tx.prepare_cached("DELETE FROM attachments WHERE digest = ?1")?;
-        for digest in &digests {
-            match mem.stored_blob(digest) {
-                Some((content_type, data)) => put_blob.execute((digest, content_type, data))?,
-                None => del_blob.execute([digest])?,
-            };
-        }
-        if let Some(n) = ids_generated {
-            tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'ids_generated'")?
-                .execute([n as i64])?;
-        }
-    }
-    tx.commit()
-}
-
-#[derive(Debug, thiserror::Error)]
-enum LoadError {
-    #[error("{0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("{0}")]
-    Damaged(String),
-}
-
-/// Reads a whole file into a fresh working copy.
-fn load(conn: &Connection) -> Result<MemoryStore, LoadError> {
-    let damaged = |what: &str| LoadError::Damaged(what.to_string());
-    let name: String = format::meta(conn, "name")?.ok_or_else(|| damaged("no name"))?;
-    let seed: i64 = format::meta(conn, "id_seed")?.ok_or_else(|| damaged("no id_seed"))?;
-    let limit: i64 = format::meta(conn, "revs_limit")?.ok_or_else(|| damaged("no revs_limit"))?;
-    let ids: i64 =
-        format::meta(conn, "ids_generated")?.ok_or_else(|| damaged("no ids_generated"))?;
-    let uuid: String =
-        format::meta(conn, format::META_UUID)?.ok_or_else(|| damaged("no db_uuid"))?;
-    let mut mem = MemoryStore::new(name)
-        .with_id_seed(seed as u64)
-        .with_revs_limit(usize::try_from(limit).unwrap_or(DEFAULT_REVS_LIMIT))
-        .with_uuid(uuid)
-        .map_err(|e| LoadError::Damaged(e.reason().to_string()))?;
-    mem.restore_ids_generated(ids as u64);
-    let mut blobs = conn.prepare("SELECT digest, content_type, data FROM attachments")?;
-    let mut rows = blobs.query([])?;
-    while let Some(r) = rows.next()? {
-        mem.restore_blob(r.get(0)?, r.get(1)?, r.get(2)?);
-    }
-    let mut docs = conn.prepare("SELECT id, seq, tree FROM docs")?;
-    let mut rows = docs.query([])?;
-    while let Some(r) = rows.next()? {
-        let id: String = r.get(0)?;
-        let seq: i64 = r.get(1)?;
-        let bytes: Vec<u8> = r.get(2)?;
-        let tree = format::decode_tree(&bytes)
-            .map_err(|e| LoadError::Damaged(format!("document {id:?}: {e}")))?;
-        mem.restore_doc(id, seq as u64, tree)
-            .map_err(|e| LoadError::Damaged(e.reason().to_string()))?;
-    }
-    let mut locals = conn.prepare("SELECT id, rev, body FROM local_docs")?;
-    let mut rows = locals.query([])?;
-    while let Some(r) = rows.next()? {
-        let id: String = r.get(0)?;
-        let rev: i64 = r.get(1)?;
-        let body: String = r.get(2)?;
-        let body = serde_json::from_str(&body)
-            .map_err(|e| LoadError::Damaged(format!("_local document {id:?}: {e}")))?;
-        mem.restore_local(id, rev as u64, body);
-    }
-    // Bytes no document refers to are never written (they are deleted with their last
-    // reference), so none should be left; any that are are ignored, not served.
-    mem.drop_unreferenced_blobs();
-    Ok(mem)
 }
 
 #[cfg(test)]

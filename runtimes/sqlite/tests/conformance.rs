@@ -64,7 +64,7 @@ impl Database for TempStore {
 /// Everything a client can see: the conformance dump, every leaf of every document with its
 /// history and attachment bytes, the tree shapes, and the id counter.
 fn snapshot(store: &mut SqliteStore) -> Value {
-    let shapes = store.memory().tree_shapes();
+    let shapes = store.tree_shapes().unwrap();
     let mut leaves = serde_json::Map::new();
     for id in shapes.keys() {
         let revs = store
@@ -80,8 +80,8 @@ fn snapshot(store: &mut SqliteStore) -> Value {
         "dump": common::conformance::dump(store),
         "leaves": leaves,
         "shapes": format!("{shapes:?}"),
-        "blobs": store.memory().attachment_blobs(),
-        "ids_generated": store.memory().ids_generated(),
+        "blobs": store.attachment_blobs().unwrap(),
+        "ids_generated": store.ids_generated().unwrap(),
     })
 }
 

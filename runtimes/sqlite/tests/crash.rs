@@ -75,6 +75,10 @@ fn crash_writer_child() {
         return;
     };
     let mut rng = Rng::new(env_u64("PEERPOUCH_CRASH_SEED", 0));
+    // Concurrent writers each own the documents whose ids start with `d` and their tag (not a
+    // hex digit), so their edits never conflict with each other's.
+    let tag = std::env::var("PEERPOUCH_CRASH_TAG").unwrap_or_default();
+    let own = format!("d{tag}");
     let mut db = open(Path::new(&path));
     let mut ids: Vec<String> = db
         .all_docs(Default::default())
@@ -82,6 +86,7 @@ fn crash_writer_child() {
         .rows
         .into_iter()
         .filter_map(|r| r.id)
+        .filter(|id| id.starts_with(&own))
         .collect();
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -102,7 +107,7 @@ fn crash_writer_child() {
                 let docs: Vec<Value> = (0..n)
                     .map(|_| {
                         let mut d = body(&mut rng);
-                        d["_id"] = json!(format!("d{}", hex(&mut rng)));
+                        d["_id"] = json!(format!("{own}{}", hex(&mut rng)));
                         if let Some(a) = attachments(&mut rng) {
                             d["_attachments"] = a;
                         }
@@ -153,7 +158,7 @@ fn crash_writer_child() {
             }
             // A checkpoint-like `_local` document.
             _ => {
-                let id = format!("_local/ck{}", rng.below(4));
+                let id = format!("_local/ck{tag}{}", rng.below(4));
                 let mut d = body(&mut rng).as_object().unwrap().clone();
                 if let Ok(cur) = db.get_local(&id) {
                     d.insert("_rev".into(), cur["_rev"].clone());
@@ -318,7 +323,7 @@ fn check(path: &Path, acked: &Acked) -> BTreeSet<(String, Rev)> {
         }
     }
     // Attachment rows are exactly the digests in use, each once.
-    let blobs = db.memory().attachment_blobs() as i64;
+    let blobs = db.attachment_blobs().unwrap() as i64;
     drop(db);
     let conn = rusqlite::Connection::open(path).unwrap();
     let rows: i64 = conn
@@ -387,6 +392,87 @@ fn acknowledged_writes_survive_sigkill() {
         "{rounds} kills, {} acknowledged writes, {} revisions checked; \
          {committed_unacked} kills fell between a commit and its acknowledgement, \
          {torn} inside SQLite writing a commit (a torn transaction in the WAL)",
+        acked.lines,
+        acked.docs.len()
+    );
+}
+
+#[test]
+fn acknowledged_writes_of_two_concurrent_writers_survive_sigkill() {
+    if std::env::var("PEERPOUCH_CRASH_CHILD").is_ok() {
+        return;
+    }
+    let rounds = env_u64("PEERPOUCH_CRASH_ROUNDS", 40) / 2;
+    let seed = env_u64("PEERPOUCH_CRASH_SEED", 7) ^ 0x2222;
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash2.db");
+    let exe = std::env::current_exe().unwrap();
+    let mut acked = Acked::default();
+    for round in 0..rounds {
+        // Two writers on the one file; each is killed after its own seeded number of
+        // acknowledgements, so one often dies while the other is mid-write.
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Option<String>)>();
+        let mut children = Vec::new();
+        let mut quota = Vec::new();
+        for (w, tag) in ["x", "y"].into_iter().enumerate() {
+            let mut child = Command::new(&exe)
+                .args([
+                    "--exact",
+                    "crash_writer_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("PEERPOUCH_CRASH_CHILD", &path)
+                .env("PEERPOUCH_CRASH_TAG", tag)
+                .env("PEERPOUCH_CRASH_SEED", rng.next_u64().to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let out = child.stdout.take().unwrap();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((w, Some(line))).is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send((w, None));
+            });
+            children.push(Some(child));
+            quota.push(1 + rng.below(40) as usize);
+        }
+        drop(tx);
+        let mut seen = [0usize; 2];
+        let mut ended = 0;
+        while ended < 2 {
+            let (w, line) = rx.recv().unwrap();
+            match line {
+                Some(line) => {
+                    acked.take(&line);
+                    seen[w] += 1;
+                    if seen[w] == quota[w] {
+                        if let Some(mut c) = children[w].take() {
+                            c.kill().unwrap(); // SIGKILL
+                            c.wait().unwrap();
+                        }
+                    }
+                }
+                None => {
+                    ended += 1;
+                    assert!(
+                        children[w].is_none(),
+                        "round {round}: writer {w} stopped by itself"
+                    );
+                }
+            }
+        }
+        check(&path, &acked);
+    }
+    eprintln!(
+        "{rounds} rounds of two concurrent writers killed, {} acknowledged writes, {} revisions checked",
         acked.lines,
         acked.docs.len()
     );

@@ -214,8 +214,8 @@ fn same_answers_as_the_memory_store_across_reopens() {
             }
         }
         let sql = sql.unwrap();
-        assert_eq!(sql.memory().tree_shapes(), mem.tree_shapes(), "seed {seed}");
-        assert_eq!(sql.memory().attachment_blobs(), mem.attachment_blobs());
+        assert_eq!(sql.tree_shapes().unwrap(), mem.tree_shapes(), "seed {seed}");
+        assert_eq!(sql.attachment_blobs().unwrap(), mem.attachment_blobs());
     }
     eprintln!("{seeds} sequences of 300 requests, {written} successful writes, {reopens} reopens");
     assert!(written > seeds as usize * 50, "the sequences write");

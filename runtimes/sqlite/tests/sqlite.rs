@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use peerpouch::{
-    ChangesRequest, ChangesStyle, Database, DbError, GetRequest, OpenRevsRequest, Seq,
+    AllDocsRequest, ChangesRequest, ChangesStyle, Database, DbError, GetRequest, OpenRevsRequest,
+    Seq,
 };
 use peerpouch_sqlite::{
     Durability, OpenError, OpenOptions, SqliteStore, APPLICATION_ID, FORMAT_VERSION,
@@ -245,7 +246,7 @@ fn attachments_are_stored_once_per_digest() {
     let mut db = SqliteStore::open(&path).unwrap();
     db.put(json!({"_id": "b", "_rev": rb.to_string(), "_deleted": true}))
         .unwrap();
-    assert_eq!(db.memory().attachment_blobs(), 0);
+    assert_eq!(db.attachment_blobs().unwrap(), 0);
     drop(db);
     assert_eq!(
         rows(&path, "attachments"),
@@ -290,7 +291,7 @@ fn a_failed_write_leaves_nothing_behind() {
         assert_eq!(db.info().unwrap(), before);
         assert_eq!(db.get("a"), Err(DbError::NotFound("missing".into())));
         assert_eq!(db.get_local("l").unwrap()["v"], 1);
-        assert_eq!(db.memory().attachment_blobs(), 1);
+        assert_eq!(db.attachment_blobs().unwrap(), 1);
     };
     check(&mut db);
     drop(db);
@@ -306,13 +307,93 @@ fn a_failed_write_leaves_nothing_behind() {
 }
 
 #[test]
-fn a_file_is_open_in_one_store_at_a_time() {
+fn stores_share_one_file() {
     let (_dir, path) = temp();
-    let db = SqliteStore::open(&path).unwrap();
-    let err = SqliteStore::open(&path).unwrap_err();
-    assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
-    drop(db);
-    SqliteStore::open(&path).unwrap();
+    let mut a = SqliteStore::open(&path).unwrap();
+    let mut b = SqliteStore::open(&path).unwrap();
+    assert_eq!(a.uuid(), b.uuid());
+    b.info().unwrap();
+    assert!(!b.changed_elsewhere(), "nothing written yet");
+    let rev = a.put(json!({"_id": "x", "by": "a"})).unwrap();
+    assert!(
+        !a.changed_elsewhere(),
+        "a store's own writes are not news to it"
+    );
+    assert!(b.changed_elsewhere(), "b learns that a wrote");
+    assert!(!b.changed_elsewhere(), "once");
+    assert_eq!(b.get("x").unwrap()["_rev"], rev.to_string());
+    // Writes from either side take the next sequence of the one file.
+    b.put(json!({"_id": "y", "by": "b"})).unwrap();
+    assert!(a.changed_elsewhere());
+    let seqs: Vec<u64> = a
+        .changes(ChangesRequest::default())
+        .unwrap()
+        .results
+        .iter()
+        .map(|r| r.seq.as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+    // An edit against a revision the other side replaced is a conflict, as in one store.
+    b.put(json!({"_id": "x", "_rev": rev.to_string(), "by": "b"}))
+        .unwrap();
+    assert_eq!(
+        a.put(json!({"_id": "x", "_rev": rev.to_string(), "by": "a"})),
+        Err(DbError::Conflict)
+    );
+    assert_eq!(a.info().unwrap(), b.info().unwrap());
+}
+
+#[test]
+fn concurrent_writers_lose_nothing_and_never_share_a_sequence() {
+    let (_dir, path) = temp();
+    drop(SqliteStore::open(&path).unwrap());
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut db = SqliteStore::open(&path).unwrap();
+                for i in 0..100 {
+                    let docs = vec![json!({"_id": format!("w{w}-{i}")}), json!({"w": w})];
+                    for r in db.bulk_docs(docs, true).unwrap() {
+                        r.result.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let mut db = SqliteStore::open(&path).unwrap();
+    let info = db.info().unwrap();
+    assert_eq!(info.doc_count, 600, "every acknowledged write is there");
+    assert_eq!(info.update_seq, Seq::from(600));
+    let changes = db.changes(ChangesRequest::default()).unwrap();
+    let seqs: std::collections::BTreeSet<u64> = changes
+        .results
+        .iter()
+        .map(|r| r.seq.as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 600, "one sequence per document");
+    assert_eq!(db.ids_generated().unwrap(), 300, "no generated id twice");
+}
+
+#[test]
+fn a_write_lock_held_too_long_is_a_typed_error() {
+    let (_dir, path) = temp();
+    let options = OpenOptions::new().lock_wait(std::time::Duration::from_millis(100));
+    let mut db = SqliteStore::open_with(&path, options).unwrap();
+    db.put(json!({"_id": "a"})).unwrap();
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = db.put(json!({"_id": "b"})).unwrap_err();
+    assert!(matches!(err, DbError::Unavailable(_)), "{err:?}");
+    assert!(err.is_transient());
+    // Reads go on meanwhile, and the write goes through once the lock is free.
+    assert_eq!(db.get("a").unwrap()["_id"], "a");
+    other.execute_batch("ROLLBACK").unwrap();
+    db.put(json!({"_id": "b"})).unwrap();
+    assert_eq!(db.info().unwrap().doc_count, 2);
 }
 
 #[test]
@@ -328,9 +409,20 @@ fn a_damaged_tree_is_reported_not_served() {
             [],
         )
         .unwrap();
-    let err = SqliteStore::open(&path).unwrap_err();
-    assert!(matches!(err, OpenError::Damaged { .. }), "{err:?}");
-    assert!(err.to_string().contains("\"a\""), "{err}");
+    // Opening reads nothing of the documents: the damage is reported by the request that
+    // meets it, as a typed error, and the rest of the file is still served.
+    let mut db = SqliteStore::open(&path).unwrap();
+    let err = db.get("a").unwrap_err();
+    assert_eq!((err.status(), err.error()), (500, "damaged"), "{err}");
+    assert!(err.reason().contains("\"a\""), "{err}");
+    let err = db.all_docs(AllDocsRequest::default()).unwrap_err();
+    assert_eq!(err.error(), "damaged");
+    db.put(json!({"_id": "b"})).unwrap();
+    assert_eq!(db.get("b").unwrap()["_id"], "b");
+    // A whole-file check names it.
+    let problems = db.check().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("\"a\""), "{problems:?}");
 }
 
 #[test]
@@ -406,9 +498,9 @@ fn a_file_without_an_identity_gets_one_on_open() {
     assert_eq!(db.get("a").unwrap()["_rev"], rev.to_string());
     drop(db);
     assert_eq!(meta_uuid(&path).as_deref(), Some("from-options"));
-    // Still format version 1: an older build opens it as before and ignores the key.
+    // The identity needs no format version of its own: an older build of the same version
+    // opens such a file as before and ignores the key.
     assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
-    assert_eq!(FORMAT_VERSION, 1);
     // Without options, a random one; kept from then on.
     Connection::open(&path)
         .unwrap()
@@ -442,4 +534,148 @@ fn a_bad_identity_is_refused() {
         Err(OpenError::Damaged { detail, .. }) => assert!(detail.contains("uuid"), "{detail}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A copy of `tests/fixtures/format1.db`: a file written by the format-1 store (the one that
+/// loaded the whole file on open), by the CLI: documents `a` and `b` sharing an attachment, `b`
+/// with a second one, `c` deleted, `d` edited so its attachment was freed, `e` with a conflict
+/// from a replication, one generated id, and two replication checkpoints as `_local` documents.
+fn format1_copy() -> (tempfile::TempDir, PathBuf) {
+    let (dir, path) = temp();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1.db"),
+        &path,
+    )
+    .unwrap();
+    (dir, path)
+}
+
+#[test]
+fn a_format_1_file_is_migrated_on_open() {
+    let (_dir, path) = format1_copy();
+    assert_eq!(header(&path), (APPLICATION_ID, 1));
+    let mut db = SqliteStore::open(&path).unwrap();
+    assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
+    let info = db.info().unwrap();
+    assert_eq!(
+        (info.db_name.as_str(), info.doc_count, info.doc_del_count),
+        ("a", 5, 1)
+    );
+    assert_eq!(info.update_seq, Seq::from(10));
+    assert_eq!(
+        info.db_uuid.as_deref(),
+        Some("85a6f8bc1067153ae6fd9604b34504e7")
+    );
+    // The conflict, the tombstone and the attachments are as they were.
+    let mut g = GetRequest::new("e");
+    g.conflicts = true;
+    let e = db.get_with(g).unwrap();
+    assert_eq!(e["_rev"], "2-87647bdf9f082db0a4c7e7c2f2b8c32b");
+    assert_eq!(
+        e["_conflicts"],
+        json!(["2-6f0739f89ec298bf5de971d7812e2b42"])
+    );
+    assert_eq!(db.get("c"), Err(DbError::NotFound("deleted".into())));
+    assert_eq!(&db.get_attachment("a", "x").unwrap().data[..], b"hello");
+    assert_eq!(&db.get_attachment("b", "z").unwrap().data[..], b"world");
+    assert_eq!(db.attachment_blobs().unwrap(), 2);
+    let changes = db.changes(ChangesRequest::default()).unwrap();
+    let seqs: Vec<(String, u64)> = changes
+        .results
+        .iter()
+        .map(|r| (r.id.clone(), r.seq.as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        seqs,
+        [
+            ("a".to_string(), 1),
+            ("b".into(), 2),
+            ("c".into(), 4),
+            ("5730c7bc8e29b20b52ca192561ad999a".into(), 7),
+            ("d".into(), 9),
+            ("e".into(), 10)
+        ]
+    );
+    let cp = db.get_local("7634192055a5bdb3989be573c95250cb").unwrap();
+    assert_eq!(cp["source_last_seq"], 7);
+    // Writing goes on from where the file was: sequences, generated ids, reference counts.
+    let generated = db.put(json!({"v": "second"})).unwrap();
+    assert_eq!(db.info().unwrap().update_seq, Seq::from(11));
+    assert_eq!(db.ids_generated().unwrap(), 2);
+    let a = db.get("a").unwrap();
+    db.put(json!({"_id": "a", "_rev": a["_rev"], "_deleted": true}))
+        .unwrap();
+    assert_eq!(db.attachment_blobs().unwrap(), 2, "b still uses hello");
+    let b = db.get("b").unwrap();
+    db.put(json!({"_id": "b", "_rev": b["_rev"], "_deleted": true}))
+        .unwrap();
+    assert_eq!(db.attachment_blobs().unwrap(), 0);
+    drop(db);
+    let mut db = SqliteStore::open(&path).unwrap();
+    assert_eq!(db.info().unwrap().doc_count, 4);
+    assert_eq!(generated.pos, 1);
+}
+
+#[test]
+fn a_format_1_file_that_cannot_migrate_is_left_untouched() {
+    let (_dir, path) = format1_copy();
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE docs SET tree = CAST('[{\"r\":\"1-x\",\"p\":0}]' AS BLOB) WHERE id = 'd'",
+            [],
+        )
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, OpenError::Damaged { .. }), "{err:?}");
+    assert!(err.to_string().contains("\"d\""), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "byte for byte");
+    assert_eq!(header(&path), (APPLICATION_ID, 1));
+}
+
+#[test]
+fn corrupted_pages_are_typed_errors_on_the_requests_that_meet_them() {
+    let (_dir, path) = temp();
+    let mut db = SqliteStore::open(&path).unwrap();
+    let docs: Vec<_> = (0..400)
+        .map(|i| json!({"_id": format!("doc-{i:04}"), "text": "x".repeat(300)}))
+        .collect();
+    for r in db.bulk_docs(docs, true).unwrap() {
+        r.result.unwrap();
+    }
+    drop(db);
+    // Overwrite pages in the middle of the file (not the header page): table and index pages.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = 4096;
+    assert!(bytes.len() > 20 * page, "{} bytes", bytes.len());
+    for p in [5, 9, 14] {
+        for (i, b) in bytes[p * page..(p + 1) * page].iter_mut().enumerate() {
+            *b = (i * 131 % 251) as u8;
+        }
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let mut db = SqliteStore::open(&path).unwrap();
+    let mut failures = 0;
+    let mut check = |r: Result<(), DbError>| {
+        if let Err(e) = r {
+            assert_eq!(e.status(), 500, "{e}");
+            assert!(matches!(e.error(), "damaged" | "storage_error"), "{e}");
+            failures += 1;
+        }
+    };
+    check(db.all_docs(AllDocsRequest::default()).map(|_| ()));
+    check(db.changes(ChangesRequest::default()).map(|_| ()));
+    for i in 0..400 {
+        check(
+            db.get(&format!("doc-{i:04}"))
+                .map(|_| ())
+                .or_else(|e| match e {
+                    DbError::NotFound(_) => Ok(()),
+                    e => Err(e),
+                }),
+        );
+    }
+    assert!(failures > 0, "the damage was met");
+    assert!(!db.check().unwrap().is_empty(), "and the check reports it");
 }

@@ -35,6 +35,9 @@ pub(crate) const WATCH_BACKLOG: usize = 1024;
 pub(crate) const COMMAND_BACKLOG: usize = 1024;
 /// Datagrams read per wake-up before the driver looks at its other inputs.
 const RECV_BATCH: usize = 64;
+/// How often a database with longpoll changes requests waiting is asked whether another
+/// process wrote it ([`Database::changed_elsewhere`]); never while none wait.
+const EXTERNAL_WRITES_POLL: Duration = Duration::from_millis(50);
 /// Requests to local stores answered per round of [`Driver::drain`] before the rest of the
 /// node's output (events, datagrams) and the caller's commands get their turn.
 const STORE_REQUESTS_PER_ROUND: usize = 16;
@@ -226,6 +229,8 @@ pub(crate) struct Driver {
     dbs: BTreeMap<String, Slot>,
     /// Longpoll changes requests with nothing to say yet, by database.
     parked: Vec<(String, Request, Origin)>,
+    /// When the databases of `parked` are next asked about other processes' writes.
+    external_check: Option<Instant>,
     list_waiters: Vec<Reply<Result<Vec<ShareInfo>, PeerError>>>,
     watchers: Vec<Watcher>,
     share_waiters: BTreeMap<String, Reply<Result<String, PeerError>>>,
@@ -291,6 +296,7 @@ impl Driver {
             done_rx,
             dbs: BTreeMap::new(),
             parked: Vec::new(),
+            external_check: None,
             list_waiters: Vec::new(),
             watchers: Vec::new(),
             share_waiters: BTreeMap::new(),
@@ -344,6 +350,7 @@ impl Driver {
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 self.node.handle_timeout(now);
             }
+            self.check_external_writes(now);
             self.drain().await;
             if self.finished() {
                 break;
@@ -352,10 +359,16 @@ impl Driver {
             // shortly (nothing else wakes the driver when a stream task takes them).
             let flushing = (self.shutdown.is_some() && self.streams.queued() > 0)
                 .then(|| Instant::now() + Duration::from_millis(10));
+            if self.parked.is_empty() {
+                self.external_check = None;
+            } else if self.external_check.is_none() {
+                self.external_check = Some(Instant::now() + EXTERNAL_WRITES_POLL);
+            }
             let deadline = [
                 self.node.poll_timeout(),
                 self.shutdown.as_ref().map(|s| s.0),
                 flushing,
+                self.external_check,
             ]
             .into_iter()
             .flatten()
@@ -687,10 +700,34 @@ impl Driver {
         }
     }
 
-    /// Drops parked longpolls whose caller is gone (a dropped local [`super::Subscription`]).
+    /// Wakes the longpolls of databases another process wrote (a SQLite file shared with a
+    /// `peerpouch docs … put`), when the check is due.
+    fn check_external_writes(&mut self, now: Instant) {
+        if self.parked.is_empty() || self.external_check.is_some_and(|t| t > now) {
+            return;
+        }
+        self.external_check = Some(now + EXTERNAL_WRITES_POLL);
+        let dbs: BTreeSet<String> = self.parked.iter().map(|(d, _, _)| d.clone()).collect();
+        for db in dbs {
+            let changed = match self.dbs.get_mut(&db) {
+                Some(Slot::Inline(s)) => s.changed_elsewhere(),
+                _ => false,
+            };
+            if changed {
+                tracing::debug!(db, "written by another process");
+                self.db_changed(&db);
+            }
+        }
+    }
+
+    /// Drops parked longpolls whose caller is gone: a dropped local [`super::Subscription`], a
+    /// closed link's server or an ended replication (the node no longer waits for them).
     fn forget_closed(&mut self) {
-        self.parked
-            .retain(|(_, _, o)| !matches!(o, Origin::App(r) if r.is_closed()));
+        let node = &self.node;
+        self.parked.retain(|(_, _, o)| match o {
+            Origin::App(r) => !r.is_closed(),
+            Origin::Node(id) => node.awaits_store_result(*id),
+        });
     }
 
     fn db_changed(&mut self, db: &str) {
@@ -822,6 +859,7 @@ impl Driver {
                     remote_subscriptions: self.subs.len(),
                     waiting_longpolls: self.parked.len(),
                     replications: self.reps.len(),
+                    links: self.node.link_count(),
                     bytes_received: self.bytes_received,
                     bytes_sent: self.bytes_sent,
                 });
@@ -958,6 +996,8 @@ impl Driver {
             }
             NodeEvent::LinkClosed { link, reason } => {
                 tracing::info!(share = %link.0, peer = %link.1, %reason, "link closed");
+                // Its server's longpolls wait for no one now.
+                self.forget_closed();
                 self.link_event(LinkEvent::Closed {
                     share: link.0.clone(),
                     peer: link.1.clone(),
@@ -1045,6 +1085,8 @@ impl Driver {
                 }
                 if last {
                     self.reps.remove(&id);
+                    // Its longpolls on local databases wait for no one now.
+                    self.forget_closed();
                 }
             }
             other => tracing::debug!(event = ?other, "node event"),

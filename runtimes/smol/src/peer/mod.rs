@@ -225,6 +225,7 @@ pub struct ShareConfig {
     options: ShareOptions,
     key: Option<Vec<u8>>,
     decide: Option<driver::Decider>,
+    max_links: Option<usize>,
 }
 
 impl std::fmt::Debug for ShareConfig {
@@ -233,6 +234,7 @@ impl std::fmt::Debug for ShareConfig {
             .field("options", &self.options)
             .field("key", &self.key.as_ref().map(|_| "<secret>"))
             .field("ask", &self.decide.is_some())
+            .field("max_links", &self.max_links)
             .finish()
     }
 }
@@ -264,6 +266,20 @@ impl ShareConfig {
     /// Peers must prove they know `key` (given to them out of band) to use the share.
     pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
         self.key = Some(key.into());
+        self
+    }
+
+    /// Serve at most `n` peers at once (connecting, open or awaiting an answer); one more is
+    /// refused with a reason that says the share is full. Without it, only the node's limit
+    /// ([`NodeConfig::max_links`](peerpouch::node::NodeConfig::max_links)) applies.
+    ///
+    /// ```
+    /// use peerpouch_smol::peer::ShareConfig;
+    /// let config = ShareConfig::new().name("notes").max_links(50);
+    /// # let _ = config;
+    /// ```
+    pub fn max_links(mut self, n: usize) -> Self {
+        self.max_links = Some(n);
         self
     }
 
@@ -695,6 +711,7 @@ impl PeerNode {
         let access = ShareAccess {
             key: config.key,
             ask: config.decide.is_some(),
+            max_links: config.max_links,
         };
         let name = name.clone();
         self.ask(|reply| Command::Share {
@@ -906,6 +923,9 @@ pub struct PeerStats {
     pub waiting_longpolls: usize,
     /// Replications running.
     pub replications: usize,
+    /// Links kept: to our shares and to others', connecting or open, and peers waiting for an
+    /// answer (what [`NodeConfig::max_links`](peerpouch::node::NodeConfig::max_links) bounds).
+    pub links: usize,
     /// Bytes this node received from the network since it started: its links' datagrams
     /// (DTLS, SCTP, STUN) and what TURN servers sent over TCP. What a transfer moves, for
     /// progress on large attachments, whose documents count only once they are whole.
