@@ -83,6 +83,7 @@ pub mod revtree;
 pub mod route;
 pub mod rpc;
 pub mod session;
+pub mod signal;
 pub mod store;
 
 pub use bytes::Bytes;

@@ -1,6 +1,35 @@
 //! A small seeded generator for ids and session tokens. Not for secrets: access-control keys
 //! come from the runtime's OS randomness.
 
+/// splitmix64: expands one seed into a stream of well-mixed values. Small and fast; what
+/// seeds the other generators, picks test faults, and draws STUN transaction ids.
+///
+/// ```
+/// use peerpouch::rand::SplitMix64;
+///
+/// let (mut a, mut b) = (SplitMix64::new(7), SplitMix64::new(7));
+/// assert_eq!(a.next_u64(), b.next_u64());
+/// assert_ne!(a.next_u64(), SplitMix64::new(8).next_u64());
+/// ```
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator whose whole output is determined by `seed`.
+    pub fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
 /// xoshiro256** seeded through splitmix64: fast, deterministic, and good enough to make
 /// collision-free ids from a random seed.
 #[derive(Clone, Debug)]
@@ -11,16 +40,14 @@ pub struct SeededRng {
 impl SeededRng {
     /// A generator whose whole output is determined by `seed`.
     pub fn new(seed: u64) -> SeededRng {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
+        let mut mix = SplitMix64::new(seed);
         SeededRng {
-            s: [next(), next(), next(), next()],
+            s: [
+                mix.next_u64(),
+                mix.next_u64(),
+                mix.next_u64(),
+                mix.next_u64(),
+            ],
         }
     }
 

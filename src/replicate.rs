@@ -36,7 +36,8 @@ use serde_json::{json, Value};
 
 use crate::error::DbError;
 use crate::ops::*;
-use crate::retry::{RetryPolicy, RetryQueue};
+pub use crate::retry::RequestId;
+use crate::retry::{Ledger, RetryPolicy};
 use crate::rev::{md5_hex, write_canonical, Rev};
 use crate::store::Database;
 
@@ -53,10 +54,6 @@ pub enum Endpoint {
     /// The database copied to.
     Target,
 }
-
-/// Identifies one request of a machine; its response comes back with the same id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RequestId(pub u64);
 
 /// A request the replicator wants executed against one endpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -333,12 +330,10 @@ pub struct Replicator {
     rep_id: String,
     session_id: String,
     state: State,
-    next_id: u64,
+    /// Requests in flight and waiting for a retry.
+    requests: Ledger<Sent>,
     out: VecDeque<EndpointRequest>,
     events: VecDeque<ReplicationEvent>,
-    inflight: BTreeMap<u64, Sent>,
-    retries: RetryQueue<Sent>,
-    pending_retry: Vec<Sent>,
     logs: [Option<Doc>; 2],
     logs_read: u8,
     log_revs: [Option<String>; 2],
@@ -384,12 +379,9 @@ impl Replicator {
             rep_id,
             session_id,
             state: State::ReadingLogs,
-            next_id: 0,
+            requests: Ledger::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
-            inflight: BTreeMap::new(),
-            retries: RetryQueue::default(),
-            pending_retry: Vec::new(),
             logs: [None, None],
             logs_read: 0,
             log_revs: [None, None],
@@ -483,13 +475,13 @@ impl Replicator {
 
     /// When [`Replicator::handle_timeout`] should next be called (a retry is due).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.retries.next_due()
+        self.requests.next_due()
     }
 
     /// Re-sends requests whose retry delay has passed. Calling it early or twice is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.schedule_pending(now);
-        for s in self.retries.take_due(now) {
+        for s in self.requests.take_due(now) {
             if self.state == State::Finished {
                 break;
             }
@@ -516,16 +508,17 @@ impl Replicator {
     }
 
     /// [`Replicator::handle_response`] without a clock: failures to retry wait in
-    /// `pending_retry` until the caller schedules or sends them.
+    /// the ledger until the caller schedules or sends them.
     fn handle_response_untimed(
         &mut self,
         id: RequestId,
         result: Result<Response, DbError>,
     ) -> Result<(), ReplicationError> {
-        if id.0 >= self.next_id {
-            return Err(ReplicationError::UnknownRequest(id));
-        }
-        let Some(sent) = self.inflight.remove(&id.0) else {
+        let Some(sent) = self
+            .requests
+            .answer(id)
+            .map_err(|_| ReplicationError::UnknownRequest(id))?
+        else {
             return Ok(());
         };
         if self.state == State::Finished {
@@ -565,39 +558,31 @@ impl Replicator {
         attempt: u32,
         retry: (Purpose, Endpoint, Request),
     ) {
-        let id = self.next_id;
-        self.next_id += 1;
         let op = request.name();
+        let id = self.requests.issue(Sent {
+            purpose,
+            endpoint,
+            op,
+            retry,
+            attempt,
+        });
         self.out.push_back(EndpointRequest {
-            id: RequestId(id),
+            id,
             endpoint,
             request,
         });
-        self.inflight.insert(
-            id,
-            Sent {
-                purpose,
-                endpoint,
-                op,
-                retry,
-                attempt,
-            },
-        );
     }
 
     fn schedule_pending(&mut self, now: Instant) {
-        for sent in std::mem::take(&mut self.pending_retry) {
-            let due = now + self.config.retry.delay(sent.attempt);
-            self.retries.push(due, sent);
-        }
+        let policy = self.config.retry;
+        self.requests
+            .schedule(now, |sent| policy.delay(sent.attempt));
     }
 
     fn finish(&mut self) {
         self.state = State::Finished;
         self.out.clear();
-        self.inflight.clear();
-        self.retries.clear();
-        self.pending_retry.clear();
+        self.requests.clear();
     }
 
     fn fail(&mut self, endpoint: Endpoint, op: &'static str, error: DbError) {
@@ -657,7 +642,7 @@ impl Replicator {
             }
             _ if error.is_transient() && sent.attempt < self.config.retry.max_retries => {
                 tracing::debug!(op = sent.op, %error, attempt = sent.attempt, "retrying");
-                self.pending_retry.push(Sent {
+                self.requests.retry_later(Sent {
                     attempt: sent.attempt + 1,
                     ..sent
                 });
@@ -1083,9 +1068,10 @@ pub fn replicate_with_progress(
                 _ => {}
             }
         }
-        if !rep.pending_retry.is_empty() {
+        let retries = rep.requests.take_unscheduled();
+        if !retries.is_empty() {
             // No clock here: due retries are sent at once.
-            for sent in std::mem::take(&mut rep.pending_retry) {
+            for sent in retries {
                 let (purpose, endpoint, request) = sent.retry;
                 rep.send(purpose, endpoint, request, sent.attempt);
             }

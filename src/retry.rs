@@ -1,6 +1,106 @@
-//! Exponential backoff for requests that failed transiently, shared by the machines.
+//! The request ledger the machines that send requests share ([`Hub`](crate::hub::Hub),
+//! [`Replicator`](crate::Replicator)): ids for requests, what each request in flight was for,
+//! and exponential backoff for the ones that failed transiently.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// Identifies one request of a machine; its response comes back with the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// A response's id was never issued by the machine it was given to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NeverIssued;
+
+/// Requests of one machine: `T` is what the machine keeps about each (what it is for, what a
+/// retry sends, the attempt). An entry is in flight from [`Ledger::issue`] until its answer
+/// comes ([`Ledger::answer`]); a failed one the machine wants again waits in
+/// [`Ledger::retry_later`] until [`Ledger::schedule`] gives it a due time, then comes back
+/// from [`Ledger::take_due`].
+#[derive(Debug)]
+pub(crate) struct Ledger<T> {
+    next_id: u64,
+    inflight: BTreeMap<u64, T>,
+    /// Failed, to be retried; due times are given once the clock is known.
+    unscheduled: Vec<T>,
+    retries: RetryQueue<T>,
+}
+
+impl<T> Default for Ledger<T> {
+    fn default() -> Self {
+        Ledger {
+            next_id: 0,
+            inflight: BTreeMap::new(),
+            unscheduled: Vec::new(),
+            retries: RetryQueue::default(),
+        }
+    }
+}
+
+impl<T> Ledger<T> {
+    /// Records `entry` as in flight under a new id.
+    pub fn issue(&mut self, entry: T) -> RequestId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.inflight.insert(id, entry);
+        RequestId(id)
+    }
+
+    /// Takes the entry of the request `id` answers: `Ok(None)` when it was forgotten (by
+    /// [`Ledger::clear`]), so its answer is ignored.
+    ///
+    /// # Errors
+    /// [`NeverIssued`] for an id this ledger never gave out (the ledger is unchanged).
+    pub fn answer(&mut self, id: RequestId) -> Result<Option<T>, NeverIssued> {
+        if id.0 >= self.next_id {
+            return Err(NeverIssued);
+        }
+        Ok(self.inflight.remove(&id.0))
+    }
+
+    /// Keeps `entry` for a retry; [`Ledger::schedule`] gives it its due time.
+    pub fn retry_later(&mut self, entry: T) {
+        self.unscheduled.push(entry);
+    }
+
+    /// Gives each entry kept for a retry its due time, `delay` after `now`.
+    pub fn schedule(&mut self, now: Instant, delay: impl Fn(&T) -> Duration) {
+        for entry in std::mem::take(&mut self.unscheduled) {
+            let due = now + delay(&entry);
+            self.retries.push(due, entry);
+        }
+    }
+
+    /// The entries kept for a retry and not scheduled yet (for a runner without a clock).
+    pub fn take_unscheduled(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.unscheduled)
+    }
+
+    /// Removes and returns the retries due at `now`, earliest first.
+    pub fn take_due(&mut self, now: Instant) -> Vec<T> {
+        self.retries.take_due(now)
+    }
+
+    /// When the next retry is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.retries.next_due()
+    }
+
+    /// Whether any request in flight or waiting for a retry matches `pred`.
+    pub fn any(&self, pred: impl Fn(&T) -> bool) -> bool {
+        self.inflight.values().any(&pred)
+            || self.unscheduled.iter().any(&pred)
+            || self.retries.iter().any(&pred)
+    }
+
+    /// Forgets every request (their answers will be ignored) and every retry.
+    pub fn clear(&mut self) {
+        self.inflight.clear();
+        self.unscheduled.clear();
+        self.retries.clear();
+    }
+}
 
 /// How often and how patiently a machine retries a request that failed transiently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +172,11 @@ impl<T> RetryQueue<T> {
         }
         due.sort_by_key(|(d, n, _)| (*d, *n));
         due.into_iter().map(|(_, _, t)| t).collect()
+    }
+
+    /// The items waiting, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter().map(|(_, _, t)| t)
     }
 
     pub fn clear(&mut self) {

@@ -50,9 +50,9 @@ use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceCreds, Input, Output, Rtc, RtcConfig};
 
-use crate::hub::{IceCandidate, SignalData};
 use crate::rand::SeededRng;
 use crate::reach::Transport;
+use crate::signal::{IceCandidate, SignalData};
 
 /// Label of the application data channel.
 pub const DATA_LABEL: &str = "peerpouch";
@@ -458,6 +458,11 @@ pub struct Session {
     probes_left: u32,
     restarts: u32,
     restart_started: Option<Instant>,
+    /// When an ICE restart was last tried (started, or refused by str0m while an offer of ours
+    /// was unanswered): the next waits a whole `ice_restart_after` from then, not only from
+    /// the last data received, or restarts that end before data flows again follow each other
+    /// back to back.
+    restart_tried: Option<Instant>,
     /// When the session closed (str0m is dropped [`CLOSE_LINGER`] later at the latest).
     closed_at: Option<Instant>,
     /// Makes the ICE credentials of each handshake.
@@ -526,6 +531,7 @@ impl Session {
             probes_left: 0,
             restarts: 0,
             restart_started: None,
+            restart_tried: None,
             closed_at: None,
             rng,
             local_candidates: Vec::new(),
@@ -1158,7 +1164,10 @@ impl Session {
         {
             return None;
         }
-        Some(self.last_recv + after)
+        let since = self
+            .restart_tried
+            .map_or(self.last_recv, |t| t.max(self.last_recv));
+        Some(since + after)
     }
 
     /// Runs timers due at `now` (str0m's, heartbeat, tail-loss probe, idle and connect
@@ -1216,6 +1225,7 @@ impl Session {
     }
 
     fn ice_restart(&mut self, now: Instant) {
+        self.restart_tried = Some(now);
         let mut api = self.rtc.sdp_api();
         api.ice_restart(true);
         if let Some((offer, pending)) = api.apply() {
@@ -1225,6 +1235,8 @@ impl Session {
             self.signals
                 .push_back(SignalData::Offer(offer.to_sdp_string()));
             self.events.push_back(SessionEvent::IceRestarted);
+        } else {
+            tracing::debug!("an ICE restart could not start now; trying again later");
         }
     }
 

@@ -1067,3 +1067,123 @@ fn a_new_feed_starts_after_the_rows_given_before_it_was_polled() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A joiner that read the sharer's answer owes the hub its delete until the hub confirms it:
+/// drivers wait for that (briefly) before they stop, so no consumed signal is left behind.
+#[test]
+fn consumed_signals_are_pending_deletes_until_the_hub_confirms_them() {
+    let now = epoch();
+    let mut hubm = MemoryHub::new();
+    let mut joiner = hub(7);
+    // The hub's info: the machine is ready.
+    while let Some(a) = joiner.poll_action() {
+        if let HubAction::Request { id, request } = a {
+            joiner
+                .handle_response(now, id, hubm.execute(request))
+                .unwrap();
+        }
+    }
+    let share = "share-0123456789abcdef";
+    let peer = joiner.open(now, share, Value::Null).unwrap();
+    while joiner.poll_action().is_some() {}
+    assert!(!joiner.has_pending_deletes());
+    let answer = json!({
+        "_id": "s-signal-42", "_rev": "1-abc", "type": "com.stemstorage.peerpouch.signal",
+        "sender": share, "recipient": peer, "n": 0,
+        "data": {"type": "answer", "sdp": "v=0"},
+    });
+    joiner.handle_feed(
+        now,
+        vec![ChangeRow {
+            id: "s-signal-42".into(),
+            seq: Seq::from(5),
+            changes: vec![],
+            deleted: false,
+            doc: Some(answer),
+        }],
+    );
+    assert!(joiner.has_pending_deletes(), "the delete is queued");
+    let Some(HubAction::Request { id, request }) = joiner.poll_action() else {
+        panic!("the delete goes out at once");
+    };
+    assert!(
+        matches!(&request, Request::BulkDocs(b) if b.docs[0]["_deleted"] == true),
+        "{request:?}"
+    );
+    assert!(joiner.has_pending_deletes(), "the delete is on its way");
+    joiner
+        .handle_response(now, id, Err(DbError::Unavailable("busy".into())))
+        .unwrap();
+    assert!(
+        joiner.has_pending_deletes(),
+        "the delete waits for its retry"
+    );
+    let due = joiner.poll_timeout().expect("a retry is due");
+    joiner.handle_timeout(due);
+    let Some(HubAction::Request { id, .. }) = joiner.poll_action() else {
+        panic!("the delete is retried");
+    };
+    joiner
+        .handle_response(
+            due,
+            id,
+            Ok(Response::BulkDocs(BulkDocsResponse { results: vec![] })),
+        )
+        .unwrap();
+    assert!(!joiner.has_pending_deletes(), "the hub confirmed it");
+}
+
+/// A writer of the hub can number its signals anywhere up to `u64::MAX`: a run that ends
+/// there is delivered in order, and the machine neither overflows nor takes more after it.
+#[test]
+fn signal_numbers_at_the_end_of_u64_neither_overflow_nor_repeat() {
+    let mut w = World::new(1);
+    let share = share_named(&mut w, 0, "edge");
+    let held = HubConfig::default().max_buffered_signals as u64;
+    let signal = |k: u64, n: u64| {
+        json!({"_id": format!("p-signal-edge-{k:03}"), "type": "com.stemstorage.peerpouch.signal",
+            "sender": "peer-edge", "recipient": share, "n": n,
+            "data": {"candidate": {"candidate": format!("candidate:{k} 1 udp 1 127.0.0.1 {} typ host", 1000 + k), "sdpMid": "0"}}})
+    };
+    // The first asks for the connection (its number leaves a gap at 0, so it is held).
+    w.hub.db().put(signal(0, u64::MAX - held - 1)).unwrap();
+    let ev = w.settle();
+    assert!(
+        ev[0]
+            .iter()
+            .any(|e| matches!(e, HubEvent::PeerRequested { peer, .. } if peer == "peer-edge")),
+        "{ev:?}"
+    );
+    let now = w.now;
+    w.nodes[0].accept(now, &share, "peer-edge").unwrap();
+    assert!(signals(&w.settle()[0]).is_empty(), "held behind the gap");
+    // More than the machine holds: it moves past the gap and drains to the last number.
+    for k in 1..=held + 1 {
+        w.hub.db().put(signal(k, u64::MAX - held - 1 + k)).unwrap();
+    }
+    let got = signals(&w.settle()[0]);
+    let ports: Vec<u64> = got
+        .iter()
+        .map(|s| match s {
+            SignalData::Candidate(Some(c)) => {
+                c.candidate.rsplit(' ').nth(2).unwrap().parse().unwrap()
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        (1000..=1000 + held + 1).collect::<Vec<u64>>(),
+        "each once, in order"
+    );
+    // The last number again is a duplicate, not a new signal.
+    w.hub
+        .db()
+        .put(
+            json!({"_id": "p-signal-edge-again", "type": "com.stemstorage.peerpouch.signal",
+        "sender": "peer-edge", "recipient": share, "n": u64::MAX, "data": {"candidate": null}}),
+        )
+        .unwrap();
+    assert!(signals(&w.settle()[0]).is_empty());
+    assert!(w.docs_with_prefix("p-signal-").is_empty(), "all consumed");
+}

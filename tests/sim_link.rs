@@ -424,3 +424,33 @@ fn a_dtls_handshake_out_of_retries_starts_over() {
     let opened = assert_opened_after_one_restart(&s, &jc);
     assert!(opened > Duration::from_secs(100), "{opened:?}");
 }
+
+/// An ICE restart whose answer comes back at once (the hub still works while the peers'
+/// path is down) does not set off the next one: restarts are spaced by `ice_restart_after`,
+/// not fired back to back at one instant (the `node` fuzz target found a session leaving its
+/// restart deadline in the past, a busy loop of timeouts that spent every restart at once).
+#[test]
+fn ice_restarts_during_a_partition_are_spaced_out() {
+    let (mut s, sc, jc) = two_nodes(8, NetConfig::default());
+    let cut = s.elapsed();
+    s.partition(0, 1, cut, cut + Duration::from_secs(9));
+    s.run_for(Duration::from_secs(9));
+    let t = s.trace().to_string();
+    let restarts: Vec<f64> = t
+        .lines()
+        .filter(|l| l.contains("joiner ev    IceRestarted"))
+        .filter_map(|l| l.trim_start().split("ms").next()?.parse().ok())
+        .collect();
+    assert!(
+        !restarts.is_empty(),
+        "no ICE restart during the partition\n{t}"
+    );
+    for pair in restarts.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 4000.0,
+            "restarts {} ms apart: {restarts:?}\n{t}",
+            pair[1] - pair[0]
+        );
+    }
+    exchange(&mut s, &sc, &jc, 10, 100, Duration::from_secs(30));
+}

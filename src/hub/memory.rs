@@ -138,7 +138,9 @@ impl MemoryHub {
                         HubAction::Request { id, request } => {
                             let result = self.execute(request);
                             // Ids come from this machine: never unknown.
-                            let _ = hub.handle_response(now, id, result);
+                            if let Err(error) = hub.handle_response(now, id, result) {
+                                tracing::warn!(%error, "the in-memory hub answered a request twice");
+                            }
                         }
                         HubAction::FollowChanges { since, filter } => {
                             // Replaces the machine's previous cursor, which is dropped.

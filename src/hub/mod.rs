@@ -29,9 +29,13 @@
 //! shares and signals older than [`HubConfig::signal_max_age`]. Documents that are malformed or
 //! oversized are counted ([`HubDiagnostics`]), reported ([`HubEvent::Malformed`]) and skipped.
 
+mod cleanup;
+mod conn;
+mod directory;
 mod docs;
 mod filter;
 mod memory;
+mod shares;
 
 pub use docs::*;
 pub use filter::FeedFilter;
@@ -40,13 +44,17 @@ pub use memory::MemoryHub;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use self::cleanup::{Cleanup, Staleness};
+use self::conn::{Conn, ConnState, JoinPhase, Outbox, Role};
+use self::directory::Directory;
+use self::shares::OwnShares;
 use crate::error::DbError;
 use crate::ops::*;
 use crate::rand::SeededRng;
-use crate::replicate::RequestId;
-use crate::retry::{RetryPolicy, RetryQueue};
+pub use crate::retry::RequestId;
+use crate::retry::{Ledger, RetryPolicy};
 
 /// Tuning of the negotiation machine.
 #[derive(Clone, Debug, PartialEq)]
@@ -315,55 +323,6 @@ pub struct HubDiagnostics {
     pub stale_deleted: u64,
 }
 
-#[derive(Debug)]
-struct OwnShare {
-    info: ShareInfo,
-    rev: Option<String>,
-    created: bool,
-    needs_write: bool,
-    write_inflight: bool,
-    deleting: bool,
-    next_refresh: Instant,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    Sharer,
-    Joiner,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum ConnState {
-    Pending,
-    Open,
-    Refused,
-}
-
-/// Where a connection we opened stands with the sharer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum JoinPhase {
-    /// Our offer went out; since when it is on the hub (`None`: not confirmed yet).
-    Offered(Option<Instant>),
-    /// The sharer asks a person, since then.
-    AwaitingApproval(Instant),
-    /// The sharer answered (or refused): the session's own timeouts bound the rest.
-    Answered,
-}
-
-#[derive(Debug)]
-struct Conn {
-    role: Role,
-    state: ConnState,
-    /// Joiners only.
-    phase: JoinPhase,
-    info: Value,
-    next_out: u64,
-    next_in: u64,
-    held: BTreeMap<u64, SignalData>,
-    buffered: Vec<SignalData>,
-    refused_at: Option<Instant>,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 enum Purpose {
     Info,
@@ -408,26 +367,19 @@ pub struct Hub {
     start: Instant,
     wall_at_start: u64,
     ready: bool,
-    next_id: u64,
     actions: VecDeque<HubAction>,
     events: VecDeque<HubEvent>,
-    inflight: BTreeMap<u64, Sent>,
-    pending_retry: Vec<Sent>,
-    retries: RetryQueue<Sent>,
-    shares: BTreeMap<String, OwnShare>,
+    /// Requests in flight and waiting for a retry.
+    requests: Ledger<Sent>,
+    /// Our own shares' documents.
+    shares: OwnShares,
     conns: BTreeMap<(String, String), Conn>,
-    known: BTreeMap<String, ShareInfo>,
-    watching: bool,
-    list_requested: bool,
-    list_inflight: bool,
-    outbox: Vec<Value>,
-    /// Connections with signals in `outbox`, then in the write in flight.
-    outbox_conns: Vec<(String, String)>,
-    inflight_conns: Vec<(String, String)>,
-    signals_inflight: bool,
-    deletes: Vec<Value>,
-    next_cleanup: Option<Instant>,
-    cleanup_inflight: bool,
+    /// Others' shares.
+    directory: Directory,
+    /// Our signals on their way to the hub.
+    outbox: Outbox,
+    /// Deletes of what was consumed, and sweeps for what is stale.
+    cleanup: Cleanup,
     diag: HubDiagnostics,
     /// The sequence of the last feed row handled (where a new feed starts).
     last_seq: Seq,
@@ -449,31 +401,36 @@ impl Hub {
             start: now,
             wall_at_start: wall_clock_ms,
             ready: false,
-            next_id: 0,
             actions: VecDeque::new(),
             events: VecDeque::new(),
-            inflight: BTreeMap::new(),
-            pending_retry: Vec::new(),
-            retries: RetryQueue::default(),
-            shares: BTreeMap::new(),
+            requests: Ledger::default(),
+            shares: OwnShares::default(),
             conns: BTreeMap::new(),
-            known: BTreeMap::new(),
-            watching: false,
-            list_requested: false,
-            list_inflight: false,
-            outbox: Vec::new(),
-            outbox_conns: Vec::new(),
-            inflight_conns: Vec::new(),
-            signals_inflight: false,
-            deletes: Vec::new(),
-            next_cleanup: None,
-            cleanup_inflight: false,
+            directory: Directory::default(),
+            outbox: Outbox::default(),
+            cleanup: Cleanup::default(),
             diag: HubDiagnostics::default(),
             last_seq: Seq::zero(),
             followed: None,
         };
         h.send(Purpose::Info, Request::Info, 0);
         h
+    }
+
+    /// Whether deletes of documents this machine consumed (signals read, stale documents) are
+    /// queued, on their way to the hub or waiting for a retry. A driver that stops keeps
+    /// feeding hub answers, with a short deadline, until this is `false`: a process that ends
+    /// normally leaves none of the signals it read behind.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use peerpouch::hub::{Hub, HubConfig};
+    ///
+    /// let hub = Hub::new(HubConfig::default(), 1, Instant::now(), 1_700_000_000_000);
+    /// assert!(!hub.has_pending_deletes());
+    /// ```
+    pub fn has_pending_deletes(&self) -> bool {
+        self.cleanup.has_queued() || self.requests.any(|s| s.purpose == Purpose::DeleteDocs)
     }
 
     /// A number identifying this machine (drawn from its seed), for drivers that keep
@@ -513,29 +470,17 @@ impl Hub {
         let expires_at = self
             .wall_ms(now)
             .saturating_add(self.config.share_ttl.as_millis() as u64);
-        self.shares.insert(
-            id.clone(),
-            OwnShare {
-                info: ShareInfo {
-                    id: id.clone(),
-                    name: options.name,
-                    info: options.info,
-                    protocol: Some(PROTOCOL_VERSION),
-                    expires_at: Some(expires_at),
-                    read_only: options.read_only,
-                    fingerprint: options.fingerprint,
-                },
-                rev: None,
-                created: false,
-                needs_write: true,
-                write_inflight: false,
-                deleting: false,
-                next_refresh: now + self.config.refresh_interval,
-            },
-        );
-        if self.next_cleanup.is_none() {
-            self.next_cleanup = Some(now);
-        }
+        let info = ShareInfo {
+            id: id.clone(),
+            name: options.name,
+            info: options.info,
+            protocol: Some(PROTOCOL_VERSION),
+            expires_at: Some(expires_at),
+            read_only: options.read_only,
+            fingerprint: options.fingerprint,
+        };
+        self.shares.add(now, info, self.config.refresh_interval);
+        self.cleanup.sharing(now);
         self.pump(now);
         id
     }
@@ -546,13 +491,9 @@ impl Hub {
     /// # Errors
     /// [`HubError::NotShared`] if this node does not share `share` (or already unshared it).
     pub fn unshare(&mut self, now: Instant, share: &str) -> Result<(), HubError> {
-        let s = self
-            .shares
-            .get_mut(share)
-            .filter(|s| !s.deleting)
-            .ok_or_else(|| HubError::NotShared(share.to_string()))?;
-        s.deleting = true;
-        s.needs_write = false;
+        if !self.shares.unshare(share) {
+            return Err(HubError::NotShared(share.to_string()));
+        }
         let peers: Vec<String> = self
             .conns
             .keys()
@@ -574,17 +515,15 @@ impl Hub {
 
     /// Lists the live shares of others: [`HubEvent::SharesListed`] follows.
     pub fn list(&mut self, now: Instant) {
-        self.list_requested = true;
+        self.directory.request_list();
         self.pump(now);
     }
 
     /// Starts or stops reporting shares as they appear and go ([`HubEvent::ShareAdded`],
     /// [`HubEvent::ShareRemoved`]). Starting also lists the current ones.
     pub fn watch(&mut self, now: Instant, on: bool) {
-        self.watching = on;
-        if on {
-            self.list(now);
-        }
+        self.directory.watch(on);
+        self.pump(now);
     }
 
     /// Starts connecting to `share`: returns our new peer id. Signals for the session then go
@@ -611,14 +550,7 @@ impl Hub {
     /// # Errors
     /// [`HubError::UnknownConnection`], or [`HubError::InvalidState`] unless the peer is pending.
     pub fn accept(&mut self, now: Instant, share: &str, peer: &str) -> Result<(), HubError> {
-        let c = self.conn_mut(share, peer)?;
-        if c.role != Role::Sharer || c.state != ConnState::Pending {
-            return Err(HubError::InvalidState(
-                "only a pending peer can be accepted",
-            ));
-        }
-        c.state = ConnState::Open;
-        let buffered = std::mem::take(&mut c.buffered);
+        let buffered = self.conn_mut(share, peer)?.accept()?;
         for data in buffered {
             self.events.push_back(HubEvent::Signal {
                 share: share.into(),
@@ -633,14 +565,9 @@ impl Hub {
     /// Sharer: the SDP of the offer a pending peer sent (held until [`Hub::accept`]), once it
     /// has arrived: what the app reads the peer's certificate fingerprint from before deciding.
     pub fn pending_offer(&self, share: &str, peer: &str) -> Option<&str> {
-        let c = self.conns.get(&(share.to_string(), peer.to_string()))?;
-        if c.role != Role::Sharer || c.state != ConnState::Pending {
-            return None;
-        }
-        c.buffered.iter().find_map(|d| match d {
-            SignalData::Offer(sdp) => Some(sdp.as_str()),
-            _ => None,
-        })
+        self.conns
+            .get(&(share.to_string(), peer.to_string()))?
+            .pending_offer()
     }
 
     /// Sharer: whether a peer is waiting for [`Hub::accept`] or [`Hub::refuse`].
@@ -666,12 +593,8 @@ impl Hub {
     /// # Errors
     /// [`HubError::UnknownConnection`], or [`HubError::InvalidState`] unless the peer is pending.
     pub fn defer(&mut self, now: Instant, share: &str, peer: &str) -> Result<(), HubError> {
-        let c = self.conn_mut(share, peer)?;
-        if c.role != Role::Sharer || c.state != ConnState::Pending {
-            return Err(HubError::InvalidState(
-                "only a pending peer can be deferred",
-            ));
-        }
+        self.conn_mut(share, peer)?
+            .expect_pending("only a pending peer can be deferred")?;
         // Unnumbered: a peer that does not know it skips it without a gap in our numbering.
         self.queue_signal(now, share, peer, SignalData::Pending, false);
         self.pump(now);
@@ -690,14 +613,7 @@ impl Hub {
         peer: &str,
         reason: Option<String>,
     ) -> Result<(), HubError> {
-        let c = self.conn_mut(share, peer)?;
-        if c.role != Role::Sharer {
-            return Err(HubError::InvalidState("only the sharer refuses"));
-        }
-        let dropped = c.buffered.len() as u64;
-        c.buffered.clear();
-        c.state = ConnState::Refused;
-        c.refused_at = Some(now);
+        let dropped = self.conn_mut(share, peer)?.refuse(now)?;
         self.diag.signals_dropped += dropped;
         if reason.is_some() {
             self.queue_signal(now, share, peer, SignalData::Refuse(reason), true);
@@ -752,23 +668,15 @@ impl Hub {
     /// When [`Hub::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = [
-            self.retries.next_due(),
-            self.next_cleanup,
-            self.shares
-                .values()
-                .filter(|s| !s.deleting)
-                .map(|s| s.next_refresh)
-                .min(),
-            self.known
-                .values()
-                .filter_map(|s| s.expires_at)
-                .min()
-                // Expired once the wall clock passes it; u64::MAX never is.
-                .and_then(|ms| ms.checked_add(1))
+            self.requests.next_due(),
+            self.cleanup.next_due(),
+            self.shares.next_refresh(),
+            self.directory
+                .next_expiry()
                 .and_then(|ms| self.instant_of_wall(ms)),
             self.conns
                 .values()
-                .filter_map(|c| self.join_deadline(c).map(|(at, _)| at))
+                .filter_map(|c| c.join_deadline(&self.config).map(|(at, _)| at))
                 .min(),
         ]
         .into_iter()
@@ -776,7 +684,7 @@ impl Hub {
         .min();
         if !self.ready {
             // Nothing is due before the hub answers, except retries.
-            t = self.retries.next_due();
+            t = self.requests.next_due();
         }
         t
     }
@@ -784,43 +692,26 @@ impl Hub {
     /// Runs what is due at `now`: retries, share refreshes, expiry, cleanup. Harmless early.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.schedule_retries(now);
-        for s in self.retries.take_due(now) {
+        for s in self.requests.take_due(now) {
             self.send(s.purpose, s.request, s.attempt);
         }
         if !self.ready {
             return;
         }
-        let ttl = self.config.share_ttl.as_millis() as u64;
         let wall = self.wall_ms(now);
-        for s in self.shares.values_mut() {
-            if !s.deleting && s.next_refresh <= now {
-                s.next_refresh = now + self.config.refresh_interval;
-                s.info.expires_at = Some(wall.saturating_add(ttl));
-                s.needs_write = true;
-            }
-        }
-        let expired: Vec<String> = self
-            .known
-            .values()
-            .filter(|s| s.expires_at.is_some_and(|e| e < wall))
-            .map(|s| s.id.clone())
-            .collect();
-        for id in expired {
-            self.known.remove(&id);
-            if self.watching {
-                self.events.push_back(HubEvent::ShareRemoved {
-                    share: id,
-                    reason: RemovedReason::Expired,
-                });
-            }
-        }
-        if self.next_cleanup.is_some_and(|t| t <= now) {
-            if self.shares.is_empty() {
-                self.next_cleanup = None;
-            } else {
-                self.next_cleanup = Some(now + self.config.cleanup_interval);
-                self.start_cleanup(now);
-            }
+        self.shares.refresh(
+            now,
+            wall,
+            self.config.share_ttl,
+            self.config.refresh_interval,
+        );
+        self.directory.expire(wall, &mut self.events);
+        let sharing = !self.shares.is_empty();
+        if let Some(sweep) = self
+            .cleanup
+            .take_sweep(now, sharing, self.config.cleanup_interval)
+        {
+            self.send(Purpose::Cleanup, sweep, 0);
         }
         self.join_timeouts(now);
         // Forget refused peers once their signals can no longer be around.
@@ -842,17 +733,18 @@ impl Hub {
         id: RequestId,
         result: Result<Response, DbError>,
     ) -> Result<(), HubError> {
-        if id.0 >= self.next_id {
-            return Err(HubError::UnknownRequest(id));
-        }
-        let Some(sent) = self.inflight.remove(&id.0) else {
+        let Some(sent) = self
+            .requests
+            .answer(id)
+            .map_err(|_| HubError::UnknownRequest(id))?
+        else {
             return Ok(());
         };
         match result {
             Ok(resp) => self.on_ok(now, sent.purpose, resp),
             Err(e) if e.is_transient() && sent.attempt < self.config.retry.max_retries => {
                 tracing::debug!(op = sent.request.name(), error = %e, "hub request will be retried");
-                self.pending_retry.push(Sent {
+                self.requests.retry_later(Sent {
                     attempt: sent.attempt + 1,
                     ..sent
                 });
@@ -874,40 +766,17 @@ impl Hub {
     }
 
     fn send(&mut self, purpose: Purpose, request: Request, attempt: u32) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.actions.push_back(HubAction::Request {
-            id: RequestId(id),
+        let id = self.requests.issue(Sent {
+            purpose,
             request: request.clone(),
+            attempt,
         });
-        self.inflight.insert(
-            id,
-            Sent {
-                purpose,
-                request,
-                attempt,
-            },
-        );
+        self.actions.push_back(HubAction::Request { id, request });
     }
 
     fn schedule_retries(&mut self, now: Instant) {
-        for s in std::mem::take(&mut self.pending_retry) {
-            let due = now + self.config.retry.delay(s.attempt);
-            self.retries.push(due, s);
-        }
-    }
-
-    /// When a connection we opened gives up on the sharer, and whether that is for want of an
-    /// approval (else of any answer).
-    fn join_deadline(&self, c: &Conn) -> Option<(Instant, bool)> {
-        if c.role != Role::Joiner {
-            return None;
-        }
-        match c.phase {
-            JoinPhase::Offered(Some(t)) => Some((t + self.config.answer_timeout, false)),
-            JoinPhase::AwaitingApproval(t) => Some((t + self.config.approval_timeout, true)),
-            JoinPhase::Offered(None) | JoinPhase::Answered => None,
-        }
+        let policy = self.config.retry;
+        self.requests.schedule(now, |s| policy.delay(s.attempt));
     }
 
     /// Gives up on the sharers whose answer or approval is overdue.
@@ -916,7 +785,7 @@ impl Hub {
             .conns
             .iter()
             .filter_map(|(k, c)| {
-                let (at, approval) = self.join_deadline(c)?;
+                let (at, approval) = c.join_deadline(&self.config)?;
                 let waited = match approval {
                     true => self.config.approval_timeout,
                     false => self.config.answer_timeout,
@@ -965,40 +834,8 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        let n = numbered.then(|| {
-            c.next_out += 1;
-            c.next_out - 1
-        });
-        let (id, sender, recipient, info) = match c.role {
-            Role::Joiner => (
-                format!("{PEER_SIGNAL_PREFIX}{id_part}"),
-                peer,
-                share,
-                c.info.clone(),
-            ),
-            Role::Sharer => (
-                format!("{SHARER_SIGNAL_PREFIX}{id_part}"),
-                share,
-                peer,
-                Value::Null,
-            ),
-        };
-        let mut doc = json!({
-            "_id": id,
-            "type": SIGNAL_TYPE,
-            "sender": sender,
-            "recipient": recipient,
-            "data": data.to_json(),
-            "info": info,
-            "created_at": wall,
-        });
-        if let Some(n) = n {
-            doc["n"] = json!(n);
-        }
-        self.outbox.push(doc);
-        if !self.outbox_conns.contains(&key) {
-            self.outbox_conns.push(key);
-        }
+        let doc = c.signal_doc((share, peer), &id_part, &data, numbered, wall);
+        self.outbox.push(key, doc);
     }
 
     /// The filter the feed needs now: our shares and the connections we opened.
@@ -1008,7 +845,7 @@ impl Hub {
             .iter()
             .filter(|(_, c)| c.role == Role::Joiner)
             .map(|((_, peer), _)| peer.clone());
-        FeedFilter::new(self.shares.keys().cloned().chain(joined))
+        FeedFilter::new(self.shares.ids().cloned().chain(joined))
     }
 
     /// Asks for a new feed when the followed one would miss signals to an id of ours. Ids that
@@ -1037,95 +874,22 @@ impl Hub {
         }
         // Before any write that makes a new id of ours known (a share, an offer).
         self.refollow();
-        let mut puts = Vec::new();
-        let mut finished = Vec::new();
-        for (id, s) in self.shares.iter_mut() {
-            if s.write_inflight {
-                continue;
-            }
-            if s.deleting {
-                match &s.rev {
-                    Some(rev) => {
-                        s.write_inflight = true;
-                        puts.push((
-                            Purpose::DeleteShare(id.clone()),
-                            json!({"_id": id, "_rev": rev, "_deleted": true}),
-                        ));
-                    }
-                    None => finished.push(id.clone()),
-                }
-            } else if s.needs_write {
-                s.needs_write = false;
-                s.write_inflight = true;
-                let mut doc = share_doc(&s.info);
-                if let Some(rev) = &s.rev {
-                    doc["_rev"] = json!(rev);
-                }
-                puts.push((Purpose::PutShare(id.clone()), doc));
-            }
+        for (purpose, request) in self.shares.take_writes(&mut self.events) {
+            self.send(purpose, request, 0);
         }
-        for (purpose, doc) in puts {
-            self.send(
-                purpose,
-                Request::BulkDocs(BulkDocsRequest {
-                    docs: vec![doc],
-                    new_edits: true,
-                }),
-                0,
-            );
+        if let Some(write) = self.outbox.take_write() {
+            self.send(Purpose::WriteSignals, write, 0);
         }
-        for id in finished {
-            self.shares.remove(&id);
-            self.events.push_back(HubEvent::Unshared { share: id });
+        if let Some(deletes) = self.cleanup.take_deletes() {
+            self.send(Purpose::DeleteDocs, deletes, 0);
         }
-        if !self.outbox.is_empty() && !self.signals_inflight {
-            self.signals_inflight = true;
-            let docs = std::mem::take(&mut self.outbox);
-            self.inflight_conns = std::mem::take(&mut self.outbox_conns);
-            self.send(
-                Purpose::WriteSignals,
-                Request::BulkDocs(BulkDocsRequest {
-                    docs,
-                    new_edits: true,
-                }),
-                0,
-            );
-        }
-        if !self.deletes.is_empty() {
-            let docs = std::mem::take(&mut self.deletes);
-            self.send(
-                Purpose::DeleteDocs,
-                Request::BulkDocs(BulkDocsRequest {
-                    docs,
-                    new_edits: true,
-                }),
-                0,
-            );
-        }
-        if self.list_requested && !self.list_inflight {
-            self.list_requested = false;
-            self.list_inflight = true;
+        if self.directory.take_list_request() {
             self.send(
                 Purpose::List,
                 Request::AllDocs(prefix_range(SHARE_PREFIX)),
                 0,
             );
         }
-    }
-
-    fn start_cleanup(&mut self, _now: Instant) {
-        if self.cleanup_inflight {
-            return;
-        }
-        self.cleanup_inflight = true;
-        // Signals and shares, in one range: "p-signal-" < "s-signal-" < "share-".
-        let req = AllDocsRequest {
-            start_key: Some(PEER_SIGNAL_PREFIX.into()),
-            end_key: Some(format!("{SHARE_PREFIX}\u{fff0}")),
-            include_docs: true,
-            ..AllDocsRequest::default()
-        };
-        self.send(Purpose::Cleanup, Request::AllDocs(req), 0);
     }
 
     fn on_ok(&mut self, now: Instant, purpose: Purpose, resp: Response) {
@@ -1151,34 +915,26 @@ impl Hub {
                     .next()
                     .map(|d| d.result)
                     .unwrap_or_else(|| Err(DbError::BadResponse("empty bulk_docs".into())));
-                self.share_written(now, &id, result);
-            }),
-            Purpose::GetShareRev(id) => resp.into_doc_body().map(|d| {
-                if let Some(s) = self.shares.get_mut(&id) {
-                    s.rev = d.doc.get("_rev").and_then(Value::as_str).map(String::from);
-                    s.write_inflight = false;
-                    s.needs_write = !s.deleting;
+                if let Some((purpose, request)) =
+                    self.shares.on_written(&id, result, &mut self.events)
+                {
+                    self.send(purpose, request, 0);
                 }
             }),
+            Purpose::GetShareRev(id) => resp
+                .into_doc_body()
+                .map(|d| self.shares.on_rev(&id, &d.doc)),
             Purpose::DeleteShare(id) => resp.into_bulk_docs().map(|r| {
-                match r.results.into_iter().next().map(|d| d.result) {
-                    Some(Err(DbError::Conflict)) => {
-                        self.send(
-                            Purpose::GetShareRev(id.clone()),
-                            Request::Get(GetRequest::new(id)),
-                            0,
-                        );
-                    }
-                    _ => {
-                        self.shares.remove(&id);
-                        self.events.push_back(HubEvent::Unshared { share: id });
-                    }
+                let result = r.results.into_iter().next().map(|d| d.result);
+                if let Some((purpose, request)) =
+                    self.shares.on_deleted(&id, result, &mut self.events)
+                {
+                    self.send(purpose, request, 0);
                 }
             }),
             Purpose::WriteSignals => resp.into_bulk_docs().map(|r| {
-                self.signals_inflight = false;
                 // Our offers are on the hub: the sharers' answer deadlines start now.
-                for key in std::mem::take(&mut self.inflight_conns) {
+                for key in self.outbox.written() {
                     if let Some(c) = self.conns.get_mut(&key) {
                         if c.phase == JoinPhase::Offered(None) {
                             c.phase = JoinPhase::Offered(Some(now));
@@ -1196,58 +952,36 @@ impl Hub {
             }),
             Purpose::DeleteDocs => resp.into_bulk_docs().map(|_| ()),
             Purpose::List => resp.into_all_docs().map(|r| {
-                self.list_inflight = false;
-                let wall = self.wall_ms(now);
                 let mut shares = Vec::new();
                 for row in r.rows {
                     let Some(Value::Object(doc)) = row.doc else {
                         continue;
                     };
                     match parse_hub_doc(&doc, &self.config.limits) {
-                        Ok(HubDoc::Share(info, _)) => {
-                            if self.shares.contains_key(&info.id)
-                                || info.expires_at.is_some_and(|e| e < wall)
-                            {
-                                continue;
-                            }
-                            self.known.insert(info.id.clone(), info.clone());
-                            shares.push(info);
+                        Ok(HubDoc::Share(info, _)) if !self.shares.contains(&info.id) => {
+                            shares.push(info)
                         }
                         Ok(_) => {}
                         Err(error) => self.malformed(row.key, error),
                     }
                 }
-                self.events.push_back(HubEvent::SharesListed(shares));
+                let wall = self.wall_ms(now);
+                self.directory.on_listed(shares, wall, &mut self.events);
             }),
             Purpose::Cleanup => resp.into_all_docs().map(|r| {
-                self.cleanup_inflight = false;
-                let wall = self.wall_ms(now);
-                let grace = self.config.share_ttl.as_millis() as u64;
-                let max_age = self.config.signal_max_age.as_millis() as u64;
-                for row in r.rows {
-                    let Some(Value::Object(doc)) = row.doc else {
-                        continue;
-                    };
-                    let stale = match parse_hub_doc(&doc, &self.config.limits) {
-                        Ok(HubDoc::Share(info, _)) => {
-                            !self.shares.contains_key(&info.id)
-                                && info
-                                    .expires_at
-                                    .is_some_and(|e| e.saturating_add(grace) < wall)
-                        }
-                        Ok(HubDoc::Signal(s)) => s
-                            .created_at
-                            .is_some_and(|c| c.saturating_add(max_age) < wall),
-                        _ => false,
-                    };
-                    if stale {
-                        if let Some(rev) = doc.get("_rev") {
-                            self.diag.stale_deleted += 1;
-                            self.deletes
-                                .push(json!({"_id": row.key, "_rev": rev, "_deleted": true}));
-                        }
-                    }
-                }
+                let rule = Staleness {
+                    limits: &self.config.limits,
+                    wall: self.wall_ms(now),
+                    share_grace_ms: self.config.share_ttl.as_millis() as u64,
+                    signal_max_age_ms: self.config.signal_max_age.as_millis() as u64,
+                };
+                let docs = r.rows.into_iter().filter_map(|row| match row.doc {
+                    Some(Value::Object(doc)) => Some(doc),
+                    _ => None,
+                });
+                let shares = &self.shares;
+                let stale = self.cleanup.on_swept(docs, &rule, |id| shares.contains(id));
+                self.diag.stale_deleted += stale;
             }),
         };
         if let Err(error) = result {
@@ -1264,58 +998,12 @@ impl Hub {
         }
     }
 
-    fn share_written(&mut self, now: Instant, id: &str, result: Result<crate::Rev, DbError>) {
-        let Some(s) = self.shares.get_mut(id) else {
-            return;
-        };
-        s.write_inflight = false;
-        match result {
-            Ok(rev) => {
-                s.rev = Some(rev.to_string());
-                if !s.created {
-                    s.created = true;
-                    self.events
-                        .push_back(HubEvent::ShareCreated { share: id.into() });
-                }
-            }
-            Err(DbError::Conflict) => {
-                // Our idea of the revision is stale (a retried write landed): fetch it.
-                s.write_inflight = true;
-                self.send(
-                    Purpose::GetShareRev(id.into()),
-                    Request::Get(GetRequest::new(id)),
-                    0,
-                );
-            }
-            Err(error) => self.share_failed(now, id, error),
-        }
-    }
-
-    fn share_failed(&mut self, _now: Instant, id: &str, error: DbError) {
-        let created = self.shares.get(id).is_some_and(|s| s.created);
-        if created {
-            if let Some(s) = self.shares.get_mut(id) {
-                s.write_inflight = false;
-            }
-            self.events.push_back(HubEvent::RequestFailed {
-                op: "refresh_share",
-                error,
-            });
-        } else {
-            self.shares.remove(id);
-            self.events.push_back(HubEvent::ShareFailed {
-                share: id.into(),
-                error,
-            });
-        }
-    }
-
-    fn on_err(&mut self, now: Instant, sent: Sent, error: DbError) {
+    fn on_err(&mut self, _now: Instant, sent: Sent, error: DbError) {
         match sent.purpose {
             Purpose::Info => {
                 // Without the hub's sequence nothing can start: keep trying, slowly.
                 let attempt = self.config.retry.max_retries;
-                self.pending_retry.push(Sent {
+                self.requests.retry_later(Sent {
                     purpose: Purpose::Info,
                     request: Request::Info,
                     attempt,
@@ -1323,34 +1011,12 @@ impl Hub {
                 self.events
                     .push_back(HubEvent::RequestFailed { op: "info", error });
             }
-            Purpose::PutShare(id) => self.share_failed(now, &id, error),
-            Purpose::GetShareRev(id) => {
-                if let Some(s) = self.shares.get_mut(&id) {
-                    s.write_inflight = false;
-                    if matches!(error, DbError::NotFound(_)) {
-                        // Gone (deleted by someone): recreate it, or we are done deleting.
-                        s.rev = None;
-                        s.needs_write = !s.deleting;
-                    } else {
-                        self.events.push_back(HubEvent::RequestFailed {
-                            op: "get_share",
-                            error,
-                        });
-                    }
-                }
-            }
-            Purpose::DeleteShare(id) => {
-                self.shares.remove(&id);
-                self.events.push_back(HubEvent::RequestFailed {
-                    op: "delete_share",
-                    error,
-                });
-                self.events.push_back(HubEvent::Unshared { share: id });
-            }
+            Purpose::PutShare(id) => self.shares.write_failed(&id, error, &mut self.events),
+            Purpose::GetShareRev(id) => self.shares.rev_failed(&id, error, &mut self.events),
+            Purpose::DeleteShare(id) => self.shares.delete_failed(&id, error, &mut self.events),
             Purpose::WriteSignals => {
                 // Not on the hub: no answer deadline (the session's connect timeout bounds it).
-                self.signals_inflight = false;
-                self.inflight_conns.clear();
+                self.outbox.failed();
                 self.events.push_back(HubEvent::RequestFailed {
                     op: "write_signals",
                     error,
@@ -1363,12 +1029,12 @@ impl Hub {
                 });
             }
             Purpose::List => {
-                self.list_inflight = false;
+                self.directory.list_failed();
                 self.events
                     .push_back(HubEvent::RequestFailed { op: "list", error });
             }
             Purpose::Cleanup => {
-                self.cleanup_inflight = false;
+                self.cleanup.sweep_failed();
                 self.events.push_back(HubEvent::RequestFailed {
                     op: "cleanup",
                     error,
@@ -1384,28 +1050,13 @@ impl Hub {
     }
 
     fn delete_doc(&mut self, id: &str, rev: &str) {
-        if rev.is_empty() {
-            return;
-        }
-        self.deletes
-            .push(json!({"_id": id, "_rev": rev, "_deleted": true}));
+        self.cleanup.delete(id, rev);
     }
 
     fn on_row(&mut self, now: Instant, row: ChangeRow) {
         if row.deleted {
-            if row.id.starts_with(SHARE_PREFIX) {
-                if let Some(s) = self.shares.get_mut(&row.id) {
-                    if !s.deleting && !s.write_inflight {
-                        // Someone deleted our share: put it back.
-                        s.rev = None;
-                        s.needs_write = true;
-                    }
-                } else if self.known.remove(&row.id).is_some() && self.watching {
-                    self.events.push_back(HubEvent::ShareRemoved {
-                        share: row.id,
-                        reason: RemovedReason::Deleted,
-                    });
-                }
+            if row.id.starts_with(SHARE_PREFIX) && !self.shares.on_removed(&row.id) {
+                self.directory.on_deleted(row.id, &mut self.events);
             }
             return;
         }
@@ -1427,22 +1078,11 @@ impl Hub {
                 self.malformed(row.id, error);
             }
             Ok(HubDoc::Share(info, _)) => {
-                if self.shares.contains_key(&info.id) {
+                if self.shares.contains(&info.id) {
                     return;
                 }
-                if info.expires_at.is_some_and(|e| e < self.wall_ms(now)) {
-                    if self.known.remove(&info.id).is_some() && self.watching {
-                        self.events.push_back(HubEvent::ShareRemoved {
-                            share: info.id,
-                            reason: RemovedReason::Expired,
-                        });
-                    }
-                    return;
-                }
-                let new = self.known.insert(info.id.clone(), info.clone()).is_none();
-                if new && self.watching {
-                    self.events.push_back(HubEvent::ShareAdded(info));
-                }
+                let wall = self.wall_ms(now);
+                self.directory.on_share(info, wall, &mut self.events);
             }
             Ok(HubDoc::Signal(sig)) => self.on_signal(now, sig),
             Ok(HubDoc::Other) => {}
@@ -1450,13 +1090,11 @@ impl Hub {
     }
 
     fn is_ours(&self, recipient: &str) -> bool {
-        self.shares.contains_key(recipient) || self.conns.keys().any(|(_, p)| p == recipient)
+        self.shares.contains(recipient) || self.conns.keys().any(|(_, p)| p == recipient)
     }
 
     fn on_signal(&mut self, now: Instant, sig: SignalDoc) {
-        let key = if self.shares.get(&sig.recipient).is_some_and(|s| !s.deleting)
-            && sig.sender.starts_with(PEER_PREFIX)
-        {
+        let key = if self.shares.is_live(&sig.recipient) && sig.sender.starts_with(PEER_PREFIX) {
             (sig.recipient.clone(), sig.sender.clone())
         } else if sig.recipient.starts_with(PEER_PREFIX)
             && self
@@ -1466,7 +1104,7 @@ impl Hub {
         {
             (sig.sender.clone(), sig.recipient.clone())
         } else {
-            if sig.recipient.starts_with(SHARE_PREFIX) && self.shares.contains_key(&sig.recipient) {
+            if sig.recipient.starts_with(SHARE_PREFIX) && self.shares.contains(&sig.recipient) {
                 // To a share we are unsharing: consume it so it does not linger.
                 self.delete_doc(&sig.id, &sig.rev);
             }
@@ -1499,106 +1137,14 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        let in_order = c.intake(sig.n, sig.data, max_buffered, &mut self.diag);
-        for data in in_order {
-            if c.role == Role::Joiner {
-                let pending = data == SignalData::Pending;
-                match (c.phase, pending) {
-                    (JoinPhase::Offered(_), true) => {
-                        c.phase = JoinPhase::AwaitingApproval(now);
-                        self.events.push_back(HubEvent::AwaitingApproval {
-                            share: key.0.clone(),
-                            peer: key.1.clone(),
-                        });
-                    }
-                    (JoinPhase::Offered(_), false) => c.phase = JoinPhase::Answered,
-                    (JoinPhase::AwaitingApproval(_), false) => {
-                        c.phase = JoinPhase::Answered;
-                        if !matches!(data, SignalData::Refuse(_)) {
-                            self.events.push_back(HubEvent::Accepted {
-                                share: key.0.clone(),
-                                peer: key.1.clone(),
-                            });
-                        }
-                    }
-                    _ => {}
-                }
-                if pending {
-                    continue;
-                }
-            }
-            match (c.role, &c.state, data) {
-                (_, ConnState::Refused, _) => self.diag.signals_dropped += 1,
-                (Role::Sharer, _, SignalData::Pending) => self.diag.signals_dropped += 1,
-                (Role::Sharer, ConnState::Pending, data) => {
-                    if c.buffered.len() >= max_buffered {
-                        self.diag.signals_dropped += 1;
-                    } else {
-                        c.buffered.push(data);
-                    }
-                }
-                (Role::Joiner, _, SignalData::Refuse(reason)) => {
-                    c.state = ConnState::Refused;
-                    self.events.push_back(HubEvent::Refused {
-                        share: key.0.clone(),
-                        peer: key.1.clone(),
-                        reason,
-                    });
-                }
-                (_, _, data) => self.events.push_back(HubEvent::Signal {
-                    share: key.0.clone(),
-                    peer: key.1.clone(),
-                    data,
-                }),
-            }
-        }
-    }
-}
-
-impl Conn {
-    fn new(role: Role, state: ConnState, info: Value) -> Conn {
-        Conn {
-            role,
-            state,
-            phase: JoinPhase::Offered(None),
-            info,
-            next_out: 0,
-            next_in: 0,
-            held: BTreeMap::new(),
-            buffered: Vec::new(),
-            refused_at: None,
-        }
-    }
-
-    /// Puts numbered signals back in the order they were sent (the hub may show concurrent
-    /// writes in another order); unnumbered ones (from other implementations) pass as they come.
-    fn intake(
-        &mut self,
-        n: Option<u64>,
-        data: SignalData,
-        max_held: usize,
-        diag: &mut HubDiagnostics,
-    ) -> Vec<SignalData> {
-        let Some(n) = n else {
-            return vec![data];
-        };
-        if n < self.next_in || self.held.contains_key(&n) {
-            diag.signals_dropped += 1;
-            return Vec::new();
-        }
-        self.held.insert(n, data);
-        if self.held.len() > max_held {
-            // A gap that never fills (a lost write): move past it rather than hold forever.
-            if let Some((&first, _)) = self.held.iter().next() {
-                self.next_in = first;
-            }
-        }
-        let mut out = Vec::new();
-        while let Some(d) = self.held.remove(&self.next_in) {
-            out.push(d);
-            self.next_in += 1;
-        }
-        out
+        c.receive(
+            now,
+            (&key.0, &key.1),
+            (sig.n, sig.data),
+            max_buffered,
+            &mut self.events,
+            &mut self.diag,
+        );
     }
 }
 

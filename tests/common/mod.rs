@@ -13,20 +13,16 @@ use peerpouch::{
 };
 use serde_json::Value;
 
-/// splitmix64: small, seeded, good enough to pick faults and orders.
+/// The core's splitmix64, with the draws tests use to pick faults and orders.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(peerpouch::rand::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(peerpouch::rand::SplitMix64::new(seed))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)

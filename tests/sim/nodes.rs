@@ -50,6 +50,8 @@ pub struct NodeSim {
     trace: String,
     /// Record call results and changes in the trace.
     pub trace_calls: bool,
+    /// Record each store request and its answer, as JSON, in the trace.
+    pub trace_store: bool,
     steps: u64,
     /// The STUN/TURN server, once [`NodeSim::add_turn`] made it.
     pub turn: Option<TurnServer>,
@@ -75,6 +77,7 @@ impl NodeSim {
             config,
             trace: String::new(),
             trace_calls: true,
+            trace_store: false,
             steps: 0,
             turn: None,
             turn_tcp_clients: std::collections::BTreeSet::new(),
@@ -273,6 +276,10 @@ impl NodeSim {
             let line = format!("store {} {}", req.db, req.request.name());
             self.log(i, line);
         }
+        if self.trace_store {
+            let line = format!("  request {}", compact(serde_json::to_string(&req.request)));
+            self.log(i, line);
+        }
         let store = self.nodes[i]
             .stores
             .entry(req.db.clone())
@@ -280,6 +287,13 @@ impl NodeSim {
         let before = store.update_seq();
         let result = store.execute(req.request);
         let changed = store.update_seq() != before;
+        if self.trace_store {
+            let line = match &result {
+                Ok(r) => format!("  answer  {}", compact(serde_json::to_string(r))),
+                Err(e) => format!("  answer  error {} {}", e.status(), e.error()),
+            };
+            self.log(i, line);
+        }
         let now = self.now;
         if let Some(n) = self.nodes[i].node.as_mut() {
             n.handle_store_result(now, req.id, result);
@@ -619,6 +633,15 @@ fn short_hub(h: &peerpouch::hub::HubEvent) -> String {
         Ready { .. } => "ready".into(),
         ShareCreated { .. } => "share created".into(),
         other => format!("{other:?}").chars().take(80).collect(),
+    }
+}
+
+/// One line of JSON (from `serde_json::to_string`), cut at 400 characters.
+fn compact(json: serde_json::Result<String>) -> String {
+    let s = json.unwrap_or_else(|e| format!("<{e}>"));
+    match s.char_indices().nth(400) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s,
     }
 }
 

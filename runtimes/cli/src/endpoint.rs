@@ -79,22 +79,9 @@ impl Endpoint {
 
 /// `%20` and friends in a share name after `#`; anything malformed stays as written.
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map_or_else(|_| s.to_string(), |d| d.into_owned())
 }
 
 #[cfg(test)]
@@ -149,5 +136,52 @@ mod tests {
             Endpoint::Path("dir/with://odd.db".into())
         );
         assert_eq!(Endpoint::parse(""), Err(EndpointError::Empty));
+    }
+
+    /// The hub part of a `peer+` URL is a database URL as `DbUrl` reads it: IPv6 hosts,
+    /// ports, percent-encoded credentials and trailing slashes included.
+    #[test]
+    fn peer_urls_name_a_hub_database_and_a_share() {
+        let cases = [
+            (
+                "peer+http://[::1]:5984/hub#notes",
+                "http://[::1]:5984/hub",
+                "notes",
+            ),
+            (
+                "peer+https://[2001:db8::1]/couch/hub/#share-00ff",
+                "https://[2001:db8::1]/couch/hub",
+                "share-00ff",
+            ),
+            (
+                "peer+http://us%40er:p%3Ass@127.0.0.1:5984/hub#caf%C3%A9",
+                "http://127.0.0.1:5984/hub",
+                "café",
+            ),
+            ("peer+https://h:6984/hub//#a#b", "https://h:6984/hub", "a#b"),
+            ("peer+http://h/hub#%ff", "http://h/hub", "%ff"),
+        ];
+        for (arg, hub_base, share_name) in cases {
+            let Endpoint::Peer { hub, share } = Endpoint::parse(arg).unwrap() else {
+                panic!("{arg}: not a peer URL");
+            };
+            assert_eq!(share, share_name, "{arg}");
+            let db = peerpouch_couch::DbUrl::parse(&hub).unwrap_or_else(|e| panic!("{arg}: {e}"));
+            assert_eq!(db.redacted(), hub_base, "{arg}");
+            assert_eq!(db.db_name(), "hub", "{arg}");
+        }
+        let with_creds = Endpoint::parse("peer+http://us%40er:p%3Ass@[::1]:5984/hub#x").unwrap();
+        let Endpoint::Peer { hub, .. } = with_creds else {
+            panic!("not a peer URL")
+        };
+        assert!(peerpouch_couch::DbUrl::parse(&hub)
+            .unwrap()
+            .has_credentials());
+        for arg in ["peer+http://[::1]:5984/#x", "peer+http://h:99999/hub#x"] {
+            let Endpoint::Peer { hub, .. } = Endpoint::parse(arg).unwrap() else {
+                panic!("{arg}: not a peer URL");
+            };
+            assert!(peerpouch_couch::DbUrl::parse(&hub).is_err(), "{arg}");
+        }
     }
 }

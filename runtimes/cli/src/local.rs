@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use peerpouch::hub::{FeedFilter, HubAction, HubEvent, MemoryHub, ShareOptions};
 use peerpouch::node::*;
@@ -38,13 +38,6 @@ impl std::fmt::Display for DriveError {
 }
 
 impl std::error::Error for DriveError {}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Where nodes meet: executes the node's hub requests and follows the hub's changes feed.
 pub trait HubBackend {
@@ -223,7 +216,12 @@ impl Peer {
         let sock = UdpSocket::bind("127.0.0.1:0").map_err(DriveError::Io)?;
         sock.set_nonblocking(true).map_err(DriveError::Io)?;
         let addr = sock.local_addr().map_err(DriveError::Io)?;
-        let mut node = Node::new(config, seed, Instant::now(), wall_ms());
+        let mut node = Node::new(
+            config,
+            seed,
+            Instant::now(),
+            peerpouch_couch::wall_clock_ms(),
+        );
         node.add_local_candidate(addr);
         Ok(Peer {
             node,

@@ -1,7 +1,7 @@
 //! A blocking driver for the share negotiation machine ([`peerpouch::hub::Hub`]) on a CouchDB hub.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use peerpouch::hub::{Hub, HubAction, HubConfig, HubEvent};
 use peerpouch::Database;
@@ -52,10 +52,7 @@ impl HubNode {
         let client = CouchClient::new(url)?;
         client.create_db(true)?;
         let now = Instant::now();
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let wall = crate::wall_clock_ms();
         Ok(HubNode {
             hub: Hub::new(config, seed, now, wall),
             client,

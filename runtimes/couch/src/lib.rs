@@ -45,6 +45,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod clock;
 mod error;
 mod follower;
 mod http;
@@ -53,6 +54,7 @@ mod tls;
 mod url;
 
 pub use client::{ClientConfig, CouchClient};
+pub use clock::wall_clock_ms;
 pub use error::Error;
 pub use follower::{ChangesFollower, FeedEvent, FollowerConfig};
 pub use hub_node::HubNode;

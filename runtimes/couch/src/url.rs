@@ -1,6 +1,8 @@
 //! Database URLs: parsing, credentials kept apart, and percent-encoding of path parts.
 
 use base64::Engine;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use url::Url;
 
 use crate::error::Error;
 
@@ -54,47 +56,47 @@ impl DbUrl {
     /// credentials.
     pub fn parse(url: &str) -> Result<DbUrl, Error> {
         let bad = |why: &str| Error::InvalidUrl(format!("{why} (in {})", redact_raw(url)));
-        let url = url.trim();
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected http:// or https://"))?;
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme != "http" && scheme != "https" {
+        let mut parsed = Url::parse(url.trim()).map_err(|e| match e {
+            url::ParseError::RelativeUrlWithoutBase => bad("expected http:// or https://"),
+            url::ParseError::EmptyHost => bad("no host"),
+            e => bad(&e.to_string()),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
             return Err(bad("expected http:// or https://"));
         }
-        if rest.contains(['?', '#']) {
+        if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(bad("a database URL takes no query or fragment"));
         }
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let (userinfo, hostport) = match authority.rfind('@') {
-            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-            None => (None, authority),
-        };
-        if hostport.is_empty() || hostport.contains(char::is_whitespace) {
+        if parsed.host().is_none() {
             return Err(bad("no host"));
         }
-        let path = path.trim_end_matches('/');
-        let db_name = path.rsplit('/').next().unwrap_or("");
-        if db_name.is_empty() {
-            return Err(bad("no database name in the path"));
-        }
-        let auth = match userinfo {
-            None => None,
-            Some(ui) => {
-                let (user, pass) = ui.split_once(':').unwrap_or((ui, ""));
+        let auth = match (parsed.username(), parsed.password()) {
+            ("", None) => None,
+            (user, pass) => {
                 let user = percent_decode(user).ok_or_else(|| bad("bad user name encoding"))?;
-                let pass = percent_decode(pass).ok_or_else(|| bad("bad password encoding"))?;
+                let pass = percent_decode(pass.unwrap_or(""))
+                    .ok_or_else(|| bad("bad password encoding"))?;
                 let token =
                     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
                 Some(format!("Basic {token}"))
             }
         };
+        // Neither fails on an http(s) URL with a host.
+        let (_, _) = (parsed.set_username(""), parsed.set_password(None));
+        let base = parsed.as_str().trim_end_matches('/').to_string();
+        let db_name = parsed
+            .path()
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if db_name.is_empty() {
+            return Err(bad("no database name in the path"));
+        }
         Ok(DbUrl {
-            base: format!("{scheme}://{hostport}{path}"),
-            db_name: db_name.to_string(),
+            base,
+            db_name,
             auth,
         })
     }
@@ -141,60 +143,44 @@ impl DbUrl {
 
 /// Removes `user:password@` from a URL-looking string, for error messages.
 fn redact_raw(url: &str) -> String {
-    let s: String = url.chars().take(200).collect();
-    let Some((scheme, rest)) = s.split_once("://") else {
+    match Url::parse(url.trim()) {
+        Ok(mut u) if u.has_host() => {
+            let (_, _) = (u.set_username(""), u.set_password(None));
+            u.as_str().chars().take(200).collect()
+        }
         // Not URL-shaped: whatever it is may hold a secret; show only its length.
-        return format!("<{} characters>", url.len());
-    };
-    let end = rest.find('/').unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://<credentials>@{}", &rest[at + 1..]),
-        None => s,
-    }
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
+        _ => format!("<{} characters>", url.len()),
     }
 }
 
 /// Decodes `%XX` escapes; `None` if an escape is broken or the result is not UTF-8.
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hi = hex_val(*b.get(i + 1)?)?;
-            let lo = hex_val(*b.get(i + 2)?)?;
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    // The crate's decoder keeps a broken escape as written; a credential with one is a typo
+    // better refused than sent.
+    let broken = s.match_indices('%').any(|(i, _)| {
+        s.as_bytes()
+            .get(i + 1..i + 3)
+            .is_none_or(|h| !h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if broken {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
+
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Percent-encodes everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`).
 pub(crate) fn encode(s: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 15) as usize] as char);
-        }
-    }
-    out
+    utf8_percent_encode(s, NOT_UNRESERVED).to_string()
 }
 
 /// A document id as a path segment: `_design/` and `_local/` keep their slash, the rest is
@@ -263,6 +249,79 @@ mod tests {
         assert!(!e.to_string().contains("hunter2"), "{e}");
         let e = DbUrl::parse("http://u:%zz@host/db").unwrap_err();
         assert!(!e.to_string().contains("%zz"), "{e}");
+    }
+
+    #[test]
+    fn hosts_ports_and_trailing_slashes() {
+        let cases = [
+            ("http://[::1]:5984/hub", "http://[::1]:5984/hub", "hub"),
+            ("http://[::1]/hub/", "http://[::1]/hub", "hub"),
+            (
+                "https://[2001:db8::7]:6984/a/b//",
+                "https://[2001:db8::7]:6984/a/b",
+                "b",
+            ),
+            ("http://127.0.0.1:5984/db", "http://127.0.0.1:5984/db", "db"),
+            ("http://127.0.0.1:80/db", "http://127.0.0.1/db", "db"),
+            ("https://example.org:443/db", "https://example.org/db", "db"),
+            (
+                "http://Example.ORG:8080/db/",
+                "http://example.org:8080/db",
+                "db",
+            ),
+            ("HTTP://h/db", "http://h/db", "db"),
+            ("  http://h/db  ", "http://h/db", "db"),
+            (
+                "http://h/couch/my%20db",
+                "http://h/couch/my%20db",
+                "my%20db",
+            ),
+        ];
+        for (url, base, db) in cases {
+            let u = DbUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!((u.redacted(), u.db_name()), (base, db), "{url}");
+            assert!(!u.has_credentials(), "{url}");
+        }
+        for url in [
+            "http://[::1]:5984/",
+            "http://[::1]:5984",
+            "http://[::1/db",
+            "http://h:99999/db",
+            "http:///db",
+            "ftp://h/db",
+            "h/db",
+            "http://h/db#frag",
+            "http://h/db?q",
+        ] {
+            assert!(DbUrl::parse(url).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn percent_encoded_users_and_passwords() {
+        let basic = |s: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+        };
+        let cases = [
+            ("http://admin:s%40cret@[::1]:5984/hub", "admin:s@cret"),
+            ("http://a%20b:p%3Aq%2F%25@h/db", "a b:p:q/%"),
+            ("http://%C3%A9l%C3%A8ve:x@h/db", "élève:x"),
+            ("http://user@h/db", "user:"),
+            ("http://user:@h/db", "user:"),
+            ("http://:pw@h/db", ":pw"),
+        ];
+        for (url, creds) in cases {
+            let u = DbUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(u.auth_header(), Some(basic(creds).as_str()), "{url}");
+            assert!(!u.redacted().contains('@'), "{url}: {}", u.redacted());
+        }
+        for url in ["http://u:%zz@h/db", "http://u:%4@h/db", "http://%ff:x@h/db"] {
+            let e = DbUrl::parse(url).unwrap_err().to_string();
+            assert!(!e.contains("%zz") && !e.contains("%ff"), "{e}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use async_io::{Async, Timer};
 use event_listener::Event;
 use futures_lite::future;
 use peerpouch::hub::SignalData;
+use peerpouch::rand::SplitMix64;
 use peerpouch::route::Router;
 use peerpouch::session::{
     CloseReason, Session, SessionConfig, SessionError, SessionEvent, SessionRole,
@@ -364,8 +365,8 @@ impl LinkEndpoint {
         let local_addr = bound.addrs.bound;
         let socket = Async::new(bound.socket).map_err(LinkError::Reactor)?;
         let mut tid_rng = match config.seed {
-            Some(s) => SplitMix(s ^ 0x5354_554e), // "STUN"
-            None => SplitMix(random_u64()?),
+            Some(s) => SplitMix64::new(s ^ 0x5354_554e), // "STUN"
+            None => SplitMix64::new(random_u64()?),
         };
         let servers: Vec<SocketAddr> = config
             .stun_servers
@@ -380,8 +381,8 @@ impl LinkEndpoint {
             config.stun_timeout,
             || {
                 let mut t = [0u8; 12];
-                t[..8].copy_from_slice(&tid_rng.next().to_le_bytes());
-                t[8..].copy_from_slice(&tid_rng.next().to_le_bytes()[..4]);
+                t[..8].copy_from_slice(&tid_rng.next_u64().to_le_bytes());
+                t[8..].copy_from_slice(&tid_rng.next_u64().to_le_bytes()[..4]);
                 t
             },
         );
@@ -513,7 +514,7 @@ impl LinkEndpoint {
         }
         let id = LinkId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
         let seed = match self.shared.seed {
-            Some(s) => SplitMix(s ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next(),
+            Some(s) => SplitMix64::new(s ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64(),
             None => random_u64()?,
         };
         let max_message = config.max_send_message;
@@ -1098,19 +1099,6 @@ async fn send_datagram(
                 return;
             }
         }
-    }
-}
-
-/// SplitMix64: expands one seed into many well-mixed values.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use async_io::Timer;
@@ -252,13 +252,6 @@ pub(crate) struct Driver {
     bytes_sent: u64,
 }
 
-pub(crate) fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Driver {
     pub(crate) fn new(
         node: Node,
@@ -480,7 +473,8 @@ impl Driver {
             Some((deadline, _)) => {
                 (self.unshare_waiters.is_empty()
                     && self.node.links().is_empty()
-                    && self.streams.queued() == 0)
+                    && self.streams.queued() == 0
+                    && !self.node.hub().has_pending_deletes())
                     || Instant::now() >= *deadline
             }
             None => false,

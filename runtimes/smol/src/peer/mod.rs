@@ -590,7 +590,7 @@ impl PeerNode {
             node_config,
             seed,
             std::time::Instant::now(),
-            driver::wall_clock_ms(),
+            peerpouch_couch::wall_clock_ms(),
         );
         for a in sockets.candidates() {
             node.add_local_candidate(a);

@@ -55,11 +55,8 @@ pub fn pair(a: &LinkEndpoint, b: &LinkEndpoint) -> (Link, Link) {
     (offerer, answerer)
 }
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+fn splitmix(z: u64) -> u64 {
+    peerpouch::rand::SplitMix64::new(z).next_u64()
 }
 
 /// A seeded byte stream: the byte at offset `i` depends only on the seed and `i`, so sender and
