@@ -20,7 +20,9 @@
 //! - the crowd leaves (`kill -9` of every joiner process): `sharer_notices_all_left_s` (its
 //!   idle timeout is 10 s) and `sharer_rss_after_leave_ratio` (resident memory after, over
 //!   before the storm, both once the allocator gave back the free pages it keeps:
-//!   `malloc_trim`, so the ratio shows memory held, not glibc's caching), then the signal documents left on the hub (`hub_signal_docs_left`);
+//!   `malloc_trim`, so the ratio shows memory held, not glibc's caching); then a second storm
+//!   (join, pull, killed) and `sharer_rss_second_storm_growth_ratio`, resident memory after it
+//!   over after the first: memory kept per storm, then the signal documents left on the hub (`hub_signal_docs_left`);
 //! - `hub_list_1000_shares_ms`: a node with 50 shares of its own lists a hub holding 1 000
 //!   shares of others (and `hub_list_10_shares_ms` on one holding 10, in the same run), then
 //!   another node opens one of its shares and reads from it.
@@ -436,33 +438,37 @@ fn main() {
     let rss_before = idle["trimmed_rss_kib"].as_u64().unwrap();
 
     // The join storm.
-    let per = crowd.div_ceil(PROCESSES);
+    let spawn_crowd = || -> Vec<Kid> {
+        let per = crowd.div_ceil(PROCESSES);
+        let kids: Vec<Kid> = (0..PROCESSES)
+            .filter(|k| k * per < crowd)
+            .map(|k| {
+                let first = k * per;
+                let count = per.min(crowd - first);
+                Kid::spawn(
+                    &[
+                        "members",
+                        &url,
+                        &share,
+                        &first.to_string(),
+                        &count.to_string(),
+                        &crowd.to_string(),
+                        &window_s.to_string(),
+                    ],
+                    10 + k,
+                    &tx,
+                )
+            })
+            .collect();
+        let mut linked = 0;
+        while linked < crowd {
+            let v = wait_for(&rx, "the crowd's links", |v| v.get("linked").is_some());
+            linked += v["linked"].as_u64().unwrap() as usize;
+        }
+        kids
+    };
     let t_join = Instant::now();
-    let mut kids: Vec<Kid> = (0..PROCESSES)
-        .filter(|k| k * per < crowd)
-        .map(|k| {
-            let first = k * per;
-            let count = per.min(crowd - first);
-            Kid::spawn(
-                &[
-                    "members",
-                    &url,
-                    &share,
-                    &first.to_string(),
-                    &count.to_string(),
-                    &crowd.to_string(),
-                    &window_s.to_string(),
-                ],
-                10 + k,
-                &tx,
-            )
-        })
-        .collect();
-    let mut linked = 0;
-    while linked < crowd {
-        let v = wait_for(&rx, "the crowd's links", |v| v.get("linked").is_some());
-        linked += v["linked"].as_u64().unwrap() as usize;
-    }
+    let mut kids = spawn_crowd();
     let join_s = t_join.elapsed().as_secs_f64();
     let with_links = stats(&mut sharer);
     assert_eq!(
@@ -514,6 +520,28 @@ fn main() {
     eprintln!("the sharer once the crowd left: {left}");
     let rss_after = left["rss_kib"].as_u64().unwrap();
     let trimmed_after = left["trimmed_rss_kib"].as_u64().unwrap();
+    // A second storm (join, pull, killed): what the sharer keeps after it, against after the
+    // first, tells memory it holds per storm (a leak) from what the allocator kept once.
+    let mut kids = spawn_crowd();
+    for k in &mut kids {
+        k.tell("go");
+    }
+    for _ in 0..crowd {
+        wait_for(&rx, "the second crowd's pulls", |v| {
+            v.get("pulled").is_some()
+        });
+    }
+    for k in &mut kids {
+        let _ = k.child.kill();
+        let _ = k.child.wait();
+    }
+    let left2 = wait_links(
+        &mut sharer,
+        &stats,
+        0,
+        "the sharer to notice the second crowd left",
+    );
+    let trimmed_after2 = left2["trimmed_rss_kib"].as_u64().unwrap();
     sharer.tell("quit");
     let _ = sharer.child.wait();
     let signals_left = count_signals(&url);
@@ -524,7 +552,8 @@ fn main() {
     eprintln!(
         "crowd of {crowd} in {PROCESSES} processes, opens spread over {window_s} s: all linked after {join_s:.1} s; sharer RSS {rss_before} KiB \
          idle, {rss_links} KiB with the idle links, {} KiB after serving them ({} KiB once the \
-         allocator gave back what it keeps), {rss_after} KiB after they left ({trimmed_after} KiB)",
+         allocator gave back what it keeps), {rss_after} KiB after they left ({trimmed_after} KiB), \
+         {trimmed_after2} KiB after a second storm",
         served["rss_kib"],
         served["trimmed_rss_kib"]
     );
@@ -547,6 +576,10 @@ fn main() {
     println!(
         "figure: sharer_rss_after_leave_ratio = {:.2} ratio",
         trimmed_after as f64 / rss_before as f64
+    );
+    println!(
+        "figure: sharer_rss_second_storm_growth_ratio = {:.2} ratio",
+        trimmed_after2 as f64 / trimmed_after as f64
     );
     println!("figure: hub_signal_docs_left = {signals_left} docs");
     println!("figure: hub_list_10_shares_ms = {list_10:.1} ms");
