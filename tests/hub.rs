@@ -1187,3 +1187,59 @@ fn signal_numbers_at_the_end_of_u64_neither_overflow_nor_repeat() {
     assert!(signals(&w.settle()[0]).is_empty());
     assert!(w.docs_with_prefix("p-signal-").is_empty(), "all consumed");
 }
+
+#[test]
+fn a_sharer_that_took_our_offer_is_busy_not_gone() {
+    // A hub that cannot filter its feed (pouchdb-server) shows every node the deletions of
+    // others' signals: a joiner sees the sharer take its offer, so a sharer slow to answer (a
+    // crowd joining at once) is not mistaken for a gone one at the answer timeout.
+    let mut w = World::new(2);
+    w.hub = MemoryHub::new().without_filters();
+    // Followed again on the new hub (the old one's cursors are gone with it).
+    let mut fresh: Vec<Hub> = (0..2u64)
+        .map(|i| Hub::new(HubConfig::default(), 200 + i, w.now, WALL))
+        .collect();
+    std::mem::swap(&mut w.nodes, &mut fresh);
+    w.settle();
+    let (share, peer) = offer(&mut w, json!(null));
+    // The sharer takes the offer (and deletes it) but is too busy to answer for 20 s.
+    let ev = w.settle();
+    assert!(
+        ev[0]
+            .iter()
+            .any(|e| matches!(e, HubEvent::PeerRequested { .. })),
+        "{ev:?}"
+    );
+    let ev = w.advance(Duration::from_secs(20));
+    assert!(
+        !ev[1]
+            .iter()
+            .any(|e| matches!(e, HubEvent::NotAnswering { .. })),
+        "the joiner waits for a sharer that took its offer: {ev:?}"
+    );
+    // The answer comes late, and goes through.
+    let now = w.now;
+    w.nodes[0].accept(now, &share, &peer).unwrap();
+    w.nodes[0]
+        .send_signal(now, &share, &peer, SignalData::Answer("ANSWER".into()))
+        .unwrap();
+    let ev = w.settle();
+    assert_eq!(signals(&ev[1]), vec![SignalData::Answer("ANSWER".into())]);
+
+    // Nobody takes an offer to a gone sharer: the answer timeout still ends that wait.
+    let crashed = w.nodes.remove(0);
+    let now = w.now;
+    let second = w.nodes[0].open(now, &share, json!(null)).unwrap();
+    w.nodes[0]
+        .send_signal(now, &share, &second, SignalData::Offer("OFFER".into()))
+        .unwrap();
+    w.settle();
+    let ev = w.advance(Duration::from_secs(6));
+    assert!(
+        ev[0]
+            .iter()
+            .any(|e| matches!(e, HubEvent::NotAnswering { peer, .. } if *peer == second)),
+        "{ev:?}"
+    );
+    drop(crashed);
+}

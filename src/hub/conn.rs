@@ -33,6 +33,11 @@ pub(super) enum ConnState {
 pub(super) enum JoinPhase {
     /// Our offer went out; since when it is on the hub (`None`: not confirmed yet).
     Offered(Option<Instant>),
+    /// The sharer took (deleted) a signal of ours but has not answered yet: it is alive, only
+    /// busy (a crowd joining at once); the session's connect timeout bounds the wait now, not
+    /// the answer timeout. Seen only on a feed that shows others' deletions (a hub that cannot
+    /// filter, where a crowd costs the sharer most).
+    Taken,
     /// The sharer asks a person, since then.
     AwaitingApproval(Instant),
     /// The sharer answered (or refused): the session's own timeouts bound the rest.
@@ -53,7 +58,13 @@ pub(super) struct Conn {
     pub held: BTreeMap<u64, SignalData>,
     pub buffered: Vec<SignalData>,
     pub refused_at: Option<Instant>,
+    /// Joiners: the ids of our first signal documents (the offer among them), so their
+    /// deletion by the sharer tells that it read them ([`JoinPhase::Taken`]).
+    pub sent_ids: Vec<String>,
 }
+
+/// Signal ids a joiner remembers ([`Conn::sent_ids`]): the offer and a few candidates.
+const SENT_IDS: usize = 8;
 
 impl Conn {
     pub fn new(role: Role, state: ConnState, info: Value) -> Conn {
@@ -68,6 +79,7 @@ impl Conn {
             held: BTreeMap::new(),
             buffered: Vec::new(),
             refused_at: None,
+            sent_ids: Vec::new(),
         }
     }
 
@@ -140,6 +152,12 @@ impl Conn {
                 Value::Null,
             ),
         };
+        if self.role == Role::Joiner
+            && matches!(self.phase, JoinPhase::Offered(_))
+            && self.sent_ids.len() < SENT_IDS
+        {
+            self.sent_ids.push(id.clone());
+        }
         let mut doc = json!({
             "_id": id,
             "type": SIGNAL_TYPE,
@@ -165,7 +183,7 @@ impl Conn {
         match self.phase {
             JoinPhase::Offered(Some(t)) => Some((t + config.answer_timeout, false)),
             JoinPhase::AwaitingApproval(t) => Some((t + config.approval_timeout, true)),
-            JoinPhase::Offered(None) | JoinPhase::Answered => None,
+            JoinPhase::Offered(None) | JoinPhase::Taken | JoinPhase::Answered => None,
         }
     }
 
@@ -187,14 +205,16 @@ impl Conn {
             if self.role == Role::Joiner {
                 let pending = data == SignalData::Pending;
                 match (self.phase, pending) {
-                    (JoinPhase::Offered(_), true) => {
+                    (JoinPhase::Offered(_) | JoinPhase::Taken, true) => {
                         self.phase = JoinPhase::AwaitingApproval(now);
                         events.push_back(HubEvent::AwaitingApproval {
                             share: key.0.clone(),
                             peer: key.1.clone(),
                         });
                     }
-                    (JoinPhase::Offered(_), false) => self.phase = JoinPhase::Answered,
+                    (JoinPhase::Offered(_) | JoinPhase::Taken, false) => {
+                        self.phase = JoinPhase::Answered
+                    }
                     (JoinPhase::AwaitingApproval(_), false) => {
                         self.phase = JoinPhase::Answered;
                         if !matches!(data, SignalData::Refuse(_)) {

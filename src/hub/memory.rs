@@ -23,6 +23,8 @@ pub struct MemoryHub {
     cursors: BTreeMap<u64, usize>,
     /// Feed rows given to each machine by [`MemoryHub::settle`], by instance id.
     read: BTreeMap<u64, u64>,
+    /// Whether [`MemoryHub::settle`] applies the machines' feed filters.
+    filters: bool,
 }
 
 #[derive(Debug)]
@@ -46,7 +48,21 @@ impl MemoryHub {
             next_follower: 0,
             cursors: BTreeMap::new(),
             read: BTreeMap::new(),
+            filters: true,
         }
+    }
+
+    /// A hub that cannot filter its changes feed, as pouchdb-server 4.2.0: [`MemoryHub::settle`]
+    /// gives every machine every row (others' signals and deletions included).
+    ///
+    /// ```
+    /// use peerpouch::hub::MemoryHub;
+    /// let hub = MemoryHub::new().without_filters();
+    /// # let _ = hub;
+    /// ```
+    pub fn without_filters(mut self) -> MemoryHub {
+        self.filters = false;
+        self
     }
 
     /// The hub's database (tests put garbage in it, or inspect what is left).
@@ -144,7 +160,8 @@ impl MemoryHub {
                         }
                         HubAction::FollowChanges { since, filter } => {
                             // Replaces the machine's previous cursor, which is dropped.
-                            let c = self.follow_filtered(&since, Some(filter));
+                            let filter = self.filters.then_some(filter);
+                            let c = self.follow_filtered(&since, filter);
                             if let Some(old) = self.cursors.insert(hub.instance_id(), c) {
                                 self.unfollow(old);
                             }

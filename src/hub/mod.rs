@@ -1057,6 +1057,17 @@ impl Hub {
         if row.deleted {
             if row.id.starts_with(SHARE_PREFIX) && !self.shares.on_removed(&row.id) {
                 self.directory.on_deleted(row.id, &mut self.events);
+            } else if row.id.starts_with(PEER_SIGNAL_PREFIX) {
+                // The sharer took a signal of ours: it is alive, if slow to answer.
+                let taken = self.conns.values_mut().find(|c| {
+                    c.role == Role::Joiner
+                        && matches!(c.phase, JoinPhase::Offered(Some(_)))
+                        && c.sent_ids.contains(&row.id)
+                });
+                if let Some(c) = taken {
+                    tracing::debug!(signal = %row.id, "the sharer took our signal");
+                    c.phase = JoinPhase::Taken;
+                }
             }
             return;
         }
