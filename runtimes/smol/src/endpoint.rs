@@ -3,8 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
-use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use async_io::{Async, Timer};
+use async_io::Timer;
 use event_listener::Event;
 use futures_lite::future;
 use peerpouch::hub::SignalData;
@@ -24,7 +23,7 @@ use peerpouch::session::{
 
 use crate::LinkError;
 use crate::link::{Link, LinkId, LinkInner, LinkShared, Message};
-use crate::net::{self, LocalAddrs};
+use crate::net::{self, SendOutcome, Sockets};
 use crate::stun::{StunClient, StunInput, StunServerStatus, StunStatus};
 
 /// Datagrams read per wake-up before timers, commands and sends get their turn.
@@ -363,7 +362,12 @@ impl LinkEndpoint {
     ) -> Result<(LinkEndpoint, EndpointDriver), LinkError> {
         let bound = net::bind(config.bind, config.recv_buffer, config.send_buffer)?;
         let local_addr = bound.addrs.bound;
-        let socket = Async::new(bound.socket).map_err(LinkError::Reactor)?;
+        let (candidates, recv_buffer, send_buffer) = (
+            bound.addrs.candidates.clone(),
+            bound.recv_buffer,
+            bound.send_buffer,
+        );
+        let sockets = Sockets::from_bound(bound)?;
         let mut tid_rng = match config.seed {
             Some(s) => SplitMix64::new(s ^ 0x5354_554e), // "STUN"
             None => SplitMix64::new(random_u64()?),
@@ -388,9 +392,9 @@ impl LinkEndpoint {
         );
         let shared = Arc::new(EndpointShared {
             local_addr,
-            candidates: bound.addrs.candidates.clone(),
-            recv_buffer: bound.recv_buffer,
-            send_buffer: bound.send_buffer,
+            candidates,
+            recv_buffer,
+            send_buffer,
             session: config.session,
             seed: config.seed,
             next_id: AtomicU64::new(1),
@@ -401,9 +405,8 @@ impl LinkEndpoint {
         });
         let (commands, rx) = async_channel::unbounded();
         let driver = Driver {
-            socket,
+            sockets,
             shared: shared.clone(),
-            addrs: bound.addrs,
             commands: rx,
             commands_closed: false,
             shutting_down: false,
@@ -413,6 +416,8 @@ impl LinkEndpoint {
             stun,
             srflx: Vec::new(),
             buf: vec![0u8; 65536],
+            arena: Vec::new(),
+            batch: Vec::new(),
             recv_errors: 0,
             warned_ambiguous: false,
         };
@@ -704,9 +709,9 @@ impl Drop for LinkEntry {
 }
 
 struct Driver {
-    socket: Async<UdpSocket>,
+    /// One socket (the endpoint binds one address), read and written as `PeerNode`'s are.
+    sockets: Sockets,
     shared: Arc<EndpointShared>,
-    addrs: LocalAddrs,
     commands: Receiver<Command>,
     commands_closed: bool,
     shutting_down: bool,
@@ -719,6 +724,9 @@ struct Driver {
     /// Server-reflexive (mapped, base) pairs learnt so far, for links created later.
     srflx: Vec<(SocketAddr, SocketAddr)>,
     buf: Vec<u8>,
+    /// A batch of received datagrams, back to back, and where each is in it.
+    arena: Vec<u8>,
+    batch: Vec<(SocketAddr, SocketAddr, std::ops::Range<usize>)>,
     recv_errors: u32,
     warned_ambiguous: bool,
 }
@@ -738,14 +746,14 @@ impl Drop for Driver {
 }
 
 enum Wake {
-    Readable(io::Result<()>),
+    Readable,
     Command(Result<Command, async_channel::RecvError>),
     Timer,
 }
 
 impl Driver {
     async fn run(mut self) {
-        tracing::debug!(local = %self.addrs.bound, "endpoint driver started");
+        tracing::debug!(local = %self.shared.local_addr, "endpoint driver started");
         loop {
             // Commands first, every round: a socket that is always readable must not starve
             // the app's sends (`future::or` below prefers the socket).
@@ -759,12 +767,15 @@ impl Driver {
                 break;
             }
             if self.recv_errors >= MAX_RECV_ERRORS {
-                tracing::error!(local = %self.addrs.bound, "the socket keeps failing; stopping the endpoint");
+                tracing::error!(local = %self.shared.local_addr, "the socket keeps failing; stopping the endpoint");
                 break;
             }
             let deadline = self.next_deadline();
             let wake = {
-                let readable = async { Wake::Readable(self.socket.readable().await) };
+                let readable = async {
+                    self.sockets.readable().await;
+                    Wake::Readable
+                };
                 let command = async {
                     if self.commands_closed {
                         future::pending().await
@@ -784,11 +795,7 @@ impl Driver {
                 future::or(readable, future::or(command, timer)).await
             };
             match wake {
-                Wake::Readable(Ok(())) => self.read_batch(),
-                Wake::Readable(Err(e)) => {
-                    tracing::warn!(error = %e, "waiting for the socket failed");
-                    self.recv_errors += 1;
-                }
+                Wake::Readable => self.read_batch(),
                 Wake::Command(Ok(c)) => self.on_command(c),
                 Wake::Command(Err(_)) => {
                     // Every handle is gone: nobody can use the links any more.
@@ -798,7 +805,7 @@ impl Driver {
                 Wake::Timer => {}
             }
         }
-        tracing::debug!(local = %self.addrs.bound, "endpoint driver stopped");
+        tracing::debug!(local = %self.shared.local_addr, "endpoint driver stopped");
         // Dropping `self` tells the handles (see `Drop for Driver`).
     }
 
@@ -890,26 +897,39 @@ impl Driver {
 
     fn read_batch(&mut self) {
         let now = Instant::now();
+        // The batch is read into one reused arena first: the sessions take it after the
+        // socket is no longer borrowed.
         let mut buf = std::mem::take(&mut self.buf);
-        for _ in 0..RECV_BATCH {
-            match self.socket.get_ref().recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    self.recv_errors = 0;
-                    self.on_datagram(now, from, &buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "receiving from the socket failed");
-                    self.recv_errors += 1;
-                    break;
-                }
-            }
+        let mut arena = std::mem::take(&mut self.arena);
+        let mut batch = std::mem::take(&mut self.batch);
+        arena.clear();
+        batch.clear();
+        let read = self
+            .sockets
+            .read_batch(&mut buf, RECV_BATCH, |from, to, bytes| {
+                let start = arena.len();
+                arena.extend_from_slice(bytes);
+                batch.push((from, to, start..arena.len()));
+            });
+        if read.datagrams > 0 {
+            self.recv_errors = 0;
+        } else if read.errors > 0 {
+            tracing::warn!("receiving from the socket failed");
+            self.recv_errors += read.errors as u32;
         }
-        self.buf = buf;
+        for (from, to, range) in batch.drain(..) {
+            self.on_datagram(now, from, to, &arena[range]);
+        }
+        (self.buf, self.arena, self.batch) = (buf, arena, batch);
     }
 
-    fn on_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        destination: SocketAddr,
+        bytes: &[u8],
+    ) {
         let counters = &self.shared.counters;
         bump(&counters.datagrams_in);
         match self.stun.handle_datagram(from, bytes) {
@@ -922,13 +942,15 @@ impl Driver {
                 bump(&counters.stun_consumed);
                 self.shared.set_stun(self.stun.statuses());
                 if let Some(mapped) = mapped {
-                    let base = self.addrs.destination_for(server);
+                    let base = self
+                        .sockets
+                        .destination_for(server)
+                        .unwrap_or(self.shared.local_addr);
                     self.add_srflx(now, mapped, base);
                 }
                 return;
             }
         }
-        let destination = self.addrs.destination_for(from);
         let before = self.router.stats();
         // The newest accepting link wins a fallback: a peer that restarted on the same address
         // replaces its old, dead link (which then times out).
@@ -983,13 +1005,20 @@ impl Driver {
     /// rule), then removes the links that closed.
     async fn flush(&mut self, now: Instant) {
         while let Some((to, bytes)) = self.stun.poll_transmit() {
-            send_datagram(&self.socket, &self.shared, to, &bytes).await;
+            send_datagram(
+                &self.sockets,
+                &self.shared,
+                self.shared.local_addr,
+                to,
+                &bytes,
+            )
+            .await;
         }
         while let Some(id) = self.dirty.pop_first() {
             let Some(link) = self.links.get_mut(&id) else {
                 continue;
             };
-            drain_link(&self.socket, &self.shared, link, now).await;
+            drain_link(&self.sockets, &self.shared, link, now).await;
             if link.closed {
                 self.links.remove(&id);
                 self.router.forget(&id);
@@ -1005,7 +1034,7 @@ impl Driver {
 /// Drains one session until it has nothing more to say, sending queued messages as the send
 /// buffer allows.
 async fn drain_link(
-    socket: &Async<UdpSocket>,
+    sockets: &Sockets,
     shared: &EndpointShared,
     link: &mut LinkEntry,
     now: Instant,
@@ -1014,7 +1043,7 @@ async fn drain_link(
         let mut progressed = false;
         while let Some(t) = link.session.poll_transmit() {
             progressed = true;
-            send_datagram(socket, shared, t.destination, &t.contents).await;
+            send_datagram(sockets, shared, t.source, t.destination, &t.contents).await;
         }
         while let Some(s) = link.session.poll_signal() {
             progressed = true;
@@ -1071,34 +1100,17 @@ async fn drain_link(
 }
 
 async fn send_datagram(
-    socket: &Async<UdpSocket>,
+    sockets: &Sockets,
     shared: &EndpointShared,
+    from: SocketAddr,
     to: SocketAddr,
     bytes: &[u8],
 ) {
-    if to.is_ipv4() != shared.local_addr.is_ipv4() {
+    match sockets.send(from, to, bytes).await {
+        SendOutcome::Sent => bump(&shared.counters.datagrams_out),
         // A candidate of the other family: this socket cannot reach it.
-        return;
-    }
-    loop {
-        match socket.get_ref().send_to(bytes, to) {
-            Ok(_) => {
-                bump(&shared.counters.datagrams_out);
-                return;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Err(e) = socket.writable().await {
-                    tracing::warn!(error = %e, "waiting to send failed");
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                bump(&shared.counters.send_errors);
-                tracing::debug!(error = %e, %to, "send failed");
-                return;
-            }
-        }
+        SendOutcome::NoSocket => {}
+        SendOutcome::Failed => bump(&shared.counters.send_errors),
     }
 }
 

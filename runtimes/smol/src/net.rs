@@ -181,7 +181,45 @@ pub(crate) fn default_binds() -> Vec<SocketAddr> {
     ]
 }
 
+/// What one [`Sockets::read_batch`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReadBatch {
+    /// Datagrams read (and handed on).
+    pub(crate) datagrams: usize,
+    /// Receive errors other than "nothing to read" (ICMP errors surface here on some systems).
+    pub(crate) errors: usize,
+}
+
+/// What became of one datagram given to [`Sockets::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendOutcome {
+    /// The OS took it.
+    Sent,
+    /// No socket of the destination's address family: nothing was tried.
+    NoSocket,
+    /// The OS refused it (an unreachable candidate, mostly). A datagram lost here is a
+    /// datagram lost on the network: SCTP resends.
+    Failed,
+}
+
 impl Sockets {
+    /// Wraps one socket made by [`bind`] (its own buffer sizes, one address).
+    pub(crate) fn from_bound(bound: Bound) -> Result<Sockets, LinkError> {
+        let socket = Async::new(bound.socket).map_err(LinkError::Reactor)?;
+        Ok(Sockets {
+            sockets: vec![(socket, bound.addrs)],
+        })
+    }
+
+    /// The local address a datagram from `peer` most likely arrives on (see
+    /// [`LocalAddrs::destination_for`]), from the socket of `peer`'s family.
+    pub(crate) fn destination_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.sockets
+            .iter()
+            .find(|(_, a)| a.bound.is_ipv4() == peer.is_ipv4())
+            .map(|(_, a)| a.destination_for(peer))
+    }
+
     /// Binds every address. With `optional_v6` (the default binds), an IPv6 socket that
     /// cannot be made (a machine without IPv6) is skipped; an address the user asked for must
     /// bind.
@@ -265,51 +303,61 @@ impl Sockets {
         buf: &mut [u8],
         max: usize,
         mut on: impl FnMut(SocketAddr, SocketAddr, &[u8]),
-    ) {
+    ) -> ReadBatch {
+        let mut done = ReadBatch::default();
         for (socket, addrs) in &self.sockets {
             for _ in 0..max {
                 match socket.get_ref().recv_from(buf) {
-                    Ok((n, from)) => on(from, addrs.destination_for(from), &buf[..n]),
+                    Ok((n, from)) => {
+                        done.datagrams += 1;
+                        on(from, addrs.destination_for(from), &buf[..n]);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         // ICMP errors surface here on some systems; liveness handles them.
                         tracing::debug!(error = %e, "receiving from the socket failed");
+                        done.errors += 1;
                         break;
                     }
                 }
             }
         }
+        done
     }
 
     /// Sends a datagram from the socket that owns `source` (or the first of `to`'s family).
-    pub(crate) async fn send(&self, source: SocketAddr, to: SocketAddr, data: &[u8]) {
-        let socket = self
+    pub(crate) async fn send(
+        &self,
+        source: SocketAddr,
+        to: SocketAddr,
+        data: &[u8],
+    ) -> SendOutcome {
+        let mut family = self
             .sockets
             .iter()
+            .filter(|(_, a)| a.bound.is_ipv4() == to.is_ipv4());
+        let socket = family
+            .clone()
             .find(|(_, a)| a.bound == source || a.candidates.contains(&source))
-            .or_else(|| {
-                self.sockets
-                    .iter()
-                    .find(|(_, a)| a.bound.is_ipv4() == to.is_ipv4())
-            });
+            .or_else(|| family.next());
         let Some((socket, _)) = socket else {
             tracing::debug!(%to, "no socket of that address family");
-            return;
+            return SendOutcome::NoSocket;
         };
         loop {
             match socket.get_ref().send_to(data, to) {
-                Ok(_) => return,
+                Ok(_) => return SendOutcome::Sent,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if socket.writable().await.is_err() {
-                        return;
+                    if let Err(e) = socket.writable().await {
+                        tracing::warn!(error = %e, "waiting to send failed");
+                        return SendOutcome::Failed;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // A datagram lost here is a datagram lost on the network: SCTP resends.
                     tracing::debug!(error = %e, %to, "sending a datagram failed");
-                    return;
+                    return SendOutcome::Failed;
                 }
             }
         }

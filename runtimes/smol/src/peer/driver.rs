@@ -23,7 +23,7 @@ use peerpouch_couch::{ChangesFollower, CouchClient, FeedEvent, FollowerConfig};
 
 use super::hub::InProcessHub;
 use super::{LinkEvent, PeerError, PeerRequest, PeerStats, ShareChange, Verdict};
-use crate::net::{Sockets, StreamEvent, Streams};
+use crate::net::{SendOutcome, Sockets, StreamEvent, Streams};
 
 /// How long a shutdown waits for the hub to confirm unshares before it gives up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -546,16 +546,19 @@ impl Driver {
             }
             while let Some(t) = self.node.poll_transmit() {
                 moved = true;
-                self.bytes_sent = self.bytes_sent.saturating_add(t.contents.len() as u64);
+                let len = t.contents.len() as u64;
                 match t.transport {
                     Transport::Udp => {
-                        self.sockets
-                            .send(t.source, t.destination, &t.contents)
-                            .await
+                        let sent = self.sockets.send(t.source, t.destination, &t.contents);
+                        if sent.await == SendOutcome::Sent {
+                            self.bytes_sent = self.bytes_sent.saturating_add(len);
+                        }
                     }
-                    Transport::Tcp => self
-                        .streams
-                        .send(t.destination, t.contents, &self.stream_tx),
+                    Transport::Tcp => {
+                        self.bytes_sent = self.bytes_sent.saturating_add(len);
+                        self.streams
+                            .send(t.destination, t.contents, &self.stream_tx)
+                    }
                 }
             }
             if !moved {
