@@ -96,8 +96,13 @@ pub struct ServerReport {
     pub server: String,
     /// STUN or TURN.
     pub kind: ServerKind,
+    /// Its address (resolved).
+    pub addr: SocketAddr,
     /// What it did.
     pub state: ServerState,
+    /// Answers from it that could not be used: undecodable, for no transaction of ours, or
+    /// failing their integrity check.
+    pub bad_responses: u64,
 }
 
 impl fmt::Display for ServerReport {
@@ -356,6 +361,11 @@ impl Gatherer {
             .map(|e| ServerReport {
                 server: e.client.server().url.to_string(),
                 kind: e.client.server().url.kind,
+                addr: e.client.server().addr,
+                bad_responses: {
+                    let s = e.client.stats();
+                    s.malformed + s.unknown_transactions + s.bad_integrity
+                },
                 state: match (&e.failed, e.released) {
                     (Some(f), _) => ServerState::Failed(f.clone()),
                     (None, true) => ServerState::Released,

@@ -16,6 +16,8 @@ use event_listener::Event;
 use futures_lite::future;
 use peerpouch::hub::SignalData;
 use peerpouch::rand::SplitMix64;
+use peerpouch::reach::gather::{GatherEvent, Gatherer};
+use peerpouch::reach::{ClientConfig, IceServerUrl, Transport};
 use peerpouch::route::Router;
 use peerpouch::session::{
     CloseReason, Session, SessionConfig, SessionError, SessionEvent, SessionRole,
@@ -24,7 +26,7 @@ use peerpouch::session::{
 use crate::LinkError;
 use crate::link::{Link, LinkId, LinkInner, LinkShared, Message};
 use crate::net::{self, SendOutcome, Sockets};
-use crate::stun::{StunClient, StunInput, StunServerStatus, StunStatus};
+use crate::stun::{StunServerStatus, StunStatus};
 
 /// Datagrams read per wake-up before timers, commands and sends get their turn.
 const RECV_BATCH: usize = 256;
@@ -368,28 +370,40 @@ impl LinkEndpoint {
             bound.send_buffer,
         );
         let sockets = Sockets::from_bound(bound)?;
-        let mut tid_rng = match config.seed {
-            Some(s) => SplitMix64::new(s ^ 0x5354_554e), // "STUN"
-            None => SplitMix64::new(random_u64()?),
+        let stun_seed = match config.seed {
+            Some(s) => s ^ 0x5354_554e, // "STUN"
+            None => random_u64()?,
         };
-        let servers: Vec<SocketAddr> = config
-            .stun_servers
+        // The STUN servers are asked by the core's client machine, as `PeerNode` asks its ICE
+        // servers; servers of the other address family are skipped.
+        let mut servers = Vec::new();
+        let mut hosts = Vec::new();
+        for &server in &config.stun_servers {
+            if server.is_ipv4() != local_addr.is_ipv4() {
+                continue;
+            }
+            // A socket address always makes a valid `stun:` URL.
+            match IceServerUrl::parse(&format!("stun:{server}")) {
+                Ok(url) => servers.push(url.resolved(server)),
+                Err(e) => {
+                    tracing::warn!(%server, error = %e, "STUN server skipped");
+                    continue;
+                }
+            }
+            hosts.extend(sockets.destination_for(server));
+        }
+        let client = ClientConfig {
+            initial_rto: config.stun_initial_rto,
+            request_timeout: config.stun_timeout,
+            ..ClientConfig::default()
+        };
+        let mut stun = Gatherer::new(servers, client, stun_seed);
+        stun.start(Instant::now(), &hosts);
+        let statuses = stun
+            .reports()
             .iter()
-            .copied()
-            .filter(|s| s.is_ipv4() == local_addr.is_ipv4())
+            .map(StunServerStatus::from_report)
             .collect();
-        let stun = StunClient::new(
-            &servers,
-            Instant::now(),
-            config.stun_initial_rto,
-            config.stun_timeout,
-            || {
-                let mut t = [0u8; 12];
-                t[..8].copy_from_slice(&tid_rng.next_u64().to_le_bytes());
-                t[8..].copy_from_slice(&tid_rng.next_u64().to_le_bytes()[..4]);
-                t
-            },
-        );
         let shared = Arc::new(EndpointShared {
             local_addr,
             candidates,
@@ -398,7 +412,7 @@ impl LinkEndpoint {
             session: config.session,
             seed: config.seed,
             next_id: AtomicU64::new(1),
-            stun: Mutex::new(stun.statuses()),
+            stun: Mutex::new(statuses),
             stopped: AtomicBool::new(false),
             changed: Event::new(),
             counters: Counters::default(),
@@ -720,7 +734,8 @@ struct Driver {
     dirty: BTreeSet<LinkId>,
     /// Which link each received datagram belongs to (ICE ufrag, address pair).
     router: Router<LinkId>,
-    stun: StunClient,
+    /// The STUN servers' client machines (the core's).
+    stun: Gatherer,
     /// Server-reflexive (mapped, base) pairs learnt so far, for links created later.
     srflx: Vec<(SocketAddr, SocketAddr)>,
     buf: Vec<u8>,
@@ -824,8 +839,9 @@ impl Driver {
                 self.dirty.insert(*id);
             }
         }
-        if self.stun.poll_timeout().is_some_and(|d| d <= now) && self.stun.handle_timeout(now) {
-            self.shared.set_stun(self.stun.statuses());
+        if self.stun.poll_timeout().is_some_and(|d| d <= now) {
+            self.stun.handle_timeout(now);
+            self.stun_changed(now);
         }
     }
 
@@ -932,24 +948,11 @@ impl Driver {
     ) {
         let counters = &self.shared.counters;
         bump(&counters.datagrams_in);
-        match self.stun.handle_datagram(from, bytes) {
-            StunInput::NotOurs => {}
-            StunInput::Consumed => {
-                bump(&counters.stun_consumed);
-                return;
-            }
-            StunInput::Settled { mapped, server } => {
-                bump(&counters.stun_consumed);
-                self.shared.set_stun(self.stun.statuses());
-                if let Some(mapped) = mapped {
-                    let base = self
-                        .sockets
-                        .destination_for(server)
-                        .unwrap_or(self.shared.local_addr);
-                    self.add_srflx(now, mapped, base);
-                }
-                return;
-            }
+        if self.stun.is_server(from) {
+            bump(&counters.stun_consumed);
+            self.stun.handle_datagram(now, from, bytes);
+            self.stun_changed(now);
+            return;
         }
         let before = self.router.stats();
         // The newest accepting link wins a fallback: a peer that restarted on the same address
@@ -988,6 +991,25 @@ impl Driver {
         }
     }
 
+    /// Takes what the STUN clients found and publishes their statuses.
+    fn stun_changed(&mut self, now: Instant) {
+        while let Some(e) = self.stun.poll_event() {
+            if let GatherEvent::Srflx { addr, base } = e {
+                tracing::info!(mapped = %addr, %base, "STUN mapped address");
+                self.add_srflx(now, addr, base);
+            }
+        }
+        let statuses: Vec<StunServerStatus> = self
+            .stun
+            .reports()
+            .iter()
+            .map(StunServerStatus::from_report)
+            .collect();
+        if statuses != self.shared.stun() {
+            self.shared.set_stun(statuses);
+        }
+    }
+
     fn add_srflx(&mut self, now: Instant, mapped: SocketAddr, base: SocketAddr) {
         if self.srflx.contains(&(mapped, base)) {
             return;
@@ -1004,13 +1026,15 @@ impl Driver {
     /// Sends what is queued and drains every link that took an input (the session's drain
     /// rule), then removes the links that closed.
     async fn flush(&mut self, now: Instant) {
-        while let Some((to, bytes)) = self.stun.poll_transmit() {
+        while let Some(t) = self.stun.poll_transmit() {
+            // `stun:` servers only: always UDP.
+            debug_assert_eq!(t.transport, Transport::Udp);
             send_datagram(
                 &self.sockets,
                 &self.shared,
-                self.shared.local_addr,
-                to,
-                &bytes,
+                t.source,
+                t.destination,
+                &t.contents,
             )
             .await;
         }

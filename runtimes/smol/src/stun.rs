@@ -1,10 +1,12 @@
-//! A minimal STUN client (RFC 5389 Binding only) to learn the socket's server-reflexive address.
+//! STUN Binding helpers (RFC 5389) and the statuses [`crate::LinkEndpoint`] reports for its
+//! STUN servers.
 //!
-//! str0m has no STUN client, so the runtime sends a Binding Request from the session socket to
-//! each configured server, reads `XOR-MAPPED-ADDRESS` (or the RFC 3489 `MAPPED-ADDRESS`) from the
-//! response and adds a server-reflexive candidate to every link. The codec is the core's
-//! ([`peerpouch::reach::stun`]); the functions here are thin Binding-only wrappers over it and
-//! never panic on bytes from the network: anything malformed is a [`StunError`].
+//! The codec is the core's ([`peerpouch::reach::stun`]), and so is the client: the endpoint asks
+//! its servers through the core's gatherer ([`peerpouch::reach::gather::Gatherer`]), the same
+//! machine `PeerNode` runs for its STUN and TURN servers, so the simulation and the fuzzers reach
+//! it. The functions here are thin Binding-only wrappers over the codec (for tests and tools
+//! that play a server) and never panic on bytes from the network: anything malformed is a
+//! [`StunError`].
 //!
 //! Unknown attributes are ignored (RFC 5389 §7.3.4: comprehension-optional ones may be
 //! ignored, and a client has nothing better to do with comprehension-required ones in a
@@ -20,10 +22,10 @@
 //! assert!(matches!(response.outcome, BindingOutcome::Mapped(_)));
 //! ```
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
+use peerpouch::reach::ClientFailure;
+use peerpouch::reach::gather::{ServerReport, ServerState};
 use peerpouch::reach::stun::{Attribute, Class, Message, Method};
 
 /// The fixed magic cookie of RFC 5389 §6 (the core's [`peerpouch::reach::stun::MAGIC_COOKIE`]).
@@ -242,169 +244,45 @@ pub struct StunServerStatus {
     pub status: StunStatus,
 }
 
-/// What [`StunClient::handle_datagram`] made of a datagram.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum StunInput {
-    /// Not for the STUN client: give it to the sessions.
-    NotOurs,
-    /// Consumed; nothing changed (a duplicate, garbage, a late answer).
-    Consumed,
-    /// Consumed and a query settled (see [`StunClient::statuses`]).
-    Settled {
-        /// The mapped address when it succeeded.
-        mapped: Option<SocketAddr>,
-        /// The server that answered.
-        server: SocketAddr,
-    },
-}
-
-struct Probe {
-    server: SocketAddr,
-    tid: TransactionId,
-    deadline: Instant,
-    next_send: Instant,
-    rto: Duration,
-    status: StunStatus,
-    bad: u32,
-}
-
-/// The Binding transactions of one socket, sans-IO: `handle_timeout` queues (re)transmissions,
-/// `handle_datagram` consumes answers, `poll_timeout` says when to call again.
-pub(crate) struct StunClient {
-    probes: Vec<Probe>,
-    transmits: VecDeque<(SocketAddr, [u8; HEADER_LEN])>,
-}
-
-impl StunClient {
-    /// Queries every server; retransmits after `initial_rto`, doubling (RFC 5389 §7.2.1), and
-    /// gives up after `timeout`. `tids` supplies one random transaction id per server.
-    pub(crate) fn new(
-        servers: &[SocketAddr],
-        now: Instant,
-        initial_rto: Duration,
-        timeout: Duration,
-        mut tids: impl FnMut() -> TransactionId,
-    ) -> StunClient {
-        let mut probes: Vec<Probe> = Vec::new();
-        for &server in servers {
-            if probes.iter().any(|p| p.server == server) {
-                continue;
+impl StunServerStatus {
+    /// The status of one server as the core's gatherer reports it
+    /// ([`peerpouch::reach::gather::ServerReport`]): the endpoint asks its STUN servers through
+    /// the same client machine as [`crate::PeerNode`].
+    pub(crate) fn from_report(report: &ServerReport) -> StunServerStatus {
+        let bad_responses = u32::try_from(report.bad_responses).unwrap_or(u32::MAX);
+        let status = match &report.state {
+            ServerState::Pending => StunStatus::Pending,
+            ServerState::Answered { srflx: Some(a), .. } => StunStatus::Mapped(*a),
+            // A STUN server answers with an address or not at all; without one the answer
+            // was of no use.
+            ServerState::Answered { srflx: None, .. } | ServerState::Released => {
+                StunStatus::TimedOut { bad_responses }
             }
-            probes.push(Probe {
-                server,
-                tid: tids(),
-                deadline: now + timeout,
-                next_send: now,
-                rto: initial_rto.max(Duration::from_millis(1)),
-                status: StunStatus::Pending,
-                bad: 0,
-            });
-        }
-        StunClient {
-            probes,
-            transmits: VecDeque::new(),
-        }
-    }
-
-    /// Every server's status, in configuration order.
-    pub(crate) fn statuses(&self) -> Vec<StunServerStatus> {
-        self.probes
-            .iter()
-            .map(|p| StunServerStatus {
-                server: p.server,
-                status: p.status.clone(),
-            })
-            .collect()
-    }
-
-    /// Sends due requests and times out silent servers. Returns whether a query settled.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) -> bool {
-        let mut settled = false;
-        for p in &mut self.probes {
-            if p.status != StunStatus::Pending {
-                continue;
-            }
-            if now >= p.deadline {
-                tracing::info!(server = %p.server, bad_responses = p.bad, "STUN server did not answer in time");
-                p.status = StunStatus::TimedOut {
-                    bad_responses: p.bad,
-                };
-                settled = true;
-            } else if now >= p.next_send {
-                self.transmits
-                    .push_back((p.server, encode_binding_request(p.tid)));
-                p.next_send = now + p.rto;
-                p.rto = p.rto.saturating_mul(2);
-            }
-        }
-        settled
-    }
-
-    /// The next request to send: (server, bytes).
-    pub(crate) fn poll_transmit(&mut self) -> Option<(SocketAddr, [u8; HEADER_LEN])> {
-        self.transmits.pop_front()
-    }
-
-    /// When [`StunClient::handle_timeout`] wants to run next.
-    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.probes
-            .iter()
-            .filter(|p| p.status == StunStatus::Pending)
-            .map(|p| p.next_send.min(p.deadline))
-            .min()
-    }
-
-    /// Whether every query has settled (also true with no servers).
-    #[cfg(test)]
-    pub(crate) fn is_settled(&self) -> bool {
-        self.probes.iter().all(|p| p.status.is_settled())
-    }
-
-    /// Takes a datagram that is a STUN server's (its source is a server, or it carries one of
-    /// our transaction ids); anything else is [`StunInput::NotOurs`].
-    pub(crate) fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) -> StunInput {
-        let tid = transaction_id(bytes);
-        let idx = tid
-            .and_then(|t| self.probes.iter().position(|p| p.tid == t))
-            .or_else(|| self.probes.iter().position(|p| p.server == from));
-        let Some(idx) = idx else {
-            return StunInput::NotOurs;
+            ServerState::Failed(f) => match f {
+                ClientFailure::Refused { code, reason } => StunStatus::Refused {
+                    code: *code,
+                    reason: reason.clone(),
+                },
+                ClientFailure::Unauthorized => refused(401, "Unauthorized"),
+                ClientFailure::Forbidden => refused(403, "Forbidden"),
+                ClientFailure::AllocationMismatch => refused(437, "Allocation Mismatch"),
+                ClientFailure::QuotaReached => refused(486, "Allocation Quota Reached"),
+                ClientFailure::InsufficientCapacity => refused(508, "Insufficient Capacity"),
+                // Unreachable, only undecodable answers, a closed stream: no answer in time.
+                _ => StunStatus::TimedOut { bad_responses },
+            },
         };
-        let p = &mut self.probes[idx];
-        let response = match decode_binding_response(bytes) {
-            Ok(r) if r.transaction_id == p.tid => r,
-            Ok(_) => {
-                tracing::debug!(server = %p.server, "STUN response for another transaction");
-                p.bad = p.bad.saturating_add(1);
-                return StunInput::Consumed;
-            }
-            Err(e) => {
-                tracing::debug!(server = %p.server, error = %e, "undecodable STUN answer ignored");
-                p.bad = p.bad.saturating_add(1);
-                return StunInput::Consumed;
-            }
-        };
-        if p.status != StunStatus::Pending {
-            return StunInput::Consumed;
+        StunServerStatus {
+            server: report.addr,
+            status,
         }
-        match response.outcome {
-            BindingOutcome::Mapped(addr) => {
-                tracing::info!(server = %p.server, mapped = %addr, "STUN mapped address");
-                p.status = StunStatus::Mapped(addr);
-                StunInput::Settled {
-                    mapped: Some(addr),
-                    server: p.server,
-                }
-            }
-            BindingOutcome::Error { code, reason } => {
-                tracing::warn!(server = %p.server, code, %reason, "STUN server refused the Binding request");
-                p.status = StunStatus::Refused { code, reason };
-                StunInput::Settled {
-                    mapped: None,
-                    server: p.server,
-                }
-            }
-        }
+    }
+}
+
+fn refused(code: u16, reason: &str) -> StunStatus {
+    StunStatus::Refused {
+        code,
+        reason: reason.to_string(),
     }
 }
 
@@ -516,67 +394,6 @@ mod tests {
             Err(StunError::BadAddress {
                 attribute: ATTR_XOR_MAPPED_ADDRESS
             })
-        );
-    }
-
-    #[test]
-    fn client_retransmits_then_times_out() {
-        let t0 = Instant::now();
-        let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
-        let mut c = StunClient::new(
-            &[server],
-            t0,
-            Duration::from_millis(100),
-            Duration::from_millis(1000),
-            || [1; 12],
-        );
-        let mut sent = 0;
-        let mut now = t0;
-        while let Some(t) = c.poll_timeout() {
-            now = t;
-            c.handle_timeout(now);
-            while c.poll_transmit().is_some() {
-                sent += 1;
-            }
-        }
-        // 0, 100, 300, 700 ms; then the deadline at 1000 ms.
-        assert_eq!(sent, 4);
-        assert_eq!(now, t0 + Duration::from_millis(1000));
-        assert_eq!(
-            c.statuses()[0].status,
-            StunStatus::TimedOut { bad_responses: 0 }
-        );
-    }
-
-    #[test]
-    fn client_consumes_only_its_answers() {
-        let t0 = Instant::now();
-        let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
-        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let mut c = StunClient::new(
-            &[server],
-            t0,
-            Duration::from_millis(100),
-            Duration::from_secs(1),
-            || [2; 12],
-        );
-        c.handle_timeout(t0);
-        let other = encode_binding_success([3; 12], peer);
-        assert_eq!(c.handle_datagram(peer, &other), StunInput::NotOurs);
-        assert_eq!(c.handle_datagram(server, b"junk"), StunInput::Consumed);
-        let mapped: SocketAddr = "198.51.100.4:777".parse().unwrap();
-        assert_eq!(
-            c.handle_datagram(server, &encode_binding_success([2; 12], mapped)),
-            StunInput::Settled {
-                mapped: Some(mapped),
-                server
-            }
-        );
-        assert!(c.is_settled());
-        assert_eq!(c.poll_timeout(), None);
-        assert_eq!(
-            c.handle_datagram(server, &error_response([2; 12], 400, "Bad")),
-            StunInput::Consumed
         );
     }
 }
