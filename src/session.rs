@@ -960,6 +960,11 @@ impl Session {
     /// When several sessions accept a datagram, give it to the newest: a peer that restarted on
     /// the same address and port replaces its old session, which then times out.
     pub fn accepts(&self, source: SocketAddr, destination: SocketAddr, contents: &[u8]) -> bool {
+        if self.ignores_datagrams() {
+            // A closed session that takes nothing more claims nothing: a new session between
+            // the same two sockets gets its STUN answers and DTLS (see `handle_datagram`).
+            return false;
+        }
         match Receive::new(Protocol::Udp, source, destination, contents) {
             Ok(r) => {
                 self.rtc.accepts(&Input::Receive(self.started, r))
@@ -967,6 +972,11 @@ impl Session {
             }
             Err(_) => false,
         }
+    }
+
+    /// Closed, and the stack has nothing left to finish: datagrams are of no use any more.
+    fn ignores_datagrams(&self) -> bool {
+        self.state == State::Closed && !self.rtc.is_alive()
     }
 
     /// Feeds a datagram received at `now`. Datagrams that are not WebRTC are ignored.
@@ -977,7 +987,7 @@ impl Session {
         destination: SocketAddr,
         contents: &[u8],
     ) {
-        if self.state == State::Closed && !self.rtc.is_alive() {
+        if self.ignores_datagrams() {
             return;
         }
         match Receive::new(Protocol::Udp, source, destination, contents) {

@@ -212,3 +212,44 @@ fn a_joiner_restarted_on_the_same_address_is_routed_to_its_new_link() {
     let serving = delta(connected, s.node(0).dispatch_stats());
     assert_routed_by_map(connected, serving, LINKS + 1);
 }
+
+#[test]
+fn a_second_link_between_the_same_sockets_opens_without_a_retransmission() {
+    let mut s = NodeSim::new(31, NetConfig::default());
+    s.trace_calls = false;
+    s.add_node("sharer");
+    s.add_node("joiner");
+    let links = crowd_connects(&mut s, 1);
+    let share = links[0].0.clone();
+    // The joiner closes its link and at once opens the share again, from the same socket to
+    // the same socket. The old sessions linger (closed, draining) on both nodes and know the
+    // remote address: the new link's STUN answers and DTLS must still reach the new session,
+    // not the dead one (which would drop them and leave ICE to retransmit 250 ms later).
+    let mut opens = Vec::new();
+    let mut link = links[0].clone();
+    for round in 0..3 {
+        let now = s.now;
+        s.node(1).close(now, &link);
+        // The goodbye crosses: both old sessions are closed, and linger while they drain.
+        s.run_for(Duration::from_millis(50));
+        let now = s.now;
+        let started = s.now;
+        link = s
+            .node(1)
+            .open(now, &share, json!({"name": format!("again {round}")}), None)
+            .unwrap();
+        let ready = s.run_until(Duration::from_secs(10), |s| {
+            s.ready_link(1).as_ref() == Some(&link)
+        });
+        assert!(ready, "round {round}: no link\n{}", s.trace());
+        opens.push(s.now - started);
+    }
+    // Hub round trips and the handshakes take a few 10 ms latencies; a lost answer waiting
+    // for ICE's retransmission would add 250 ms.
+    for (round, t) in opens.iter().enumerate() {
+        assert!(
+            *t < Duration::from_millis(200),
+            "round {round} took {t:?} (all: {opens:?})"
+        );
+    }
+}
