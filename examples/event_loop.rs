@@ -147,7 +147,7 @@ fn run() -> Result<usize, Box<dyn std::error::Error>> {
             match e {
                 NodeEvent::LinkReady { link: l, path } => {
                     let path = path.map(|p| p.to_string()).unwrap_or_default();
-                    println!("bob: link to {} ready, {path}; pulling", l.0);
+                    println!("bob: link to {} ready, {path}; pulling", l.share);
                     let config = ReplicatorConfig::new("peer:notes", "local:copy");
                     bob.node.replicate(
                         Instant::now(),

@@ -856,7 +856,7 @@ fn a_malformed_identity_in_the_hello_closes_the_link() {
 
 #[test]
 fn a_nodes_database_identity_must_be_one() {
-    use peerpouch::node::{Node, NodeConfig, NodeError};
+    use peerpouch::node::{LinkId, Node, NodeConfig, NodeError};
     let mut node = Node::new(NodeConfig::default(), 1, epoch(), 0);
     assert_eq!(
         node.set_db_uuid("notes", "0f8fad5bd9cb469fa16570867728950e"),
@@ -865,8 +865,5 @@ fn a_nodes_database_identity_must_be_one() {
     let bad = node.set_db_uuid("notes", "two words").unwrap_err();
     assert_eq!(bad, NodeError::InvalidDbUuid("two words".into()));
     assert!(bad.to_string().contains("invalid database uuid"));
-    assert_eq!(
-        node.link_db_uuid(&("share-x".into(), "peer-y".into())),
-        None
-    );
+    assert_eq!(node.link_db_uuid(&LinkId::new("share-x", "peer-y")), None);
 }

@@ -366,7 +366,7 @@ fn crash_soak_seed(seed: u64) -> bool {
     eprintln!("crash soak seed {seed}: {docs} docs in batches of {batch}, crash after {crash_at} written, {net:?}");
     let (mut s, link) = linked(seed, net);
     s.trace_calls = false;
-    let share = link.0.clone();
+    let share = link.share.clone();
     fixture(s.store(0, "db"), docs, 1 << 12);
     let cfg = || ReplicatorConfig::new(format!("share {share}"), "copy").batch_size(batch);
     let now = s.now;
@@ -452,7 +452,7 @@ fn soak_live_both_ways_through_outages() {
         eprintln!("live soak seed {seed}: {rounds} rounds, {net:?}");
         let (mut s, link) = linked(seed, net);
         s.trace_calls = false;
-        let mut share = link.0.clone();
+        let mut share = link.share.clone();
         // Named after the database, not the share: a restarted sharer shares it under a new id,
         // and the replications resume from their checkpoints.
         let start = |s: &mut NodeSim, link: &LinkId| {
@@ -675,7 +675,7 @@ fn live_replication_picks_up_new_writes_until_cancelled() {
 fn a_crashed_joiner_reconnects_and_resumes_from_its_checkpoint() {
     let (mut s, link) = linked(11, NetConfig::default());
     s.trace_calls = false;
-    let share = link.0.clone();
+    let share = link.share.clone();
     fixture(s.store(0, "db"), 3000, 1 << 16);
     let now = s.now;
     let cfg = || ReplicatorConfig::new(format!("share {share}"), "copy").batch_size(50);

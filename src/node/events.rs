@@ -116,7 +116,7 @@ pub enum NodeError {
     #[error(transparent)]
     Hub(#[from] HubError),
     /// No such link, or not one we opened.
-    #[error("no link {0:?} that this node opened")]
+    #[error("no link {0} that this node opened (it closed, or was never opened)")]
     UnknownLink(LinkId),
     /// No such replication.
     #[error("no replication {0}")]

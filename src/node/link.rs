@@ -19,8 +19,31 @@ use crate::rpc::{CallId, ClientConfig, ClientEvent, RpcClient, RpcServer, Server
 use crate::session::{CloseReason, Session, SessionEvent, SessionRole, Transmit};
 use crate::signal::SignalData;
 
-/// A link: (share id, peer id).
-pub type LinkId = (String, String);
+/// Names a link. Both ends name it alike: by the share it is to and the peer id of the node
+/// that opened it (the joiner), so the sharer's links to one share differ by `peer`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkId {
+    /// The share id (`share-…`).
+    pub share: String,
+    /// The joiner's peer id (`peer-…`).
+    pub peer: String,
+}
+
+impl LinkId {
+    /// The link of `peer` to `share`.
+    pub fn new(share: impl Into<String>, peer: impl Into<String>) -> LinkId {
+        LinkId {
+            share: share.into(),
+            peer: peer.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for LinkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {}", self.peer, self.share)
+    }
+}
 
 pub(super) struct Link {
     pub(super) session: Session,
@@ -94,7 +117,7 @@ impl Link {
             .min(config.session.send_buffer / 2);
         self.rpc = Some(match &self.db {
             Some(_) => {
-                let mut c = ServerConfig::new(link.0.clone(), local, remote);
+                let mut c = ServerConfig::new(link.share.clone(), local, remote);
                 c.access_key = self.key.clone();
                 c.hello_timeout = config.rpc_hello_timeout;
                 c.read_only = read_only;
@@ -104,7 +127,7 @@ impl Link {
                 LinkRpc::Server(RpcServer::new(c, now))
             }
             None => {
-                let mut c = ClientConfig::new(link.0.clone(), link.1.clone(), local, remote);
+                let mut c = ClientConfig::new(link.share.clone(), link.peer.clone(), local, remote);
                 c.access_key = self.key.clone();
                 c.hello_timeout = config.rpc_hello_timeout;
                 c.request_timeout = config.rpc_request_timeout;
@@ -206,7 +229,7 @@ impl Node {
             return Err(NodeError::TooManyLinks(self.config.max_links));
         }
         let peer = self.hub.open(now, share, info)?;
-        let link = (share.to_string(), peer);
+        let link = LinkId::new(share, peer);
         self.add_link(now, link.clone(), SessionRole::Offerer, None, key);
         self.pump(now);
         Ok(link)
@@ -288,12 +311,14 @@ impl Node {
         let links = self
             .links
             .iter()
-            .filter(|(k, l)| !l.closed && of(&k.0))
+            .filter(|(k, l)| !l.closed && of(&k.share))
             .count();
         let waiting = self
             .hub
             .pending_peers()
-            .filter(|(s, p)| of(s) && but.is_none_or(|b| (b.0.as_str(), b.1.as_str()) != (*s, *p)))
+            .filter(|(s, p)| {
+                of(s) && but.is_none_or(|b| (b.share.as_str(), b.peer.as_str()) != (*s, *p))
+            })
             .count();
         links + waiting
     }
@@ -386,7 +411,7 @@ impl Node {
         if let Some(rpc) = l.rpc.as_mut() {
             rpc.handle_link_closed(now);
         }
-        self.hub.close(now, &link.0, &link.1);
+        self.hub.close(now, &link.share, &link.peer);
         // Its store requests' results have no one to go to (a runtime drops the longpolls it
         // holds back for them: [`Node::awaits_store_result`]).
         self.store_for
@@ -423,7 +448,7 @@ impl Node {
                 moved = true;
                 match e {
                     SessionEvent::ChannelOpened => {
-                        let read_only = self.shares.get(&k.0).is_some_and(|s| s.read_only);
+                        let read_only = self.shares.get(&k.share).is_some_and(|s| s.read_only);
                         let db_uuid = l.db.as_ref().and_then(|d| self.db_uuids.get(d)).cloned();
                         if let Err(why) = l.channel_opened(now, &self.config, k, read_only, db_uuid)
                         {
@@ -479,7 +504,7 @@ impl Node {
         }
         for s in signals {
             moved = true;
-            if let Err(e) = self.hub.send_signal(now, &k.0, &k.1, s) {
+            if let Err(e) = self.hub.send_signal(now, &k.share, &k.peer, s) {
                 tracing::debug!(error = %e, "signal not sent");
             }
         }

@@ -54,7 +54,7 @@ impl Node {
                     endpoint,
                     format!(
                         "no link to share {} (peer {}): closed or never opened",
-                        link.0, link.1
+                        link.share, link.peer
                     ),
                 );
             }
@@ -90,7 +90,7 @@ impl Node {
                         endpoint,
                         format!(
                             "the link to share {} (peer {}) closed: {why}",
-                            link.0, link.1
+                            link.share, link.peer
                         ),
                     );
                 }
@@ -157,7 +157,7 @@ impl Node {
                             }
                         }
                         Err(_) => {
-                            let why = format!("no open link {} to {}", link.1, link.0);
+                            let why = format!("no open link {} to {}", link.peer, link.share);
                             self.answer_replication(now, id, q.id, Err(DbError::Unavailable(why)));
                         }
                     },

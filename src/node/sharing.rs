@@ -55,7 +55,7 @@ impl Node {
         let links: Vec<LinkId> = self
             .links
             .keys()
-            .filter(|k| k.0 == share)
+            .filter(|k| k.share == share)
             .cloned()
             .collect();
         for l in links {
@@ -97,26 +97,26 @@ impl Node {
         link: &LinkId,
         reason: Option<String>,
     ) -> Result<(), NodeError> {
-        self.hub.refuse(now, &link.0, &link.1, reason)?;
+        self.hub.refuse(now, &link.share, &link.peer, reason)?;
         self.awaiting_offer.remove(link);
         self.pump(now);
         Ok(())
     }
 
     pub(super) fn start_serving(&mut self, now: Instant, link: &LinkId) -> Result<(), NodeError> {
-        let Some(share) = self.shares.get(&link.0) else {
-            return Err(NodeError::Hub(HubError::NotShared(link.0.clone())));
+        let Some(share) = self.shares.get(&link.share) else {
+            return Err(NodeError::Hub(HubError::NotShared(link.share.clone())));
         };
         let db = share.db.clone();
         let key = share.access.key.clone();
         let pinned = if share.access.ask {
             self.hub
-                .pending_offer(&link.0, &link.1)
+                .pending_offer(&link.share, &link.peer)
                 .and_then(crate::fingerprint::from_sdp)
         } else {
             None
         };
-        self.hub.accept(now, &link.0, &link.1)?;
+        self.hub.accept(now, &link.share, &link.peer)?;
         self.awaiting_offer.remove(link);
         self.add_link(now, link.clone(), SessionRole::Answerer, Some(db), key);
         if let Some(l) = self.links.get_mut(link) {
@@ -134,8 +134,8 @@ impl Node {
                 self.config.max_links
             ));
         }
-        let max = self.shares.get(&link.0)?.access.max_links?;
-        let serving = self.links_kept(Some(&link.0), Some(link));
+        let max = self.shares.get(&link.share)?.access.max_links?;
+        let serving = self.links_kept(Some(&link.share), Some(link));
         (serving >= max).then(|| {
             format!("the share is full ({serving} of {max} peers, max_links): try again later")
         })
@@ -147,17 +147,17 @@ impl Node {
             moved = true;
             match e {
                 HubEvent::PeerRequested { share, peer, info } => {
-                    let link = (share.clone(), peer);
+                    let link = LinkId::new(share.clone(), peer);
                     let ask = self.shares.get(&share).is_some_and(|s| s.access.ask);
                     if let Some(full) = self.full(&link) {
-                        tracing::info!(share = %link.0, peer = %link.1, "{full}: refused");
-                        if let Err(e) = self.hub.refuse(now, &link.0, &link.1, Some(full)) {
+                        tracing::info!(share = %link.share, peer = %link.peer, "{full}: refused");
+                        if let Err(e) = self.hub.refuse(now, &link.share, &link.peer, Some(full)) {
                             tracing::debug!(error = %e, "could not refuse a peer");
                         }
                     } else if ask {
                         // The peer learns that a person decides, and waits for it; the person
                         // is asked once its offer (and so its fingerprint) is in: below.
-                        if let Err(e) = self.hub.defer(now, &link.0, &link.1) {
+                        if let Err(e) = self.hub.defer(now, &link.share, &link.peer) {
                             tracing::debug!(error = %e, "could not tell a peer to wait");
                         }
                         self.awaiting_offer.insert(link, info);
@@ -172,7 +172,7 @@ impl Node {
                             self.gatherer.permit(now, addr);
                         }
                     }
-                    let link = (share, peer);
+                    let link = LinkId::new(share, peer);
                     if let Some(l) = self.links.get_mut(&link) {
                         if let Err(e) = l.session.handle_signal(now, data) {
                             tracing::debug!(error = %e, "signal refused by the session");
@@ -184,7 +184,7 @@ impl Node {
                     peer,
                     reason,
                 } => {
-                    let link = (share, peer);
+                    let link = LinkId::new(share, peer);
                     self.events.push_back(NodeEvent::Refused {
                         link: link.clone(),
                         reason,
@@ -192,10 +192,10 @@ impl Node {
                     self.close_link(now, &link, LinkCloseReason::Refused);
                 }
                 HubEvent::ConnectionClosed { share, peer } => {
-                    self.close_link(now, &(share, peer), LinkCloseReason::Unshared);
+                    self.close_link(now, &LinkId::new(share, peer), LinkCloseReason::Unshared);
                 }
                 HubEvent::AwaitingApproval { share, peer } => {
-                    let link = (share, peer);
+                    let link = LinkId::new(share, peer);
                     // The approval timeout bounds the wait now, not the connect timeout.
                     if let Some(l) = self.links.get_mut(&link) {
                         l.session.pause_connect_timeout();
@@ -206,7 +206,7 @@ impl Node {
                     }
                 }
                 HubEvent::Accepted { share, peer } => {
-                    if let Some(l) = self.links.get_mut(&(share, peer)) {
+                    if let Some(l) = self.links.get_mut(&LinkId::new(share, peer)) {
                         l.session.restart_connect_timeout(now);
                     }
                 }
@@ -215,7 +215,7 @@ impl Node {
                     peer,
                     waited,
                 } => {
-                    let link = (share, peer);
+                    let link = LinkId::new(share, peer);
                     if self.links.contains_key(&link) {
                         self.events.push_back(NodeEvent::NotAnswering {
                             link: link.clone(),
@@ -229,7 +229,7 @@ impl Node {
                     peer,
                     waited,
                 } => {
-                    let link = (share, peer);
+                    let link = LinkId::new(share, peer);
                     if self.links.contains_key(&link) {
                         self.events.push_back(NodeEvent::NotAccepted {
                             link: link.clone(),
@@ -244,8 +244,8 @@ impl Node {
         if !self.awaiting_offer.is_empty() {
             let waiting: Vec<LinkId> = self.awaiting_offer.keys().cloned().collect();
             for link in waiting {
-                let offer = self.hub.pending_offer(&link.0, &link.1);
-                if offer.is_none() && self.hub.is_pending(&link.0, &link.1) {
+                let offer = self.hub.pending_offer(&link.share, &link.peer);
+                if offer.is_none() && self.hub.is_pending(&link.share, &link.peer) {
                     continue;
                 }
                 let fingerprint = offer.and_then(crate::fingerprint::from_sdp);

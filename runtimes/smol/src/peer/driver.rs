@@ -958,12 +958,12 @@ impl Driver {
                 fingerprint,
             } => {
                 let request = PeerRequest {
-                    share: link.0.clone(),
-                    peer: link.1.clone(),
+                    share: link.share.clone(),
+                    peer: link.peer.clone(),
                     info,
                     fingerprint,
                 };
-                match self.deciders.get(&link.0).cloned() {
+                match self.deciders.get(&link.share).cloned() {
                     Some(decide) => {
                         // The decision may block (a prompt on a terminal): not on this task.
                         let done = self.done_tx.clone();
@@ -981,10 +981,10 @@ impl Driver {
             NodeEvent::LinkReady { link, path } => {
                 let via = path.map(|p| p.to_string()).unwrap_or_default();
                 let fingerprint = self.node.remote_fingerprint(&link);
-                tracing::info!(share = %link.0, peer = %link.1, path = %via, fingerprint = fingerprint.as_deref().unwrap_or("-"), "link ready");
+                tracing::info!(share = %link.share, peer = %link.peer, path = %via, fingerprint = fingerprint.as_deref().unwrap_or("-"), "link ready");
                 self.link_event(LinkEvent::Ready {
-                    share: link.0.clone(),
-                    peer: link.1.clone(),
+                    share: link.share.clone(),
+                    peer: link.peer.clone(),
                     ours: !self.open_waiters.contains_key(&link),
                     path,
                     fingerprint: fingerprint.clone(),
@@ -995,12 +995,12 @@ impl Driver {
                 }
             }
             NodeEvent::LinkClosed { link, reason } => {
-                tracing::info!(share = %link.0, peer = %link.1, %reason, "link closed");
+                tracing::info!(share = %link.share, peer = %link.peer, %reason, "link closed");
                 // Its server's longpolls wait for no one now.
                 self.forget_closed();
                 self.link_event(LinkEvent::Closed {
-                    share: link.0.clone(),
-                    peer: link.1.clone(),
+                    share: link.share.clone(),
+                    peer: link.peer.clone(),
                     reason: reason.clone(),
                 });
                 if let Some(w) = self.open_waiters.remove(&link) {
@@ -1029,10 +1029,10 @@ impl Driver {
                 }
             }
             NodeEvent::AwaitingApproval { link, timeout } => {
-                tracing::info!(share = %link.0, peer = %link.1, "waiting for the sharer to accept");
+                tracing::info!(share = %link.share, peer = %link.peer, "waiting for the sharer to accept");
                 self.link_event(LinkEvent::AwaitingApproval {
-                    share: link.0,
-                    peer: link.1,
+                    share: link.share,
+                    peer: link.peer,
                     timeout,
                 });
             }
