@@ -945,3 +945,50 @@ fn a_crashed_sharer_is_not_answering_within_the_answer_timeout() {
     )
     .is_some());
 }
+
+#[test]
+fn a_subscription_ends_with_an_event_when_cancelled_or_cut_off_with_its_link() {
+    let (mut s, link) = linked(21, NetConfig::default());
+    let subscribe = |s: &mut NodeSim| {
+        let now = s.now;
+        let live = ChangesRequest {
+            since: Seq(json!("now")),
+            ..ChangesRequest::default()
+        };
+        s.node(1).subscribe(now, &link, live).unwrap()
+    };
+    let ended = |s: &NodeSim, call| {
+        s.nodes[1].events.iter().find_map(|(t, e)| match e {
+            NodeEvent::ChangesEnded {
+                link: l,
+                call: c,
+                error,
+            } if *l == link && *c == call => Some((*t, error.clone())),
+            _ => None,
+        })
+    };
+    let cancelled = subscribe(&mut s);
+    s.run_for(Duration::from_secs(1));
+    let now = s.now;
+    s.node(1).cancel_call(now, &link, cancelled).unwrap();
+    s.run_for(Duration::from_secs(1));
+    let (at, error) = ended(&s, cancelled).expect("a cancelled subscription ends");
+    assert_eq!(error, None);
+    s.write(0, "db", vec![json!({"_id": "after-cancel"})]);
+    let cut = subscribe(&mut s);
+    s.run_for(Duration::from_secs(1));
+    assert!(
+        !s.nodes[1]
+            .events
+            .iter()
+            .any(|(t, e)| *t > at
+                && matches!(e, NodeEvent::Changes { call, .. } if *call == cancelled)),
+        "no changes come for a subscription after its end"
+    );
+    assert!(ended(&s, cut).is_none(), "a live subscription goes on");
+    let now = s.now;
+    s.node(1).close(now, &link);
+    s.run_for(Duration::from_secs(1));
+    let (_, error) = ended(&s, cut).expect("a subscription ends with its link");
+    assert!(error.is_some(), "cut off, not cancelled");
+}

@@ -99,6 +99,18 @@ pub enum NodeEvent {
         /// The rows.
         changes: ChangesResponse,
     },
+    /// A [`Node::subscribe`](super::Node::subscribe) subscription ended: cancelled
+    /// ([`Node::cancel_call`](super::Node::cancel_call), `error: None`), ended by the server,
+    /// or cut off with its link (after [`NodeEvent::LinkClosed`]). No
+    /// [`NodeEvent::Changes`] follows for it.
+    ChangesEnded {
+        /// The link.
+        link: LinkId,
+        /// The subscription.
+        call: CallId,
+        /// Why, when not cancelled.
+        error: Option<DbError>,
+    },
     /// A replication reported.
     Replication {
         /// Which.
@@ -137,6 +149,13 @@ pub enum NodeError {
         "this node keeps {0} links, its limit (max_links): close one first or raise the limit"
     )]
     TooManyLinks(usize),
+    /// [`Node::handle_store_result`](super::Node::handle_store_result) with an id that no
+    /// [`StoreRequest`](super::StoreRequest) of this node carried.
+    #[error(
+        "no store request {0} was issued by this node: give back the ids of poll_store_request's \
+         requests"
+    )]
+    UnknownStoreRequest(u64),
 }
 
 /// The close reason of a link whose sharer never answered.

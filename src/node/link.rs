@@ -582,7 +582,15 @@ impl Node {
                 call,
                 changes,
             }),
-            ClientEvent::StreamEnded { .. } | ClientEvent::Closed(_) => {}
+            ClientEvent::StreamEnded { call, error } => {
+                self.events.push_back(NodeEvent::ChangesEnded {
+                    link: k.clone(),
+                    call,
+                    error,
+                })
+            }
+            // The link closes with it: [`Node::pump_link`] saw it first.
+            ClientEvent::Closed(_) => {}
         }
     }
 }

@@ -240,16 +240,19 @@ impl Node {
     }
 
     /// Feeds the result of a hub request.
+    ///
+    /// # Errors
+    /// [`HubError::UnknownRequest`](crate::hub::HubError::UnknownRequest) when the node never
+    /// issued request `id`; the node is unchanged.
     pub fn handle_hub_response(
         &mut self,
         now: Instant,
         id: RequestId,
         result: Result<Response, DbError>,
-    ) {
-        if let Err(e) = self.hub.handle_response(now, id, result) {
-            tracing::debug!(error = %e, "hub response ignored");
-        }
+    ) -> Result<(), NodeError> {
+        let answered = self.hub.handle_response(now, id, result);
         self.pump(now);
+        Ok(answered?)
     }
 
     /// Feeds rows of the hub's changes feed.

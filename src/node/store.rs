@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::link_rpc::LinkRpc;
-use super::{DbId, LinkId, Node, ReplicationId, StoreRequestId};
+use super::{DbId, LinkId, Node, NodeError, ReplicationId, StoreRequestId};
 use crate::error::DbError;
 use crate::ops::{Request, Response};
 use crate::replicate::RequestId;
@@ -43,13 +43,21 @@ impl Node {
         self.store_for.contains_key(&id)
     }
 
-    /// Feeds the result of a store request.
+    /// Feeds the result of a store request. A result the node no longer waits for (its link
+    /// or replication is gone: [`Node::awaits_store_result`]) is dropped.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownStoreRequest`] when the node never issued request `id`; the node is
+    /// unchanged.
     pub fn handle_store_result(
         &mut self,
         now: Instant,
         id: StoreRequestId,
         result: Result<Response, DbError>,
-    ) {
+    ) -> Result<(), NodeError> {
+        if id == 0 || id >= self.next_store {
+            return Err(NodeError::UnknownStoreRequest(id));
+        }
         match self.store_for.remove(&id) {
             Some(StoreOrigin::Server(link, sid)) => {
                 let server = self.links.get_mut(&link).and_then(|l| l.rpc.as_mut());
@@ -64,6 +72,7 @@ impl Node {
             None => {}
         }
         self.pump(now);
+        Ok(())
     }
 
     /// A local database changed (the app wrote, or a replication did): live subscriptions of

@@ -568,7 +568,9 @@ impl Driver {
         match (&mut self.hub, a) {
             (HubBackend::InProcess { hub, .. }, HubAction::Request { id, request }) => {
                 let result = hub.execute(request);
-                self.node.handle_hub_response(Instant::now(), id, result);
+                if let Err(e) = self.node.handle_hub_response(Instant::now(), id, result) {
+                    tracing::warn!(error = %e, "hub response refused");
+                }
             }
             (HubBackend::InProcess { hub, cursor }, HubAction::FollowChanges { since, filter }) => {
                 if let Some(old) = cursor.replace(hub.follow(&since, filter)) {
@@ -690,7 +692,11 @@ impl Driver {
     ) {
         let changed = wrote && result.is_ok();
         match origin {
-            Origin::Node(id) => self.node.handle_store_result(Instant::now(), id, result),
+            Origin::Node(id) => {
+                if let Err(e) = self.node.handle_store_result(Instant::now(), id, result) {
+                    tracing::warn!(error = %e, "store result refused");
+                }
+            }
             Origin::App(reply) => {
                 let _ = reply.try_send(result);
             }
@@ -744,7 +750,11 @@ impl Driver {
     fn on_done(&mut self, d: Done) {
         let now = Instant::now();
         match d {
-            Done::Hub { id, result } => self.node.handle_hub_response(now, id, result),
+            Done::Hub { id, result } => {
+                if let Err(e) = self.node.handle_hub_response(now, id, result) {
+                    tracing::warn!(error = %e, "hub response refused");
+                }
+            }
             Done::Store {
                 origin,
                 db,
@@ -1070,6 +1080,13 @@ impl Driver {
                         let _ = self.node.cancel_call(Instant::now(), &key.0, key.1);
                     }
                 }
+            }
+            NodeEvent::ChangesEnded { link, call, error } => {
+                if let Some(e) = &error {
+                    tracing::info!(share = %link.share, peer = %link.peer, error = %e, "a changes subscription ended");
+                }
+                // Dropping its sender ends the app's stream.
+                self.subs.remove(&(link, call));
             }
             NodeEvent::Replication { id, event } => {
                 let last = matches!(
