@@ -141,6 +141,15 @@ impl Node {
         })
     }
 
+    /// A link we opened that the sharer left unanswered or unaccepted: tells the app
+    /// (`event`), then closes it.
+    fn give_up(&mut self, now: Instant, link: &LinkId, event: NodeEvent, reason: LinkCloseReason) {
+        if self.links.contains_key(link) {
+            self.events.push_back(event);
+            self.close_link(now, link, reason);
+        }
+    }
+
     pub(super) fn pump_hub(&mut self, now: Instant) -> bool {
         let mut moved = false;
         while let Some(e) = self.hub.poll_event() {
@@ -216,13 +225,11 @@ impl Node {
                     waited,
                 } => {
                     let link = LinkId::new(share, peer);
-                    if self.links.contains_key(&link) {
-                        self.events.push_back(NodeEvent::NotAnswering {
-                            link: link.clone(),
-                            waited,
-                        });
-                        self.close_link(now, &link, LinkCloseReason::NotAnswering);
-                    }
+                    let event = NodeEvent::NotAnswering {
+                        link: link.clone(),
+                        waited,
+                    };
+                    self.give_up(now, &link, event, LinkCloseReason::NotAnswering);
                 }
                 HubEvent::NotAccepted {
                     share,
@@ -230,13 +237,11 @@ impl Node {
                     waited,
                 } => {
                     let link = LinkId::new(share, peer);
-                    if self.links.contains_key(&link) {
-                        self.events.push_back(NodeEvent::NotAccepted {
-                            link: link.clone(),
-                            waited,
-                        });
-                        self.close_link(now, &link, LinkCloseReason::NotAccepted);
-                    }
+                    let event = NodeEvent::NotAccepted {
+                        link: link.clone(),
+                        waited,
+                    };
+                    self.give_up(now, &link, event, LinkCloseReason::NotAccepted);
                 }
                 other => self.events.push_back(NodeEvent::Hub(other)),
             }
