@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::events::LinkCloseReason;
 use super::link_rpc::{LinkRpc, RpcOutput};
-use super::{DbId, Node, NodeConfig, NodeError, NodeEvent, ReplicationId, StoreOrigin};
+use super::{DbId, LinkId, Node, NodeConfig, NodeError, NodeEvent, ReplicationId, StoreOrigin};
 use crate::ops::{ChangesRequest, Request};
 use crate::reach::gather::Gatherer;
 use crate::reach::IceTransportPolicy;
@@ -18,32 +18,6 @@ use crate::replicate::RequestId;
 use crate::rpc::{CallId, ClientConfig, ClientEvent, RpcClient, RpcServer, ServerConfig};
 use crate::session::{CloseReason, Session, SessionEvent, SessionRole, Transmit};
 use crate::signal::SignalData;
-
-/// Names a link. Both ends name it alike: by the share it is to and the peer id of the node
-/// that opened it (the joiner), so the sharer's links to one share differ by `peer`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LinkId {
-    /// The share id (`share-…`).
-    pub share: String,
-    /// The joiner's peer id (`peer-…`).
-    pub peer: String,
-}
-
-impl LinkId {
-    /// The link of `peer` to `share`.
-    pub fn new(share: impl Into<String>, peer: impl Into<String>) -> LinkId {
-        LinkId {
-            share: share.into(),
-            peer: peer.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for LinkId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} on {}", self.peer, self.share)
-    }
-}
 
 pub(super) struct Link {
     pub(super) session: Session,

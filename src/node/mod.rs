@@ -65,7 +65,6 @@ use crate::session::Transmit;
 pub use config::{NodeConfig, ShareAccess, DEFAULT_MAX_LINKS};
 pub use events::{NodeError, NodeEvent, NOT_ACCEPTED, NOT_ANSWERING};
 use link::Link;
-pub use link::LinkId;
 use replications::Rep;
 use store::StoreOrigin;
 pub use store::StoreRequest;
@@ -76,6 +75,33 @@ pub const ICE_IDLE_RELEASE: Duration = Duration::from_secs(30);
 
 /// Names a local database the app owns (in memory, on disk, over HTTP).
 pub type DbId = String;
+
+/// Names a link. Both ends name it alike: by the share it is to and the peer id of the node
+/// that opened it (the joiner), so the sharer's links to one share differ by `peer`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkId {
+    /// The share id (`share-…`).
+    pub share: String,
+    /// The joiner's peer id (`peer-…`).
+    pub peer: String,
+}
+
+impl LinkId {
+    /// The link of `peer` to `share`.
+    pub fn new(share: impl Into<String>, peer: impl Into<String>) -> LinkId {
+        LinkId {
+            share: share.into(),
+            peer: peer.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for LinkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {}", self.peer, self.share)
+    }
+}
+
 /// Identifies a replication.
 pub type ReplicationId = u64;
 /// Identifies a store request; its result comes back with it.
