@@ -53,7 +53,7 @@ impl Link {
         }
     }
 
-    /// The session's deadline and the RPC's, the earlier first.
+    /// The session's deadline and the RPC's.
     pub(super) fn poll_timeouts(&self) -> [Option<Instant>; 2] {
         [
             self.session.poll_timeout(),
