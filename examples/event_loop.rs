@@ -88,7 +88,10 @@ impl App {
                 match action {
                     HubAction::Request { id, request } => {
                         let result = hub.execute(request);
-                        self.node.handle_hub_response(Instant::now(), id, result);
+                        // Refused only for an id the node never issued: a driver bug.
+                        if let Err(e) = self.node.handle_hub_response(Instant::now(), id, result) {
+                            eprintln!("hub response refused: {e}");
+                        }
                     }
                     HubAction::FollowChanges { since, .. } => self.feed = Some(hub.follow(&since)),
                 }
@@ -99,8 +102,12 @@ impl App {
                 // long-poll `changes` requests until the database changes: see
                 // `peerpouch-smol`'s driver. Nothing here is live.)
                 let result = self.db.execute(req.request);
-                self.node
-                    .handle_store_result(Instant::now(), req.id, result);
+                if let Err(e) = self
+                    .node
+                    .handle_store_result(Instant::now(), req.id, result)
+                {
+                    eprintln!("store result refused: {e}");
+                }
             }
             while let Some(t) = self.node.poll_transmit() {
                 more = true;
@@ -147,7 +154,7 @@ fn run() -> Result<usize, Box<dyn std::error::Error>> {
             match e {
                 NodeEvent::LinkReady { link: l, path } => {
                     let path = path.map(|p| p.to_string()).unwrap_or_default();
-                    println!("bob: link to {} ready, {path}; pulling", l.0);
+                    println!("bob: link to {} ready, {path}; pulling", l.share);
                     let config = ReplicatorConfig::new("peer:notes", "local:copy");
                     bob.node.replicate(
                         Instant::now(),

@@ -1066,7 +1066,10 @@ impl Session {
             return;
         }
         if let Some(mut ch) = self.ctl.and_then(|id| self.rtc.channel(id)) {
-            let _ = ch.write(false, BYE);
+            // Best effort: without it the peer notices by DTLS's close, or its idle timeout.
+            if let Err(e) = ch.write(false, BYE) {
+                tracing::debug!(error = %e, "goodbye not sent");
+            }
         }
         self.drive(now);
         self.shut(now, CloseReason::Local);
@@ -1224,7 +1227,11 @@ impl Session {
                 }
                 if probe || now >= self.last_sent + self.config.heartbeat_interval {
                     if let Some(mut ch) = self.ctl.and_then(|id| self.rtc.channel(id)) {
-                        let _ = ch.write(false, PING);
+                        // A ping that cannot go now is not retried: the next interval sends
+                        // one, and the idle timeout judges the peer either way.
+                        if let Err(e) = ch.write(false, PING) {
+                            tracing::debug!(error = %e, "heartbeat not sent");
+                        }
                     }
                     self.last_sent = now;
                 }

@@ -856,7 +856,7 @@ fn a_malformed_identity_in_the_hello_closes_the_link() {
 
 #[test]
 fn a_nodes_database_identity_must_be_one() {
-    use peerpouch::node::{Node, NodeConfig, NodeError};
+    use peerpouch::node::{LinkId, Node, NodeConfig, NodeError};
     let mut node = Node::new(NodeConfig::default(), 1, epoch(), 0);
     assert_eq!(
         node.set_db_uuid("notes", "0f8fad5bd9cb469fa16570867728950e"),
@@ -865,8 +865,37 @@ fn a_nodes_database_identity_must_be_one() {
     let bad = node.set_db_uuid("notes", "two words").unwrap_err();
     assert_eq!(bad, NodeError::InvalidDbUuid("two words".into()));
     assert!(bad.to_string().contains("invalid database uuid"));
+    assert_eq!(node.link_db_uuid(&LinkId::new("share-x", "peer-y")), None);
+}
+
+#[test]
+fn a_node_refuses_results_for_requests_it_never_issued_and_keeps_working() {
+    use peerpouch::hub::{HubAction, HubError, ShareOptions};
+    use peerpouch::node::{Node, NodeConfig, NodeError, ShareAccess};
+    use peerpouch::replicate::RequestId;
+    let now = epoch();
+    let mut node = Node::new(NodeConfig::default(), 1, now, 0);
+    let result = || Err(DbError::Unavailable("late".into()));
     assert_eq!(
-        node.link_db_uuid(&("share-x".into(), "peer-y".into())),
-        None
+        node.handle_hub_response(now, RequestId(4242), result()),
+        Err(NodeError::Hub(HubError::UnknownRequest(RequestId(4242))))
     );
+    let refused = node.handle_store_result(now, 7, result()).unwrap_err();
+    assert_eq!(refused, NodeError::UnknownStoreRequest(7));
+    assert!(
+        refused.to_string().contains("no store request 7"),
+        "{refused}"
+    );
+    // Still usable: a share goes out to the hub as before.
+    node.share(
+        now,
+        "notes".into(),
+        ShareOptions::default(),
+        ShareAccess::default(),
+    );
+    let mut requests = 0;
+    while let Some(a) = node.poll_hub_action() {
+        requests += usize::from(matches!(a, HubAction::Request { .. }));
+    }
+    assert!(requests >= 1);
 }

@@ -190,7 +190,7 @@ fn a_joiner_restarted_on_the_same_address_is_routed_to_its_new_link() {
         s.add_node(&format!("n{i}"));
     }
     let mut links = crowd_connects(&mut s, LINKS);
-    let share = links[0].0.clone();
+    let share = links[0].share.clone();
     // Joiner 3's process dies and a new one binds the same address and port: the sharer's
     // map still names the old link for that address, whose session would accept it.
     s.crash(3);

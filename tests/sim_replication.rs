@@ -366,7 +366,7 @@ fn crash_soak_seed(seed: u64) -> bool {
     eprintln!("crash soak seed {seed}: {docs} docs in batches of {batch}, crash after {crash_at} written, {net:?}");
     let (mut s, link) = linked(seed, net);
     s.trace_calls = false;
-    let share = link.0.clone();
+    let share = link.share.clone();
     fixture(s.store(0, "db"), docs, 1 << 12);
     let cfg = || ReplicatorConfig::new(format!("share {share}"), "copy").batch_size(batch);
     let now = s.now;
@@ -452,7 +452,7 @@ fn soak_live_both_ways_through_outages() {
         eprintln!("live soak seed {seed}: {rounds} rounds, {net:?}");
         let (mut s, link) = linked(seed, net);
         s.trace_calls = false;
-        let mut share = link.0.clone();
+        let mut share = link.share.clone();
         // Named after the database, not the share: a restarted sharer shares it under a new id,
         // and the replications resume from their checkpoints.
         let start = |s: &mut NodeSim, link: &LinkId| {
@@ -675,7 +675,7 @@ fn live_replication_picks_up_new_writes_until_cancelled() {
 fn a_crashed_joiner_reconnects_and_resumes_from_its_checkpoint() {
     let (mut s, link) = linked(11, NetConfig::default());
     s.trace_calls = false;
-    let share = link.0.clone();
+    let share = link.share.clone();
     fixture(s.store(0, "db"), 3000, 1 << 16);
     let now = s.now;
     let cfg = || ReplicatorConfig::new(format!("share {share}"), "copy").batch_size(50);
@@ -944,4 +944,51 @@ fn a_crashed_sharer_is_not_answering_within_the_answer_timeout() {
         |e| matches!(e, NodeEvent::NotAnswering { link: l, .. } if *l == link)
     )
     .is_some());
+}
+
+#[test]
+fn a_subscription_ends_with_an_event_when_cancelled_or_cut_off_with_its_link() {
+    let (mut s, link) = linked(21, NetConfig::default());
+    let subscribe = |s: &mut NodeSim| {
+        let now = s.now;
+        let live = ChangesRequest {
+            since: Seq(json!("now")),
+            ..ChangesRequest::default()
+        };
+        s.node(1).subscribe(now, &link, live).unwrap()
+    };
+    let ended = |s: &NodeSim, call| {
+        s.nodes[1].events.iter().find_map(|(t, e)| match e {
+            NodeEvent::ChangesEnded {
+                link: l,
+                call: c,
+                error,
+            } if *l == link && *c == call => Some((*t, error.clone())),
+            _ => None,
+        })
+    };
+    let cancelled = subscribe(&mut s);
+    s.run_for(Duration::from_secs(1));
+    let now = s.now;
+    s.node(1).cancel_call(now, &link, cancelled).unwrap();
+    s.run_for(Duration::from_secs(1));
+    let (at, error) = ended(&s, cancelled).expect("a cancelled subscription ends");
+    assert_eq!(error, None);
+    s.write(0, "db", vec![json!({"_id": "after-cancel"})]);
+    let cut = subscribe(&mut s);
+    s.run_for(Duration::from_secs(1));
+    assert!(
+        !s.nodes[1]
+            .events
+            .iter()
+            .any(|(t, e)| *t > at
+                && matches!(e, NodeEvent::Changes { call, .. } if *call == cancelled)),
+        "no changes come for a subscription after its end"
+    );
+    assert!(ended(&s, cut).is_none(), "a live subscription goes on");
+    let now = s.now;
+    s.node(1).close(now, &link);
+    s.run_for(Duration::from_secs(1));
+    let (_, error) = ended(&s, cut).expect("a subscription ends with its link");
+    assert!(error.is_some(), "cut off, not cancelled");
 }

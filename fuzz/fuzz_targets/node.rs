@@ -205,7 +205,9 @@ impl World {
         } else {
             s.store.execute(r.request)
         };
-        s.node.handle_store_result(self.now, r.id, result);
+        s.node
+            .handle_store_result(self.now, r.id, result)
+            .expect("a result for a store request the node issued");
         if s.store.update_seq() != before {
             s.node.handle_db_changed(self.now, &r.db);
         }
@@ -234,7 +236,10 @@ impl World {
                     } else {
                         self.hub.execute(request)
                     };
-                    self.sides[i].node.handle_hub_response(now, id, r);
+                    self.sides[i]
+                        .node
+                        .handle_hub_response(now, id, r)
+                        .expect("a response to a hub request the node issued");
                 }
                 HubAction::FollowChanges { since, filter } => {
                     let c = self.hub.follow_filtered(&since, Some(filter));
@@ -289,9 +294,8 @@ impl World {
             }
             NodeEvent::LinkClosed { link, .. } => {
                 s.ready.remove(&link);
-                // A subscription ends with its link: the node reports no end of its own (it
-                // drops the RPC client's `StreamEnded`), so only plain calls must each get a
-                // `CallResult`.
+                // A subscription ends with its link (`ChangesEnded` may follow, and is not
+                // asked for), so only plain calls must each get a `CallResult`.
                 s.calls.retain(|(l, _), subscription| !(*l == link && *subscription));
             }
             NodeEvent::CallResult { link, call, .. } => {
@@ -302,7 +306,14 @@ impl World {
             NodeEvent::Changes { link, call, .. } => {
                 assert!(
                     s.calls.get(&(link.clone(), call)) == Some(&true),
-                    "changes for no subscription: {link:?} {call:?}"
+                    "changes for no subscription (or after its end): {link:?} {call:?}"
+                );
+            }
+            NodeEvent::ChangesEnded { link, call, .. } => {
+                let was = s.calls.remove(&(link.clone(), call));
+                assert!(
+                    was != Some(false),
+                    "a plain call ended as a subscription: {link:?} {call:?}"
                 );
             }
             NodeEvent::Replication { id, event } => match event {

@@ -296,7 +296,8 @@ impl NodeSim {
         }
         let now = self.now;
         if let Some(n) = self.nodes[i].node.as_mut() {
-            n.handle_store_result(now, req.id, result);
+            n.handle_store_result(now, req.id, result)
+                .expect("a result for a store request the node issued");
             if changed {
                 n.handle_db_changed(now, &req.db);
             }
@@ -348,7 +349,9 @@ impl NodeSim {
                         self.hub_writes.extend(b.docs.iter().cloned());
                     }
                     let r = self.hub.execute(request);
-                    self.node(i).handle_hub_response(now, id, r);
+                    self.node(i)
+                        .handle_hub_response(now, id, r)
+                        .expect("a response to a hub request the node issued");
                 }
                 HubAction::FollowChanges { since, filter } => {
                     // Filtered as a CouchDB 2+ hub does; a new feed replaces the old one.

@@ -274,7 +274,9 @@ impl Peer {
     fn execute(&mut self, r: StoreRequest) {
         if let Some(db) = self.attached.get_mut(&r.db) {
             let result = db.execute(r.request);
-            self.node.handle_store_result(Instant::now(), r.id, result);
+            if let Err(e) = self.node.handle_store_result(Instant::now(), r.id, result) {
+                tracing::warn!(error = %e, "store result refused");
+            }
             return;
         }
         let store = self
@@ -290,7 +292,9 @@ impl Peer {
         let before = store.update_seq();
         let result = store.execute(r.request);
         let changed = store.update_seq() != before;
-        self.node.handle_store_result(Instant::now(), r.id, result);
+        if let Err(e) = self.node.handle_store_result(Instant::now(), r.id, result) {
+            tracing::warn!(error = %e, "store result refused");
+        }
         if changed {
             self.node.handle_db_changed(Instant::now(), &r.db);
             self.wake(&r.db);
@@ -305,7 +309,9 @@ impl Peer {
             match a {
                 HubAction::Request { id, request } => {
                     let r = hub.execute(request);
-                    self.node.handle_hub_response(Instant::now(), id, r);
+                    if let Err(e) = self.node.handle_hub_response(Instant::now(), id, r) {
+                        tracing::warn!(error = %e, "hub response refused");
+                    }
                 }
                 HubAction::FollowChanges { since, filter } => {
                     let c = hub.follow(&since, filter)?;

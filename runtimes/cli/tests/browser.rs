@@ -357,7 +357,7 @@ fn a_browser_opens_a_share_of_a_rust_node() {
     tracing::info!("join: {res}");
 
     let peer = res["peer"].as_str().unwrap().to_string();
-    let link: LinkId = (share.clone(), peer.clone());
+    let link = LinkId::new(share.clone(), peer.clone());
     assert!(
         w.peers[0]
             .events
@@ -658,7 +658,7 @@ fn a_rust_node_opens_a_share_of_a_browser() {
         |_, b| {
             b.events
                 .iter()
-                .find(|e| e["event"] == "link-closed" && e["peer"] == link.1.as_str())
+                .find(|e| e["event"] == "link-closed" && e["peer"] == link.peer.as_str())
                 .cloned()
         },
     );

@@ -164,7 +164,7 @@ impl Db {
         match &self.target {
             Target::Local(n) if self.kind == DbKind::Local => format!("local:{n}"),
             Target::Local(n) => n.clone(),
-            Target::Remote(link) => format!("peer:{}", link.0),
+            Target::Remote(link) => format!("peer:{}", link.share),
         }
     }
 

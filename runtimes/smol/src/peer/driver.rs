@@ -571,7 +571,9 @@ impl Driver {
         match (&mut self.hub, a) {
             (HubBackend::InProcess { hub, .. }, HubAction::Request { id, request }) => {
                 let result = hub.execute(request);
-                self.node.handle_hub_response(Instant::now(), id, result);
+                if let Err(e) = self.node.handle_hub_response(Instant::now(), id, result) {
+                    tracing::warn!(error = %e, "hub response refused");
+                }
             }
             (HubBackend::InProcess { hub, cursor }, HubAction::FollowChanges { since, filter }) => {
                 if let Some(old) = cursor.replace(hub.follow(&since, filter)) {
@@ -693,7 +695,11 @@ impl Driver {
     ) {
         let changed = wrote && result.is_ok();
         match origin {
-            Origin::Node(id) => self.node.handle_store_result(Instant::now(), id, result),
+            Origin::Node(id) => {
+                if let Err(e) = self.node.handle_store_result(Instant::now(), id, result) {
+                    tracing::warn!(error = %e, "store result refused");
+                }
+            }
             Origin::App(reply) => {
                 let _ = reply.try_send(result);
             }
@@ -747,7 +753,11 @@ impl Driver {
     fn on_done(&mut self, d: Done) {
         let now = Instant::now();
         match d {
-            Done::Hub { id, result } => self.node.handle_hub_response(now, id, result),
+            Done::Hub { id, result } => {
+                if let Err(e) = self.node.handle_hub_response(now, id, result) {
+                    tracing::warn!(error = %e, "hub response refused");
+                }
+            }
             Done::Store {
                 origin,
                 db,
@@ -961,12 +971,12 @@ impl Driver {
                 fingerprint,
             } => {
                 let request = PeerRequest {
-                    share: link.0.clone(),
-                    peer: link.1.clone(),
+                    share: link.share.clone(),
+                    peer: link.peer.clone(),
                     info,
                     fingerprint,
                 };
-                match self.deciders.get(&link.0).cloned() {
+                match self.deciders.get(&link.share).cloned() {
                     Some(decide) => {
                         // The decision may block (a prompt on a terminal): not on this task.
                         let done = self.done_tx.clone();
@@ -984,10 +994,10 @@ impl Driver {
             NodeEvent::LinkReady { link, path } => {
                 let via = path.map(|p| p.to_string()).unwrap_or_default();
                 let fingerprint = self.node.remote_fingerprint(&link);
-                tracing::info!(share = %link.0, peer = %link.1, path = %via, fingerprint = fingerprint.as_deref().unwrap_or("-"), "link ready");
+                tracing::info!(share = %link.share, peer = %link.peer, path = %via, fingerprint = fingerprint.as_deref().unwrap_or("-"), "link ready");
                 self.link_event(LinkEvent::Ready {
-                    share: link.0.clone(),
-                    peer: link.1.clone(),
+                    share: link.share.clone(),
+                    peer: link.peer.clone(),
                     ours: !self.open_waiters.contains_key(&link),
                     path,
                     fingerprint: fingerprint.clone(),
@@ -998,12 +1008,12 @@ impl Driver {
                 }
             }
             NodeEvent::LinkClosed { link, reason } => {
-                tracing::info!(share = %link.0, peer = %link.1, %reason, "link closed");
+                tracing::info!(share = %link.share, peer = %link.peer, %reason, "link closed");
                 // Its server's longpolls wait for no one now.
                 self.forget_closed();
                 self.link_event(LinkEvent::Closed {
-                    share: link.0.clone(),
-                    peer: link.1.clone(),
+                    share: link.share.clone(),
+                    peer: link.peer.clone(),
                     reason: reason.clone(),
                 });
                 if let Some(w) = self.open_waiters.remove(&link) {
@@ -1032,10 +1042,10 @@ impl Driver {
                 }
             }
             NodeEvent::AwaitingApproval { link, timeout } => {
-                tracing::info!(share = %link.0, peer = %link.1, "waiting for the sharer to accept");
+                tracing::info!(share = %link.share, peer = %link.peer, "waiting for the sharer to accept");
                 self.link_event(LinkEvent::AwaitingApproval {
-                    share: link.0,
-                    peer: link.1,
+                    share: link.share,
+                    peer: link.peer,
                     timeout,
                 });
             }
@@ -1073,6 +1083,13 @@ impl Driver {
                         let _ = self.node.cancel_call(Instant::now(), &key.0, key.1);
                     }
                 }
+            }
+            NodeEvent::ChangesEnded { link, call, error } => {
+                if let Some(e) = &error {
+                    tracing::info!(share = %link.share, peer = %link.peer, error = %e, "a changes subscription ended");
+                }
+                // Dropping its sender ends the app's stream.
+                self.subs.remove(&(link, call));
             }
             NodeEvent::Replication { id, event } => {
                 let last = matches!(
