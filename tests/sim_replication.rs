@@ -773,6 +773,33 @@ fn a_wrong_access_key_closes_the_joiners_link_as_forbidden() {
     let mut s = NodeSim::new(13, NetConfig::default());
     s.add_node("sharer");
     s.add_node("joiner");
+    wrong_key_closes_as_forbidden(s);
+}
+
+#[test]
+fn a_wrong_access_key_closes_a_relayed_link_as_forbidden_too() {
+    // The sharer reaches its peers only through its TURN allocation: its goodbye must go
+    // through the relay too, like every other datagram of the session.
+    let mut s = NodeSim::new(13, NetConfig::default());
+    s.add_turn();
+    let turn = ["turn:198.51.100.20:3478?transport=udp"];
+    s.add_node_behind(
+        "sharer",
+        None,
+        &turn,
+        peerpouch::reach::IceTransportPolicy::Relay,
+    );
+    s.add_node_behind(
+        "joiner",
+        None,
+        &[],
+        peerpouch::reach::IceTransportPolicy::All,
+    );
+    wrong_key_closes_as_forbidden(s);
+}
+
+/// Node 0 shares with a key, node 1 opens with another: its link closes at once as forbidden.
+fn wrong_key_closes_as_forbidden(mut s: NodeSim) {
     let now = s.now;
     let share = s.node(0).share(
         now,

@@ -506,13 +506,12 @@ impl Node {
                     detail: self.no_path_reason(k),
                 };
             }
-            // Flush what can still go (a goodbye), then close.
+            // Flush what can still go (a goodbye), then close: through the relay when the link
+            // runs over one, as every other datagram of the session.
             if let Some(l) = self.links.get_mut(k) {
                 if !l.session.is_closed() {
                     l.session.close(now);
-                    while let Some(t) = l.session.poll_transmit() {
-                        self.transmits.push_back(t);
-                    }
+                    l.drain_transmits(now, &mut self.gatherer, &mut self.transmits);
                 }
             }
             self.link_closed(now, k, reason);
