@@ -256,6 +256,45 @@ fn attachments_are_stored_once_per_digest() {
 }
 
 #[test]
+fn large_attachments_are_written_and_read_in_chunks() {
+    use base64::Engine;
+    use peerpouch::store::Storage;
+    let (_dir, path) = temp();
+    let mut db = SqliteStore::open(&path).unwrap();
+    // Over the engine's write chunk (256 KiB), and not a multiple of it.
+    let data: Vec<u8> = (0..700_001u32).map(|i| (i * 7 % 251) as u8).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+    db.put(json!({"_id": "a", "_attachments": {"x": {"data": b64, "content_type": "a/b"}}}))
+        .unwrap();
+    let att = db.get_attachment("a", "x").unwrap();
+    assert_eq!(att.data, data);
+    let d = att.digest;
+    assert_eq!(db.blob_info(&d).unwrap().unwrap().length, data.len() as u64);
+    for (offset, len) in [
+        (0, 10),
+        (262_143, 3),
+        (699_990, 100),
+        (700_001, 5),
+        (9_999_999, 1),
+    ] {
+        let chunk = db.blob_chunk(&d, offset, len).unwrap().unwrap();
+        let start = (offset as usize).min(data.len());
+        assert_eq!(
+            chunk,
+            data[start..(start + len).min(data.len())],
+            "{offset} {len}"
+        );
+    }
+    assert_eq!(db.blob_chunk("md5-none", 0, 10).unwrap(), None);
+    drop(db);
+    let conn = Connection::open(&path).unwrap();
+    let stored: Vec<u8> = conn
+        .query_row("SELECT data FROM attachments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, data);
+}
+
+#[test]
 fn a_failed_write_leaves_nothing_behind() {
     let (_dir, path) = temp();
     let mut db = SqliteStore::open(&path).unwrap();
