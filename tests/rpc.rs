@@ -212,26 +212,10 @@ fn large_bodies_cross_in_frames_within_the_frame_size() {
 #[test]
 fn attachments_travel_as_binary() {
     let mut p = Pair::default();
-    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let b64 = serde_json::to_value(AttachmentData {
-        content_type: String::new(),
-        digest: String::new(),
-        data: data.clone().into(),
-    })
-    .unwrap()["data"]
-        .clone();
-    p.db.put(json!({"_id": "f", "_attachments": {"blob": {"content_type": "application/x-test", "data": b64}}})).unwrap();
-    let r = p
-        .call(Request::GetAttachment(AttachmentRequest {
-            id: "f".into(),
-            name: "blob".into(),
-            rev: None,
-        }))
-        .unwrap()
-        .into_attachment()
-        .unwrap();
+    let data = put_attachment(&mut p, 200_000);
+    let r = p.call(get_blob()).unwrap().into_attachment().unwrap();
     assert_eq!(r.data, data);
-    assert_eq!(r.content_type, "application/x-test");
+    assert_eq!(r.content_type, "a/b");
     assert_eq!(r.digest, peerpouch::doc::digest_of(&data));
 }
 

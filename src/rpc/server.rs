@@ -710,13 +710,22 @@ impl RpcServer {
         }
     }
 
+    /// Whether the outbound window or the store requests running are full: no new work.
+    fn busy(&self) -> bool {
+        self.out.bytes() >= self.config.window || self.store.len() >= self.config.max_concurrent
+    }
+
+    fn calls_where(&self, pick: impl Fn(&CallState) -> bool) -> Vec<u32> {
+        let picked = self.calls.iter().filter(|(_, c)| pick(c));
+        picked.map(|(id, _)| *id).collect()
+    }
+
     /// Starts queued calls while the outbound window has room.
     fn pump(&mut self) {
         if self.state != State::Ready {
             return;
         }
-        while self.out.bytes() < self.config.window && self.store.len() < self.config.max_concurrent
-        {
+        while !self.busy() {
             let Some((id, work)) = self.inbox.pop_front() else {
                 break;
             };
@@ -780,18 +789,11 @@ impl RpcServer {
         // Attachments read their next chunk once less than a chunk of them waits, while the
         // window has room: a slow reader holds the store's bytes back, not the server's memory.
         let chunk = self.attachment_chunk();
-        let reading: Vec<u32> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| {
-                matches!(c, CallState::Attachment { digest: Some(_), running: None, sent, length, .. } if sent < length)
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let reading = self.calls_where(|c| {
+            matches!(c, CallState::Attachment { digest: Some(_), running: None, sent, length, .. } if sent < length)
+        });
         for id in reading {
-            if self.out.bytes() >= self.config.window
-                || self.store.len() >= self.config.max_concurrent
-            {
+            if self.busy() {
                 break;
             }
             if self.out.bytes_of(id) < chunk {
@@ -800,25 +802,18 @@ impl RpcServer {
         }
         // Subscriptions catch up only while the window has room: a reader that does not keep up
         // gets its batches later (merged), never an ever-growing queue.
-        let due: Vec<u32> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| {
-                matches!(
-                    c,
-                    CallState::Subscription {
-                        running: None,
-                        dirty: true,
-                        ..
-                    }
-                )
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let due = self.calls_where(|c| {
+            matches!(
+                c,
+                CallState::Subscription {
+                    running: None,
+                    dirty: true,
+                    ..
+                }
+            )
+        });
         for id in due {
-            if self.out.bytes() >= self.config.window
-                || self.store.len() >= self.config.max_concurrent
-            {
+            if self.busy() {
                 break;
             }
             if let Some(CallState::Subscription { dirty, .. }) = self.calls.get_mut(&id) {
