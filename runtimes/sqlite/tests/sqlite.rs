@@ -299,8 +299,7 @@ fn large_attachments_are_written_and_read_in_chunks() {
         .unwrap()
         .query_map([], |r| r.get::<_, Vec<u8>>(0))
         .unwrap()
-        .map(Result::unwrap)
-        .flatten()
+        .flat_map(Result::unwrap)
         .collect();
     assert_eq!(stored, data);
     // A lost chunk is damage, reported by the read that meets it and by `check`.
