@@ -353,10 +353,11 @@ impl RpcServer {
                 self.calls.insert(call, CallState::Running(sid));
                 return;
             }
-            Err(e) if first => {
+            // Nothing announced yet: the answer is the store's, as for any call.
+            other if first => {
                 self.calls.remove(&call);
                 self.served += 1;
-                return self.reply(call, Err(e));
+                return self.reply(call, other);
             }
             other => {
                 // Its length is announced and some of its bytes went out: the message cannot
