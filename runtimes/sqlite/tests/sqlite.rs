@@ -602,31 +602,37 @@ fn a_bad_identity_is_refused() {
 /// with a second one, `c` deleted, `d` edited so its attachment was freed, `e` with a conflict
 /// from a replication, one generated id, and two replication checkpoints as `_local` documents.
 fn format1_copy() -> (tempfile::TempDir, PathBuf) {
+    fixture_copy("format1.db")
+}
+
+fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
     let (dir, path) = temp();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1.db"),
-        &path,
-    )
-    .unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    std::fs::copy(fixture.join(name), &path).unwrap();
     (dir, path)
+}
+
+/// Opens a copy of a fixture of format `from`, which migrates it, and checks its name, live and
+/// deleted documents, `update_seq` (10 in both fixtures) and identity.
+fn open_migrated(path: &Path, from: i64, info: (&str, u64, u64, &str)) -> SqliteStore {
+    let (name, docs, deleted, uuid) = info;
+    assert_eq!(header(path), (APPLICATION_ID, from));
+    let mut db = SqliteStore::open(path).unwrap();
+    assert_eq!(header(path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
+    let info = db.info().unwrap();
+    assert_eq!(
+        (info.db_name.as_str(), info.doc_count, info.doc_del_count),
+        (name, docs, deleted)
+    );
+    assert_eq!(info.update_seq, Seq::from(10));
+    assert_eq!(info.db_uuid.as_deref(), Some(uuid));
+    db
 }
 
 #[test]
 fn a_format_1_file_is_migrated_on_open() {
     let (_dir, path) = format1_copy();
-    assert_eq!(header(&path), (APPLICATION_ID, 1));
-    let mut db = SqliteStore::open(&path).unwrap();
-    assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
-    let info = db.info().unwrap();
-    assert_eq!(
-        (info.db_name.as_str(), info.doc_count, info.doc_del_count),
-        ("a", 5, 1)
-    );
-    assert_eq!(info.update_seq, Seq::from(10));
-    assert_eq!(
-        info.db_uuid.as_deref(),
-        Some("85a6f8bc1067153ae6fd9604b34504e7")
-    );
+    let mut db = open_migrated(&path, 1, ("a", 5, 1, "85a6f8bc1067153ae6fd9604b34504e7"));
     // The conflict, the tombstone and the attachments are as they were.
     let mut g = GetRequest::new("e");
     g.conflicts = true;
@@ -682,32 +688,14 @@ fn a_format_1_file_is_migrated_on_open() {
 /// so its attachment was freed, `big` with 150,000 bytes, a generated id, `e` with a conflict
 /// from a replication and a `_local` checkpoint.
 fn format2_copy() -> (tempfile::TempDir, PathBuf) {
-    let (dir, path) = temp();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format2.db"),
-        &path,
-    )
-    .unwrap();
-    (dir, path)
+    fixture_copy("format2.db")
 }
 
 #[test]
 fn a_format_2_file_is_migrated_on_open() {
     let (_dir, path) = format2_copy();
-    assert_eq!(header(&path), (APPLICATION_ID, 2));
-    let mut db = SqliteStore::open(&path).unwrap();
-    assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
+    let mut db = open_migrated(&path, 2, ("f2", 6, 1, "0f0e0d0c0b0a09080706050403020100"));
     assert_eq!(db.check().unwrap(), Vec::<String>::new());
-    let info = db.info().unwrap();
-    assert_eq!(
-        (info.db_name.as_str(), info.doc_count, info.doc_del_count),
-        ("f2", 6, 1)
-    );
-    assert_eq!(info.update_seq, Seq::from(10));
-    assert_eq!(
-        info.db_uuid.as_deref(),
-        Some("0f0e0d0c0b0a09080706050403020100")
-    );
     let big: Vec<u8> = (0..150_000u32).map(|i| (i * 31 % 253) as u8).collect();
     let att = db.get_attachment("big", "big.bin").unwrap();
     assert_eq!(att.data, big);
