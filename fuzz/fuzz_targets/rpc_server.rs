@@ -128,6 +128,7 @@ struct Setup {
     max_concurrent: u8,
     max_in_flight: u8,
     max_message: u8,
+    attachment_chunk: u8,
 }
 
 impl Setup {
@@ -140,6 +141,8 @@ impl Setup {
         c.max_concurrent = 1 + usize::from(self.max_concurrent % 4);
         c.max_in_flight = 1 + usize::from(self.max_in_flight % 8);
         c.max_message = [4 * 1024, 64 * 1024, 1 << 20][usize::from(self.max_message) % 3];
+        // One frame payload per chunk, a few, or the default.
+        c.attachment_chunk = [1, 4096, 64 * 1024][usize::from(self.attachment_chunk) % 3];
         c
     }
 }
@@ -373,7 +376,7 @@ enum ReqSpec {
     },
     GetAttachment {
         id: u8,
-        other_name: bool,
+        name: u8,
         rev: RevSpec,
     },
     GetLocal {
@@ -413,8 +416,8 @@ const ODD_CALLS: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 // The store.
 
-/// A plain doc, a conflicted doc, a deleted doc, a doc with an attachment, a larger doc and a
-/// `_local` doc.
+/// A plain doc, a conflicted doc, a deleted doc, a doc with a small attachment and one of
+/// several frames (sent in several chunks), a larger doc and a `_local` doc.
 fn prefilled() -> MemoryStore {
     let mut db = MemoryStore::new("served");
     db.put(json!({"_id": "a", "v": 1})).expect("a");
@@ -432,9 +435,20 @@ fn prefilled() -> MemoryStore {
     let c = db.put(json!({"_id": "c", "v": 1})).expect("c");
     db.put(json!({"_id": "c", "_rev": c.to_string(), "_deleted": true}))
         .expect("delete c");
+    let big: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let big = serde_json::to_value(peerpouch::AttachmentData {
+        content_type: String::new(),
+        digest: String::new(),
+        data: big.into(),
+    })
+    .expect("base64")["data"]
+        .take();
     db.put(json!({
         "_id": "d",
-        "_attachments": {"f.txt": {"content_type": "text/plain", "data": "aGVsbG8="}}
+        "_attachments": {
+            "f.txt": {"content_type": "text/plain", "data": "aGVsbG8="},
+            "big.bin": {"content_type": "application/octet-stream", "data": big}
+        }
     }))
     .expect("d");
     db.put(json!({"_id": "e", "pad": "e".repeat(2000)}))
@@ -651,16 +665,12 @@ fn build_request(db: &mut MemoryStore, spec: &ReqSpec) -> Request {
             attachments: *attachments,
             latest: *latest,
         }),
-        ReqSpec::GetAttachment {
-            id,
-            other_name,
-            rev,
-        } => {
+        ReqSpec::GetAttachment { id, name, rev } => {
             let id = pick(DOC_IDS, *id).to_string();
             Request::GetAttachment(AttachmentRequest {
                 rev: rev_of(db, rev, &id),
                 id,
-                name: if *other_name { "nope" } else { "f.txt" }.to_string(),
+                name: pick(&["f.txt", "big.bin", "nope"], *name).to_string(),
             })
         }
         ReqSpec::GetLocal { id } => Request::GetLocal(LocalRequest {
