@@ -94,6 +94,11 @@ pub enum Request {
     BulkGet(BulkGetRequest),
     /// One attachment's bytes: [`Response::Attachment`].
     GetAttachment(AttachmentRequest),
+    /// A range of one attachment's bytes, with its metadata: [`Response::AttachmentPart`]. A
+    /// server streams attachments with it, chunk by chunk, never holding one whole; it is not a
+    /// call peers make (it never travels on the wire).
+    #[serde(skip)]
+    ReadAttachment(AttachmentPartRequest),
     /// A `_local` document: [`Response::Doc`].
     GetLocal(LocalRequest),
     /// Writes a `_local` document: [`Response::Written`].
@@ -115,6 +120,7 @@ impl Request {
             Request::RevsDiff(_) => "revs_diff",
             Request::BulkGet(_) => "bulk_get",
             Request::GetAttachment(_) => "get_attachment",
+            Request::ReadAttachment(_) => "read_attachment",
             Request::GetLocal(_) => "get_local",
             Request::PutLocal(_) => "put_local",
             Request::DeleteLocal(_) => "delete_local",
@@ -427,6 +433,27 @@ pub struct AttachmentRequest {
     pub rev: Option<Rev>,
 }
 
+/// A range of an attachment's bytes ([`Request::ReadAttachment`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttachmentPartRequest {
+    /// Which attachment.
+    pub source: AttachmentSource,
+    /// The first byte wanted.
+    pub offset: u64,
+    /// How many bytes at most (fewer at the end).
+    pub len: usize,
+}
+
+/// Where a [`Request::ReadAttachment`] finds its bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttachmentSource {
+    /// A document's attachment, as [`Request::GetAttachment`] finds it.
+    Doc(AttachmentRequest),
+    /// The bytes of a digest: later ranges of an attachment whose first range named its
+    /// document, so they stay the same bytes whatever happens to the document meanwhile.
+    Digest(String),
+}
+
 /// `GET /db/_local/id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LocalRequest {
@@ -476,6 +503,9 @@ pub enum Response {
     BulkGet(BulkGetResponse),
     /// For [`Request::GetAttachment`].
     Attachment(AttachmentData),
+    /// For [`Request::ReadAttachment`] (never on the wire).
+    #[serde(skip)]
+    AttachmentPart(AttachmentPart),
     /// For [`Request::PutLocal`] and [`Request::DeleteLocal`].
     Written(DocResult),
 }
@@ -539,6 +569,7 @@ impl Response {
             Response::RevsDiff(_) => "revs_diff",
             Response::BulkGet(_) => "bulk_get",
             Response::Attachment(_) => "attachment",
+            Response::AttachmentPart(_) => "attachment_part",
             Response::Written(_) => "written",
         }
     }
@@ -749,6 +780,21 @@ pub struct AttachmentData {
     /// The bytes (base64 in JSON), shared with the store that holds them: cloning is cheap,
     /// and `Vec<u8>::into()` makes one without a copy.
     #[serde(with = "crate::doc::base64_bytes")]
+    pub data: Bytes,
+}
+
+/// A range of an attachment's bytes, with its metadata ([`Response::AttachmentPart`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttachmentPart {
+    /// MIME type.
+    pub content_type: String,
+    /// `md5-<base64>` of all the bytes.
+    pub digest: String,
+    /// The attachment's whole length.
+    pub length: u64,
+    /// Where `data` starts.
+    pub offset: u64,
+    /// The bytes of the range.
     pub data: Bytes,
 }
 

@@ -23,6 +23,10 @@ struct Pair {
     server_events: Vec<ServerEvent>,
     /// Deliver frames to the server only while this is true (a stalled reader).
     server_reads: bool,
+    /// The store cannot read attachments in ranges (as a store of another kind).
+    whole_attachments_only: bool,
+    /// Ranges of attachments read from the store.
+    ranges_read: usize,
 }
 
 impl Pair {
@@ -36,6 +40,8 @@ impl Pair {
             events: Vec::new(),
             server_events: Vec::new(),
             server_reads: true,
+            whole_attachments_only: false,
+            ranges_read: 0,
         };
         p.pump();
         p
@@ -60,7 +66,7 @@ impl Pair {
             }
             while let Some((id, req)) = self.server.poll_store_request() {
                 moved = true;
-                let r = self.db.execute(req);
+                let r = self.execute(req);
                 self.server.handle_store_result(self.now, id, r);
             }
             while let Some(f) = self.server.peek_frame().map(<[u8]>::to_vec) {
@@ -91,9 +97,19 @@ impl Pair {
             self.server.handle_frame(self.now, &f).unwrap();
         }
         while let Some((id, req)) = self.server.poll_store_request() {
-            let r = self.db.execute(req);
+            let r = self.execute(req);
             self.server.handle_store_result(self.now, id, r);
         }
+    }
+
+    fn execute(&mut self, req: Request) -> Result<Response, DbError> {
+        if let Request::ReadAttachment(_) = req {
+            if self.whole_attachments_only {
+                return Err(DbError::NotImplemented("no ranges here".into()));
+            }
+            self.ranges_read += 1;
+        }
+        self.db.execute(req)
     }
 
     fn call(&mut self, req: Request) -> Result<Response, DbError> {
@@ -196,26 +212,10 @@ fn large_bodies_cross_in_frames_within_the_frame_size() {
 #[test]
 fn attachments_travel_as_binary() {
     let mut p = Pair::default();
-    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let b64 = serde_json::to_value(AttachmentData {
-        content_type: String::new(),
-        digest: String::new(),
-        data: data.clone().into(),
-    })
-    .unwrap()["data"]
-        .clone();
-    p.db.put(json!({"_id": "f", "_attachments": {"blob": {"content_type": "application/x-test", "data": b64}}})).unwrap();
-    let r = p
-        .call(Request::GetAttachment(AttachmentRequest {
-            id: "f".into(),
-            name: "blob".into(),
-            rev: None,
-        }))
-        .unwrap()
-        .into_attachment()
-        .unwrap();
+    let data = put_attachment(&mut p, 200_000);
+    let r = p.call(get_blob()).unwrap().into_attachment().unwrap();
     assert_eq!(r.data, data);
-    assert_eq!(r.content_type, "application/x-test");
+    assert_eq!(r.content_type, "a/b");
     assert_eq!(r.digest, peerpouch::doc::digest_of(&data));
 }
 
@@ -898,4 +898,171 @@ fn a_node_refuses_results_for_requests_it_never_issued_and_keeps_working() {
         requests += usize::from(matches!(a, HubAction::Request { .. }));
     }
     assert!(requests >= 1);
+}
+
+/// Puts document `f` with attachment `blob` of `len` bytes; returns the bytes.
+fn put_attachment(p: &mut Pair, len: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..len as u32).map(|i| (i * 31 % 253) as u8).collect();
+    let b64 = serde_json::to_value(AttachmentData {
+        content_type: String::new(),
+        digest: String::new(),
+        data: data.clone().into(),
+    })
+    .unwrap()["data"]
+        .clone();
+    p.db.put(json!({"_id": "f", "_attachments": {"blob": {"content_type": "a/b", "data": b64}}}))
+        .unwrap();
+    data
+}
+
+fn get_blob() -> Request {
+    Request::GetAttachment(AttachmentRequest {
+        id: "f".into(),
+        name: "blob".into(),
+        rev: None,
+    })
+}
+
+#[test]
+fn large_attachments_go_out_chunk_by_chunk_and_a_slow_reader_holds_them_in_the_store() {
+    const CHUNK: usize = 64 * 1024;
+    const WINDOW: usize = 256 * 1024;
+    let mut scfg = ServerConfig::new("share-x", FP_S, FP_C);
+    scfg.window = WINDOW;
+    scfg.attachment_chunk = CHUNK;
+    let mut p = Pair::new(scfg, ClientConfig::new("share-x", "peer-y", FP_C, FP_S));
+    let data = put_attachment(&mut p, 8 << 20);
+    let id = p.client.call(p.now, get_blob());
+    // A reader that takes nothing: the server reads one chunk ahead, then waits.
+    for _ in 0..5 {
+        p.serve_calls();
+    }
+    let stalled = p.server.queued_bytes();
+    assert!(
+        stalled <= 2 * CHUNK,
+        "{stalled} bytes queued for a stalled reader"
+    );
+    assert!(p.ranges_read <= 2, "{} ranges read ahead", p.ranges_read);
+    // Then it reads everything; the frames are those of the whole message.
+    let mut binary = Vec::new();
+    for _ in 0..100_000 {
+        p.serve_calls();
+        let mut moved = false;
+        while let Some(f) = p.server.peek_frame().map(<[u8]>::to_vec) {
+            p.server.advance_frame();
+            moved = true;
+            if Frame::decode(&f).unwrap().kind == Kind::Binary {
+                binary.push(f.clone());
+            }
+            p.client.handle_frame(p.now, &f).unwrap();
+        }
+        if !moved {
+            break;
+        }
+    }
+    while let Some(e) = p.client.poll_event() {
+        p.events.push(e);
+    }
+    let att = p.take_response(id).unwrap().into_attachment().unwrap();
+    assert!(att.data == data, "the bytes arrived as they are");
+    assert_eq!(att.digest, peerpouch::doc::digest_of(&data));
+    assert_eq!(att.content_type, "a/b");
+    assert!(binary == split(Kind::Binary, id, &data, DEFAULT_FRAME));
+    // Chunks are whole frames: 64 KiB rounds down to 4 frame payloads of 16 KiB - 6.
+    let chunk = 4 * (DEFAULT_FRAME - 6);
+    assert_eq!(p.ranges_read, data.len().div_ceil(chunk));
+    let peak = p.server.peak_queued_bytes();
+    assert!(peak <= 2 * CHUNK + 1024, "peak of {peak} bytes queued");
+    assert_eq!(p.server.queued_bytes(), 0);
+}
+
+#[test]
+fn attachments_of_every_size_cross_whole() {
+    let mut scfg = ServerConfig::new("share-x", FP_S, FP_C);
+    scfg.attachment_chunk = 1; // one frame payload per chunk
+    let mut p = Pair::new(scfg, ClientConfig::new("share-x", "peer-y", FP_C, FP_S));
+    let payload = DEFAULT_FRAME - 6;
+    for len in [0, 1, payload - 1, payload, payload + 1, 3 * payload] {
+        let data = put_attachment(&mut p, len);
+        let att = p.call(get_blob()).unwrap().into_attachment().unwrap();
+        assert!(att.data == data, "{len} bytes");
+        let gone = p.db.get("f").unwrap()["_rev"].as_str().unwrap().to_string();
+        p.db.put(json!({"_id": "f", "_rev": gone, "_deleted": true}))
+            .unwrap();
+    }
+    assert_eq!(p.ranges_read, 1 + 1 + 1 + 1 + 2 + 3);
+}
+
+#[test]
+fn a_store_without_ranges_serves_attachments_whole() {
+    let mut p = Pair::default();
+    p.whole_attachments_only = true;
+    let data = put_attachment(&mut p, 100_000);
+    let att = p.call(get_blob()).unwrap().into_attachment().unwrap();
+    assert!(att.data == data);
+    let missing = Request::GetAttachment(AttachmentRequest {
+        id: "f".into(),
+        name: "nope".into(),
+        rev: None,
+    });
+    assert_eq!(p.call(missing).unwrap_err().status(), 404);
+    assert!(p.closed().is_none());
+}
+
+#[test]
+fn a_cancelled_attachment_ends_its_message_and_the_link_goes_on() {
+    let mut scfg = ServerConfig::new("share-x", FP_S, FP_C);
+    scfg.attachment_chunk = 16 * 1024;
+    let mut p = Pair::new(scfg, ClientConfig::new("share-x", "peer-y", FP_C, FP_S));
+    let data = put_attachment(&mut p, 1 << 20);
+    let id = p.client.call(p.now, get_blob());
+    p.serve_calls();
+    // The metadata and a few frames reach the client, then it gives up.
+    for _ in 0..3 {
+        p.serve_calls();
+        let f = p.server.peek_frame().unwrap().to_vec();
+        p.server.advance_frame();
+        p.client.handle_frame(p.now, &f).unwrap();
+    }
+    p.client.cancel(p.now, id).unwrap();
+    // The rest of its message is one empty frame that ends it.
+    let mut rest = Vec::new();
+    for _ in 0..100 {
+        p.serve_calls();
+        while let Some(f) = p.server.peek_frame().map(<[u8]>::to_vec) {
+            p.server.advance_frame();
+            let fr = Frame::decode(&f).unwrap();
+            rest.push((fr.kind, fr.id, fr.more, fr.payload.len()));
+            p.client.handle_frame(p.now, &f).unwrap();
+        }
+    }
+    assert_eq!(rest.last(), Some(&(Kind::Binary, id, false, 0)), "{rest:?}");
+    assert!(rest.len() < 8, "{} frames after the cancel", rest.len());
+    p.pump();
+    assert!(p.closed().is_none(), "{:?}", p.closed());
+    assert!(
+        p.ranges_read < 8,
+        "{} ranges read for a cancelled call",
+        p.ranges_read
+    );
+    assert_eq!(p.server.queued_bytes(), 0);
+    let att = p.call(get_blob()).unwrap().into_attachment().unwrap();
+    assert!(att.data == data, "the next call is whole");
+}
+
+#[test]
+fn an_attachment_gone_while_it_is_sent_closes_the_link() {
+    let mut p = Pair::default();
+    put_attachment(&mut p, 1 << 20);
+    let id = p.client.call(p.now, get_blob());
+    p.serve_calls();
+    // Its document is deleted: no revision keeps the bytes any more.
+    let rev = p.db.get("f").unwrap()["_rev"].as_str().unwrap().to_string();
+    p.db.put(json!({"_id": "f", "_rev": rev, "_deleted": true}))
+        .unwrap();
+    assert_eq!(p.db.attachment_blobs(), 0);
+    p.pump();
+    let closed = p.closed().expect("the link closes").to_string();
+    assert!(closed.contains("could not be read to its end"), "{closed}");
+    assert!(p.take_response(id).is_err());
 }

@@ -16,8 +16,10 @@
 //!   `Closed` at most, never `Ready` after `Closed`); the server accepted only a hello that is
 //!   valid (version, role, share, proof when keyed);
 //! - store requests come only after `ServerEvent::Ready` and never after `ServerEvent::Closed`;
-//!   each one is a request a client call carried (matched exactly, consumed once) or a changes
-//!   query of a subscription the client opened; on a read-only share every write that reaches
+//!   each one is a request a client call carried (matched exactly, consumed once; a
+//!   `get_attachment` call as the read of its first chunk), a read of a later chunk of an
+//!   attachment the server started to send, or a changes query of a subscription the client
+//!   opened; on a read-only share every write that reaches
 //!   the store is `_local` only;
 //! - the store's non-`_local` state (revision trees, `update_seq`) changes only when a write the
 //!   server emitted is executed, or the sharer writes itself; on a read-only share, only then;
@@ -41,7 +43,7 @@
 //!   `Reply` for responses (never more than the calls sent on that id), `ChangesResponse` with
 //!   rows for stream items (only on an open subscription), `StreamEnd`, `CouchError` for the
 //!   goodbye (id 0, once), binary only right after attachment metadata of the same id and of
-//!   the announced length; never a request or a cancel;
+//!   the announced length (shorter only when the call was cancelled); never a request or a cancel;
 //! - (`max-message`) no answer (response, binary, stream item or end) is larger than the
 //!   `max_message` of the client's hello;
 //! - at the end, after the driver executes everything and reads everything, a server that is
@@ -71,7 +73,7 @@ use peerpouch::rpc::wire::{
 };
 use peerpouch::rpc::{RpcServer, ServerConfig, ServerEvent, StoreRequestId, MAX_FRAME};
 use peerpouch::{
-    AllDocsRequest, AttachmentRequest, BulkDocsRequest, BulkGetItem, BulkGetRequest,
+    AllDocsRequest, AttachmentRequest, AttachmentSource, BulkDocsRequest, BulkGetItem, BulkGetRequest,
     ChangesRequest, ChangesResponse, ChangesStyle, CouchError, Database, DbError,
     DeleteLocalRequest, Doc, Feed, GetRequest, LocalRequest, MemoryStore, OpenRevs,
     OpenRevsRequest, PutLocalRequest, Request, Response, Rev, RevsDiffRequest, Seq,
@@ -126,6 +128,7 @@ struct Setup {
     max_concurrent: u8,
     max_in_flight: u8,
     max_message: u8,
+    attachment_chunk: u8,
 }
 
 impl Setup {
@@ -138,6 +141,8 @@ impl Setup {
         c.max_concurrent = 1 + usize::from(self.max_concurrent % 4);
         c.max_in_flight = 1 + usize::from(self.max_in_flight % 8);
         c.max_message = [4 * 1024, 64 * 1024, 1 << 20][usize::from(self.max_message) % 3];
+        // One frame payload per chunk, a few, or the default.
+        c.attachment_chunk = [1, 4096, 64 * 1024][usize::from(self.attachment_chunk) % 3];
         c
     }
 }
@@ -371,7 +376,7 @@ enum ReqSpec {
     },
     GetAttachment {
         id: u8,
-        other_name: bool,
+        name: u8,
         rev: RevSpec,
     },
     GetLocal {
@@ -411,8 +416,8 @@ const ODD_CALLS: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 // The store.
 
-/// A plain doc, a conflicted doc, a deleted doc, a doc with an attachment, a larger doc and a
-/// `_local` doc.
+/// A plain doc, a conflicted doc, a deleted doc, a doc with a small attachment and one of
+/// several frames (sent in several chunks), a larger doc and a `_local` doc.
 fn prefilled() -> MemoryStore {
     let mut db = MemoryStore::new("served");
     db.put(json!({"_id": "a", "v": 1})).expect("a");
@@ -430,9 +435,20 @@ fn prefilled() -> MemoryStore {
     let c = db.put(json!({"_id": "c", "v": 1})).expect("c");
     db.put(json!({"_id": "c", "_rev": c.to_string(), "_deleted": true}))
         .expect("delete c");
+    let big: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let big = serde_json::to_value(peerpouch::AttachmentData {
+        content_type: String::new(),
+        digest: String::new(),
+        data: big.into(),
+    })
+    .expect("base64")["data"]
+        .take();
     db.put(json!({
         "_id": "d",
-        "_attachments": {"f.txt": {"content_type": "text/plain", "data": "aGVsbG8="}}
+        "_attachments": {
+            "f.txt": {"content_type": "text/plain", "data": "aGVsbG8="},
+            "big.bin": {"content_type": "application/octet-stream", "data": big}
+        }
     }))
     .expect("d");
     db.put(json!({"_id": "e", "pad": "e".repeat(2000)}))
@@ -649,16 +665,12 @@ fn build_request(db: &mut MemoryStore, spec: &ReqSpec) -> Request {
             attachments: *attachments,
             latest: *latest,
         }),
-        ReqSpec::GetAttachment {
-            id,
-            other_name,
-            rev,
-        } => {
+        ReqSpec::GetAttachment { id, name, rev } => {
             let id = pick(DOC_IDS, *id).to_string();
             Request::GetAttachment(AttachmentRequest {
                 rev: rev_of(db, rev, &id),
                 id,
-                name: if *other_name { "nope" } else { "f.txt" }.to_string(),
+                name: pick(&["f.txt", "big.bin", "nope"], *name).to_string(),
             })
         }
         ReqSpec::GetLocal { id } => Request::GetLocal(LocalRequest {
@@ -734,6 +746,13 @@ fn answer_bytes(result: &Result<Response, DbError>, frame: usize) -> usize {
                 digest: a.digest.clone(),
                 length: a.data.len() as u64,
             })) + b(a.data.len())
+        }
+        Ok(Response::AttachmentPart(p)) => {
+            b(json_len!(&Reply::Attachment {
+                content_type: p.content_type.clone(),
+                digest: p.digest.clone(),
+                length: p.length,
+            })) + b(p.data.len())
         }
         Ok(Response::Changes(c)) => {
             b(json_len!(&Reply::Ok(Response::Changes(c.clone())))).max(b(json_len!(c)))
@@ -848,6 +867,8 @@ struct Harness {
     mirror_broken: bool,
     sent: Vec<Request>,
     subs: Vec<ChangesRequest>,
+    /// Digests of attachments the server started to send: it reads their later chunks.
+    reading: BTreeSet<String>,
     ids: BTreeMap<u32, IdLog>,
 
     // What the server did.
@@ -897,6 +918,7 @@ impl Harness {
             mirror_broken: false,
             sent: Vec::new(),
             subs: Vec::new(),
+            reading: BTreeSet::new(),
             ids: BTreeMap::new(),
             ready: None,
             closed: false,
@@ -1096,6 +1118,9 @@ impl Harness {
     }
 
     fn feed(&mut self, sid: StoreRequestId, result: Result<Response, DbError>) {
+        if let Ok(Response::AttachmentPart(p)) = &result {
+            self.reading.insert(p.digest.clone());
+        }
         if self.ready.is_some() {
             self.largest_answer = self.largest_answer.max(answer_bytes(&result, self.frame()));
         }
@@ -1177,6 +1202,21 @@ impl Harness {
         if let Some(i) = self.sent.iter().position(|r| r == req) {
             self.sent.swap_remove(i);
             return "call";
+        }
+        // An attachment is read a chunk at a time: the first chunk names the call's document,
+        // the next ones the digest it answered with.
+        if let Request::ReadAttachment(p) = req {
+            match &p.source {
+                AttachmentSource::Doc(a) if p.offset == 0 => {
+                    let call = Request::GetAttachment(a.clone());
+                    if let Some(i) = self.sent.iter().position(|r| *r == call) {
+                        self.sent.swap_remove(i);
+                        return "call";
+                    }
+                }
+                AttachmentSource::Digest(d) if self.reading.contains(d) => return "chunk",
+                _ => {}
+            }
         }
         if let Request::Changes(c) = req {
             let of_sub = |s: &ChangesRequest| {
@@ -1363,10 +1403,12 @@ impl Harness {
                 "{:?} {id} after attachment metadata",
                 m.kind
             );
-            assert_eq!(
-                m.payload.len() as u64,
-                len,
-                "binary of another length than announced"
+            // A call cancelled while its attachment goes out ends it short.
+            let cancelled = self.ids.get(&id).is_some_and(|l| l.cancels > 0);
+            assert!(
+                m.payload.len() as u64 == len || (cancelled && (m.payload.len() as u64) < len),
+                "binary of {} bytes, announced {len}",
+                m.payload.len()
             );
             return;
         }

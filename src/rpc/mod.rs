@@ -152,11 +152,14 @@ fn agreed_frame(theirs: usize, ours: usize) -> usize {
 ///
 /// A large message handed over whole ([`Outbox::push_owned`]: an attachment, a batch of
 /// documents) is cut into frames one at a time as they go, exactly as [`frame::split`] would
-/// cut it, rather than all at once: no second copy of it waits in memory.
+/// cut it, rather than all at once: no second copy of it waits in memory. A message can also
+/// arrive in parts ([`Outbox::push_part`]: an attachment read chunk by chunk from the store).
 #[derive(Debug)]
 pub(crate) struct Outbox {
     streams: VecDeque<(u32, VecDeque<Part>)>,
     bytes: usize,
+    /// The most `bytes` ever was.
+    peak: usize,
     frame_size: usize,
     /// Compresses what the peer takes compressed (its hello offered `zstd`, and ours did).
     pack: Option<frame::Compressor>,
@@ -174,6 +177,8 @@ enum Part {
         cut: usize,
         chunk: usize,
         compressed: bool,
+        /// The message goes on after `data` (in a later part).
+        more: bool,
         next: Vec<u8>,
     },
 }
@@ -187,10 +192,11 @@ impl Part {
     }
 }
 
-/// Writes the frame of `data` that starts at payload offset `at` into `out` (as `split` does).
+/// Writes the frame of `data` that starts at payload offset `at` into `out` (as `split` does);
+/// `more` says the message goes on after `data`.
 fn cut_frame(
     out: &mut Vec<u8>,
-    (kind, id, compressed): (Kind, u32, bool),
+    (kind, id, compressed, more): (Kind, u32, bool, bool),
     data: &[u8],
     at: usize,
     chunk: usize,
@@ -198,7 +204,7 @@ fn cut_frame(
     let end = (at + chunk).min(data.len());
     out.clear();
     out.push(kind as u8);
-    out.push(frame::flags(end < data.len(), compressed));
+    out.push(frame::flags(more || end < data.len(), compressed));
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&data[at..end]);
     end
@@ -209,6 +215,7 @@ impl Outbox {
         Outbox {
             streams: VecDeque::new(),
             bytes: 0,
+            peak: 0,
             frame_size,
             pack: None,
         }
@@ -243,8 +250,18 @@ impl Outbox {
             Some(small) => frame::split_with(kind, id, &small, self.frame_size, true),
             None => frame::split(kind, id, payload, self.frame_size),
         };
-        self.bytes += frames.iter().map(Vec::len).sum::<usize>();
+        self.grow(frames.iter().map(Vec::len).sum());
         self.enqueue(id, frames.into_iter().map(Part::Frame).collect());
+    }
+
+    fn grow(&mut self, n: usize) {
+        self.bytes += n;
+        self.peak = self.peak.max(self.bytes);
+    }
+
+    /// The payload size of a frame.
+    pub(crate) fn frame_payload(&self) -> usize {
+        self.frame_size.max(frame::MIN_FRAME) - frame::HEADER_LEN
     }
 
     /// [`Outbox::push`] for a message the caller gives away: a message larger than one frame is
@@ -256,25 +273,38 @@ impl Outbox {
             Some(small) => (Bytes::from(small), true),
             None => (payload, false),
         };
-        let chunk = self.frame_size.max(frame::MIN_FRAME) - frame::HEADER_LEN;
-        if payload.len() <= chunk {
+        if payload.len() <= self.frame_payload() {
             let frames = frame::split_with(kind, id, &payload, self.frame_size, compressed);
-            self.bytes += frames.iter().map(Vec::len).sum::<usize>();
+            self.grow(frames.iter().map(Vec::len).sum());
             return self.enqueue(id, frames.into_iter().map(Part::Frame).collect());
         }
-        let frames = payload.len().div_ceil(chunk);
-        self.bytes += payload.len() + frames * frame::HEADER_LEN;
-        let mut next = Vec::with_capacity(frame::HEADER_LEN + chunk);
-        let cut = cut_frame(&mut next, (kind, id, compressed), &payload, 0, chunk);
+        self.cut(kind, id, payload, compressed, false);
+    }
+
+    /// Queues one part of a message sent in parts (never compressed): `more` when parts follow.
+    /// Each part but the last should be a whole number of frame payloads
+    /// ([`Outbox::frame_payload`]), so the frames are those of the whole message; an empty last
+    /// part ends the message.
+    pub(crate) fn push_part(&mut self, kind: Kind, id: u32, data: Bytes, more: bool) {
+        self.cut(kind, id, data, false, more);
+    }
+
+    fn cut(&mut self, kind: Kind, id: u32, data: Bytes, compressed: bool, more: bool) {
+        let chunk = self.frame_payload();
+        let frames = data.len().div_ceil(chunk).max(1);
+        self.grow(data.len() + frames * frame::HEADER_LEN);
+        let mut next = Vec::with_capacity(frame::HEADER_LEN + chunk.min(data.len()));
+        let cut = cut_frame(&mut next, (kind, id, compressed, more), &data, 0, chunk);
         self.enqueue(
             id,
             VecDeque::from([Part::Cutting {
                 kind,
                 id,
-                data: payload,
+                data,
                 cut,
                 chunk,
                 compressed,
+                more,
                 next,
             }]),
         );
@@ -318,11 +348,13 @@ impl Outbox {
                 cut,
                 chunk,
                 compressed,
+                more,
                 next,
             }) => {
                 self.bytes -= next.len();
                 if *cut < data.len() {
-                    *cut = cut_frame(next, (*kind, *mid, *compressed), data, *cut, *chunk);
+                    let how = (*kind, *mid, *compressed, *more);
+                    *cut = cut_frame(next, how, data, *cut, *chunk);
                 } else {
                     q.pop_front();
                 }
@@ -341,6 +373,33 @@ impl Outbox {
 
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    pub(crate) fn peak(&self) -> usize {
+        self.peak
+    }
+
+    /// Bytes queued for message `id`.
+    pub(crate) fn bytes_of(&self, id: u32) -> usize {
+        self.streams
+            .iter()
+            .filter(|(i, _)| *i == id)
+            .flat_map(|(_, q)| q)
+            .map(|p| match p {
+                Part::Frame(f) => f.len(),
+                Part::Cutting {
+                    data,
+                    cut,
+                    chunk,
+                    next,
+                    ..
+                } => {
+                    next.len()
+                        + (data.len() - cut)
+                        + (data.len() - cut).div_ceil(*chunk) * frame::HEADER_LEN
+                }
+            })
+            .sum()
     }
 
     pub(crate) fn clear(&mut self) {
@@ -381,6 +440,35 @@ mod tests {
                 a.push_json(Kind::Hello, 0, &"hello");
                 b.push_json(Kind::Hello, 0, &"hello");
                 assert_eq!(drain(&mut a), drain(&mut b), "{frame_size} {lens:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_in_parts_of_whole_frames_is_cut_as_the_whole_message() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for frame_size in [frame::MIN_FRAME, 1500] {
+            for len in [0, 1, 3000, 10_000] {
+                let (mut a, mut b) = (Outbox::new(frame_size), Outbox::new(frame_size));
+                a.push_owned(Kind::Binary, 3, data[..len].to_vec());
+                let part = 2 * b.frame_payload();
+                let mut at = 0;
+                loop {
+                    let end = (at + part).min(len);
+                    let chunk = Bytes::copy_from_slice(&data[at..end]);
+                    b.push_part(Kind::Binary, 3, chunk, end < len);
+                    // A frame goes out between parts, as the channel takes them.
+                    if let Some(f) = b.peek().map(<[u8]>::to_vec) {
+                        assert_eq!(a.peek(), Some(&f[..]));
+                        a.advance();
+                        b.advance();
+                    }
+                    at = end;
+                    if at == len {
+                        break;
+                    }
+                }
+                assert_eq!(drain(&mut a), drain(&mut b), "{frame_size} {len}");
             }
         }
     }

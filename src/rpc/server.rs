@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::frame::{Assembler, Kind, Message, MIN_FRAME};
@@ -44,6 +45,10 @@ pub struct ServerConfig {
     /// Store requests running at once: with `window`, bounds what a slow reader can make the
     /// server hold (at most this many answers beyond the window).
     pub max_concurrent: usize,
+    /// Bytes of an attachment read from the store at a time (rounded down to whole frames, at
+    /// least one): attachments go out chunk by chunk, the next read once less than one chunk
+    /// of it waits, so serving one holds about two chunks of it, never the whole.
+    pub attachment_chunk: usize,
     /// Close if the client's hello has not arrived after this long.
     pub hello_timeout: Duration,
     /// The served database's identity ([`crate::DbInfo::db_uuid`]), sent in our hello so
@@ -70,6 +75,7 @@ impl ServerConfig {
             max_in_flight: 64,
             window: 1 << 20,
             max_concurrent: 8,
+            attachment_chunk: 64 << 10,
             hello_timeout: Duration::from_secs(10),
             db_uuid: None,
         }
@@ -113,6 +119,15 @@ enum CallState {
         since: Seq,
         running: Option<StoreRequestId>,
         dirty: bool,
+    },
+    /// An attachment going out chunk by chunk: `sent` of its `length` bytes are queued.
+    Attachment {
+        request: AttachmentRequest,
+        /// Known from the first chunk on.
+        digest: Option<String>,
+        length: u64,
+        sent: u64,
+        running: Option<StoreRequestId>,
     },
 }
 
@@ -306,10 +321,128 @@ impl RpcServer {
                     }
                 }
             }
+            Some(CallState::Attachment { running, .. }) if *running == Some(id) => {
+                *running = None;
+                self.on_attachment_part(call, result);
+            }
             // Cancelled meanwhile: the result is dropped.
             _ => {}
         }
         self.pump();
+    }
+
+    /// A chunk of an attachment read from the store: its metadata goes out first, then its
+    /// bytes as the frames of one binary message, exactly the frames of the whole message.
+    fn on_attachment_part(&mut self, call: u32, result: Result<Response, DbError>) {
+        let Some(CallState::Attachment {
+            request,
+            digest,
+            length,
+            ..
+        }) = self.calls.get_mut(&call)
+        else {
+            return;
+        };
+        let first = digest.is_none();
+        let part = match result {
+            Ok(Response::AttachmentPart(p)) => p,
+            // A store that cannot read ranges answers the attachment whole.
+            Err(DbError::NotImplemented(_)) if first => {
+                let req = Request::GetAttachment(request.clone());
+                let sid = self.issue(call, req);
+                self.calls.insert(call, CallState::Running(sid));
+                return;
+            }
+            // Nothing announced yet: the answer is the store's, as for any call.
+            other if first => {
+                self.calls.remove(&call);
+                self.served += 1;
+                return self.reply(call, other);
+            }
+            other => {
+                // Its length is announced and some of its bytes went out: the message cannot
+                // be finished, and only closing the link tells the client so.
+                let e = match other {
+                    Err(e) => e,
+                    Ok(r) => DbError::BadRequest(format!("the store answered {}", r.kind())),
+                };
+                let e = DbError::Other {
+                    status: 500,
+                    error: "attachment_read_failed".into(),
+                    reason: format!("attachment {call} could not be read to its end: {e}"),
+                };
+                return self.fail(RpcError::Closed(e), true);
+            }
+        };
+        if first {
+            if part.length > self.peer_max_message as u64 {
+                self.calls.remove(&call);
+                self.served += 1;
+                let e = too_large(part.length as usize, self.peer_max_message);
+                return self.reply(call, Err(e));
+            }
+            *digest = Some(part.digest.clone());
+            *length = part.length;
+            self.out.push_json(
+                Kind::Response,
+                call,
+                &Reply::Attachment {
+                    content_type: part.content_type,
+                    digest: part.digest,
+                    length: part.length,
+                },
+            );
+        }
+        let Some(CallState::Attachment { length, sent, .. }) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let end = *sent + part.data.len() as u64;
+        if part.offset != *sent || end > *length || (part.data.is_empty() && end < *length) {
+            let e = DbError::Other {
+                status: 500,
+                error: "attachment_read_failed".into(),
+                reason: format!(
+                    "attachment {call}: the store answered bytes {}..{end} of {}, not from {}",
+                    part.offset, *length, *sent
+                ),
+            };
+            return self.fail(RpcError::Closed(e), true);
+        }
+        *sent = end;
+        let more = end < *length;
+        self.out.push_part(Kind::Binary, call, part.data, more);
+        if !more {
+            self.calls.remove(&call);
+            self.served += 1;
+        }
+    }
+
+    /// Bytes of an attachment read at a time: a whole number of frame payloads.
+    fn attachment_chunk(&self) -> usize {
+        let frame = self.out.frame_payload();
+        (self.config.attachment_chunk / frame).max(1) * frame
+    }
+
+    /// Reads the next chunk of an attachment from the store.
+    fn read_next_chunk(&mut self, call: u32) {
+        let len = self.attachment_chunk();
+        let Some(CallState::Attachment {
+            digest: Some(d),
+            sent,
+            ..
+        }) = self.calls.get(&call)
+        else {
+            return;
+        };
+        let req = Request::ReadAttachment(AttachmentPartRequest {
+            source: AttachmentSource::Digest(d.clone()),
+            offset: *sent,
+            len,
+        });
+        let sid = self.issue(call, req);
+        if let Some(CallState::Attachment { running, .. }) = self.calls.get_mut(&call) {
+            *running = Some(sid);
+        }
     }
 
     /// Whether a frame, a store request or an event waits.
@@ -337,6 +470,12 @@ impl RpcServer {
     /// Bytes of frames waiting for the channel.
     pub fn queued_bytes(&self) -> usize {
         self.out.bytes()
+    }
+
+    /// The most bytes of frames that ever waited for the channel: what serving this link held
+    /// at its peak, beyond the store requests running.
+    pub fn peak_queued_bytes(&self) -> usize {
+        self.out.peak()
     }
 
     /// The next event.
@@ -499,6 +638,14 @@ impl RpcServer {
                 self.out
                     .push_json(Kind::StreamEnd, id, &StreamEnd { error: None });
             }
+            // An attachment cut short: its message ends here, so the client's assembler lets
+            // go of it (the client dropped the call; it ignores the short message).
+            Some(CallState::Attachment {
+                digest: Some(_),
+                sent,
+                length,
+                ..
+            }) if sent < length => self.out.push_part(Kind::Binary, id, Bytes::new(), false),
             // A running call's result is dropped when it comes; unknown ids ended already.
             _ => {}
         }
@@ -564,13 +711,22 @@ impl RpcServer {
         }
     }
 
+    /// Whether the outbound window or the store requests running are full: no new work.
+    fn busy(&self) -> bool {
+        self.out.bytes() >= self.config.window || self.store.len() >= self.config.max_concurrent
+    }
+
+    fn calls_where(&self, pick: impl Fn(&CallState) -> bool) -> Vec<u32> {
+        let picked = self.calls.iter().filter(|(_, c)| pick(c));
+        picked.map(|(id, _)| *id).collect()
+    }
+
     /// Starts queued calls while the outbound window has room.
     fn pump(&mut self) {
         if self.state != State::Ready {
             return;
         }
-        while self.out.bytes() < self.config.window && self.store.len() < self.config.max_concurrent
-        {
+        while !self.busy() {
             let Some((id, work)) = self.inbox.pop_front() else {
                 break;
             };
@@ -595,6 +751,25 @@ impl RpcServer {
                         );
                         continue;
                     }
+                    if let Request::GetAttachment(request) = req {
+                        let part = Request::ReadAttachment(AttachmentPartRequest {
+                            source: AttachmentSource::Doc(request.clone()),
+                            offset: 0,
+                            len: self.attachment_chunk(),
+                        });
+                        let sid = self.issue(id, part);
+                        self.calls.insert(
+                            id,
+                            CallState::Attachment {
+                                request,
+                                digest: None,
+                                length: 0,
+                                sent: 0,
+                                running: Some(sid),
+                            },
+                        );
+                        continue;
+                    }
                     let sid = self.issue(id, req);
                     self.calls.insert(id, CallState::Running(sid));
                 }
@@ -612,27 +787,34 @@ impl RpcServer {
                 }
             }
         }
+        // Attachments read their next chunk once less than a chunk of them waits, while the
+        // window has room: a slow reader holds the store's bytes back, not the server's memory.
+        let chunk = self.attachment_chunk();
+        let reading = self.calls_where(|c| {
+            matches!(c, CallState::Attachment { digest: Some(_), running: None, sent, length, .. } if sent < length)
+        });
+        for id in reading {
+            if self.busy() {
+                break;
+            }
+            if self.out.bytes_of(id) < chunk {
+                self.read_next_chunk(id);
+            }
+        }
         // Subscriptions catch up only while the window has room: a reader that does not keep up
         // gets its batches later (merged), never an ever-growing queue.
-        let due: Vec<u32> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| {
-                matches!(
-                    c,
-                    CallState::Subscription {
-                        running: None,
-                        dirty: true,
-                        ..
-                    }
-                )
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let due = self.calls_where(|c| {
+            matches!(
+                c,
+                CallState::Subscription {
+                    running: None,
+                    dirty: true,
+                    ..
+                }
+            )
+        });
         for id in due {
-            if self.out.bytes() >= self.config.window
-                || self.store.len() >= self.config.max_concurrent
-            {
+            if self.busy() {
                 break;
             }
             if let Some(CallState::Subscription { dirty, .. }) = self.calls.get_mut(&id) {

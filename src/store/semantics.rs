@@ -92,6 +92,7 @@ fn read<S: Storage + ?Sized>(s: &S, request: Request) -> Result<Response, DbErro
         Request::RevsDiff(r) => Response::RevsDiff(revs_diff_impl(s, &r)?),
         Request::BulkGet(r) => Response::BulkGet(bulk_get_impl(s, &r)?),
         Request::GetAttachment(r) => Response::Attachment(attachment_impl(s, &r)?),
+        Request::ReadAttachment(r) => Response::AttachmentPart(attachment_part(s, &r)?),
         Request::GetLocal(r) => Response::Doc(DocBody {
             doc: get_local_impl(s, &r.id)?,
         }),
@@ -1069,6 +1070,50 @@ fn attachment_impl<S: Storage + ?Sized>(
     s: &S,
     req: &AttachmentRequest,
 ) -> Result<AttachmentData, DbError> {
+    let m = attachment_meta(s, req)?;
+    let data = s.blob(&m.digest)?.ok_or_else(missing_att)?;
+    Ok(AttachmentData {
+        content_type: m.content_type,
+        digest: m.digest,
+        data,
+    })
+}
+
+fn attachment_part<S: Storage + ?Sized>(
+    s: &S,
+    req: &AttachmentPartRequest,
+) -> Result<AttachmentPart, DbError> {
+    let (content_type, digest, length) = match &req.source {
+        AttachmentSource::Doc(r) => {
+            let m = attachment_meta(s, r)?;
+            (m.content_type, m.digest, m.length)
+        }
+        AttachmentSource::Digest(d) => {
+            let b = s.blob_info(d)?.ok_or_else(missing_att)?;
+            (b.content_type, d.clone(), b.length)
+        }
+    };
+    let data = s
+        .blob_chunk(&digest, req.offset, req.len)?
+        .ok_or_else(missing_att)?;
+    Ok(AttachmentPart {
+        content_type,
+        digest,
+        length,
+        offset: req.offset,
+        data,
+    })
+}
+
+fn missing_att() -> DbError {
+    DbError::NotFound("Document is missing attachment".into())
+}
+
+/// The metadata of the attachment a request names.
+fn attachment_meta<S: Storage + ?Sized>(
+    s: &S,
+    req: &AttachmentRequest,
+) -> Result<AttMeta, DbError> {
     let e = s.doc(&req.id)?.ok_or_else(not_found)?;
     let idx = match &req.rev {
         Some(r) => e.tree.find(r).ok_or_else(not_found)?,
@@ -1081,14 +1126,7 @@ fn attachment_impl<S: Storage + ?Sized>(
         }
     };
     let body = e.tree.body(idx).ok_or_else(not_found)?;
-    let missing_att = || DbError::NotFound("Document is missing attachment".into());
-    let m = body.atts.get(&req.name).ok_or_else(missing_att)?;
-    let data = s.blob(&m.digest)?.ok_or_else(missing_att)?;
-    Ok(AttachmentData {
-        content_type: m.content_type.clone(),
-        digest: m.digest.clone(),
-        data,
-    })
+    body.atts.get(&req.name).cloned().ok_or_else(missing_att)
 }
 
 /// The key a `_local` document is kept under: its id with the `_local/` prefix.

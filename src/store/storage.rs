@@ -181,6 +181,19 @@ pub trait Storage {
     /// The engine's failure.
     fn blob(&self, digest: &str) -> Result<Option<Bytes>, DbError>;
 
+    /// Up to `len` bytes of `digest` from byte `offset` on (fewer at the end, none past it),
+    /// if held: how attachments are served in chunks without holding them whole. The default
+    /// slices [`Storage::blob`]; engines that keep bytes on disk read only the range.
+    ///
+    /// # Errors
+    /// The engine's failure.
+    fn blob_chunk(&self, digest: &str, offset: u64, len: usize) -> Result<Option<Bytes>, DbError> {
+        Ok(self.blob(digest)?.map(|b| {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+            b.slice(start..start.saturating_add(len).min(b.len()))
+        }))
+    }
+
     /// How many distinct attachment contents are held.
     ///
     /// # Errors

@@ -21,7 +21,11 @@ pub const APPLICATION_ID: i32 = 0x7070_6368;
 
 /// The format version this build writes; files at a lower version are migrated forward when
 /// opened, files at a higher one are refused.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+
+/// Bytes per row of `attachment_chunks` (the last row of an attachment may be shorter): a range
+/// of an attachment is read from the rows that hold it, never the whole.
+pub(crate) const CHUNK: usize = 64 << 10;
 
 /// What is at a path before we touch it.
 #[derive(Debug, PartialEq, Eq)]
@@ -133,7 +137,10 @@ pub(crate) fn migrate(
     if from < 2 {
         migrate_to_2(tx)?;
     }
-    // A future version 3 adds `if from < 3 { ... }` here.
+    if from < 3 {
+        migrate_to_3(tx)?;
+    }
+    // A future version 4 adds `if from < 4 { ... }` here.
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     Ok(())
@@ -333,6 +340,39 @@ fn migrate_to_2(tx: &Transaction<'_>) -> Result<(), FormatError> {
         )?;
     }
     Ok(write_counters(tx, &counters)?)
+}
+
+/// Version 3 keeps attachment bytes in rows of [`CHUNK`] bytes (`attachment_chunks`) instead of
+/// one `attachments.data` blob, which `attachments.length` replaces: SQLite finds a byte of a
+/// blob only by walking its overflow pages from the start, so reading a large one a range at a
+/// time from one blob costs time quadratic in its size. Each blob is copied a chunk at a time
+/// through one incremental blob handle, which walks its pages once.
+fn migrate_to_3(tx: &Transaction<'_>) -> Result<(), FormatError> {
+    tx.execute_batch(
+        "CREATE TABLE attachment_chunks (digest TEXT NOT NULL, n INTEGER NOT NULL,
+                                         data BLOB NOT NULL, PRIMARY KEY (digest, n)) STRICT;
+         ALTER TABLE attachments ADD COLUMN length INTEGER NOT NULL DEFAULT 0;
+         UPDATE attachments SET length = length(data);",
+    )?;
+    let blobs: Vec<(i64, String, usize)> = tx
+        .prepare("SELECT rowid, digest, length FROM attachments")?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as usize))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut put =
+        tx.prepare("INSERT INTO attachment_chunks (digest, n, data) VALUES (?1, ?2, ?3)")?;
+    let mut buf = vec![0; CHUNK];
+    for (rowid, digest, length) in blobs {
+        let blob = tx.blob_open(rusqlite::MAIN_DB, c"attachments", c"data", rowid, true)?;
+        for (n, at) in (0..length).step_by(CHUNK).enumerate() {
+            let chunk = &mut buf[..CHUNK.min(length - at)];
+            blob.read_at_exact(chunk, at)?;
+            put.execute((&digest, n as i64, &chunk[..]))?;
+        }
+    }
+    tx.execute_batch("ALTER TABLE attachments DROP COLUMN data;")?;
+    Ok(())
 }
 
 /// The counters kept in `meta`.

@@ -481,8 +481,9 @@ impl SqliteStore {
         peerpouch::store::tree_shapes(self)
     }
 
-    /// Checks the whole file: SQLite's `PRAGMA integrity_check` (pages, indexes), then that
-    /// every document's revision tree decodes. Returns the problems found; none means sound.
+    /// Checks the whole file: SQLite's `PRAGMA integrity_check` (pages, indexes), that every
+    /// document's revision tree decodes, and that every attachment's chunk rows add up to its
+    /// length. Returns the problems found; none means sound.
     ///
     /// ```
     /// use peerpouch_sqlite::SqliteStore;
@@ -517,6 +518,27 @@ impl SqliteStore {
             Ok(())
         })();
         if let Err(e) = scan {
+            problems.push(self.corrupt_or(e)?);
+        }
+        let chunks = (|| -> rusqlite::Result<()> {
+            let mut stmt = self.conn.prepare(
+                "SELECT a.digest, a.length, count(c.n), coalesce(sum(length(c.data)), 0)
+                 FROM attachments a LEFT JOIN attachment_chunks c ON c.digest = a.digest
+                 GROUP BY a.digest",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (digest, length): (String, i64) = (r.get(0)?, r.get(1)?);
+                let (n, held): (i64, i64) = (r.get(2)?, r.get(3)?);
+                if held != length || n as u64 != (length as u64).div_ceil(format::CHUNK as u64) {
+                    problems.push(format!(
+                        "attachment {digest}: {held} bytes in {n} chunks, {length} expected"
+                    ));
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = chunks {
             problems.push(self.corrupt_or(e)?);
         }
         Ok(problems)
@@ -596,11 +618,18 @@ impl SqliteStore {
         }
         {
             let mut put_blob = conn.prepare_cached(
-                "INSERT INTO attachments (digest, content_type, data, refs) VALUES (?1, ?2, ?3, 0)
+                "INSERT INTO attachments (digest, content_type, length, refs) VALUES (?1, ?2, ?3, 0)
                  ON CONFLICT (digest) DO NOTHING",
             )?;
+            let mut put_chunk = conn.prepare_cached(
+                "INSERT INTO attachment_chunks (digest, n, data) VALUES (?1, ?2, ?3)",
+            )?;
             for (digest, (content_type, data)) in &batch.blobs {
-                put_blob.execute((digest, content_type, &data[..]))?;
+                if put_blob.execute((digest, content_type, data.len() as i64))? == 1 {
+                    for (n, chunk) in data.chunks(format::CHUNK).enumerate() {
+                        put_chunk.execute((digest, n as i64, chunk))?;
+                    }
+                }
             }
         }
         {
@@ -608,12 +637,14 @@ impl SqliteStore {
                 conn.prepare_cached("UPDATE attachments SET refs = refs + ?2 WHERE digest = ?1")?;
             let mut del_blob =
                 conn.prepare_cached("DELETE FROM attachments WHERE digest = ?1 AND refs <= 0")?;
+            let mut del_chunks =
+                conn.prepare_cached("DELETE FROM attachment_chunks WHERE digest = ?1")?;
             for (digest, delta) in &batch.blob_refs {
                 if *delta != 0 {
                     add_refs.execute((digest, delta))?;
                 }
-                if *delta < 0 {
-                    del_blob.execute([digest])?;
+                if *delta < 0 && del_blob.execute([digest])? == 1 {
+                    del_chunks.execute([digest])?;
                 }
             }
         }
@@ -787,7 +818,7 @@ impl Storage for SqliteStore {
 
     fn blob_info(&self, digest: &str) -> Result<Option<BlobInfo>, DbError> {
         self.conn
-            .prepare_cached("SELECT content_type, length(data) FROM attachments WHERE digest = ?1")
+            .prepare_cached("SELECT content_type, length FROM attachments WHERE digest = ?1")
             .and_then(|mut s| {
                 s.query_row([digest], |r| {
                     Ok(BlobInfo {
@@ -801,11 +832,45 @@ impl Storage for SqliteStore {
     }
 
     fn blob(&self, digest: &str) -> Result<Option<Bytes>, DbError> {
-        self.conn
-            .prepare_cached("SELECT data FROM attachments WHERE digest = ?1")
-            .and_then(|mut s| s.query_row([digest], |r| r.get::<_, Vec<u8>>(0)).optional())
-            .map(|d| d.map(Bytes::from))
-            .map_err(|e| self.sql_error(e))
+        self.blob_chunk(digest, 0, usize::MAX)
+    }
+
+    fn blob_chunk(&self, digest: &str, offset: u64, len: usize) -> Result<Option<Bytes>, DbError> {
+        let Some(info) = self.blob_info(digest)? else {
+            return Ok(None);
+        };
+        let start = offset.min(info.length);
+        let end = start.saturating_add(len as u64).min(info.length);
+        if start == end {
+            return Ok(Some(Bytes::new()));
+        }
+        let chunk = format::CHUNK as u64;
+        let read = || -> rusqlite::Result<Vec<u8>> {
+            let mut out = Vec::with_capacity((end - start) as usize);
+            let mut rows = self.conn.prepare_cached(
+                "SELECT n, data FROM attachment_chunks WHERE digest = ?1 AND n BETWEEN ?2 AND ?3
+                 ORDER BY n",
+            )?;
+            let mut rows =
+                rows.query((digest, (start / chunk) as i64, ((end - 1) / chunk) as i64))?;
+            while let Some(r) = rows.next()? {
+                let at = r.get::<_, i64>(0)? as u64 * chunk;
+                let data = r.get_ref(1)?.as_blob()?;
+                let from = start.saturating_sub(at).min(data.len() as u64) as usize;
+                let to = (end - at).min(data.len() as u64) as usize;
+                out.extend_from_slice(&data[from..to]);
+            }
+            Ok(out)
+        };
+        let out = read().map_err(|e| self.sql_error(e))?;
+        if out.len() as u64 != end - start {
+            return Err(damaged(&format!(
+                "attachment {digest} in {} has {} of bytes {start}..{end}; restore it from a replica",
+                self.path.display(),
+                out.len()
+            )));
+        }
+        Ok(Some(Bytes::from(out)))
     }
 
     fn blob_count(&self) -> Result<u64, DbError> {

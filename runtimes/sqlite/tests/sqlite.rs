@@ -256,6 +256,67 @@ fn attachments_are_stored_once_per_digest() {
 }
 
 #[test]
+fn large_attachments_are_written_and_read_in_chunks() {
+    use base64::Engine;
+    use peerpouch::store::Storage;
+    let (_dir, path) = temp();
+    let mut db = SqliteStore::open(&path).unwrap();
+    // Eleven rows of 64 KiB, the last one shorter.
+    let data: Vec<u8> = (0..700_001u32).map(|i| (i * 7 % 251) as u8).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+    db.put(json!({"_id": "a", "_attachments": {"x": {"data": b64, "content_type": "a/b"}}}))
+        .unwrap();
+    let att = db.get_attachment("a", "x").unwrap();
+    assert_eq!(att.data, data);
+    let d = att.digest;
+    assert_eq!(db.blob_info(&d).unwrap().unwrap().length, data.len() as u64);
+    let ranges = [
+        (0, 10),
+        (65_535, 2),
+        (65_536, 65_536),
+        (100, 200_000),
+        (699_990, 100),
+        (700_001, 5),
+        (9_999_999, 1),
+        (5, 0),
+    ];
+    for (offset, len) in ranges {
+        let chunk = db.blob_chunk(&d, offset, len).unwrap().unwrap();
+        let start = (offset as usize).min(data.len());
+        assert_eq!(
+            chunk,
+            data[start..(start + len).min(data.len())],
+            "{offset} {len}"
+        );
+    }
+    assert_eq!(db.blob_chunk("md5-none", 0, 10).unwrap(), None);
+    assert_eq!(db.check().unwrap(), Vec::<String>::new());
+    drop(db);
+    assert_eq!(rows(&path, "attachment_chunks"), 11);
+    let conn = Connection::open(&path).unwrap();
+    let stored: Vec<u8> = conn
+        .prepare("SELECT data FROM attachment_chunks ORDER BY n")
+        .unwrap()
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .flat_map(Result::unwrap)
+        .collect();
+    assert_eq!(stored, data);
+    // A lost chunk is damage, reported by the read that meets it and by `check`.
+    conn.execute("DELETE FROM attachment_chunks WHERE n = 3", [])
+        .unwrap();
+    drop(conn);
+    let db = SqliteStore::open(&path).unwrap();
+    assert_eq!(db.blob_chunk(&d, 0, 10).unwrap().unwrap(), data[..10]);
+    let e = db.blob_chunk(&d, 65_536, 200_000).unwrap_err();
+    assert_eq!(e.status(), 500, "{e}");
+    assert!(e.to_string().contains("restore it from a replica"), "{e}");
+    let problems = db.check().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("in 10 chunks"), "{problems:?}");
+}
+
+#[test]
 fn a_failed_write_leaves_nothing_behind() {
     let (_dir, path) = temp();
     let mut db = SqliteStore::open(&path).unwrap();
@@ -541,31 +602,37 @@ fn a_bad_identity_is_refused() {
 /// with a second one, `c` deleted, `d` edited so its attachment was freed, `e` with a conflict
 /// from a replication, one generated id, and two replication checkpoints as `_local` documents.
 fn format1_copy() -> (tempfile::TempDir, PathBuf) {
+    fixture_copy("format1.db")
+}
+
+fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
     let (dir, path) = temp();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1.db"),
-        &path,
-    )
-    .unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    std::fs::copy(fixture.join(name), &path).unwrap();
     (dir, path)
+}
+
+/// Opens a copy of a fixture of format `from`, which migrates it, and checks its name, live and
+/// deleted documents, `update_seq` (10 in both fixtures) and identity.
+fn open_migrated(path: &Path, from: i64, info: (&str, u64, u64, &str)) -> SqliteStore {
+    let (name, docs, deleted, uuid) = info;
+    assert_eq!(header(path), (APPLICATION_ID, from));
+    let mut db = SqliteStore::open(path).unwrap();
+    assert_eq!(header(path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
+    let info = db.info().unwrap();
+    assert_eq!(
+        (info.db_name.as_str(), info.doc_count, info.doc_del_count),
+        (name, docs, deleted)
+    );
+    assert_eq!(info.update_seq, Seq::from(10));
+    assert_eq!(info.db_uuid.as_deref(), Some(uuid));
+    db
 }
 
 #[test]
 fn a_format_1_file_is_migrated_on_open() {
     let (_dir, path) = format1_copy();
-    assert_eq!(header(&path), (APPLICATION_ID, 1));
-    let mut db = SqliteStore::open(&path).unwrap();
-    assert_eq!(header(&path), (APPLICATION_ID, i64::from(FORMAT_VERSION)));
-    let info = db.info().unwrap();
-    assert_eq!(
-        (info.db_name.as_str(), info.doc_count, info.doc_del_count),
-        ("a", 5, 1)
-    );
-    assert_eq!(info.update_seq, Seq::from(10));
-    assert_eq!(
-        info.db_uuid.as_deref(),
-        Some("85a6f8bc1067153ae6fd9604b34504e7")
-    );
+    let mut db = open_migrated(&path, 1, ("a", 5, 1, "85a6f8bc1067153ae6fd9604b34504e7"));
     // The conflict, the tombstone and the attachments are as they were.
     let mut g = GetRequest::new("e");
     g.conflicts = true;
@@ -614,6 +681,60 @@ fn a_format_1_file_is_migrated_on_open() {
     let mut db = SqliteStore::open(&path).unwrap();
     assert_eq!(db.info().unwrap().doc_count, 4);
     assert_eq!(generated.pos, 1);
+}
+
+/// A copy of `tests/fixtures/format2.db`, written by the format-2 store (attachment bytes in one
+/// blob per digest): `a` and `b` sharing `hello`, `b` with `world` too, `c` deleted, `d` edited
+/// so its attachment was freed, `big` with 150,000 bytes, a generated id, `e` with a conflict
+/// from a replication and a `_local` checkpoint.
+fn format2_copy() -> (tempfile::TempDir, PathBuf) {
+    fixture_copy("format2.db")
+}
+
+#[test]
+fn a_format_2_file_is_migrated_on_open() {
+    let (_dir, path) = format2_copy();
+    let mut db = open_migrated(&path, 2, ("f2", 6, 1, "0f0e0d0c0b0a09080706050403020100"));
+    assert_eq!(db.check().unwrap(), Vec::<String>::new());
+    let big: Vec<u8> = (0..150_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let att = db.get_attachment("big", "big.bin").unwrap();
+    assert_eq!(att.data, big);
+    assert_eq!(att.content_type, "application/octet-stream");
+    assert_eq!(&db.get_attachment("a", "x").unwrap().data[..], b"hello");
+    assert_eq!(&db.get_attachment("b", "z").unwrap().data[..], b"world");
+    assert_eq!(db.attachment_blobs().unwrap(), 3);
+    let mut g = GetRequest::new("e");
+    g.conflicts = true;
+    let e = db.get_with(g).unwrap();
+    assert_eq!(e["_rev"], "2-bbb");
+    assert_eq!(e["_conflicts"], json!(["2-aaa"]));
+    assert_eq!(db.get("c"), Err(DbError::NotFound("deleted".into())));
+    assert_eq!(
+        db.get_local("checkpoint").unwrap()["source_last_seq"],
+        json!(9)
+    );
+    // Writing goes on: generated ids, reference counts, chunks freed with their attachment.
+    db.put(json!({"v": "second"})).unwrap();
+    assert_eq!(db.ids_generated().unwrap(), 2);
+    let b = db.get("big").unwrap();
+    db.put(json!({"_id": "big", "_rev": b["_rev"], "_deleted": true}))
+        .unwrap();
+    assert_eq!(db.attachment_blobs().unwrap(), 2);
+    drop(db);
+    assert_eq!(
+        rows(&path, "attachment_chunks"),
+        2,
+        "hello and world, one row each"
+    );
+    let columns: Vec<String> = Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT name FROM pragma_table_info('attachments')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(columns, ["digest", "content_type", "refs", "length"]);
 }
 
 #[test]
