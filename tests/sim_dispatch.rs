@@ -220,7 +220,7 @@ fn a_second_link_between_the_same_sockets_opens_without_a_retransmission() {
     s.add_node("sharer");
     s.add_node("joiner");
     let links = crowd_connects(&mut s, 1);
-    let share = links[0].0.clone();
+    let share = links[0].share.clone();
     // The joiner closes its link and at once opens the share again, from the same socket to
     // the same socket. The old sessions linger (closed, draining) on both nodes and know the
     // remote address: the new link's STUN answers and DTLS must still reach the new session,
