@@ -9,7 +9,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::storage::{Batch, BlobInfo, Counters, Storage, StoredBody, StoredDoc};
+use super::storage::{Batch, BlobInfo, Counters, Fields, Storage, StoredBody, StoredDoc};
 use crate::doc::{digest_of, parse_doc, validate_id, AttIn, AttMeta, ParsedDoc, LOCAL_PREFIX};
 use crate::error::DbError;
 use crate::ops::*;
@@ -359,7 +359,7 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
         let hash = edit_hash(doc.deleted, parent_rev.as_ref(), &doc.body, &att_ids);
         let rev = Rev::new(pos, hash);
         let body = StoredBody {
-            fields: doc.body,
+            fields: Fields::from_doc(&doc.body),
             atts,
         };
         let deleted = doc.deleted;
@@ -423,7 +423,7 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
             false,
         )?;
         let body = StoredBody {
-            fields: doc.body,
+            fields: Fields::from_doc(&doc.body),
             atts,
         };
         let deleted = doc.deleted;
@@ -585,12 +585,10 @@ fn build_doc<S: Storage + ?Sized>(
     opts: &DocOpts<'_>,
 ) -> Result<Doc, DbError> {
     let body = tree.body(idx).ok_or_else(not_found)?;
-    let mut doc = Doc::new();
+    // The fields hold no `_`-members, so the specials below add to them and replace none.
+    let mut doc = body.fields.to_doc()?;
     doc.insert("_id".into(), Value::String(id.to_string()));
     doc.insert("_rev".into(), Value::String(tree.rev(idx).to_string()));
-    for (k, v) in &body.fields {
-        doc.insert(k.clone(), v.clone());
-    }
     if tree.is_deleted(idx) {
         doc.insert("_deleted".into(), Value::Bool(true));
     }

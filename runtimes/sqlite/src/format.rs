@@ -11,8 +11,8 @@ use std::sync::Arc;
 use peerpouch::doc::AttMeta;
 use peerpouch::revtree::{FlatRev, RevTree};
 use peerpouch::store::Counters;
-use peerpouch::store::StoredBody;
-use peerpouch::{Doc, Rev};
+use peerpouch::store::{Fields, StoredBody};
+use peerpouch::Rev;
 use rusqlite::{Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
@@ -184,7 +184,7 @@ struct RevOut<'a> {
 
 #[derive(Serialize)]
 struct BodyOut<'a> {
-    f: &'a Doc,
+    f: &'a Fields,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     a: &'a BTreeMap<String, AttMeta>,
 }
@@ -202,7 +202,7 @@ struct RevIn {
 
 #[derive(Deserialize)]
 struct BodyIn {
-    f: Doc,
+    f: Fields,
     #[serde(default)]
     a: BTreeMap<String, AttMeta>,
 }
