@@ -107,6 +107,8 @@ fn read<S: Storage + ?Sized>(s: &S, request: Request) -> Result<Response, DbErro
 struct Writer<'a, S: Storage + ?Sized> {
     s: &'a S,
     batch: Batch,
+    /// Where bodies are written before they are kept ([`Fields::from_doc_in`]).
+    scratch: Vec<u8>,
 }
 
 impl<'a, S: Storage + ?Sized> Writer<'a, S> {
@@ -114,6 +116,7 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
         let counters = s.counters()?;
         Ok(Writer {
             s,
+            scratch: Vec::new(),
             batch: Batch {
                 counters,
                 ..Batch::default()
@@ -356,12 +359,15 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
             .iter()
             .map(|(n, m)| (n.as_str(), m.content_type.as_str(), m.digest.as_str()))
             .collect();
-        let hash = edit_hash(doc.deleted, parent_rev.as_ref(), &doc.body, &att_ids);
+        let fields = Fields::from_doc_in(&doc.body, &mut self.scratch);
+        let hash = edit_hash(
+            doc.deleted,
+            parent_rev.as_ref(),
+            fields.json().as_bytes(),
+            &att_ids,
+        );
         let rev = Rev::new(pos, hash);
-        let body = StoredBody {
-            fields: Fields::from_doc(&doc.body),
-            atts,
-        };
+        let body = StoredBody { fields, atts };
         let deleted = doc.deleted;
         let r2 = rev.clone();
         let dropped = self.commit(&id, entry, body, new_data, |tree, body| {
@@ -423,7 +429,7 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
             false,
         )?;
         let body = StoredBody {
-            fields: Fields::from_doc(&doc.body),
+            fields: Fields::from_doc_in(&doc.body, &mut self.scratch),
             atts,
         };
         let deleted = doc.deleted;

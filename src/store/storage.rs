@@ -13,21 +13,20 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::value::RawValue;
 
 use crate::doc::AttMeta;
 use crate::error::DbError;
 use crate::ops::Doc;
+use crate::rev::write_canonical_map;
 use crate::revtree::RevTree;
 
 /// A document's own fields (no `_`-members) as compact JSON text, parsed only when read.
 ///
-/// Held parsed, a body of ~1 KiB of JSON took ~2.4× its size in memory (a `serde_json::Value`
-/// per field, a map node per object); as text it takes its length. Reads parse it again
-/// ([`Fields::to_doc`]), which costs about what cloning the parsed values did. Engines that
-/// write bodies down serialise `Fields` as the JSON object it is, and deserialise it without
-/// building values.
+/// Held parsed, a body of ~1 KiB of JSON took ~2× its size in memory (a `serde_json::Value`
+/// per field, a map node per object); as text it takes its length. The text is canonical (keys
+/// sorted, compact: what a new edit's revision hash is computed over, so writing it once serves
+/// both). Reads parse it again ([`Fields::to_doc`]). Engines that write bodies down write this
+/// text as it is ([`Fields::json`]) and read it back with [`Fields::from_json`].
 ///
 /// ```
 /// use peerpouch::store::Fields;
@@ -38,59 +37,46 @@ use crate::revtree::RevTree;
 /// assert_eq!(fields.json(), r#"{"n":1,"text":"hello"}"#);
 /// assert_eq!(&fields.to_doc().unwrap(), doc.as_object().unwrap());
 /// ```
-#[derive(Clone, Debug)]
-pub struct Fields(Box<RawValue>);
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fields(Box<str>);
 
 impl Fields {
-    /// The compact JSON of `doc`.
+    /// The canonical JSON of `doc`.
     pub fn from_doc(doc: &Doc) -> Fields {
-        // Serialising a map of JSON values into memory cannot fail.
-        Fields(serde_json::value::to_raw_value(doc).expect("JSON into memory"))
+        Fields::from_doc_in(doc, &mut Vec::new())
+    }
+
+    /// [`Fields::from_doc`] written through `scratch` first, so the text is allocated once at
+    /// its size (a buffer growing to ~1 KiB took four allocations of the larger kinds).
+    pub(crate) fn from_doc_in(doc: &Doc, scratch: &mut Vec<u8>) -> Fields {
+        scratch.clear();
+        write_canonical_map(scratch, doc);
+        // serde_json writes UTF-8 only.
+        Fields(String::from_utf8_lossy(scratch).into())
+    }
+
+    /// Fields from text that [`Fields::json`] gave, written down and read back by an engine.
+    /// It is not checked here: text that is not a JSON object makes [`Fields::to_doc`] fail.
+    pub fn from_json(text: &str) -> Fields {
+        Fields(text.into())
     }
 
     /// The fields, parsed.
     ///
     /// # Errors
-    /// [`DbError`] (status 500) when the text is not a JSON object: only an engine's damaged
-    /// record can make one, since [`Fields::from_doc`] and deserialising check.
+    /// [`DbError`] (status 500) when the text is not a JSON object, which only an engine's
+    /// damaged record can make.
     pub fn to_doc(&self) -> Result<Doc, DbError> {
-        serde_json::from_str(self.0.get()).map_err(|e| DbError::Other {
+        serde_json::from_str(&self.0).map_err(|e| DbError::Other {
             status: 500,
             error: "internal".into(),
             reason: format!("a stored body does not parse: {e}"),
         })
     }
 
-    /// The compact JSON text.
+    /// The canonical JSON text.
     pub fn json(&self) -> &str {
-        self.0.get()
-    }
-}
-
-/// Equal texts are equal fields, and the converse holds for texts [`Fields::from_doc`] wrote
-/// (object keys sorted, numbers and strings written one way).
-impl PartialEq for Fields {
-    fn eq(&self, other: &Fields) -> bool {
-        self.json() == other.json()
-    }
-}
-
-impl Serialize for Fields {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
-    }
-}
-
-/// Only from `serde_json` (the text is kept as it is found); anything but an object is refused.
-impl<'de> Deserialize<'de> for Fields {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Fields, D::Error> {
-        let raw = Box::<RawValue>::deserialize(deserializer)?;
-        if !raw.get().starts_with('{') {
-            return Err(serde::de::Error::custom(
-                "a body's fields must be a JSON object",
-            ));
-        }
-        Ok(Fields(raw))
+        &self.0
     }
 }
 
