@@ -51,8 +51,8 @@ impl Fields {
     pub(crate) fn from_doc_in(doc: &Doc, scratch: &mut Vec<u8>) -> Fields {
         scratch.clear();
         write_canonical_map(scratch, doc);
-        // serde_json writes UTF-8 only.
-        Fields(String::from_utf8_lossy(scratch).into())
+        // serde_json writes UTF-8 only; checking it again is cheap beside writing it.
+        Fields(std::str::from_utf8(scratch).expect("JSON is UTF-8").into())
     }
 
     /// Fields from text that [`Fields::json`] gave, written down and read back by an engine.
