@@ -8,13 +8,25 @@
 //! figures. Every timed phase is checked for correctness so a broken store cannot post a fast
 //! number.
 //!
+//! `memory_store_bytes_per_json_byte` is the heap the source store holds once filled, divided
+//! by the bytes of its documents' JSON (each document serialised compactly as written, `_id`
+//! included): the heap is counted by a global allocator that adds up the sizes asked of it
+//! while the store is filled (what the allocator rounds them up to is not counted; the RSS
+//! growth, which is, is printed beside it). The same count over the same documents held as
+//! parsed `serde_json::Value`s (how the store held bodies before it kept them as text) is the
+//! baseline.
+//!
+//! `PEERPOUCH_STORE_BENCH_ONLY=size` stops after that figure.
+//!
 //! The headline lines start with `figure:`; the rest is context.
 
 // Benchmarks measure wall time by design; the core's ban on `Instant::now` is for `src/`.
 #![allow(clippy::disallowed_methods)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -28,6 +40,64 @@ use serde_json::Value;
 const DOCS: usize = 100_000;
 /// Runs per measurement; the median is reported.
 const RUNS: usize = 5;
+
+/// The system allocator, counting the bytes asked of it while [`COUNTING`] is set (a relaxed
+/// load per call otherwise, so the timed phases pay next to nothing).
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+/// Bytes allocated minus bytes freed while counting.
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn count(delta: isize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        LIVE.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; counting only reads the layouts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            count(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(layout);
+        if !p.is_null() {
+            count(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        count(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = System.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            count(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+/// Runs `f` and returns its result with the heap bytes it left allocated.
+fn heap_kept<T>(f: impl FnOnce() -> T) -> (T, isize) {
+    LIVE.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    let out = f();
+    COUNTING.store(false, Ordering::Relaxed);
+    (out, LIVE.load(Ordering::Relaxed))
+}
 
 /// Resets the peak-RSS mark (`VmHWM`) to the current RSS (Linux >= 4.0). Returns whether the
 /// write was accepted.
@@ -118,17 +188,21 @@ fn main() {
     // hide it. The source is filled batch by batch (no master copy kept), so the heap holds the
     // source store and little else when the mark is reset.
     let hwm_reset = peak_reset_works();
-    let mut a = MemoryStore::new("a");
+    let rss_empty = proc_status_kib("VmRSS").unwrap_or(0);
     let mut json_bytes = 0usize;
-    for start in (0..DOCS).step_by(BATCH) {
-        let batch: Vec<Value> = (start..start + BATCH).map(make_doc).collect();
-        json_bytes += batch
-            .iter()
-            .map(|d| serde_json::to_vec(d).expect("json").len())
-            .sum::<usize>();
-        let results = a.bulk_docs(batch, true).expect("bulk_docs");
-        assert!(results.iter().all(|r| r.result.is_ok()));
-    }
+    let (mut a, store_heap) = heap_kept(|| {
+        let mut a = MemoryStore::new("a");
+        for start in (0..DOCS).step_by(BATCH) {
+            let batch: Vec<Value> = (start..start + BATCH).map(make_doc).collect();
+            json_bytes += batch
+                .iter()
+                .map(|d| serde_json::to_vec(d).expect("json").len())
+                .sum::<usize>();
+            let results = a.bulk_docs(batch, true).expect("bulk_docs");
+            assert!(results.iter().all(|r| r.result.is_ok()));
+        }
+        a
+    });
     assert_eq!(a.info().expect("info").doc_count, DOCS as u64);
     println!(
         "docs: total JSON size {:.1} MiB ({} B/doc on average)",
@@ -136,6 +210,13 @@ fn main() {
         json_bytes / DOCS
     );
     let rss_source = proc_status_kib("VmRSS").unwrap_or(0);
+    let store_per_json = store_heap as f64 / json_bytes as f64;
+    // The size alone (it does not depend on the build's optimisation, so a test build can
+    // compare two versions of the store): `PEERPOUCH_STORE_BENCH_ONLY=size`.
+    if std::env::var("PEERPOUCH_STORE_BENCH_ONLY").as_deref() == Ok("size") {
+        println!("figure: memory_store_bytes_per_json_byte = {store_per_json:.3} B/B");
+        return;
+    }
     let hwm_before = proc_status_kib("VmHWM").unwrap_or(0);
     let hwm_reset = hwm_reset && reset_peak_rss();
     let hwm_after_reset = proc_status_kib("VmHWM").unwrap_or(0);
@@ -160,7 +241,8 @@ fn main() {
     // Every timed run below is preceded by a baseline run (clone the same values into a plain
     // BTreeMap keyed by id), so each run has a baseline taken under the same load; ratios are the
     // median of the per-run ratios.
-    let docs: Vec<Value> = (0..DOCS).map(make_doc).collect();
+    let (docs, values_heap) = heap_kept(|| (0..DOCS).map(make_doc).collect::<Vec<Value>>());
+    let values_per_json = values_heap as f64 / json_bytes as f64;
     let mut base = Vec::new();
     let mut phase = |name: &str, mut run: Box<dyn FnMut() -> f64 + '_>| -> Phase {
         let mut p = Phase {
@@ -257,6 +339,18 @@ fn main() {
     println!(
         "local_replication_batch_500_docs_per_s = {:.0} docs/s (for comparison, not a figure)",
         rep500.median()
+    );
+    println!(
+        "context: heap of the filled source store {:.1} MiB (RSS grew {:.1} MiB while filling it, allocator rounding and free lists included: {:.2} per JSON byte)",
+        store_heap as f64 / (1024.0 * 1024.0),
+        mib(rss_source.saturating_sub(rss_empty)),
+        rss_source.saturating_sub(rss_empty) as f64 * 1024.0 / json_bytes as f64
+    );
+    println!("baseline: parsed_values_bytes_per_json_byte = {values_per_json:.3} B/B");
+    println!("figure: memory_store_bytes_per_json_byte = {store_per_json:.3} B/B");
+    println!(
+        "ratio: memory_store_vs_parsed_values_bytes = {:.3}",
+        store_per_json / values_per_json
     );
     println!("ratio: store_bulk_insert_vs_btreemap = {:.3}", ins.ratio());
     println!("ratio: store_changes_vs_btreemap = {:.3}", chg.ratio());

@@ -68,6 +68,12 @@ impl<B: Clone> RevTree<B> {
         self.nodes.is_empty()
     }
 
+    /// Gives back the room kept for revisions not added yet: a tree held for long (in a
+    /// memory store) then takes what its revisions need, not the four nodes a first one gets.
+    pub fn shrink_to_fit(&mut self) {
+        self.nodes.shrink_to_fit();
+    }
+
     /// The index of `rev`, if known.
     pub fn find(&self, rev: &Rev) -> Option<usize> {
         self.nodes.iter().position(|n| n.rev == *rev)

@@ -79,6 +79,29 @@ pub fn proc_status_kib(field: &str) -> Option<u64> {
     })
 }
 
+/// Runs this bench binary again with `envs` set and reads the line `child: RATE PEAK_KIB` it
+/// prints (a rate and its own peak RSS); `what` names it in a failure.
+pub fn run_child(what: &str, envs: &[(&str, &std::ffi::OsStr)]) -> (f64, u64) {
+    let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .envs(envs.iter().copied())
+        .output()
+        .expect("child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what} child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child: "))
+        .expect("child line");
+    let mut parts = line.split(' ');
+    let rate = parts.next().and_then(|x| x.parse().ok()).expect("rate");
+    let peak = parts.next().and_then(|x| x.parse().ok()).expect("peak");
+    (rate, peak)
+}
+
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }

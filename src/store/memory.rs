@@ -55,8 +55,9 @@ struct LocalEntry {
 #[derive(Debug)]
 pub struct MemoryStore {
     name: String,
-    docs: BTreeMap<String, StoredDoc>,
-    by_seq: BTreeMap<u64, String>,
+    /// Ids are shared with `by_seq` (one allocation per id, not two).
+    docs: BTreeMap<Arc<str>, StoredDoc>,
+    by_seq: BTreeMap<u64, Arc<str>>,
     counters: Counters,
     local: BTreeMap<String, LocalEntry>,
     blobs: BTreeMap<String, Blob>,
@@ -166,7 +167,7 @@ impl MemoryStore {
     pub fn tree_shapes(&self) -> BTreeMap<String, BTreeSet<(Rev, Option<Rev>, bool)>> {
         self.docs
             .iter()
-            .map(|(id, e)| (id.clone(), e.tree.shape()))
+            .map(|(id, e)| (id.to_string(), e.tree.shape()))
             .collect()
     }
 
@@ -219,7 +220,7 @@ impl MemoryStore {
                 "cannot restore {id:?} at seq {seq}: empty tree or seq taken"
             )));
         }
-        if self.docs.contains_key(&id) {
+        if self.docs.contains_key(id.as_str()) {
             return Err(DbError::BadRequest(format!("{id:?} is restored twice")));
         }
         for body in tree.bodies() {
@@ -234,6 +235,7 @@ impl MemoryStore {
         } else {
             self.counters.doc_count += 1;
         }
+        let id: Arc<str> = id.into();
         self.by_seq.insert(seq, id.clone());
         self.counters.update_seq = self.counters.update_seq.max(seq);
         self.docs.insert(id, StoredDoc { seq, tree });
@@ -326,7 +328,7 @@ impl Storage for MemoryStore {
         let range = self
             .by_seq
             .range((Bound::Excluded(since), Bound::Unbounded));
-        let mut step = |id: &String| match self.docs.get(id) {
+        let mut step = |id: &Arc<str>| match self.docs.get(id) {
             Some(e) => visit(id, e),
             None => Ok(true),
         };
@@ -366,7 +368,9 @@ impl Storage for MemoryStore {
     }
 
     fn commit(&mut self, batch: Batch) -> Result<(), DbError> {
-        for (id, doc) in batch.docs {
+        for (id, mut doc) in batch.docs {
+            doc.tree.shrink_to_fit();
+            let id: Arc<str> = id.into();
             self.by_seq.insert(doc.seq, id.clone());
             if let Some(old) = self.docs.insert(id, doc) {
                 self.by_seq.remove(&old.seq);

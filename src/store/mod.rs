@@ -8,7 +8,7 @@ mod storage;
 
 pub use memory::{MemoryStore, DEFAULT_REVS_LIMIT};
 pub use semantics::{execute, tree_shapes, TreeShapes};
-pub use storage::{Batch, BlobInfo, Counters, Storage, StoredBody, StoredDoc, Visit};
+pub use storage::{Batch, BlobInfo, Counters, Fields, Storage, StoredBody, StoredDoc, Visit};
 
 use serde_json::Value;
 

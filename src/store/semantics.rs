@@ -9,7 +9,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::storage::{Batch, BlobInfo, Counters, Storage, StoredBody, StoredDoc};
+use super::storage::{Batch, BlobInfo, Counters, Fields, Storage, StoredBody, StoredDoc};
 use crate::doc::{digest_of, parse_doc, validate_id, AttIn, AttMeta, ParsedDoc, LOCAL_PREFIX};
 use crate::error::DbError;
 use crate::ops::*;
@@ -108,6 +108,8 @@ fn read<S: Storage + ?Sized>(s: &S, request: Request) -> Result<Response, DbErro
 struct Writer<'a, S: Storage + ?Sized> {
     s: &'a S,
     batch: Batch,
+    /// Where bodies are written before they are kept ([`Fields::from_doc_in`]).
+    scratch: Vec<u8>,
 }
 
 impl<'a, S: Storage + ?Sized> Writer<'a, S> {
@@ -115,6 +117,7 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
         let counters = s.counters()?;
         Ok(Writer {
             s,
+            scratch: Vec::new(),
             batch: Batch {
                 counters,
                 ..Batch::default()
@@ -357,12 +360,15 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
             .iter()
             .map(|(n, m)| (n.as_str(), m.content_type.as_str(), m.digest.as_str()))
             .collect();
-        let hash = edit_hash(doc.deleted, parent_rev.as_ref(), &doc.body, &att_ids);
+        let fields = Fields::from_doc_in(&doc.body, &mut self.scratch);
+        let hash = edit_hash(
+            doc.deleted,
+            parent_rev.as_ref(),
+            fields.json().as_bytes(),
+            &att_ids,
+        );
         let rev = Rev::new(pos, hash);
-        let body = StoredBody {
-            fields: doc.body,
-            atts,
-        };
+        let body = StoredBody { fields, atts };
         let deleted = doc.deleted;
         let r2 = rev.clone();
         let dropped = self.commit(&id, entry, body, new_data, |tree, body| {
@@ -424,7 +430,7 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
             false,
         )?;
         let body = StoredBody {
-            fields: doc.body,
+            fields: Fields::from_doc_in(&doc.body, &mut self.scratch),
             atts,
         };
         let deleted = doc.deleted;
@@ -586,12 +592,10 @@ fn build_doc<S: Storage + ?Sized>(
     opts: &DocOpts<'_>,
 ) -> Result<Doc, DbError> {
     let body = tree.body(idx).ok_or_else(not_found)?;
-    let mut doc = Doc::new();
+    // The fields hold no `_`-members, so the specials below add to them and replace none.
+    let mut doc = body.fields.to_doc()?;
     doc.insert("_id".into(), Value::String(id.to_string()));
     doc.insert("_rev".into(), Value::String(tree.rev(idx).to_string()));
-    for (k, v) in &body.fields {
-        doc.insert(k.clone(), v.clone());
-    }
     if tree.is_deleted(idx) {
         doc.insert("_deleted".into(), Value::Bool(true));
     }

@@ -17,13 +17,74 @@ use bytes::Bytes;
 use crate::doc::AttMeta;
 use crate::error::DbError;
 use crate::ops::Doc;
+use crate::rev::write_canonical_map;
 use crate::revtree::RevTree;
+
+/// A document's own fields (no `_`-members) as compact JSON text, parsed only when read.
+///
+/// Held parsed, a body of ~1 KiB of JSON took ~2× its size in memory (a `serde_json::Value`
+/// per field, a map node per object); as text it takes its length. The text is canonical (keys
+/// sorted, compact: what a new edit's revision hash is computed over, so writing it once serves
+/// both). Reads parse it again ([`Fields::to_doc`]). Engines that write bodies down write this
+/// text as it is ([`Fields::json`]) and read it back with [`Fields::from_json`].
+///
+/// ```
+/// use peerpouch::store::Fields;
+/// use serde_json::json;
+///
+/// let doc = json!({"text": "hello", "n": 1});
+/// let fields = Fields::from_doc(doc.as_object().unwrap());
+/// assert_eq!(fields.json(), r#"{"n":1,"text":"hello"}"#);
+/// assert_eq!(&fields.to_doc().unwrap(), doc.as_object().unwrap());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fields(Box<str>);
+
+impl Fields {
+    /// The canonical JSON of `doc`.
+    pub fn from_doc(doc: &Doc) -> Fields {
+        Fields::from_doc_in(doc, &mut Vec::new())
+    }
+
+    /// [`Fields::from_doc`] written through `scratch` first, so the text is allocated once at
+    /// its size (a buffer growing to ~1 KiB took four allocations of the larger kinds).
+    pub(crate) fn from_doc_in(doc: &Doc, scratch: &mut Vec<u8>) -> Fields {
+        scratch.clear();
+        write_canonical_map(scratch, doc);
+        // serde_json writes UTF-8 only; checking it again is cheap beside writing it.
+        Fields(std::str::from_utf8(scratch).expect("JSON is UTF-8").into())
+    }
+
+    /// Fields from text that [`Fields::json`] gave, written down and read back by an engine.
+    /// It is not checked here: text that is not a JSON object makes [`Fields::to_doc`] fail.
+    pub fn from_json(text: &str) -> Fields {
+        Fields(text.into())
+    }
+
+    /// The fields, parsed.
+    ///
+    /// # Errors
+    /// [`DbError`] (status 500) when the text is not a JSON object, which only an engine's
+    /// damaged record can make.
+    pub fn to_doc(&self) -> Result<Doc, DbError> {
+        serde_json::from_str(&self.0).map_err(|e| DbError::Other {
+            status: 500,
+            error: "internal".into(),
+            reason: format!("a stored body does not parse: {e}"),
+        })
+    }
+
+    /// The canonical JSON text.
+    pub fn json(&self) -> &str {
+        &self.0
+    }
+}
 
 /// A leaf revision's content: its fields (no `_`-members) and its attachments' metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredBody {
     /// The document's own fields.
-    pub fields: Doc,
+    pub fields: Fields,
     /// Attachment name to metadata; the bytes are held once per digest by the store.
     pub atts: BTreeMap<String, AttMeta>,
 }

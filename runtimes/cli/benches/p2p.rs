@@ -10,7 +10,15 @@
 //! - `rpc_get_rtt_p50_ms` / `rpc_get_rtt_p99_ms`: 2000 sequential `get` calls;
 //! - `rpc_vs_raw_throughput_ratio`: a 64 MiB attachment fetched over the RPC, against the same
 //!   64 MiB sent as raw messages over a bare session (str0m's channel with only peerpouch's
-//!   safe-write rules) on the same sockets and driver, in the same run.
+//!   safe-write rules) on the same sockets and driver, in the same run;
+//! - `sqlite_p2p_replication_docs_per_s` and `sqlite_p2p_replication_peak_rss_mib`: 100k of the
+//!   same documents (`PEERPOUCH_BENCH_P2P_SQLITE_DOCS`) pulled over the link from a SQLite file
+//!   into a new SQLite file, beside the same pull from one `MemoryStore` into another
+//!   (`p2p_memory_replication_docs_per_s`), [`SQLITE_ROUNDS`] rounds of the two alternately. Each
+//!   pull runs in a child process (this binary again, `P2P_BENCH_CHILD=memory|sqlite`) holding
+//!   both nodes on one thread, and reports its own peak RSS (`VmHWM`): that is both sides
+//!   together, so the larger side's peak is at most that. The source file is filled once, by the
+//!   parent, before the rounds.
 //!
 //! Figures are wall-clock and the machine is shared: the ratio is the stable number.
 
@@ -21,9 +29,15 @@ use peerpouch::node::*;
 use peerpouch::session::{Session, SessionConfig, SessionEvent, SessionRole, Transmit};
 use peerpouch::*;
 use peerpouch_cli::local::World;
+use peerpouch_sqlite::SqliteStore;
 
+// The core's `rust-version` (1.85) predates `is_multiple_of`, which this crate's clippy asks for.
+#[allow(clippy::manual_is_multiple_of)]
+#[path = "../../../benches/common/mod.rs"]
+mod common;
 #[path = "common/docs.rs"]
 mod docs;
+use common::{median, proc_status_kib, run_child};
 use docs::doc;
 use serde_json::json;
 
@@ -41,9 +55,20 @@ fn linked() -> (World, LinkId) {
     (w, link)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+/// Pulls `db` of node 0 into `copy` of node 1 over `link`; returns what it did and the seconds
+/// it took.
+fn pull(w: &mut World, link: LinkId) -> (Progress, f64) {
+    let t = Instant::now();
+    let p = w
+        .replicate(
+            1,
+            DbRef::Remote(link),
+            DbRef::Local("copy".into()),
+            Duration::from_secs(600),
+            |_| {},
+        )
+        .expect("replication");
+    (p, t.elapsed().as_secs_f64())
 }
 
 fn replication_docs_per_s() -> f64 {
@@ -53,17 +78,7 @@ fn replication_docs_per_s() -> f64 {
             .write("db", chunk.iter().map(|&i| doc(i)).collect())
             .unwrap();
     }
-    let t = Instant::now();
-    let p = w
-        .replicate(
-            1,
-            DbRef::Remote(link),
-            DbRef::Local("copy".into()),
-            Duration::from_secs(120),
-            |_| {},
-        )
-        .expect("replication");
-    let secs = t.elapsed().as_secs_f64();
+    let (p, secs) = pull(&mut w, link);
     assert_eq!(p.docs_written, 10_000);
     let copy = w.peers[1].store("copy");
     assert_eq!(copy.info().unwrap().doc_count, 10_000);
@@ -221,12 +236,165 @@ fn raw_session_mb_per_s() -> f64 {
     BIG as f64 / t0.expect("channel opened").elapsed().as_secs_f64() / 1e6
 }
 
+/// Documents of the SQLite part.
+fn sqlite_part_docs() -> usize {
+    std::env::var("PEERPOUCH_BENCH_P2P_SQLITE_DOCS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// Rounds of the SQLite part (one memory child, then one SQLite child).
+const SQLITE_ROUNDS: usize = 3;
+
+/// The child of the SQLite part: pulls every document of `db` on node 0 into `copy` on node 1,
+/// from and into SQLite files (`sqlite`, paths in `P2P_BENCH_SOURCE` and `P2P_BENCH_TARGET`) or
+/// memory stores (`memory`, the source filled here first), then prints `child: DOCS_PER_S
+/// PEAK_KIB`.
+fn child(kind: &str) {
+    let n = sqlite_part_docs();
+    let mut w = World::new(2).expect("loopback sockets");
+    let paths = (
+        std::env::var("P2P_BENCH_SOURCE").unwrap_or_default(),
+        std::env::var("P2P_BENCH_TARGET").unwrap_or_default(),
+    );
+    if kind == "sqlite" {
+        let mut source = SqliteStore::open(&paths.0).expect("open the source file");
+        assert_eq!(source.info().expect("info").doc_count, n as u64);
+        w.peers[0].attach("db", Box::new(source));
+        let target = SqliteStore::open(&paths.1).expect("create the target file");
+        w.peers[1].attach("copy", Box::new(target));
+    } else {
+        for start in (0..n).step_by(1000) {
+            let batch = (start..(start + 1000).min(n)).map(doc).collect();
+            w.peers[0]
+                .write("db", batch)
+                .expect("write the source docs");
+        }
+    }
+    let share = w.share(0, "db").expect("share");
+    let link = w.open(1, &share).expect("open the share");
+    let (p, secs) = pull(&mut w, link);
+    let peak = proc_status_kib("VmHWM").expect("VmHWM");
+    assert_eq!(p.docs_written, n as u64);
+    let samples = (0..n).step_by(9973).chain([n - 1]);
+    if kind == "sqlite" {
+        drop(w);
+        let mut source = SqliteStore::open(&paths.0).expect("reopen the source");
+        let mut target = SqliteStore::open(&paths.1).expect("reopen the target");
+        assert_eq!(target.info().unwrap().doc_count, n as u64);
+        for i in samples {
+            let id = format!("doc{i:06}");
+            assert_eq!(source.get(&id).unwrap(), target.get(&id).unwrap(), "{id}");
+        }
+    } else {
+        let copy = w.peers[1].store("copy");
+        assert_eq!(copy.info().unwrap().doc_count, n as u64);
+        for i in samples {
+            let got = copy.get(&format!("doc{i:06}")).unwrap();
+            for (k, v) in doc(i).as_object().unwrap() {
+                assert_eq!(got.get(k), Some(v), "doc {i} field {k}");
+            }
+        }
+    }
+    println!("child: {} {peak}", n as f64 / secs);
+}
+
+/// Runs one child of the SQLite part; returns (docs/s, peak RSS in KiB).
+fn run_pull(kind: &str, source: &std::path::Path, target: &std::path::Path) -> (f64, u64) {
+    run_child(
+        kind,
+        &[
+            ("P2P_BENCH_CHILD", kind.as_ref()),
+            ("P2P_BENCH_SOURCE", source.as_os_str()),
+            ("P2P_BENCH_TARGET", target.as_os_str()),
+        ],
+    )
+}
+
+/// A directory removed when dropped (panics included).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The SQLite part; `p2p` is this run's `p2p_replication_docs_per_s`.
+fn sqlite_part(p2p: Option<f64>) {
+    let n = sqlite_part_docs();
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("peerpouch-p2p-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temporary directory");
+    let source = dir.0.join("source.db");
+    let t = Instant::now();
+    {
+        let mut db = SqliteStore::open(&source).expect("create the source file");
+        for start in (0..n).step_by(1000) {
+            let batch = (start..(start + 1000).min(n)).map(doc).collect();
+            for r in db.bulk_docs(batch, true).expect("bulk_docs") {
+                r.result.expect("write");
+            }
+        }
+    }
+    println!(
+        "sqlite part: {n} docs written to the source file in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let (mut mem, mut sql, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut mem_peak, mut sql_peak) = (Vec::new(), Vec::new());
+    for round in 0..SQLITE_ROUNDS {
+        let target = dir.0.join(format!("target-{round}.db"));
+        let (m, mp) = run_pull("memory", &source, &target);
+        let (s, sp) = run_pull("sqlite", &source, &target);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+        }
+        println!(
+            "run: sqlite part: memory {m:.0} docs/s ({:.1} MiB), sqlite {s:.0} docs/s ({:.1} MiB)",
+            mp as f64 / 1024.0,
+            sp as f64 / 1024.0
+        );
+        mem.push(m);
+        sql.push(s);
+        ratios.push(s / m);
+        mem_peak.push(mp as f64 / 1024.0);
+        sql_peak.push(sp as f64 / 1024.0);
+    }
+    let (m, s) = (median(mem), median(sql));
+    println!("baseline: p2p_memory_replication_docs_per_s = {m:.0} docs/s ({n} docs, memory store to memory store, child process)");
+    println!(
+        "baseline: p2p_memory_replication_peak_rss_mib = {:.1} MiB",
+        median(mem_peak)
+    );
+    println!("figure: sqlite_p2p_replication_docs_per_s = {s:.0} docs/s");
+    println!(
+        "figure: sqlite_p2p_replication_peak_rss_mib = {:.1} MiB (both sides in one process)",
+        median(sql_peak)
+    );
+    println!(
+        "ratio: sqlite_p2p_vs_memory_p2p = {:.3} (goal >= 0.6)",
+        median(ratios)
+    );
+    if let Some(p2p) = p2p {
+        println!(
+            "ratio: sqlite_p2p_vs_p2p_replication_docs_per_s = {:.3} (that figure: 10k docs, in this process)",
+            s / p2p
+        );
+    }
+}
+
 fn main() {
-    // One part alone, once, for profiling (`P2P_BENCH_ONLY=replication|raw|rpc valgrind ...`).
+    if let Ok(kind) = std::env::var("P2P_BENCH_CHILD") {
+        return child(&kind);
+    }
+    // One part alone, once, for profiling (`P2P_BENCH_ONLY=replication|raw|rpc|sqlite valgrind ...`).
     match std::env::var("P2P_BENCH_ONLY").as_deref() {
         Ok("replication") => return println!("{:.0} docs/s", replication_docs_per_s()),
         Ok("raw") => return println!("{:.1} MB/s", raw_session_mb_per_s()),
         Ok("rpc") => return println!("{:.1} MB/s", rpc_attachment_mb_per_s()),
+        Ok("sqlite") => return sqlite_part(None),
         _ => {}
     }
     let runs = 3;
@@ -252,14 +420,13 @@ fn main() {
         "rpc attachment over loopback: {:.1} MB/s (median)",
         median(rpc)
     );
-    println!(
-        "figure: p2p_replication_docs_per_s = {:.0} docs/s",
-        median(docs)
-    );
+    let p2p_docs = median(docs);
+    println!("figure: p2p_replication_docs_per_s = {p2p_docs:.0} docs/s");
     println!(
         "figure: rpc_vs_raw_throughput_ratio = {:.3} ratio",
         median(ratios)
     );
     println!("figure: rpc_get_rtt_p50_ms = {p50:.3} ms");
     println!("figure: rpc_get_rtt_p99_ms = {p99:.3} ms");
+    sqlite_part(Some(p2p_docs));
 }

@@ -21,7 +21,6 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[path = "../../../benches/common/mod.rs"]
@@ -221,25 +220,8 @@ fn child(kind: &str) {
 }
 
 /// Runs the child for `kind`; returns (replication docs/s, peak RSS in KiB).
-fn run_child(kind: &str) -> (f64, u64) {
-    let out = Command::new(std::env::current_exe().expect("exe"))
-        .env("PEERPOUCH_BENCH_CHILD", kind)
-        .output()
-        .expect("child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{kind} child failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("child: "))
-        .expect("child line");
-    let mut parts = line.split(' ');
-    let rate = parts.next().and_then(|x| x.parse().ok()).expect("rate");
-    let peak = parts.next().and_then(|x| x.parse().ok()).expect("peak");
-    (rate, peak)
+fn run_kind(kind: &str) -> (f64, u64) {
+    run_child(kind, &[("PEERPOUCH_BENCH_CHILD", kind.as_ref())])
 }
 
 /// Memory and SQLite runs taken in pairs; the ratio is SQLite over memory, per pair.
@@ -339,8 +321,8 @@ fn main() {
     drop(docs);
 
     // Peak memory, one process per store kind.
-    let (mem_child_rate, mem_peak) = run_child("memory");
-    let (sql_child_rate, sql_peak) = run_child("sqlite");
+    let (mem_child_rate, mem_peak) = run_kind("memory");
+    let (sql_child_rate, sql_peak) = run_kind("sqlite");
 
     insert.print("bulk_insert docs/s");
     println!(

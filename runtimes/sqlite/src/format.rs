@@ -11,10 +11,11 @@ use std::sync::Arc;
 use peerpouch::doc::AttMeta;
 use peerpouch::revtree::{FlatRev, RevTree};
 use peerpouch::store::Counters;
-use peerpouch::store::StoredBody;
-use peerpouch::{Doc, Rev};
+use peerpouch::store::{Fields, StoredBody};
+use peerpouch::Rev;
 use rusqlite::{Connection, OptionalExtension, Transaction};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// `PRAGMA application_id` of every peerpouch file: "ppch" in ASCII.
 pub const APPLICATION_ID: i32 = 0x7070_6368;
@@ -178,63 +179,59 @@ pub(crate) fn meta<T: rusqlite::types::FromSql>(
         .optional()
 }
 
-#[derive(Serialize)]
-struct RevOut<'a> {
-    r: Rev,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    p: Option<usize>,
-    #[serde(skip_serializing_if = "is_false")]
-    d: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    b: Option<BodyOut<'a>>,
-}
-
-#[derive(Serialize)]
-struct BodyOut<'a> {
-    f: &'a Doc,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    a: &'a BTreeMap<String, AttMeta>,
-}
-
 #[derive(Deserialize)]
-struct RevIn {
+struct RevIn<'a> {
     r: Rev,
     #[serde(default)]
     p: Option<usize>,
     #[serde(default)]
     d: bool,
-    #[serde(default)]
-    b: Option<BodyIn>,
+    #[serde(default, borrow)]
+    b: Option<BodyIn<'a>>,
 }
 
 #[derive(Deserialize)]
-struct BodyIn {
-    f: Doc,
+struct BodyIn<'a> {
+    /// The fields' text, as it is in the row.
+    #[serde(borrow)]
+    f: &'a RawValue,
     #[serde(default)]
     a: BTreeMap<String, AttMeta>,
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
-/// Encodes a revision tree as the JSON array kept in `docs.tree`.
+/// Encodes a revision tree as the JSON array kept in `docs.tree`:
+/// `[{"r": rev, "p": parent index, "d": true, "b": {"f": fields, "a": attachments}}, ...]`,
+/// with `p`, `d`, `b` and `a` left out when absent, false or empty. Written by hand so that the
+/// fields go in as the text they are kept as.
 pub(crate) fn encode_tree(tree: &RevTree<Arc<StoredBody>>, out: &mut Vec<u8>) {
+    use std::io::Write;
     out.clear();
-    let nodes: Vec<RevOut<'_>> = tree
-        .to_flat()
-        .map(|f| RevOut {
-            r: f.rev,
-            p: f.parent,
-            d: f.deleted,
-            b: f.body.map(|b| BodyOut {
-                f: &b.fields,
-                a: &b.atts,
-            }),
-        })
-        .collect();
-    // Serialising maps of JSON values into a Vec cannot fail.
-    serde_json::to_writer(out, &nodes).expect("JSON into memory");
+    out.push(b'[');
+    for (i, f) in tree.to_flat().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"r\":");
+        // Serialising revisions and attachment metadata into a Vec cannot fail.
+        serde_json::to_writer(&mut *out, &f.rev).expect("JSON into memory");
+        if let Some(p) = f.parent {
+            write!(out, ",\"p\":{p}").expect("into memory");
+        }
+        if f.deleted {
+            out.extend_from_slice(b",\"d\":true");
+        }
+        if let Some(b) = f.body {
+            out.extend_from_slice(b",\"b\":{\"f\":");
+            out.extend_from_slice(b.fields.json().as_bytes());
+            if !b.atts.is_empty() {
+                out.extend_from_slice(b",\"a\":");
+                serde_json::to_writer(&mut *out, &b.atts).expect("JSON into memory");
+            }
+            out.push(b'}');
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
 }
 
 #[derive(Deserialize)]
@@ -267,23 +264,27 @@ pub(crate) fn decode_shape(bytes: &[u8]) -> Result<RevTree<Arc<StoredBody>>, Str
 
 /// Decodes `docs.tree`.
 pub(crate) fn decode_tree(bytes: &[u8]) -> Result<RevTree<Arc<StoredBody>>, String> {
-    let nodes: Vec<RevIn> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    RevTree::from_flat(
-        nodes
-            .into_iter()
-            .map(|n| FlatRev {
-                rev: n.r,
-                parent: n.p,
-                deleted: n.d,
-                body: n.b.map(|b| {
-                    Arc::new(StoredBody {
-                        fields: b.f,
-                        atts: b.a,
-                    })
-                }),
-            })
-            .collect(),
-    )
+    let nodes: Vec<RevIn<'_>> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let mut flat = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let body = match n.b {
+            Some(b) if !b.f.get().starts_with('{') => {
+                return Err(format!("the fields of {} are not a JSON object", n.r));
+            }
+            Some(b) => Some(Arc::new(StoredBody {
+                fields: Fields::from_json(b.f.get()),
+                atts: b.a,
+            })),
+            None => None,
+        };
+        flat.push(FlatRev {
+            rev: n.r,
+            parent: n.p,
+            deleted: n.d,
+            body,
+        });
+    }
+    RevTree::from_flat(flat)
 }
 
 /// Version 1 to 2: the store serves from the file instead of loading it, so what loading
@@ -446,5 +447,65 @@ impl Fixed {
                 .max(1),
             uuid,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerpouch::store::Fields;
+    use serde_json::json;
+
+    #[test]
+    fn trees_are_written_as_before_and_read_back() {
+        let fields = json!({"text": "é \"q\"", "n": 1.5, "z": [null, {"b": 1, "a": 2}]});
+        let mut atts = BTreeMap::new();
+        atts.insert(
+            "a.txt".to_string(),
+            AttMeta {
+                content_type: "text/plain".into(),
+                digest: "md5-x".into(),
+                length: 3,
+                revpos: 2,
+            },
+        );
+        let body = Arc::new(StoredBody {
+            fields: Fields::from_doc(fields.as_object().unwrap()),
+            atts,
+        });
+        let flat = vec![
+            FlatRev {
+                rev: "1-a".parse().unwrap(),
+                parent: None,
+                deleted: false,
+                body: None,
+            },
+            FlatRev {
+                rev: "2-b".parse().unwrap(),
+                parent: Some(0),
+                deleted: true,
+                body: Some(body.clone()),
+            },
+        ];
+        let tree = RevTree::from_flat(flat).unwrap();
+        let mut out = Vec::new();
+        encode_tree(&tree, &mut out);
+        // The form the store wrote when bodies were serialised from parsed values.
+        let expected = concat!(
+            r#"[{"r":"1-a"},{"r":"2-b","p":0,"d":true,"b":{"f":"#,
+            r#"{"n":1.5,"text":"é \"q\"","z":[null,{"a":2,"b":1}]},"#,
+            r#""a":{"a.txt":{"content_type":"text/plain","digest":"md5-x","length":3,"revpos":2}}}}]"#
+        );
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), expected);
+        let back = decode_tree(&out).unwrap();
+        assert_eq!(back.bodies().next(), Some(&body));
+        assert_eq!(back.shape(), tree.shape());
+    }
+
+    #[test]
+    fn fields_that_are_not_an_object_are_a_damaged_tree() {
+        assert!(decode_tree(br#"[{"r":"1-a","b":{"f":[1]}}]"#).is_err());
+        assert!(decode_tree(br#"[{"r":"1-a","b":{"f":{"x":}}}]"#).is_err());
+        assert!(decode_tree(br#"[{"r":"1-a","b":{"f":{"x":1}}}]"#).is_ok());
     }
 }
