@@ -35,6 +35,21 @@ impl World {
         w
     }
 
+    /// `n` nodes on a hub that cannot filter its feed (pouchdb-server): every node reads
+    /// every row.
+    fn unfiltered(n: usize) -> World {
+        let now = epoch();
+        let mut w = World {
+            hub: MemoryHub::new().without_filters(),
+            nodes: (0..n as u64)
+                .map(|i| Hub::new(HubConfig::default(), 200 + i, now, WALL))
+                .collect(),
+            now,
+        };
+        w.settle();
+        w
+    }
+
     fn settle(&mut self) -> Vec<Vec<HubEvent>> {
         let mut refs: Vec<&mut Hub> = self.nodes.iter_mut().collect();
         self.hub.settle(self.now, &mut refs)
@@ -1193,14 +1208,7 @@ fn a_sharer_that_took_our_offer_is_busy_not_gone() {
     // A hub that cannot filter its feed (pouchdb-server) shows every node the deletions of
     // others' signals: a joiner sees the sharer take its offer, so a sharer slow to answer (a
     // crowd joining at once) is not mistaken for a gone one at the answer timeout.
-    let mut w = World::new(2);
-    w.hub = MemoryHub::new().without_filters();
-    // Followed again on the new hub (the old one's cursors are gone with it).
-    let mut fresh: Vec<Hub> = (0..2u64)
-        .map(|i| Hub::new(HubConfig::default(), 200 + i, w.now, WALL))
-        .collect();
-    std::mem::swap(&mut w.nodes, &mut fresh);
-    w.settle();
+    let mut w = World::unfiltered(2);
     let (share, peer) = offer(&mut w, json!(null));
     // The sharer takes the offer (and deletes it) but is too busy to answer for 20 s.
     let ev = w.settle();
@@ -1242,4 +1250,86 @@ fn a_sharer_that_took_our_offer_is_busy_not_gone() {
         "{ev:?}"
     );
     drop(crashed);
+}
+
+/// Runs `sharer`'s requests against the hub until it has none left; its events.
+fn drive_alone(hub: &mut MemoryHub, sharer: &mut Hub, now: std::time::Instant) -> Vec<HubEvent> {
+    while let Some(action) = sharer.poll_action() {
+        // Its feed is the test's to deliver (see the caller): a new one is not followed.
+        if let HubAction::Request { id, request } = action {
+            let result = hub.execute(request);
+            sharer.handle_response(now, id, result).unwrap();
+        }
+    }
+    std::iter::from_fn(|| sharer.poll_event()).collect()
+}
+
+#[test]
+fn a_crowd_opening_at_once_waits_for_a_sharer_that_reads_its_feed_late() {
+    // A hundred joiners offer at once on a hub that cannot filter, and the sharer reads its
+    // feed (everyone's signals) a few rows at a time: the last offers are read long after the
+    // answer timeout. Every joiner sees the sharer answer the ones before it, so none gives up.
+    const CROWD: usize = 100;
+    const ROWS_PER_TICK: usize = 1;
+    let tick = Duration::from_millis(100);
+    let mut w = World::unfiltered(1 + CROWD);
+    let share = share_named(&mut w, 0, "s");
+    let mut sharer = w.nodes.remove(0);
+    let since = Seq::from(w.hub.db().update_seq());
+    let feed = w.hub.follow(&since);
+    let now = w.now;
+    for joiner in &mut w.nodes {
+        let peer = joiner.open(now, &share, json!(null)).unwrap();
+        for data in [SignalData::Offer("OFFER".into()), cand(1)] {
+            joiner.send_signal(now, &share, &peer, data).unwrap();
+        }
+    }
+    w.settle();
+    let t0 = w.now;
+    let mut backlog = std::collections::VecDeque::new();
+    let mut answered = std::collections::BTreeSet::new();
+    let mut gave_up = Vec::new();
+    while answered.len() + gave_up.len() < CROWD && w.now - t0 < Duration::from_secs(300) {
+        w.now += tick;
+        let now = w.now;
+        sharer.handle_timeout(now);
+        backlog.extend(w.hub.poll_feed(feed));
+        let rows: Vec<ChangeRow> = backlog.drain(..backlog.len().min(ROWS_PER_TICK)).collect();
+        sharer.handle_feed(now, rows);
+        for e in drive_alone(&mut w.hub, &mut sharer, now) {
+            if let HubEvent::PeerRequested { share, peer, .. } = e {
+                sharer.accept(now, &share, &peer).unwrap();
+                let answer = SignalData::Answer("ANSWER".into());
+                sharer.send_signal(now, &share, &peer, answer).unwrap();
+            }
+        }
+        drive_alone(&mut w.hub, &mut sharer, now);
+        for joiner in &mut w.nodes {
+            joiner.handle_timeout(now);
+        }
+        for (i, events) in w.settle().into_iter().enumerate() {
+            for e in events {
+                match e {
+                    HubEvent::Signal {
+                        data: SignalData::Answer(_),
+                        ..
+                    } => {
+                        answered.insert(i);
+                    }
+                    HubEvent::NotAnswering { .. } => gave_up.push((i, w.now - t0)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(
+        gave_up.is_empty(),
+        "joiners gave up (joiner, after): {gave_up:?}"
+    );
+    assert_eq!(answered.len(), CROWD);
+    let took = w.now - t0;
+    assert!(
+        took > 2 * HubConfig::default().answer_timeout,
+        "the last answer came well past the answer timeout: {took:?}"
+    );
 }

@@ -174,6 +174,16 @@ impl Conn {
         doc
     }
 
+    /// Joiner: the sharer showed it is alive while our offer waits (it refreshed its share, or
+    /// signalled another peer): busy, not gone, so the answer timeout starts again from `now`.
+    /// A sharer that keeps working through a crowd keeps us waiting; one that stops (crashed)
+    /// is given up [`HubConfig::answer_timeout`] after its last sign of life.
+    pub fn sharer_alive(&mut self, now: Instant) {
+        if let JoinPhase::Offered(Some(t)) = &mut self.phase {
+            *t = now.max(*t);
+        }
+    }
+
     /// When a connection we opened gives up on the sharer, and whether that is for want of an
     /// approval (else of any answer).
     pub fn join_deadline(&self, config: &HubConfig) -> Option<(Instant, bool)> {

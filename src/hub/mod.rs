@@ -1092,11 +1092,28 @@ impl Hub {
                 if self.shares.contains(&info.id) {
                     return;
                 }
+                // A new revision (a refresh): its sharer lives.
+                self.sharer_alive(now, &info.id);
                 let wall = self.wall_ms(now);
                 self.directory.on_share(info, wall, &mut self.events);
             }
             Ok(HubDoc::Signal(sig)) => self.on_signal(now, sig),
             Ok(HubDoc::Other) => {}
+        }
+    }
+
+    /// The sharer of `share` showed signs of life: the answer timeouts of our offers to it
+    /// start again ([`Conn::sharer_alive`]).
+    fn sharer_alive(&mut self, now: Instant, share: &str) {
+        if !share.starts_with(SHARE_PREFIX) {
+            return;
+        }
+        let from = (share.to_string(), String::new());
+        for ((s, _), c) in self.conns.range_mut(from..) {
+            if s != share {
+                break;
+            }
+            c.sharer_alive(now);
         }
     }
 
@@ -1119,6 +1136,9 @@ impl Hub {
                 // To a share we are unsharing: consume it so it does not linger.
                 self.delete_doc(&sig.id, &sig.rev);
             }
+            // A feed that shows others' signals (a hub that cannot filter) shows a sharer
+            // answering the peers before us in a crowd: alive, if not yet at our offer.
+            self.sharer_alive(now, &sig.sender);
             self.diag.foreign_signals += 1;
             return;
         };
