@@ -29,8 +29,10 @@
 //!
 //! Wall-clock figures on a shared 2-core machine: compare within a run.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -61,6 +63,53 @@ const WRITES: usize = 20;
 const OWN_SHARES: usize = 50;
 /// Any step of the run that takes longer failed.
 const STEP_LIMIT: Duration = Duration::from_secs(180);
+
+/// The system allocator, counting the bytes it has lent and not got back: the live heap,
+/// what the process holds whatever the allocator keeps cached (which RSS also counts).
+struct Counting;
+
+static LIVE_HEAP: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed on to `System` unchanged; only the counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE_HEAP.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE_HEAP.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
+            LIVE_HEAP.fetch_add(new_size, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Heap bytes lent and not yet freed, in KiB.
+fn live_heap_kib() -> u64 {
+    (LIVE_HEAP.load(Ordering::Relaxed) / 1024) as u64
+}
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -141,6 +190,7 @@ fn contender_sharer(hub: &str) {
                     unsafe { libc::malloc_trim(0) };
                     say(
                         json!({"links": stats.links, "rss_kib": rss, "trimmed_rss_kib": rss_kib(),
+                               "heap_kib": live_heap_kib(),
                                "longpolls": stats.waiting_longpolls,
                                "subscriptions": stats.remote_subscriptions,
                                "replications": stats.replications}),
@@ -436,6 +486,7 @@ fn main() {
     };
     let idle = wait_links(&mut sharer, &stats, 0, "the single joiner to leave");
     let rss_before = idle["trimmed_rss_kib"].as_u64().unwrap();
+    let heap_before = idle["heap_kib"].as_u64().unwrap();
 
     // The join storm.
     let spawn_crowd = || -> Vec<Kid> {
@@ -520,6 +571,7 @@ fn main() {
     eprintln!("the sharer once the crowd left: {left}");
     let rss_after = left["rss_kib"].as_u64().unwrap();
     let trimmed_after = left["trimmed_rss_kib"].as_u64().unwrap();
+    let heap_after = left["heap_kib"].as_u64().unwrap();
     // A second storm (join, pull, killed): what the sharer keeps after it, against after the
     // first, tells memory it holds per storm (a leak) from what the allocator kept once.
     let mut kids = spawn_crowd();
@@ -542,6 +594,7 @@ fn main() {
         "the sharer to notice the second crowd left",
     );
     let trimmed_after2 = left2["trimmed_rss_kib"].as_u64().unwrap();
+    let heap_after2 = left2["heap_kib"].as_u64().unwrap();
     sharer.tell("quit");
     let _ = sharer.child.wait();
     let signals_left = count_signals(&url);
@@ -553,9 +606,13 @@ fn main() {
         "crowd of {crowd} in {PROCESSES} processes, opens spread over {window_s} s: all linked after {join_s:.1} s; sharer RSS {rss_before} KiB \
          idle, {rss_links} KiB with the idle links, {} KiB after serving them ({} KiB once the \
          allocator gave back what it keeps), {rss_after} KiB after they left ({trimmed_after} KiB), \
-         {trimmed_after2} KiB after a second storm",
+         {trimmed_after2} KiB after a second storm; live heap {heap_before} KiB idle, {} KiB \
+         with the links, {} KiB serving them, {heap_after} KiB after they left, {heap_after2} KiB \
+         after a second storm",
         served["rss_kib"],
-        served["trimmed_rss_kib"]
+        served["trimmed_rss_kib"],
+        with_links["heap_kib"],
+        served["heap_kib"],
     );
     println!("figure: crowd_single_pull_docs_per_s = {single:.0} docs/s");
     println!("figure: fanout_100_pull_docs_per_s = {fanout:.0} docs/s");
@@ -580,6 +637,14 @@ fn main() {
     println!(
         "figure: sharer_rss_second_storm_growth_ratio = {:.2} ratio",
         trimmed_after2 as f64 / trimmed_after as f64
+    );
+    println!(
+        "figure: sharer_heap_after_leave_ratio = {:.2} ratio",
+        heap_after as f64 / heap_before as f64
+    );
+    println!(
+        "figure: sharer_heap_second_storm_growth_ratio = {:.2} ratio",
+        heap_after2 as f64 / heap_after as f64
     );
     println!("figure: hub_signal_docs_left = {signals_left} docs");
     println!("figure: hub_list_10_shares_ms = {list_10:.1} ms");
