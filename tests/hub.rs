@@ -719,15 +719,19 @@ fn offer(w: &mut World, ask_info: Value) -> (String, String) {
 }
 
 #[test]
-fn a_sharer_that_never_answers_is_given_up_after_the_answer_timeout() {
+fn a_sharer_that_never_answers_is_given_up_once_its_share_is_stale() {
     let mut w = World::new(2);
     let (share, peer) = offer(&mut w, json!(null));
     // The sharer is gone (crashed with its share still listed): nobody answers.
     let crashed = w.nodes.remove(0);
     w.settle();
     let t0 = w.now;
-    let ev = w.advance(Duration::from_millis(4_999));
-    assert!(ev[0].is_empty(), "not before 5 s: {ev:?}");
+    // Its share was refreshed as the offer went out: a sharer that refreshes is given the
+    // time of a refresh interval and an answer timeout since (checked at each answer timeout).
+    let config = HubConfig::default();
+    let stale = config.refresh_interval + config.answer_timeout;
+    let ev = w.advance(stale - Duration::from_millis(1));
+    assert!(ev[0].is_empty(), "not before {stale:?}: {ev:?}");
     let ev = w.advance(Duration::from_millis(1));
     assert_eq!(
         ev[0],
@@ -737,7 +741,7 @@ fn a_sharer_that_never_answers_is_given_up_after_the_answer_timeout() {
             waited: Duration::from_secs(5)
         }]
     );
-    assert_eq!(w.now - t0, HubConfig::default().answer_timeout);
+    assert_eq!(w.now - t0, stale);
     // The connection is forgotten: no second report, and commands on it are refused.
     assert!(w.advance(Duration::from_secs(60))[0].is_empty());
     let now = w.now;
@@ -745,6 +749,32 @@ fn a_sharer_that_never_answers_is_given_up_after_the_answer_timeout() {
         w.nodes[0].send_signal(now, &share, &peer, cand(1)),
         Err(HubError::UnknownConnection { .. })
     ));
+    drop(crashed);
+}
+
+#[test]
+fn a_sharer_whose_share_went_stale_is_given_up_at_the_answer_timeout() {
+    let mut w = World::new(2);
+    let share = share_named(&mut w, 0, "s");
+    // The sharer crashed 16 s ago: its share is still listed (it expires after 30 s) but has
+    // missed its last refresh.
+    let crashed = w.nodes.remove(0);
+    w.advance(Duration::from_secs(16));
+    let now = w.now;
+    let peer = w.nodes[0].open(now, &share, json!(null)).unwrap();
+    w.nodes[0]
+        .send_signal(now, &share, &peer, SignalData::Offer("OFFER".into()))
+        .unwrap();
+    w.settle();
+    let t0 = w.now;
+    let ev = w.advance(HubConfig::default().answer_timeout);
+    assert!(
+        ev[0]
+            .iter()
+            .any(|e| matches!(e, HubEvent::NotAnswering { peer: p, .. } if *p == peer)),
+        "{ev:?}"
+    );
+    assert_eq!(w.now - t0, HubConfig::default().answer_timeout);
     drop(crashed);
 }
 
@@ -1234,7 +1264,8 @@ fn a_sharer_that_took_our_offer_is_busy_not_gone() {
     let ev = w.settle();
     assert_eq!(signals(&ev[1]), vec![SignalData::Answer("ANSWER".into())]);
 
-    // Nobody takes an offer to a gone sharer: the answer timeout still ends that wait.
+    // Nobody takes an offer to a gone sharer: once its share is stale (no refresh for a
+    // refresh interval and an answer timeout), the answer timeout ends that wait.
     let crashed = w.nodes.remove(0);
     let now = w.now;
     let second = w.nodes[0].open(now, &share, json!(null)).unwrap();
@@ -1242,7 +1273,7 @@ fn a_sharer_that_took_our_offer_is_busy_not_gone() {
         .send_signal(now, &share, &second, SignalData::Offer("OFFER".into()))
         .unwrap();
     w.settle();
-    let ev = w.advance(Duration::from_secs(6));
+    let ev = w.advance(Duration::from_secs(16));
     assert!(
         ev[0]
             .iter()
@@ -1252,74 +1283,70 @@ fn a_sharer_that_took_our_offer_is_busy_not_gone() {
     drop(crashed);
 }
 
-/// Runs `sharer`'s requests against the hub until it has none left; its events.
-fn drive_alone(hub: &mut MemoryHub, sharer: &mut Hub, now: std::time::Instant) -> Vec<HubEvent> {
-    while let Some(action) = sharer.poll_action() {
+/// Runs `node`'s requests against the hub until it has none left; its events.
+fn drive_alone(hub: &mut MemoryHub, node: &mut Hub, now: std::time::Instant) -> Vec<HubEvent> {
+    while let Some(action) = node.poll_action() {
         // Its feed is the test's to deliver (see the caller): a new one is not followed.
         if let HubAction::Request { id, request } = action {
             let result = hub.execute(request);
-            sharer.handle_response(now, id, result).unwrap();
+            node.handle_response(now, id, result).unwrap();
         }
     }
-    std::iter::from_fn(|| sharer.poll_event()).collect()
+    std::iter::from_fn(|| node.poll_event()).collect()
 }
 
 #[test]
-fn a_crowd_opening_at_once_waits_for_a_sharer_that_reads_its_feed_late() {
-    // A hundred joiners offer at once on a hub that cannot filter, and the sharer reads its
-    // feed (everyone's signals) a few rows at a time: the last offers are read long after the
-    // answer timeout. Every joiner sees the sharer answer the ones before it, so none gives up.
+fn a_crowd_opening_at_once_on_a_lagging_hub_waits_its_turn() {
+    // A hundred joiners offer at once on a hub that cannot filter, and the hub lags under the
+    // crowd: every node's feed (everyone's signals) reaches it a few rows at a time, so the
+    // sharer reads the last offers, and the joiners read its answers, long after the answer
+    // timeout. None gives up: each reads the sharer answering the ones before it, and the
+    // crowd's offers it has to read first.
     const CROWD: usize = 100;
-    const ROWS_PER_TICK: usize = 1;
+    const ROWS_PER_TICK: usize = 3;
     let tick = Duration::from_millis(100);
     let mut w = World::unfiltered(1 + CROWD);
     let share = share_named(&mut w, 0, "s");
-    let mut sharer = w.nodes.remove(0);
     let since = Seq::from(w.hub.db().update_seq());
-    let feed = w.hub.follow(&since);
+    let feeds: Vec<usize> = (0..=CROWD).map(|_| w.hub.follow(&since)).collect();
+    let mut backlogs = vec![std::collections::VecDeque::new(); 1 + CROWD];
     let now = w.now;
-    for joiner in &mut w.nodes {
+    for joiner in &mut w.nodes[1..] {
         let peer = joiner.open(now, &share, json!(null)).unwrap();
         for data in [SignalData::Offer("OFFER".into()), cand(1)] {
             joiner.send_signal(now, &share, &peer, data).unwrap();
         }
     }
-    w.settle();
     let t0 = w.now;
-    let mut backlog = std::collections::VecDeque::new();
     let mut answered = std::collections::BTreeSet::new();
     let mut gave_up = Vec::new();
     while answered.len() + gave_up.len() < CROWD && w.now - t0 < Duration::from_secs(300) {
         w.now += tick;
         let now = w.now;
-        sharer.handle_timeout(now);
-        backlog.extend(w.hub.poll_feed(feed));
-        let rows: Vec<ChangeRow> = backlog.drain(..backlog.len().min(ROWS_PER_TICK)).collect();
-        sharer.handle_feed(now, rows);
-        for e in drive_alone(&mut w.hub, &mut sharer, now) {
-            if let HubEvent::PeerRequested { share, peer, .. } = e {
-                sharer.accept(now, &share, &peer).unwrap();
-                let answer = SignalData::Answer("ANSWER".into());
-                sharer.send_signal(now, &share, &peer, answer).unwrap();
-            }
-        }
-        drive_alone(&mut w.hub, &mut sharer, now);
-        for joiner in &mut w.nodes {
-            joiner.handle_timeout(now);
-        }
-        for (i, events) in w.settle().into_iter().enumerate() {
-            for e in events {
+        for (i, node) in w.nodes.iter_mut().enumerate() {
+            node.handle_timeout(now);
+            let backlog = &mut backlogs[i];
+            backlog.extend(w.hub.poll_feed(feeds[i]));
+            let rows: Vec<ChangeRow> = backlog.drain(..backlog.len().min(ROWS_PER_TICK)).collect();
+            node.handle_feed(now, rows);
+            for e in drive_alone(&mut w.hub, node, now) {
                 match e {
+                    HubEvent::PeerRequested { share, peer, .. } => {
+                        node.accept(now, &share, &peer).unwrap();
+                        let answer = SignalData::Answer("ANSWER".into());
+                        node.send_signal(now, &share, &peer, answer).unwrap();
+                    }
                     HubEvent::Signal {
                         data: SignalData::Answer(_),
                         ..
                     } => {
                         answered.insert(i);
                     }
-                    HubEvent::NotAnswering { .. } => gave_up.push((i, w.now - t0)),
+                    HubEvent::NotAnswering { .. } => gave_up.push((i, now - t0)),
                     _ => {}
                 }
             }
+            drive_alone(&mut w.hub, node, now);
         }
     }
     assert!(
