@@ -10,8 +10,10 @@
 //!
 //! - `crowd_single_pull_docs_per_s`: one joiner alone pulls the share (the baseline, as
 //!   `p2p_docs_per_s` of `side_by_side` but through the pouchdb-server hub and `PeerNode`s);
-//! - the join storm: the whole crowd opens the share at once; `sharer_rss_per_link_kib` is the
-//!   sharer's resident memory with the crowd's idle links, less before, per link;
+//! - the join storm: the whole crowd opens the share (spread over the join window; every open
+//!   must succeed, or the run fails), `crowd_all_linked_s` after the first until the last is
+//!   linked; `sharer_rss_per_link_kib` is the sharer's resident memory with the crowd's idle
+//!   links, less before, per link;
 //! - `fanout_100_pull_docs_per_s`: the crowd pulls the share at once (documents written by all
 //!   of them, over the time from the first start to the last end), and its ratio to the
 //!   baseline (`fanout_vs_single_pull_ratio`; 1.0 would mean a crowd costs nothing extra);
@@ -22,7 +24,10 @@
 //!   before the storm, both once the allocator gave back the free pages it keeps:
 //!   `malloc_trim`, so the ratio shows memory held, not glibc's caching); then a second storm
 //!   (join, pull, killed) and `sharer_rss_second_storm_growth_ratio`, resident memory after it
-//!   over after the first: memory kept per storm, then the signal documents left on the hub (`hub_signal_docs_left`);
+//!   over after the first: memory kept per storm; the same two for the live heap (bytes
+//!   allocated and not freed, counted by this binary's allocator: `sharer_heap_after_leave_ratio`,
+//!   `sharer_heap_second_storm_growth_ratio`), what the sharer itself holds, where RSS adds the
+//!   allocator's fragmented pages; then the signal documents left on the hub (`hub_signal_docs_left`);
 //! - `hub_list_1000_shares_ms`: a node with 50 shares of its own lists a hub holding 1 000
 //!   shares of others (and `hub_list_10_shares_ms` on one holding 10, in the same run), then
 //!   another node opens one of its shares and reads from it.
@@ -620,6 +625,7 @@ fn main() {
         "figure: fanout_vs_single_pull_ratio = {:.2} ratio",
         fanout / single
     );
+    println!("figure: crowd_all_linked_s = {join_s:.1} s");
     println!("figure: sharer_rss_per_link_kib = {per_link_kib:.0} KiB");
     println!(
         "figure: fanout_write_to_all_p50_ms = {:.1} ms",
