@@ -313,6 +313,24 @@ enum StoreFor {
     Replication(ReplicationId, RequestId),
 }
 
+/// Entries a [`Node`] keeps per link, peer or request ([`Node::footprint`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Footprint {
+    /// Links, closed ones not yet dropped included.
+    pub links: usize,
+    /// Datagram routes (ICE ufrags, address pairs) to links.
+    pub routes: usize,
+    /// Signalling connections the hub machine keeps (peers of our shares, shares we open).
+    pub connections: usize,
+    /// Peers of `ask` shares whose offer has not arrived.
+    pub awaiting_offer: usize,
+    /// Store requests queued or awaiting their result.
+    pub store_requests: usize,
+    /// Datagrams and events not yet polled.
+    pub queued: usize,
+}
+
 /// The composite machine. See the [module docs](self).
 pub struct Node {
     config: NodeConfig,
@@ -921,6 +939,19 @@ impl Node {
             l.pinned = pinned;
         }
         Ok(())
+    }
+
+    /// What the node keeps per link, peer and request in flight: all zero on a node with no
+    /// link, replication or request left, however many peers came and went before.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            links: self.links.len(),
+            routes: self.router.stats().routes as usize,
+            connections: self.hub.connection_count(),
+            awaiting_offer: self.awaiting_offer.len(),
+            store_requests: self.store_out.len() + self.store_for.len(),
+            queued: self.transmits.len() + self.events.len(),
+        }
     }
 
     /// Links kept now, to our shares and to others' (connecting or open, and peers waiting

@@ -441,6 +441,11 @@ impl Hub {
         self.instance
     }
 
+    /// Signalling connections kept (peers of our shares, shares we open), for diagnostics.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
     /// Whether the machine follows the hub (after [`HubEvent::Ready`]).
     pub fn is_ready(&self) -> bool {
         self.ready
