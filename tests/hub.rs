@@ -710,12 +710,18 @@ fn extreme_times_in_hub_documents_neither_panic_nor_wrap() {
 /// A joiner's offer on the hub, the sharer's request seen: (share, peer).
 fn offer(w: &mut World, ask_info: Value) -> (String, String) {
     let share = share_named(w, 0, "s");
-    let now = w.now;
-    let peer = w.nodes[1].open(now, &share, ask_info).unwrap();
-    w.nodes[1]
-        .send_signal(now, &share, &peer, SignalData::Offer("OFFER".into()))
-        .unwrap();
+    let peer = open_with_offer(w, 1, &share, ask_info);
     (share, peer)
+}
+
+/// Node `joiner` opens `share` and sends its offer (not yet on the hub); its peer id.
+fn open_with_offer(w: &mut World, joiner: usize, share: &str, info: Value) -> String {
+    let now = w.now;
+    let peer = w.nodes[joiner].open(now, share, info).unwrap();
+    w.nodes[joiner]
+        .send_signal(now, share, &peer, SignalData::Offer("OFFER".into()))
+        .unwrap();
+    peer
 }
 
 #[test]
@@ -753,6 +759,45 @@ fn a_sharer_that_never_answers_is_given_up_once_its_share_is_stale() {
 }
 
 #[test]
+fn a_hub_slow_to_show_the_share_gives_its_sharer_that_much_longer() {
+    let mut w = World::new(2);
+    let (share, peer) = offer(&mut w, json!(null));
+    // The sharer crashed as the offer went out, just after refreshing its share.
+    let crashed = w.nodes.remove(0);
+    w.settle();
+    w.now += HubConfig::default().answer_timeout;
+    let now = w.now;
+    w.nodes[0].handle_timeout(now);
+    let (id, request) = std::iter::from_fn(|| w.nodes[0].poll_action())
+        .find_map(|a| match a {
+            HubAction::Request { id, request } => Some((id, request)),
+            _ => None,
+        })
+        .expect("the joiner reads the share");
+    assert!(
+        matches!(&request, Request::Get(g) if g.id == share),
+        "{request:?}"
+    );
+    // The hub, lagging under a crowd, answers 12 s later: the refresh it shows is 17 s old,
+    // but a hub that slow would have taken a newer refresh as late.
+    w.now += Duration::from_secs(12);
+    let now = w.now;
+    let result = w.hub.execute(request);
+    w.nodes[0].handle_response(now, id, result).unwrap();
+    let waiting: Vec<HubEvent> = std::iter::from_fn(|| w.nodes[0].poll_event()).collect();
+    assert!(waiting.is_empty(), "{waiting:?}");
+    // Answered at once, the next check gives the stale share up.
+    let ev = w.advance(HubConfig::default().answer_timeout);
+    assert!(
+        ev[0]
+            .iter()
+            .any(|e| matches!(e, HubEvent::NotAnswering { peer: p, .. } if *p == peer)),
+        "{ev:?}"
+    );
+    drop(crashed);
+}
+
+#[test]
 fn a_sharer_whose_share_went_stale_is_given_up_at_the_answer_timeout() {
     let mut w = World::new(2);
     let share = share_named(&mut w, 0, "s");
@@ -760,11 +805,7 @@ fn a_sharer_whose_share_went_stale_is_given_up_at_the_answer_timeout() {
     // missed its last refresh.
     let crashed = w.nodes.remove(0);
     w.advance(Duration::from_secs(16));
-    let now = w.now;
-    let peer = w.nodes[0].open(now, &share, json!(null)).unwrap();
-    w.nodes[0]
-        .send_signal(now, &share, &peer, SignalData::Offer("OFFER".into()))
-        .unwrap();
+    let peer = open_with_offer(&mut w, 0, &share, json!(null));
     w.settle();
     let t0 = w.now;
     let ev = w.advance(HubConfig::default().answer_timeout);
@@ -1267,11 +1308,7 @@ fn a_sharer_that_took_our_offer_is_busy_not_gone() {
     // Nobody takes an offer to a gone sharer: once its share is stale (no refresh for a
     // refresh interval and an answer timeout), the answer timeout ends that wait.
     let crashed = w.nodes.remove(0);
-    let now = w.now;
-    let second = w.nodes[0].open(now, &share, json!(null)).unwrap();
-    w.nodes[0]
-        .send_signal(now, &share, &second, SignalData::Offer("OFFER".into()))
-        .unwrap();
+    let second = open_with_offer(&mut w, 0, &share, json!(null));
     w.settle();
     let ev = w.advance(Duration::from_secs(16));
     assert!(

@@ -328,8 +328,8 @@ enum Purpose {
     Info,
     PutShare(String),
     GetShareRev(String),
-    /// Whether the sharer of this share, slow to answer us, still refreshes it.
-    CheckSharer(String),
+    /// Whether the sharer of this share, slow to answer us, still refreshes it (asked then).
+    CheckSharer(String, Instant),
     DeleteShare(String),
     WriteSignals,
     DeleteDocs,
@@ -808,23 +808,23 @@ impl Hub {
         }
         for share in checks {
             let request = Request::Get(GetRequest::new(share.clone()));
-            self.send(Purpose::CheckSharer(share), request, 0);
+            self.send(Purpose::CheckSharer(share, now), request, 0);
         }
     }
 
-    /// The hub's copy of `share` (`None`: gone) for the joiners checking on its sharer: a
-    /// share refreshed within a refresh interval and an answer timeout (by its `expires_at`
-    /// and our own [`HubConfig::share_ttl`]) has a live sharer, busy with others (a crowd
-    /// joining at once, a hub lagging under it), so they wait one more answer timeout; the
-    /// others give up. A sharer that crashed is so given up at most that long after its last
-    /// refresh.
-    fn on_sharer_checked(&mut self, now: Instant, share: &str, doc: Option<&Doc>) {
+    /// The hub's copy of `share` (`None`: gone) and how long the hub took to give it, for the
+    /// joiners checking on its sharer: a share refreshed within a refresh interval and an
+    /// answer timeout (by its `expires_at` and our own [`HubConfig::share_ttl`]), plus that
+    /// delay (a hub slow to answer us is as slow to take the sharer's refresh), has a live
+    /// sharer, busy with others (a crowd joining at once, a hub lagging under it), so they wait
+    /// one more answer timeout; the others give up. A sharer that crashed is so given up at
+    /// most that long after its last refresh.
+    fn on_sharer_checked(&mut self, now: Instant, share: &str, doc: Option<(&Doc, Duration)>) {
         let wall = self.wall_ms(now);
-        let window = self.config.refresh_interval + self.config.answer_timeout;
         let fresh = doc
-            .and_then(|d| d.get("expires_at"))
-            .and_then(Value::as_u64)
-            .is_some_and(|expires| {
+            .and_then(|(d, lag)| Some((d.get("expires_at")?.as_u64()?, lag)))
+            .is_some_and(|(expires, lag)| {
+                let window = self.config.refresh_interval + self.config.answer_timeout + lag;
                 let refreshed = expires.saturating_sub(self.config.share_ttl.as_millis() as u64);
                 refreshed + window.as_millis() as u64 > wall
             });
@@ -981,9 +981,9 @@ impl Hub {
             Purpose::GetShareRev(id) => resp
                 .into_doc_body()
                 .map(|d| self.shares.on_rev(&id, &d.doc)),
-            Purpose::CheckSharer(share) => resp
+            Purpose::CheckSharer(share, asked) => resp
                 .into_doc_body()
-                .map(|d| self.on_sharer_checked(now, &share, Some(&d.doc))),
+                .map(|d| self.on_sharer_checked(now, &share, Some((&d.doc, now - asked)))),
             Purpose::DeleteShare(id) => resp.into_bulk_docs().map(|r| {
                 let result = r.results.into_iter().next().map(|d| d.result);
                 if let Some((purpose, request)) =
@@ -1073,7 +1073,7 @@ impl Hub {
             }
             Purpose::PutShare(id) => self.shares.write_failed(&id, error, &mut self.events),
             Purpose::GetShareRev(id) => self.shares.rev_failed(&id, error, &mut self.events),
-            Purpose::CheckSharer(share) => {
+            Purpose::CheckSharer(share, _) => {
                 tracing::debug!(%share, %error, "the share could not be read: giving up on its sharer");
                 self.on_sharer_checked(now, &share, None);
             }
