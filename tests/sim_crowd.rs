@@ -316,15 +316,21 @@ fn a_large_download_on_one_link_does_not_hold_up_small_calls_on_another() {
     );
 }
 
+/// A sharer (node 0) and `joiners` nodes, quiet in the trace.
+fn crowd(seed: u64, joiners: usize) -> NodeSim {
+    let mut s = NodeSim::new(seed, NetConfig::default());
+    s.trace_calls = false;
+    s.add_node("sharer");
+    for i in 1..=joiners {
+        s.add_node(&format!("j{i}"));
+    }
+    s
+}
+
 #[test]
 fn a_hundred_peers_asking_at_once_all_wait_their_turn_and_get_in() {
     const CROWD: usize = 100;
-    let mut s = NodeSim::new(35, NetConfig::default());
-    s.trace_calls = false;
-    s.add_node("sharer");
-    for i in 1..=CROWD {
-        s.add_node(&format!("j{i}"));
-    }
+    let mut s = crowd(35, CROWD);
     let share = share(
         &mut s,
         ShareAccess {
@@ -386,12 +392,7 @@ fn a_sharer_keeps_nothing_of_a_crowd_that_left() {
     // Two storms of peers that link, then vanish (kill -9): once the sharer has noticed, it
     // keeps no entry for any of them (links, routes, signalling connections, requests).
     const CROWD: usize = 20;
-    let mut s = NodeSim::new(36, NetConfig::default());
-    s.trace_calls = false;
-    s.add_node("sharer");
-    for i in 1..=CROWD {
-        s.add_node(&format!("j{i}"));
-    }
+    let mut s = crowd(36, CROWD);
     let share = share(&mut s, ShareAccess::default());
     let idle = s.nodes[0].node.as_ref().unwrap().footprint();
     assert_eq!(idle, Footprint::default(), "an idle sharer");

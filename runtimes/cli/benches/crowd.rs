@@ -34,10 +34,8 @@
 //!
 //! Wall-clock figures on a shared 2-core machine: compare within a run.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,51 +67,12 @@ const OWN_SHARES: usize = 50;
 /// Any step of the run that takes longer failed.
 const STEP_LIMIT: Duration = Duration::from_secs(180);
 
-/// The system allocator, counting the bytes it has lent and not got back: the live heap,
-/// what the process holds whatever the allocator keeps cached (which RSS also counts).
-struct Counting;
-
-static LIVE_HEAP: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is passed on to `System` unchanged; only the counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE_HEAP.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE_HEAP.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
-            LIVE_HEAP.fetch_add(new_size, Ordering::Relaxed);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "../../../benches/common/counting_alloc.rs"]
+mod counting_alloc;
 
 /// Heap bytes lent and not yet freed, in KiB.
 fn live_heap_kib() -> u64 {
-    (LIVE_HEAP.load(Ordering::Relaxed) / 1024) as u64
+    (counting_alloc::live_heap_bytes().max(0) / 1024) as u64
 }
 
 fn now_ns() -> u64 {
