@@ -724,13 +724,20 @@ fn open_with_offer(w: &mut World, joiner: usize, share: &str, info: Value) -> St
     peer
 }
 
-#[test]
-fn a_sharer_that_never_answers_is_given_up_once_its_share_is_stale() {
+/// A joiner's offer on the hub to a sharer that crashed as the offer went out (its share still
+/// listed, just refreshed): the world (the joiner now node 0), share,
+/// peer, and the crashed machine.
+fn offer_to_a_crashed_sharer() -> (World, String, String, Hub) {
     let mut w = World::new(2);
     let (share, peer) = offer(&mut w, json!(null));
-    // The sharer is gone (crashed with its share still listed): nobody answers.
     let crashed = w.nodes.remove(0);
     w.settle();
+    (w, share, peer, crashed)
+}
+
+#[test]
+fn a_sharer_that_never_answers_is_given_up_once_its_share_is_stale() {
+    let (mut w, share, peer, crashed) = offer_to_a_crashed_sharer();
     let t0 = w.now;
     // Its share was refreshed as the offer went out: a sharer that refreshes is given the
     // time of a refresh interval and an answer timeout since (checked at each answer timeout).
@@ -760,11 +767,7 @@ fn a_sharer_that_never_answers_is_given_up_once_its_share_is_stale() {
 
 #[test]
 fn a_hub_slow_to_show_the_share_gives_its_sharer_that_much_longer() {
-    let mut w = World::new(2);
-    let (share, peer) = offer(&mut w, json!(null));
-    // The sharer crashed as the offer went out, just after refreshing its share.
-    let crashed = w.nodes.remove(0);
-    w.settle();
+    let (mut w, share, peer, crashed) = offer_to_a_crashed_sharer();
     w.now += HubConfig::default().answer_timeout;
     let now = w.now;
     w.nodes[0].handle_timeout(now);
