@@ -9,6 +9,11 @@
 //! (O(links)). Each figure is the median of a few runs, and every routed datagram is checked to
 //! reach its own link, so a broken router cannot post a fast number.
 //!
+//! The other half of a crowd's cost is the hub: `hub_docs_read_per_foreign_connection` is the
+//! feed rows a bystander node (a share of its own, watching the directory) reads from an
+//! in-memory hub while two other nodes connect (offer, candidates, answer, all consumed), on a
+//! hub that filters feeds (goal 0) and, as the baseline, on one that cannot (pouchdb-server).
+//!
 //! The headline lines start with `figure:`; the rest is context.
 
 // Benchmarks measure wall time by design; the core's ban on `Instant::now` is for `src/`.
@@ -19,7 +24,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use peerpouch::hub::{IceCandidate, SignalData};
+use peerpouch::hub::{Hub, HubConfig, HubEvent, IceCandidate, MemoryHub, ShareOptions, SignalData};
 use peerpouch::route::Router;
 use peerpouch::session::{Session, SessionConfig, SessionRole};
 
@@ -82,6 +87,62 @@ fn measure(links: usize, mut route: impl FnMut(SocketAddr, &[u8]) -> Option<u64>
     per[RUNS / 2]
 }
 
+fn candidate(port: u16) -> SignalData {
+    SignalData::Candidate(Some(IceCandidate {
+        candidate: format!("candidate:1 1 udp 2113937151 127.0.0.1 {port} typ host"),
+        sdp_mid: Some("0".into()),
+        sdp_m_line_index: Some(0),
+        username_fragment: None,
+    }))
+}
+
+/// Feed rows a bystander reads from `hub` for one connection between two other nodes.
+fn bystander_reads(mut hub: MemoryHub, now: Instant) -> u64 {
+    const WALL_MS: u64 = 1_800_000_000_000;
+    // 0 shares, 1 opens it, 2 stands by with a share of its own and a watch on the directory.
+    let mut nodes: Vec<Hub> = (0..3)
+        .map(|i| Hub::new(HubConfig::default(), 100 + i, now, WALL_MS))
+        .collect();
+    let settle = |hub: &mut MemoryHub, nodes: &mut [Hub]| {
+        let mut refs: Vec<&mut Hub> = nodes.iter_mut().collect();
+        hub.settle(now, &mut refs)
+    };
+    settle(&mut hub, &mut nodes);
+    let share = nodes[0].share(now, ShareOptions::default());
+    nodes[2].share(now, ShareOptions::default());
+    nodes[2].watch(now, true);
+    settle(&mut hub, &mut nodes);
+    let before = hub.rows_read(&nodes[2]);
+    let peer = nodes[1]
+        .open(now, &share, serde_json::json!({}))
+        .expect("open the share");
+    for data in [SignalData::Offer("OFFER".into()), candidate(5001)] {
+        nodes[1]
+            .send_signal(now, &share, &peer, data)
+            .expect("a joiner's signal");
+    }
+    settle(&mut hub, &mut nodes);
+    nodes[0].accept(now, &share, &peer).expect("accept");
+    for data in [SignalData::Answer("ANSWER".into()), candidate(5002)] {
+        nodes[0]
+            .send_signal(now, &share, &peer, data)
+            .expect("a sharer's signal");
+    }
+    let events = settle(&mut hub, &mut nodes);
+    let answered = events[1].iter().any(|e| {
+        matches!(
+            e,
+            HubEvent::Signal {
+                data: SignalData::Answer(_),
+                ..
+            }
+        )
+    });
+    assert!(answered, "the joiner got its answer: {events:?}");
+    settle(&mut hub, &mut nodes);
+    hub.rows_read(&nodes[2]) - before
+}
+
 fn main() {
     let now = Instant::now();
     let local: SocketAddr = "10.1.255.1:4000".parse().expect("address");
@@ -122,4 +183,11 @@ fn main() {
         hundred / one,
         scan / one
     );
+    let filtered = bystander_reads(MemoryHub::new(), now);
+    let unfiltered = bystander_reads(MemoryHub::new().without_filters(), now);
+    println!(
+        "  a bystander reads {filtered} feed rows for a connection of others on a filtering hub, \
+         {unfiltered} on one that cannot filter"
+    );
+    println!("figure: hub_docs_read_per_foreign_connection = {filtered} docs");
 }

@@ -35,6 +35,21 @@ impl World {
         w
     }
 
+    /// `n` nodes on a hub that cannot filter its feed (pouchdb-server): every node reads
+    /// every row.
+    fn unfiltered(n: usize) -> World {
+        let now = epoch();
+        let mut w = World {
+            hub: MemoryHub::new().without_filters(),
+            nodes: (0..n as u64)
+                .map(|i| Hub::new(HubConfig::default(), 200 + i, now, WALL))
+                .collect(),
+            now,
+        };
+        w.settle();
+        w
+    }
+
     fn settle(&mut self) -> Vec<Vec<HubEvent>> {
         let mut refs: Vec<&mut Hub> = self.nodes.iter_mut().collect();
         self.hub.settle(self.now, &mut refs)
@@ -695,24 +710,52 @@ fn extreme_times_in_hub_documents_neither_panic_nor_wrap() {
 /// A joiner's offer on the hub, the sharer's request seen: (share, peer).
 fn offer(w: &mut World, ask_info: Value) -> (String, String) {
     let share = share_named(w, 0, "s");
-    let now = w.now;
-    let peer = w.nodes[1].open(now, &share, ask_info).unwrap();
-    w.nodes[1]
-        .send_signal(now, &share, &peer, SignalData::Offer("OFFER".into()))
-        .unwrap();
+    let peer = open_with_offer(w, 1, &share, ask_info);
     (share, peer)
 }
 
-#[test]
-fn a_sharer_that_never_answers_is_given_up_after_the_answer_timeout() {
+/// Node `joiner` opens `share` and sends its offer (not yet on the hub); its peer id.
+fn open_with_offer(w: &mut World, joiner: usize, share: &str, info: Value) -> String {
+    let now = w.now;
+    let peer = w.nodes[joiner].open(now, share, info).unwrap();
+    w.nodes[joiner]
+        .send_signal(now, share, &peer, SignalData::Offer("OFFER".into()))
+        .unwrap();
+    peer
+}
+
+/// A joiner's offer on the hub to a sharer that crashed as the offer went out (its share still
+/// listed, just refreshed): the world (the joiner now node 0), share,
+/// peer, and the crashed machine.
+fn offer_to_a_crashed_sharer() -> (World, String, String, Hub) {
     let mut w = World::new(2);
     let (share, peer) = offer(&mut w, json!(null));
-    // The sharer is gone (crashed with its share still listed): nobody answers.
     let crashed = w.nodes.remove(0);
     w.settle();
+    (w, share, peer, crashed)
+}
+
+/// Node 0 gives up on the sharer of `peer`'s connection within an answer timeout from now.
+fn gives_up_within_the_answer_timeout(w: &mut World, peer: &str) {
+    let ev = w.advance(HubConfig::default().answer_timeout);
+    assert!(
+        ev[0]
+            .iter()
+            .any(|e| matches!(e, HubEvent::NotAnswering { peer: p, .. } if p == peer)),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_sharer_that_never_answers_is_given_up_once_its_share_is_stale() {
+    let (mut w, share, peer, crashed) = offer_to_a_crashed_sharer();
     let t0 = w.now;
-    let ev = w.advance(Duration::from_millis(4_999));
-    assert!(ev[0].is_empty(), "not before 5 s: {ev:?}");
+    // Its share was refreshed as the offer went out: a sharer that refreshes is given the
+    // time of a refresh interval and an answer timeout since (checked at each answer timeout).
+    let config = HubConfig::default();
+    let stale = config.refresh_interval + config.answer_timeout;
+    let ev = w.advance(stale - Duration::from_millis(1));
+    assert!(ev[0].is_empty(), "not before {stale:?}: {ev:?}");
     let ev = w.advance(Duration::from_millis(1));
     assert_eq!(
         ev[0],
@@ -722,7 +765,7 @@ fn a_sharer_that_never_answers_is_given_up_after_the_answer_timeout() {
             waited: Duration::from_secs(5)
         }]
     );
-    assert_eq!(w.now - t0, HubConfig::default().answer_timeout);
+    assert_eq!(w.now - t0, stale);
     // The connection is forgotten: no second report, and commands on it are refused.
     assert!(w.advance(Duration::from_secs(60))[0].is_empty());
     let now = w.now;
@@ -730,6 +773,49 @@ fn a_sharer_that_never_answers_is_given_up_after_the_answer_timeout() {
         w.nodes[0].send_signal(now, &share, &peer, cand(1)),
         Err(HubError::UnknownConnection { .. })
     ));
+    drop(crashed);
+}
+
+#[test]
+fn a_hub_slow_to_show_the_share_gives_its_sharer_that_much_longer() {
+    let (mut w, share, peer, crashed) = offer_to_a_crashed_sharer();
+    w.now += HubConfig::default().answer_timeout;
+    let now = w.now;
+    w.nodes[0].handle_timeout(now);
+    let (id, request) = std::iter::from_fn(|| w.nodes[0].poll_action())
+        .find_map(|a| match a {
+            HubAction::Request { id, request } => Some((id, request)),
+            _ => None,
+        })
+        .expect("the joiner reads the share");
+    assert!(
+        matches!(&request, Request::Get(g) if g.id == share),
+        "{request:?}"
+    );
+    // The hub, lagging under a crowd, answers 12 s later: the refresh it shows is 17 s old,
+    // but a hub that slow would have taken a newer refresh as late.
+    w.now += Duration::from_secs(12);
+    let now = w.now;
+    let result = w.hub.execute(request);
+    w.nodes[0].handle_response(now, id, result).unwrap();
+    let waiting: Vec<HubEvent> = std::iter::from_fn(|| w.nodes[0].poll_event()).collect();
+    assert!(waiting.is_empty(), "{waiting:?}");
+    // Answered at once, the next check gives the stale share up.
+    gives_up_within_the_answer_timeout(&mut w, &peer);
+    drop(crashed);
+}
+
+#[test]
+fn a_sharer_whose_share_went_stale_is_given_up_at_the_answer_timeout() {
+    let mut w = World::new(2);
+    let share = share_named(&mut w, 0, "s");
+    // The sharer crashed 16 s ago: its share is still listed (it expires after 30 s) but has
+    // missed its last refresh.
+    let crashed = w.nodes.remove(0);
+    w.advance(Duration::from_secs(16));
+    let peer = open_with_offer(&mut w, 0, &share, json!(null));
+    w.settle();
+    gives_up_within_the_answer_timeout(&mut w, &peer);
     drop(crashed);
 }
 
@@ -1193,14 +1279,7 @@ fn a_sharer_that_took_our_offer_is_busy_not_gone() {
     // A hub that cannot filter its feed (pouchdb-server) shows every node the deletions of
     // others' signals: a joiner sees the sharer take its offer, so a sharer slow to answer (a
     // crowd joining at once) is not mistaken for a gone one at the answer timeout.
-    let mut w = World::new(2);
-    w.hub = MemoryHub::new().without_filters();
-    // Followed again on the new hub (the old one's cursors are gone with it).
-    let mut fresh: Vec<Hub> = (0..2u64)
-        .map(|i| Hub::new(HubConfig::default(), 200 + i, w.now, WALL))
-        .collect();
-    std::mem::swap(&mut w.nodes, &mut fresh);
-    w.settle();
+    let mut w = World::unfiltered(2);
     let (share, peer) = offer(&mut w, json!(null));
     // The sharer takes the offer (and deletes it) but is too busy to answer for 20 s.
     let ev = w.settle();
@@ -1226,15 +1305,12 @@ fn a_sharer_that_took_our_offer_is_busy_not_gone() {
     let ev = w.settle();
     assert_eq!(signals(&ev[1]), vec![SignalData::Answer("ANSWER".into())]);
 
-    // Nobody takes an offer to a gone sharer: the answer timeout still ends that wait.
+    // Nobody takes an offer to a gone sharer: once its share is stale (no refresh for a
+    // refresh interval and an answer timeout), the answer timeout ends that wait.
     let crashed = w.nodes.remove(0);
-    let now = w.now;
-    let second = w.nodes[0].open(now, &share, json!(null)).unwrap();
-    w.nodes[0]
-        .send_signal(now, &share, &second, SignalData::Offer("OFFER".into()))
-        .unwrap();
+    let second = open_with_offer(&mut w, 0, &share, json!(null));
     w.settle();
-    let ev = w.advance(Duration::from_secs(6));
+    let ev = w.advance(Duration::from_secs(16));
     assert!(
         ev[0]
             .iter()
@@ -1242,4 +1318,82 @@ fn a_sharer_that_took_our_offer_is_busy_not_gone() {
         "{ev:?}"
     );
     drop(crashed);
+}
+
+/// Runs `node`'s requests against the hub until it has none left; its events.
+fn drive_alone(hub: &mut MemoryHub, node: &mut Hub, now: std::time::Instant) -> Vec<HubEvent> {
+    while let Some(action) = node.poll_action() {
+        // Its feed is the test's to deliver (see the caller): a new one is not followed.
+        if let HubAction::Request { id, request } = action {
+            let result = hub.execute(request);
+            node.handle_response(now, id, result).unwrap();
+        }
+    }
+    std::iter::from_fn(|| node.poll_event()).collect()
+}
+
+#[test]
+fn a_crowd_opening_at_once_on_a_lagging_hub_waits_its_turn() {
+    // A hundred joiners offer at once on a hub that cannot filter, and the hub lags under the
+    // crowd: every node's feed (everyone's signals) reaches it a few rows at a time, so the
+    // sharer reads the last offers, and the joiners read its answers, long after the answer
+    // timeout. None gives up: each reads the sharer answering the ones before it, and the
+    // crowd's offers it has to read first.
+    const CROWD: usize = 100;
+    const ROWS_PER_TICK: usize = 3;
+    let tick = Duration::from_millis(100);
+    let mut w = World::unfiltered(1 + CROWD);
+    let share = share_named(&mut w, 0, "s");
+    let since = Seq::from(w.hub.db().update_seq());
+    let feeds: Vec<usize> = (0..=CROWD).map(|_| w.hub.follow(&since)).collect();
+    let mut backlogs = vec![std::collections::VecDeque::new(); 1 + CROWD];
+    let now = w.now;
+    for joiner in &mut w.nodes[1..] {
+        let peer = joiner.open(now, &share, json!(null)).unwrap();
+        for data in [SignalData::Offer("OFFER".into()), cand(1)] {
+            joiner.send_signal(now, &share, &peer, data).unwrap();
+        }
+    }
+    let t0 = w.now;
+    let mut answered = std::collections::BTreeSet::new();
+    let mut gave_up = Vec::new();
+    while answered.len() + gave_up.len() < CROWD && w.now - t0 < Duration::from_secs(300) {
+        w.now += tick;
+        let now = w.now;
+        for (i, node) in w.nodes.iter_mut().enumerate() {
+            node.handle_timeout(now);
+            let backlog = &mut backlogs[i];
+            backlog.extend(w.hub.poll_feed(feeds[i]));
+            let rows: Vec<ChangeRow> = backlog.drain(..backlog.len().min(ROWS_PER_TICK)).collect();
+            node.handle_feed(now, rows);
+            for e in drive_alone(&mut w.hub, node, now) {
+                match e {
+                    HubEvent::PeerRequested { share, peer, .. } => {
+                        node.accept(now, &share, &peer).unwrap();
+                        let answer = SignalData::Answer("ANSWER".into());
+                        node.send_signal(now, &share, &peer, answer).unwrap();
+                    }
+                    HubEvent::Signal {
+                        data: SignalData::Answer(_),
+                        ..
+                    } => {
+                        answered.insert(i);
+                    }
+                    HubEvent::NotAnswering { .. } => gave_up.push((i, now - t0)),
+                    _ => {}
+                }
+            }
+            drive_alone(&mut w.hub, node, now);
+        }
+    }
+    assert!(
+        gave_up.is_empty(),
+        "joiners gave up (joiner, after): {gave_up:?}"
+    );
+    assert_eq!(answered.len(), CROWD);
+    let took = w.now - t0;
+    assert!(
+        took > 2 * HubConfig::default().answer_timeout,
+        "the last answer came well past the answer timeout: {took:?}"
+    );
 }

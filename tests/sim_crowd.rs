@@ -316,15 +316,21 @@ fn a_large_download_on_one_link_does_not_hold_up_small_calls_on_another() {
     );
 }
 
+/// A sharer (node 0) and `joiners` nodes, quiet in the trace.
+fn crowd(seed: u64, joiners: usize) -> NodeSim {
+    let mut s = NodeSim::new(seed, NetConfig::default());
+    s.trace_calls = false;
+    s.add_node("sharer");
+    for i in 1..=joiners {
+        s.add_node(&format!("j{i}"));
+    }
+    s
+}
+
 #[test]
 fn a_hundred_peers_asking_at_once_all_wait_their_turn_and_get_in() {
     const CROWD: usize = 100;
-    let mut s = NodeSim::new(35, NetConfig::default());
-    s.trace_calls = false;
-    s.add_node("sharer");
-    for i in 1..=CROWD {
-        s.add_node(&format!("j{i}"));
-    }
+    let mut s = crowd(35, CROWD);
     let share = share(
         &mut s,
         ShareAccess {
@@ -379,4 +385,47 @@ fn a_hundred_peers_asking_at_once_all_wait_their_turn_and_get_in() {
         );
     }
     assert!(s.elapsed() > Duration::from_secs(80));
+}
+
+#[test]
+fn a_sharer_keeps_nothing_of_a_crowd_that_left() {
+    // Two storms of peers that link, then vanish (kill -9): once the sharer has noticed, it
+    // keeps no entry for any of them (links, routes, signalling connections, requests).
+    const CROWD: usize = 20;
+    let mut s = crowd(36, CROWD);
+    let share = share(&mut s, ShareAccess::default());
+    let idle = s.nodes[0].node.as_ref().unwrap().footprint();
+    assert_eq!(idle, Footprint::default(), "an idle sharer");
+    for storm in 1..=2 {
+        if storm > 1 {
+            for i in 1..=CROWD {
+                s.restart(i);
+            }
+        }
+        let links: Vec<LinkId> = (1..=CROWD).map(|i| open(&mut s, i, &share)).collect();
+        assert!(
+            s.run_until(Duration::from_secs(60), |s| (1..=CROWD).all(|i| ready(
+                s,
+                i,
+                &links[i - 1]
+            ))),
+            "storm {storm}: every peer linked"
+        );
+        assert_eq!(s.node_ready_links(0), CROWD);
+        let busy = s.nodes[0].node.as_ref().unwrap().footprint();
+        assert!(busy.links == CROWD && busy.routes >= CROWD, "{busy:?}");
+        for i in 1..=CROWD {
+            s.crash(i);
+        }
+        assert!(
+            s.run_until(Duration::from_secs(60), |s| s.nodes[0]
+                .node
+                .as_ref()
+                .unwrap()
+                .footprint()
+                == Footprint::default()),
+            "storm {storm}: the sharer forgot the crowd: {:?}",
+            s.nodes[0].node.as_ref().unwrap().footprint()
+        );
+    }
 }

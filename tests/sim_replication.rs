@@ -931,7 +931,7 @@ fn a_sharer_that_asks_keeps_the_joiner_waiting_past_the_connect_timeout() {
 }
 
 #[test]
-fn a_crashed_sharer_is_not_answering_within_the_answer_timeout() {
+fn a_crashed_sharer_is_not_answering_once_its_share_is_stale() {
     let mut s = NodeSim::new(15, NetConfig::default());
     s.add_node("sharer");
     s.add_node("joiner");
@@ -960,8 +960,11 @@ fn a_crashed_sharer_is_not_answering_within_the_answer_timeout() {
     assert!(s.run_until(Duration::from_secs(60), |s| closed(s).is_some()));
     let (at, reason) = closed(&s).unwrap();
     assert_eq!(reason, NOT_ANSWERING, "not a connect timeout");
+    // Its share was refreshed as it crashed: the answer timeout (5 s) passes, then the joiner
+    // waits while the share looks refreshed (a refresh interval and an answer timeout, 15 s):
+    // a sharer busy with a crowd keeps refreshing, a crashed one does not.
     assert!(
-        at - t0 >= Duration::from_secs(5) && at - t0 < Duration::from_secs(6),
+        at - t0 >= Duration::from_secs(15) && at - t0 < Duration::from_secs(16),
         "gave up after {:?}",
         at - t0
     );

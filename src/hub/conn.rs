@@ -38,6 +38,9 @@ pub(super) enum JoinPhase {
     /// the answer timeout. Seen only on a feed that shows others' deletions (a hub that cannot
     /// filter, where a crowd costs the sharer most).
     Taken,
+    /// No answer within the answer timeout: we asked the hub whether the sharer still
+    /// refreshes its share (a sharer busy with a crowd does; a crashed one has stopped).
+    Checking,
     /// The sharer asks a person, since then.
     AwaitingApproval(Instant),
     /// The sharer answered (or refused): the session's own timeouts bound the rest.
@@ -174,6 +177,18 @@ impl Conn {
         doc
     }
 
+    /// Joiner: the sharer showed it is alive while our offer waits (it refreshed its share, or
+    /// signalled another peer), or our feed still shows offers it has to read first: busy, not
+    /// gone, so the answer timeout starts again from `now`. A sharer that keeps working through
+    /// a crowd keeps us waiting (the session's connect timeout still bounds the wait); a share
+    /// nobody else wants and nobody answers is given up [`HubConfig::answer_timeout`] after the
+    /// last such row.
+    pub fn sharer_alive(&mut self, now: Instant) {
+        if let JoinPhase::Offered(Some(t)) = &mut self.phase {
+            *t = now.max(*t);
+        }
+    }
+
     /// When a connection we opened gives up on the sharer, and whether that is for want of an
     /// approval (else of any answer).
     pub fn join_deadline(&self, config: &HubConfig) -> Option<(Instant, bool)> {
@@ -183,7 +198,10 @@ impl Conn {
         match self.phase {
             JoinPhase::Offered(Some(t)) => Some((t + config.answer_timeout, false)),
             JoinPhase::AwaitingApproval(t) => Some((t + config.approval_timeout, true)),
-            JoinPhase::Offered(None) | JoinPhase::Taken | JoinPhase::Answered => None,
+            JoinPhase::Offered(None)
+            | JoinPhase::Taken
+            | JoinPhase::Checking
+            | JoinPhase::Answered => None,
         }
     }
 
@@ -205,14 +223,14 @@ impl Conn {
             if self.role == Role::Joiner {
                 let pending = data == SignalData::Pending;
                 match (self.phase, pending) {
-                    (JoinPhase::Offered(_) | JoinPhase::Taken, true) => {
+                    (JoinPhase::Offered(_) | JoinPhase::Taken | JoinPhase::Checking, true) => {
                         self.phase = JoinPhase::AwaitingApproval(now);
                         events.push_back(HubEvent::AwaitingApproval {
                             share: key.0.clone(),
                             peer: key.1.clone(),
                         });
                     }
-                    (JoinPhase::Offered(_) | JoinPhase::Taken, false) => {
+                    (JoinPhase::Offered(_) | JoinPhase::Taken | JoinPhase::Checking, false) => {
                         self.phase = JoinPhase::Answered
                     }
                     (JoinPhase::AwaitingApproval(_), false) => {

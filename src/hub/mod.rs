@@ -41,7 +41,7 @@ pub use docs::*;
 pub use filter::FeedFilter;
 pub use memory::MemoryHub;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -328,6 +328,8 @@ enum Purpose {
     Info,
     PutShare(String),
     GetShareRev(String),
+    /// Whether the sharer of this share, slow to answer us, still refreshes it (asked then).
+    CheckSharer(String, Instant),
     DeleteShare(String),
     WriteSignals,
     DeleteDocs,
@@ -437,6 +439,11 @@ impl Hub {
     /// per-machine state such as a changes-feed cursor.
     pub fn instance_id(&self) -> u64 {
         self.instance
+    }
+
+    /// Signalling connections kept (peers of our shares, shares we open), for diagnostics.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
     }
 
     /// Whether the machine follows the hub (after [`HubEvent::Ready`]).
@@ -779,36 +786,86 @@ impl Hub {
         self.requests.schedule(now, |s| policy.delay(s.attempt));
     }
 
-    /// Gives up on the sharers whose answer or approval is overdue.
+    /// Gives up on the sharers whose approval is overdue; asks the hub whether the sharers
+    /// whose answer is overdue still refresh their shares.
     fn join_timeouts(&mut self, now: Instant) {
-        let due: Vec<((String, String), bool, Duration)> = self
+        let due: Vec<((String, String), bool)> = self
             .conns
             .iter()
             .filter_map(|(k, c)| {
                 let (at, approval) = c.join_deadline(&self.config)?;
-                let waited = match approval {
-                    true => self.config.approval_timeout,
-                    false => self.config.answer_timeout,
-                };
-                (at <= now).then(|| (k.clone(), approval, waited))
+                (at <= now).then(|| (k.clone(), approval))
             })
             .collect();
-        for ((share, peer), approval, waited) in due {
-            self.conns.remove(&(share.clone(), peer.clone()));
-            tracing::debug!(%share, %peer, approval, ?waited, "giving up on the sharer");
-            self.events.push_back(match approval {
-                true => HubEvent::NotAccepted {
-                    share,
-                    peer,
-                    waited,
-                },
-                false => HubEvent::NotAnswering {
-                    share,
-                    peer,
-                    waited,
-                },
-            });
+        let mut checks = BTreeSet::new();
+        for (key, approval) in due {
+            if approval {
+                self.give_up(key, true);
+            } else if let Some(c) = self.conns.get_mut(&key) {
+                c.phase = JoinPhase::Checking;
+                checks.insert(key.0);
+            }
         }
+        for share in checks {
+            let request = Request::Get(GetRequest::new(share.clone()));
+            self.send(Purpose::CheckSharer(share, now), request, 0);
+        }
+    }
+
+    /// The hub's copy of `share` (`None`: gone) and how long the hub took to give it, for the
+    /// joiners checking on its sharer: a share refreshed within a refresh interval and an
+    /// answer timeout (by its `expires_at` and our own [`HubConfig::share_ttl`]), plus that
+    /// delay (a hub slow to answer us is as slow to take the sharer's refresh), has a live
+    /// sharer, busy with others (a crowd joining at once, a hub lagging under it), so they wait
+    /// one more answer timeout; the others give up. A sharer that crashed is so given up at
+    /// most that long after its last refresh.
+    fn on_sharer_checked(&mut self, now: Instant, share: &str, doc: Option<(&Doc, Duration)>) {
+        let wall = self.wall_ms(now);
+        let fresh = doc
+            .and_then(|(d, lag)| Some((d.get("expires_at")?.as_u64()?, lag)))
+            .is_some_and(|(expires, lag)| {
+                let window = self.config.refresh_interval + self.config.answer_timeout + lag;
+                let refreshed = expires.saturating_sub(self.config.share_ttl.as_millis() as u64);
+                refreshed + window.as_millis() as u64 > wall
+            });
+        let checking: Vec<(String, String)> = self
+            .conns
+            .range((share.to_string(), String::new())..)
+            .take_while(|((s, _), _)| s == share)
+            .filter(|(_, c)| c.phase == JoinPhase::Checking)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in checking {
+            if fresh {
+                tracing::debug!(%share, peer = %key.1, "the sharer is slow to answer but refreshes its share: waiting on");
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.phase = JoinPhase::Offered(Some(now));
+                }
+            } else {
+                self.give_up(key, false);
+            }
+        }
+    }
+
+    fn give_up(&mut self, (share, peer): (String, String), approval: bool) {
+        self.conns.remove(&(share.clone(), peer.clone()));
+        let waited = match approval {
+            true => self.config.approval_timeout,
+            false => self.config.answer_timeout,
+        };
+        tracing::debug!(%share, %peer, approval, ?waited, "giving up on the sharer");
+        self.events.push_back(match approval {
+            true => HubEvent::NotAccepted {
+                share,
+                peer,
+                waited,
+            },
+            false => HubEvent::NotAnswering {
+                share,
+                peer,
+                waited,
+            },
+        });
     }
 
     fn conn_mut(&mut self, share: &str, peer: &str) -> Result<&mut Conn, HubError> {
@@ -924,6 +981,9 @@ impl Hub {
             Purpose::GetShareRev(id) => resp
                 .into_doc_body()
                 .map(|d| self.shares.on_rev(&id, &d.doc)),
+            Purpose::CheckSharer(share, asked) => resp
+                .into_doc_body()
+                .map(|d| self.on_sharer_checked(now, &share, Some((&d.doc, now - asked)))),
             Purpose::DeleteShare(id) => resp.into_bulk_docs().map(|r| {
                 let result = r.results.into_iter().next().map(|d| d.result);
                 if let Some((purpose, request)) =
@@ -998,7 +1058,7 @@ impl Hub {
         }
     }
 
-    fn on_err(&mut self, _now: Instant, sent: Sent, error: DbError) {
+    fn on_err(&mut self, now: Instant, sent: Sent, error: DbError) {
         match sent.purpose {
             Purpose::Info => {
                 // Without the hub's sequence nothing can start: keep trying, slowly.
@@ -1013,6 +1073,10 @@ impl Hub {
             }
             Purpose::PutShare(id) => self.shares.write_failed(&id, error, &mut self.events),
             Purpose::GetShareRev(id) => self.shares.rev_failed(&id, error, &mut self.events),
+            Purpose::CheckSharer(share, _) => {
+                tracing::debug!(%share, %error, "the share could not be read: giving up on its sharer");
+                self.on_sharer_checked(now, &share, None);
+            }
             Purpose::DeleteShare(id) => self.shares.delete_failed(&id, error, &mut self.events),
             Purpose::WriteSignals => {
                 // Not on the hub: no answer deadline (the session's connect timeout bounds it).
@@ -1092,11 +1156,29 @@ impl Hub {
                 if self.shares.contains(&info.id) {
                     return;
                 }
+                // A new revision (a refresh): its sharer lives.
+                self.sharer_alive(now, &info.id);
                 let wall = self.wall_ms(now);
                 self.directory.on_share(info, wall, &mut self.events);
             }
             Ok(HubDoc::Signal(sig)) => self.on_signal(now, sig),
             Ok(HubDoc::Other) => {}
+        }
+    }
+
+    /// The sharer of `share` showed signs of life, or we read the crowd's offers it has to
+    /// read before it can answer ours: the answer timeouts of our offers to it start again
+    /// ([`Conn::sharer_alive`]).
+    fn sharer_alive(&mut self, now: Instant, share: &str) {
+        if !share.starts_with(SHARE_PREFIX) {
+            return;
+        }
+        let from = (share.to_string(), String::new());
+        for ((s, _), c) in self.conns.range_mut(from..) {
+            if s != share {
+                break;
+            }
+            c.sharer_alive(now);
         }
     }
 
@@ -1119,6 +1201,12 @@ impl Hub {
                 // To a share we are unsharing: consume it so it does not linger.
                 self.delete_doc(&sig.id, &sig.rev);
             }
+            // A feed that shows others' signals (a hub that cannot filter) shows the sharer
+            // answering the peers before us in a crowd, and the crowd's offers it still has to
+            // read (our own among them): a hub that lags under a crowd lags the sharer as it
+            // lags us, so the sharer is judged only on what it had time to answer.
+            self.sharer_alive(now, &sig.sender);
+            self.sharer_alive(now, &sig.recipient);
             self.diag.foreign_signals += 1;
             return;
         };

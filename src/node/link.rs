@@ -153,6 +153,24 @@ impl Link {
     }
 }
 
+/// Entries a [`Node`] keeps per link, peer or request ([`Node::footprint`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Footprint {
+    /// Links, closed ones not yet dropped included.
+    pub links: usize,
+    /// Datagram routes (ICE ufrags, address pairs) to links.
+    pub routes: usize,
+    /// Signalling connections the hub machine keeps (peers of our shares, shares we open).
+    pub connections: usize,
+    /// Peers of `ask` shares whose offer has not arrived.
+    pub awaiting_offer: usize,
+    /// Store requests queued or awaiting their result.
+    pub store_requests: usize,
+    /// Datagrams and events not yet polled.
+    pub queued: usize,
+}
+
 impl Node {
     /// Links and whether each is ready.
     pub fn links(&self) -> Vec<(LinkId, bool)> {
@@ -185,6 +203,25 @@ impl Node {
     /// for an answer): what [`NodeConfig::max_links`] bounds.
     pub fn link_count(&self) -> usize {
         self.links_kept(None, None)
+    }
+
+    /// What the node keeps per link, peer and request in flight: all zero on a node with no
+    /// link, replication or request left, however many peers came and went before.
+    ///
+    /// ```
+    /// # use peerpouch::node::{Footprint, Node, NodeConfig};
+    /// let node = Node::new(NodeConfig::default(), 1, std::time::Instant::now(), 0);
+    /// assert_eq!(node.footprint(), Footprint::default());
+    /// ```
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            links: self.links.len(),
+            routes: self.router.stats().routes as usize,
+            connections: self.hub.connection_count(),
+            awaiting_offer: self.awaiting_offer.len(),
+            store_requests: self.store_out.len() + self.store_for.len(),
+            queued: self.transmits.len() + self.events.len(),
+        }
     }
 
     /// Opens a link to `share`; [`NodeEvent::LinkReady`] follows when it can be used.

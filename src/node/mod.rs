@@ -64,6 +64,7 @@ use crate::session::Transmit;
 
 pub use config::{NodeConfig, ShareAccess, DEFAULT_MAX_LINKS};
 pub use events::{NodeError, NodeEvent, NOT_ACCEPTED, NOT_ANSWERING};
+pub use link::Footprint;
 use link::Link;
 use replications::Rep;
 use store::StoreOrigin;

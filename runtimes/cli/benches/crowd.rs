@@ -10,8 +10,10 @@
 //!
 //! - `crowd_single_pull_docs_per_s`: one joiner alone pulls the share (the baseline, as
 //!   `p2p_docs_per_s` of `side_by_side` but through the pouchdb-server hub and `PeerNode`s);
-//! - the join storm: the whole crowd opens the share at once; `sharer_rss_per_link_kib` is the
-//!   sharer's resident memory with the crowd's idle links, less before, per link;
+//! - the join storm: the whole crowd opens the share (spread over the join window; every open
+//!   must succeed, or the run fails), `crowd_all_linked_s` after the first until the last is
+//!   linked; `sharer_rss_per_link_kib` is the sharer's resident memory with the crowd's idle
+//!   links, less before, per link;
 //! - `fanout_100_pull_docs_per_s`: the crowd pulls the share at once (documents written by all
 //!   of them, over the time from the first start to the last end), and its ratio to the
 //!   baseline (`fanout_vs_single_pull_ratio`; 1.0 would mean a crowd costs nothing extra);
@@ -22,7 +24,10 @@
 //!   before the storm, both once the allocator gave back the free pages it keeps:
 //!   `malloc_trim`, so the ratio shows memory held, not glibc's caching); then a second storm
 //!   (join, pull, killed) and `sharer_rss_second_storm_growth_ratio`, resident memory after it
-//!   over after the first: memory kept per storm, then the signal documents left on the hub (`hub_signal_docs_left`);
+//!   over after the first: memory kept per storm; the same two for the live heap (bytes
+//!   allocated and not freed, counted by this binary's allocator: `sharer_heap_after_leave_ratio`,
+//!   `sharer_heap_second_storm_growth_ratio`), what the sharer itself holds, where RSS adds the
+//!   allocator's fragmented pages; then the signal documents left on the hub (`hub_signal_docs_left`);
 //! - `hub_list_1000_shares_ms`: a node with 50 shares of its own lists a hub holding 1 000
 //!   shares of others (and `hub_list_10_shares_ms` on one holding 10, in the same run), then
 //!   another node opens one of its shares and reads from it.
@@ -61,6 +66,14 @@ const WRITES: usize = 20;
 const OWN_SHARES: usize = 50;
 /// Any step of the run that takes longer failed.
 const STEP_LIMIT: Duration = Duration::from_secs(180);
+
+#[path = "../../../benches/common/counting_alloc.rs"]
+mod counting_alloc;
+
+/// Heap bytes lent and not yet freed, in KiB.
+fn live_heap_kib() -> u64 {
+    (counting_alloc::live_heap_bytes().max(0) / 1024) as u64
+}
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -141,6 +154,7 @@ fn contender_sharer(hub: &str) {
                     unsafe { libc::malloc_trim(0) };
                     say(
                         json!({"links": stats.links, "rss_kib": rss, "trimmed_rss_kib": rss_kib(),
+                               "heap_kib": live_heap_kib(),
                                "longpolls": stats.waiting_longpolls,
                                "subscriptions": stats.remote_subscriptions,
                                "replications": stats.replications}),
@@ -436,6 +450,7 @@ fn main() {
     };
     let idle = wait_links(&mut sharer, &stats, 0, "the single joiner to leave");
     let rss_before = idle["trimmed_rss_kib"].as_u64().unwrap();
+    let heap_before = idle["heap_kib"].as_u64().unwrap();
 
     // The join storm.
     let spawn_crowd = || -> Vec<Kid> {
@@ -520,6 +535,7 @@ fn main() {
     eprintln!("the sharer once the crowd left: {left}");
     let rss_after = left["rss_kib"].as_u64().unwrap();
     let trimmed_after = left["trimmed_rss_kib"].as_u64().unwrap();
+    let heap_after = left["heap_kib"].as_u64().unwrap();
     // A second storm (join, pull, killed): what the sharer keeps after it, against after the
     // first, tells memory it holds per storm (a leak) from what the allocator kept once.
     let mut kids = spawn_crowd();
@@ -542,6 +558,7 @@ fn main() {
         "the sharer to notice the second crowd left",
     );
     let trimmed_after2 = left2["trimmed_rss_kib"].as_u64().unwrap();
+    let heap_after2 = left2["heap_kib"].as_u64().unwrap();
     sharer.tell("quit");
     let _ = sharer.child.wait();
     let signals_left = count_signals(&url);
@@ -553,9 +570,13 @@ fn main() {
         "crowd of {crowd} in {PROCESSES} processes, opens spread over {window_s} s: all linked after {join_s:.1} s; sharer RSS {rss_before} KiB \
          idle, {rss_links} KiB with the idle links, {} KiB after serving them ({} KiB once the \
          allocator gave back what it keeps), {rss_after} KiB after they left ({trimmed_after} KiB), \
-         {trimmed_after2} KiB after a second storm",
+         {trimmed_after2} KiB after a second storm; live heap {heap_before} KiB idle, {} KiB \
+         with the links, {} KiB serving them, {heap_after} KiB after they left, {heap_after2} KiB \
+         after a second storm",
         served["rss_kib"],
-        served["trimmed_rss_kib"]
+        served["trimmed_rss_kib"],
+        with_links["heap_kib"],
+        served["heap_kib"],
     );
     println!("figure: crowd_single_pull_docs_per_s = {single:.0} docs/s");
     println!("figure: fanout_100_pull_docs_per_s = {fanout:.0} docs/s");
@@ -563,6 +584,7 @@ fn main() {
         "figure: fanout_vs_single_pull_ratio = {:.2} ratio",
         fanout / single
     );
+    println!("figure: crowd_all_linked_s = {join_s:.1} s");
     println!("figure: sharer_rss_per_link_kib = {per_link_kib:.0} KiB");
     println!(
         "figure: fanout_write_to_all_p50_ms = {:.1} ms",
@@ -580,6 +602,14 @@ fn main() {
     println!(
         "figure: sharer_rss_second_storm_growth_ratio = {:.2} ratio",
         trimmed_after2 as f64 / trimmed_after as f64
+    );
+    println!(
+        "figure: sharer_heap_after_leave_ratio = {:.2} ratio",
+        heap_after as f64 / heap_before as f64
+    );
+    println!(
+        "figure: sharer_heap_second_storm_growth_ratio = {:.2} ratio",
+        heap_after2 as f64 / heap_after as f64
     );
     println!("figure: hub_signal_docs_left = {signals_left} docs");
     println!("figure: hub_list_10_shares_ms = {list_10:.1} ms");

@@ -14,11 +14,10 @@
 //! Details (per-run numbers) go to stderr.
 #![allow(clippy::disallowed_methods)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_lite::{StreamExt, future};
@@ -29,46 +28,9 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 /// Counts live heap bytes (for `idle_session_kib`); otherwise the system allocator.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
+#[path = "../../../benches/common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::live_heap_bytes;
 
 /// Bytes moved per throughput run.
 const TOTAL: usize = 64 << 20;
@@ -330,7 +292,7 @@ fn channel_open() -> Duration {
 /// Live heap per idle open session, from 200 pairs.
 fn idle_session_bytes() -> f64 {
     const PAIRS: usize = 200;
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_heap_bytes();
     let mut pairs = Vec::with_capacity(PAIRS);
     for i in 0..PAIRS {
         let (mut a, mut b) = session_pair(1000 + 2 * i as u64);
@@ -347,7 +309,7 @@ fn idle_session_bytes() -> f64 {
             pump(a, b, now, &mut |_| {}, &mut |_| {});
         }
     }
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = live_heap_bytes();
     let per = (after - before) as f64 / (2 * PAIRS) as f64;
     assert!(pairs.iter().all(|(a, b)| a.is_open() && b.is_open()));
     drop(pairs);
