@@ -496,7 +496,16 @@ case_nat_flush() {
     sha="$(hub_curl "$target/att?attachments=true" | python3 "$LIB" att-sha)" || fail "no attachment in the target"
     [ "$sha" = "$SAMPLE_SHA" ] || fail "attachment bytes differ in the target"
     read_path joiner
-    [ "$PATH_KIND" = direct ] || fail "joiner: cone <-> cone with STUN should link directly, got: $PATH_LINE"
+    # Both homes also have the TURN server here, and str0m nominates the first pair whose
+    # check succeeds: a relayed pair (no hole to punch) sometimes beats the srflx pair, whose
+    # first checks the far cone NAT drops until its own side has sent (seen once in ~10 runs).
+    # Either is a working link; what this case proves is the recovery after the flush.
+    # `cone_stun` (STUN only) asserts the direct path through these NATs.
+    case "$PATH_KIND" in
+        direct) ;;
+        relay) echo "the joiner's link went via the relay: $PATH_LINE" >>"$CDIR/observed" ;;
+        *) fail "joiner: no path line, got: $PATH_LINE" ;;
+    esac
 }
 
 # h. --relay-only with a wrong TURN password: replicate fails (exit 1) within 40 s and says

@@ -32,6 +32,11 @@
 //!   shares of others (and `hub_list_10_shares_ms` on one holding 10, in the same run), then
 //!   another node opens one of its shares and reads from it.
 //!
+//! `PEERPOUCH_CROWD_ASK_MS=N` runs the storm on the `--ask` path: the sharer answers each peer
+//! after N ms, one at a time, so the last of the crowd waits about crowd × N ms for its verdict
+//! (past the joiners' answer timeout, held by the sharer's `pending` notice); every open must
+//! still succeed, and the sharer must have decided on each peer.
+//!
 //! Wall-clock figures on a shared 2-core machine: compare within a run.
 
 use std::io::{BufRead, BufReader, Write};
@@ -41,7 +46,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use peerpouch::{Database, MemoryStore};
 use peerpouch_couch::CouchClient;
-use peerpouch_smol::{HubSpec, PeerConfig, PeerNode, ReplicateOptions, ShareConfig};
+use peerpouch_smol::{HubSpec, PeerConfig, PeerNode, ReplicateOptions, ShareConfig, Verdict};
 use serde_json::{json, Value};
 
 #[path = "common/docs.rs"]
@@ -97,6 +102,14 @@ fn config(hub: &str) -> PeerConfig {
 }
 
 /// Lines of stdin, on a thread of their own.
+/// `PEERPOUCH_CROWD_ASK_MS`: the sharer asks (`--ask`) and answers each peer after this long,
+/// one at a time.
+fn ask_ms() -> Option<u64> {
+    std::env::var("PEERPOUCH_CROWD_ASK_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 fn stdin_lines() -> async_channel::Receiver<String> {
     let (tx, rx) = async_channel::unbounded();
     std::thread::spawn(move || {
@@ -130,10 +143,22 @@ fn contender_sharer(hub: &str) {
                 .expect("write the notes");
         }
         let db = node.add_db("db", store).await.expect("add the database");
-        let share = node
-            .share(&db, ShareConfig::new().name("crowd"))
-            .await
-            .expect("share");
+        let decided = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut share_config = ShareConfig::new().name("crowd");
+        if let Some(ms) = ask_ms() {
+            // The `--ask` path: every peer waits for a verdict, given one at a time (a user
+            // answering in order), each after `ms`; the last of a crowd waits far past the
+            // answer timeout, held by the sharer's `pending` notice.
+            let decided = decided.clone();
+            let one_at_a_time = std::sync::Mutex::new(());
+            share_config = share_config.ask(move |_peer| {
+                let _turn = one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+                std::thread::sleep(Duration::from_millis(ms));
+                decided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Verdict::Accept
+            });
+        }
+        let share = node.share(&db, share_config).await.expect("share");
         say(json!({"share": share, "rss_kib": rss_kib()}));
         let commands = stdin_lines();
         while let Ok(line) = commands.recv().await {
@@ -155,6 +180,7 @@ fn contender_sharer(hub: &str) {
                     say(
                         json!({"links": stats.links, "rss_kib": rss, "trimmed_rss_kib": rss_kib(),
                                "heap_kib": live_heap_kib(),
+                               "decided": decided.load(std::sync::atomic::Ordering::Relaxed),
                                "longpolls": stats.waiting_longpolls,
                                "subscriptions": stats.remote_subscriptions,
                                "replications": stats.replications}),
@@ -491,6 +517,14 @@ fn main() {
         Some(crowd as u64),
         "{with_links}"
     );
+    if let Some(ms) = ask_ms() {
+        // The single joiner, then the whole crowd: each asked, each let in, none timed out.
+        let decided = with_links["decided"].as_u64().unwrap_or(0);
+        assert_eq!(decided, 1 + crowd as u64, "{with_links}");
+        println!(
+            "asked: {decided} peers decided one at a time, {ms} ms each; every open succeeded"
+        );
+    }
     let rss_links = with_links["rss_kib"].as_u64().unwrap();
     let per_link_kib = rss_links.saturating_sub(rss_before) as f64 / crowd as f64;
 
