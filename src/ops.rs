@@ -95,10 +95,15 @@ pub enum Request {
     /// One attachment's bytes: [`Response::Attachment`].
     GetAttachment(AttachmentRequest),
     /// A range of one attachment's bytes, with its metadata: [`Response::AttachmentPart`]. A
-    /// server streams attachments with it, chunk by chunk, never holding one whole; it is not a
-    /// call peers make (it never travels on the wire).
-    #[serde(skip)]
+    /// server streams attachments with it, chunk by chunk, never holding one whole, and peers
+    /// read large attachments with it a range at a time (the replicator does, for attachments
+    /// a `_bulk_get` with [`BulkGetRequest::inline_max`] left out). Not a CouchDB call.
     ReadAttachment(AttachmentPartRequest),
+    /// Receives one range of an attachment's bytes ahead of the document that refers to it:
+    /// [`Response::Staged`]. Once every byte is there and matches the digest, a replicated
+    /// write (`new_edits: false`) may refer to the attachment by a stub. How attachments too
+    /// large to carry inline are written in chunks; not a CouchDB call.
+    StageAttachment(StageRequest),
     /// A `_local` document: [`Response::Doc`].
     GetLocal(LocalRequest),
     /// Writes a `_local` document: [`Response::Written`].
@@ -121,17 +126,22 @@ impl Request {
             Request::BulkGet(_) => "bulk_get",
             Request::GetAttachment(_) => "get_attachment",
             Request::ReadAttachment(_) => "read_attachment",
+            Request::StageAttachment(_) => "stage_attachment",
             Request::GetLocal(_) => "get_local",
             Request::PutLocal(_) => "put_local",
             Request::DeleteLocal(_) => "delete_local",
         }
     }
 
-    /// Whether the request changes the database (refused by read-only shares).
+    /// Whether the request changes the database (refused by read-only shares). Receiving
+    /// attachment bytes ([`Request::StageAttachment`]) counts: it is the first half of a write.
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            Request::BulkDocs(_) | Request::PutLocal(_) | Request::DeleteLocal(_)
+            Request::BulkDocs(_)
+                | Request::PutLocal(_)
+                | Request::DeleteLocal(_)
+                | Request::StageAttachment(_)
         )
     }
 }
@@ -419,6 +429,12 @@ pub struct BulkGetRequest {
     /// Answer with the leaves descended from each requested revision.
     #[serde(default, skip_serializing_if = "is_false")]
     pub latest: bool,
+    /// With `attachments`: attachments longer than this many bytes are not inlined but
+    /// described (`content_type`, `digest`, `length`, `revpos`, `"follows": true`), for the
+    /// caller to read in ranges ([`Request::ReadAttachment`]). Not a CouchDB option: a server
+    /// that does not know it inlines every attachment, which callers must accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_max: Option<u64>,
 }
 
 /// `GET /db/id/name`.
@@ -434,7 +450,7 @@ pub struct AttachmentRequest {
 }
 
 /// A range of an attachment's bytes ([`Request::ReadAttachment`]).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttachmentPartRequest {
     /// Which attachment.
     pub source: AttachmentSource,
@@ -445,13 +461,34 @@ pub struct AttachmentPartRequest {
 }
 
 /// Where a [`Request::ReadAttachment`] finds its bytes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AttachmentSource {
     /// A document's attachment, as [`Request::GetAttachment`] finds it.
     Doc(AttachmentRequest),
     /// The bytes of a digest: later ranges of an attachment whose first range named its
     /// document, so they stay the same bytes whatever happens to the document meanwhile.
     Digest(String),
+}
+
+/// One range of an attachment's bytes, received ahead of its document
+/// ([`Request::StageAttachment`]).
+///
+/// Ranges come in order: the first at offset 0 (which also starts over), each next one where
+/// the last ended. When `length` bytes are there, their MD5 must be `digest`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageRequest {
+    /// `md5-<base64>` of the whole attachment.
+    pub digest: String,
+    /// Its MIME type.
+    pub content_type: String,
+    /// Its whole length in bytes.
+    pub length: u64,
+    /// Where `data` starts.
+    pub offset: u64,
+    /// The bytes of the range (base64 in JSON).
+    #[serde(with = "crate::doc::base64_bytes")]
+    pub data: Bytes,
 }
 
 /// `GET /db/_local/id`.
@@ -508,6 +545,8 @@ pub enum Response {
     AttachmentPart(AttachmentPart),
     /// For [`Request::PutLocal`] and [`Request::DeleteLocal`].
     Written(DocResult),
+    /// For [`Request::StageAttachment`].
+    Staged(Staged),
 }
 
 /// A document in a [`Response::Doc`].
@@ -571,6 +610,7 @@ impl Response {
             Response::Attachment(_) => "attachment",
             Response::AttachmentPart(_) => "attachment_part",
             Response::Written(_) => "written",
+            Response::Staged(_) => "staged",
         }
     }
 
@@ -604,6 +644,12 @@ impl Response {
     response_accessor!(
         /// The [`Response::Written`] inside.
         into_written, Written, DocResult);
+    response_accessor!(
+        /// The [`Response::AttachmentPart`] inside.
+        into_attachment_part, AttachmentPart, AttachmentPart);
+    response_accessor!(
+        /// The [`Response::Staged`] inside.
+        into_staged, Staged, Staged);
 }
 
 /// `GET /db`.
@@ -781,6 +827,16 @@ pub struct AttachmentData {
     /// and `Vec<u8>::into()` makes one without a copy.
     #[serde(with = "crate::doc::base64_bytes")]
     pub data: Bytes,
+}
+
+/// How much of an attachment a database has received ([`Response::Staged`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    /// Bytes received so far, from offset 0: where the next range starts.
+    pub received: u64,
+    /// Every byte is there and matches the digest (or the database held them already): a
+    /// replicated write may now refer to the attachment by a stub.
+    pub complete: bool,
 }
 
 /// A range of an attachment's bytes, with its metadata ([`Response::AttachmentPart`]).

@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::error::DbError;
@@ -45,6 +46,13 @@ use crate::store::Database;
 const REPLICATION_ID_VERSION: u64 = 1;
 /// Checkpoint history entries kept (CouchDB keeps 50).
 const MAX_HISTORY: usize = 50;
+/// [`ReplicatorConfig::attachment_range`] by default.
+pub const DEFAULT_ATTACHMENT_RANGE: u64 = 1 << 20;
+/// Times a batch reads its documents again (an attachment gone from the source meanwhile, an
+/// upload the target forgot) before the replication fails.
+const MAX_REFETCHES: u32 = 3;
+/// Ranges of an attachment read ahead of those written to the target.
+const READ_AHEAD: usize = 4;
 
 /// Which side of a replication a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,6 +101,14 @@ pub struct ReplicatorConfig {
     pub retry: RetryPolicy,
     /// In live mode, how long the source may hold an empty changes request.
     pub longpoll_timeout: Duration,
+    /// Attachments longer than this many bytes are not carried inline (base64 inside
+    /// `_bulk_get` and `_bulk_docs`) but read from the source and written to the target in
+    /// ranges of this size (`read_attachment`, `stage_attachment`), so neither side, nor the
+    /// replication, ever holds one whole: memory stays bounded by batches × this, whatever the
+    /// attachments' sizes. 1 MiB by default; `None` inlines every attachment, as CouchDB's
+    /// replicator does. An endpoint that cannot (a CouchDB server, an older peer) answers
+    /// 501, and the replication then inlines from there on by itself.
+    pub attachment_range: Option<u64>,
 }
 
 impl ReplicatorConfig {
@@ -108,12 +124,19 @@ impl ReplicatorConfig {
             checkpoint_every: 1,
             retry: RetryPolicy::default(),
             longpoll_timeout: Duration::from_secs(30),
+            attachment_range: Some(DEFAULT_ATTACHMENT_RANGE),
         }
     }
 
     /// Sets live (continuous) mode.
     pub fn live(mut self, live: bool) -> Self {
         self.live = live;
+        self
+    }
+
+    /// Sets [`ReplicatorConfig::attachment_range`] (`Some(0)` counts as 1 byte).
+    pub fn attachment_range(mut self, bytes: Option<u64>) -> Self {
+        self.attachment_range = bytes.map(|b| b.max(1));
         self
     }
 
@@ -179,6 +202,9 @@ pub struct Progress {
     pub last_seq: Seq,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// Attachment bytes carried in ranges (attachments too large to go inline; see
+    /// [`ReplicatorConfig::attachment_range`]).
+    pub attachment_bytes: u64,
 }
 
 /// What a replication reports.
@@ -250,6 +276,10 @@ enum Purpose {
     Changes,
     RevsDiff(u64),
     BulkGet(u64),
+    /// A range of a batch's current attachment (batch, job number).
+    ReadPart(u64, u64),
+    /// Writing that range to the target (batch, job number).
+    StagePart(u64, u64),
     BulkDocs(u64),
     WriteLog(Endpoint),
     RefreshLog(Endpoint),
@@ -272,8 +302,58 @@ struct Sent {
 enum Stage {
     Diffing,
     Fetching,
+    /// Carrying the batch's large attachments in ranges before writing its documents.
+    Moving,
     Writing,
     Done,
+}
+
+/// An attachment a batch carries in ranges: read from the source, staged on the target.
+#[derive(Debug)]
+struct Move {
+    digest: String,
+    content_type: String,
+    length: u64,
+    /// Where the next new read starts.
+    read_at: u64,
+    /// Ranges to read again (a server sent fewer bytes than asked): start to end.
+    wanted: BTreeMap<u64, u64>,
+    /// Reads in flight: start to end asked.
+    reading: BTreeMap<u64, u64>,
+    /// Ranges read and not yet written to the target, by start.
+    read: BTreeMap<u64, AttachmentPart>,
+    /// Where the next range to write starts.
+    stage_at: u64,
+    staging: bool,
+    /// The range being written to the target.
+    staging_from: u64,
+    staging_end: u64,
+    /// The target answered a first, empty range: it does not hold the bytes.
+    probed: bool,
+}
+
+impl Move {
+    fn new(digest: String, content_type: String, length: u64) -> Move {
+        Move {
+            digest,
+            content_type,
+            length,
+            read_at: 0,
+            wanted: BTreeMap::new(),
+            reading: BTreeMap::new(),
+            read: BTreeMap::new(),
+            stage_at: 0,
+            staging: false,
+            staging_from: 0,
+            staging_end: 0,
+            probed: false,
+        }
+    }
+
+    /// Whether any of it was asked for yet.
+    fn started(&self) -> bool {
+        self.read_at > 0 || self.staging
+    }
 }
 
 #[derive(Debug)]
@@ -285,6 +365,16 @@ struct Batch {
     sent_docs: u64,
     /// Its documents were read and counted (a write retried after a failure reads them again).
     read: bool,
+    /// Read documents waiting for their large attachments ([`Stage::Moving`]).
+    docs: Vec<Value>,
+    /// Those attachments, one moving at a time.
+    moves: VecDeque<Move>,
+    /// Numbers the front move: answers for an earlier one (finished, or started over) are
+    /// ignored.
+    move_no: u64,
+    /// The batch's `_bulk_get`, to read its documents again.
+    fetch: Option<BulkGetRequest>,
+    refetches: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -359,6 +449,8 @@ pub struct Replicator {
     done_seq: Option<Seq>,
     batches_since_checkpoint: usize,
     progress: Progress,
+    /// [`ReplicatorConfig::attachment_range`] until an endpoint answers that it cannot.
+    ranges: Option<u64>,
 }
 
 fn slot(e: Endpoint) -> usize {
@@ -403,7 +495,9 @@ impl Replicator {
             done_seq: None,
             batches_since_checkpoint: 0,
             progress: Progress::default(),
+            ranges: None,
         };
+        r.ranges = r.config.attachment_range;
         for e in [Endpoint::Source, Endpoint::Target] {
             let id = r.log_id();
             r.send(
@@ -640,6 +734,30 @@ impl Replicator {
                 self.source_log_disabled = true;
                 self.log_written(Endpoint::Source);
             }
+            (Purpose::ReadPart(b, n) | Purpose::StagePart(b, n), DbError::NotImplemented(_)) => {
+                // One side takes attachments only whole: inline them from now on.
+                tracing::info!(endpoint = ?sent.endpoint, "an endpoint takes no attachment ranges; carrying attachments inline");
+                self.ranges = None;
+                if self.current_move(b, n).is_some() {
+                    self.refetch(b, false);
+                }
+            }
+            (Purpose::ReadPart(b, n), DbError::NotFound(_)) => {
+                // The bytes are gone from the source (the revision was replaced meanwhile): read
+                // the batch again, for its newer revisions.
+                if self.current_move(b, n).is_some() {
+                    self.refetch(b, true);
+                }
+            }
+            (Purpose::StagePart(b, n), DbError::Other { status: 409, .. }) => {
+                // The target does not continue this upload (it forgot it): start it over.
+                if self.current_move(b, n).is_some() {
+                    match self.restart_move(b) {
+                        Ok(()) => self.pump_moves(),
+                        Err(e) => self.fail(sent.endpoint, sent.op, e),
+                    }
+                }
+            }
             _ if error.is_transient() && sent.attempt < self.config.retry.max_retries => {
                 tracing::debug!(op = sent.op, %error, attempt = sent.attempt, "retrying");
                 self.requests.retry_later(Sent {
@@ -692,6 +810,11 @@ impl Replicator {
                     stage: Stage::Diffing,
                     sent_docs: 0,
                     read: false,
+                    docs: Vec::new(),
+                    moves: VecDeque::new(),
+                    move_no: 0,
+                    fetch: None,
+                    refetches: 0,
                 };
                 if batch.rows.is_empty() {
                     batch.stage = Stage::Done;
@@ -739,6 +862,7 @@ impl Replicator {
                             revs: true,
                             attachments: true,
                             latest: true,
+                            inline_max: self.ranges,
                         }),
                         0,
                     );
@@ -777,8 +901,22 @@ impl Replicator {
                     self.progress.docs_read += docs.len() as u64;
                     self.progress.doc_read_failures += read_failures;
                 }
+                let moves = if self.ranges.is_some() {
+                    moves_of(&docs)
+                } else {
+                    VecDeque::new()
+                };
                 if docs.is_empty() {
                     batch.stage = Stage::Done;
+                } else if !moves.is_empty() {
+                    batch.stage = Stage::Moving;
+                    batch.docs = docs;
+                    batch.moves = moves;
+                    batch.move_no += 1;
+                    if let (_, _, Request::BulkGet(r)) = sent.retry {
+                        batch.fetch = Some(r);
+                    }
+                    self.pump_moves();
                 } else {
                     batch.stage = Stage::Writing;
                     batch.sent_docs = docs.len() as u64;
@@ -794,6 +932,60 @@ impl Replicator {
                         sent.retry,
                     );
                 }
+            }
+            Purpose::ReadPart(b, n) => {
+                let part = resp.into_attachment_part()?;
+                let Some(m) = self.current_move(b, n) else {
+                    return Ok(());
+                };
+                let end = part.offset + part.data.len() as u64;
+                let asked = m.reading.remove(&part.offset);
+                if part.digest != m.digest
+                    || part.length != m.length
+                    || part.data.is_empty()
+                    || asked.is_none_or(|a| end > a)
+                {
+                    return Err(DbError::BadResponse(format!(
+                        "asked for {} up to byte {asked:?} of {}, got {} bytes from {} of {} ({})",
+                        m.digest,
+                        m.length,
+                        part.data.len(),
+                        part.offset,
+                        part.length,
+                        part.digest
+                    )));
+                }
+                if let Some(asked) = asked.filter(|&a| end < a) {
+                    m.wanted.insert(end, asked);
+                }
+                m.read.insert(part.offset, part);
+                self.pump_moves();
+            }
+            Purpose::StagePart(b, n) => {
+                let staged = resp.into_staged()?;
+                let Some(m) = self.current_move(b, n) else {
+                    return Ok(());
+                };
+                m.staging = false;
+                let carried = m.staging_end - m.staging_from;
+                let restart = if staged.complete {
+                    let batch = self.batch_mut(b).expect("the move is the batch's");
+                    batch.moves.pop_front();
+                    batch.move_no += 1;
+                    false
+                } else if !m.probed {
+                    // The target has none of it: read it.
+                    m.probed = true;
+                    false
+                } else {
+                    // The target holds less than was sent (it forgot the upload): start over.
+                    staged.received != m.staging_end
+                };
+                self.progress.attachment_bytes += carried;
+                if restart {
+                    self.restart_move(b)?;
+                }
+                self.pump_moves();
             }
             Purpose::BulkDocs(b) => {
                 let written = resp.into_bulk_docs()?;
@@ -816,6 +1008,176 @@ impl Replicator {
             }
         }
         Ok(())
+    }
+
+    fn batch_mut(&mut self, b: u64) -> Option<&mut Batch> {
+        self.batches.iter_mut().find(|x| x.id == b)
+    }
+
+    /// The move an answer is for, if it is still the batch's current one.
+    fn current_move(&mut self, b: u64, n: u64) -> Option<&mut Move> {
+        let batch = self.batch_mut(b)?;
+        if batch.stage != Stage::Moving || batch.move_no != n {
+            return None;
+        }
+        batch.moves.front_mut()
+    }
+
+    /// Starts a batch's current move over from its first byte.
+    fn restart_move(&mut self, b: u64) -> Result<(), DbError> {
+        let Some(batch) = self.batch_mut(b) else {
+            return Ok(());
+        };
+        batch.refetches += 1;
+        if batch.refetches > MAX_REFETCHES {
+            return Err(DbError::Other {
+                status: 409,
+                error: "stage_out_of_order".into(),
+                reason: format!(
+                    "the target kept forgetting an attachment while it was sent ({MAX_REFETCHES} times); is another replication sending it too?"
+                ),
+            });
+        }
+        batch.move_no += 1;
+        if let Some(m) = batch.moves.front_mut() {
+            tracing::debug!(digest = %m.digest, "starting an attachment over");
+            *m = Move::new(
+                std::mem::take(&mut m.digest),
+                std::mem::take(&mut m.content_type),
+                m.length,
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads a moving batch's documents again (`inline`: with or without ranges).
+    fn refetch(&mut self, b: u64, keep_ranges: bool) {
+        let ranges = self.ranges;
+        let Some(batch) = self.batch_mut(b) else {
+            return;
+        };
+        batch.refetches += 1;
+        let over = batch.refetches > MAX_REFETCHES;
+        batch.moves.clear();
+        batch.docs.clear();
+        batch.move_no += 1;
+        batch.stage = Stage::Fetching;
+        let Some(mut fetch) = batch.fetch.clone().filter(|_| !over) else {
+            let e = DbError::BadResponse(format!(
+                "a batch's attachments could not be read ({MAX_REFETCHES} tries)"
+            ));
+            return self.fail(Endpoint::Source, "read_attachment", e);
+        };
+        fetch.inline_max = if keep_ranges { ranges } else { None };
+        self.send(
+            Purpose::BulkGet(b),
+            Endpoint::Source,
+            Request::BulkGet(fetch),
+            0,
+        );
+    }
+
+    /// Moves attachments along: one range read ahead while the previous one is written, one
+    /// attachment per batch at a time, and a batch's documents written once all its
+    /// attachments are on the target. A digest another batch is moving waits for it (two
+    /// uploads of one digest would start each other over).
+    fn pump_moves(&mut self) {
+        let range = self.ranges.unwrap_or(DEFAULT_ATTACHMENT_RANGE);
+        let mut moving: BTreeSet<String> = self
+            .batches
+            .iter()
+            .filter(|x| x.stage == Stage::Moving)
+            .filter_map(|x| x.moves.front())
+            .filter(|m| m.started())
+            .map(|m| m.digest.clone())
+            .collect();
+        let mut out = Vec::new();
+        for batch in self.batches.iter_mut().filter(|x| x.stage == Stage::Moving) {
+            let b = batch.id;
+            let n = batch.move_no;
+            let Some(m) = batch.moves.front_mut() else {
+                let docs: Vec<Value> = std::mem::take(&mut batch.docs)
+                    .into_iter()
+                    .map(stub_follows)
+                    .collect();
+                batch.stage = Stage::Writing;
+                batch.sent_docs = docs.len() as u64;
+                out.push((
+                    Purpose::BulkDocs(b),
+                    Endpoint::Target,
+                    Request::BulkDocs(BulkDocsRequest {
+                        docs,
+                        new_edits: false,
+                    }),
+                ));
+                continue;
+            };
+            if !m.started() && !moving.insert(m.digest.clone()) {
+                continue;
+            }
+            if !m.probed {
+                // First ask the target with no bytes: it may hold them already (under another
+                // document, or moved by an earlier batch), and then none need travel.
+                if !m.staging {
+                    m.staging = true;
+                    (m.staging_from, m.staging_end) = (0, 0);
+                    out.push((
+                        Purpose::StagePart(b, n),
+                        Endpoint::Target,
+                        Request::StageAttachment(StageRequest {
+                            digest: m.digest.clone(),
+                            content_type: m.content_type.clone(),
+                            length: m.length,
+                            offset: 0,
+                            data: Bytes::new(),
+                        }),
+                    ));
+                }
+                continue;
+            }
+            if !m.staging {
+                if let Some(part) = m.read.remove(&m.stage_at) {
+                    m.staging = true;
+                    m.staging_from = part.offset;
+                    m.staging_end = part.offset + part.data.len() as u64;
+                    m.stage_at = m.staging_end;
+                    out.push((
+                        Purpose::StagePart(b, n),
+                        Endpoint::Target,
+                        Request::StageAttachment(StageRequest {
+                            digest: m.digest.clone(),
+                            content_type: m.content_type.clone(),
+                            length: m.length,
+                            offset: part.offset,
+                            data: part.data,
+                        }),
+                    ));
+                }
+            }
+            // Reads run up to READ_AHEAD ranges ahead of the writes, so the link stays busy
+            // (a lone request at a time restarts a lossy path's window every range).
+            let mut asks: Vec<(u64, u64)> = std::mem::take(&mut m.wanted).into_iter().collect();
+            while m.reading.len() + m.read.len() + asks.len() < READ_AHEAD && m.read_at < m.length {
+                let end = m.read_at.saturating_add(range).min(m.length);
+                asks.push((m.read_at, end));
+                m.read_at = end;
+            }
+            for (start, end) in asks {
+                m.reading.insert(start, end);
+                out.push((
+                    Purpose::ReadPart(b, n),
+                    Endpoint::Source,
+                    Request::ReadAttachment(AttachmentPartRequest {
+                        source: AttachmentSource::Digest(m.digest.clone()),
+                        offset: start,
+                        len: usize::try_from(end - start).unwrap_or(usize::MAX),
+                    }),
+                ));
+            }
+        }
+        for (purpose, endpoint, request) in out {
+            self.send(purpose, endpoint, request, 0);
+        }
     }
 
     fn log_read_done(&mut self) {
@@ -971,6 +1333,53 @@ impl Replicator {
 /// Finds where to resume from the two replication logs (CouchDB's `compare_replication_logs`):
 /// the same session on both sides means its seq; otherwise the newest session both histories
 /// share; otherwise from the start. Malformed logs count as absent.
+/// The attachments of `docs` that a `_bulk_get` with `inline_max` left out (`"follows"`), one
+/// move per digest.
+fn moves_of(docs: &[Value]) -> VecDeque<Move> {
+    let mut seen = BTreeSet::new();
+    let mut moves = VecDeque::new();
+    for doc in docs {
+        let Some(atts) = doc.get("_attachments").and_then(Value::as_object) else {
+            continue;
+        };
+        for a in atts.values() {
+            if a.get("follows").and_then(Value::as_bool) != Some(true) {
+                continue;
+            }
+            let (Some(digest), Some(length)) = (
+                a.get("digest").and_then(Value::as_str),
+                a.get("length").and_then(Value::as_u64),
+            ) else {
+                continue;
+            };
+            if seen.insert(digest.to_string()) {
+                let content_type = a
+                    .get("content_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("application/octet-stream");
+                moves.push_back(Move::new(
+                    digest.to_string(),
+                    content_type.to_string(),
+                    length,
+                ));
+            }
+        }
+    }
+    moves
+}
+
+/// A document whose moved attachments are now stubs (their bytes are on the target).
+fn stub_follows(mut doc: Value) -> Value {
+    if let Some(atts) = doc.get_mut("_attachments").and_then(Value::as_object_mut) {
+        for a in atts.values_mut().filter_map(Value::as_object_mut) {
+            if a.remove("follows").is_some() {
+                a.insert("stub".into(), Value::Bool(true));
+            }
+        }
+    }
+    doc
+}
+
 fn compare_logs(source: Option<&Doc>, target: Option<&Doc>) -> (Seq, Vec<Value>) {
     let (Some(s), Some(t)) = (source, target) else {
         return (Seq::zero(), Vec::new());

@@ -602,3 +602,239 @@ fn a_checkpoint_lost_to_other_writers_is_skipped_not_fatal() {
     // The source does not hold it, so it does not count as a checkpoint.
     assert_eq!(p.checkpoints, 0);
 }
+
+fn blob(len: usize, salt: u8) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8 ^ salt).collect()
+}
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// Documents with attachments over and under the range size: two share one large content, a
+/// third has another, one is edited after (its new revision keeps the large one by stub).
+fn with_attachments(db: &mut MemoryStore) -> u64 {
+    let (big, other) = (blob(700_000, 0), blob(300_001, 7));
+    let att = |data: &[u8]| json!({"content_type": "application/x-test", "data": b64(data)});
+    for (id, data) in [("a", &big), ("b", &big), ("c", &other)] {
+        db.put(json!({"_id": id, "_attachments": {"big": att(data), "small": att(b"tiny")}}))
+            .unwrap();
+    }
+    let mut a = db.get("a").unwrap();
+    a.insert("edited".into(), json!(true));
+    db.put(Value::Object(a)).unwrap();
+    (big.len() + other.len()) as u64
+}
+
+fn assert_same_attachments(a: &mut MemoryStore, b: &mut MemoryStore) {
+    for id in ["a", "b", "c"] {
+        for name in ["big", "small"] {
+            let (x, y) = (
+                a.get_attachment(id, name).unwrap(),
+                b.get_attachment(id, name).unwrap(),
+            );
+            assert_eq!((x.digest, x.data), (y.digest, y.data), "{id}/{name}");
+        }
+    }
+}
+
+#[test]
+fn large_attachments_move_in_ranges_and_small_ones_inline() {
+    let (mut a, mut b) = (MemoryStore::new("a"), MemoryStore::new("b"));
+    let large = with_attachments(&mut a);
+    let config = cfg("a", "b").attachment_range(Some(64 << 10)).batch_size(1);
+    let out = drive(&mut a, &mut b, config, 3, Faults::default());
+    let p = out.completed().expect("completed");
+    assert_eq!((p.docs_written, p.doc_write_failures), (3, 0));
+    // Each large content moves once, though two documents hold it.
+    assert_eq!(p.attachment_bytes, large);
+    assert_converged(&mut a, &mut b);
+    assert_same_attachments(&mut a, &mut b);
+    assert_eq!(peerpouch::store::Storage::blob_count(&b).unwrap(), 3);
+    let reads = out.requests[&(Endpoint::Source, "read_attachment")];
+    assert_eq!(
+        reads as u64,
+        700_000u64.div_ceil(64 << 10) + 300_001u64.div_ceil(64 << 10)
+    );
+    // Replicated on, the same bytes need not travel at all.
+    let mut c = MemoryStore::new("c");
+    let p = replicate(
+        &mut b,
+        &mut c,
+        cfg("b", "c").attachment_range(Some(1 << 30)),
+    )
+    .unwrap();
+    assert_eq!(p.attachment_bytes, 0, "under the range size they go inline");
+    assert_same_attachments(&mut a, &mut c);
+}
+
+#[test]
+fn attachments_in_ranges_survive_shuffled_answers_and_failures() {
+    for seed in 0..20 {
+        let (mut a, mut b) = (MemoryStore::new("a"), MemoryStore::new("b"));
+        with_attachments(&mut a);
+        let faults = Faults {
+            shuffle: true,
+            unavailable: 0.2,
+            ..Faults::default()
+        };
+        let config = cfg("a", "b").attachment_range(Some(50_000)).batch_size(1);
+        let out = drive(&mut a, &mut b, config, seed, faults);
+        let p = out
+            .completed()
+            .unwrap_or_else(|| panic!("seed {seed}: {:?}", out.events));
+        assert_eq!(p.doc_write_failures, 0, "seed {seed}");
+        assert_converged(&mut a, &mut b);
+        assert_same_attachments(&mut a, &mut b);
+    }
+}
+
+/// A database that takes no ranges (a CouchDB server, an older peer): the replication carries
+/// attachments inline from its first refusal on.
+struct NoRanges {
+    db: MemoryStore,
+    /// Refuse reading ranges (as a source) rather than receiving them (as a target).
+    source: bool,
+    refused: usize,
+}
+
+impl Database for NoRanges {
+    fn execute(&mut self, request: Request) -> Result<Response, DbError> {
+        match (&request, self.source) {
+            (Request::ReadAttachment(_), true) | (Request::StageAttachment(_), false) => {
+                self.refused += 1;
+                Err(DbError::NotImplemented("unknown method".into()))
+            }
+            _ => self.db.execute(request),
+        }
+    }
+}
+
+#[test]
+fn an_endpoint_without_ranges_gets_attachments_inline() {
+    for source in [true, false] {
+        let mut a = MemoryStore::new("a");
+        with_attachments(&mut a);
+        let mut b = MemoryStore::new("b");
+        let config = cfg("a", "b").attachment_range(Some(64 << 10));
+        let (p, refused) = if source {
+            let mut s = NoRanges {
+                db: a,
+                source,
+                refused: 0,
+            };
+            let p = replicate(&mut s, &mut b, config).unwrap();
+            a = s.db;
+            (p, s.refused)
+        } else {
+            let mut t = NoRanges {
+                db: b,
+                source,
+                refused: 0,
+            };
+            let p = replicate(&mut a, &mut t, config).unwrap();
+            b = t.db;
+            (p, t.refused)
+        };
+        assert_eq!(
+            (p.docs_written, p.attachment_bytes),
+            (3, 0),
+            "source {source}"
+        );
+        // Refusals come only from what was under way when the first came back (the ranges
+        // read ahead, or one probe per batch), then ranges are off.
+        assert!(
+            (1..=4).contains(&refused),
+            "{refused} refusals (source {source})"
+        );
+        assert_same_attachments(&mut a, &mut b);
+    }
+}
+
+/// A source whose attachment is gone when its bytes are read (the document was edited
+/// meanwhile, the old revision compacted): the batch is read again, with the newer revision.
+#[test]
+fn an_attachment_gone_from_the_source_is_read_again_with_its_document() {
+    struct Editing {
+        db: MemoryStore,
+        edited: bool,
+    }
+    impl Database for Editing {
+        fn execute(&mut self, request: Request) -> Result<Response, DbError> {
+            if matches!(request, Request::ReadAttachment(_)) && !self.edited {
+                self.edited = true;
+                let mut c = self.db.get("c").unwrap();
+                c.insert(
+                    "_attachments".into(),
+                    json!({"big": {
+                    "content_type": "x/y", "data": b64(&blob(200_000, 9))}}),
+                );
+                self.db.put(Value::Object(c)).unwrap();
+            }
+            self.db.execute(request)
+        }
+    }
+    let mut a = MemoryStore::new("a");
+    let big = blob(300_001, 7);
+    a.put(json!({"_id": "c", "_attachments": {"big": {"content_type": "x/y", "data": b64(&big)}}}))
+        .unwrap();
+    let mut src = Editing {
+        db: a,
+        edited: false,
+    };
+    let mut b = MemoryStore::new("b");
+    let config = cfg("a", "b").attachment_range(Some(64 << 10));
+    let p = replicate(&mut src, &mut b, config).unwrap();
+    assert!(src.edited);
+    assert_eq!(p.doc_write_failures, 0);
+    assert_converged(&mut src.db, &mut b);
+    let got = b.get_attachment("c", "big").unwrap();
+    assert_eq!(&got.data[..], &blob(200_000, 9)[..]);
+}
+
+/// A target that forgets an upload midway (another replication's uploads pushed it out, or
+/// it restarted) answers the next range out of order: the attachment starts over.
+#[test]
+fn a_target_that_forgets_an_upload_gets_it_from_the_start() {
+    struct Forgetful {
+        db: MemoryStore,
+        stages: usize,
+    }
+    impl Database for Forgetful {
+        fn execute(&mut self, request: Request) -> Result<Response, DbError> {
+            if let Request::StageAttachment(r) = &request {
+                self.stages += 1;
+                if self.stages == 3 {
+                    // Start the upload over behind the sender's back.
+                    let restart = StageRequest {
+                        offset: 0,
+                        data: Bytes::new(),
+                        ..r.clone()
+                    };
+                    self.db.execute(Request::StageAttachment(restart)).unwrap();
+                }
+            }
+            self.db.execute(request)
+        }
+    }
+    let mut a = MemoryStore::new("a");
+    let big = blob(300_001, 7);
+    a.put(json!({"_id": "c", "_attachments": {"big": {"content_type": "x/y", "data": b64(&big)}}}))
+        .unwrap();
+    let mut t = Forgetful {
+        db: MemoryStore::new("b"),
+        stages: 0,
+    };
+    let config = cfg("a", "b").attachment_range(Some(64 << 10));
+    let p = replicate(&mut a, &mut t, config).unwrap();
+    assert_eq!(p.docs_written, 1);
+    // What was sent before the target forgot it is counted: it travelled.
+    assert!(p.attachment_bytes > 300_001, "{} bytes", p.attachment_bytes);
+    assert!(
+        t.stages > 300_001usize.div_ceil(64 << 10),
+        "{} ranges",
+        t.stages
+    );
+    assert_eq!(&t.db.get_attachment("c", "big").unwrap().data[..], &big[..]);
+}

@@ -116,7 +116,18 @@ struct Open {
     /// other answers is bounded, a large answer that keeps arriving is not.
     hard_deadline: Instant,
     answering: bool,
-    attachment: Option<(String, String, u64)>,
+    attachment: Option<Incoming>,
+}
+
+/// The metadata of attachment bytes on their way (the binary message that follows).
+#[derive(Clone, Debug)]
+struct Incoming {
+    content_type: String,
+    digest: String,
+    /// Bytes in the binary message.
+    length: u64,
+    /// For a range: where it starts and the whole attachment's length.
+    part: Option<(u64, u64)>,
 }
 
 /// The client machine. See the [module docs](super).
@@ -508,8 +519,35 @@ impl RpcClient {
                         limit: self.config.max_message,
                     });
                 }
-                open.attachment = Some((content_type, digest, length));
+                open.attachment = Some(Incoming {
+                    content_type,
+                    digest,
+                    length,
+                    part: None,
+                });
                 self.asm.expect(Kind::Binary, id, length as usize);
+                return Ok(());
+            }
+            Reply::AttachmentPart {
+                content_type,
+                digest,
+                length,
+                offset,
+                size,
+            } => {
+                let limit = self.config.max_message as u64;
+                if size > limit || offset.checked_add(size).is_none_or(|end| end > length) {
+                    return Err(RpcError::Malformed(format!(
+                        "response {id}: a range of {size} bytes from {offset} of {length} (at most {limit} a message)"
+                    )));
+                }
+                open.attachment = Some(Incoming {
+                    content_type,
+                    digest,
+                    length: size,
+                    part: Some((offset, length)),
+                });
+                self.asm.expect(Kind::Binary, id, size as usize);
                 return Ok(());
             }
             Reply::Ok(r) => Ok(r),
@@ -525,7 +563,13 @@ impl RpcClient {
         let Some(open) = self.open.get(&id) else {
             return Ok(());
         };
-        let Some((content_type, digest, length)) = open.attachment.clone() else {
+        let Some(Incoming {
+            content_type,
+            digest,
+            length,
+            part,
+        }) = open.attachment.clone()
+        else {
             return Err(RpcError::Protocol(format!(
                 "binary data for call {id} without metadata"
             )));
@@ -537,13 +581,23 @@ impl RpcClient {
             )));
         }
         self.open.remove(&id);
-        self.events.push_back(ClientEvent::Response {
-            call: id,
-            result: Ok(Response::Attachment(AttachmentData {
+        let response = match part {
+            Some((offset, whole)) => Response::AttachmentPart(AttachmentPart {
+                content_type,
+                digest,
+                length: whole,
+                offset,
+                data: data.into(),
+            }),
+            None => Response::Attachment(AttachmentData {
                 content_type,
                 digest,
                 data: data.into(),
-            })),
+            }),
+        };
+        self.events.push_back(ClientEvent::Response {
+            call: id,
+            result: Ok(response),
         });
         Ok(())
     }

@@ -281,6 +281,18 @@ impl Outbox {
         self.cut(kind, id, payload, compressed, false);
     }
 
+    /// [`Outbox::push_owned`] for attachment bytes that are compressed like JSON when that
+    /// saves enough (ranges of an attachment: only peers that read ranges get them, and they
+    /// all take compressed binary messages). Text attachments then travel as small as they did
+    /// inline, compressed inside their JSON; already-compressed formats go as they are.
+    pub(crate) fn push_packed(&mut self, kind: Kind, id: u32, payload: Bytes) {
+        let packed = self.pack.as_mut().and_then(|p| p.compress(&payload));
+        match packed {
+            Some(small) => self.cut(kind, id, Bytes::from(small), true, false),
+            None => self.push_owned(kind, id, payload),
+        }
+    }
+
     /// Queues one part of a message sent in parts (never compressed): `more` when parts follow.
     /// Each part but the last should be a whole number of frame payloads
     /// ([`Outbox::frame_payload`]), so the frames are those of the whole message; an empty last

@@ -160,6 +160,8 @@ const KNOWN_OPS: &[&str] = &[
     "revs_diff",
     "bulk_get",
     "get_attachment",
+    "read_attachment",
+    "stage_attachment",
     "get_local",
     "put_local",
     "delete_local",
@@ -653,6 +655,20 @@ impl RpcServer {
 
     fn reply(&mut self, id: u32, result: Result<Response, DbError>) {
         match result {
+            Ok(Response::AttachmentPart(p)) => {
+                self.out.push_json(
+                    Kind::Response,
+                    id,
+                    &Reply::AttachmentPart {
+                        content_type: p.content_type,
+                        digest: p.digest,
+                        length: p.length,
+                        offset: p.offset,
+                        size: p.data.len() as u64,
+                    },
+                );
+                self.out.push_packed(Kind::Binary, id, p.data);
+            }
             Ok(Response::Attachment(a)) if a.data.len() > self.peer_max_message => {
                 let e = too_large(a.data.len(), self.peer_max_message);
                 self.out
@@ -751,6 +767,15 @@ impl RpcServer {
                         );
                         continue;
                     }
+                    // A range a peer reads is bounded like the chunks the server reads itself
+                    // (a few of them), whatever length it asked for.
+                    let req = match req {
+                        Request::ReadAttachment(mut r) => {
+                            r.len = r.len.min(self.attachment_chunk() * 16);
+                            Request::ReadAttachment(r)
+                        }
+                        other => other,
+                    };
                     if let Request::GetAttachment(request) = req {
                         let part = Request::ReadAttachment(AttachmentPartRequest {
                             source: AttachmentSource::Doc(request.clone()),

@@ -11,7 +11,11 @@ use crate::ops::{ChangesRequest, Request, Response};
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Capabilities this implementation offers.
-pub const CAPABILITIES: &[&str] = &["binary-attachments", "live-changes"];
+pub const CAPABILITIES: &[&str] = &["binary-attachments", "live-changes", CAP_ATTACHMENT_RANGES];
+/// The capability a server lists when it serves `read_attachment` (ranges of an attachment)
+/// and `stage_attachment` (attachments received in ranges), and honours `_bulk_get`'s
+/// `inline_max`: what lets a replication carry attachments of any size in bounded memory.
+pub const CAP_ATTACHMENT_RANGES: &str = "attachment-ranges";
 /// The optional capability a hello lists when its sender takes zstd-compressed messages
 /// ([`crate::rpc::frame`]); each side compresses only towards a peer that listed it.
 pub const CAP_ZSTD: &str = "zstd";
@@ -96,6 +100,20 @@ pub enum Reply {
         digest: String,
         /// Bytes that follow.
         length: u64,
+    },
+    /// A range of an attachment (`read_attachment`); its bytes follow as a binary message with
+    /// the same id.
+    AttachmentPart {
+        /// MIME type.
+        content_type: String,
+        /// `md5-<base64>` of the whole attachment.
+        digest: String,
+        /// The whole attachment's length.
+        length: u64,
+        /// Where the range starts.
+        offset: u64,
+        /// Bytes that follow (fewer than asked at the end, or when the server reads less).
+        size: u64,
     },
 }
 

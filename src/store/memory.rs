@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::storage::{Batch, BlobInfo, Counters, Storage, StoredBody, StoredDoc, Visit};
-use super::Database;
+use super::{Database, Staging};
 use crate::error::DbError;
 use crate::ops::*;
 use crate::rev::{md5_hex, Rev};
@@ -61,6 +61,9 @@ pub struct MemoryStore {
     counters: Counters,
     local: BTreeMap<String, LocalEntry>,
     blobs: BTreeMap<String, Blob>,
+    /// Attachments being received in ranges: the bookkeeping and the bytes so far.
+    staging: Staging,
+    staged: BTreeMap<String, Vec<u8>>,
     revs_limit: usize,
     id_seed: u64,
     /// Set by [`MemoryStore::with_uuid`]; otherwise derived from the name and the id seed.
@@ -81,6 +84,8 @@ impl MemoryStore {
             counters: Counters::default(),
             local: BTreeMap::new(),
             blobs: BTreeMap::new(),
+            staging: Staging::default(),
+            staged: BTreeMap::new(),
             revs_limit: DEFAULT_REVS_LIMIT,
             id_seed: 0,
             uuid: None,
@@ -367,7 +372,45 @@ impl Storage for MemoryStore {
         Ok(self.local.get(id).map(|e| (e.rev, e.body.clone())))
     }
 
+    fn staging(&self) -> Option<&Staging> {
+        Some(&self.staging)
+    }
+
+    fn staging_mut(&mut self) -> Option<&mut Staging> {
+        Some(&mut self.staging)
+    }
+
+    fn stage_bytes(&mut self, digest: &str, offset: u64, data: &[u8]) -> Result<(), DbError> {
+        let held = self.staged.entry(digest.to_string()).or_default();
+        if held.len() as u64 != offset {
+            return Err(DbError::BadRequest(format!(
+                "{digest}: bytes from {offset} do not continue the {} held",
+                held.len()
+            )));
+        }
+        held.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn unstage(&mut self, digest: &str) {
+        self.staged.remove(digest);
+    }
+
     fn commit(&mut self, batch: Batch) -> Result<(), DbError> {
+        // All or nothing: what could fail is checked before anything changes.
+        for (digest, info) in &batch.staged {
+            let held = self.staged.get(digest).map_or(0, Vec::len) as u64;
+            if held != info.length && !self.blobs.contains_key(digest) {
+                return Err(DbError::Other {
+                    status: 500,
+                    error: "internal".into(),
+                    reason: format!(
+                        "{held} of the {} received bytes of {digest} are held",
+                        info.length
+                    ),
+                });
+            }
+        }
         for (id, mut doc) in batch.docs {
             doc.tree.shrink_to_fit();
             let id: Arc<str> = id.into();
@@ -380,6 +423,14 @@ impl Storage for MemoryStore {
             self.blobs.entry(digest).or_insert(Blob {
                 data,
                 content_type,
+                refs: 0,
+            });
+        }
+        for (digest, info) in batch.staged {
+            let data = self.staged.remove(&digest).unwrap_or_default();
+            self.blobs.entry(digest).or_insert_with(|| Blob {
+                data: data.into(),
+                content_type: info.content_type,
                 refs: 0,
             });
         }

@@ -4,10 +4,12 @@
 
 mod memory;
 mod semantics;
+mod staging;
 mod storage;
 
 pub use memory::{MemoryStore, DEFAULT_REVS_LIMIT};
 pub use semantics::{execute, tree_shapes, TreeShapes};
+pub use staging::{Accepted, Staging, MAX_UPLOADS};
 pub use storage::{Batch, BlobInfo, Counters, Fields, Storage, StoredBody, StoredDoc, Visit};
 
 use serde_json::Value;
@@ -156,6 +158,42 @@ pub trait Database {
             rev: None,
         }))?
         .into_attachment()
+    }
+
+    /// A range of an attachment's bytes, with its metadata (`length` is the whole
+    /// attachment's): how to read an attachment of any size a range at a time.
+    ///
+    /// ```
+    /// use peerpouch::{Database, MemoryStore};
+    /// use serde_json::json;
+    ///
+    /// let mut db = MemoryStore::new("db");
+    /// db.put(json!({"_id": "a", "_attachments": {"t.txt": {
+    ///     "content_type": "text/plain", "data": "aGVsbG8gd29ybGQ="}}})).unwrap();
+    /// let part = db.read_attachment("a", "t.txt", 6, 100).unwrap();
+    /// assert_eq!((&part.data[..], part.length), (&b"world"[..], 11));
+    /// ```
+    ///
+    /// # Errors
+    /// [`DbError::NotFound`] when the document or attachment is not there;
+    /// [`DbError::NotImplemented`] from a database that serves attachments only whole.
+    fn read_attachment(
+        &mut self,
+        id: &str,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<AttachmentPart, DbError> {
+        self.execute(Request::ReadAttachment(AttachmentPartRequest {
+            source: AttachmentSource::Doc(AttachmentRequest {
+                id: id.into(),
+                name: name.into(),
+                rev: None,
+            }),
+            offset,
+            len,
+        }))?
+        .into_attachment_part()
     }
 
     /// A `_local` document.

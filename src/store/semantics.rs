@@ -40,6 +40,9 @@ type Written = (String, Rev, Vec<Arc<StoredBody>>);
 /// # Errors
 /// As [`Database::execute`](super::Database::execute), plus the engine's own failures.
 pub fn execute<S: Storage + ?Sized>(s: &mut S, request: Request) -> Result<Response, DbError> {
+    if let Request::StageAttachment(r) = request {
+        return stage(s, r).map(Response::Staged);
+    }
     if request.is_write() {
         s.begin_write()?;
         let (result, batch) = {
@@ -55,7 +58,15 @@ pub fn execute<S: Storage + ?Sized>(s: &mut S, request: Request) -> Result<Respo
         };
         match result {
             Ok(response) => {
+                let staged: Vec<String> = batch.staged.keys().cloned().collect();
                 s.commit(batch)?;
+                // Their bytes are attachments now (or were already): the uploads are done.
+                for digest in staged {
+                    s.unstage(&digest);
+                    if let Some(st) = s.staging_mut() {
+                        st.forget(&digest);
+                    }
+                }
                 Ok(response)
             }
             Err(e) => {
@@ -68,6 +79,64 @@ pub fn execute<S: Storage + ?Sized>(s: &mut S, request: Request) -> Result<Respo
         let result = read(&*s, request);
         s.end_read();
         result
+    }
+}
+
+/// Receives one range of an attachment ([`Request::StageAttachment`]): checked and counted by
+/// the engine's [`Staging`](super::Staging), its bytes kept by the engine.
+fn stage<S: Storage + ?Sized>(s: &mut S, r: StageRequest) -> Result<Staged, DbError> {
+    if s.staging().is_none() {
+        return Err(DbError::NotImplemented(
+            "this database takes attachments whole, not in ranges".into(),
+        ));
+    }
+    super::staging::check(&r)?;
+    // Bytes held already need not travel: the sender skips the rest.
+    s.begin_read()?;
+    let held = s.blob_info(&r.digest);
+    s.end_read();
+    if held?.is_some_and(|b| b.length == r.length) {
+        if s.staging_mut().is_some_and(|st| st.forget(&r.digest)) {
+            s.unstage(&r.digest);
+        }
+        return Ok(Staged {
+            received: r.length,
+            complete: true,
+        });
+    }
+    let st = s.staging_mut().expect("checked above");
+    // Complete already (sent again by a retry, or by a second batch that carries it too): the
+    // upload is kept for the write that will use it.
+    if st.complete(&r.digest).is_some_and(|b| b.length == r.length) {
+        return Ok(Staged {
+            received: r.length,
+            complete: true,
+        });
+    }
+    let accepted = st.accept(&r)?;
+    for d in &accepted.evicted {
+        s.unstage(d);
+    }
+    if accepted.restart {
+        s.unstage(&r.digest);
+    }
+    let forget = |s: &mut S| {
+        s.unstage(&r.digest);
+        if let Some(st) = s.staging_mut() {
+            st.forget(&r.digest);
+        }
+    };
+    if let Err(e) = s.stage_bytes(&r.digest, r.offset, &r.data) {
+        forget(s);
+        return Err(e);
+    }
+    let st = s.staging_mut().expect("checked above");
+    match st.advance(&r.digest, &r.data) {
+        Ok((received, complete)) => Ok(Staged { received, complete }),
+        Err(e) => {
+            forget(s);
+            Err(e)
+        }
     }
 }
 
@@ -96,7 +165,10 @@ fn read<S: Storage + ?Sized>(s: &S, request: Request) -> Result<Response, DbErro
         Request::GetLocal(r) => Response::Doc(DocBody {
             doc: get_local_impl(s, &r.id)?,
         }),
-        Request::BulkDocs(_) | Request::PutLocal(_) | Request::DeleteLocal(_) => {
+        Request::BulkDocs(_)
+        | Request::PutLocal(_)
+        | Request::DeleteLocal(_)
+        | Request::StageAttachment(_) => {
             return Err(DbError::BadRequest(
                 "a write request on the read path".into(),
             ))
@@ -161,7 +233,10 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
                 content_type: content_type.clone(),
                 length: data.len() as u64,
             })),
-            None => self.s.blob_info(digest),
+            None => match self.s.blob_info(digest)? {
+                Some(b) => Ok(Some(b)),
+                None => Ok(self.s.staging().and_then(|st| st.complete(digest))),
+            },
         }
     }
 
@@ -223,6 +298,12 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
         }
         for m in body.atts.values() {
             *self.batch.blob_refs.entry(m.digest.clone()).or_insert(0) += 1;
+            // Bytes received in ranges become an attachment with this write.
+            if !self.batch.blobs.contains_key(&m.digest) {
+                if let Some(info) = self.s.staging().and_then(|st| st.complete(&m.digest)) {
+                    self.batch.staged.insert(m.digest.clone(), info);
+                }
+            }
         }
     }
 
@@ -565,6 +646,8 @@ struct DocOpts<'a> {
     atts_since: &'a [Rev],
     conflicts: bool,
     deleted_conflicts: bool,
+    /// [`BulkGetRequest::inline_max`].
+    inline_max: Option<u64>,
 }
 
 impl<'a> DocOpts<'a> {
@@ -575,6 +658,7 @@ impl<'a> DocOpts<'a> {
             atts_since: &r.atts_since,
             conflicts: r.conflicts,
             deleted_conflicts: r.deleted_conflicts,
+            inline_max: None,
         }
     }
 }
@@ -620,7 +704,11 @@ fn build_doc<S: Storage + ?Sized>(
             a.insert("digest".into(), Value::String(m.digest.clone()));
             a.insert("length".into(), Value::from(m.length));
             a.insert("revpos".into(), Value::from(m.revpos));
-            if opts.attachments && m.revpos > since_pos {
+            let wanted = opts.attachments && m.revpos > since_pos;
+            if wanted && opts.inline_max.is_some_and(|max| m.length > max) {
+                // Too large to inline: the caller reads it in ranges.
+                a.insert("follows".into(), Value::Bool(true));
+            } else if wanted {
                 let data = s.blob(&m.digest)?.ok_or_else(|| DbError::Other {
                     status: 500,
                     error: "internal".into(),
@@ -674,6 +762,14 @@ fn build_doc<S: Storage + ?Sized>(
 }
 
 fn get_impl<S: Storage + ?Sized>(s: &S, req: &GetRequest) -> Result<Doc, DbError> {
+    get_with(s, req, DocOpts::from_get(req))
+}
+
+fn get_with<S: Storage + ?Sized>(
+    s: &S,
+    req: &GetRequest,
+    opts: DocOpts<'_>,
+) -> Result<Doc, DbError> {
     if req.id.starts_with(LOCAL_PREFIX) {
         return get_local_impl(s, &req.id);
     }
@@ -695,12 +791,20 @@ fn get_impl<S: Storage + ?Sized>(s: &S, req: &GetRequest) -> Result<Doc, DbError
             w
         }
     };
-    build_doc(s, &req.id, &e.tree, idx, &DocOpts::from_get(req))
+    build_doc(s, &req.id, &e.tree, idx, &opts)
 }
 
 fn open_revs_impl<S: Storage + ?Sized>(
     s: &S,
     req: &OpenRevsRequest,
+) -> Result<OpenRevsResponse, DbError> {
+    open_revs_with(s, req, None)
+}
+
+fn open_revs_with<S: Storage + ?Sized>(
+    s: &S,
+    req: &OpenRevsRequest,
+    inline_max: Option<u64>,
 ) -> Result<OpenRevsResponse, DbError> {
     let opts = DocOpts {
         revs: req.revs,
@@ -708,6 +812,7 @@ fn open_revs_impl<S: Storage + ?Sized>(
         atts_since: &req.atts_since,
         conflicts: false,
         deleted_conflicts: false,
+        inline_max,
     };
     let Some(e) = s.doc(&req.id)? else {
         return match &req.open_revs {
@@ -1024,15 +1129,20 @@ fn bulk_get_impl<S: Storage + ?Sized>(
                 reason: reason.into(),
             })
         };
+        let get = GetRequest {
+            id: item.id.clone(),
+            revs: req.revs,
+            attachments: req.attachments,
+            atts_since: item.atts_since.clone(),
+            ..GetRequest::default()
+        };
         let docs = match &item.rev {
-            None => match get_impl(
+            None => match get_with(
                 s,
-                &GetRequest {
-                    id: item.id.clone(),
-                    revs: req.revs,
-                    attachments: req.attachments,
-                    atts_since: item.atts_since.clone(),
-                    ..GetRequest::default()
+                &get,
+                DocOpts {
+                    inline_max: req.inline_max,
+                    ..DocOpts::from_get(&get)
                 },
             ) {
                 Ok(d) => vec![BulkGetDoc::Ok(d)],
@@ -1042,7 +1152,7 @@ fn bulk_get_impl<S: Storage + ?Sized>(
                 }
             },
             Some(rev) => {
-                let r = open_revs_impl(
+                let r = open_revs_with(
                     s,
                     &OpenRevsRequest {
                         id: item.id.clone(),
@@ -1052,6 +1162,7 @@ fn bulk_get_impl<S: Storage + ?Sized>(
                         atts_since: item.atts_since.clone(),
                         latest: req.latest,
                     },
+                    req.inline_max,
                 )?;
                 r.revs
                     .into_iter()

@@ -20,6 +20,8 @@ use crate::ops::Doc;
 use crate::rev::write_canonical_map;
 use crate::revtree::RevTree;
 
+use super::Staging;
+
 /// A document's own fields (no `_`-members) as compact JSON text, parsed only when read.
 ///
 /// Held parsed, a body of ~1 KiB of JSON took ~2× its size in memory (a `serde_json::Value`
@@ -132,6 +134,10 @@ pub struct Batch {
     /// Changes to the number of leaf bodies referring to each digest; bytes whose count falls to
     /// zero are deleted.
     pub blob_refs: BTreeMap<String, i64>,
+    /// Attachments received in ranges ([`Staging`]) that this batch's documents refer to: the
+    /// engine makes their staged bytes attachments (unless it holds the digest already, written
+    /// meanwhile by another process) before it counts [`Batch::blob_refs`].
+    pub staged: BTreeMap<String, BlobInfo>,
     /// `_local` documents written (`Some((rev, body))`) or deleted (`None`), ids with their
     /// `_local/` prefix.
     pub locals: BTreeMap<String, Option<(u64, Doc)>>,
@@ -142,7 +148,10 @@ pub struct Batch {
 impl Batch {
     /// Whether the batch changes nothing but, possibly, the counters it was started with.
     pub fn is_empty(&self) -> bool {
-        self.docs.is_empty() && self.locals.is_empty() && self.blobs.is_empty()
+        self.docs.is_empty()
+            && self.locals.is_empty()
+            && self.blobs.is_empty()
+            && self.staged.is_empty()
     }
 }
 
@@ -260,6 +269,32 @@ pub trait Storage {
     /// # Errors
     /// The engine's failure.
     fn blob_count(&self) -> Result<u64, DbError>;
+
+    /// The bookkeeping of attachments being received in ranges, for engines that take them
+    /// ([`Storage::stage_bytes`]); `None` (the default) for one that does not.
+    fn staging(&self) -> Option<&Staging> {
+        None
+    }
+
+    /// [`Storage::staging`], to change.
+    fn staging_mut(&mut self) -> Option<&mut Staging> {
+        None
+    }
+
+    /// Keeps a range of an attachment being received: `offset` is where the last range of
+    /// `digest` ended, or 0 after [`Storage::unstage`]. Engines that keep bytes on disk write
+    /// them there, not in memory. The default refuses (the engine takes attachments whole).
+    ///
+    /// # Errors
+    /// The engine's failure, or [`DbError::NotImplemented`].
+    fn stage_bytes(&mut self, _digest: &str, _offset: u64, _data: &[u8]) -> Result<(), DbError> {
+        Err(DbError::NotImplemented(
+            "this database takes attachments whole, not in ranges".into(),
+        ))
+    }
+
+    /// Drops what is held of an attachment being received.
+    fn unstage(&mut self, _digest: &str) {}
 
     /// A `_local` document's revision number and body (`id` with its `_local/` prefix).
     ///

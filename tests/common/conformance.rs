@@ -22,6 +22,7 @@ macro_rules! conformance_suite {
                 bulk_get_with_revs_and_missing, attachments_in_stubs_out, attachment_stubs_and_atts_since,
                 missing_stub_is_refused, replicated_attachment_stub_resolves_by_digest,
                 replicated_stub_keeps_its_content_type, reuploaded_attachment_keeps_its_revpos,
+                attachments_in_ranges_read_and_staged, staged_uploads_refuse_bad_ranges_and_bytes,
                 local_docs_are_separate, local_docs_in_bulk_docs, bad_input_is_typed_and_harmless,
                 bulk_docs_mixes_results, info_tracks_counts_and_seq, identity_is_stable_and_local_safe);
         }
@@ -648,6 +649,7 @@ pub fn bulk_get_with_revs_and_missing(db: &mut dyn Database) {
             revs: true,
             attachments: false,
             latest: false,
+            inline_max: None,
         })
         .unwrap();
     assert_eq!(res.results.len(), 3);
@@ -773,6 +775,200 @@ pub fn replicated_attachment_stub_resolves_by_digest(db: &mut dyn Database) {
         bad.unwrap()[0].result,
         Err(DbError::MissingStub(_))
     ));
+}
+
+/// A large attachment goes from one database to another a range at a time: `_bulk_get` with
+/// `inline_max` describes it (`follows`), ranges are read by digest and staged on the other side,
+/// and a replicated write refers to it by a stub; the bytes become an attachment only then, held
+/// once, and the upload is gone.
+pub fn attachments_in_ranges_read_and_staged(db: &mut dyn Database) {
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = peerpouch::doc::digest_of(&blob);
+    let b64 = |b: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    };
+    let rev = put(
+        db,
+        json!({"_id": "src", "small": 1, "_attachments": {
+            "big.bin": {"content_type": "application/x-big", "data": b64(&blob)},
+            "small.txt": {"content_type": "text/plain", "data": HELLO_B64}}}),
+    );
+    let got = db
+        .bulk_get(BulkGetRequest {
+            docs: vec![BulkGetItem {
+                id: "src".into(),
+                rev: Some(rev.clone()),
+                atts_since: vec![],
+            }],
+            revs: true,
+            attachments: true,
+            latest: true,
+            inline_max: Some(100_000),
+        })
+        .unwrap();
+    let BulkGetDoc::Ok(doc) = &got.results[0].docs[0] else {
+        panic!("{got:?}")
+    };
+    let big = &doc["_attachments"]["big.bin"];
+    assert_eq!(big["follows"], true, "{big}");
+    assert!(big.get("data").is_none());
+    assert_eq!(big["length"], 300_000);
+    assert_eq!(big["digest"], digest.as_str());
+    assert_eq!(
+        doc["_attachments"]["small.txt"]["data"], HELLO_B64,
+        "small ones stay inline"
+    );
+    // Read it in ranges (the last one short) and stage them, in order.
+    let mut at = 0u64;
+    let mut last = None;
+    while at < 300_000 {
+        let part = db
+            .execute(Request::ReadAttachment(AttachmentPartRequest {
+                source: AttachmentSource::Digest(digest.clone()),
+                offset: at,
+                len: 70_000,
+            }))
+            .unwrap()
+            .into_attachment_part()
+            .unwrap();
+        assert_eq!((part.offset, part.length), (at, 300_000));
+        assert_eq!(
+            &part.data[..],
+            &blob[at as usize..at as usize + part.data.len()]
+        );
+        at += part.data.len() as u64;
+        last = Some(part);
+    }
+    assert_eq!(last.unwrap().data.len(), 300_000 - 4 * 70_000);
+    // Staged into the same database the bytes are held already: nothing need travel.
+    let held = db
+        .execute(Request::StageAttachment(StageRequest {
+            digest: digest.clone(),
+            content_type: "application/x-big".into(),
+            length: 300_000,
+            offset: 0,
+            data: Bytes::new(),
+        }))
+        .unwrap()
+        .into_staged()
+        .unwrap();
+    assert_eq!(
+        held,
+        Staged {
+            received: 300_000,
+            complete: true
+        }
+    );
+    // Other bytes, not held: staged in uneven ranges (ranges need not fall on any boundary).
+    let other: Vec<u8> = blob.iter().map(|b| b ^ 0x5a).collect();
+    let od = peerpouch::doc::digest_of(&other);
+    let mut at = 0usize;
+    for len in [1usize, 65_535, 65_537, 100_000, 0, 68_927] {
+        let staged = db
+            .execute(Request::StageAttachment(StageRequest {
+                digest: od.clone(),
+                content_type: "application/x-other".into(),
+                length: other.len() as u64,
+                offset: at as u64,
+                data: Bytes::copy_from_slice(&other[at..at + len]),
+            }))
+            .unwrap()
+            .into_staged()
+            .unwrap();
+        at += len;
+        assert_eq!(staged.received, at as u64);
+        assert_eq!(staged.complete, at == other.len());
+    }
+    assert_eq!(at, other.len());
+    // Staged is not stored: reading it finds nothing until a write refers to it.
+    assert!(matches!(
+        db.execute(Request::ReadAttachment(AttachmentPartRequest {
+            source: AttachmentSource::Digest(od.clone()),
+            offset: 0,
+            len: 10,
+        })),
+        Err(DbError::NotFound(_))
+    ));
+    replicated(
+        db,
+        vec![
+            json!({"_id": "copy", "_rev": "1-c", "_attachments": {"o.bin": {
+            "stub": true, "digest": od, "length": other.len(), "revpos": 1,
+            "content_type": "application/x-other"}}}),
+        ],
+    );
+    let a = db.get_attachment("copy", "o.bin").unwrap();
+    assert_eq!((a.digest.as_str(), &a.data[..]), (od.as_str(), &other[..]));
+    assert_eq!(a.content_type, "application/x-other");
+    let part = db.read_attachment("copy", "o.bin", 299_990, 100).unwrap();
+    assert_eq!(&part.data[..], &other[299_990..]);
+    // The upload is done: a stub to it on a new document still resolves (the bytes are held),
+    // and the bytes are held once.
+    replicated(
+        db,
+        vec![
+            json!({"_id": "copy2", "_rev": "1-d", "_attachments": {"o.bin": {
+            "stub": true, "digest": od, "length": other.len(), "revpos": 1}}}),
+        ],
+    );
+    assert_eq!(
+        db.get_attachment("copy2", "o.bin").unwrap().data.len(),
+        other.len()
+    );
+}
+
+/// Ranges out of order, past the end, of a bad digest, or bytes that do not hash to it are
+/// refused with typed errors, and nothing of a refused upload can be referred to.
+pub fn staged_uploads_refuse_bad_ranges_and_bytes(db: &mut dyn Database) {
+    let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 13) as u8).collect();
+    let digest = peerpouch::doc::digest_of(&bytes);
+    let stage = |db: &mut dyn Database, digest: &str, offset: usize, data: &[u8]| {
+        db.execute(Request::StageAttachment(StageRequest {
+            digest: digest.into(),
+            content_type: "x/y".into(),
+            length: 10_000,
+            offset: offset as u64,
+            data: Bytes::copy_from_slice(data),
+        }))
+        .and_then(Response::into_staged)
+    };
+    stage(db, &digest, 0, &bytes[..4000]).unwrap();
+    let gap = stage(db, &digest, 5000, &bytes[5000..6000]).unwrap_err();
+    assert_eq!(gap.status(), 409, "{gap}");
+    assert!(gap.to_string().contains("bytes 0..4000"), "{gap}");
+    assert_eq!(
+        stage(db, &digest, 4000, &bytes[4000..]).unwrap(),
+        Staged {
+            received: 10_000,
+            complete: true
+        }
+    );
+    // A complete upload is used by a write.
+    replicated(
+        db,
+        vec![json!({"_id": "ok", "_rev": "1-o", "_attachments": {"f": {
+            "stub": true, "digest": digest, "length": 10_000, "revpos": 1}}})],
+    );
+    assert_eq!(&db.get_attachment("ok", "f").unwrap().data[..], &bytes[..]);
+    let past = stage(db, &digest, 9_000, &bytes[..2000]).unwrap_err();
+    assert_eq!(past.status(), 400, "{past}");
+    assert_eq!(stage(db, "md5-bad", 0, &bytes).unwrap_err().status(), 400);
+    // Bytes that are not the digest's: refused, and forgotten.
+    let mut wrong = bytes.clone();
+    wrong[9_999] ^= 1;
+    let other = peerpouch::doc::digest_of(&[1, 2, 3]);
+    stage(db, &other, 0, &wrong[..5000]).unwrap();
+    let lie = stage(db, &other, 5000, &wrong[5000..]).unwrap_err();
+    assert_eq!(lie.status(), 400, "{lie}");
+    let r = db
+        .bulk_docs(
+            vec![json!({"_id": "z", "_rev": "1-z", "_attachments": {"f": {
+                "stub": true, "digest": other, "length": 10_000, "revpos": 1}}})],
+            false,
+        )
+        .unwrap();
+    assert!(matches!(r[0].result, Err(DbError::MissingStub(_))), "{r:?}");
 }
 
 /// Two branches hold the same bytes under different content types; a stub arriving on one

@@ -914,7 +914,8 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                 Lost(String),
             }
             enum Next {
-                Event(Option<ReplicationEvent>),
+                // Boxed: an event is ten times the size of the other answers.
+                Event(Box<Option<ReplicationEvent>>),
                 Stop,
                 GaveUp,
             }
@@ -925,20 +926,22 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                 let run = loop {
                     let next = match end_by {
                         None => match stop.or(rep.next_event()).await {
-                            Some(e) => Next::Event(e),
+                            Some(e) => Next::Event(Box::new(e)),
                             None => Next::Stop,
                         },
                         Some(by) => {
                             let left = by.saturating_duration_since(Instant::now());
                             match within(left, rep.next_event()).await {
-                                Some(e) => Next::Event(e),
+                                Some(e) => Next::Event(Box::new(e)),
                                 None => Next::GaveUp,
                             }
                         }
                     };
                     let event = match next {
-                        Next::Event(Some(e)) => e,
-                        Next::Event(None) => break Err(CliError::Peer(PeerError::Stopped)),
+                        Next::Event(e) => match *e {
+                            Some(e) => e,
+                            None => break Err(CliError::Peer(PeerError::Stopped)),
+                        },
                         Next::Stop => {
                             cancelled = true;
                             say_stopping("cancelling the replication");

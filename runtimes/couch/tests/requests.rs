@@ -218,6 +218,7 @@ fn latest_with_unknown_revs_is_answered_and_the_hub_survives() {
             revs: true,
             attachments: false,
             latest: true,
+            inline_max: None,
         })
         .unwrap();
     assert!(matches!(&bulk.results[0].docs[0], BulkGetDoc::Error(e) if e.error == "not_found"));
@@ -588,6 +589,7 @@ fn bulk_get_request(r1: &Rev, r2: &Rev) -> BulkGetRequest {
         revs: true,
         attachments: true,
         latest: true,
+        inline_max: None,
     }
 }
 
@@ -659,7 +661,8 @@ fn bulk_get_with_missing_doc_and_missing_rev_quirks() {
             docs: vec![],
             revs: false,
             attachments: false,
-            latest: false
+            latest: false,
+            inline_max: None,
         })
         .unwrap()
         .results
@@ -715,6 +718,7 @@ fn bulk_get_falls_back_when_the_endpoint_is_missing() {
         revs: true,
         attachments: true,
         latest: true,
+        inline_max: None,
     };
     for _ in 0..2 {
         let resp = c.bulk_get(req.clone()).unwrap();
@@ -1014,6 +1018,7 @@ fn bulk_get_quirk_shapes_are_mapped() {
             revs: true,
             attachments: false,
             latest: true,
+            inline_max: None,
         })
         .unwrap();
     let err = |i: usize, j: usize| match &resp.results[i].docs[j] {
@@ -1154,6 +1159,7 @@ fn garbage_bodies_never_panic() {
                 revs: true,
                 attachments: true,
                 latest: true,
+                inline_max: None,
             }),
             Request::GetAttachment(AttachmentRequest {
                 id: "x".into(),

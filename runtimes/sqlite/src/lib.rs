@@ -58,7 +58,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use peerpouch::store::{
-    Batch, BlobInfo, Counters, Storage, StoredDoc, TreeShapes, Visit, DEFAULT_REVS_LIMIT,
+    Batch, BlobInfo, Counters, Staging, Storage, StoredDoc, TreeShapes, Visit, DEFAULT_REVS_LIMIT,
 };
 use peerpouch::{Bytes, Database, DbError, Doc, Request, Response};
 use rusqlite::types::Value as SqlValue;
@@ -289,6 +289,11 @@ pub struct SqliteStore {
     in_tx: bool,
     /// `PRAGMA data_version` when [`Database::changed_elsewhere`] last looked.
     data_version: Option<i64>,
+    /// Attachments being received in ranges; their bytes are rows of a temporary table
+    /// (`temp.staged_chunks`, on disk in SQLite's temporary file, gone with the connection),
+    /// made the first time one arrives.
+    staging: Staging,
+    staging_table: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -432,6 +437,8 @@ impl SqliteStore {
             uuid: fixed.uuid,
             in_tx: false,
             data_version: None,
+            staging: Staging::default(),
+            staging_table: false,
         })
     }
 
@@ -628,6 +635,19 @@ impl SqliteStore {
                 if put_blob.execute((digest, content_type, data.len() as i64))? == 1 {
                     for (n, chunk) in data.chunks(format::CHUNK).enumerate() {
                         put_chunk.execute((digest, n as i64, chunk))?;
+                    }
+                }
+            }
+            // Received in ranges: their rows are copied within SQLite, never read out. (The
+            // temporary table exists once anything was staged; `check_staged` made sure.)
+            if !batch.staged.is_empty() {
+                let mut put_staged = conn.prepare_cached(
+                    "INSERT INTO attachment_chunks (digest, n, data)
+                     SELECT digest, n, data FROM temp.staged_chunks WHERE digest = ?1",
+                )?;
+                for (digest, info) in &batch.staged {
+                    if put_blob.execute((digest, &info.content_type, info.length as i64))? == 1 {
+                        put_staged.execute([digest])?;
                     }
                 }
             }
@@ -905,6 +925,35 @@ impl Storage for SqliteStore {
         }
     }
 
+    fn staging(&self) -> Option<&Staging> {
+        Some(&self.staging)
+    }
+
+    fn staging_mut(&mut self) -> Option<&mut Staging> {
+        Some(&mut self.staging)
+    }
+
+    fn stage_bytes(&mut self, digest: &str, offset: u64, data: &[u8]) -> Result<(), DbError> {
+        self.stage_rows(digest, offset, data).map_err(|e| {
+            storage_error(&format!(
+                "a range of attachment {digest} could not be kept in {}'s temporary file ({e})",
+                self.path.display()
+            ))
+        })
+    }
+
+    fn unstage(&mut self, digest: &str) {
+        if !self.staging_table {
+            return;
+        }
+        if let Err(e) = self
+            .conn
+            .execute("DELETE FROM temp.staged_chunks WHERE digest = ?1", [digest])
+        {
+            tracing::warn!(path = %self.path.display(), %digest, error = %e, "staged bytes not dropped");
+        }
+    }
+
     fn begin_read(&mut self) -> Result<(), DbError> {
         self.note_data_version();
         self.exec("BEGIN DEFERRED")?;
@@ -924,6 +973,10 @@ impl Storage for SqliteStore {
     }
 
     fn commit(&mut self, batch: Batch) -> Result<(), DbError> {
+        if let Err(e) = self.check_staged(&batch) {
+            self.finish("ROLLBACK");
+            return Err(e);
+        }
         let before = self.counters()?;
         if batch.is_empty() && batch.counters == before {
             self.finish("COMMIT");
@@ -953,6 +1006,98 @@ impl Storage for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Appends a range of a staged attachment in rows of [`format::CHUNK`] bytes, as
+    /// `attachment_chunks` keeps them, so the write that uses it copies rows without reading
+    /// them: a range that starts inside a row completes that row first.
+    fn stage_rows(&mut self, digest: &str, offset: u64, data: &[u8]) -> Result<(), String> {
+        let sql = |e: rusqlite::Error| e.to_string();
+        if !self.staging_table {
+            self.conn
+                .execute_batch(
+                    "CREATE TEMP TABLE IF NOT EXISTS staged_chunks (
+                     digest TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL,
+                     PRIMARY KEY (digest, n))",
+                )
+                .map_err(sql)?;
+            self.staging_table = true;
+        }
+        let chunk = format::CHUNK;
+        let mut n = (offset / chunk as u64) as i64;
+        let into_row = (offset % chunk as u64) as usize;
+        let mut rest = data;
+        let tx = self.conn.unchecked_transaction().map_err(sql)?;
+        if into_row > 0 && !rest.is_empty() {
+            let mut row: Vec<u8> = tx
+                .query_row(
+                    "SELECT data FROM temp.staged_chunks WHERE digest = ?1 AND n = ?2",
+                    (digest, n),
+                    |r| r.get(0),
+                )
+                .map_err(sql)?;
+            if row.len() != into_row {
+                return Err(format!(
+                    "staged row {n} holds {} bytes, not {into_row}",
+                    row.len()
+                ));
+            }
+            let take = (chunk - into_row).min(rest.len());
+            row.extend_from_slice(&rest[..take]);
+            tx.execute(
+                "UPDATE temp.staged_chunks SET data = ?3 WHERE digest = ?1 AND n = ?2",
+                (digest, n, &row[..]),
+            )
+            .map_err(sql)?;
+            rest = &rest[take..];
+            n += 1;
+        }
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO temp.staged_chunks (digest, n, data) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(sql)?;
+            for piece in rest.chunks(chunk) {
+                put.execute((digest, n, piece)).map_err(sql)?;
+                n += 1;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Checks that the staged attachments a batch uses are all there, before it is applied.
+    fn check_staged(&self, batch: &Batch) -> Result<(), DbError> {
+        for (digest, info) in &batch.staged {
+            let held: i64 = if self.staging_table {
+                self.conn
+                    .query_row(
+                        "SELECT coalesce(sum(length(data)), 0) FROM temp.staged_chunks WHERE digest = ?1",
+                        [digest],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| self.sql_error(e))?
+            } else {
+                0
+            };
+            if held as u64 != info.length {
+                let in_file: i64 = self
+                    .conn
+                    .query_row(
+                        "SELECT count(*) FROM attachments WHERE digest = ?1",
+                        [digest],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| self.sql_error(e))?;
+                if in_file == 0 {
+                    return Err(storage_error(&format!(
+                        "{held} of the {} received bytes of {digest} are held",
+                        info.length
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn read_data_version(&self) -> Option<i64> {
         match self
             .conn

@@ -40,7 +40,10 @@ impl TempStore {
 
 impl Database for TempStore {
     fn execute(&mut self, request: Request) -> Result<Response, DbError> {
-        let write = request.is_write();
+        // Staged attachment ranges are not written down: they live with the connection (a
+        // sender starts an upload over after a restart), so reopening after one would only
+        // forget them. The write that uses them is reopened after, as any.
+        let write = request.is_write() && !matches!(request, Request::StageAttachment(_));
         let store = self.store.as_mut().unwrap();
         let before = self.reopen_after_writes.then(|| snapshot(store));
         let result = store.execute(request);

@@ -308,6 +308,33 @@ impl Db {
         .into_attachment()
     }
 
+    /// A range of an attachment's bytes, with its metadata: how to read an attachment of any
+    /// size without holding it whole (read on from `offset + data.len()` until `length`). The
+    /// server sends at most a few of its chunks per call, whatever `len` asks.
+    ///
+    /// # Errors
+    /// [`DbError::NotFound`]; [`DbError::NotImplemented`] from a peer too old to serve ranges
+    /// (use [`PeerDb::get_attachment`]).
+    pub async fn read_attachment(
+        &self,
+        id: &str,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<AttachmentPart, DbError> {
+        self.execute(Request::ReadAttachment(AttachmentPartRequest {
+            source: AttachmentSource::Doc(AttachmentRequest {
+                id: id.into(),
+                name: name.into(),
+                rev: None,
+            }),
+            offset,
+            len,
+        }))
+        .await?
+        .into_attachment_part()
+    }
+
     /// A `_local` document.
     ///
     /// # Errors
