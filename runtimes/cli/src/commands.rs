@@ -793,6 +793,7 @@ fn progress_json(event: &str, p: &Progress) -> Value {
         "docs_written": p.docs_written,
         "doc_write_failures": p.doc_write_failures,
         "doc_read_failures": p.doc_read_failures,
+        "attachment_bytes": p.attachment_bytes,
         "last_seq": p.last_seq,
         "checkpointed_seq": p.checkpointed_seq,
     })
@@ -808,6 +809,7 @@ fn add_progress(before: &Progress, now: &Progress) -> Progress {
     p.docs_written += before.docs_written;
     p.doc_write_failures += before.doc_write_failures;
     p.checkpoints += before.checkpoints;
+    p.attachment_bytes += before.attachment_bytes;
     p
 }
 
@@ -1085,12 +1087,20 @@ pub fn replicate(args: ReplicateArgs) -> Result<(), CliError> {
                 print_json(&v);
             } else {
                 println!(
-                    "replicated {} -> {}: {} docs written ({} changes read, {} failed) in {}{}{}",
+                    "replicated {} -> {}: {} docs written ({} changes read, {} failed{}) in {}{}{}",
                     src.name(),
                     tgt.name(),
                     p.docs_written,
                     p.changes_read,
                     p.doc_write_failures,
+                    if p.attachment_bytes > 0 {
+                        format!(
+                            "; {} of large attachments in ranges",
+                            human_bytes(p.attachment_bytes)
+                        )
+                    } else {
+                        String::new()
+                    },
                     human_duration(took),
                     human_rate(p.docs_written, took)
                         .map(|r| format!(" ({r})"))
