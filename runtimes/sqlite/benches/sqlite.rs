@@ -14,8 +14,16 @@
 //! of ~1 KiB) and measures opening it (`sqlite_open_ms`) and reading random documents from it
 //! (`sqlite_get_p50_us`, second pass over the ids, so the OS page cache is warm), each beside
 //! raw SQLite doing the least the same job needs on the same file (open plus one query;
-//! `SELECT tree FROM docs WHERE id = ?`). Bulk inserts are paired with raw SQLite inserting the
-//! same `(id, json)` rows into a two-column table in the same batches (one transaction each).
+//! `SELECT tree FROM docs WHERE id = ?`).
+//!
+//! Bulk inserts are also compared with raw SQLite inserting the same `(id, json)` rows into a
+//! two-column table in the same batches (one transaction each). Each such pair runs in a fresh
+//! child process (`PEERPOUCH_BENCH_CHILD=insert`) holding only the documents to insert, the
+//! two sides one after the other, in alternating order from pair to pair: in this process a
+//! filled memory store is alive, and its heap slows whichever side allocates more (the store
+//! allocates per document, raw SQLite hardly at all), which measured the heap, not the engine.
+//! Each side's clock covers turning the given documents into rows: the store's starts after the
+//! batch it is handed is cloned, raw SQLite's includes writing each document's JSON.
 //!
 //! The headline lines start with `figure:` (and `ratio:`); the rest is context.
 
@@ -45,6 +53,23 @@ fn fill(db: &mut dyn Database) {
         let batch: Vec<Value> = (start..start + BATCH).map(make_doc).collect();
         insert_all(db, &batch);
     }
+}
+
+/// [`insert_all`] timing only the `bulk_docs` calls: each batch is cloned for the store before
+/// its clock starts, as raw SQLite is handed the documents it writes.
+fn timed_insert(db: &mut dyn Database, docs: &[Value]) -> Duration {
+    let mut took = Duration::ZERO;
+    for chunk in docs.chunks(BATCH) {
+        let batch = chunk.to_vec();
+        let t = Instant::now();
+        let results = db.bulk_docs(batch, true).expect("bulk_docs");
+        took += t.elapsed();
+        assert_eq!(results.len(), chunk.len());
+        if let Some(bad) = results.iter().find(|r| r.result.is_err()) {
+            panic!("bulk_docs refused {}: {:?}", bad.id, bad.result);
+        }
+    }
+    took
 }
 
 /// Raw SQLite inserting `(id, json)` rows in batches of [`BATCH`], one transaction each, in
@@ -219,6 +244,52 @@ fn child(kind: &str) {
     println!("child: {} {}", per_s(DOCS, d), peak);
 }
 
+/// The insert child: the store's bulk insert and raw SQLite's, in this fresh process, `first`
+/// of them first; prints both rates.
+fn insert_child(first: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docs: Vec<Value> = (0..DOCS).map(make_doc).collect();
+    let (mut store, mut raw) = (0.0, 0.0);
+    for side in if first == "raw" {
+        ["raw", "store"]
+    } else {
+        ["store", "raw"]
+    } {
+        if side == "raw" {
+            raw = per_s(DOCS, raw_insert(&dir.path().join("raw.db"), &docs));
+        } else {
+            let mut db = sqlite(&dir.path().join("store.db"), "bench");
+            store = per_s(DOCS, timed_insert(&mut db, &docs));
+            check_inserted(&mut db, &docs);
+        }
+    }
+    println!("insert: {store:.0} {raw:.0}");
+}
+
+/// Runs one insert child; returns (store docs/s, raw SQLite rows/s).
+fn run_insert_child(first: &str) -> (f64, f64) {
+    let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .env("PEERPOUCH_BENCH_CHILD", "insert")
+        .env("PEERPOUCH_BENCH_INSERT_FIRST", first)
+        .output()
+        .expect("child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "insert child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("insert: "))
+        .expect("insert line");
+    let mut rates = line.split(' ').map(|x| x.parse::<f64>().expect("rate"));
+    (
+        rates.next().expect("store rate"),
+        rates.next().expect("raw rate"),
+    )
+}
+
 /// Runs the child for `kind`; returns (replication docs/s, peak RSS in KiB).
 fn run_kind(kind: &str) -> (f64, u64) {
     run_child(kind, &[("PEERPOUCH_BENCH_CHILD", kind.as_ref())])
@@ -256,7 +327,12 @@ impl Pairs {
 
 fn main() {
     if let Ok(kind) = std::env::var("PEERPOUCH_BENCH_CHILD") {
-        child(&kind);
+        if kind == "insert" {
+            let first = std::env::var("PEERPOUCH_BENCH_INSERT_FIRST").unwrap_or_default();
+            insert_child(&first);
+        } else {
+            child(&kind);
+        }
         return;
     }
     let started = Instant::now();
@@ -265,7 +341,7 @@ fn main() {
     let docs: Vec<Value> = (0..DOCS).map(make_doc).collect();
 
     let mut insert = Pairs::default();
-    let mut raw_insert_runs = Pairs::default();
+    let mut in_process_raw = Pairs::default();
     let mut changes = Pairs::default();
     let mut replication = Pairs::default();
     let mut file_mib = 0.0;
@@ -284,11 +360,12 @@ fn main() {
         let s = per_s(DOCS, t.elapsed());
         check_inserted(&mut sql, &docs);
         insert.push(m, s);
+        // Raw SQLite in this process too, with the memory store alive: context only.
         let raw = per_s(
             DOCS,
             raw_insert(&dir.path().join(format!("raw-{run}.db")), &docs),
         );
-        raw_insert_runs.push(raw, s);
+        in_process_raw.push(raw, s);
 
         // Changes scan.
         let t = Instant::now();
@@ -320,14 +397,27 @@ fn main() {
     }
     drop(docs);
 
+    // The store's bulk insert beside raw SQLite's, each pair in a fresh process.
+    let mut raw_insert_runs = Pairs::default();
+    for run in 0..RUNS {
+        let (store, raw) = run_insert_child(if run % 2 == 0 { "store" } else { "raw" });
+        raw_insert_runs.push(raw, store);
+    }
+
     // Peak memory, one process per store kind.
     let (mem_child_rate, mem_peak) = run_kind("memory");
     let (sql_child_rate, sql_peak) = run_kind("sqlite");
 
     insert.print("bulk_insert docs/s");
     println!(
-        "runs: bulk_insert docs/s: raw sqlite (id, json) rows [{}]",
+        "runs: bulk_insert in fresh processes, pairs alternating which goes first: sqlite docs/s [{}], raw sqlite (id, json) rows/s [{}]",
+        fmt_runs(&raw_insert_runs.sqlite),
         fmt_runs(&raw_insert_runs.memory)
+    );
+    println!(
+        "context: bulk_insert in this process, a filled memory store alive: raw sqlite rows/s [{}], ratio {:.3}",
+        fmt_runs(&in_process_raw.memory),
+        in_process_raw.ratio()
     );
     changes.print("changes rows/s");
     replication.print("replication docs/s");

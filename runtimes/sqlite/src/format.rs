@@ -201,11 +201,10 @@ struct BodyIn<'a> {
 
 /// Encodes a revision tree as the JSON array kept in `docs.tree`:
 /// `[{"r": rev, "p": parent index, "d": true, "b": {"f": fields, "a": attachments}}, ...]`,
-/// with `p`, `d`, `b` and `a` left out when absent, false or empty. Written by hand so that the
-/// fields go in as the text they are kept as.
+/// with `p`, `d`, `b` and `a` left out when absent, false or empty, appended to `out`. Written
+/// by hand so that the fields go in as the text they are kept as.
 pub(crate) fn encode_tree(tree: &RevTree<Arc<StoredBody>>, out: &mut Vec<u8>) {
     use std::io::Write;
-    out.clear();
     out.push(b'[');
     for (i, f) in tree.to_flat().enumerate() {
         if i > 0 {

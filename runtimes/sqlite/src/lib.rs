@@ -54,6 +54,7 @@
 mod format;
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
@@ -304,6 +305,11 @@ impl std::fmt::Debug for SqliteStore {
             .finish_non_exhaustive()
     }
 }
+
+/// Documents written per statement while a write has that many left: a statement's start and
+/// end (its cursors on the table and the `id` index, the reset) are paid once for them all
+/// (256 parameters, far below SQLite's limit of 32766).
+const DOCS_PER_INSERT: usize = 64;
 
 /// Rows read from the file per step of a scan: a scan holds one page, never its whole result.
 pub const SCAN_PAGE: usize = 64;
@@ -608,21 +614,63 @@ impl SqliteStore {
             .map_err(|e| sql_error(&self.path, e))
     }
 
-    fn apply(&self, batch: &Batch) -> rusqlite::Result<()> {
-        let conn = &self.conn;
-        let mut buf = Vec::new();
-        {
-            let mut put_doc = conn.prepare_cached(
-                "INSERT INTO docs (id, seq, tree, deleted) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, tree = excluded.tree,
-                                               deleted = excluded.deleted",
-            )?;
-            for (id, doc) in &batch.docs {
-                format::encode_tree(&doc.tree, &mut buf);
-                let deleted = doc.tree.is_deleted(doc.tree.winner());
-                put_doc.execute((id, doc.seq as i64, &buf[..], deleted))?;
+    /// Writes documents' rows: [`DOCS_PER_INSERT`] to a statement while there are that many
+    /// left, then one by one.
+    fn put_docs(&self, docs: &BTreeMap<String, StoredDoc>) -> rusqlite::Result<()> {
+        const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq,
+                               tree = excluded.tree, deleted = excluded.deleted";
+        let sql = |rows: usize| {
+            let mut sql = String::from("INSERT INTO docs (id, seq, tree, deleted) VALUES ");
+            for r in 0..rows {
+                if r > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?,?,?,?)");
+            }
+            sql.push_str(UPSERT);
+            sql
+        };
+        // The trees of one statement, one after the other, and where each ends.
+        let mut trees = Vec::new();
+        let mut ends = Vec::with_capacity(DOCS_PER_INSERT);
+        let mut rest = docs.iter();
+        if docs.len() >= DOCS_PER_INSERT {
+            let mut put = self.conn.prepare_cached(&sql(DOCS_PER_INSERT))?;
+            let mut left = docs.len();
+            while left >= DOCS_PER_INSERT {
+                left -= DOCS_PER_INSERT;
+                trees.clear();
+                ends.clear();
+                for (_, doc) in rest.clone().take(DOCS_PER_INSERT) {
+                    format::encode_tree(&doc.tree, &mut trees);
+                    ends.push(trees.len());
+                }
+                let mut start = 0;
+                let group = rest.by_ref().take(DOCS_PER_INSERT);
+                for (i, ((id, doc), end)) in group.zip(&ends).enumerate() {
+                    let at = 4 * i + 1;
+                    put.raw_bind_parameter(at, id.as_str())?;
+                    put.raw_bind_parameter(at + 1, doc.seq as i64)?;
+                    put.raw_bind_parameter(at + 2, &trees[start..*end])?;
+                    put.raw_bind_parameter(at + 3, doc.tree.is_deleted(doc.tree.winner()))?;
+                    start = *end;
+                }
+                put.raw_execute()?;
             }
         }
+        let mut put_one = self.conn.prepare_cached(&sql(1))?;
+        for (id, doc) in rest {
+            trees.clear();
+            format::encode_tree(&doc.tree, &mut trees);
+            let deleted = doc.tree.is_deleted(doc.tree.winner());
+            put_one.execute((id, doc.seq as i64, &trees[..], deleted))?;
+        }
+        Ok(())
+    }
+
+    fn apply(&self, batch: &Batch) -> rusqlite::Result<()> {
+        let conn = &self.conn;
+        self.put_docs(&batch.docs)?;
         {
             let mut put_blob = conn.prepare_cached(
                 "INSERT INTO attachments (digest, content_type, length, refs) VALUES (?1, ?2, ?3, 0)

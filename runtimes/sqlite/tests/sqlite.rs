@@ -118,6 +118,87 @@ fn reopening_continues_where_it_was() {
     );
 }
 
+/// Everything a store answers about its documents, for comparing two stores.
+fn contents(
+    db: &mut dyn Database,
+) -> (peerpouch::DbInfo, Vec<serde_json::Value>, Vec<String>, u64) {
+    // The identity is each store's own.
+    let info = peerpouch::DbInfo {
+        db_uuid: None,
+        ..db.info().unwrap()
+    };
+    let docs = db
+        .all_docs(AllDocsRequest {
+            include_docs: true,
+            ..AllDocsRequest::default()
+        })
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|r| r.doc.unwrap())
+        .collect();
+    let changes = db
+        .changes(ChangesRequest {
+            style: ChangesStyle::AllDocs,
+            ..ChangesRequest::default()
+        })
+        .unwrap()
+        .results
+        .iter()
+        .map(|r| format!("{} {} {:?} {}", r.seq.0, r.id, r.changes, r.deleted))
+        .collect();
+    // The offset counts the live documents before the key (the `deleted` column).
+    let offset = db
+        .all_docs(AllDocsRequest {
+            start_key: Some("d100".into()),
+            limit: Some(1),
+            ..AllDocsRequest::default()
+        })
+        .unwrap()
+        .offset;
+    (info, docs, changes, offset)
+}
+
+#[test]
+fn writes_of_many_documents_match_the_memory_store() {
+    // Batches longer than the rows one statement writes, with new documents, edits and
+    // deletions in one request, read back before and after reopening.
+    let (_dir, path) = temp();
+    let mut db = SqliteStore::open_with(&path, OpenOptions::new().name("many").id_seed(1)).unwrap();
+    let mut mem = peerpouch::MemoryStore::new("many").with_id_seed(1);
+    let first: Vec<_> = (0..150)
+        .map(|i| json!({"_id": format!("d{i:03}"), "i": i}))
+        .collect();
+    let written = db.bulk_docs(first.clone(), true).unwrap();
+    assert_eq!(written, mem.bulk_docs(first, true).unwrap());
+    let second: Vec<_> = written
+        .iter()
+        .take(130)
+        .enumerate()
+        .map(|(i, w)| {
+            let rev = w.result.as_ref().unwrap().to_string();
+            if i % 7 == 0 {
+                json!({"_id": w.id, "_rev": rev, "_deleted": true})
+            } else {
+                json!({"_id": w.id, "_rev": rev, "i": i, "edited": true})
+            }
+        })
+        .chain((150..170).map(|i| json!({"_id": format!("d{i:03}"), "i": i})))
+        .chain([json!({"generated": true})])
+        .collect();
+    assert_eq!(
+        db.bulk_docs(second.clone(), true).unwrap(),
+        mem.bulk_docs(second, true).unwrap()
+    );
+    let expected = contents(&mut mem);
+    assert_eq!(expected.0.doc_count, 170 - 19 + 1);
+    assert_eq!(contents(&mut db), expected);
+    drop(db);
+    let mut db = SqliteStore::open(&path).unwrap();
+    assert_eq!(contents(&mut db), expected);
+    assert_eq!(db.tree_shapes().unwrap(), mem.tree_shapes());
+}
+
 /// Opens `path` expecting an error, and checks that the file's bytes did not change and no
 /// journal was left beside it.
 fn refused(path: &Path) -> OpenError {
