@@ -76,6 +76,35 @@ pub(crate) enum AttIn {
     },
 }
 
+/// [`digest_of`] for bytes read from `reader` a buffer at a time (a file of any size), with
+/// their length.
+///
+/// ```
+/// let (digest, len) = peerpouch::doc::digest_of_reader(&b"hello"[..]).unwrap();
+/// assert_eq!((digest, len), (peerpouch::doc::digest_of(b"hello"), 5));
+/// ```
+///
+/// # Errors
+/// The reader's.
+pub fn digest_of_reader(mut reader: impl std::io::Read) -> std::io::Result<(String, u64)> {
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut len = 0u64;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                md5.update(&buf[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let digest = base64::engine::general_purpose::STANDARD.encode(md5.finalize());
+    Ok((format!("md5-{digest}"), len))
+}
+
 /// The digest CouchDB gives `data`: `md5-` and the base64 of its MD5.
 pub fn digest_of(data: &[u8]) -> String {
     format!(

@@ -95,9 +95,18 @@ fn stage<S: Storage + ?Sized>(s: &mut S, r: StageRequest) -> Result<Staged, DbEr
     s.begin_read()?;
     let held = s.blob_info(&r.digest);
     s.end_read();
-    if held?.is_some_and(|b| b.length == r.length) {
+    if let Some(info) = held?.filter(|b| b.length == r.length) {
+        // Noted as complete with no bytes of its own, so a new edit may refer to it as to any
+        // upload (the write finds the bytes held and only counts a reference).
         if s.staging_mut().is_some_and(|st| st.forget(&r.digest)) {
             s.unstage(&r.digest);
+        }
+        let evicted = s
+            .staging_mut()
+            .map(|st| st.held(&r.digest, info))
+            .unwrap_or_default();
+        for d in evicted {
+            s.unstage(&d);
         }
         return Ok(Staged {
             received: r.length,
@@ -366,10 +375,22 @@ impl<'a, S: Storage + ?Sized> Writer<'a, S> {
                     let from_parent = parent
                         .and_then(|p| p.atts.get(&name))
                         .filter(|m| digest.as_ref().is_none_or(|d| *d == m.digest));
+                    let uploaded = || {
+                        let d = digest.as_ref()?;
+                        let b = self.s.staging()?.complete(d)?;
+                        Some(AttMeta {
+                            content_type: content_type.clone().unwrap_or(b.content_type),
+                            digest: d.clone(),
+                            length: b.length,
+                            revpos: pos,
+                        })
+                    };
                     let meta = if let Some(m) = from_parent {
                         m.clone()
                     } else if new_edits {
-                        return Err(missing());
+                        // A new attachment sent ahead in ranges (`stage_attachment`): how an
+                        // attachment of any size is written without holding it whole.
+                        uploaded().ok_or_else(missing)?
                     } else if let Some(m) = tree.and_then(|t| {
                         t.bodies().find_map(|b| {
                             b.atts.get(&name).filter(|m| {

@@ -157,6 +157,24 @@ impl Staging {
         Ok((u.received, u.complete))
     }
 
+    /// Notes bytes the engine holds already as a complete upload with no bytes of its own;
+    /// returns the uploads forgotten to make room (the engine drops their bytes).
+    pub fn held(&mut self, digest: &str, info: BlobInfo) -> Vec<String> {
+        self.tick += 1;
+        let evicted = self.make_room();
+        self.uploads.insert(
+            digest.to_string(),
+            Upload {
+                info,
+                received: 0,
+                md5: Md5::new(),
+                complete: true,
+                touched: self.tick,
+            },
+        );
+        evicted
+    }
+
     /// Forgets an upload (used by a write, held already, or failed).
     pub fn forget(&mut self, digest: &str) -> bool {
         self.uploads.remove(digest).is_some()

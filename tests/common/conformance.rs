@@ -23,6 +23,7 @@ macro_rules! conformance_suite {
                 missing_stub_is_refused, replicated_attachment_stub_resolves_by_digest,
                 replicated_stub_keeps_its_content_type, reuploaded_attachment_keeps_its_revpos,
                 attachments_in_ranges_read_and_staged, staged_uploads_refuse_bad_ranges_and_bytes,
+                new_edits_refer_to_uploaded_attachments,
                 local_docs_are_separate, local_docs_in_bulk_docs, bad_input_is_typed_and_harmless,
                 bulk_docs_mixes_results, info_tracks_counts_and_seq, identity_is_stable_and_local_safe);
         }
@@ -916,6 +917,48 @@ pub fn attachments_in_ranges_read_and_staged(db: &mut dyn Database) {
         db.get_attachment("copy2", "o.bin").unwrap().data.len(),
         other.len()
     );
+}
+
+/// A new edit refers to an attachment uploaded ahead in ranges by a stub with its digest (how
+/// a file of any size is attached); a digest nobody uploaded is still a missing stub, and bytes
+/// held already need no upload, only the empty first range that asks.
+pub fn new_edits_refer_to_uploaded_attachments(db: &mut dyn Database) {
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let digest = peerpouch::doc::digest_of(&bytes);
+    let stage = |db: &mut dyn Database, offset: usize, data: &[u8]| {
+        db.execute(Request::StageAttachment(StageRequest {
+            digest: digest.clone(),
+            content_type: "x/up".into(),
+            length: bytes.len() as u64,
+            offset: offset as u64,
+            data: Bytes::copy_from_slice(data),
+        }))
+        .and_then(Response::into_staged)
+        .unwrap()
+    };
+    let stub = json!({"stub": true, "digest": digest, "length": bytes.len()});
+    let missing = db
+        .bulk_docs(vec![json!({"_id": "u", "_attachments": {"f": stub}})], true)
+        .unwrap();
+    assert!(matches!(missing[0].result, Err(DbError::MissingStub(_))));
+    assert!(!stage(db, 0, &[]).complete);
+    stage(db, 0, &bytes[..150_000]);
+    assert!(stage(db, 150_000, &bytes[150_000..]).complete);
+    let rev = put(db, json!({"_id": "u", "_attachments": {"f": stub}}));
+    let a = db.get_attachment("u", "f").unwrap();
+    assert_eq!((&a.data[..], a.content_type.as_str()), (&bytes[..], "x/up"));
+    let doc = db.get("u").unwrap();
+    assert_eq!(doc["_attachments"]["f"]["revpos"], rev.pos);
+    // Held now: the first empty range says so, and another document may refer to them.
+    assert_eq!(
+        stage(db, 0, &[]),
+        Staged {
+            received: bytes.len() as u64,
+            complete: true
+        }
+    );
+    put(db, json!({"_id": "v", "_attachments": {"g": stub}}));
+    assert_eq!(db.get_attachment("v", "g").unwrap().data.len(), bytes.len());
 }
 
 /// Ranges out of order, past the end, of a bad digest, or bytes that do not hash to it are

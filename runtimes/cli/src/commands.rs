@@ -12,7 +12,9 @@ use peerpouch::hub::ShareInfo;
 use peerpouch::reach::{IceServer, IceTransportPolicy, ServerKind};
 use peerpouch::replicate::{Progress, ReplicationError, ReplicationEvent};
 use peerpouch::session::LinkPath;
-use peerpouch::{AllDocsRequest, Database, DbError, GetRequest, Rev};
+use peerpouch::{
+    AllDocsRequest, Database, DbError, Doc, GetRequest, Request, Response, Rev, StageRequest,
+};
 use peerpouch_cli::endpoint::{Endpoint, EndpointError};
 use peerpouch_couch::CouchClient;
 use peerpouch_smol::{
@@ -23,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::peers::{AllowArgs, AllowList, IdentityArgs, PeersError};
 use crate::progress::{human_bytes, human_duration, human_rate, rows_left, ProgressView};
-use crate::stop::{open_local, within, Stop};
+use crate::stop::{open_local, within, LocalDb, Stop};
 use crate::DocsOp;
 
 /// Why a command failed; every one says what to do next.
@@ -1176,9 +1178,97 @@ fn read_stdin() -> Result<String, CliError> {
     Ok(s)
 }
 
+fn read_stdin_bytes() -> Result<Vec<u8>, CliError> {
+    let mut b = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut b)
+        .map_err(|e| CliError::Usage(format!("cannot read stdin: {e}")))?;
+    Ok(b)
+}
+
 fn rev_of(r: Result<Rev, DbError>) -> Result<String, CliError> {
     Ok(r?.to_string())
 }
+
+/// Bytes of a file sent to the store at a time by `docs attach`.
+const ATTACH_RANGE: usize = 1 << 20;
+
+/// `docs attach`: the file's digest first (one pass), then its bytes a range at a time into the
+/// store (none if it holds them already), then a new revision that refers to them by a stub.
+/// Returns the (rev, digest) and the length.
+fn attach(
+    db: &mut LocalDb,
+    id: &str,
+    name: &str,
+    file: &Path,
+    content_type: &str,
+) -> Result<((String, String), u64), CliError> {
+    use std::io::Seek;
+    let failed =
+        |what: &str, e: std::io::Error| CliError::Failed(format!("{what} {}: {e}", file.display()));
+    let stdin;
+    let mut input: Box<dyn ReadSeek> = if file.as_os_str() == "-" {
+        stdin = read_stdin_bytes()?;
+        Box::new(std::io::Cursor::new(stdin))
+    } else {
+        Box::new(std::fs::File::open(file).map_err(|e| failed("cannot open", e))?)
+    };
+    let (digest, length) =
+        peerpouch::doc::digest_of_reader(&mut input).map_err(|e| failed("cannot read", e))?;
+    input
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| failed("cannot read", e))?;
+    let mut stage = |offset: u64, data: Vec<u8>| {
+        db.execute(Request::StageAttachment(StageRequest {
+            digest: digest.clone(),
+            content_type: content_type.to_string(),
+            length,
+            offset,
+            data: data.into(),
+        }))
+        .and_then(Response::into_staged)
+    };
+    let mut staged = stage(0, Vec::new())?;
+    while !staged.complete {
+        let mut buf = Vec::with_capacity(ATTACH_RANGE);
+        (&mut input)
+            .take(ATTACH_RANGE as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| failed("cannot read", e))?;
+        if buf.is_empty() {
+            return Err(CliError::Failed(format!(
+                "{} changed while it was read: {} of {length} bytes",
+                file.display(),
+                staged.received
+            )));
+        }
+        staged = stage(staged.received, buf)?;
+    }
+    let mut doc = match db.get(id) {
+        Ok(d) => d,
+        Err(DbError::NotFound(_)) => {
+            let mut d = Doc::new();
+            d.insert("_id".into(), json!(id));
+            d
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let atts = doc
+        .entry("_attachments")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or_else(|| CliError::Failed(format!("{id}'s _attachments is not an object")))?;
+    atts.insert(
+        name.to_string(),
+        json!({"stub": true, "digest": digest, "length": length, "content_type": content_type}),
+    );
+    let rev = rev_of(db.put(Value::Object(doc)))?;
+    Ok(((rev, digest), length))
+}
+
+/// A readable, rewindable input.
+trait ReadSeek: std::io::Read + std::io::Seek {}
+impl<T: std::io::Read + std::io::Seek> ReadSeek for T {}
 
 pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
     // Writes parse their input before the file is opened: bad input creates no file. Only
@@ -1229,6 +1319,17 @@ pub fn docs(path: &Path, op: DocsOp) -> Result<(), CliError> {
                     failed.len()
                 )));
             }
+        }
+        DocsOp::Attach {
+            id,
+            name,
+            file,
+            content_type,
+        } => {
+            let (digest, length) = attach(&mut open()?, &id, &name, &file, &content_type)?;
+            print_json(
+                &json!({"ok": true, "id": id, "rev": digest.0, "digest": digest.1, "length": length}),
+            );
         }
         DocsOp::Get {
             id,

@@ -75,6 +75,20 @@ enum DocsOp {
     },
     /// Write many documents: a JSON array, or one JSON document per line, from stdin.
     Bulk,
+    /// Attach a file to a document (created if missing) as a new revision, read and written a
+    /// range at a time: a file of any size, in bounded memory. Prints its id, new rev and the
+    /// attachment's digest and length.
+    Attach {
+        /// The document's id.
+        id: String,
+        /// The attachment's name.
+        name: String,
+        /// The file (`-` reads stdin, which is then held whole).
+        file: std::path::PathBuf,
+        /// Its MIME type.
+        #[arg(long = "type", default_value = "application/octet-stream")]
+        content_type: String,
+    },
     /// Print a document.
     Get {
         /// Its id.

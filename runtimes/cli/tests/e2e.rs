@@ -1210,10 +1210,16 @@ fn a_pull_from_a_peer_reports_the_bytes_it_moved() {
     assert!(received >= SIZE as u64, "{summary}");
     assert!(received < 2 * SIZE as u64, "{summary}");
     assert!(summary["bytes_sent"].as_u64().unwrap() > 0, "{summary}");
+    // Over 1 MiB, the attachment went in ranges, not inline.
+    assert_eq!(summary["attachment_bytes"], SIZE, "{summary}");
     // In words too; a copy between two files makes no such claim.
     let out = run(&["replicate", &peer, &c], None);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains(" MiB received, "), "{said}");
+    assert!(
+        said.contains("6.0 MiB of large attachments in ranges"),
+        "{said}"
+    );
     let out = run(&["replicate", &b, &dir.db("d.db")], None);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("received"));
 }
@@ -1371,4 +1377,57 @@ fn a_full_share_tells_one_more_peer_so() {
     sharer.expect("the first peer gone", |v| v["event"] == "peer_closed");
     let second = pull(&peer, &dir.db("c2.db"));
     assert_eq!(second["docs_written"], 3);
+}
+
+#[test]
+fn docs_attach_writes_a_file_a_range_at_a_time_and_refers_to_held_bytes() {
+    let dir = Dir::new();
+    let db = dir.db("att.db");
+    let file = dir.db("blob.bin");
+    let blob: Vec<u8> = (0..(3usize << 20) + 12_345)
+        .map(|i| (i * 131 % 251) as u8)
+        .collect();
+    std::fs::write(&file, &blob).unwrap();
+    let out = ok_json(
+        &[
+            "docs", &db, "attach", "doc", "a.bin", &file, "--type", "x/y",
+        ],
+        None,
+    );
+    let said = out.last().unwrap();
+    let digest = peerpouch::doc::digest_of(&blob);
+    assert_eq!(said["digest"], digest.as_str(), "{said}");
+    assert_eq!(said["length"], blob.len(), "{said}");
+    assert!(said["rev"].as_str().unwrap().starts_with("1-"), "{said}");
+    // A second attachment on the same document makes a new revision that keeps the first.
+    let out = ok_json(&["docs", &db, "attach", "doc", "b.bin", &file], None);
+    assert!(out.last().unwrap()["rev"]
+        .as_str()
+        .unwrap()
+        .starts_with("2-"));
+    let got = ok_json(&["docs", &db, "get", "doc", "--attachments"], None);
+    let atts = &got.last().unwrap()["_attachments"];
+    for name in ["a.bin", "b.bin"] {
+        assert_eq!(atts[name]["data"], base64(&blob), "{name}");
+        assert_eq!(atts[name]["digest"], digest.as_str(), "{name}");
+    }
+    assert_eq!(atts["a.bin"]["content_type"], "x/y");
+    assert_eq!(atts["b.bin"]["content_type"], "application/octet-stream");
+    ok_json(&["docs", &db, "check"], None);
+    // A file that is not there: a clear error, nothing written.
+    let out = run(
+        &["docs", &db, "attach", "doc", "c.bin", &dir.db("nope.bin")],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open") && err.contains("nope.bin"),
+        "{err}"
+    );
+    let got = ok_json(&["docs", &db, "get", "doc"], None);
+    assert!(got.last().unwrap()["_rev"]
+        .as_str()
+        .unwrap()
+        .starts_with("2-"));
 }

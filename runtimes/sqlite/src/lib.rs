@@ -686,17 +686,16 @@ impl SqliteStore {
                     }
                 }
             }
-            // Received in ranges: their rows are copied within SQLite, never read out. (The
-            // temporary table exists once anything was staged; `check_staged` made sure.)
-            if !batch.staged.is_empty() {
-                let mut put_staged = conn.prepare_cached(
-                    "INSERT INTO attachment_chunks (digest, n, data)
-                     SELECT digest, n, data FROM temp.staged_chunks WHERE digest = ?1",
-                )?;
-                for (digest, info) in &batch.staged {
-                    if put_blob.execute((digest, &info.content_type, info.length as i64))? == 1 {
-                        put_staged.execute([digest])?;
-                    }
+            // Received in ranges: their rows are copied within SQLite, never read out. (Bytes
+            // not held yet were staged, so the temporary table exists; `check_staged` made
+            // sure they are all there.)
+            for (digest, info) in &batch.staged {
+                if put_blob.execute((digest, &info.content_type, info.length as i64))? == 1 {
+                    conn.prepare_cached(
+                        "INSERT INTO attachment_chunks (digest, n, data)
+                         SELECT digest, n, data FROM temp.staged_chunks WHERE digest = ?1",
+                    )?
+                    .execute([digest])?;
                 }
             }
         }
