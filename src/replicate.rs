@@ -737,9 +737,18 @@ impl Replicator {
             (Purpose::ReadPart(b, n) | Purpose::StagePart(b, n), DbError::NotImplemented(_)) => {
                 // One side takes attachments only whole: inline them from now on.
                 tracing::info!(endpoint = ?sent.endpoint, "an endpoint takes no attachment ranges; carrying attachments inline");
-                self.ranges = None;
-                if self.current_move(b, n).is_some() {
-                    self.refetch(b, false);
+                if self.current_move(b, n).is_some() || self.ranges.is_some() {
+                    self.ranges = None;
+                    // Every batch moving attachments reads its documents again, inline.
+                    let moving: Vec<u64> = self
+                        .batches
+                        .iter()
+                        .filter(|x| x.stage == Stage::Moving)
+                        .map(|x| x.id)
+                        .collect();
+                    for id in moving {
+                        self.refetch(id, false);
+                    }
                 }
             }
             (Purpose::ReadPart(b, n), DbError::NotFound(_)) => {
@@ -901,11 +910,7 @@ impl Replicator {
                     self.progress.docs_read += docs.len() as u64;
                     self.progress.doc_read_failures += read_failures;
                 }
-                let moves = if self.ranges.is_some() {
-                    moves_of(&docs)
-                } else {
-                    VecDeque::new()
-                };
+                let moves = moves_of(&docs);
                 if docs.is_empty() {
                     batch.stage = Stage::Done;
                 } else if !moves.is_empty() {
@@ -916,7 +921,13 @@ impl Replicator {
                     if let (_, _, Request::BulkGet(r)) = sent.retry {
                         batch.fetch = Some(r);
                     }
-                    self.pump_moves();
+                    if self.ranges.is_some() {
+                        self.pump_moves();
+                    } else {
+                        // Asked for with ranges, answered after they were turned off: read
+                        // again, inline.
+                        self.refetch(b, false);
+                    }
                 } else {
                     batch.stage = Stage::Writing;
                     batch.sent_docs = docs.len() as u64;
@@ -1203,6 +1214,9 @@ impl Replicator {
         if self.state != State::Running {
             return;
         }
+        // A batch waiting for another's upload of the same bytes goes on once that one ended,
+        // whatever answer ended it.
+        self.pump_moves();
         // Retire finished batches in order; they make the checkpointable prefix.
         while self.batches.front().is_some_and(|b| b.stage == Stage::Done) {
             let b = self.batches.pop_front().expect("front exists");

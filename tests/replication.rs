@@ -713,11 +713,15 @@ impl Database for NoRanges {
 
 #[test]
 fn an_endpoint_without_ranges_gets_attachments_inline() {
-    for source in [true, false] {
+    // One batch, or one per document (then batches wait on each other's uploads of the same
+    // bytes, and all of them must turn to inline).
+    for (source, batch) in [(true, 500), (false, 500), (true, 1), (false, 1)] {
         let mut a = MemoryStore::new("a");
         with_attachments(&mut a);
         let mut b = MemoryStore::new("b");
-        let config = cfg("a", "b").attachment_range(Some(64 << 10));
+        let config = cfg("a", "b")
+            .attachment_range(Some(64 << 10))
+            .batch_size(batch);
         let (p, refused) = if source {
             let mut s = NoRanges {
                 db: a,
@@ -740,7 +744,7 @@ fn an_endpoint_without_ranges_gets_attachments_inline() {
         assert_eq!(
             (p.docs_written, p.attachment_bytes),
             (3, 0),
-            "source {source}"
+            "source {source} batch {batch}: {p:?}"
         );
         // Refusals come only from what was under way when the first came back (the ranges
         // read ahead, or one probe per batch), then ranges are off.
