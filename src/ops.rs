@@ -460,6 +460,21 @@ pub struct AttachmentPartRequest {
     pub len: usize,
 }
 
+impl AttachmentPartRequest {
+    /// Up to `len` bytes from `offset` of attachment `name` of document `id`'s winner.
+    pub fn of_doc(id: &str, name: &str, offset: u64, len: usize) -> AttachmentPartRequest {
+        AttachmentPartRequest {
+            source: AttachmentSource::Doc(AttachmentRequest {
+                id: id.into(),
+                name: name.into(),
+                rev: None,
+            }),
+            offset,
+            len,
+        }
+    }
+}
+
 /// Where a [`Request::ReadAttachment`] finds its bytes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -350,6 +350,17 @@ impl Move {
         }
     }
 
+    /// Its bytes from `offset` on, to the target.
+    fn stage(&self, offset: u64, data: Bytes) -> Request {
+        Request::StageAttachment(StageRequest {
+            digest: self.digest.clone(),
+            content_type: self.content_type.clone(),
+            length: self.length,
+            offset,
+            data,
+        })
+    }
+
     /// Whether any of it was asked for yet.
     fn started(&self) -> bool {
         self.read_at > 0 || self.staging
@@ -1135,13 +1146,7 @@ impl Replicator {
                     out.push((
                         Purpose::StagePart(b, n),
                         Endpoint::Target,
-                        Request::StageAttachment(StageRequest {
-                            digest: m.digest.clone(),
-                            content_type: m.content_type.clone(),
-                            length: m.length,
-                            offset: 0,
-                            data: Bytes::new(),
-                        }),
+                        m.stage(0, Bytes::new()),
                     ));
                 }
                 continue;
@@ -1155,13 +1160,7 @@ impl Replicator {
                     out.push((
                         Purpose::StagePart(b, n),
                         Endpoint::Target,
-                        Request::StageAttachment(StageRequest {
-                            digest: m.digest.clone(),
-                            content_type: m.content_type.clone(),
-                            length: m.length,
-                            offset: part.offset,
-                            data: part.data,
-                        }),
+                        m.stage(part.offset, part.data),
                     ));
                 }
             }

@@ -9,7 +9,7 @@ mod storage;
 
 pub use memory::{MemoryStore, DEFAULT_REVS_LIMIT};
 pub use semantics::{execute, tree_shapes, TreeShapes};
-pub use staging::{Accepted, Staging, MAX_UPLOADS};
+pub use staging::{Accepted, Staging, MAX_STAGED_BYTES, MAX_UPLOADS};
 pub use storage::{Batch, BlobInfo, Counters, Fields, Storage, StoredBody, StoredDoc, Visit};
 
 use serde_json::Value;
@@ -184,15 +184,9 @@ pub trait Database {
         offset: u64,
         len: usize,
     ) -> Result<AttachmentPart, DbError> {
-        self.execute(Request::ReadAttachment(AttachmentPartRequest {
-            source: AttachmentSource::Doc(AttachmentRequest {
-                id: id.into(),
-                name: name.into(),
-                rev: None,
-            }),
-            offset,
-            len,
-        }))?
+        self.execute(Request::ReadAttachment(AttachmentPartRequest::of_doc(
+            id, name, offset, len,
+        )))?
         .into_attachment_part()
     }
 

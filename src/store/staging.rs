@@ -25,6 +25,10 @@ use crate::ops::StageRequest;
 /// Uploads kept open at once; a new one past this forgets the one least recently written.
 /// Each is a replication batch's attachment in flight, so a few per replication suffice.
 pub const MAX_UPLOADS: usize = 32;
+/// Bytes uploads may hold together (on disk in the SQLite store, in memory in the memory
+/// store); a new upload past this forgets the least recently written others first. Uploads a
+/// sender abandoned (its link closed) so never pile up beyond it.
+pub const MAX_STAGED_BYTES: u64 = 1 << 30;
 
 /// The bookkeeping of the attachments an engine is receiving in ranges (see the module docs).
 ///
@@ -35,11 +39,19 @@ pub const MAX_UPLOADS: usize = 32;
 /// assert_eq!(staging.open(), 0);
 /// assert!(staging.complete("md5-1B2M2Y8AsgTpgAmY7PhCfg==").is_none());
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Staging {
     uploads: BTreeMap<String, Upload>,
     /// Counts writes, to find the upload least recently written.
     tick: u64,
+    max_uploads: usize,
+    max_bytes: u64,
+}
+
+impl Default for Staging {
+    fn default() -> Staging {
+        Staging::with_limits(MAX_UPLOADS, MAX_STAGED_BYTES)
+    }
 }
 
 #[derive(Debug)]
@@ -61,6 +73,17 @@ pub struct Accepted {
 }
 
 impl Staging {
+    /// Bookkeeping that keeps at most `uploads` uploads holding at most `bytes` together (the
+    /// default: [`MAX_UPLOADS`], [`MAX_STAGED_BYTES`]); one upload alone may hold more.
+    pub fn with_limits(uploads: usize, bytes: u64) -> Staging {
+        Staging {
+            uploads: BTreeMap::new(),
+            tick: 0,
+            max_uploads: uploads.max(1),
+            max_bytes: bytes,
+        }
+    }
+
     /// How many uploads are open (complete or not).
     pub fn open(&self) -> usize {
         self.uploads.len()
@@ -85,7 +108,7 @@ impl Staging {
         self.tick += 1;
         if r.offset == 0 {
             let restart = self.uploads.remove(&r.digest).is_some();
-            let evicted = self.make_room();
+            let evicted = self.make_room(r.length);
             self.uploads.insert(
                 r.digest.clone(),
                 Upload {
@@ -161,7 +184,7 @@ impl Staging {
     /// returns the uploads forgotten to make room (the engine drops their bytes).
     pub fn held(&mut self, digest: &str, info: BlobInfo) -> Vec<String> {
         self.tick += 1;
-        let evicted = self.make_room();
+        let evicted = self.make_room(0);
         self.uploads.insert(
             digest.to_string(),
             Upload {
@@ -180,10 +203,14 @@ impl Staging {
         self.uploads.remove(digest).is_some()
     }
 
-    /// Forgets the least recently written uploads until one more fits.
-    fn make_room(&mut self) -> Vec<String> {
+    /// Forgets the least recently written uploads until one more of `length` bytes fits.
+    fn make_room(&mut self, length: u64) -> Vec<String> {
         let mut evicted = Vec::new();
-        while self.uploads.len() >= MAX_UPLOADS {
+        let held = |u: &BTreeMap<String, Upload>| u.values().map(|x| x.received).sum::<u64>();
+        while !self.uploads.is_empty()
+            && (self.uploads.len() >= self.max_uploads
+                || held(&self.uploads).saturating_add(length) > self.max_bytes)
+        {
             let Some(oldest) = self
                 .uploads
                 .iter()
@@ -230,6 +257,31 @@ fn is_md5_digest(d: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bytes_held_by_uploads_are_bounded_by_forgetting_the_oldest() {
+        let mut s = Staging::with_limits(10, 100);
+        let start = |s: &mut Staging, i: u8, length: u64, data: &'static [u8]| {
+            let r = StageRequest {
+                digest: digest_of(&[i]),
+                content_type: String::new(),
+                length,
+                offset: 0,
+                data: Bytes::from_static(data),
+            };
+            let a = s.accept(&r).unwrap();
+            s.advance(&r.digest, &r.data).unwrap();
+            a.evicted
+        };
+        assert!(start(&mut s, 1, 60, &[0; 50]).is_empty());
+        assert!(start(&mut s, 2, 41, &[0; 40]).is_empty());
+        // 90 held: one more of 30 forgets the oldest (50 bytes) only.
+        assert_eq!(start(&mut s, 3, 30, &[0; 10]), vec![digest_of(&[1])]);
+        // One larger than the limit alone forgets all others, and is taken.
+        let all = start(&mut s, 4, 500, &[0; 10]);
+        assert_eq!(all.len(), 2);
+        assert_eq!(s.open(), 1);
+    }
+
     use super::*;
     use crate::doc::digest_of;
     use bytes::Bytes;
@@ -283,6 +335,7 @@ mod tests {
         long.length = 2;
         assert_eq!(s.accept(&long).unwrap_err().status(), 400);
         for i in 0..MAX_UPLOADS + 3 {
+            // (Each announces 8 bytes and holds none: only the count bounds these.)
             let r = StageRequest {
                 digest: digest_of(&i.to_le_bytes()),
                 content_type: String::new(),

@@ -314,7 +314,7 @@ impl Db {
     ///
     /// # Errors
     /// [`DbError::NotFound`]; [`DbError::NotImplemented`] from a peer too old to serve ranges
-    /// (use [`PeerDb::get_attachment`]).
+    /// (use [`Db::get_attachment`]).
     pub async fn read_attachment(
         &self,
         id: &str,
@@ -322,15 +322,9 @@ impl Db {
         offset: u64,
         len: usize,
     ) -> Result<AttachmentPart, DbError> {
-        self.execute(Request::ReadAttachment(AttachmentPartRequest {
-            source: AttachmentSource::Doc(AttachmentRequest {
-                id: id.into(),
-                name: name.into(),
-                rev: None,
-            }),
-            offset,
-            len,
-        }))
+        self.execute(Request::ReadAttachment(AttachmentPartRequest::of_doc(
+            id, name, offset, len,
+        )))
         .await?
         .into_attachment_part()
     }
