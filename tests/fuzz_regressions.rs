@@ -326,3 +326,67 @@ fn rpc_reply_inputs_decode_as_serde_does() {
         }
     }
 }
+
+/// `rpc_server/range-past-the-end`: a `read_attachment` from byte 80 of a 5-byte attachment
+/// was answered with an empty range at 80, which the client refuses as malformed (closing the
+/// link). The store now refuses such a range (416) and the client gets an error, the link up.
+#[test]
+fn rpc_server_a_range_past_the_end_is_an_error_not_a_malformed_answer() {
+    use peerpouch::rpc::*;
+    let now = common::epoch();
+    let mut db = MemoryStore::new("served");
+    db.put(json!({"_id": "d", "_attachments": {"f.txt": {"content_type": "text/plain", "data": "aGVsbG8="}}}))
+        .unwrap();
+    let mut server = RpcServer::new(
+        ServerConfig::new("share-x", "sha-256 AA:AA", "sha-256 CC:CC"),
+        now,
+    );
+    let mut client = RpcClient::new(
+        ClientConfig::new("share-x", "peer-y", "sha-256 CC:CC", "sha-256 AA:AA"),
+        now,
+    );
+    let read =
+        |offset| Request::ReadAttachment(AttachmentPartRequest::of_doc("d", "f.txt", offset, 100));
+    let calls = [
+        client.call(now, read(80)),
+        client.call(now, read(5)),
+        client.call(now, read(1)),
+    ];
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        while let Some(f) = client.peek_frame().map(<[u8]>::to_vec) {
+            client.advance_frame();
+            server.handle_frame(now, &f).unwrap();
+        }
+        while let Some((id, req)) = server.poll_store_request() {
+            server.handle_store_result(now, id, db.execute(req));
+        }
+        for f in drain_server(&mut server) {
+            client.handle_frame(now, &f).unwrap();
+        }
+        while let Some(e) = client.poll_event() {
+            if let ClientEvent::Response { call, result } = e {
+                answers.insert(call, result);
+            }
+        }
+    }
+    assert!(!client.is_closed(), "the link stays up");
+    assert_eq!(answers[&calls[0]].as_ref().unwrap_err().status(), 416);
+    let at_end = answers
+        .remove(&calls[1])
+        .unwrap()
+        .unwrap()
+        .into_attachment_part()
+        .unwrap();
+    assert!(at_end.data.is_empty());
+    let part = answers
+        .remove(&calls[2])
+        .unwrap()
+        .unwrap()
+        .into_attachment_part()
+        .unwrap();
+    assert_eq!(
+        (&part.data[..], part.length, part.offset),
+        (&b"ello"[..], 5, 1)
+    );
+}

@@ -73,10 +73,11 @@ use peerpouch::rpc::wire::{
 };
 use peerpouch::rpc::{RpcServer, ServerConfig, ServerEvent, StoreRequestId, MAX_FRAME};
 use peerpouch::{
-    AllDocsRequest, AttachmentRequest, AttachmentSource, BulkDocsRequest, BulkGetItem, BulkGetRequest,
-    ChangesRequest, ChangesResponse, ChangesStyle, CouchError, Database, DbError,
-    DeleteLocalRequest, Doc, Feed, GetRequest, LocalRequest, MemoryStore, OpenRevs,
-    OpenRevsRequest, PutLocalRequest, Request, Response, Rev, RevsDiffRequest, Seq,
+    AllDocsRequest, AttachmentPartRequest, AttachmentRequest, AttachmentSource, BulkDocsRequest,
+    BulkGetItem, BulkGetRequest, ChangesRequest, ChangesResponse, ChangesStyle, CouchError,
+    Database, DbError, DeleteLocalRequest, Doc, Feed, GetRequest, LocalRequest, MemoryStore,
+    OpenRevs, OpenRevsRequest, PutLocalRequest, Request, Response, Rev, RevsDiffRequest, Seq,
+    StageRequest,
 };
 use serde_json::{json, Value};
 
@@ -284,6 +285,15 @@ const DOC_IDS: &[&str] = &[
     "_bad",
 ];
 const LOCAL_IDS: &[&str] = &["x", "_local/x", "y", "_local/y", "_local/", ""];
+/// `f.txt`'s and `big.bin`'s digests, that of bytes `0, 1, 2, ...` 300 long (a `StageAttachment`
+/// of 300 bytes from 0 completes it), one no bytes here have, and a malformed one.
+const DIGESTS: &[&str] = &[
+    "md5-XUFAKrxLKna5cZ2REBfFkg==",
+    "md5-BGsyOeqt4wkgBp8XFRjZVg==",
+    "md5-F7ODkgT3uBqT6ycYsTeebw==",
+    "md5-ndTkYSaMgDT1yFZOFVxnpg==",
+    "md5-bad",
+];
 const KNOWN_REVS: &[&str] = &[
     "1-aaa",
     "2-bbb",
@@ -373,11 +383,27 @@ enum ReqSpec {
         revs: bool,
         attachments: bool,
         latest: bool,
+        inline_max: Option<u16>,
     },
     GetAttachment {
         id: u8,
         name: u8,
         rev: RevSpec,
+    },
+    /// A range of an attachment, by its document or by a digest.
+    ReadAttachment {
+        id: u8,
+        name: u8,
+        by_digest: Option<u8>,
+        offset: u32,
+        len: u32,
+    },
+    /// A range of bytes to receive: of the store's own attachments' digests or another one.
+    StageAttachment {
+        digest: u8,
+        length: u16,
+        offset: u16,
+        len: u16,
     },
     GetLocal {
         id: u8,
@@ -648,6 +674,7 @@ fn build_request(db: &mut MemoryStore, spec: &ReqSpec) -> Request {
             revs,
             attachments,
             latest,
+            inline_max,
         } => Request::BulkGet(BulkGetRequest {
             docs: items
                 .iter()
@@ -663,6 +690,7 @@ fn build_request(db: &mut MemoryStore, spec: &ReqSpec) -> Request {
                 .collect(),
             revs: *revs,
             attachments: *attachments,
+            inline_max: inline_max.map(u64::from),
             latest: *latest,
         }),
         ReqSpec::GetAttachment { id, name, rev } => {
@@ -671,6 +699,42 @@ fn build_request(db: &mut MemoryStore, spec: &ReqSpec) -> Request {
                 rev: rev_of(db, rev, &id),
                 id,
                 name: pick(&["f.txt", "big.bin", "nope"], *name).to_string(),
+            })
+        }
+        ReqSpec::ReadAttachment {
+            id,
+            name,
+            by_digest,
+            offset,
+            len,
+        } => {
+            let source = match by_digest {
+                Some(d) => AttachmentSource::Digest(pick(DIGESTS, *d).to_string()),
+                None => AttachmentSource::Doc(AttachmentRequest {
+                    id: pick(DOC_IDS, *id).to_string(),
+                    name: pick(&["f.txt", "big.bin", "nope"], *name).to_string(),
+                    rev: None,
+                }),
+            };
+            Request::ReadAttachment(AttachmentPartRequest {
+                source,
+                offset: u64::from(*offset),
+                len: *len as usize,
+            })
+        }
+        ReqSpec::StageAttachment {
+            digest,
+            length,
+            offset,
+            len,
+        } => {
+            let data: Vec<u8> = (0..*len).map(|i| i as u8).collect();
+            Request::StageAttachment(StageRequest {
+                digest: pick(DIGESTS, *digest).to_string(),
+                content_type: "application/octet-stream".into(),
+                length: u64::from(*length),
+                offset: u64::from(*offset),
+                data: data.into(),
             })
         }
         ReqSpec::GetLocal { id } => Request::GetLocal(LocalRequest {
@@ -747,11 +811,15 @@ fn answer_bytes(result: &Result<Response, DbError>, frame: usize) -> usize {
                 length: a.data.len() as u64,
             })) + b(a.data.len())
         }
+        // A chunk of a `get_attachment` goes out after `Reply::Attachment`, a range a peer read
+        // after the larger `Reply::AttachmentPart` (its bytes compressed only when smaller).
         Ok(Response::AttachmentPart(p)) => {
-            b(json_len!(&Reply::Attachment {
+            b(json_len!(&Reply::AttachmentPart {
                 content_type: p.content_type.clone(),
                 digest: p.digest.clone(),
                 length: p.length,
+                offset: p.offset,
+                size: p.data.len() as u64,
             })) + b(p.data.len())
         }
         Ok(Response::Changes(c)) => {
@@ -1217,6 +1285,15 @@ impl Harness {
                 AttachmentSource::Digest(d) if self.reading.contains(d) => return "chunk",
                 _ => {}
             }
+            // A range a peer asked for, read at most as long as asked (the server bounds it).
+            let asked = |r: &Request| {
+                matches!(r, Request::ReadAttachment(q)
+                    if q.source == p.source && q.offset == p.offset && p.len <= q.len)
+            };
+            if let Some(i) = self.sent.iter().position(asked) {
+                self.sent.swap_remove(i);
+                return "call";
+            }
         }
         if let Request::Changes(c) = req {
             let of_sub = |s: &ChangesRequest| {
@@ -1452,8 +1529,23 @@ impl Harness {
                     log.responses <= log.calls + log.bad,
                     "more responses than calls on id {id}: {log:?}"
                 );
-                if let Reply::Attachment { length, .. } = r {
-                    self.pending_binary.insert(id, length);
+                match r {
+                    Reply::Attachment { length, .. } => {
+                        self.pending_binary.insert(id, length);
+                    }
+                    Reply::AttachmentPart {
+                        length,
+                        offset,
+                        size,
+                        ..
+                    } => {
+                        assert!(
+                            offset + size <= length,
+                            "a range past the end: {offset}+{size} of {length}"
+                        );
+                        self.pending_binary.insert(id, size);
+                    }
+                    _ => {}
                 }
             }
             Kind::StreamItem => {

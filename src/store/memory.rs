@@ -381,7 +381,12 @@ impl Storage for MemoryStore {
     }
 
     fn stage_bytes(&mut self, digest: &str, offset: u64, data: &[u8]) -> Result<(), DbError> {
+        let length = self.staging.length(digest).unwrap_or(0);
         let held = self.staged.entry(digest.to_string()).or_default();
+        if held.is_empty() {
+            // Room for all of it at once: growing by doubling would hold up to twice its size.
+            held.reserve_exact(usize::try_from(length).unwrap_or(0));
+        }
         if held.len() as u64 != offset {
             return Err(DbError::BadRequest(format!(
                 "{digest}: bytes from {offset} do not continue the {} held",

@@ -1229,6 +1229,17 @@ fn attachment_part<S: Storage + ?Sized>(
             (b.content_type, d.clone(), b.length)
         }
     };
+    if req.offset > length {
+        // As CouchDB answers a range it cannot satisfy; a range from the end is empty.
+        return Err(DbError::Other {
+            status: 416,
+            error: "requested_range_not_satisfiable".into(),
+            reason: format!(
+                "byte {} is past the end of the attachment ({length} bytes)",
+                req.offset
+            ),
+        });
+    }
     let data = s
         .blob_chunk(&digest, req.offset, req.len)?
         .ok_or_else(missing_att)?;

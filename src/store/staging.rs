@@ -89,6 +89,11 @@ impl Staging {
         self.uploads.len()
     }
 
+    /// The announced length of the upload of `digest`, if one is open.
+    pub fn length(&self, digest: &str) -> Option<u64> {
+        self.uploads.get(digest).map(|u| u.info.length)
+    }
+
     /// The attachment of `digest`, if all its bytes were received and matched.
     pub fn complete(&self, digest: &str) -> Option<BlobInfo> {
         self.uploads

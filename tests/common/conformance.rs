@@ -842,6 +842,17 @@ pub fn attachments_in_ranges_read_and_staged(db: &mut dyn Database) {
         last = Some(part);
     }
     assert_eq!(last.unwrap().data.len(), 300_000 - 4 * 70_000);
+    // From the end: nothing; past it: refused as CouchDB refuses a range it cannot satisfy.
+    let read = |db: &mut dyn Database, offset: u64| {
+        db.execute(Request::ReadAttachment(AttachmentPartRequest {
+            source: AttachmentSource::Digest(digest.clone()),
+            offset,
+            len: 10,
+        }))
+        .and_then(Response::into_attachment_part)
+    };
+    assert!(read(db, 300_000).unwrap().data.is_empty());
+    assert_eq!(read(db, 300_001).unwrap_err().status(), 416);
     // Staged into the same database the bytes are held already: nothing need travel.
     let held = db
         .execute(Request::StageAttachment(StageRequest {

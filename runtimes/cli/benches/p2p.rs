@@ -11,6 +11,12 @@
 //! - `rpc_vs_raw_throughput_ratio`: a 64 MiB attachment fetched over the RPC, against the same
 //!   64 MiB sent as raw messages over a bare session (str0m's channel with only peerpouch's
 //!   safe-write rules) on the same sockets and driver, in the same run;
+//! - `attachment_replication_mb_per_s`: a 32 MiB attachment of incompressible bytes pulled by a
+//!   replication, which moves it in ranges (`ReplicatorConfig::attachment_range`, 1 MiB), against
+//!   the same pull carrying it inline as replications did before
+//!   (`attachment_replication_inline_mb_per_s`), alternately in the same run, with the heap each
+//!   way holds beyond what the target store keeps in the end (`attachment_replication_heap_mib`,
+//!   both nodes: this process's counting allocator);
 //! - `sqlite_p2p_replication_docs_per_s` and `sqlite_p2p_replication_peak_rss_mib`: 100k of the
 //!   same documents (`PEERPOUCH_BENCH_P2P_SQLITE_DOCS`) pulled over the link from a SQLite file
 //!   into a new SQLite file, beside the same pull from one `MemoryStore` into another
@@ -35,6 +41,8 @@ use peerpouch_sqlite::SqliteStore;
 #[allow(clippy::manual_is_multiple_of)]
 #[path = "../../../benches/common/mod.rs"]
 mod common;
+#[path = "../../../benches/common/counting_alloc.rs"]
+mod counting;
 #[path = "common/docs.rs"]
 mod docs;
 use common::{median, proc_status_kib, run_child};
@@ -159,6 +167,66 @@ fn rpc_attachment_mb_per_s() -> f64 {
     }
     assert!(got.as_deref() == Some(&data[..]), "attachment bytes differ");
     BIG as f64 / secs / 1e6
+}
+
+const ATTACHED: usize = 32 << 20;
+
+/// Pulls a document with a [`ATTACHED`]-byte attachment of incompressible bytes into a new
+/// store, moving it in ranges (`range`) or inline (`None`); MB/s and the heap peak above the
+/// start beyond what the target keeps at the end, in bytes.
+fn attachment_replication(range: Option<u64>) -> (f64, usize) {
+    let (mut w, link) = linked();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..ATTACHED)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let digest = peerpouch::doc::digest_of(&data);
+    let b64 = serde_json::to_value(AttachmentData {
+        content_type: String::new(),
+        digest: String::new(),
+        data: data.into(),
+    })
+    .unwrap()["data"]
+        .take();
+    w.peers[0]
+        .write(
+            "db",
+            vec![json!({"_id": "big", "_attachments": {"blob": {"content_type": "application/octet-stream", "data": b64}}})],
+        )
+        .unwrap();
+    let config = ReplicatorConfig::new("db", "copy").attachment_range(range);
+    let base = counting::reset_peak();
+    let t = Instant::now();
+    let p = w
+        .replicate_with(
+            1,
+            DbRef::Remote(link),
+            DbRef::Local("copy".into()),
+            config,
+            Duration::from_secs(600),
+            |_| {},
+        )
+        .expect("replication");
+    let secs = t.elapsed().as_secs_f64();
+    // What the move held beyond what the target store keeps (a memory store keeps it all).
+    let kept = (counting::live_heap_bytes().max(0) as usize).saturating_sub(base);
+    let peak = counting::peak().saturating_sub(base).saturating_sub(kept);
+    assert_eq!(p.docs_written, 1);
+    assert_eq!(
+        p.attachment_bytes,
+        if range.is_some() { ATTACHED as u64 } else { 0 }
+    );
+    let got = w.peers[1]
+        .store("copy")
+        .get_attachment("big", "blob")
+        .unwrap();
+    assert_eq!((got.digest, got.data.len()), (digest, ATTACHED));
+    (ATTACHED as f64 / secs / 1e6, peak)
 }
 
 /// The same 64 MiB as raw data channel messages between two bare sessions, same driver style.
@@ -394,6 +462,10 @@ fn main() {
         Ok("replication") => return println!("{:.0} docs/s", replication_docs_per_s()),
         Ok("raw") => return println!("{:.1} MB/s", raw_session_mb_per_s()),
         Ok("rpc") => return println!("{:.1} MB/s", rpc_attachment_mb_per_s()),
+        Ok("attachment") => {
+            let (r, peak) = attachment_replication(Some(1 << 20));
+            return println!("{r:.1} MB/s, heap peak {:.1} MiB", peak as f64 / 1048576.0);
+        }
         Ok("sqlite") => return sqlite_part(None),
         _ => {}
     }
@@ -414,6 +486,20 @@ fn main() {
         rpc.push(p);
         ratios.push(p / r);
     }
+    let (mut ranged, mut inline, mut peaks, mut inline_peaks) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let (r, peak) = attachment_replication(Some(1 << 20));
+        let (i, inline_peak) = attachment_replication(None);
+        println!(
+            "run: a 32 MiB attachment replicated in ranges {r:.1} MB/s (heap peak {:.1} MiB), inline {i:.1} MB/s ({:.1} MiB)",
+            peak as f64 / 1048576.0,
+            inline_peak as f64 / 1048576.0
+        );
+        ranged.push(r);
+        inline.push(i);
+        peaks.push(peak as f64 / 1048576.0);
+        inline_peaks.push(inline_peak as f64 / 1048576.0);
+    }
     let (p50, p99) = get_rtts();
     println!("raw session (bare str0m channel, peerpouch safe writes) over loopback: {:.1} MB/s (median)", median(raw));
     println!(
@@ -425,6 +511,18 @@ fn main() {
     println!(
         "figure: rpc_vs_raw_throughput_ratio = {:.3} ratio",
         median(ratios)
+    );
+    let (r, i) = (median(ranged), median(inline));
+    println!("figure: attachment_replication_mb_per_s = {r:.1} MB/s");
+    println!("baseline: attachment_replication_inline_mb_per_s = {i:.1} MB/s");
+    println!("ratio: attachment_ranges_vs_inline = {:.3}", r / i);
+    println!(
+        "figure: attachment_replication_heap_mib = {:.1} MiB",
+        median(peaks)
+    );
+    println!(
+        "baseline: attachment_replication_inline_heap_mib = {:.1} MiB",
+        median(inline_peaks)
     );
     println!("figure: rpc_get_rtt_p50_ms = {p50:.3} ms");
     println!("figure: rpc_get_rtt_p99_ms = {p99:.3} ms");

@@ -513,9 +513,22 @@ impl<H: HubBackend> World<H> {
         source: DbRef,
         target: DbRef,
         limit: Duration,
-        mut on_progress: impl FnMut(&Progress),
+        on_progress: impl FnMut(&Progress),
     ) -> Result<Progress, DriveError> {
         let config = ReplicatorConfig::new(format!("{source:?}"), format!("{target:?}"));
+        self.replicate_with(peer, source, target, config, limit, on_progress)
+    }
+
+    /// [`World::replicate`] with a configuration of the caller's.
+    pub fn replicate_with(
+        &mut self,
+        peer: usize,
+        source: DbRef,
+        target: DbRef,
+        config: ReplicatorConfig,
+        limit: Duration,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<Progress, DriveError> {
         let id = self.peers[peer]
             .node
             .replicate(Instant::now(), source, target, config);
