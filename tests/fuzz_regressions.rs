@@ -390,3 +390,28 @@ fn rpc_server_a_range_past_the_end_is_an_error_not_a_malformed_answer() {
         (&b"ello"[..], 5, 1)
     );
 }
+
+/// `rpc_server/call-on-id-zero`: a client's `read_attachment` on id 0 was answered, its binary
+/// on id 0, which the goodbye (id 0 too) then cut into. A call on id 0 now closes the link as
+/// a protocol error, before anything is answered on it.
+#[test]
+fn rpc_server_a_call_on_id_zero_is_a_protocol_error() {
+    use peerpouch::rpc::frame::Kind;
+    use peerpouch::rpc::*;
+    let now = common::epoch();
+    let mut s = RpcServer::new(
+        ServerConfig::new("share-x", "sha-256 AA:AA", "sha-256 CC:CC"),
+        now,
+    );
+    for f in rpc_message(Kind::Hello, 0, &client_hello("peer-y", 16384, 1 << 20)) {
+        s.handle_frame(now, &f).unwrap();
+    }
+    drain_server(&mut s);
+    let call = json!({"call": {"op": "info"}});
+    let refused = rpc_message(Kind::Request, 0, &call)
+        .iter()
+        .any(|f| s.handle_frame(now, f).is_err());
+    assert!(refused, "a call on id 0 is refused");
+    assert!(s.is_closed());
+    assert!(s.poll_store_request().is_none(), "nothing of it runs");
+}

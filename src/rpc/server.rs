@@ -509,6 +509,10 @@ impl RpcServer {
             (State::AwaitHello, Kind::Hello) => self.on_hello(&m.payload),
             (State::AwaitHello, k) => Err(RpcError::Protocol(format!("{k:?} before hello"))),
             (_, Kind::Hello) => Err(RpcError::Protocol("a second hello".into())),
+            // Id 0 is the hello's and the goodbye's: an answer on it would interleave with them.
+            (_, Kind::Request) if m.id == 0 => Err(RpcError::Protocol(
+                "a call with id 0 (reserved for hello and goodbye)".into(),
+            )),
             (_, Kind::Request) => self.on_request(m.id, &m.payload),
             (_, Kind::Cancel) => {
                 self.on_cancel(m.id);
