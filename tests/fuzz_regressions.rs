@@ -415,3 +415,58 @@ fn rpc_server_a_call_on_id_zero_is_a_protocol_error() {
     assert!(s.is_closed());
     assert!(s.poll_store_request().is_none(), "nothing of it runs");
 }
+
+/// `rpc_server/range-over-client-max-message`: a `read_attachment` asking more than the
+/// client's `max_message` got it all, in a binary message the client must refuse. The server
+/// now reads at most that much.
+#[test]
+fn rpc_server_a_range_is_never_larger_than_the_client_takes() {
+    use peerpouch::rpc::*;
+    let now = common::epoch();
+    let mut db = MemoryStore::new("served");
+    let big: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let b64 = serde_json::to_value(AttachmentData {
+        content_type: String::new(),
+        digest: String::new(),
+        data: big.clone().into(),
+    })
+    .unwrap()["data"]
+        .take();
+    db.put(json!({"_id": "d", "_attachments": {"b": {"content_type": "x/y", "data": b64}}}))
+        .unwrap();
+    let mut server = RpcServer::new(
+        ServerConfig::new("share-x", "sha-256 AA:AA", "sha-256 CC:CC"),
+        now,
+    );
+    let mut c = ClientConfig::new("share-x", "peer-y", "sha-256 CC:CC", "sha-256 AA:AA");
+    c.max_message = 4096;
+    c.compress = false;
+    let mut client = RpcClient::new(c, now);
+    let call = client.call(
+        now,
+        Request::ReadAttachment(AttachmentPartRequest::of_doc("d", "b", 100, 1 << 20)),
+    );
+    let mut answer = None;
+    for _ in 0..20 {
+        while let Some(f) = client.peek_frame().map(<[u8]>::to_vec) {
+            client.advance_frame();
+            server.handle_frame(now, &f).unwrap();
+        }
+        while let Some((id, req)) = server.poll_store_request() {
+            server.handle_store_result(now, id, db.execute(req));
+        }
+        for f in drain_server(&mut server) {
+            client.handle_frame(now, &f).unwrap();
+        }
+        while let Some(e) = client.poll_event() {
+            if let ClientEvent::Response { call: c, result } = e {
+                assert_eq!(c, call);
+                answer = Some(result);
+            }
+        }
+    }
+    assert!(!client.is_closed());
+    let part = answer.unwrap().unwrap().into_attachment_part().unwrap();
+    assert_eq!(part.data.len(), 4096);
+    assert_eq!(&part.data[..], &big[100..4196]);
+}

@@ -659,6 +659,12 @@ impl RpcServer {
 
     fn reply(&mut self, id: u32, result: Result<Response, DbError>) {
         match result {
+            // A store that read more than asked: still never more than the client takes.
+            Ok(Response::AttachmentPart(p)) if p.data.len() > self.peer_max_message => {
+                let e = too_large(p.data.len(), self.peer_max_message);
+                self.out
+                    .push_json(Kind::Response, id, &Reply::Err(CouchError::from(e)));
+            }
             Ok(Response::AttachmentPart(p)) => {
                 self.out.push_json(
                     Kind::Response,
@@ -775,7 +781,10 @@ impl RpcServer {
                     // (a few of them), whatever length it asked for.
                     let req = match req {
                         Request::ReadAttachment(mut r) => {
-                            r.len = r.len.min(self.attachment_chunk() * 16);
+                            r.len = r
+                                .len
+                                .min(self.attachment_chunk() * 16)
+                                .min(self.peer_max_message);
                             Request::ReadAttachment(r)
                         }
                         other => other,
