@@ -85,7 +85,13 @@ fn one_socket_serves_several_links_in_both_roles() {
             stats.datagrams_in - connected.datagrams_in,
             stats.offered - connected.offered,
         );
-        assert_eq!(offered, datagrams, "{connected:?} then {stats:?}");
+        // (Off by one at most: the counters are two atomics the endpoint's thread bumps one
+        // after the other, and `connected` may have been read between the two for a datagram
+        // then arriving. Offering each datagram to all four links would be ~4x.)
+        assert!(
+            offered.abs_diff(datagrams) <= 1,
+            "{offered} offers for {datagrams} datagrams: {connected:?} then {stats:?}"
+        );
         assert_eq!(stats.fallbacks, connected.fallbacks, "{stats:?}");
         assert!(stats.offered < 2 * stats.datagrams_in, "{stats:?}");
 
