@@ -327,6 +327,42 @@ fn rpc_reply_inputs_decode_as_serde_does() {
     }
 }
 
+/// Moves frames both ways and runs the server's store requests on `db` until nothing moves;
+/// the client's answers by call.
+fn serve(
+    client: &mut peerpouch::rpc::RpcClient,
+    server: &mut peerpouch::rpc::RpcServer,
+    db: &mut MemoryStore,
+) -> std::collections::BTreeMap<peerpouch::rpc::CallId, Result<Response, DbError>> {
+    use peerpouch::rpc::ClientEvent;
+    let now = common::epoch();
+    let mut answers = std::collections::BTreeMap::new();
+    loop {
+        let mut moved = false;
+        while let Some(f) = client.peek_frame().map(<[u8]>::to_vec) {
+            client.advance_frame();
+            server.handle_frame(now, &f).unwrap();
+            moved = true;
+        }
+        while let Some((id, req)) = server.poll_store_request() {
+            server.handle_store_result(now, id, db.execute(req));
+            moved = true;
+        }
+        for f in drain_server(server) {
+            client.handle_frame(now, &f).unwrap();
+            moved = true;
+        }
+        while let Some(e) = client.poll_event() {
+            if let ClientEvent::Response { call, result } = e {
+                answers.insert(call, result);
+            }
+        }
+        if !moved {
+            return answers;
+        }
+    }
+}
+
 /// `rpc_server/range-past-the-end`: a `read_attachment` from byte 80 of a 5-byte attachment
 /// was answered with an empty range at 80, which the client refuses as malformed (closing the
 /// link). The store now refuses such a range (416) and the client gets an error, the link up.
@@ -352,24 +388,7 @@ fn rpc_server_a_range_past_the_end_is_an_error_not_a_malformed_answer() {
         client.call(now, read(5)),
         client.call(now, read(1)),
     ];
-    let mut answers = std::collections::BTreeMap::new();
-    for _ in 0..20 {
-        while let Some(f) = client.peek_frame().map(<[u8]>::to_vec) {
-            client.advance_frame();
-            server.handle_frame(now, &f).unwrap();
-        }
-        while let Some((id, req)) = server.poll_store_request() {
-            server.handle_store_result(now, id, db.execute(req));
-        }
-        for f in drain_server(&mut server) {
-            client.handle_frame(now, &f).unwrap();
-        }
-        while let Some(e) = client.poll_event() {
-            if let ClientEvent::Response { call, result } = e {
-                answers.insert(call, result);
-            }
-        }
-    }
+    let mut answers = serve(&mut client, &mut server, &mut db);
     assert!(!client.is_closed(), "the link stays up");
     assert_eq!(answers[&calls[0]].as_ref().unwrap_err().status(), 416);
     let at_end = answers
@@ -446,25 +465,8 @@ fn rpc_server_a_range_is_never_larger_than_the_client_takes() {
         now,
         Request::ReadAttachment(AttachmentPartRequest::of_doc("d", "b", 100, 1 << 20)),
     );
-    let mut answer = None;
-    for _ in 0..20 {
-        while let Some(f) = client.peek_frame().map(<[u8]>::to_vec) {
-            client.advance_frame();
-            server.handle_frame(now, &f).unwrap();
-        }
-        while let Some((id, req)) = server.poll_store_request() {
-            server.handle_store_result(now, id, db.execute(req));
-        }
-        for f in drain_server(&mut server) {
-            client.handle_frame(now, &f).unwrap();
-        }
-        while let Some(e) = client.poll_event() {
-            if let ClientEvent::Response { call: c, result } = e {
-                assert_eq!(c, call);
-                answer = Some(result);
-            }
-        }
-    }
+    let mut answers = serve(&mut client, &mut server, &mut db);
+    let answer = answers.remove(&call);
     assert!(!client.is_closed());
     let part = answer.unwrap().unwrap().into_attachment_part().unwrap();
     assert_eq!(part.data.len(), 4096);
