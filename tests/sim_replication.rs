@@ -26,6 +26,10 @@ fn linked(seed: u64, net: NetConfig) -> (NodeSim, LinkId) {
         // SCTP backs off up to 60 s per lost retransmission: at 30% loss whole minutes pass
         // without a frame.
         s.config.rpc_request_timeout = Duration::from_secs(1800);
+        // For the same reason the sharer's send-stall cut-off (300 s by default) once in 10-20
+        // runs took such a wait for a peer that stopped reading. These tests are about
+        // replication under loss; the cut-off has its own (`sim_crowd`).
+        s.config.session.send_stall_timeout = Duration::from_secs(1800);
     }
     s.add_node("sharer");
     s.add_node("joiner");
